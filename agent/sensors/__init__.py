@@ -1,0 +1,1 @@
+"""jobenergy.agent.sensors."""

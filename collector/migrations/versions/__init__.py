@@ -1,0 +1,1 @@
+"""Alembic revisions, named YYYY-MM-DD_slug.py."""

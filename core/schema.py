@@ -1,0 +1,150 @@
+"""The wire contract between agents, Slurm glue and the collector (pydantic v2).
+
+Versioned by ``schema_version``; a collector rejects versions it does not know. Unknown
+fields are rejected rather than dropped, so a typo never silently loses data. Energy is
+integer µJ; times are epoch seconds (floats) or ISO 8601 strings.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+#: Components a source can belong to. ``psys`` (RAPL platform domain) overlaps the package
+#: and DRAM domains: it is recorded per node for cross-checks and never attributed to a job.
+Component = Literal["cpu", "dram", "gpu", "psys"]
+ATTRIBUTED_COMPONENTS: tuple[str, ...] = ("cpu", "dram", "gpu")
+
+#: Upper bound on one source's average power. Anything above is a corrupt reading or a
+#: mis-handled counter wrap (one RAPL range is ~262 kJ), not energy.
+MAX_SOURCE_POWER_W = 50_000
+MAX_INTERVALS_PER_BATCH = 10_000
+MAX_SOURCES_PER_INTERVAL = 256
+MAX_JOBS_PER_SOURCE = 4_096
+
+EnergyUJ = Annotated[int, Field(ge=0, le=10**18, strict=True)]
+JobId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+:\-]+$")]
+Name = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Treat naive times as UTC: Slurm and our agents speak UTC epoch seconds."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcTime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class WireModel(BaseModel):
+    """Base for wire models: unknown fields are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceEnergy(WireModel):
+    """One energy source's measured delta over an interval and how it was attributed.
+
+    Invariant (checked here, so a collector never stores a non-conserving record):
+    ``sum(jobs_uj.values()) + unattributed_uj == measured_uj``.
+    """
+
+    component: Component
+    source: Name  # e.g. "package-0", "package-0/dram", "gpu/GPU-5e0b..."
+    device_name: Annotated[str, Field(max_length=128)] | None = None  # e.g. "NVIDIA H100 80GB HBM3"
+    measured_uj: EnergyUJ
+    jobs_uj: dict[JobId, EnergyUJ] = Field(default_factory=dict, max_length=MAX_JOBS_PER_SOURCE)
+    unattributed_uj: EnergyUJ
+    estimated: bool = False  # power integrated over time instead of a hardware energy counter
+    wraps: int = Field(default=0, ge=0, le=1_000)
+    resets: int = Field(default=0, ge=0, le=1_000)
+
+    @model_validator(mode="after")
+    def _conserved(self) -> SourceEnergy:
+        attributed = sum(self.jobs_uj.values())
+        if attributed + self.unattributed_uj != self.measured_uj:
+            raise ValueError(
+                f"energy not conserved for source {self.source!r}: jobs {attributed} + "
+                f"unattributed {self.unattributed_uj} != measured {self.measured_uj} µJ"
+            )
+        if self.component == "psys" and self.jobs_uj:
+            raise ValueError("psys energy overlaps cpu/dram and is never attributed to jobs")
+        return self
+
+
+class JobSample(WireModel):
+    """What the agent saw of one job during an interval (metadata for quality/fallbacks)."""
+
+    job_id: JobId
+    uid: int | None = Field(default=None, ge=0)
+    cpus: int | None = Field(default=None, ge=0)  # allocated CPUs (cpuset)
+    cpu_time_us: int = Field(default=0, ge=0)
+    ended: bool = False  # the job's cgroup vanished during this interval
+    step_ids: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list)
+
+
+class Interval(WireModel):
+    """Energy of every source on a node between two consecutive samples."""
+
+    start: UtcTime
+    end: UtcTime
+    sources: list[SourceEnergy] = Field(max_length=MAX_SOURCES_PER_INTERVAL)
+    jobs: list[JobSample] = Field(default_factory=list, max_length=MAX_JOBS_PER_SOURCE)
+
+    @model_validator(mode="after")
+    def _sane(self) -> Interval:
+        duration_s = (self.end - self.start).total_seconds()
+        if duration_s <= 0:
+            raise ValueError(f"interval end {self.end} is not after start {self.start}")
+        limit_uj = int(duration_s * MAX_SOURCE_POWER_W * 1_000_000)
+        for src in self.sources:
+            if src.measured_uj > limit_uj:
+                raise ValueError(
+                    f"absurd energy for source {src.source!r}: {src.measured_uj} µJ in "
+                    f"{duration_s:.3f} s is above {MAX_SOURCE_POWER_W} W"
+                )
+        return self
+
+
+class Batch(WireModel):
+    """A node's intervals, pushed as one idempotent unit keyed (cluster, node, boot_id, seq)."""
+
+    schema_version: Literal[1]
+    cluster: Name
+    node: Name
+    boot_id: Annotated[str, Field(min_length=1, max_length=64)]
+    seq: int = Field(ge=0, le=2**62)
+    agent_version: str | None = Field(default=None, max_length=64)
+    intervals: list[Interval] = Field(max_length=MAX_INTERVALS_PER_BATCH)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Batch:
+        for before, after in zip(self.intervals, self.intervals[1:], strict=False):
+            if after.start < before.start:
+                raise ValueError("intervals must be in time order")
+        return self
+
+
+class JobEvent(WireModel):
+    """A job start or end, sent by the Slurm prolog/epilog (or the demo's scheduler)."""
+
+    cluster: Name
+    job_id: JobId
+    event: Literal["start", "end"]
+    time: UtcTime
+    user: Annotated[str, Field(max_length=64)] | None = None
+    uid: int | None = Field(default=None, ge=0)
+    account: Annotated[str, Field(max_length=64)] | None = None
+    partition: Annotated[str, Field(max_length=64)] | None = None
+    name: Annotated[str, Field(max_length=255)] | None = None
+    nodes: list[Annotated[str, Field(max_length=255)]] | None = Field(default=None, max_length=100_000)
+    gpus: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=1_024)
+    comment: Annotated[str, Field(max_length=4_096)] | None = None
+    state: Annotated[str, Field(max_length=32)] | None = None
+    exit_code: int | Annotated[str, Field(max_length=16)] | None = None
+    tags: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=255)]] = Field(
+        default_factory=dict, max_length=64
+    )
