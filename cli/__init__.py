@@ -1,1 +1,1 @@
-"""jobenergy.cli."""
+"""Command-line entry points: ``jobenergy`` (operators) and ``senergy`` (users)."""

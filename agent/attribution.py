@@ -1,0 +1,157 @@
+"""CPU package and DRAM attribution (DESIGN.md decision 4).
+
+For one source (a RAPL package or its DRAM zone) and one interval between two samples:
+
+* No Slurm job on the node → the whole delta is the node's ``unattributed`` energy.
+* Exactly one job active → the job gets all of it, as Slurm's own ConsumedEnergy does for an
+  exclusive node.
+* Several jobs → the delta is cut in two parts:
+
+  - **static** = ``min(delta, static_power_w × interval)`` is split by allocated CPUs
+    (cpuset size); CPUs held by no job weigh for ``unattributed``. Idle cores a job holds
+    are that job's cost.
+  - **dynamic** = the rest, split by CPU time used in the interval (cgroup CPU usage);
+    busy time of the node (``/proc/stat``) not used by any job (daemons, the OS) weighs for
+    ``unattributed``. If nothing was busy the dynamic part follows the static weights.
+
+Both parts use largest-remainder integer splits, so ``Σ jobs + unattributed == delta``
+exactly. A job is *active* in an interval when its cgroup exists at the end of it (a new
+cgroup's usage starts at zero, so its first interval counts) or existed at the start and
+vanished before the end (its CPU time is what the Slurm root cgroup used beyond its live
+children: a parent keeps the usage of removed children, in v1 and v2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from jobenergy.core.split import split_uj
+
+from .readings import CgroupSnapshot
+
+UNATTRIBUTED = ""  # key for the node's own account inside split weights
+
+
+@dataclass(frozen=True, slots=True)
+class JobUsage:
+    """One job's share basis for an interval.
+
+    Attributes:
+        cpu_ns: CPU time the job used during the interval, ns.
+        cpus: Number of CPUs allocated to the job (cpuset size), 0 if unknown.
+        ended: The job's cgroup vanished during the interval.
+        uid: Owner's uid if the cgroup layout shows it.
+    """
+
+    cpu_ns: int
+    cpus: int
+    ended: bool = False
+    uid: int | None = None
+
+
+def job_usage(prev: CgroupSnapshot, cur: CgroupSnapshot) -> dict[str, JobUsage]:
+    """Return the CPU time each job used between two cgroup snapshots.
+
+    Jobs present in ``cur`` are charged their usage delta (their whole usage if the cgroup is
+    new or was recreated). Jobs that vanished share the root cgroup's usage not explained by
+    live children, weighted by allocated CPUs.
+    """
+    usage: dict[str, JobUsage] = {}
+    live_ns = 0
+    for job_id, cg in cur.jobs.items():
+        before = prev.jobs.get(job_id)
+        delta_ns = cg.cpu_usage_ns
+        if before is not None and cg.cpu_usage_ns >= before.cpu_usage_ns:
+            delta_ns = cg.cpu_usage_ns - before.cpu_usage_ns
+        live_ns += delta_ns
+        usage[job_id] = JobUsage(delta_ns, len(cg.cpus), uid=cg.uid)
+
+    vanished = {j: cg for j, cg in prev.jobs.items() if j not in cur.jobs}
+    if not vanished:
+        return usage
+    residual_ns = 0
+    if cur.root_usage_ns is not None and prev.root_usage_ns is not None:
+        root_delta_ns = cur.root_usage_ns - prev.root_usage_ns
+        other_delta_ns = max(0, cur.other_usage_ns - prev.other_usage_ns)
+        residual_ns = max(0, root_delta_ns - live_ns - other_delta_ns)
+    weights = {j: max(1, len(cg.cpus)) for j, cg in vanished.items()}
+    shares = split_uj(residual_ns, weights)  # integer split works for ns as for µJ
+    for job_id, cg in vanished.items():
+        usage[job_id] = JobUsage(shares[job_id], len(cg.cpus), ended=True, uid=cg.uid)
+    return usage
+
+
+def attribute_cpu(
+    delta_uj: int,
+    usage: Mapping[str, JobUsage],
+    *,
+    node_busy_ns: int,
+    ncpus: int,
+    static_uj: int,
+) -> tuple[dict[str, int], int]:
+    """Split one CPU-package or DRAM delta over the jobs active in the interval.
+
+    Args:
+        delta_uj: Energy measured on the source during the interval, µJ.
+        usage: Active jobs and their CPU time / allocation (from :func:`job_usage`).
+        node_busy_ns: Node-wide busy CPU time during the interval (``/proc/stat``), ns.
+        ncpus: CPUs on the node.
+        static_uj: Static (idle-floor) energy of the source for the interval, µJ.
+
+    Returns:
+        (energy per job µJ, unattributed µJ); they add up to ``delta_uj`` exactly.
+    """
+    if not usage:
+        return {}, delta_uj
+    if len(usage) == 1:
+        (job_id,) = usage
+        return {job_id: delta_uj}, 0
+
+    static_uj = max(0, min(delta_uj, static_uj))
+    dynamic_uj = delta_uj - static_uj
+
+    alloc_weights: dict[str, int] = {j: u.cpus for j, u in usage.items()}
+    alloc_weights[UNATTRIBUTED] = max(0, ncpus - sum(alloc_weights.values()))
+    if sum(alloc_weights.values()) == 0:
+        alloc_weights = {j: 1 for j in usage}  # allocation unknown: even split
+
+    jobs_busy_ns = sum(u.cpu_ns for u in usage.values())
+    busy_weights: dict[str, int] = {j: u.cpu_ns for j, u in usage.items()}
+    busy_weights[UNATTRIBUTED] = max(0, node_busy_ns - jobs_busy_ns)
+    if sum(busy_weights.values()) == 0:
+        busy_weights = alloc_weights
+
+    shares = split_uj(static_uj, alloc_weights)
+    for key, part in split_uj(dynamic_uj, busy_weights).items():
+        shares[key] = shares.get(key, 0) + part
+    unattributed_uj = shares.pop(UNATTRIBUTED, 0)
+    return shares, unattributed_uj
+
+
+class StaticFloor:
+    """Static power of one source: configured, or learned as the lowest power seen.
+
+    The learned floor is the minimum average power over intervals of at least
+    ``min_interval_ns``; on a node that is never idle it over-estimates the static part, which
+    shifts energy from the CPU-time split to the allocation split (documented in the README).
+    """
+
+    def __init__(self, configured_w: float | None, min_interval_ns: int = 500_000_000) -> None:
+        self._configured_uw = None if configured_w is None else int(configured_w * 1_000_000)
+        self._min_interval_ns = min_interval_ns
+        self._learned_uw: int | None = None
+
+    def static_uj(self, delta_uj: int, interval_ns: int) -> int:
+        """Return the static energy for an interval and update the learned floor, µJ."""
+        if interval_ns <= 0:
+            return 0
+        if self._configured_uw is not None:
+            return self._configured_uw * interval_ns // 1_000_000_000
+        if interval_ns >= self._min_interval_ns:
+            power_uw = delta_uj * 1_000_000_000 // interval_ns
+            if self._learned_uw is None or power_uw < self._learned_uw:
+                self._learned_uw = power_uw
+        if self._learned_uw is None:
+            return 0
+        return self._learned_uw * interval_ns // 1_000_000_000

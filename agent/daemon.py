@@ -1,0 +1,258 @@
+"""The node agent: sample → attribute → spool → push, once per ``interval_s``.
+
+One sample reads every counter once (RAPL zones, NVML devices), the Slurm cgroups and
+``/proc/stat``. Consecutive samples make an interval whose per-source deltas are attributed
+to jobs (CPU/DRAM: :mod:`.attribution`; GPU: :mod:`.gpu.attribution`). Intervals are
+sealed into a batch every ``push_interval_s`` and handed to the spool; the pusher thread
+delivers them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from jobenergy.core.counters import counter_delta
+from jobenergy.core.errors import SensorError, SensorUnavailable
+from jobenergy.core.schema import SCHEMA_VERSION, Interval, JobSample, SourceEnergy
+
+from .attribution import StaticFloor, attribute_cpu, job_usage
+from .cgroups import SlurmCgroups
+from .metrics import AgentMetrics
+from .procstat import read_boot_id, read_cpu_times
+from .pusher import Pusher
+from .readings import CgroupSnapshot, CpuTimes, Reading
+from .sensors.rapl import RaplSensor
+from .settings import AgentSettings
+from .spool import Spool
+
+logger = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+
+
+@dataclass(slots=True)
+class Sample:
+    """Everything read at one instant."""
+
+    wall: datetime
+    mono_ns: int
+    readings: dict[str, Reading]
+    cgroups: CgroupSnapshot
+    cpu: CpuTimes | None
+    gpu: Any = None  # jobenergy.agent.gpu.GpuSnapshot when NVML is on
+    errors: list[str] = field(default_factory=list)
+
+
+class Agent:
+    """A node agent bound to its settings; :meth:`run` is the daemon loop."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.metrics = AgentMetrics()
+        self.boot_id = read_boot_id(settings.procfs_root)
+        self.cgroups = SlurmCgroups(settings.cgroup_root, node=settings.node)
+        self.rapl: RaplSensor | None = None
+        try:
+            self.rapl = RaplSensor(settings.sysfs_root)
+        except SensorUnavailable as err:
+            logger.warning("RAPL sensor unavailable, CPU/DRAM energy off: %s", err)
+        self.gpu = self._make_gpu()
+        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+        self.pusher = Pusher(settings.collector_url, self.spool)
+        self._floors = {
+            "cpu": settings.cpu_static_power_w,
+            "dram": settings.dram_static_power_w,
+        }
+        self._static: dict[str, StaticFloor] = {}
+        self._last_reading: dict[str, Reading] = {}
+        self._prev: Sample | None = None
+        self._pending: list[Interval] = []
+        self._last_seal_mono_ns = time.monotonic_ns()
+
+    def _make_gpu(self) -> Any:
+        if self.settings.nvml == "off":
+            return None
+        from .gpu import GpuAccounting  # pynvml is loaded only when GPUs are wanted
+
+        try:
+            gpu = GpuAccounting(
+                nvml_mode=self.settings.nvml,
+                procfs_root=self.settings.procfs_root,
+                cgroup_root=self.settings.cgroup_root,
+                gpu_map_dir=self.settings.gpu_map_dir,
+                node=self.settings.node,
+            )
+        except SensorUnavailable as err:
+            logger.warning("GPU sensor unavailable, GPU energy off: %s", err)
+            return None
+        return gpu if gpu.available else None
+
+    # -- sampling ---------------------------------------------------------------------
+    def take_sample(self) -> Sample:
+        """Read every counter, the job cgroups and /proc/stat once."""
+        errors: list[str] = []
+        readings: dict[str, Reading] = {}
+        if self.rapl is not None:
+            try:
+                readings = {r.source: r for r in self.rapl.read()}
+            except SensorError as err:
+                errors.append(str(err))
+                self.metrics.sensor_errors.labels("rapl").inc()
+                logger.error("RAPL read failed sensor=rapl err=%s", err)
+        cgroups = self.cgroups.snapshot()
+        try:
+            cpu = read_cpu_times(self.settings.procfs_root)
+        except (SensorError, OSError) as err:
+            errors.append(str(err))
+            cpu = None
+        gpu = None
+        if self.gpu is not None:
+            try:
+                gpu = self.gpu.sample(cgroups.jobs.keys())
+            except SensorError as err:
+                errors.append(str(err))
+                self.metrics.sensor_errors.labels("nvml").inc()
+                logger.error("GPU read failed sensor=nvml err=%s", err)
+        self.metrics.samples.inc()
+        self.metrics.jobs.set(len(cgroups.jobs))
+        return Sample(datetime.now(UTC), time.monotonic_ns(), readings, cgroups, cpu, gpu, errors)
+
+    def attribute(self, prev: Sample, cur: Sample) -> Interval:
+        """Attribute the energy between two samples; conserving per source."""
+        interval_ns = cur.mono_ns - prev.mono_ns
+        usage = job_usage(prev.cgroups, cur.cgroups)
+        node_busy_ns = 0
+        ncpus = 0
+        if prev.cpu is not None and cur.cpu is not None:
+            node_busy_ns = max(0, cur.cpu.busy_ns - prev.cpu.busy_ns)
+            ncpus = cur.cpu.ncpus
+        sources: list[SourceEnergy] = []
+        for source, reading in cur.readings.items():
+            before = self._last_reading.get(source)
+            self._last_reading[source] = reading
+            if before is None:
+                continue  # first sight of this counter: it is the baseline
+            delta = counter_delta(before.energy_uj, reading.energy_uj, reading.max_range_uj)
+            if reading.component == "psys":
+                jobs_uj, unattributed_uj = {}, delta.energy_uj
+            else:
+                floor = self._static.setdefault(
+                    source, StaticFloor(self._floors.get(reading.component))
+                )
+                jobs_uj, unattributed_uj = attribute_cpu(
+                    delta.energy_uj,
+                    usage,
+                    node_busy_ns=node_busy_ns,
+                    ncpus=ncpus,
+                    static_uj=floor.static_uj(delta.energy_uj, interval_ns),
+                )
+            sources.append(
+                SourceEnergy(
+                    component=reading.component,
+                    source=source,
+                    measured_uj=delta.energy_uj,
+                    jobs_uj={j: e for j, e in jobs_uj.items()},
+                    unattributed_uj=unattributed_uj,
+                    estimated=reading.estimated,
+                    wraps=int(delta.wrapped),
+                    resets=int(delta.reset),
+                )
+            )
+        if self.gpu is not None and prev.gpu is not None and cur.gpu is not None:
+            sources.extend(self.gpu.attribute(prev.gpu, cur.gpu))
+        for src in sources:
+            self.metrics.energy_uj.labels(src.component, src.source).inc(src.measured_uj)
+            self.metrics.unattributed_uj.labels(src.component).inc(src.unattributed_uj)
+        jobs = [
+            JobSample(job_id=j, uid=u.uid, cpus=u.cpus, cpu_time_us=u.cpu_ns // 1000,
+                      ended=u.ended)
+            for j, u in usage.items()
+        ]
+        gpu_jobs = {j for s in sources if s.component == "gpu" for j in s.jobs_uj}
+        jobs.extend(JobSample(job_id=j) for j in sorted(gpu_jobs - usage.keys()))
+        return Interval(start=prev.wall, end=cur.wall, sources=sources, jobs=jobs)
+
+    def tick(self) -> None:
+        """Take one sample and queue the interval it closes."""
+        cur = self.take_sample()
+        if self._prev is None:
+            for source, reading in cur.readings.items():
+                self._last_reading[source] = reading
+        elif cur.wall > self._prev.wall:
+            self._pending.append(self.attribute(self._prev, cur))
+        self._prev = cur
+        due_ns = int(self.settings.push_interval_s * 1e9)
+        if self._pending and (
+            time.monotonic_ns() - self._last_seal_mono_ns >= due_ns
+            or len(self._pending) >= self.settings.max_intervals_per_batch
+        ):
+            self.seal()
+
+    def seal(self) -> None:
+        """Write the queued intervals to the spool as one batch and wake the pusher."""
+        self._last_seal_mono_ns = time.monotonic_ns()
+        if not self._pending:
+            return
+        batch = {
+            "schema_version": SCHEMA_VERSION,
+            "cluster": self.settings.cluster,
+            "node": self.settings.node,
+            "boot_id": self.boot_id,
+            "agent_version": AGENT_VERSION,
+            "intervals": [i.model_dump(mode="json") for i in self._pending],
+        }
+        self.spool.seal(batch)
+        self._pending = []
+        self.pusher.notify()
+        self.metrics.spool_pending.set(len(self.spool.pending()))
+        self.metrics.spool_dropped.set(self.spool.dropped_total)
+
+    # -- daemon -----------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Sample every ``interval_s`` until ``stop`` is set, then shut down cleanly."""
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_port)
+        self.pusher.start()
+        interval_ns = int(self.settings.interval_s * 1e9)
+        next_ns = time.monotonic_ns()
+        logger.info(
+            "agent started cluster=%s node=%s boot_id=%s interval_s=%s collector=%s",
+            self.settings.cluster, self.settings.node, self.boot_id, self.settings.interval_s,
+            self.settings.collector_url,
+        )
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the daemon's top loop: log and keep sampling
+                logger.exception("sample failed")
+            self.metrics.push_failures.set(self.pusher.failures_total)
+            next_ns += interval_ns
+            now_ns = time.monotonic_ns()
+            if next_ns < now_ns:  # overran (suspended, slow disk): do not burst to catch up
+                next_ns = now_ns + interval_ns
+            stop.wait((next_ns - now_ns) / 1e9)
+        self.shutdown()
+
+    def shutdown(self, flush_timeout_s: float = 5.0) -> None:
+        """Take a final sample, seal, and try to deliver what is spooled (bounded)."""
+        try:
+            self.tick()
+        except Exception:
+            logger.exception("final sample failed")
+        self.seal()
+        self.pusher.stop()
+        deadline = time.monotonic() + flush_timeout_s
+        while time.monotonic() < deadline and self.spool.pending():
+            if self.pusher.push_once():
+                break
+            time.sleep(0.2)
+        left = len(self.spool.pending())
+        if left:
+            logger.warning("exiting with undelivered batches kept in spool pending=%s", left)
+        self.pusher.close()
+        logger.info("agent stopped")

@@ -1,0 +1,44 @@
+"""Prometheus metrics of the agent itself (not job energy: that goes to the collector).
+
+A registry per agent instance, so tests and several agents in one process never collide on
+the global default registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+
+class AgentMetrics:
+    """The agent's health counters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.samples = Counter("jobenergy_agent_samples", "Samples taken", registry=r)
+        self.sensor_errors = Counter(
+            "jobenergy_agent_sensor_errors", "Failed sensor reads", ["sensor"], registry=r
+        )
+        self.energy_uj = Counter(
+            "jobenergy_agent_measured_energy_uj", "Energy measured, µJ", ["component", "source"],
+            registry=r,
+        )
+        self.unattributed_uj = Counter(
+            "jobenergy_agent_unattributed_energy_uj", "Energy on no job, µJ", ["component"],
+            registry=r,
+        )
+        self.jobs = Gauge("jobenergy_agent_jobs", "Slurm jobs seen at the last sample", registry=r)
+        self.spool_pending = Gauge(
+            "jobenergy_agent_spool_pending_batches", "Batches waiting for the collector", registry=r
+        )
+        self.spool_dropped = Gauge(
+            "jobenergy_agent_spool_dropped_batches", "Batches dropped by the spool size cap",
+            registry=r,
+        )
+        self.push_failures = Gauge(
+            "jobenergy_agent_push_failures", "Failed deliveries to the collector", registry=r
+        )
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Expose /metrics on ``addr:port`` in a background thread."""
+        start_http_server(port, addr=addr, registry=self.registry)

@@ -1,0 +1,127 @@
+"""Deliver spooled batches to the collector, in order, with retry.
+
+Runs in its own thread so a slow or absent collector never delays sampling. A batch leaves
+the spool only when the collector answers 2xx (a duplicate is a success: it was stored
+before). A 4xx other than 408/429 means the batch itself is bad and retrying cannot help: it
+is moved to ``rejected/`` with the reason. Everything else (connection refused, 5xx,
+timeouts) is retried with exponential backoff and full jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+
+import httpx
+
+from .spool import Spool
+
+logger = logging.getLogger(__name__)
+
+_RETRYABLE_4XX = {408, 425, 429}
+
+
+class Pusher:
+    """Sends the spool's batches to ``POST {collector_url}/api/v1/batches``.
+
+    Args:
+        collector_url: Base URL of the collector.
+        spool: The agent's spool.
+        timeout_s: Per-request timeout.
+        backoff_initial_s: First retry delay; doubles up to ``backoff_max_s``.
+    """
+
+    def __init__(
+        self,
+        collector_url: str,
+        spool: Spool,
+        *,
+        timeout_s: float = 10.0,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 60.0,
+    ) -> None:
+        self.url = collector_url.rstrip("/") + "/api/v1/batches"
+        self.spool = spool
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.sent_total = 0
+        self.failures_total = 0
+        self._client = httpx.Client(timeout=timeout_s)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff_s = 0.0
+
+    def notify(self) -> None:
+        """Wake the sender: a new batch was sealed."""
+        self._wake.set()
+
+    def push_once(self) -> bool:
+        """Try to deliver every pending batch once, in order.
+
+        Returns:
+            True if the spool is empty afterwards, False if delivery stopped at an error.
+        """
+        for batch in self.spool.pending():
+            try:
+                body = self.spool.read(batch)
+            except FileNotFoundError:
+                continue  # dropped by the size cap meanwhile
+            try:
+                resp = self._client.post(
+                    self.url,
+                    content=body,
+                    headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+                )
+            except httpx.HTTPError as err:
+                self._failed(f"collector unreachable: {err!r}")
+                return False
+            if resp.is_success:
+                self.spool.ack(batch)
+                self.sent_total += 1
+                self._backoff_s = 0.0
+                continue
+            if 400 <= resp.status_code < 500 and resp.status_code not in _RETRYABLE_4XX:
+                self.spool.reject(batch, f"HTTP {resp.status_code}: {resp.text[:2000]}")
+                continue
+            self._failed(f"collector answered HTTP {resp.status_code}")
+            return False
+        return True
+
+    def _failed(self, reason: str) -> None:
+        self.failures_total += 1
+        self._backoff_s = min(
+            self.backoff_max_s, max(self.backoff_initial_s, self._backoff_s * 2)
+        )
+        logger.warning("push failed, will retry reason=%s backoff_s=%.1f", reason, self._backoff_s)
+
+    def _next_delay_s(self) -> float | None:
+        # "Equal jitter": half fixed so retries never spin, half random so a cluster's agents
+        # do not all retry in the same second after a collector outage.
+        if not self._backoff_s:
+            return None
+        return self._backoff_s / 2 + random.uniform(0, self._backoff_s / 2)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            delivered = self.push_once()
+            delay = None if delivered else self._next_delay_s()
+            self._wake.wait(timeout=delay)
+            self._wake.clear()
+
+    def start(self) -> None:
+        """Start the background sender thread."""
+        self._thread = threading.Thread(target=self._run, name="jobenergy-pusher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background sender thread (pending batches stay in the spool)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def close(self) -> None:
+        """Release the HTTP client."""
+        self._client.close()

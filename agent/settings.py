@@ -1,0 +1,88 @@
+"""Agent settings: CLI > environment (``JOBENERGY_AGENT_<KEY>``) > TOML ``[agent]`` > defaults."""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from jobenergy.core.errors import ConfigError
+
+
+class _TomlTableSource(PydanticBaseSettingsSource):
+    """The ``[agent]`` table of a TOML file as a settings source."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+class AgentSettings(BaseSettings):
+    """Settings of the node agent (``jobenergy agent --config FILE.toml``)."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBENERGY_AGENT_", extra="forbid")
+
+    collector_url: str = "http://127.0.0.1:8080"
+    cluster: str = "default"
+    node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
+    interval_s: float = Field(default=1.0, gt=0, le=3600)
+    push_interval_s: float = Field(default=10.0, gt=0, le=86400)
+    spool_dir: Path = Path("/var/spool/jobenergy")
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    sysfs_root: Path = Path("/sys")
+    procfs_root: Path = Path("/proc")
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    nvml: Literal["auto", "off"] = "auto"
+    gpu_map_dir: Path = Path("/run/jobenergy/gpus")
+    # Static (idle-floor) power per RAPL source for the shared-node split; learned when unset.
+    cpu_static_power_w: float | None = Field(default=None, ge=0)
+    dram_static_power_w: float | None = Field(default=None, ge=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    max_intervals_per_batch: int = Field(default=3600, gt=0, le=10_000)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        toml_values = _TOML_VALUES.get(settings_cls, {})
+        return (init_settings, env_settings, _TomlTableSource(settings_cls, toml_values))
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> AgentSettings:
+        """Build settings from a TOML file's ``[agent]`` table, the environment and overrides.
+
+        Raises:
+            ConfigError: The file is missing or invalid, or a value is out of range.
+        """
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            path = Path(config_file)
+            try:
+                data = tomllib.loads(path.read_text())
+            except OSError as err:
+                raise ConfigError(f"cannot read agent config {path}: {err}") from err
+            except tomllib.TOMLDecodeError as err:
+                raise ConfigError(f"agent config {path} is not valid TOML: {err}") from err
+            table = data.get("agent")
+            if not isinstance(table, dict):
+                raise ConfigError(f"agent config {path} has no [agent] table")
+            values = table
+        _TOML_VALUES[cls] = values
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as err:
+            raise ConfigError(f"invalid agent settings: {err}") from err
+        finally:
+            _TOML_VALUES.pop(cls, None)
+
+
+_TOML_VALUES: dict[type, dict[str, Any]] = {}

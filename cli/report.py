@@ -1,0 +1,125 @@
+"""sacct-shaped tables of job energy, from the API's job JSON.
+
+Fields are chosen with ``-o`` like sacct's ``--format`` (case-insensitive, optional
+``%WIDTH``). Output is fixed-width with a dashed rule by default, ``|``-separated with
+``--parsable2`` (``-P``), or with a trailing ``|`` with ``--parsable`` (``-p``), as sacct does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from jobenergy.core.units import UJ_PER_KWH
+
+
+def format_elapsed(seconds: float | None) -> str:
+    """Format seconds as sacct's Elapsed: ``[D-]HH:MM:SS``."""
+    if seconds is None:
+        return ""
+    total = int(round(seconds))
+    days, rest = divmod(total, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}-{clock}" if days else clock
+
+
+def _kwh(value_uj: int | None) -> str:
+    return "" if value_uj is None else f"{value_uj / UJ_PER_KWH:.6f}"
+
+
+def _num(value: float | None, digits: int = 6) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One report column."""
+
+    name: str
+    width: int
+    get: Callable[[dict[str, Any]], str]
+    right: bool = True
+
+
+def _component(name: str) -> Callable[[dict[str, Any]], str]:
+    return lambda job: _kwh((job.get("by_component") or {}).get(name, 0))
+
+
+FIELDS: dict[str, Field] = {
+    f.name.lower(): f
+    for f in (
+        Field("JobID", 12, lambda j: str(j["job_id"]), right=False),
+        Field("Cluster", 10, lambda j: j.get("cluster") or "", right=False),
+        Field("User", 9, lambda j: j.get("user") or "", right=False),
+        Field("Account", 10, lambda j: j.get("account") or "", right=False),
+        Field("Partition", 10, lambda j: j.get("partition") or "", right=False),
+        Field("JobName", 12, lambda j: j.get("name") or "", right=False),
+        Field("State", 10, lambda j: j.get("state") or "", right=False),
+        Field("Elapsed", 10, lambda j: format_elapsed(j.get("elapsed_s"))),
+        Field("NodeList", 15, lambda j: ",".join(j.get("nodes") or sorted(j.get("by_node") or {})),
+              right=False),
+        Field("CPUkWh", 10, _component("cpu")),
+        Field("DRAMkWh", 10, _component("dram")),
+        Field("GPUkWh", 10, _component("gpu")),
+        Field("TotalkWh", 10, lambda j: _kwh(j.get("energy_uj"))),
+        Field("EnergyUJ", 16, lambda j: str(j.get("energy_uj", ""))),
+        Field("PUE", 5, lambda j: _num(j.get("pue"), 2)),
+        Field("FacilitykWh", 11, lambda j: _num(j.get("facility_energy_kwh"))),
+        Field("gCO2ekWh", 8, lambda j: _num(j.get("carbon_intensity_g_per_kwh"), 1)),
+        Field("CO2eKg", 10, lambda j: _num(j.get("co2e_kg"))),
+        Field("Model", 12, lambda j: (j.get("tags") or {}).get("model", ""), right=False),
+        Field("Phase", 9, lambda j: (j.get("tags") or {}).get("phase", ""), right=False),
+        Field("Coverage", 8, lambda j: _num((j.get("quality") or {}).get("coverage"), 3)),
+    )
+}
+
+DEFAULT_FIELDS = "JobID,User,Elapsed,CPUkWh,DRAMkWh,GPUkWh,TotalkWh,FacilitykWh,CO2eKg"
+
+
+def parse_fields(spec: str) -> list[Field]:
+    """Parse ``-o`` like sacct: ``JobID,User%20,TotalkWh``.
+
+    Raises:
+        ValueError: A field name is unknown (the message lists the valid ones).
+    """
+    fields = []
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, width = item.partition("%")
+        base = FIELDS.get(name.lower())
+        if base is None:
+            valid = " ".join(f.name for f in FIELDS.values())
+            raise ValueError(f"invalid field requested: {name!r}; valid fields: {valid}")
+        if width:
+            base = Field(base.name, int(width), base.get, base.right)
+        fields.append(base)
+    return fields
+
+
+def render(jobs: Iterable[dict[str, Any]], fields: list[Field], *, delimiter: str | None = None,
+           trailing: bool = False, header: bool = True) -> str:
+    """Render jobs as sacct does: fixed-width (``delimiter=None``) or delimited."""
+    lines = []
+    if delimiter is not None:
+        end = delimiter if trailing else ""
+        if header:
+            lines.append(delimiter.join(f.name for f in fields) + end)
+        for job in jobs:
+            lines.append(delimiter.join(f.get(job) for f in fields) + end)
+        return "\n".join(lines)
+
+    def cell(field: Field, text: str) -> str:
+        text = text if len(text) <= field.width else text[: field.width - 1] + "+"
+        return text.rjust(field.width) if field.right else text.ljust(field.width)
+
+    if header:
+        lines.append(" ".join(cell(f, f.name) for f in fields))
+        lines.append(" ".join("-" * f.width for f in fields))
+    for job in jobs:
+        lines.append(" ".join(cell(f, f.get(job)) for f in fields))
+    return "\n".join(lines)

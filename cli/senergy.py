@@ -1,0 +1,118 @@
+"""``senergy``: sacct-style energy reports for users.
+
+    senergy -j 1234,1235 -o JobID,User,TotalkWh,CO2eKg -P
+    senergy -u alice -S 2026-11-01 -E 2026-11-30 --json
+
+Talks to the jobenergy API at ``--url`` (default ``$JOBENERGY_URL``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import httpx
+import typer
+
+from .report import DEFAULT_FIELDS, parse_fields, render
+
+app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False)
+
+
+def _time_arg(value: str | None) -> str | None:
+    """Accept sacct's time forms: ISO date/time, epoch seconds, ``now``, ``now-Ndays``."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith("now"):
+        rest = text[3:]
+        moment = datetime.now(UTC)
+        if rest:
+            sign = -1 if rest[0] == "-" else 1
+            amount = rest[1:]
+            unit_s = 86_400 if amount.endswith("days") else 3_600 if amount.endswith("hours") else 1
+            digits = "".join(ch for ch in amount if ch.isdigit())
+            moment += sign * timedelta(seconds=int(digits or 0) * unit_s)
+        return moment.isoformat()
+    try:
+        return datetime.fromtimestamp(float(text), UTC).isoformat()
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise typer.BadParameter(f"invalid time {value!r}: use YYYY-MM-DD[THH:MM:SS], epoch "
+                                 "seconds or now[-Ndays]") from err
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
+
+
+@app.command()
+def report(
+    jobs: Annotated[str | None, typer.Option("--jobs", "-j", help="Job ids, comma separated")] = None,
+    cluster: Annotated[str | None, typer.Option("--clusters", "-M", help="Cluster")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's jobs")] = None,
+    account: Annotated[str | None, typer.Option("--account", "-A", help="Only this account")] = None,
+    partition: Annotated[str | None, typer.Option("--partition", "-r")] = None,
+    state: Annotated[str | None, typer.Option("--state", "-s")] = None,
+    start: Annotated[str | None, typer.Option("--starttime", "-S")] = None,
+    end: Annotated[str | None, typer.Option("--endtime", "-E")] = None,
+    allusers: Annotated[bool, typer.Option("--allusers", "-a", help="All users' jobs")] = False,
+    fields: Annotated[str, typer.Option("--format", "-o", help="Fields, e.g. JobID,TotalkWh")] = DEFAULT_FIELDS,
+    parsable2: Annotated[bool, typer.Option("--parsable2", "-P", help="'|' delimited")] = False,
+    parsable: Annotated[bool, typer.Option("--parsable", "-p", help="'|' delimited, trailing '|'")] = False,
+    noheader: Annotated[bool, typer.Option("--noheader", "-n")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Job JSON as the API returns it")] = False,
+    url: Annotated[str | None, typer.Option("--url", envvar="JOBENERGY_URL", help="jobenergy API")] = None,
+) -> None:
+    """Show the energy of jobs, like ``sacct``."""
+    if not url:
+        typer.echo("senergy: no API URL: pass --url or set JOBENERGY_URL", err=True)
+        raise typer.Exit(2)
+    try:
+        selected = parse_fields(fields)
+    except ValueError as err:
+        typer.echo(f"senergy: {err}", err=True)
+        raise typer.Exit(2) from err
+    params: dict[str, str] = {"limit": "10000"}
+    if jobs:
+        params["job_id"] = ",".join(j.strip() for j in jobs.split(",") if j.strip())
+    if user:
+        params["user"] = user
+    elif not jobs and not allusers and os.geteuid() != 0:
+        params["user"] = os.environ.get("USER", "")  # sacct shows your own jobs by default
+    for key, value in (("cluster", cluster), ("account", account), ("partition", partition),
+                       ("state", state), ("start", _time_arg(start)), ("end", _time_arg(end))):
+        if value:
+            params[key] = value
+    try:
+        resp = httpx.get(url.rstrip("/") + "/api/v1/jobs", params=params, timeout=30)
+    except httpx.HTTPError as err:
+        typer.echo(f"senergy: cannot reach {url}: {err}", err=True)
+        raise typer.Exit(1) from err
+    if not resp.is_success:
+        typer.echo(f"senergy: API answered {resp.status_code}: {resp.text[:500]}", err=True)
+        raise typer.Exit(1)
+    found = resp.json()["jobs"]
+    if as_json:
+        typer.echo(json.dumps({"jobs": found}, indent=2))
+    else:
+        delimiter = "|" if (parsable2 or parsable) else None
+        typer.echo(render(found, selected, delimiter=delimiter, trailing=parsable,
+                          header=not noheader))
+    if jobs:
+        asked = {j.strip() for j in jobs.split(",") if j.strip()}
+        missing = asked - {str(j["job_id"]) for j in found}
+        for job_id in sorted(missing):
+            typer.echo(f"senergy: no energy recorded for job {job_id}", err=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="senergy")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Start the real ``jobenergy`` server and agents as child processes (demo, tests, benches)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from jobenergy.core.errors import JobEnergyError
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jobenergy.cli.main", *args]
+
+
+def start_server(db_url: str, port: int, log_path: Path, *extra: str,
+                 timeout_s: float = 30.0) -> subprocess.Popen:
+    """Start ``jobenergy server`` and wait until /healthz answers."""
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    proc = subprocess.Popen(
+        _cli("server", "--db", db_url, "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning", *extra),
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/healthz"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise JobEnergyError(f"server exited with {proc.returncode}; see {log_path}")
+        try:
+            if httpx.get(url, timeout=1).is_success:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise JobEnergyError(f"server did not answer on {url} within {timeout_s}s; see {log_path}")
+
+
+def write_agent_config(path: Path, **values: object) -> Path:
+    """Write a TOML ``[agent]`` table (strings, numbers, booleans)."""
+    lines = ["[agent]"]
+    for key, value in values.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, int | float):
+            lines.append(f"{key} = {value}")
+        else:
+            lines.append(f'{key} = "{value}"')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_agent(config: Path, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``jobenergy agent --config FILE`` with extra environment."""
+    log = open(log_path, "ab")  # noqa: SIM115
+    return subprocess.Popen(
+        _cli("agent", "--config", str(config)),
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    )
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> int:
+    """SIGTERM a child and wait for its exit status (SIGKILL after ``timeout_s``)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
