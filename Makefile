@@ -1,0 +1,36 @@
+# jobenergy: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[all,test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/jobenergy demo $(DEMO_ARGS)
+
+# Debian packages the tests run against for real: PostgreSQL server, gcc (simulated NVML).
+system-deps:
+	@bash scripts/system-deps.sh
+
+test: system-deps $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/agent_bench.py
+	$(PY) bench/ingest_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
