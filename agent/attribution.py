@@ -26,9 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from jobenergy.agent.readings import CgroupSnapshot
 from jobenergy.core.split import split_uj
-
-from .readings import CgroupSnapshot
 
 UNATTRIBUTED = ""  # key for the node's own account inside split weights
 

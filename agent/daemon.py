@@ -16,19 +16,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from jobenergy.agent.attribution import StaticFloor, attribute_cpu, job_usage
+from jobenergy.agent.cgroups import SlurmCgroups
+from jobenergy.agent.metrics import AgentMetrics
+from jobenergy.agent.procstat import read_boot_id, read_cpu_times
+from jobenergy.agent.pusher import Pusher
+from jobenergy.agent.readings import CgroupSnapshot, CpuTimes, Reading
+from jobenergy.agent.sensors.rapl import RaplSensor
+from jobenergy.agent.settings import AgentSettings
+from jobenergy.agent.spool import Spool
 from jobenergy.core.counters import counter_delta
 from jobenergy.core.errors import SensorError, SensorUnavailable
 from jobenergy.core.schema import SCHEMA_VERSION, Interval, JobSample, SourceEnergy
-
-from .attribution import StaticFloor, attribute_cpu, job_usage
-from .cgroups import SlurmCgroups
-from .metrics import AgentMetrics
-from .procstat import read_boot_id, read_cpu_times
-from .pusher import Pusher
-from .readings import CgroupSnapshot, CpuTimes, Reading
-from .sensors.rapl import RaplSensor
-from .settings import AgentSettings
-from .spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class Agent:
     def _make_gpu(self) -> Any:
         if self.settings.nvml == "off":
             return None
-        from .gpu import GpuAccounting  # pynvml is loaded only when GPUs are wanted
+        from jobenergy.agent.gpu import GpuAccounting  # pynvml is loaded only when GPUs are wanted
 
         try:
             gpu = GpuAccounting(
@@ -169,8 +168,7 @@ class Agent:
             self.metrics.energy_uj.labels(src.component, src.source).inc(src.measured_uj)
             self.metrics.unattributed_uj.labels(src.component).inc(src.unattributed_uj)
         jobs = [
-            JobSample(job_id=j, uid=u.uid, cpus=u.cpus, cpu_time_us=u.cpu_ns // 1000,
-                      ended=u.ended)
+            JobSample(job_id=j, uid=u.uid, cpus=u.cpus, cpu_time_us=u.cpu_ns // 1000, ended=u.ended)
             for j, u in usage.items()
         ]
         gpu_jobs = {j for s in sources if s.component == "gpu" for j in s.jobs_uj}
@@ -222,7 +220,10 @@ class Agent:
         next_ns = time.monotonic_ns()
         logger.info(
             "agent started cluster=%s node=%s boot_id=%s interval_s=%s collector=%s",
-            self.settings.cluster, self.settings.node, self.boot_id, self.settings.interval_s,
+            self.settings.cluster,
+            self.settings.node,
+            self.boot_id,
+            self.settings.interval_s,
             self.settings.collector_url,
         )
         while not stop.is_set():

@@ -20,11 +20,15 @@ class AgentMetrics:
             "jobenergy_agent_sensor_errors", "Failed sensor reads", ["sensor"], registry=r
         )
         self.energy_uj = Counter(
-            "jobenergy_agent_measured_energy_uj", "Energy measured, µJ", ["component", "source"],
+            "jobenergy_agent_measured_energy_uj",
+            "Energy measured, µJ",
+            ["component", "source"],
             registry=r,
         )
         self.unattributed_uj = Counter(
-            "jobenergy_agent_unattributed_energy_uj", "Energy on no job, µJ", ["component"],
+            "jobenergy_agent_unattributed_energy_uj",
+            "Energy on no job, µJ",
+            ["component"],
             registry=r,
         )
         self.jobs = Gauge("jobenergy_agent_jobs", "Slurm jobs seen at the last sample", registry=r)
@@ -32,7 +36,8 @@ class AgentMetrics:
             "jobenergy_agent_spool_pending_batches", "Batches waiting for the collector", registry=r
         )
         self.spool_dropped = Gauge(
-            "jobenergy_agent_spool_dropped_batches", "Batches dropped by the spool size cap",
+            "jobenergy_agent_spool_dropped_batches",
+            "Batches dropped by the spool size cap",
             registry=r,
         )
         self.push_failures = Gauge(

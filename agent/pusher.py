@@ -14,8 +14,7 @@ import random
 import threading
 
 import httpx
-
-from .spool import Spool
+from jobenergy.agent.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +90,7 @@ class Pusher:
 
     def _failed(self, reason: str) -> None:
         self.failures_total += 1
-        self._backoff_s = min(
-            self.backoff_max_s, max(self.backoff_initial_s, self._backoff_s * 2)
-        )
+        self._backoff_s = min(self.backoff_max_s, max(self.backoff_initial_s, self._backoff_s * 2))
         logger.warning("push failed, will retry reason=%s backoff_s=%.1f", reason, self._backoff_s)
 
     def _next_delay_s(self) -> float | None:

@@ -7,10 +7,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+from jobenergy.core.errors import ConfigError
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
-from jobenergy.core.errors import ConfigError
 
 
 class _TomlTableSource(PydanticBaseSettingsSource):
@@ -51,8 +50,9 @@ class AgentSettings(BaseSettings):
     max_intervals_per_batch: int = Field(default=3600, gt=0, le=10_000)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
-                                   dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         toml_values = _TOML_VALUES.get(settings_cls, {})
         return (init_settings, env_settings, _TomlTableSource(settings_cls, toml_values))
 

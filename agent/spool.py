@@ -84,8 +84,11 @@ class Spool:
             try:
                 state_seq = int(json.loads(state_file.read_text())["next_seq"])
             except (OSError, ValueError, KeyError, TypeError) as err:
-                logger.warning("spool state unreadable, deriving seq from files path=%s err=%s",
-                               state_file, err)
+                logger.warning(
+                    "spool state unreadable, deriving seq from files path=%s err=%s",
+                    state_file,
+                    err,
+                )
         pending = self.pending()
         file_seq = pending[-1].seq + 1 if pending else 0
         return max(state_seq, file_seq)
@@ -111,7 +114,8 @@ class Spool:
         path = self.batches_dir / f"{seq:020d}{_SUFFIX}"
         try:
             self._next_seq = seq + 1
-            self._save_next_seq()  # before the batch: a crash in between skips a seq, never reuses one
+            # State first: a crash in between skips a seq number, never reuses one.
+            self._save_next_seq()
             _write_atomic(path, payload)
         except OSError as err:
             raise SpoolError(f"cannot write batch seq={seq} to {path}: {err}") from err
@@ -156,7 +160,9 @@ class Spool:
         target = self.rejected_dir / batch.path.name
         os.replace(batch.path, target)
         target.with_suffix(".reason").write_text(reason)
-        logger.error("collector rejected batch seq=%s kept_at=%s reason=%s", batch.seq, target, reason)
+        logger.error(
+            "collector rejected batch seq=%s kept_at=%s reason=%s", batch.seq, target, reason
+        )
 
     def _enforce_cap(self) -> None:
         pending = self.pending()
@@ -168,5 +174,7 @@ class Spool:
             self.dropped_total += 1
             logger.error(
                 "spool full, dropped oldest batch seq=%s max_bytes=%s dropped_total=%s",
-                oldest.seq, self.max_bytes, self.dropped_total,
+                oldest.seq,
+                self.max_bytes,
+                self.dropped_total,
             )

@@ -31,10 +31,16 @@ def main() -> None:
         for i in range(args.jobs):
             node.start_job(str(1000 + i), 2000 + i % 7, [2 * i, 2 * i + 1])
         settings = AgentSettings(
-            collector_url="http://127.0.0.1:9", cluster="bench", node="bench",
-            interval_s=1.0, push_interval_s=10.0, spool_dir=root / "spool",
-            sysfs_root=node.sysfs_root, procfs_root=node.procfs_root,
-            cgroup_root=node.cgroup_root, nvml="off",
+            collector_url="http://127.0.0.1:9",
+            cluster="bench",
+            node="bench",
+            interval_s=1.0,
+            push_interval_s=10.0,
+            spool_dir=root / "spool",
+            sysfs_root=node.sysfs_root,
+            procfs_root=node.procfs_root,
+            cgroup_root=node.cgroup_root,
+            nvml="off",
         )
         agent = Agent(settings)
         agent.tick()
@@ -53,9 +59,13 @@ def main() -> None:
         mean_ms = 1000 * sum(cpu_s) / len(cpu_s)
         p50 = 1000 * cpu_s[len(cpu_s) // 2]
         p99 = 1000 * cpu_s[int(len(cpu_s) * 0.99)]
-        print(f"agent CPU per sample, {args.jobs} jobs, {args.packages} packages (RAPL+DRAM), "
-              f"{args.samples} samples: mean {mean_ms:.3f} ms, p50 {p50:.3f} ms, p99 {p99:.3f} ms")
-        print(f"= {mean_ms / 10:.3f} % of one core at 1 Hz (seal to spool every 10 samples included)")
+        print(
+            f"agent CPU per sample, {args.jobs} jobs, {args.packages} packages (RAPL+DRAM), "
+            f"{args.samples} samples: mean {mean_ms:.3f} ms, p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+        )
+        print(
+            f"= {mean_ms / 10:.3f} % of one core at 1 Hz (seal to spool every 10 samples included)"
+        )
         agent.pusher.close()
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from jobenergy.core.errors import JobEnergyError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Energy accounting for every job on a Slurm GPU cluster.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Energy accounting for every job on a Slurm GPU cluster.",
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema management.")
 app.add_typer(db_app, name="db")
 
@@ -28,9 +30,13 @@ def _logging(level: str) -> None:
 
 @app.command()
 def agent(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML file with [agent]")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML file with [agent]")
+    ] = None,
     node: Annotated[str | None, typer.Option(help="Override [agent] node")] = None,
-    collector_url: Annotated[str | None, typer.Option(help="Override [agent] collector_url")] = None,
+    collector_url: Annotated[
+        str | None, typer.Option(help="Override [agent] collector_url")
+    ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run the node agent until SIGTERM/SIGINT (then: final sample, flush, exit 0)."""
@@ -52,26 +58,38 @@ def agent(
 
 @app.command()
 def server(
-    db: Annotated[str, typer.Option("--db", help="sqlite:///path or postgresql+psycopg://...")] = "sqlite:///./jobenergy.db",
+    db: Annotated[
+        str, typer.Option("--db", help="sqlite:///path or postgresql+psycopg://...")
+    ] = "sqlite:///./jobenergy.db",
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8080,
     pue: Annotated[float, typer.Option(help="Default PUE")] = 1.0,
-    carbon_intensity: Annotated[float | None, typer.Option(
-        "--carbon-intensity", help="Default g CO2e/kWh (else world average 475, flagged)")] = None,
-    no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not upgrade the schema")] = False,
+    carbon_intensity: Annotated[
+        float | None,
+        typer.Option(
+            "--carbon-intensity", help="Default g CO2e/kWh (else world average 475, flagged)"
+        ),
+    ] = None,
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="Do not upgrade the schema")
+    ] = False,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run the collector and the API in one process."""
     _logging(log_level)
     import uvicorn
-
     from jobenergy.api.app import create_app
     from jobenergy.collector.settings import ServerSettings
 
     try:
-        settings = ServerSettings(db_url=db, host=host, port=port, pue=pue,
-                                  carbon_intensity_g_per_kwh=carbon_intensity,
-                                  migrate=not no_migrate)
+        settings = ServerSettings(
+            db_url=db,
+            host=host,
+            port=port,
+            pue=pue,
+            carbon_intensity_g_per_kwh=carbon_intensity,
+            migrate=not no_migrate,
+        )
         application = create_app(settings)
     except (JobEnergyError, ValueError) as err:
         typer.echo(f"jobenergy server: {err}", err=True)
@@ -95,7 +113,9 @@ def db_upgrade(
 def demo(
     keep_running: Annotated[bool, typer.Option("--keep-running", help="Leave the API up")] = False,
     port: Annotated[int, typer.Option(help="API port (0 = a free one)")] = 0,
-    workdir: Annotated[Path | None, typer.Option(help="Where to put simulated nodes and the DB")] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where to put simulated nodes and the DB")
+    ] = None,
 ) -> None:
     """Simulate a few nodes with DL jobs, run real agents and the server, print a report."""
     _logging("warning")

@@ -59,8 +59,12 @@ FIELDS: dict[str, Field] = {
         Field("JobName", 12, lambda j: j.get("name") or "", right=False),
         Field("State", 10, lambda j: j.get("state") or "", right=False),
         Field("Elapsed", 10, lambda j: format_elapsed(j.get("elapsed_s"))),
-        Field("NodeList", 15, lambda j: ",".join(j.get("nodes") or sorted(j.get("by_node") or {})),
-              right=False),
+        Field(
+            "NodeList",
+            15,
+            lambda j: ",".join(j.get("nodes") or sorted(j.get("by_node") or {})),
+            right=False,
+        ),
         Field("CPUkWh", 10, _component("cpu")),
         Field("DRAMkWh", 10, _component("dram")),
         Field("GPUkWh", 10, _component("gpu")),
@@ -101,8 +105,14 @@ def parse_fields(spec: str) -> list[Field]:
     return fields
 
 
-def render(jobs: Iterable[dict[str, Any]], fields: list[Field], *, delimiter: str | None = None,
-           trailing: bool = False, header: bool = True) -> str:
+def render(
+    jobs: Iterable[dict[str, Any]],
+    fields: list[Field],
+    *,
+    delimiter: str | None = None,
+    trailing: bool = False,
+    header: bool = True,
+) -> str:
     """Render jobs as sacct does: fixed-width (``delimiter=None``) or delimited."""
     lines = []
     if delimiter is not None:

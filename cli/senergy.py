@@ -16,8 +16,7 @@ from typing import Annotated
 
 import httpx
 import typer
-
-from .report import DEFAULT_FIELDS, parse_fields, render
+from jobenergy.cli.report import DEFAULT_FIELDS, parse_fields, render
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False)
 
@@ -44,28 +43,39 @@ def _time_arg(value: str | None) -> str | None:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError as err:
-        raise typer.BadParameter(f"invalid time {value!r}: use YYYY-MM-DD[THH:MM:SS], epoch "
-                                 "seconds or now[-Ndays]") from err
+        raise typer.BadParameter(
+            f"invalid time {value!r}: use YYYY-MM-DD[THH:MM:SS], epoch seconds or now[-Ndays]"
+        ) from err
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
 
 
 @app.command()
 def report(
-    jobs: Annotated[str | None, typer.Option("--jobs", "-j", help="Job ids, comma separated")] = None,
+    jobs: Annotated[
+        str | None, typer.Option("--jobs", "-j", help="Job ids, comma separated")
+    ] = None,
     cluster: Annotated[str | None, typer.Option("--clusters", "-M", help="Cluster")] = None,
     user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's jobs")] = None,
-    account: Annotated[str | None, typer.Option("--account", "-A", help="Only this account")] = None,
+    account: Annotated[
+        str | None, typer.Option("--account", "-A", help="Only this account")
+    ] = None,
     partition: Annotated[str | None, typer.Option("--partition", "-r")] = None,
     state: Annotated[str | None, typer.Option("--state", "-s")] = None,
     start: Annotated[str | None, typer.Option("--starttime", "-S")] = None,
     end: Annotated[str | None, typer.Option("--endtime", "-E")] = None,
     allusers: Annotated[bool, typer.Option("--allusers", "-a", help="All users' jobs")] = False,
-    fields: Annotated[str, typer.Option("--format", "-o", help="Fields, e.g. JobID,TotalkWh")] = DEFAULT_FIELDS,
+    fields: Annotated[
+        str, typer.Option("--format", "-o", help="Fields, e.g. JobID,TotalkWh")
+    ] = DEFAULT_FIELDS,
     parsable2: Annotated[bool, typer.Option("--parsable2", "-P", help="'|' delimited")] = False,
-    parsable: Annotated[bool, typer.Option("--parsable", "-p", help="'|' delimited, trailing '|'")] = False,
+    parsable: Annotated[
+        bool, typer.Option("--parsable", "-p", help="'|' delimited, trailing '|'")
+    ] = False,
     noheader: Annotated[bool, typer.Option("--noheader", "-n")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Job JSON as the API returns it")] = False,
-    url: Annotated[str | None, typer.Option("--url", envvar="JOBENERGY_URL", help="jobenergy API")] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", envvar="JOBENERGY_URL", help="jobenergy API")
+    ] = None,
 ) -> None:
     """Show the energy of jobs, like ``sacct``."""
     if not url:
@@ -83,8 +93,14 @@ def report(
         params["user"] = user
     elif not jobs and not allusers and os.geteuid() != 0:
         params["user"] = os.environ.get("USER", "")  # sacct shows your own jobs by default
-    for key, value in (("cluster", cluster), ("account", account), ("partition", partition),
-                       ("state", state), ("start", _time_arg(start)), ("end", _time_arg(end))):
+    for key, value in (
+        ("cluster", cluster),
+        ("account", account),
+        ("partition", partition),
+        ("state", state),
+        ("start", _time_arg(start)),
+        ("end", _time_arg(end)),
+    ):
         if value:
             params[key] = value
     try:
@@ -100,8 +116,9 @@ def report(
         typer.echo(json.dumps({"jobs": found}, indent=2))
     else:
         delimiter = "|" if (parsable2 or parsable) else None
-        typer.echo(render(found, selected, delimiter=delimiter, trailing=parsable,
-                          header=not noheader))
+        typer.echo(
+            render(found, selected, delimiter=delimiter, trailing=parsable, header=not noheader)
+        )
     if jobs:
         asked = {j.strip() for j in jobs.split(",") if j.strip()}
         missing = asked - {str(j["job_id"]) for j in found}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .units import UJ_PER_KWH
+from jobenergy.core.units import UJ_PER_KWH
 
 #: World average carbon intensity of electricity used when nothing better is known, g CO2e/kWh.
 #: Always reported with ``carbon_intensity_fallback = true``.

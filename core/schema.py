@@ -140,7 +140,9 @@ class JobEvent(WireModel):
     account: Annotated[str, Field(max_length=64)] | None = None
     partition: Annotated[str, Field(max_length=64)] | None = None
     name: Annotated[str, Field(max_length=255)] | None = None
-    nodes: list[Annotated[str, Field(max_length=255)]] | None = Field(default=None, max_length=100_000)
+    nodes: list[Annotated[str, Field(max_length=255)]] | None = Field(
+        default=None, max_length=100_000
+    )
     gpus: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=1_024)
     comment: Annotated[str, Field(max_length=4_096)] | None = None
     state: Annotated[str, Field(max_length=32)] | None = None

@@ -8,12 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-
 from jobenergy.cli.report import DEFAULT_FIELDS, parse_fields, render
-
-from .node import SimNode
-from .processes import free_port, start_agent, start_server, stop, write_agent_config
-from .workload import DEMO_JOBS, JobSpec, PowerModel, step_node
+from jobenergy.sim.node import SimNode
+from jobenergy.sim.processes import free_port, start_agent, start_server, stop, write_agent_config
+from jobenergy.sim.workload import DEMO_JOBS, JobSpec, PowerModel, step_node
 
 CLUSTER = "demo"
 STEP_S = 0.25
@@ -22,10 +20,18 @@ INTERVAL_S = 1.0
 
 def _event(api: str, spec: JobSpec, kind: str, **extra: object) -> None:
     body = {
-        "cluster": CLUSTER, "job_id": spec.job_id, "event": kind,
-        "time": datetime.now(UTC).isoformat(), "user": spec.user, "uid": spec.uid,
-        "account": spec.account, "partition": spec.partition, "name": spec.name,
-        "nodes": [spec.node], "tags": spec.tags, **extra,
+        "cluster": CLUSTER,
+        "job_id": spec.job_id,
+        "event": kind,
+        "time": datetime.now(UTC).isoformat(),
+        "user": spec.user,
+        "uid": spec.uid,
+        "account": spec.account,
+        "partition": spec.partition,
+        "name": spec.name,
+        "nodes": [spec.node],
+        "tags": spec.tags,
+        **extra,
     }
     httpx.post(f"{api}/api/v1/jobs/events", json=body, timeout=10).raise_for_status()
 
@@ -37,8 +43,15 @@ def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = N
     port = port or free_port()
     api = f"http://127.0.0.1:{port}"
     print(f"jobenergy demo: working in {work}")
-    server = start_server(f"sqlite:///{work / 'jobenergy.db'}", port, work / "server.log",
-                          "--pue", "1.3", "--carbon-intensity", "55")
+    server = start_server(
+        f"sqlite:///{work / 'jobenergy.db'}",
+        port,
+        work / "server.log",
+        "--pue",
+        "1.3",
+        "--carbon-intensity",
+        "55",
+    )
     jobs = {spec.job_id: spec for spec in DEMO_JOBS}
     nodes: dict[str, SimNode] = {}
     agents = []
@@ -47,10 +60,17 @@ def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = N
             node = SimNode(work / "nodes" / name, name, ncpus=32, packages=2)
             nodes[name] = node
             config = write_agent_config(
-                work / f"agent-{name}.toml", collector_url=api, cluster=CLUSTER, node=name,
-                interval_s=INTERVAL_S, push_interval_s=2.0, spool_dir=str(work / "spool" / name),
-                sysfs_root=str(node.sysfs_root), procfs_root=str(node.procfs_root),
-                cgroup_root=str(node.cgroup_root), nvml="off",
+                work / f"agent-{name}.toml",
+                collector_url=api,
+                cluster=CLUSTER,
+                node=name,
+                interval_s=INTERVAL_S,
+                push_interval_s=2.0,
+                spool_dir=str(work / "spool" / name),
+                sysfs_root=str(node.sysfs_root),
+                procfs_root=str(node.procfs_root),
+                cgroup_root=str(node.cgroup_root),
+                nvml="off",
                 gpu_map_dir=str(work / "gpumap" / name),
             )
             agents.append(start_agent(config, work / f"agent-{name}.log"))
@@ -58,8 +78,9 @@ def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = N
         _drive(api, nodes, jobs, PowerModel())
         for proc in agents:
             stop(proc)
-        resp = httpx.get(f"{api}/api/v1/jobs", params={"cluster": CLUSTER, "limit": 1000},
-                         timeout=10)
+        resp = httpx.get(
+            f"{api}/api/v1/jobs", params={"cluster": CLUSTER, "limit": 1000}, timeout=10
+        )
         resp.raise_for_status()
         found = sorted(resp.json()["jobs"], key=lambda j: j["job_id"])
         print()
@@ -79,7 +100,9 @@ def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = N
         stop(server)
 
 
-def _drive(api: str, nodes: dict[str, SimNode], jobs: dict[str, JobSpec], power: PowerModel) -> None:
+def _drive(
+    api: str, nodes: dict[str, SimNode], jobs: dict[str, JobSpec], power: PowerModel
+) -> None:
     started: set[str] = set()
     ended: set[str] = set()
     end_s = max(spec.start_s + spec.duration_s for spec in jobs.values()) + 2 * INTERVAL_S
@@ -94,11 +117,16 @@ def _drive(api: str, nodes: dict[str, SimNode], jobs: dict[str, JobSpec], power:
             node = nodes[spec.node]
             if spec.job_id not in started and elapsed >= spec.start_s:
                 started.add(spec.job_id)
-                free = sorted(set(range(node.ncpus)) - {c for j in node.jobs.values() for c in j.cpus})
+                free = sorted(
+                    set(range(node.ncpus)) - {c for j in node.jobs.values() for c in j.cpus}
+                )
                 node.start_job(spec.job_id, spec.uid, free[: spec.cpus])
                 _event(api, spec, "start")
-            elif (spec.job_id in started and spec.job_id not in ended
-                  and elapsed >= spec.start_s + spec.duration_s):
+            elif (
+                spec.job_id in started
+                and spec.job_id not in ended
+                and elapsed >= spec.start_s + spec.duration_s
+            ):
                 ended.add(spec.job_id)
                 node.end_job(spec.job_id)
                 _event(api, spec, "end", state="COMPLETED", exit_code="0:0")

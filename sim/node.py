@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fs import write_atomic
+from jobenergy.sim.fs import write_atomic
 
 USER_HZ = 100
 NS_PER_TICK = 1_000_000_000 // USER_HZ
@@ -50,8 +50,15 @@ class SimNode:
         energy_start_uj: Initial RAPL counter value (set near the range to force a wrap).
     """
 
-    def __init__(self, root: str | Path, name: str, *, ncpus: int = 16, packages: int = 2,
-                 energy_start_uj: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        name: str,
+        *,
+        ncpus: int = 16,
+        packages: int = 2,
+        energy_start_uj: int = 0,
+    ) -> None:
         self.root = Path(root)
         self.name = name
         self.ncpus = ncpus
@@ -101,8 +108,9 @@ class SimNode:
                 write_atomic(base / folder / "max_energy_range_uj", f"{RAPL_MAX_RANGE_UJ}\n")
                 write_atomic(base / folder / "enabled", "1\n")
             write_atomic(base / f"intel-rapl:{pkg}:1" / "energy_uj", "12345\n")
-        write_atomic(self.procfs_root / "sys" / "kernel" / "random" / "boot_id",
-                     f"{uuid.uuid4()}\n")
+        write_atomic(
+            self.procfs_root / "sys" / "kernel" / "random" / "boot_id", f"{uuid.uuid4()}\n"
+        )
         for controller in ("cpuacct", "cpuset", "devices"):
             self._cg(controller).mkdir(parents=True, exist_ok=True)
         write_atomic(self._cg("cpuset", "cpuset.cpus"), f"0-{self.ncpus - 1}\n")
@@ -116,7 +124,9 @@ class SimNode:
         idle_ticks = self.idle_ns // NS_PER_TICK
         lines = [f"cpu  {busy_ticks} 0 0 {idle_ticks} 0 0 0 0 0 0"]
         for cpu in range(self.ncpus):
-            lines.append(f"cpu{cpu} {busy_ticks // self.ncpus} 0 0 {idle_ticks // self.ncpus} 0 0 0 0 0 0")
+            lines.append(
+                f"cpu{cpu} {busy_ticks // self.ncpus} 0 0 {idle_ticks // self.ncpus} 0 0 0 0 0 0"
+            )
         lines += ["intr 0", "ctxt 0", "btime 1700000000", "processes 1", "procs_running 1"]
         write_atomic(self.procfs_root / "stat", "\n".join(lines) + "\n")
 
@@ -143,8 +153,11 @@ class SimNode:
 
     def _write_job_usage(self, job: SimJob) -> None:
         uid_dir, job_dir = self._job_parts(job)
-        for parts in ((uid_dir, job_dir), (uid_dir, job_dir, "step_batch"),
-                      (uid_dir, job_dir, "step_batch", "task_0")):
+        for parts in (
+            (uid_dir, job_dir),
+            (uid_dir, job_dir, "step_batch"),
+            (uid_dir, job_dir, "step_batch", "task_0"),
+        ):
             write_atomic(self._cg("cpuacct", *parts, "cpuacct.usage"), f"{job.usage_ns}\n")
         uid_total = sum(j.usage_ns for j in self.jobs.values() if j.uid == job.uid)
         uid_file = self._cg("cpuacct", uid_dir, "cpuacct.usage")
@@ -154,7 +167,9 @@ class SimNode:
             kept = 0
         write_atomic(uid_file, f"{max(kept, uid_total)}\n")
 
-    def start_job(self, job_id: str, uid: int, cpus: list[int], gpus: list[int] | None = None) -> SimJob:
+    def start_job(
+        self, job_id: str, uid: int, cpus: list[int], gpus: list[int] | None = None
+    ) -> SimJob:
         """Create the job's cgroups (usage 0), a process with Slurm's environment."""
         job = SimJob(job_id, uid, list(cpus), list(gpus or []), pid=self._next_pid)
         self._next_pid += 1
@@ -167,18 +182,24 @@ class SimNode:
         devices = "".join(f"c 195:{g} rwm\n" for g in job.gpus)
         write_atomic(self._cg("devices", uid_dir, job_dir, "devices.list"), devices)
         write_atomic(self._cg("devices", uid_dir, job_dir, "cgroup.procs"), f"{job.pid}\n")
-        write_atomic(self._cg("cpuacct", uid_dir, job_dir, "step_batch", "task_0", "cgroup.procs"),
-                     f"{job.pid}\n")
+        write_atomic(
+            self._cg("cpuacct", uid_dir, job_dir, "step_batch", "task_0", "cgroup.procs"),
+            f"{job.pid}\n",
+        )
         write_atomic(self._cg("cpuacct", uid_dir, job_dir, "cgroup.procs"), f"{job.pid}\n")
         cg_path = f"/slurm_{self.name}/{uid_dir}/{job_dir}/step_batch/task_0"
-        write_atomic(self.procfs_root / str(job.pid) / "cgroup",
-                     f"12:devices:{cg_path}\n4:cpuacct,cpu:{cg_path}\n3:cpuset:{cg_path}\n")
+        write_atomic(
+            self.procfs_root / str(job.pid) / "cgroup",
+            f"12:devices:{cg_path}\n4:cpuacct,cpu:{cg_path}\n3:cpuset:{cg_path}\n",
+        )
         env = {"SLURM_JOB_ID": job_id, "SLURM_JOB_UID": str(uid)}
         if job.gpus:
             env["SLURM_JOB_GPUS"] = ",".join(str(g) for g in job.gpus)
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(job.gpus)))
-        write_atomic(self.procfs_root / str(job.pid) / "environ",
-                     "".join(f"{k}={v}\0" for k, v in env.items()))
+        write_atomic(
+            self.procfs_root / str(job.pid) / "environ",
+            "".join(f"{k}={v}\0" for k, v in env.items()),
+        )
         self._write_job_usage(job)
         return job
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from jobenergy.core.errors import JobEnergyError
 
 
@@ -26,14 +25,26 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "jobenergy.cli.main", *args]
 
 
-def start_server(db_url: str, port: int, log_path: Path, *extra: str,
-                 timeout_s: float = 30.0) -> subprocess.Popen:
+def start_server(
+    db_url: str, port: int, log_path: Path, *extra: str, timeout_s: float = 30.0
+) -> subprocess.Popen:
     """Start ``jobenergy server`` and wait until /healthz answers."""
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     proc = subprocess.Popen(
-        _cli("server", "--db", db_url, "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning", *extra),
-        stdout=log, stderr=subprocess.STDOUT,
+        _cli(
+            "server",
+            "--db",
+            db_url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *extra,
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/healthz"
     deadline = time.monotonic() + timeout_s
@@ -64,12 +75,16 @@ def write_agent_config(path: Path, **values: object) -> Path:
     return path
 
 
-def start_agent(config: Path, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_agent(
+    config: Path, log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """Start ``jobenergy agent --config FILE`` with extra environment."""
     log = open(log_path, "ab")  # noqa: SIM115
     return subprocess.Popen(
         _cli("agent", "--config", str(config)),
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
 
 

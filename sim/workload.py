@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .node import SimNode
+from jobenergy.sim.node import SimNode
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,82 @@ class PowerModel:
 
 
 DEMO_JOBS: tuple[JobSpec, ...] = (
-    JobSpec("1001", "gpu-a01", "alice", 2001, "vision", "gpu", "resnet50-train", 0.5, 14, 8, 0.9,
-            gpus=2, gpu_util=0.95, tags={"model": "resnet50", "phase": "training"}),
-    JobSpec("1002", "gpu-a01", "bob", 2002, "nlp", "gpu", "bert-serve", 3.0, 9, 4, 0.4,
-            gpus=1, gpu_util=0.35, tags={"model": "bert-base", "phase": "inference"}),
-    JobSpec("1003", "gpu-a02", "bob", 2002, "nlp", "gpu", "llama7b-serve", 1.0, 15, 8, 0.5,
-            gpus=4, gpu_util=0.6, tags={"model": "llama-2-7b", "phase": "inference"}),
-    JobSpec("1004", "cpu-c01", "carol", 2003, "data", "cpu", "tokenize", 1.0, 8, 16, 1.0,
-            tags={"phase": "other"}),
-    JobSpec("1005", "cpu-c01", "alice", 2001, "vision", "cpu", "augment", 10.0, 6, 8, 0.8,
-            tags={"model": "resnet50", "phase": "other"}),
+    JobSpec(
+        "1001",
+        "gpu-a01",
+        "alice",
+        2001,
+        "vision",
+        "gpu",
+        "resnet50-train",
+        0.5,
+        14,
+        8,
+        0.9,
+        gpus=2,
+        gpu_util=0.95,
+        tags={"model": "resnet50", "phase": "training"},
+    ),
+    JobSpec(
+        "1002",
+        "gpu-a01",
+        "bob",
+        2002,
+        "nlp",
+        "gpu",
+        "bert-serve",
+        3.0,
+        9,
+        4,
+        0.4,
+        gpus=1,
+        gpu_util=0.35,
+        tags={"model": "bert-base", "phase": "inference"},
+    ),
+    JobSpec(
+        "1003",
+        "gpu-a02",
+        "bob",
+        2002,
+        "nlp",
+        "gpu",
+        "llama7b-serve",
+        1.0,
+        15,
+        8,
+        0.5,
+        gpus=4,
+        gpu_util=0.6,
+        tags={"model": "llama-2-7b", "phase": "inference"},
+    ),
+    JobSpec(
+        "1004",
+        "cpu-c01",
+        "carol",
+        2003,
+        "data",
+        "cpu",
+        "tokenize",
+        1.0,
+        8,
+        16,
+        1.0,
+        tags={"phase": "other"},
+    ),
+    JobSpec(
+        "1005",
+        "cpu-c01",
+        "alice",
+        2001,
+        "vision",
+        "cpu",
+        "augment",
+        10.0,
+        6,
+        8,
+        0.8,
+        tags={"model": "resnet50", "phase": "other"},
+    ),
 )
 
 
@@ -80,7 +146,10 @@ def step_node(node: SimNode, jobs: dict[str, JobSpec], power: PowerModel, dt_s: 
     busy_total = sum(per_job.values()) + power.os_busy_cpus
     per_socket = busy_total / node.packages
     for pkg in range(node.packages):
-        node.add_energy(f"package-{pkg}",
-                        int((power.idle_w + power.per_cpu_w * per_socket) * dt_s * 1e6))
-        node.add_energy(f"package-{pkg}/dram",
-                        int((power.dram_idle_w + power.dram_per_cpu_w * per_socket) * dt_s * 1e6))
+        node.add_energy(
+            f"package-{pkg}", int((power.idle_w + power.per_cpu_w * per_socket) * dt_s * 1e6)
+        )
+        node.add_energy(
+            f"package-{pkg}/dram",
+            int((power.dram_idle_w + power.dram_per_cpu_w * per_socket) * dt_s * 1e6),
+        )

@@ -27,7 +27,9 @@ def test_every_python_folder_is_a_declared_package():
             base = folder_of.get(rel.parts[0])
             assert base is not None, f"{rel.parts[0]}/ has Python code but no package-dir entry"
             found.add(".".join([base, *rel.parts[1:]]))
-    assert found == packages, f"missing from pyproject: {found - packages}; stale: {packages - found}"
+    assert found == packages, (
+        f"missing from pyproject: {found - packages}; stale: {packages - found}"
+    )
 
 
 def test_agent_does_not_import_server_libraries():
@@ -37,8 +39,9 @@ def test_agent_does_not_import_server_libraries():
         " if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={**os.environ})
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ}
+    )
     assert out.stdout.strip() == "", f"agent imports server libraries: {out.stdout}"
 
 

@@ -1,6 +1,5 @@
 from hypothesis import given
 from hypothesis import strategies as st
-
 from jobenergy.agent.attribution import JobUsage, StaticFloor, attribute_cpu, job_usage
 from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
 
@@ -8,7 +7,10 @@ from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
 def _snap(jobs, root=None, other=0):
     return CgroupSnapshot(
         version=1,
-        jobs={j: JobCgroup(j, 1000, usage, frozenset(range(cpus))) for j, (usage, cpus) in jobs.items()},
+        jobs={
+            j: JobCgroup(j, 1000, usage, frozenset(range(cpus)))
+            for j, (usage, cpus) in jobs.items()
+        },
         root_usage_ns=root,
         other_usage_ns=other,
     )
@@ -31,8 +33,10 @@ def test_v2_other_children_usage_is_not_given_to_vanished_jobs():
 
 
 def test_alone_on_node_gets_everything_empty_node_gets_nothing():
-    assert attribute_cpu(999, {"7": JobUsage(1, 1)}, node_busy_ns=10, ncpus=64,
-                         static_uj=500) == ({"7": 999}, 0)
+    assert attribute_cpu(999, {"7": JobUsage(1, 1)}, node_busy_ns=10, ncpus=64, static_uj=500) == (
+        {"7": 999},
+        0,
+    )
     assert attribute_cpu(999, {}, node_busy_ns=10, ncpus=64, static_uj=500) == ({}, 999)
 
 
@@ -40,8 +44,9 @@ def test_shared_node_static_by_allocation_dynamic_by_cpu_time():
     # 16 CPUs, job a holds 4 (busy 3 s), job b holds 4 (busy 1 s), OS busy 1 s more.
     usage = {"a": JobUsage(3_000, 4), "b": JobUsage(1_000, 4)}
     static_uj, dynamic_uj = 1_600, 10_000
-    jobs, unattributed = attribute_cpu(static_uj + dynamic_uj, usage, node_busy_ns=5_000,
-                                       ncpus=16, static_uj=static_uj)
+    jobs, unattributed = attribute_cpu(
+        static_uj + dynamic_uj, usage, node_busy_ns=5_000, ncpus=16, static_uj=static_uj
+    )
     # static: a 4/16, b 4/16, idle 8/16; dynamic: a 3/5, b 1/5, OS 1/5
     assert jobs == {"a": 400 + 6_000, "b": 400 + 2_000}
     assert unattributed == 800 + 2_000
@@ -52,13 +57,17 @@ def test_shared_node_static_by_allocation_dynamic_by_cpu_time():
     static=st.integers(0, 10**12),
     ncpus=st.integers(1, 256),
     busy=st.integers(0, 10**12),
-    jobs=st.dictionaries(st.text("0123456789", min_size=1, max_size=6),
-                         st.tuples(st.integers(0, 10**11), st.integers(0, 64)), max_size=40),
+    jobs=st.dictionaries(
+        st.text("0123456789", min_size=1, max_size=6),
+        st.tuples(st.integers(0, 10**11), st.integers(0, 64)),
+        max_size=40,
+    ),
 )
 def test_conservation_over_random_intervals(delta, static, ncpus, busy, jobs):
     usage = {j: JobUsage(ns, cpus) for j, (ns, cpus) in jobs.items()}
-    shares, unattributed = attribute_cpu(delta, usage, node_busy_ns=busy, ncpus=ncpus,
-                                         static_uj=static)
+    shares, unattributed = attribute_cpu(
+        delta, usage, node_busy_ns=busy, ncpus=ncpus, static_uj=static
+    )
     assert sum(shares.values()) + unattributed == delta
     assert all(v >= 0 for v in shares.values()) and unattributed >= 0
     assert set(shares) <= set(usage)

@@ -4,7 +4,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from jobenergy.agent.pusher import Pusher
 from jobenergy.agent.spool import Spool
 
@@ -27,7 +26,9 @@ class _Collector:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(b'{"detail": "nope"}' if status >= 400 else b'{"duplicate": false}')
+                self.wfile.write(
+                    b'{"detail": "nope"}' if status >= 400 else b'{"duplicate": false}'
+                )
 
             def log_message(self, *args):
                 pass

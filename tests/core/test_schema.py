@@ -1,19 +1,25 @@
 import pytest
-from pydantic import ValidationError
-
 from jobenergy.core.schema import Batch, JobEvent, SourceEnergy
+from pydantic import ValidationError
 
 
 def _source(**kw):
-    base = dict(component="cpu", source="package-0", measured_uj=100, jobs_uj={"7": 60},
-                unattributed_uj=40)
+    base = dict(
+        component="cpu", source="package-0", measured_uj=100, jobs_uj={"7": 60}, unattributed_uj=40
+    )
     base.update(kw)
     return base
 
 
 def _batch(**kw):
-    base = dict(schema_version=1, cluster="c", node="n", boot_id="b", seq=0,
-                intervals=[{"start": 1_700_000_000, "end": 1_700_000_001, "sources": [_source()]}])
+    base = dict(
+        schema_version=1,
+        cluster="c",
+        node="n",
+        boot_id="b",
+        seq=0,
+        intervals=[{"start": 1_700_000_000, "end": 1_700_000_001, "sources": [_source()]}],
+    )
     base.update(kw)
     return base
 
@@ -32,17 +38,41 @@ def test_valid_batch_round_trips():
         ({"extra": 1}, "extra"),
         ({"seq": -1}, "seq"),
         ({"intervals": [{"start": 10, "end": 5, "sources": []}]}, "not after start"),
-        ({"intervals": [{"start": 0, "end": 1, "sources": [_source(measured_uj=101)]}]},
-         "not conserved"),
-        ({"intervals": [{"start": 0, "end": 1, "sources": [_source(jobs_uj={"7": -1},
-                                                                    unattributed_uj=101)]}]},
-         "greater than or equal"),
-        ({"intervals": [{"start": 0, "end": 1, "sources": [
-            _source(measured_uj=10**12, jobs_uj={}, unattributed_uj=10**12)]}]}, "absurd"),
-        ({"intervals": [{"start": 0, "end": 1, "sources": [
-            _source(component="psys")]}]}, "psys"),
-        ({"intervals": [{"start": 0, "end": 1, "sources": [_source(jobs_uj={"../x": 60})]}]},
-         "pattern"),
+        (
+            {"intervals": [{"start": 0, "end": 1, "sources": [_source(measured_uj=101)]}]},
+            "not conserved",
+        ),
+        (
+            {
+                "intervals": [
+                    {
+                        "start": 0,
+                        "end": 1,
+                        "sources": [_source(jobs_uj={"7": -1}, unattributed_uj=101)],
+                    }
+                ]
+            },
+            "greater than or equal",
+        ),
+        (
+            {
+                "intervals": [
+                    {
+                        "start": 0,
+                        "end": 1,
+                        "sources": [
+                            _source(measured_uj=10**12, jobs_uj={}, unattributed_uj=10**12)
+                        ],
+                    }
+                ]
+            },
+            "absurd",
+        ),
+        ({"intervals": [{"start": 0, "end": 1, "sources": [_source(component="psys")]}]}, "psys"),
+        (
+            {"intervals": [{"start": 0, "end": 1, "sources": [_source(jobs_uj={"../x": 60})]}]},
+            "pattern",
+        ),
     ],
 )
 def test_bad_batches_are_rejected_with_a_reason(change, message):
@@ -58,7 +88,8 @@ def test_energy_must_be_integer_not_float():
 
 def test_job_event_accepts_epoch_and_iso_as_utc():
     a = JobEvent.model_validate({"cluster": "c", "job_id": "1", "event": "start", "time": 0})
-    b = JobEvent.model_validate({"cluster": "c", "job_id": "1", "event": "start",
-                                 "time": "1970-01-01T00:00:00"})
+    b = JobEvent.model_validate(
+        {"cluster": "c", "job_id": "1", "event": "start", "time": "1970-01-01T00:00:00"}
+    )
     assert a.time == b.time
     assert a.time.utcoffset().total_seconds() == 0

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from jobenergy.core.units import UJ_PER_KWH
 from jobenergy.sim.node import RAPL_MAX_RANGE_UJ, SimNode
 from jobenergy.sim.processes import free_port, start_agent, start_server, stop, write_agent_config
@@ -42,8 +41,9 @@ class Scenario:
     def __init__(self, root: Path):
         # n1 starts 5.5 J below the RAPL range: the 5 J idle burn stays below it, the first
         # job burn passes it (a wrap inside job 101).
-        self.n1 = SimNode(root / "n1", "n1", ncpus=16, packages=2,
-                          energy_start_uj=RAPL_MAX_RANGE_UJ - 5_500_000)
+        self.n1 = SimNode(
+            root / "n1", "n1", ncpus=16, packages=2, energy_start_uj=RAPL_MAX_RANGE_UJ - 5_500_000
+        )
         self.n2 = SimNode(root / "n2", "n2", ncpus=16, packages=2)
         self.job_uj: dict[str, dict[str, int]] = {}
         self.unattributed_uj: dict[str, dict[str, int]] = {"n1": {}, "n2": {}}
@@ -52,8 +52,7 @@ class Scenario:
         """Add energy to every source of ``node`` and book it to ``job_id`` (None: idle)."""
         for i, source in enumerate(SOURCES):
             energy_uj = joules * 1_000_000 + 7 * i + 1  # odd amounts: no accidental symmetry
-            book = (self.job_uj.setdefault(job_id, {}) if job_id
-                    else self.unattributed_uj[node.name])
+            book = self.job_uj.setdefault(job_id, {}) if job_id else self.unattributed_uj[node.name]
             book[source] = book.get(source, 0) + energy_uj
             node.add_energy(source, energy_uj)
         if job_id:
@@ -68,14 +67,29 @@ def cluster(tmp_path, pg_url):
     agents = {}
     for node in (scenario.n1, scenario.n2):
         config = write_agent_config(
-            tmp_path / f"{node.name}.toml", collector_url=api, cluster="e2e", node=node.name,
-            interval_s=INTERVAL_S, push_interval_s=0.5, spool_dir=str(tmp_path / "spool" / node.name),
-            sysfs_root=str(node.sysfs_root), procfs_root=str(node.procfs_root),
-            cgroup_root=str(node.cgroup_root), nvml="off", gpu_map_dir=str(tmp_path / "gpumap"),
+            tmp_path / f"{node.name}.toml",
+            collector_url=api,
+            cluster="e2e",
+            node=node.name,
+            interval_s=INTERVAL_S,
+            push_interval_s=0.5,
+            spool_dir=str(tmp_path / "spool" / node.name),
+            sysfs_root=str(node.sysfs_root),
+            procfs_root=str(node.procfs_root),
+            cgroup_root=str(node.cgroup_root),
+            nvml="off",
+            gpu_map_dir=str(tmp_path / "gpumap"),
         )
         agents[node.name] = start_agent(config, tmp_path / f"agent-{node.name}.log")
-    state = {"agents": agents, "server": None, "api": api, "port": port, "tmp": tmp_path,
-             "scenario": scenario, "db": pg_url}
+    state = {
+        "agents": agents,
+        "server": None,
+        "api": api,
+        "port": port,
+        "tmp": tmp_path,
+        "scenario": scenario,
+        "db": pg_url,
+    }
     yield state
     for proc in agents.values():
         stop(proc)
@@ -88,8 +102,11 @@ def _run_scenario(cluster) -> Scenario:
     tmp = cluster["tmp"]
     # The agents start while the collector is down: they must spool and deliver later.
     for name in ("n1", "n2"):
-        _wait_for(lambda n=name: (tmp / "spool" / n / "state.json").exists(), 30,
-                  f"agent {name} to take its first samples")
+        _wait_for(
+            lambda n=name: (tmp / "spool" / n / "state.json").exists(),
+            30,
+            f"agent {name} to take its first samples",
+        )
     s.burn(s.n1, None, 5)
     s.burn(s.n2, None, 2)
     time.sleep(PHASE_S)
@@ -117,10 +134,22 @@ def _run_scenario(cluster) -> Scenario:
 
 
 def _post_events(api: str) -> None:
-    for job_id, user, node in (("101", "alice", "n1"), ("202", "bob", "n2"), ("203", "alice", "n2")):
+    for job_id, user, node in (
+        ("101", "alice", "n1"),
+        ("202", "bob", "n2"),
+        ("203", "alice", "n2"),
+    ):
         for event, t in (("start", 1_800_000_000), ("end", 1_800_000_090)):
-            body = {"cluster": "e2e", "job_id": job_id, "event": event, "time": t, "user": user,
-                    "account": "ml", "nodes": [node], "tags": {"model": "resnet50"}}
+            body = {
+                "cluster": "e2e",
+                "job_id": job_id,
+                "event": event,
+                "time": t,
+                "user": user,
+                "account": "ml",
+                "nodes": [node],
+                "tags": {"model": "resnet50"},
+            }
             httpx.post(f"{api}/api/v1/jobs/events", json=body, timeout=10).raise_for_status()
 
 
@@ -132,7 +161,8 @@ def test_exact_energy_from_counters_to_senergy(cluster):
         assert stop(proc) == 0, f"agent {name} did not exit 0 on SIGTERM"
     for name in ("n1", "n2"):
         assert list((cluster["tmp"] / "spool" / name / "batches").glob("*.json.gz")) == [], (
-            f"agent {name} left undelivered batches")
+            f"agent {name} left undelivered batches"
+        )
 
     for job_id, by_source in s.job_uj.items():
         job = httpx.get(f"{api}/api/v1/jobs/{job_id}", params={"cluster": "e2e"}, timeout=10).json()
@@ -143,14 +173,19 @@ def test_exact_energy_from_counters_to_senergy(cluster):
         assert job["energy_uj"] == cpu + dram
         assert job["energy_kwh"] == pytest.approx((cpu + dram) / UJ_PER_KWH, rel=1e-12)
     assert httpx.get(f"{api}/api/v1/jobs/101", params={"cluster": "e2e"}).json()["user"] == "alice"
-    assert httpx.get(f"{api}/api/v1/jobs/101", params={"cluster": "e2e"}).json()["quality"]["wraps"] >= 1
+    assert (
+        httpx.get(f"{api}/api/v1/jobs/101", params={"cluster": "e2e"}).json()["quality"]["wraps"]
+        >= 1
+    )
 
     # Conservation per node and source: jobs + unattributed == everything the node burnt.
     nodes = httpx.get(f"{api}/api/v1/nodes", params={"cluster": "e2e"}, timeout=10).json()
     for node in (s.n1, s.n2):
         rows = [r for r in nodes["nodes"] if r["node"] == node.name]
-        for component, pick in (("cpu", lambda k: not k.endswith("/dram")),
-                                ("dram", lambda k: k.endswith("/dram"))):
+        for component, pick in (
+            ("cpu", lambda k: not k.endswith("/dram")),
+            ("dram", lambda k: k.endswith("/dram")),
+        ):
             row = next(r for r in rows if r["component"] == component)
             measured = sum(v for k, v in node.added_uj.items() if pick(k))
             unattributed = sum(v for k, v in s.unattributed_uj[node.name].items() if pick(k))
@@ -158,11 +193,29 @@ def test_exact_energy_from_counters_to_senergy(cluster):
             assert row["unattributed_uj"] == unattributed
             assert row["attributed_uj"] + row["unattributed_uj"] == row["measured_uj"]
 
-    out = subprocess.run(
-        [sys.executable, "-m", "jobenergy.cli.senergy", "--url", api, "-M", "e2e",
-         "-j", "101,202,203", "-o", "JobID,User,EnergyUJ,TotalkWh", "-P"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()
+    out = (
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jobenergy.cli.senergy",
+                "--url",
+                api,
+                "-M",
+                "e2e",
+                "-j",
+                "101,202,203",
+                "-o",
+                "JobID,User,EnergyUJ,TotalkWh",
+                "-P",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     assert out[0] == "JobID|User|EnergyUJ|TotalkWh"
     rows = {line.split("|")[0]: line.split("|") for line in out[1:]}
     for job_id, by_source in s.job_uj.items():
@@ -171,6 +224,8 @@ def test_exact_energy_from_counters_to_senergy(cluster):
         assert rows[job_id][3] == f"{total / UJ_PER_KWH:.6f}"
     as_json = subprocess.run(
         [sys.executable, "-m", "jobenergy.cli.senergy", "--url", api, "-j", "101", "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert json.loads(as_json)["jobs"][0]["energy_uj"] == sum(s.job_uj["101"].values())

@@ -1,0 +1,460 @@
+"""Slurm job cgroups: which jobs run on this node, their CPU time and allocated CPUs.
+
+Slurm's task/cgroup plugin puts every job in its own cgroup (Slurm's cgroup.conf(5) and
+cgroup_v2 documentation; the kernel's Documentation/admin-guide/cgroup-v1/cpuacct.rst,
+cgroup-v1/cpusets.rst and cgroup-v2.rst):
+
+* cgroup v1, one mount per controller under ``cgroup_root`` (normally ``/sys/fs/cgroup``)::
+
+      cpuacct/slurm[_<node>]/uid_<U>/job_<J>/step_<S>/task_<T>   cpuacct.usage (ns)
+      cpuset/slurm[_<node>]/uid_<U>/job_<J>                       cpuset.cpus
+
+  Debian's packages name the top folder ``slurm_<nodename>``; a host running several slurmd
+  (multiple-slurmd, front ends, tests) has one such folder per slurmd.
+* cgroup v2, one unified hierarchy::
+
+      system.slice/[<node>_]slurmstepd.scope/job_<J>/step_<S>/user/task_<T>
+      cpu.stat usage_usec (µs), cpuset.cpus.effective
+
+  The scope also holds ``system`` (slurmstepd itself), whose CPU time is no job's.
+
+Job folders are ``job_<digits>`` or, from Slurm 26.05, ``job_s`` followed by a 13-character
+lowercase SLUID. Anything else is ignored (debug log) rather than parsed into a wrong id.
+A folder removed by slurmd while it is being read (the job ended) is skipped for that sample.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
+from jobenergy.core.errors import ConfigError, SensorError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_JOB_RE = re.compile(r"^job_([0-9]+|s[0-9a-z]{13})$")
+_UID_RE = re.compile(r"^uid_([0-9]+)$")
+_SLURM_V1_RE = re.compile(r"^slurm(?:_.+)?$")
+_SCOPE = "slurmstepd.scope"
+_NS_PER_US = 1_000
+_READ_SIZE = 65_536
+# A cgroup removed by slurmd between listing and reading: gone, not failed.
+_VANISHED = frozenset({errno.ENOENT, errno.ENODEV, errno.ENOTDIR, errno.ESRCH})
+
+
+class _Vanished(Exception):
+    """The cgroup folder being read was removed (internal: the job is skipped)."""
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """Parse a kernel CPU list such as ``0-3,8,10-11`` (cpusets.rst "cpuset.cpus").
+
+    Args:
+        text: Content of ``cpuset.cpus`` or ``cpuset.cpus.effective``; empty means no CPU.
+
+    Returns:
+        The CPU ids.
+
+    Raises:
+        ValueError: If the text is not a CPU list.
+    """
+    cpus: set[int] = set()
+    text = text.strip()
+    if not text:
+        return frozenset()
+    for part in text.split(","):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ValueError(f"not a CPU list: {text[:80]!r}")
+        first, last = int(lo), int(hi) if dash else int(lo)
+        if last < first:
+            raise ValueError(f"descending CPU range {part!r} in {text[:80]!r}")
+        cpus.update(range(first, last + 1))
+    return frozenset(cpus)
+
+
+def parse_usage_usec(text: str) -> int:
+    """Return ``usage_usec`` (cumulative CPU time, µs) from a cgroup v2 ``cpu.stat``.
+
+    Raises:
+        ValueError: If there is no ``usage_usec`` line with a non-negative integer.
+    """
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            value = value.strip()
+            if not value.isdigit():
+                raise ValueError(f"usage_usec is not a non-negative integer: {value[:40]!r}")
+            return int(value)
+    raise ValueError("no usage_usec line")
+
+
+def _parse_ns(text: str) -> int:
+    """Parse v1 ``cpuacct.usage`` (cumulative CPU time, ns)."""
+    value = text.strip()
+    if not value.isdigit():
+        raise ValueError(f"expected a non-negative integer, got {value[:40]!r}")
+    return int(value)
+
+
+def job_id_from_proc_cgroup(text: str) -> str | None:
+    """Return the Slurm job id in the content of ``/proc/<pid>/cgroup``, or None.
+
+    Every line (``hierarchy-ID:controllers:path``, cgroups(7)) is examined, so any v1
+    controller line (``4:cpuacct,cpu:/slurm/uid_1000/job_42/step_0/task_0``, or
+    ``/slurm_<node>/...``) or the v2 line
+    (``0::/system.slice/[<node>_]slurmstepd.scope/job_42/step_0/user/task_0``) will do.
+
+    Args:
+        text: Content of ``/proc/<pid>/cgroup``.
+
+    Returns:
+        The job id as in the folder name ("42" or a SLUID), None if the process is in no
+        Slurm job cgroup (slurmstepd's own ``system`` cgroup, a login session, ...).
+    """
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        comps = parts[2].split("/")
+        for i in range(1, len(comps)):
+            m = _JOB_RE.match(comps[i])
+            if m is None:
+                continue
+            parent = comps[i - 1]
+            if parent == _SCOPE or parent.endswith("_" + _SCOPE):
+                return m[1]
+            if i >= 2 and _UID_RE.match(parent) and _SLURM_V1_RE.match(comps[i - 2]):
+                return m[1]
+    return None
+
+
+def job_id_from_pid(procfs_root: str | Path, pid: int) -> str | None:
+    """Return the Slurm job id of a process from ``<procfs_root>/<pid>/cgroup``, or None.
+
+    Args:
+        procfs_root: Mount point of procfs, normally ``/proc``.
+        pid: Process id.
+
+    Returns:
+        The job id, or None if the process is in no Slurm job or has exited.
+
+    Raises:
+        SensorError: The file exists but cannot be read.
+    """
+    path = os.path.join(os.fspath(procfs_root), str(int(pid)), "cgroup")
+    try:
+        text = _read_text(path)
+    except OSError as err:
+        if err.errno in _VANISHED:
+            return None
+        raise SensorError(f"cannot read {path}: {err.strerror or err}") from err
+    return job_id_from_proc_cgroup(text)
+
+
+def _read_text(path: str) -> str:
+    """Read a small cgroup/proc file; one ``read`` call suffices below 64 KiB."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _READ_SIZE)
+        if len(data) == _READ_SIZE:
+            chunks = [data]
+            while chunk := os.read(fd, _READ_SIZE):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    return data.decode("ascii", "replace")
+
+
+def _read_parsed(path: str, parse: Callable[[str], T]) -> T:
+    """Read and parse one file; vanished → _Vanished, other failures → SensorError."""
+    try:
+        text = _read_text(path)
+    except OSError as err:
+        if err.errno in _VANISHED:
+            raise _Vanished(path) from err
+        raise SensorError(f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise SensorError(f"garbage in {path}: {err}") from err
+
+
+def _list_names(path: str) -> list[str]:
+    """Return the entry names of a cgroup folder (sorted); vanished → _Vanished.
+
+    Names are enough below the Slurm root: cgroupfs files are never called ``uid_*``,
+    ``job_*`` or ``step_*``, and ``listdir`` is several times cheaper than ``scandir``.
+    """
+    try:
+        names = os.listdir(path)
+    except OSError as err:
+        if err.errno in _VANISHED:
+            raise _Vanished(path) from err
+        raise SensorError(f"cannot list {path}: {err.strerror or err}") from err
+    names.sort()
+    return names
+
+
+def _list_dirs(path: str) -> list[str]:
+    """Return the sub-folder names of a cgroup folder (sorted); vanished → _Vanished."""
+    try:
+        with os.scandir(path) as it:
+            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    except OSError as err:
+        if err.errno in _VANISHED:
+            raise _Vanished(path) from err
+        raise SensorError(f"cannot list {path}: {err.strerror or err}") from err
+
+
+def _steps(job_path: str) -> tuple[str, ...]:
+    """Return the step names ("0", "batch", "extern") of a job folder."""
+    return tuple(n[5:] for n in _list_names(job_path) if n.startswith("step_") and len(n) > 5)
+
+
+class SlurmCgroups:
+    """Resolve the Slurm job cgroups of this node (cgroup v1 or v2).
+
+    Args:
+        cgroup_root: Mount point of the cgroup filesystems, normally ``/sys/fs/cgroup``.
+        node: This slurmd's node name, needed only when several slurmd run on the host
+            (``slurm_<node>`` / ``<node>_slurmstepd.scope``); the plain names are the fallback.
+        version: Force cgroup version 1 or 2 (hybrid hosts); detected when None: v2 if
+            ``<root>/cgroup.controllers`` exists or ``<root>/cpuacct`` does not.
+
+    Raises:
+        ConfigError: ``version`` is not 1, 2 or None.
+    """
+
+    def __init__(
+        self, cgroup_root: str | Path, node: str | None = None, *, version: int | None = None
+    ) -> None:
+        self._root = os.fspath(cgroup_root)
+        self._node = node
+        if version is None:
+            unified = os.path.exists(os.path.join(self._root, "cgroup.controllers"))
+            version = 2 if unified or not self._v1_cpuacct_base() else 1
+        if version not in (1, 2):
+            raise ConfigError(f"cgroup version must be 1 or 2, got {version!r}")
+        self.version: int = version
+        self._slurm_dir: str | None = None  # resolved root, cached until it disappears
+        # Job folder → its cpuset, once two samples agreed (see _cached_cpus).
+        self._cpus_stable: dict[str, frozenset[int]] = {}
+        self._cpus_last: dict[str, frozenset[int]] = {}
+
+    def snapshot(self) -> CgroupSnapshot:
+        """Return every Slurm job cgroup on this node now.
+
+        Returns:
+            The snapshot; empty with ``root_usage_ns`` None when no Slurm root cgroup exists
+            (no job has started since boot).
+
+        Raises:
+            ConfigError: Several ``slurm_<node>`` / ``<node>_slurmstepd.scope`` folders
+                exist and no ``node`` was given.
+            SensorError: A cgroup file exists but cannot be read or holds garbage.
+        """
+        for _ in range(2):
+            slurm_dir = self._resolve()
+            if slurm_dir is None:
+                logger.debug("no Slurm cgroup root under cgroup_root=%s", self._root)
+                return CgroupSnapshot(version=self.version)
+            try:
+                if self.version == 1:
+                    return self._snapshot_v1(slurm_dir)
+                return self._snapshot_v2(slurm_dir)
+            except _Vanished:
+                self._slurm_dir = None  # the root itself went away: resolve once more
+        return CgroupSnapshot(version=self.version)
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def _v1_cpuacct_base(self) -> str | None:
+        """Return the v1 cpuacct mount (``cpuacct`` or the joint ``cpu,cpuacct``)."""
+        for name in ("cpuacct", "cpu,cpuacct"):
+            path = os.path.join(self._root, name)
+            if os.path.isdir(path):
+                return path
+        return None
+
+    def _resolve(self) -> str | None:
+        """Return the Slurm root cgroup folder (v1 under cpuacct, v2 the scope), or None."""
+        if self._slurm_dir is not None:
+            return self._slurm_dir
+        if self.version == 1:
+            parent = self._v1_cpuacct_base()
+            plain, per_node = "slurm", f"slurm_{self._node}"
+
+            def is_candidate(name: str) -> bool:
+                return name == plain or name.startswith("slurm_")
+        else:
+            parent = os.path.join(self._root, "system.slice")
+            plain, per_node = _SCOPE, f"{self._node}_{_SCOPE}"
+
+            def is_candidate(name: str) -> bool:
+                return name == plain or name.endswith("_" + _SCOPE)
+
+        if parent is None:
+            return None
+        if self._node is not None:
+            chosen = next(
+                (n for n in (per_node, plain) if os.path.isdir(os.path.join(parent, n))), None
+            )
+        else:
+            try:
+                with os.scandir(parent) as it:
+                    found = sorted(e.name for e in it if is_candidate(e.name) and e.is_dir())
+            except (FileNotFoundError, NotADirectoryError):
+                found = []
+            except OSError as err:
+                raise SensorError(f"cannot list {parent}: {err.strerror or err}") from err
+            if len(found) > 1:
+                raise ConfigError(
+                    f"several Slurm cgroup roots in {parent}: {', '.join(found)}; set the "
+                    "agent's node name so the right one is used"
+                )
+            chosen = found[0] if found else None
+        if chosen is None:
+            return None
+        self._slurm_dir = os.path.join(parent, chosen)
+        logger.debug("Slurm cgroup root version=%s path=%s", self.version, self._slurm_dir)
+        return self._slurm_dir
+
+    # -- v1 -------------------------------------------------------------------------------
+
+    def _snapshot_v1(self, slurm_dir: str) -> CgroupSnapshot:
+        """Read ``cpuacct/slurm[_<node>]/uid_U/job_J`` and the matching cpuset folders."""
+        root_usage_ns = _read_parsed(f"{slurm_dir}/cpuacct.usage", _parse_ns)
+        cpuset_dir = os.path.join(self._root, "cpuset", os.path.basename(slurm_dir))
+        jobs: dict[str, JobCgroup] = {}
+        for uid_name in _list_names(slurm_dir):
+            uid_m = _UID_RE.match(uid_name)
+            if uid_m is None:
+                continue  # the root's own files (cpuacct.usage, tasks, ...)
+            uid_path = f"{slurm_dir}/{uid_name}"
+            try:
+                job_names = _list_names(uid_path)
+            except _Vanished:
+                continue
+            for job_name in job_names:
+                if not job_name.startswith("job_"):
+                    continue
+                m = _JOB_RE.match(job_name)
+                job_path = f"{uid_path}/{job_name}"
+                if m is None:
+                    logger.debug("ignoring non-job cgroup folder path=%s", job_path)
+                    continue
+                try:
+                    steps = _steps(job_path)
+                    usage_ns = _read_parsed(f"{job_path}/cpuacct.usage", _parse_ns)
+                except _Vanished:
+                    logger.debug("job cgroup vanished while read job_id=%s", m[1])
+                    continue
+                cpus_path = f"{cpuset_dir}/{uid_name}/{job_name}/cpuset.cpus"
+                jobs[m[1]] = JobCgroup(
+                    job_id=m[1],
+                    uid=int(uid_m[1]),
+                    cpu_usage_ns=usage_ns,
+                    cpus=self._cached_cpus(job_path, cpus_path, _cpus_v1),
+                    steps=steps,
+                    path=job_path,
+                )
+        self._forget_ended(jobs)
+        return CgroupSnapshot(version=1, jobs=jobs, root_usage_ns=root_usage_ns)
+
+    # -- cpusets -------------------------------------------------------------------------
+
+    def _cached_cpus(
+        self, job_path: str, arg: str, read: Callable[[str], frozenset[int]]
+    ) -> frozenset[int]:
+        """Return a job's CPUs, reading them until two samples agree, then from the cache.
+
+        A job's cpuset does not change while it runs, but a cgroup just made by slurmstepd
+        can show the parent's (v2 ``cpuset.cpus.effective``) or no CPUs (v1) until Slurm has
+        written it; requiring two equal non-empty reads a sample apart skips that window.
+        Saves one file read per job per sample.
+        """
+        cpus = self._cpus_stable.get(job_path)
+        if cpus is not None:
+            return cpus
+        cpus = read(arg)
+        if cpus and self._cpus_last.get(job_path) == cpus:
+            self._cpus_stable[job_path] = cpus
+        self._cpus_last[job_path] = cpus
+        return cpus
+
+    def _forget_ended(self, jobs: dict[str, JobCgroup]) -> None:
+        """Drop cached cpusets of job folders that are gone (a requeued job gets new CPUs)."""
+        live = {job.path for job in jobs.values()}
+        if self._cpus_last.keys() - live:
+            self._cpus_last = {p: c for p, c in self._cpus_last.items() if p in live}
+            self._cpus_stable = {p: c for p, c in self._cpus_stable.items() if p in live}
+
+    # -- v2 -------------------------------------------------------------------------------
+
+    def _snapshot_v2(self, scope: str) -> CgroupSnapshot:
+        """Read ``system.slice/[<node>_]slurmstepd.scope/job_J`` and the scope's other children."""
+        root_usage_ns = _usage_v2(scope)
+        jobs: dict[str, JobCgroup] = {}
+        other_usage_ns = 0
+        for name in _list_dirs(scope):
+            path = f"{scope}/{name}"
+            m = _JOB_RE.match(name)
+            if m is None:
+                if name.startswith("job_"):
+                    logger.debug("ignoring non-job cgroup folder path=%s", path)
+                try:
+                    other_usage_ns += _usage_v2(path)  # slurmstepd's "system": no job's time
+                except _Vanished:
+                    pass
+                continue
+            try:
+                steps = _steps(path)
+                usage_ns = _usage_v2(path)
+            except _Vanished:
+                logger.debug("job cgroup vanished while read job_id=%s", m[1])
+                continue
+            jobs[m[1]] = JobCgroup(
+                job_id=m[1],
+                uid=None,
+                cpu_usage_ns=usage_ns,
+                cpus=self._cached_cpus(path, path, _cpus_v2),
+                steps=steps,
+                path=path,
+            )
+        self._forget_ended(jobs)
+        return CgroupSnapshot(
+            version=2, jobs=jobs, root_usage_ns=root_usage_ns, other_usage_ns=other_usage_ns
+        )
+
+
+def _usage_v2(path: str) -> int:
+    """Return a v2 cgroup's cumulative CPU time, ns (``cpu.stat`` usage_usec × 1000)."""
+    return _read_parsed(f"{path}/cpu.stat", parse_usage_usec) * _NS_PER_US
+
+
+def _cpus_v1(cpuset_path: str) -> frozenset[int]:
+    """Return a v1 job's CPUs from its ``cpuset.cpus``; none if the cpuset folder is absent."""
+    try:
+        return _read_parsed(cpuset_path, parse_cpu_list)
+    except _Vanished:
+        return frozenset()  # cpuset not constrained (ConstrainCores=no) or the job ended
+
+
+def _cpus_v2(path: str) -> frozenset[int]:
+    """Return a v2 cgroup's CPUs (``cpuset.cpus.effective``, else ``cpuset.cpus``; else none)."""
+    for name in ("cpuset.cpus.effective", "cpuset.cpus"):
+        try:
+            return _read_parsed(f"{path}/{name}", parse_cpu_list)
+        except _Vanished:
+            continue
+    return frozenset()

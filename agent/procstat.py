@@ -1,0 +1,125 @@
+"""Node-wide CPU time and boot id from procfs (proc(5)).
+
+* ``<procfs_root>/stat``: the first ``cpu`` line holds the time all CPUs spent in each state
+  since boot, in ``USER_HZ`` ticks (``sysconf(_SC_CLK_TCK)``, 100 on every Linux
+  architecture in practice): ``user nice system idle iowait irq softirq steal guest
+  guest_nice``. ``guest`` and ``guest_nice`` are already included in ``user`` and ``nice``
+  (kernel/sched/cputime.c), so adding them would count guest time twice. Fields after
+  ``idle`` appeared in later kernels and are 0 when absent.
+* ``<procfs_root>/sys/kernel/random/boot_id``: a random UUID made at each boot
+  (Documentation/admin-guide/sysctl/kernel.rst, "random"); a new value means the node
+  rebooted and every cumulative counter restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from jobenergy.agent.readings import CpuTimes
+from jobenergy.core.errors import SensorError
+
+logger = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal
+_IDLE_FIELDS = (3, 4)  # idle iowait
+_MIN_FIELDS = 4  # user nice system idle: present on every kernel
+
+
+def parse_cpu_times(text: str, ticks_per_s: int) -> CpuTimes:
+    """Parse the content of ``/proc/stat`` into node-wide CPU times.
+
+    Ticks are summed first and converted once, with integer arithmetic: exact whenever
+    ``ticks_per_s`` divides 10⁹ (USER_HZ = 100 does), otherwise rounded down.
+
+    Args:
+        text: Content of ``/proc/stat``.
+        ticks_per_s: ``USER_HZ``, clock ticks per second.
+
+    Returns:
+        Busy and total CPU time since boot, ns, and the number of ``cpuN`` lines.
+
+    Raises:
+        ValueError: If there is no aggregate ``cpu`` line or its fields are not integers.
+    """
+    if ticks_per_s <= 0:
+        raise ValueError(f"ticks_per_s must be > 0, got {ticks_per_s}")
+    fields: list[int] | None = None
+    ncpus = 0
+    for line in text.splitlines():
+        if not line.startswith("cpu"):
+            continue
+        head, _, rest = line.partition(" ")
+        if head == "cpu":
+            if fields is None:
+                try:
+                    fields = [int(v) for v in rest.split()]
+                except ValueError as err:
+                    raise ValueError(f"non-integer field in cpu line {line[:80]!r}") from err
+        elif head[3:].isdigit():
+            ncpus += 1
+    if fields is None:
+        raise ValueError("no aggregate 'cpu ' line")
+    if len(fields) < _MIN_FIELDS or any(v < 0 for v in fields):
+        raise ValueError(f"expected >= {_MIN_FIELDS} non-negative fields in cpu line, got {fields}")
+    fields += [0] * (10 - len(fields))
+    busy_ticks = sum(fields[i] for i in _BUSY_FIELDS)
+    total_ticks = busy_ticks + sum(fields[i] for i in _IDLE_FIELDS)
+    return CpuTimes(
+        busy_ns=busy_ticks * NS_PER_S // ticks_per_s,
+        total_ns=total_ticks * NS_PER_S // ticks_per_s,
+        ncpus=ncpus,
+    )
+
+
+def read_cpu_times(procfs_root: str | Path, ticks_per_s: int | None = None) -> CpuTimes:
+    """Read node-wide busy and total CPU time from ``<procfs_root>/stat``.
+
+    Args:
+        procfs_root: Mount point of procfs, normally ``/proc``.
+        ticks_per_s: ``USER_HZ``; defaults to ``os.sysconf("SC_CLK_TCK")`` of this host.
+
+    Returns:
+        CPU time since boot, ns (see :class:`CpuTimes`).
+
+    Raises:
+        SensorError: The file cannot be read or parsed.
+    """
+    if ticks_per_s is None:
+        ticks_per_s = os.sysconf("SC_CLK_TCK")
+    path = os.path.join(os.fspath(procfs_root), "stat")
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError as err:
+        raise SensorError(f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        return parse_cpu_times(text, ticks_per_s)
+    except ValueError as err:
+        raise SensorError(f"cannot parse {path}: {err}") from err
+
+
+def read_boot_id(procfs_root: str | Path) -> str:
+    """Read this boot's random id from ``<procfs_root>/sys/kernel/random/boot_id``.
+
+    Args:
+        procfs_root: Mount point of procfs, normally ``/proc``.
+
+    Returns:
+        The boot id, e.g. "3a1f6c2e-...", without the trailing newline.
+
+    Raises:
+        SensorError: The file cannot be read, or is empty or not a single token of at most
+            64 characters (the wire schema's limit).
+    """
+    path = os.path.join(os.fspath(procfs_root), "sys", "kernel", "random", "boot_id")
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            boot_id = f.read().strip()
+    except OSError as err:
+        raise SensorError(f"cannot read {path}: {err.strerror or err}") from err
+    if not boot_id or len(boot_id) > 64 or any(c.isspace() for c in boot_id):
+        raise SensorError(f"{path} does not hold a boot id: {boot_id[:80]!r}")
+    return boot_id

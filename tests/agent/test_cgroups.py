@@ -1,0 +1,428 @@
+"""Slurm cgroup resolver against treydock/cgroup_exporter's trees and small trees per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from jobenergy.agent.cgroups import (
+    SlurmCgroups,
+    job_id_from_pid,
+    job_id_from_proc_cgroup,
+    parse_cpu_list,
+    parse_usage_usec,
+)
+from jobenergy.agent.readings import CgroupSnapshot
+from jobenergy.core.errors import ConfigError, SensorError
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "cgroups" / "treydock-cgroup_exporter"
+SLUID = "s0123456789abc"  # "s" + 13 lowercase base32 characters (Slurm >= 26.05)
+BOGUS_JOB_NAMES = ["job_abc", "job_", "job_12x", "job_S0123456789ABC", "job_s0123456789ab"]
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.fixture
+def make_v1_job(tmp_path: Path):
+    """Factory: make_v1_job("42", usage_ns=..., cpus="0-3") builds a cgroup v1 job."""
+
+    def make(
+        job: str,
+        usage_ns: int | str = 0,
+        cpus: str | None = "0-3",
+        uid: int = 1000,
+        top: str = "slurm",
+        steps: tuple[str, ...] = ("batch", "extern"),
+        root_usage_ns: int = 10**12,
+    ) -> Path:
+        slurm = tmp_path / "cpuacct" / top
+        write(slurm / "cpuacct.usage", f"{root_usage_ns}\n")
+        job_dir = slurm / f"uid_{uid}" / f"job_{job}"
+        write(job_dir / "cpuacct.usage", f"{usage_ns}\n")
+        for step in steps:
+            write(job_dir / f"step_{step}" / "task_0" / "cpuacct.usage", "0\n")
+        if cpus is not None:
+            write(tmp_path / "cpuset" / top / f"uid_{uid}" / f"job_{job}" / "cpuset.cpus", cpus)
+        return job_dir
+
+    return make
+
+
+@pytest.fixture
+def make_v2_job(tmp_path: Path):
+    """Factory: make_v2_job("42", usage_usec=..., cpus="0-3") builds a cgroup v2 job."""
+    write(tmp_path / "cgroup.controllers", "cpuset cpu io memory pids\n")
+
+    def make(
+        job: str,
+        usage_usec: int | str = 0,
+        cpus: str | None = "0-3",
+        scope: str = "slurmstepd.scope",
+        steps: tuple[str, ...] = ("0", "extern"),
+        root_usage_usec: int = 10**9,
+    ) -> Path:
+        scope_dir = tmp_path / "system.slice" / scope
+        write(scope_dir / "cpu.stat", f"usage_usec {root_usage_usec}\nuser_usec 1\n")
+        job_dir = scope_dir / f"job_{job}"
+        write(job_dir / "cpu.stat", f"usage_usec {usage_usec}\nuser_usec 0\nsystem_usec 0\n")
+        for step in steps:
+            write(job_dir / f"step_{step}" / "user" / "task_0" / "cpu.stat", "usage_usec 0\n")
+        if cpus is not None:
+            write(job_dir / "cpuset.cpus.effective", cpus)
+        return job_dir
+
+    return make
+
+
+# -- golden fixture: cgroup v1 -------------------------------------------------------------
+
+
+def test_fixture_v1_jobs() -> None:
+    cgroups = SlurmCgroups(FIXTURE)
+    snap = cgroups.snapshot()
+
+    assert cgroups.version == 1
+    assert snap.version == 1
+    assert sorted(snap.jobs) == ["10", "11"]
+    job = snap.jobs["11"]
+    assert job.job_id == "11"
+    assert job.uid == 20821
+    assert job.cpu_usage_ns == 33146523011972
+    assert job.cpus == frozenset(range(40))  # cpuset.cpus "0-39"
+    assert job.steps == ("0", "batch", "extern")
+    assert job.path == str(FIXTURE / "cpuacct" / "slurm" / "uid_20821" / "job_11")
+    assert snap.jobs["10"].cpu_usage_ns == 7710215
+    assert snap.jobs["10"].cpus == frozenset({0, 1})
+    assert snap.root_usage_ns == 65297599
+    assert snap.other_usage_ns == 0
+
+
+# -- golden fixture: cgroup v2 (same root holds both; v2 forced) ---------------------------
+
+
+def test_fixture_v2_jobs() -> None:
+    snap = SlurmCgroups(FIXTURE, version=2).snapshot()
+
+    assert snap.version == 2
+    assert list(snap.jobs) == ["4"]
+    job = snap.jobs["4"]
+    assert job.cpu_usage_ns == 126686 * 1000  # usage_usec 126686
+    assert job.uid is None
+    assert job.cpus == frozenset({0})  # cpuset.cpus.effective "0"
+    assert job.steps == ("0", "extern")
+    assert snap.root_usage_ns == 503701 * 1000  # the scope's cpu.stat
+    assert snap.other_usage_ns == 20081 * 1000  # "system": slurmstepd itself
+
+
+def test_fixture_proc_cgroup_files() -> None:
+    proc = FIXTURE / "proc"
+    assert job_id_from_pid(proc, 49276) == "4"
+    assert job_id_from_pid(proc, 43310) is None  # slurmstepd's own "system" cgroup
+    assert job_id_from_pid(proc, 67998) is None  # a login session
+    assert job_id_from_pid(proc, 999999) is None  # exited
+
+
+# -- /proc/<pid>/cgroup --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "job_id"),
+    [
+        (
+            "12:memory:/slurm/uid_1000/job_42/step_0/task_0\n"
+            "4:cpuacct,cpu:/slurm/uid_1000/job_42/step_0/task_0\n"
+            "1:name=systemd:/system.slice/slurmd.service\n",
+            "42",
+        ),
+        ("3:freezer:/slurm_n1/uid_0/job_7/step_batch\n", "7"),
+        ("0::/system.slice/slurmstepd.scope/job_4/step_0/user/task_0\n", "4"),
+        ("0::/system.slice/n2_slurmstepd.scope/job_9/step_extern/slurm\n", "9"),
+        (f"0::/system.slice/slurmstepd.scope/job_{SLUID}/step_0/user/task_0\n", SLUID),
+        # only the devices controller shows the job: any controller line will do
+        ("11:devices:/slurm/uid_5/job_77/step_0\n10:cpuset:/\n", "77"),
+    ],
+)
+def test_job_id_from_proc_cgroup(text: str, job_id: str) -> None:
+    assert job_id_from_proc_cgroup(text) == job_id
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "0::/system.slice/slurmstepd.scope/system\n",
+        "0::/user.slice/user-20821.slice/session-157.scope\n",
+        "0::/system.slice/slurmstepd.scope/job_12x/step_0\n",
+        "0::/system.slice/slurmstepd.scope/job_/step_0\n",
+        "0::/user.slice/job_4/step_0\n",  # not under Slurm's root
+        "4:cpuacct:/docker/uid_1/job_4\n",
+        "garbage without colons\n",
+    ],
+)
+def test_job_id_from_proc_cgroup_none(text: str) -> None:
+    assert job_id_from_proc_cgroup(text) is None
+
+
+# -- parsers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [
+        ("0-3,8,10-11\n", {0, 1, 2, 3, 8, 10, 11}),
+        ("5", {5}),
+        ("", set()),
+        ("\n", set()),
+    ],
+)
+def test_parse_cpu_list(text: str, cpus: set[int]) -> None:
+    assert parse_cpu_list(text) == frozenset(cpus)
+
+
+@pytest.mark.parametrize("text", ["a", "0-", "-3", "3-1", "0,,1", "0-3\n4"])
+def test_parse_cpu_list_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_cpu_list(text)
+
+
+def test_parse_usage_usec() -> None:
+    assert parse_usage_usec("usage_usec 126686\nuser_usec 49043\n") == 126686
+    with pytest.raises(ValueError, match="no usage_usec"):
+        parse_usage_usec("user_usec 1\n")
+    with pytest.raises(ValueError, match="usage_usec"):
+        parse_usage_usec("usage_usec -5\n")
+
+
+# -- job folder names ----------------------------------------------------------------------
+
+
+def test_v1_sluid_and_bogus_job_names(tmp_path: Path, make_v1_job) -> None:
+    make_v1_job("12", usage_ns=5)
+    make_v1_job(SLUID, usage_ns=6)
+    for name in BOGUS_JOB_NAMES:
+        make_v1_job(name.removeprefix("job_"), usage_ns=999)
+
+    snap = SlurmCgroups(tmp_path).snapshot()
+
+    assert {k: j.cpu_usage_ns for k, j in snap.jobs.items()} == {"12": 5, SLUID: 6}
+
+
+def test_v2_sluid_and_bogus_job_names(tmp_path: Path, make_v2_job) -> None:
+    make_v2_job("12", usage_usec=5)
+    make_v2_job(SLUID, usage_usec=6)
+    for name in BOGUS_JOB_NAMES:
+        make_v2_job(name.removeprefix("job_"), usage_usec=1)
+
+    snap = SlurmCgroups(tmp_path).snapshot()
+
+    assert snap.version == 2
+    assert {k: j.cpu_usage_ns for k, j in snap.jobs.items()} == {"12": 5000, SLUID: 6000}
+    # not a job, so its CPU time is the scope's "other" time rather than a vanished job's
+    assert snap.other_usage_ns == len(BOGUS_JOB_NAMES) * 1000
+
+
+# -- several slurmd per host ---------------------------------------------------------------
+
+
+def test_v1_node_picks_its_slurm_folder(tmp_path: Path, make_v1_job) -> None:
+    make_v1_job("1", usage_ns=100, top="slurm_n1", root_usage_ns=1000)
+    make_v1_job("2", usage_ns=200, top="slurm_n2", root_usage_ns=2000, cpus="4-5")
+
+    snap = SlurmCgroups(tmp_path, node="n2").snapshot()
+
+    assert list(snap.jobs) == ["2"]
+    assert snap.jobs["2"].cpus == frozenset({4, 5})  # from cpuset/slurm_n2
+    assert snap.root_usage_ns == 2000
+    assert list(SlurmCgroups(tmp_path, node="n1").snapshot().jobs) == ["1"]
+
+
+def test_v1_several_slurm_folders_without_node_is_a_config_error(
+    tmp_path: Path, make_v1_job
+) -> None:
+    make_v1_job("1", top="slurm_n1")
+    make_v1_job("2", top="slurm_n2")
+
+    with pytest.raises(ConfigError, match="slurm_n1, slurm_n2.*node name"):
+        SlurmCgroups(tmp_path).snapshot()
+
+
+def test_v1_single_node_folder_used_without_node(tmp_path: Path, make_v1_job) -> None:
+    make_v1_job("3", top="slurm_debian1")
+    assert list(SlurmCgroups(tmp_path).snapshot().jobs) == ["3"]
+
+
+def test_v1_node_falls_back_to_plain_slurm(tmp_path: Path, make_v1_job) -> None:
+    make_v1_job("5")
+    assert list(SlurmCgroups(tmp_path, node="n9").snapshot().jobs) == ["5"]
+
+
+def test_v2_node_scope(tmp_path: Path, make_v2_job) -> None:
+    make_v2_job("1", usage_usec=1, scope="n1_slurmstepd.scope", root_usage_usec=10)
+    make_v2_job("2", usage_usec=2, scope="n2_slurmstepd.scope", root_usage_usec=20)
+
+    snap = SlurmCgroups(tmp_path, node="n1").snapshot()
+
+    assert list(snap.jobs) == ["1"]
+    assert snap.root_usage_ns == 10_000
+    with pytest.raises(ConfigError, match="n1_slurmstepd.scope, n2_slurmstepd.scope"):
+        SlurmCgroups(tmp_path).snapshot()
+
+
+# -- absent roots, races -------------------------------------------------------------------
+
+
+def test_missing_cgroup_root_is_an_empty_snapshot(tmp_path: Path) -> None:
+    assert SlurmCgroups(tmp_path / "nope").snapshot() == CgroupSnapshot(version=2)
+
+
+def test_no_slurm_folder_yet_is_an_empty_snapshot(tmp_path: Path) -> None:
+    (tmp_path / "cpuacct").mkdir()
+    snap = SlurmCgroups(tmp_path).snapshot()
+    assert snap == CgroupSnapshot(version=1, jobs={}, root_usage_ns=None)
+
+
+def test_slurm_root_appearing_later_is_found(tmp_path: Path, make_v1_job) -> None:
+    (tmp_path / "cpuacct").mkdir()
+    cgroups = SlurmCgroups(tmp_path)
+    assert cgroups.snapshot().jobs == {}
+
+    make_v1_job("8")
+    assert list(cgroups.snapshot().jobs) == ["8"]
+
+
+def test_slurm_root_removed_after_use_is_an_empty_snapshot(tmp_path: Path, make_v1_job) -> None:
+    make_v1_job("8")
+    cgroups = SlurmCgroups(tmp_path)
+    assert list(cgroups.snapshot().jobs) == ["8"]
+    shutil.rmtree(tmp_path / "cpuacct" / "slurm")
+
+    assert cgroups.snapshot() == CgroupSnapshot(version=1)
+
+
+def test_v1_job_gone_between_listing_and_reading_is_skipped(tmp_path: Path, make_v1_job) -> None:
+    make_v1_job("1", usage_ns=10)
+    gone = make_v1_job("2", usage_ns=20)
+    (gone / "cpuacct.usage").unlink()  # listed, then removed before its usage was read
+    dangling = tmp_path / "cpuacct" / "slurm" / "uid_1000" / "job_3"
+    dangling.symlink_to(tmp_path / "removed")  # listed, then the folder itself is gone
+
+    snap = SlurmCgroups(tmp_path).snapshot()
+
+    assert list(snap.jobs) == ["1"]
+
+
+def test_v2_job_gone_between_listing_and_reading_is_skipped(tmp_path: Path, make_v2_job) -> None:
+    make_v2_job("1", usage_usec=10)
+    gone = make_v2_job("2", usage_usec=20)
+    (gone / "cpu.stat").unlink()
+
+    assert list(SlurmCgroups(tmp_path).snapshot().jobs) == ["1"]
+
+
+def test_v1_job_without_cpuset_has_no_cpus(tmp_path: Path, make_v1_job) -> None:
+    make_v1_job("1", cpus=None)  # ConstrainCores=no: no job folder under cpuset
+    assert SlurmCgroups(tmp_path).snapshot().jobs["1"].cpus == frozenset()
+
+
+def test_v2_cpuset_falls_back_to_cpuset_cpus(tmp_path: Path, make_v2_job) -> None:
+    job = make_v2_job("1", cpus=None)
+    write(job / "cpuset.cpus", "2-3\n")
+    assert SlurmCgroups(tmp_path).snapshot().jobs["1"].cpus == frozenset({2, 3})
+
+
+def test_new_cgroup_cpuset_is_not_frozen_before_slurm_writes_it(
+    tmp_path: Path, make_v2_job
+) -> None:
+    job = make_v2_job("1", cpus="0-63")  # a fresh v2 cgroup shows its parent's CPUs
+    cgroups = SlurmCgroups(tmp_path)
+    assert len(cgroups.snapshot().jobs["1"].cpus) == 64
+
+    write(job / "cpuset.cpus.effective", "4-7\n")
+    assert cgroups.snapshot().jobs["1"].cpus == frozenset({4, 5, 6, 7})
+    assert cgroups.snapshot().jobs["1"].cpus == frozenset({4, 5, 6, 7})
+
+
+def test_requeued_job_gets_its_new_cpuset(tmp_path: Path, make_v1_job) -> None:
+    make_v1_job("1", cpus="0-1")
+    cgroups = SlurmCgroups(tmp_path)
+    for _ in range(3):
+        assert cgroups.snapshot().jobs["1"].cpus == frozenset({0, 1})
+    shutil.rmtree(tmp_path / "cpuacct" / "slurm" / "uid_1000" / "job_1")
+    assert cgroups.snapshot().jobs == {}
+
+    make_v1_job("1", cpus="6-7")
+    assert cgroups.snapshot().jobs["1"].cpus == frozenset({6, 7})
+
+
+def test_jobs_created_and_removed_concurrently_never_fail_a_snapshot(
+    tmp_path: Path, make_v1_job
+) -> None:
+    make_v1_job("1", usage_ns=1)
+    uid_dirs = {c: tmp_path / c / "slurm" / "uid_1000" for c in ("cpuacct", "cpuset")}
+    staging = tmp_path / "staging"
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def create(j: int) -> None:
+        # Built aside and renamed in: like the kernel, a reader never sees a half-written file.
+        for controller, name, text in (
+            ("cpuset", "cpuset.cpus", "0"),
+            ("cpuacct", "cpuacct.usage", f"{j}"),
+        ):
+            write(staging / f"job_{j}" / name, text)
+            write(staging / f"job_{j}" / "step_0" / "task_0" / name, text)
+            os.rename(staging / f"job_{j}", uid_dirs[controller] / f"job_{j}")
+
+    def churn() -> None:
+        try:
+            while not stop.is_set():
+                for j in range(2, 6):
+                    create(j)
+                for j in range(2, 6):
+                    for uid_dir in uid_dirs.values():
+                        shutil.rmtree(uid_dir / f"job_{j}")
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        cgroups = SlurmCgroups(tmp_path)
+        seen: set[str] = set()
+        for _ in range(300):
+            snap = cgroups.snapshot()
+            assert snap.jobs["1"].cpu_usage_ns == 1
+            for job_id, job in snap.jobs.items():
+                assert job.cpu_usage_ns == int(job_id)
+            seen.update(snap.jobs)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    assert len(seen) > 1  # the churning jobs were seen at least once
+
+
+# -- failures ------------------------------------------------------------------------------
+
+
+def test_garbage_usage_raises_naming_the_file(tmp_path: Path, make_v1_job) -> None:
+    make_v1_job("1", usage_ns="12abc")
+    with pytest.raises(SensorError, match=r"garbage in .*job_1/cpuacct.usage"):
+        SlurmCgroups(tmp_path).snapshot()
+
+
+def test_garbage_cpuset_raises_naming_the_file(tmp_path: Path, make_v2_job) -> None:
+    make_v2_job("1", cpus="zero")
+    with pytest.raises(SensorError, match=r"garbage in .*job_1/cpuset.cpus.effective"):
+        SlurmCgroups(tmp_path).snapshot()
+
+
+def test_bad_version_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="version"):
+        SlurmCgroups(tmp_path, version=3)

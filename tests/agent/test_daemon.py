@@ -1,0 +1,146 @@
+"""The agent's sample → attribute path on a simulated node tree (in process, no HTTP)."""
+
+import gzip
+import json
+
+import pytest
+from jobenergy.agent.daemon import Agent
+from jobenergy.agent.settings import AgentSettings
+from jobenergy.sim.node import SimNode
+
+SOURCES = ("package-0", "package-0/dram")
+
+
+@pytest.fixture
+def node(tmp_path):
+    return SimNode(tmp_path / "n", "n1", ncpus=8, packages=1)
+
+
+@pytest.fixture
+def agent(tmp_path, node):
+    settings = AgentSettings(
+        collector_url="http://127.0.0.1:9",
+        cluster="t",
+        node="n1",
+        interval_s=1,
+        push_interval_s=3600,
+        spool_dir=tmp_path / "spool",
+        sysfs_root=node.sysfs_root,
+        procfs_root=node.procfs_root,
+        cgroup_root=node.cgroup_root,
+        nvml="off",
+        cpu_static_power_w=0,
+        dram_static_power_w=0,
+    )
+    a = Agent(settings)
+    yield a
+    a.pusher.close()
+
+
+def _tick(agent):
+    agent.tick()
+    return agent._pending[-1] if agent._pending else None
+
+
+def _by_source(interval):
+    return {s.source: s for s in interval.sources}
+
+
+def test_first_and_last_interval_of_a_job_count(agent, node):
+    agent.tick()  # baseline
+    node.start_job("5", 1000, [0, 1])
+    node.add_cpu_time("5", 2_000_000_000, 1_000_000_000)
+    node.add_energy("package-0", 9_000_000)
+    first = _by_source(_tick(agent))["package-0"]
+    assert first.jobs_uj == {"5": 9_000_000}  # new cgroup, alone: all of it
+    node.add_cpu_time("5", 1_000_000_000, 1_000_000_000)
+    node.add_energy("package-0", 4_000_001)
+    node.end_job("5")  # vanishes before the next sample
+    last = _tick(agent)
+    assert _by_source(last)["package-0"].jobs_uj == {"5": 4_000_001}
+    assert [(j.job_id, j.ended, j.cpu_time_us) for j in last.jobs] == [("5", True, 1_000_000)]
+    node.add_energy("package-0", 777)
+    idle = _by_source(_tick(agent))["package-0"]
+    assert idle.jobs_uj == {} and idle.unattributed_uj == 777
+
+
+def test_shared_node_split_by_cpu_time_with_os_share_unattributed(agent, node):
+    node.start_job("1", 1000, [0, 1])
+    node.start_job("2", 1001, [2, 3])
+    agent.tick()
+    node.add_cpu_time("1", 3_000_000_000, 0)
+    node.add_cpu_time("2", 1_000_000_000, 0)
+    node.add_cpu_time(None, 1_000_000_000, 1_000_000_000)  # the OS: 1 s, node wall 1 s
+    node.add_energy("package-0", 10_000_000)
+    src = _by_source(_tick(agent))["package-0"]
+    # static power configured 0 → all by CPU time: 3/5, 1/5, OS 1/5 (/proc/stat in 10 ms ticks)
+    assert src.jobs_uj == {"1": 6_000_000, "2": 2_000_000}
+    assert src.unattributed_uj == 2_000_000
+
+
+def test_wrap_is_counted_and_core_zone_never_added(tmp_path):
+    from jobenergy.sim.node import RAPL_MAX_RANGE_UJ
+
+    node = SimNode(
+        tmp_path / "w", "n1", ncpus=4, packages=1, energy_start_uj=RAPL_MAX_RANGE_UJ - 10
+    )
+    settings = AgentSettings(
+        collector_url="http://127.0.0.1:9",
+        cluster="t",
+        node="n1",
+        spool_dir=tmp_path / "s",
+        sysfs_root=node.sysfs_root,
+        procfs_root=node.procfs_root,
+        cgroup_root=node.cgroup_root,
+        nvml="off",
+    )
+    agent = Agent(settings)
+    agent.tick()
+    node.add_energy("package-0", 25)
+    interval = _tick(agent)
+    src = _by_source(interval)["package-0"]
+    assert (src.measured_uj, src.wraps) == (25, 1)
+    assert set(_by_source(interval)) == {"package-0", "package-0/dram"}  # no "core"
+    agent.pusher.close()
+
+
+def test_unreadable_zone_carries_energy_to_the_next_interval(agent, node):
+    agent.tick()
+    node.add_energy("package-0", 1_000)
+    zone = node.sysfs_root / "class/powercap/intel-rapl:0/energy_uj"
+    value = zone.read_text()
+    zone.unlink()
+    zone.mkdir()  # reading a directory fails even as root
+    broken = _tick(agent)
+    assert "package-0" not in _by_source(broken)
+    zone.rmdir()
+    zone.write_text(value)
+    node.add_energy("package-0", 500)
+    assert _by_source(_tick(agent))["package-0"].measured_uj == 1_500
+
+
+def test_seal_writes_a_valid_batch_with_increasing_seq(agent, node):
+    agent.tick()
+    for _ in range(3):
+        node.add_energy("package-0", 10)
+        agent.tick()
+    agent.seal()
+    node.add_energy("package-0", 10)
+    agent.tick()
+    agent.seal()
+    from jobenergy.core.schema import Batch
+
+    batches = [
+        Batch.model_validate(json.loads(gzip.decompress(b.path.read_bytes())))
+        for b in agent.spool.pending()
+    ]
+    assert [b.seq for b in batches] == [0, 1]
+    assert [len(b.intervals) for b in batches] == [3, 1]
+    total = sum(
+        s.measured_uj
+        for b in batches
+        for i in b.intervals
+        for s in i.sources
+        if s.source == "package-0"
+    )
+    assert total == 40
