@@ -89,7 +89,10 @@ class Agent:
         except SensorUnavailable as err:
             logger.warning("GPU sensor unavailable, GPU energy off: %s", err)
             return None
-        return gpu if gpu.available else None
+        if not gpu.available:
+            logger.warning("GPU sensor unavailable, GPU energy off: %s", gpu.unavailable_reason)
+            return None
+        return gpu
 
     # -- sampling ---------------------------------------------------------------------
     def take_sample(self) -> Sample:
@@ -113,6 +116,8 @@ class Agent:
         if self.gpu is not None:
             try:
                 gpu = self.gpu.sample(cgroups.jobs.keys())
+                for reason, count in self.gpu.errors_total.items():
+                    self.metrics.gpu_errors.labels(reason).set(count)
             except SensorError as err:
                 errors.append(str(err))
                 self.metrics.sensor_errors.labels("nvml").inc()

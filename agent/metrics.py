@@ -31,6 +31,12 @@ class AgentMetrics:
             ["component"],
             registry=r,
         )
+        self.gpu_errors = Gauge(
+            "jobenergy_agent_gpu_errors",
+            "NVML errors by reason (GPU lost, counter reset, unsupported function)",
+            ["reason"],
+            registry=r,
+        )
         self.jobs = Gauge("jobenergy_agent_jobs", "Slurm jobs seen at the last sample", registry=r)
         self.spool_pending = Gauge(
             "jobenergy_agent_spool_pending_batches", "Batches waiting for the collector", registry=r

@@ -14,6 +14,7 @@ import random
 import threading
 
 import httpx
+
 from jobenergy.agent.spool import Spool
 
 logger = logging.getLogger(__name__)

@@ -7,9 +7,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from jobenergy.core.errors import ConfigError
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from jobenergy.core.errors import ConfigError
 
 
 class _TomlTableSource(PydanticBaseSettingsSource):

@@ -8,8 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+
 from jobenergy.cli.report import DEFAULT_FIELDS, parse_fields, render
 from jobenergy.sim.node import SimNode
+from jobenergy.sim.nvml.build import BuildError, build_libnvml
+from jobenergy.sim.nvml.state import STATE_ENV
 from jobenergy.sim.processes import free_port, start_agent, start_server, stop, write_agent_config
 from jobenergy.sim.workload import DEMO_JOBS, JobSpec, PowerModel, step_node
 
@@ -55,10 +58,15 @@ def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = N
     jobs = {spec.job_id: spec for spec in DEMO_JOBS}
     nodes: dict[str, SimNode] = {}
     agents = []
+    libnvml_dir = _build_nvml(work)
     try:
         for name in sorted({spec.node for spec in DEMO_JOBS}):
-            node = SimNode(work / "nodes" / name, name, ncpus=32, packages=2)
+            gpus = 4 if name.startswith("gpu") and libnvml_dir else 0
+            node = SimNode(work / "nodes" / name, name, ncpus=32, packages=2, gpus=gpus)
             nodes[name] = node
+            env = {}
+            if libnvml_dir:
+                env = {"LD_LIBRARY_PATH": str(libnvml_dir), STATE_ENV: str(node.nvml_state_path)}
             config = write_agent_config(
                 work / f"agent-{name}.toml",
                 collector_url=api,
@@ -70,10 +78,10 @@ def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = N
                 sysfs_root=str(node.sysfs_root),
                 procfs_root=str(node.procfs_root),
                 cgroup_root=str(node.cgroup_root),
-                nvml="off",
+                nvml="auto" if gpus else "off",
                 gpu_map_dir=str(work / "gpumap" / name),
             )
-            agents.append(start_agent(config, work / f"agent-{name}.log"))
+            agents.append(start_agent(config, work / f"agent-{name}.log", env))
         print(f"started {len(agents)} agents and the API at {api}; running the workload...")
         _drive(api, nodes, jobs, PowerModel())
         for proc in agents:
@@ -100,6 +108,15 @@ def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = N
         stop(server)
 
 
+def _build_nvml(work: Path) -> Path | None:
+    """Build the simulated NVML for the GPU nodes; None (CPU-only demo) without a compiler."""
+    try:
+        return build_libnvml(work / "nvml").parent
+    except BuildError as err:
+        print(f"no simulated GPUs: {err}")
+        return None
+
+
 def _drive(
     api: str, nodes: dict[str, SimNode], jobs: dict[str, JobSpec], power: PowerModel
 ) -> None:
@@ -117,11 +134,14 @@ def _drive(
             node = nodes[spec.node]
             if spec.job_id not in started and elapsed >= spec.start_s:
                 started.add(spec.job_id)
-                free = sorted(
-                    set(range(node.ncpus)) - {c for j in node.jobs.values() for c in j.cpus}
-                )
-                node.start_job(spec.job_id, spec.uid, free[: spec.cpus])
-                _event(api, spec, "start")
+                busy_cpus = {c for j in node.jobs.values() for c in j.cpus}
+                busy_gpus = {g for j in node.jobs.values() for g in j.gpus}
+                free_cpus = sorted(set(range(node.ncpus)) - busy_cpus)
+                free_gpus = sorted({d.minor for d in node.nvml.devices} - busy_gpus)
+                gpus = free_gpus[: spec.gpus]
+                node.start_job(spec.job_id, spec.uid, free_cpus[: spec.cpus], gpus)
+                node.gpu_util[spec.job_id] = spec.gpu_util
+                _event(api, spec, "start", gpus=[str(g) for g in gpus])
             elif (
                 spec.job_id in started
                 and spec.job_id not in ended

@@ -8,8 +8,11 @@ Layout under ``root`` (point the agent's roots at these):
 * ``cgroup/{cpuacct,cpuset,devices}/slurm_<node>/uid_U/job_J/step_batch/task_0`` (cgroup v1 as
   Slurm 22.05 on Debian makes it), with parent usage that keeps what removed jobs used.
 
-Every change is applied at once through :meth:`SimNode.apply`, and the node keeps the exact
-energy it added so tests can derive the expected attribution from the scenario.
+* ``nvml.state``: the simulated NVML's devices and processes (``sim/nvml``), when the node has
+  GPUs; point ``JOBENERGY_NVML_SIM_STATE`` at it.
+
+Each file is replaced atomically, and the node keeps the exact energy it added per source so
+tests can derive the expected attribution from the scenario.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobenergy.sim.fs import write_atomic
+from jobenergy.sim.nvml.state import SimDevice, SimProcess, SimState, write_state
 
 USER_HZ = 100
 NS_PER_TICK = 1_000_000_000 // USER_HZ
@@ -48,6 +52,8 @@ class SimNode:
         ncpus: CPUs of the node.
         packages: RAPL packages (sockets).
         energy_start_uj: Initial RAPL counter value (set near the range to force a wrap).
+        gpus: Simulated NVIDIA GPUs; minor number = index.
+        gpu_name: Their product name.
     """
 
     def __init__(
@@ -58,6 +64,8 @@ class SimNode:
         ncpus: int = 16,
         packages: int = 2,
         energy_start_uj: int = 0,
+        gpus: int = 0,
+        gpu_name: str = "NVIDIA H100 80GB HBM3",
     ) -> None:
         self.root = Path(root)
         self.name = name
@@ -77,9 +85,25 @@ class SimNode:
             for source in (f"package-{pkg}", f"package-{pkg}/dram"):
                 self.counters_uj[source] = energy_start_uj % RAPL_MAX_RANGE_UJ
                 self.added_uj[source] = 0
+        self.nvml_state_path = self.root / "nvml.state"
+        self.gpu_util: dict[str, float] = {}  # job id → SM utilisation 0..1 of its GPUs
+        self.nvml = SimState(
+            devices=[
+                SimDevice(
+                    index=i,
+                    uuid=f"GPU-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{name}.gpu{i}')}",
+                    minor=i,
+                    name=gpu_name,
+                )
+                for i in range(gpus)
+            ]
+        )
+        for dev in self.nvml.devices:
+            self.added_uj[f"gpu/{dev.uuid}"] = 0
         self._write_static()
         self._write_counters()
         self._write_stat()
+        self._write_nvml()
 
     # -- paths ------------------------------------------------------------------------
     def _zone_dir(self, source: str) -> Path:
@@ -138,6 +162,26 @@ class SimNode:
         self.counters_uj[source] = (self.counters_uj[source] + energy_uj) % RAPL_MAX_RANGE_UJ
         self.added_uj[source] += energy_uj
         write_atomic(self._zone_dir(source) / "energy_uj", f"{self.counters_uj[source]}\n")
+
+    def add_gpu_energy(self, index: int, energy_mj: int, power_mw: int | None = None) -> None:
+        """Advance GPU ``index``'s NVML energy counter (mJ, NVML's unit)."""
+        dev = self.nvml.devices[index]
+        dev.energy_mj += energy_mj
+        if power_mw is not None:
+            dev.power_mw = power_mw
+        self.added_uj[f"gpu/{dev.uuid}"] += energy_mj * 1000
+        self._write_nvml()
+
+    def _write_nvml(self) -> None:
+        if not self.nvml.devices:
+            return
+        for dev in self.nvml.devices:
+            dev.processes = [
+                SimProcess(pid=job.pid, sm_util=int(100 * self.gpu_util.get(job.job_id, 0)))
+                for job in self.jobs.values()
+                if dev.minor in job.gpus
+            ]
+        write_state(self.nvml_state_path, self.nvml)
 
     def add_cpu_time(self, job_id: str | None, cpu_ns: int, wall_ns: int = 0) -> None:
         """Charge CPU time to a job (or to the node's own processes when ``job_id`` is None)."""
@@ -201,6 +245,7 @@ class SimNode:
             "".join(f"{k}={v}\0" for k, v in env.items()),
         )
         self._write_job_usage(job)
+        self._write_nvml()
         return job
 
     def end_job(self, job_id: str) -> None:
@@ -210,3 +255,5 @@ class SimNode:
         for controller in ("cpuacct", "cpuset", "devices"):
             shutil.rmtree(self._cg(controller, uid_dir, job_dir), ignore_errors=True)
         shutil.rmtree(self.procfs_root / str(job.pid), ignore_errors=True)
+        self.gpu_util.pop(job_id, None)
+        self._write_nvml()

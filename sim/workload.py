@@ -153,3 +153,8 @@ def step_node(node: SimNode, jobs: dict[str, JobSpec], power: PowerModel, dt_s: 
             f"package-{pkg}/dram",
             int((power.dram_idle_w + power.dram_per_cpu_w * per_socket) * dt_s * 1e6),
         )
+    for dev in node.nvml.devices:
+        holders = [j for j, job in node.jobs.items() if dev.minor in job.gpus]
+        util = max((jobs[j].gpu_util for j in holders), default=0.0)
+        power_w = power.gpu_idle_w + util * (power.gpu_max_w - power.gpu_idle_w)
+        node.add_gpu_energy(dev.index, int(power_w * dt_s * 1000), int(power_w * 1000))

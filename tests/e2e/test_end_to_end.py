@@ -17,8 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from jobenergy.core.units import UJ_PER_KWH
 from jobenergy.sim.node import RAPL_MAX_RANGE_UJ, SimNode
+from jobenergy.sim.nvml.build import build_libnvml
+from jobenergy.sim.nvml.state import STATE_ENV
 from jobenergy.sim.processes import free_port, start_agent, start_server, stop, write_agent_config
 
 INTERVAL_S = 0.2
@@ -42,7 +45,12 @@ class Scenario:
         # n1 starts 5.5 J below the RAPL range: the 5 J idle burn stays below it, the first
         # job burn passes it (a wrap inside job 101).
         self.n1 = SimNode(
-            root / "n1", "n1", ncpus=16, packages=2, energy_start_uj=RAPL_MAX_RANGE_UJ - 5_500_000
+            root / "n1",
+            "n1",
+            ncpus=16,
+            packages=2,
+            energy_start_uj=RAPL_MAX_RANGE_UJ - 5_500_000,
+            gpus=2,
         )
         self.n2 = SimNode(root / "n2", "n2", ncpus=16, packages=2)
         self.job_uj: dict[str, dict[str, int]] = {}
@@ -58,9 +66,27 @@ class Scenario:
         if job_id:
             node.add_cpu_time(job_id, int(PHASE_S * 1e9) * 4, int(PHASE_S * 1e9))
 
+    def burn_gpu(self, node: SimNode, index: int, job_id: str | None, energy_mj: int) -> None:
+        """Advance one GPU's NVML counter and book it to ``job_id`` (None: unattributed)."""
+        source = f"gpu/{node.nvml.devices[index].uuid}"
+        book = self.job_uj.setdefault(job_id, {}) if job_id else self.unattributed_uj[node.name]
+        book[source] = book.get(source, 0) + energy_mj * 1000
+        node.add_gpu_energy(index, energy_mj)
+
+
+def component_of(source: str) -> str:
+    if source.startswith("gpu/"):
+        return "gpu"
+    return "dram" if source.endswith("/dram") else "cpu"
+
+
+@pytest.fixture(scope="module")
+def libnvml_dir(tmp_path_factory):
+    return build_libnvml(tmp_path_factory.mktemp("nvml")).parent
+
 
 @pytest.fixture
-def cluster(tmp_path, pg_url):
+def cluster(tmp_path, pg_url, libnvml_dir):
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     scenario = Scenario(tmp_path / "nodes")
@@ -77,10 +103,11 @@ def cluster(tmp_path, pg_url):
             sysfs_root=str(node.sysfs_root),
             procfs_root=str(node.procfs_root),
             cgroup_root=str(node.cgroup_root),
-            nvml="off",
-            gpu_map_dir=str(tmp_path / "gpumap"),
+            nvml="auto",
+            gpu_map_dir=str(tmp_path / "gpumap" / node.name),
         )
-        agents[node.name] = start_agent(config, tmp_path / f"agent-{node.name}.log")
+        env = {"LD_LIBRARY_PATH": str(libnvml_dir), STATE_ENV: str(node.nvml_state_path)}
+        agents[node.name] = start_agent(config, tmp_path / f"agent-{node.name}.log", env)
     state = {
         "agents": agents,
         "server": None,
@@ -110,7 +137,10 @@ def _run_scenario(cluster) -> Scenario:
     s.burn(s.n1, None, 5)
     s.burn(s.n2, None, 2)
     time.sleep(PHASE_S)
-    s.n1.start_job("101", 5001, list(range(8)))  # starts between two samples
+    s.burn_gpu(s.n1, 0, None, 2_000)
+    s.burn_gpu(s.n1, 1, None, 3_000)
+    time.sleep(PHASE_S)
+    s.n1.start_job("101", 5001, list(range(8)), gpus=[1])  # starts between two samples
     s.n2.start_job("202", 5002, list(range(16)))
     time.sleep(PHASE_S)
     cluster["server"] = start_server(cluster["db"], cluster["port"], tmp / "server.log")
@@ -118,6 +148,8 @@ def _run_scenario(cluster) -> Scenario:
     s.burn(s.n2, "202", 30)
     time.sleep(PHASE_S)
     s.burn(s.n1, "101", 40)
+    s.burn_gpu(s.n1, 1, "101", 250_000)  # the allocated GPU: the job's
+    s.burn_gpu(s.n1, 0, None, 70_000)  # a GPU nobody holds: unattributed
     time.sleep(PHASE_S)
     s.n1.end_job("101")  # its cgroup vanishes between two samples
     s.n2.end_job("202")
@@ -128,6 +160,7 @@ def _run_scenario(cluster) -> Scenario:
     s.n2.end_job("203")
     time.sleep(PHASE_S)
     s.burn(s.n1, None, 3)
+    s.burn_gpu(s.n1, 1, None, 9_000)
     s.burn(s.n2, None, 4)
     time.sleep(PHASE_S)
     return s
@@ -166,12 +199,16 @@ def test_exact_energy_from_counters_to_senergy(cluster):
 
     for job_id, by_source in s.job_uj.items():
         job = httpx.get(f"{api}/api/v1/jobs/{job_id}", params={"cluster": "e2e"}, timeout=10).json()
-        cpu = sum(v for k, v in by_source.items() if not k.endswith("/dram"))
-        dram = sum(v for k, v in by_source.items() if k.endswith("/dram"))
-        assert job["by_component"]["cpu"] == cpu, job_id
-        assert job["by_component"]["dram"] == dram, job_id
-        assert job["energy_uj"] == cpu + dram
-        assert job["energy_kwh"] == pytest.approx((cpu + dram) / UJ_PER_KWH, rel=1e-12)
+        expected = {"cpu": 0, "dram": 0}
+        for source, energy_uj in by_source.items():
+            expected[component_of(source)] = expected.get(component_of(source), 0) + energy_uj
+        assert job["by_component"] == expected, job_id
+        assert job["energy_uj"] == sum(by_source.values())
+        assert job["energy_kwh"] == pytest.approx(sum(by_source.values()) / UJ_PER_KWH, rel=1e-12)
+    gpu_devices = httpx.get(f"{api}/api/v1/jobs/101", params={"cluster": "e2e"}).json()["devices"]
+    assert [(d["source"], d["energy_uj"], d["device_name"]) for d in gpu_devices] == [
+        (f"gpu/{s.n1.nvml.devices[1].uuid}", 250_000_000, "NVIDIA H100 80GB HBM3")
+    ]
     assert httpx.get(f"{api}/api/v1/jobs/101", params={"cluster": "e2e"}).json()["user"] == "alice"
     assert (
         httpx.get(f"{api}/api/v1/jobs/101", params={"cluster": "e2e"}).json()["quality"]["wraps"]
@@ -182,13 +219,12 @@ def test_exact_energy_from_counters_to_senergy(cluster):
     nodes = httpx.get(f"{api}/api/v1/nodes", params={"cluster": "e2e"}, timeout=10).json()
     for node in (s.n1, s.n2):
         rows = [r for r in nodes["nodes"] if r["node"] == node.name]
-        for component, pick in (
-            ("cpu", lambda k: not k.endswith("/dram")),
-            ("dram", lambda k: k.endswith("/dram")),
-        ):
+        for component in ("cpu", "dram", "gpu") if node.nvml.devices else ("cpu", "dram"):
             row = next(r for r in rows if r["component"] == component)
-            measured = sum(v for k, v in node.added_uj.items() if pick(k))
-            unattributed = sum(v for k, v in s.unattributed_uj[node.name].items() if pick(k))
+            measured = sum(v for k, v in node.added_uj.items() if component_of(k) == component)
+            unattributed = sum(
+                v for k, v in s.unattributed_uj[node.name].items() if component_of(k) == component
+            )
             assert row["measured_uj"] == measured
             assert row["unattributed_uj"] == unattributed
             assert row["attributed_uj"] + row["unattributed_uj"] == row["measured_uj"]
