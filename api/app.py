@@ -1,0 +1,59 @@
+"""The server application: collector ingest routes plus the read API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
+
+from jobenergy.api import routes_jobs, routes_nodes
+from jobenergy.collector import routes as collector_routes
+from jobenergy.collector.db import make_engine, upgrade
+from jobenergy.collector.routes import SessionDep
+from jobenergy.collector.settings import ServerSettings
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """Build the app: migrate (when ``settings.migrate``), make the engine, mount the routers.
+
+    The engine lives in ``app.state.engine`` and is disposed when the app shuts down.
+
+    Args:
+        settings: Server settings (database URL, PUE, carbon intensity, body limit).
+
+    Returns:
+        The FastAPI application (OpenAPI at ``/openapi.json``).
+    """
+    if settings.migrate:
+        upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="jobenergy",
+        summary="Per-job energy accounting for Slurm clusters (integer µJ inside).",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = sessionmaker(engine, expire_on_commit=False)
+    app.include_router(collector_routes.router)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_nodes.router)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness and database reachability")
+    def healthz(session: SessionDep) -> dict[str, str]:
+        session.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    return app

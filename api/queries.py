@@ -1,0 +1,181 @@
+"""SQL for the read API: lookups and GROUP BY over the ``job_energy``/``node_energy`` totals.
+
+Nothing here reads ``energy_interval``: the totals are maintained at ingest (DESIGN.md
+decision 8), so a job lookup costs a primary-key range scan however long the job ran.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from jobenergy.collector.models import Job, JobEnergy, NodeEnergy
+
+
+@dataclass(frozen=True)
+class JobFilters:
+    """Filters of ``GET /api/v1/jobs``; None means no filter."""
+
+    cluster: str | None = None
+    user: str | None = None
+    account: str | None = None
+    partition: str | None = None
+    state: str | None = None
+    start: datetime | None = None  # jobs still running at or after this time
+    end: datetime | None = None  # jobs started before this time
+    job_ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SourceTotal:
+    """One (node, component, source) total of a job."""
+
+    node: str
+    component: str
+    source: str
+    device_name: str | None
+    energy_uj: int
+    estimated_uj: int
+    intervals: int
+    covered_s: float
+    wraps: int
+    resets: int
+
+
+def _where(filters: JobFilters) -> list[Any]:
+    clauses: list[Any] = []
+    if filters.cluster is not None:
+        clauses.append(Job.cluster == filters.cluster)
+    if filters.user is not None:
+        clauses.append(Job.user == filters.user)
+    if filters.account is not None:
+        clauses.append(Job.account == filters.account)
+    if filters.partition is not None:
+        clauses.append(Job.partition == filters.partition)
+    if filters.state is not None:
+        clauses.append(func.upper(Job.state) == filters.state.upper())
+    # Overlap with [start, end): unknown times (no Slurm event yet) do not exclude a job.
+    if filters.start is not None:
+        clauses.append(or_(Job.end_at.is_(None), Job.end_at >= filters.start))
+    if filters.end is not None:
+        clauses.append(or_(Job.start_at.is_(None), Job.start_at < filters.end))
+    if filters.job_ids is not None:
+        clauses.append(Job.job_id.in_(filters.job_ids))
+    return clauses
+
+
+def _page(filters: JobFilters, limit: int, offset: int) -> Select[Any]:
+    return (
+        select(Job)
+        .where(*_where(filters))
+        .order_by(Job.start_at.desc().nulls_last(), Job.cluster, Job.job_id)
+        .limit(limit)
+        .offset(offset)
+    )
+
+
+def count_jobs(session: Session, filters: JobFilters) -> int:
+    """Return how many jobs match ``filters``."""
+    return session.scalar(select(func.count()).select_from(Job).where(*_where(filters))) or 0
+
+
+def list_jobs(session: Session, filters: JobFilters, limit: int, offset: int) -> list[Job]:
+    """Return one page of jobs, newest start first."""
+    return list(session.scalars(_page(filters, limit, offset)))
+
+
+def find_job(session: Session, job_id: str, cluster: str | None) -> list[Job]:
+    """Return the jobs with ``job_id`` (on ``cluster`` when given): 0, 1 or several."""
+    stmt = select(Job).where(Job.job_id == job_id)
+    if cluster is not None:
+        stmt = stmt.where(Job.cluster == cluster)
+    return list(session.scalars(stmt.order_by(Job.cluster)))
+
+
+def _energy_select() -> Select[Any]:
+    je = JobEnergy
+    return select(
+        je.cluster, je.job_id, je.node, je.component, je.source,
+        func.max(je.device_name), func.sum(je.energy_uj), func.sum(je.estimated_uj),
+        func.sum(je.intervals), func.sum(je.covered_s), func.sum(je.wraps), func.sum(je.resets),
+    ).group_by(je.cluster, je.job_id, je.node, je.component, je.source)
+
+
+def _collect(rows: Any) -> dict[tuple[str, str], list[SourceTotal]]:
+    totals: dict[tuple[str, str], list[SourceTotal]] = defaultdict(list)
+    for row in rows:
+        cluster, job_id, node, component, source, device, energy, est, n, cov, wraps, resets = row
+        totals[(cluster, job_id)].append(
+            SourceTotal(
+                node=node, component=component, source=source, device_name=device,
+                energy_uj=int(energy), estimated_uj=int(est), intervals=int(n),
+                covered_s=float(cov), wraps=int(wraps), resets=int(resets),
+            )
+        )
+    return totals
+
+
+def energy_for_job(session: Session, cluster: str, job_id: str) -> list[SourceTotal]:
+    """Return a job's per-source totals (GROUP BY over its ``job_energy`` rows)."""
+    stmt = _energy_select().where(JobEnergy.cluster == cluster, JobEnergy.job_id == job_id)
+    return _collect(session.execute(stmt)).get((cluster, job_id), [])
+
+
+def energy_for_page(
+    session: Session, filters: JobFilters, limit: int, offset: int
+) -> dict[tuple[str, str], list[SourceTotal]]:
+    """Return per-source totals of every job of one page, in one query (no N+1)."""
+    page = _page(filters, limit, offset).with_only_columns(Job.cluster, Job.job_id).subquery()
+    stmt = _energy_select().join(
+        page, and_(JobEnergy.cluster == page.c.cluster, JobEnergy.job_id == page.c.job_id)
+    )
+    return _collect(session.execute(stmt))
+
+
+def node_totals(session: Session, cluster: str | None) -> list[dict[str, Any]]:
+    """Return per (cluster, node, component) measured, unattributed and attributed µJ."""
+    ne, je = NodeEnergy, JobEnergy
+    measured = (
+        select(
+            ne.cluster, ne.node, ne.component,
+            func.sum(ne.measured_uj).label("measured_uj"),
+            func.sum(ne.unattributed_uj).label("unattributed_uj"),
+            func.sum(ne.intervals).label("intervals"),
+            func.min(ne.first_at).label("first_at"),
+            func.max(ne.last_at).label("last_at"),
+        )
+        .group_by(ne.cluster, ne.node, ne.component)
+    )
+    attributed = (
+        select(je.cluster, je.node, je.component, func.sum(je.energy_uj).label("attributed_uj"))
+        .group_by(je.cluster, je.node, je.component)
+    )
+    if cluster is not None:
+        measured = measured.where(ne.cluster == cluster)
+        attributed = attributed.where(je.cluster == cluster)
+    m, a = measured.subquery(), attributed.subquery()
+    stmt = (
+        select(
+            m.c.cluster, m.c.node, m.c.component, m.c.measured_uj, m.c.unattributed_uj,
+            func.coalesce(a.c.attributed_uj, 0), m.c.intervals, m.c.first_at, m.c.last_at,
+        )
+        .outerjoin(
+            a,
+            and_(a.c.cluster == m.c.cluster, a.c.node == m.c.node, a.c.component == m.c.component),
+        )
+        .order_by(m.c.cluster, m.c.node, m.c.component)
+    )
+    keys = ("cluster", "node", "component", "measured_uj", "unattributed_uj", "attributed_uj",
+            "intervals", "first_at", "last_at")
+    out = []
+    for row in session.execute(stmt):
+        item = dict(zip(keys, row, strict=True))
+        for key in ("measured_uj", "unattributed_uj", "attributed_uj", "intervals"):
+            item[key] = int(item[key])
+        out.append(item)
+    return out

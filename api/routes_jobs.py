@@ -1,0 +1,176 @@
+"""``GET /api/v1/jobs/{job_id}`` and ``GET /api/v1/jobs``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+
+from jobenergy.api.queries import (
+    JobFilters,
+    SourceTotal,
+    count_jobs,
+    energy_for_job,
+    energy_for_page,
+    find_job,
+    list_jobs,
+)
+from jobenergy.api.schemas import DeviceEnergy, JobList, JobOut, JobQuality
+from jobenergy.collector.models import Job
+from jobenergy.collector.routes import SessionDep, SettingsDep
+from jobenergy.collector.settings import ServerSettings
+from jobenergy.core import carbon
+from jobenergy.core.schema import ATTRIBUTED_COMPONENTS
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+MAX_LIMIT = 10_000
+
+
+def parse_time(value: str | None, name: str) -> datetime | None:
+    """Parse an ISO 8601 time or epoch seconds (naive means UTC).
+
+    Raises:
+        HTTPException: 422 naming the parameter when the value is neither.
+    """
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromtimestamp(float(value), tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as err:
+            raise HTTPException(
+                status_code=422, detail=f"{name}: {value!r} is neither ISO 8601 nor epoch seconds"
+            ) from err
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def job_view(job: Job, totals: list[SourceTotal], settings: ServerSettings) -> JobOut:
+    """Assemble a job's JSON from its metadata and per-source totals."""
+    totals = [t for t in totals if t.component in ATTRIBUTED_COMPONENTS]
+    by_component = {"cpu": 0, "dram": 0}
+    by_node: dict[str, dict[str, int]] = {}
+    best_by_node: dict[str, float] = {}
+    devices = []
+    for t in sorted(totals, key=lambda t: (t.node, t.component, t.source)):
+        by_component[t.component] = by_component.get(t.component, 0) + t.energy_uj
+        node = by_node.setdefault(t.node, {})
+        node[t.component] = node.get(t.component, 0) + t.energy_uj
+        best_by_node[t.node] = max(best_by_node.get(t.node, 0.0), t.covered_s)
+        if t.component == "gpu":
+            devices.append(
+                DeviceEnergy(
+                    node=t.node, source=t.source, device_name=t.device_name,
+                    component=t.component, energy_uj=t.energy_uj,
+                )
+            )
+    energy_uj = sum(by_component.values())
+    elapsed_s = None
+    if job.start_at is not None and job.end_at is not None:
+        elapsed_s = (job.end_at - job.start_at).total_seconds()
+    # A job is only as well covered as its worst node.
+    covered_s = min(best_by_node.values(), default=0.0)
+    coverage = covered_s / elapsed_s if elapsed_s else None
+    kwh = carbon.energy_kwh(energy_uj)
+    facility_kwh = carbon.facility_energy_kwh(kwh, settings.pue)
+    intensity = settings.effective_carbon_intensity_g_per_kwh
+    estimated_components = sorted({t.component for t in totals if t.estimated_uj > 0})
+    return JobOut(
+        job_id=job.job_id,
+        cluster=job.cluster,
+        user=job.user,
+        uid=job.uid,
+        account=job.account,
+        partition=job.partition,
+        name=job.name,
+        state=job.state,
+        exit_code=job.exit_code,
+        nodes=list(job.nodes) if job.nodes else sorted(by_node),
+        gpus=job.gpus,
+        start=job.start_at,
+        end=job.end_at,
+        elapsed_s=elapsed_s,
+        energy_uj=energy_uj,
+        by_component=by_component,
+        by_node=by_node,
+        devices=devices,
+        energy_kwh=kwh,
+        pue=settings.pue,
+        facility_energy_kwh=facility_kwh,
+        carbon_intensity_g_per_kwh=intensity,
+        carbon_intensity_fallback=settings.carbon_intensity_fallback,
+        carbon_intensity_source=(
+            "world-average fallback" if settings.carbon_intensity_fallback else "constant"
+        ),
+        co2e_kg=carbon.co2e_kg(facility_kwh, intensity),
+        tags=dict(job.tags or {}),
+        quality=JobQuality(
+            sources=sorted({t.source for t in totals}),
+            samples=max((t.intervals for t in totals), default=0),
+            covered_s=covered_s,
+            elapsed_s=elapsed_s,
+            coverage=coverage,
+            wraps=sum(t.wraps for t in totals),
+            resets=sum(t.resets for t in totals),
+            estimated_uj=sum(t.estimated_uj for t in totals),
+            estimated_components=estimated_components,
+        ),
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, summary="One job's energy and emissions")
+def get_job(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    cluster: Annotated[str | None, Query(description="needed when job_id is on two")] = None,
+) -> JobOut:
+    """Return a job; 404 if unknown, 409 if the id exists on several clusters."""
+    jobs = find_job(session, job_id, cluster)
+    if not jobs:
+        where = f" on cluster {cluster}" if cluster is not None else ""
+        raise HTTPException(status_code=404, detail=f"job {job_id} not found{where}")
+    if len(jobs) > 1:
+        clusters = ", ".join(job.cluster for job in jobs)
+        raise HTTPException(
+            status_code=409,
+            detail=f"job {job_id} exists on clusters {clusters}: pass ?cluster=",
+        )
+    job = jobs[0]
+    return job_view(job, energy_for_job(session, job.cluster, job.job_id), settings)
+
+
+@router.get("/jobs", response_model=JobList, summary="Jobs matching filters, newest first")
+def get_jobs(
+    session: SessionDep,
+    settings: SettingsDep,
+    cluster: str | None = None,
+    user: str | None = None,
+    account: str | None = None,
+    partition: str | None = None,
+    state: str | None = None,
+    start: Annotated[str | None, Query(description="ISO 8601 or epoch s")] = None,
+    end: Annotated[str | None, Query(description="ISO 8601 or epoch s")] = None,
+    job_id: Annotated[str | None, Query(description="comma-separated job ids")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    """Return one page of jobs overlapping [start, end) with the other filters."""
+    job_ids = None
+    if job_id is not None:
+        job_ids = tuple(part.strip() for part in job_id.split(",") if part.strip())
+    filters = JobFilters(
+        cluster=cluster, user=user, account=account, partition=partition, state=state,
+        start=parse_time(start, "start"), end=parse_time(end, "end"), job_ids=job_ids,
+    )
+    jobs = list_jobs(session, filters, limit, offset)
+    totals = energy_for_page(session, filters, limit, offset) if jobs else {}
+    return JobList(
+        jobs=[job_view(job, totals.get((job.cluster, job.job_id), []), settings) for job in jobs],
+        total=count_jobs(session, filters),
+        limit=limit,
+        offset=offset,
+    )

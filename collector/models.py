@@ -1,0 +1,205 @@
+"""Collector schema: SQLAlchemy 2 typed declarative models.
+
+Tables (singular lower_snake, ``*_at`` timestamps in UTC):
+
+- ``ingested_batch``: the idempotency key ``(cluster, node, boot_id, seq)`` of every stored
+  batch, written in the same transaction as its energy (DESIGN.md decision 7).
+- ``energy_interval``: one row per (interval, source, job-or-unattributed) share; ``job_id``
+  NULL is the node's unattributed energy. Append-only, bulk-loaded with COPY on PostgreSQL.
+- ``job_energy``: per (cluster, job, node, component, source) totals maintained at ingest,
+  so a job lookup never scans ``energy_interval`` (decision 8).
+- ``node_energy``: per (cluster, node, component, source) measured/unattributed totals.
+- ``job``: Slurm metadata, from job events and from what batches know.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: Largest value of a signed 64-bit column; totals beyond it are rejected, never wrapped.
+#: (SQLite silently turns an overflowing integer sum into a REAL: the CHECK catches that.)
+BIGINT_MAX = 2**63 - 1
+
+NAME_LEN = 255
+JOB_ID_LEN = 64
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zone type, so values are stored as
+    naive UTC and given back their UTC zone when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Normalise to UTC (naive UTC on SQLite)."""
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return an aware UTC datetime."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+#: SQLite only auto-increments an ``INTEGER PRIMARY KEY``.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JsonType}
+
+
+class IngestedBatch(Base):
+    """One stored batch; its key makes a retried batch a no-op."""
+
+    __tablename__ = "ingested_batch"
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    node: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    boot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    received_at: Mapped[datetime]
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    intervals: Mapped[int] = mapped_column(Integer)
+    records: Mapped[int] = mapped_column(Integer)
+
+
+class EnergyInterval(Base):
+    """One share of one source's energy over one interval (job_id NULL: unattributed)."""
+
+    __tablename__ = "energy_interval"
+    __table_args__ = (
+        Index("ix_energy_interval_cluster_node_start_at", "cluster", "node", "start_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, Identity(always=False), primary_key=True)
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN))
+    node: Mapped[str] = mapped_column(String(NAME_LEN))
+    job_id: Mapped[str | None] = mapped_column(String(JOB_ID_LEN))
+    component: Mapped[str] = mapped_column(String(8))
+    source: Mapped[str] = mapped_column(String(NAME_LEN))
+    start_at: Mapped[datetime]
+    end_at: Mapped[datetime]
+    energy_uj: Mapped[int] = mapped_column(BigInteger)
+    estimated: Mapped[bool] = mapped_column(Boolean)
+
+
+class JobEnergy(Base):
+    """Per-job, per-node, per-source energy totals, upserted at ingest."""
+
+    __tablename__ = "job_energy"
+    __table_args__ = (
+        CheckConstraint(f"energy_uj >= 0 AND energy_uj <= {BIGINT_MAX}", name="energy_uj_range"),
+        CheckConstraint(
+            f"estimated_uj >= 0 AND estimated_uj <= {BIGINT_MAX}", name="estimated_uj_range"
+        ),
+    )
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LEN), primary_key=True)
+    node: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    component: Mapped[str] = mapped_column(String(8), primary_key=True)
+    source: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    energy_uj: Mapped[int] = mapped_column(BigInteger)
+    estimated_uj: Mapped[int] = mapped_column(BigInteger)
+    intervals: Mapped[int] = mapped_column(BigInteger)
+    covered_s: Mapped[float] = mapped_column(Float)
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+    wraps: Mapped[int] = mapped_column(Integer)
+    resets: Mapped[int] = mapped_column(Integer)
+    device_name: Mapped[str | None] = mapped_column(String(128))
+
+
+class NodeEnergy(Base):
+    """Per-node, per-source measured and unattributed totals, upserted at ingest."""
+
+    __tablename__ = "node_energy"
+    __table_args__ = (
+        CheckConstraint(
+            f"measured_uj >= 0 AND measured_uj <= {BIGINT_MAX}", name="measured_uj_range"
+        ),
+        CheckConstraint(
+            f"unattributed_uj >= 0 AND unattributed_uj <= {BIGINT_MAX}",
+            name="unattributed_uj_range",
+        ),
+    )
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    node: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    component: Mapped[str] = mapped_column(String(8), primary_key=True)
+    source: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    measured_uj: Mapped[int] = mapped_column(BigInteger)
+    unattributed_uj: Mapped[int] = mapped_column(BigInteger)
+    intervals: Mapped[int] = mapped_column(BigInteger)
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+
+
+class Job(Base):
+    """Slurm job metadata; a row may exist with only what energy batches knew (uid)."""
+
+    __tablename__ = "job"
+    __table_args__ = (
+        Index("ix_job_start_at", "start_at"),
+        Index("ix_job_user", "user"),
+        Index("ix_job_job_id", "job_id"),
+    )
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LEN), primary_key=True)
+    user: Mapped[str | None] = mapped_column(String(64))
+    uid: Mapped[int | None] = mapped_column(BigInteger)
+    account: Mapped[str | None] = mapped_column(String(64))
+    partition: Mapped[str | None] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(255))
+    nodes: Mapped[list[str] | None] = mapped_column(JsonType)
+    gpus: Mapped[list[str] | None] = mapped_column(JsonType)
+    comment: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str | None] = mapped_column(String(32))
+    exit_code: Mapped[str | None] = mapped_column(String(16))
+    tags: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    start_at: Mapped[datetime | None]
+    end_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]

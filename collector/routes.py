@@ -1,0 +1,221 @@
+"""Collector HTTP routes: ``POST /api/v1/batches`` and ``POST /api/v1/jobs/events``.
+
+Bodies are read by :func:`read_body`, which enforces ``max_body_bytes`` on the bytes received
+and again while inflating ``Content-Encoding: gzip``; parsing and validation happen in the
+(sync, threadpool) route, and each request is one transaction: on any error nothing is stored.
+
+Status codes: 200 stored or duplicate, 400 malformed JSON or gzip, 413 body too large,
+415 unsupported ``Content-Encoding``, 422 invalid content (message names the field).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterator
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobenergy.collector.ingest import IngestRejected, apply_job_event, ingest_batch
+from jobenergy.collector.settings import ServerSettings
+from jobenergy.core.schema import SCHEMA_VERSION, Batch, JobEvent
+
+logger = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+router = APIRouter(prefix="/api/v1", tags=["collector"])
+
+
+def get_settings(request: Request) -> ServerSettings:
+    """Return the settings ``create_app`` stored on the app."""
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """Yield a Session from the app's sessionmaker, closed after the request."""
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+    with factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
+
+
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(status_code=413, detail=f"request body larger than {limit} bytes")
+
+
+async def read_body(request: Request) -> bytes:
+    """Read the request body, inflating gzip, never holding more than ``max_body_bytes``.
+
+    Raises:
+        HTTPException: 413 when the body (compressed or inflated) is too large, 415 for an
+            unknown Content-Encoding, 400 for a corrupt gzip stream.
+    """
+    limit: int = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip"):
+        raise HTTPException(status_code=415, detail=f"unsupported Content-Encoding {encoding!r}")
+    # Bounded inflate: a small gzip bomb must not be expanded beyond the limit.
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, limit + 1)
+        if len(data) > limit or inflater.unconsumed_tail:
+            raise _too_large(limit)
+        data += inflater.flush()
+    except zlib.error as err:
+        raise HTTPException(status_code=400, detail=f"corrupt gzip body: {err}") from err
+    if len(data) > limit:
+        raise _too_large(limit)
+    if not inflater.eof:
+        raise HTTPException(status_code=400, detail="corrupt gzip body: truncated stream")
+    return data
+
+
+BodyDep = Annotated[bytes, Depends(read_body)]
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """Render pydantic errors as one readable line: ``field.path: problem; ...``."""
+    parts = []
+    for item in err.errors(include_url=False)[:10]:
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{_location(item['loc'])}: {message}")
+    more = err.error_count() - len(parts)
+    if more > 0:
+        parts.append(f"and {more} more error(s)")
+    return "; ".join(parts)
+
+
+def parse_body(body: bytes, model: type[ModelT]) -> ModelT:
+    """Parse and validate a JSON body.
+
+    Raises:
+        HTTPException: 400 for malformed JSON, 422 for a schema violation.
+    """
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as err:
+        errors = err.errors(include_url=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise HTTPException(
+                status_code=400, detail=f"malformed JSON: {errors[0]['msg']}"
+            ) from err
+        if any(e["type"] == "model_type" and not e["loc"] for e in errors):
+            raise HTTPException(status_code=422, detail="body must be a JSON object") from err
+        for item in errors:
+            if item["loc"] == ("schema_version",) and item["type"] != "missing":
+                raise HTTPException(
+                    status_code=422,
+                    detail=(
+                        f"unsupported schema_version {item['input']!r}: this collector "
+                        f"accepts {SCHEMA_VERSION}"
+                    ),
+                ) from err
+        raise HTTPException(status_code=422, detail=format_validation_error(err)) from err
+
+
+class IngestResponse(BaseModel):
+    """Answer to a batch: ``duplicate`` true when it was already stored (nothing written)."""
+
+    duplicate: bool
+    records: int
+
+
+class JobEventResponse(BaseModel):
+    """Answer to a job event."""
+
+    cluster: str
+    job_id: str
+    state: str | None
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+def _rejected(err: Exception) -> HTTPException:
+    return HTTPException(status_code=422, detail=str(err))
+
+
+@router.post(
+    "/batches",
+    response_model=IngestResponse,
+    openapi_extra=_body_schema(Batch),
+    summary="Store one agent batch (idempotent)",
+)
+def post_batch(body: BodyDep, session: SessionDep) -> IngestResponse:
+    """Validate and store a batch in one transaction; a repeated batch is a duplicate."""
+    batch = parse_body(body, Batch)
+    try:
+        with session.begin():
+            result = ingest_batch(session, batch)
+    except IngestRejected as err:
+        raise _rejected(err) from err
+    except (sa_exc.DataError, sa_exc.IntegrityError) as err:
+        # e.g. a total pushed past BIGINT by this batch: the whole batch is rolled back.
+        logger.warning("batch rejected by the database node=%s seq=%s: %s",
+                       batch.node, batch.seq, err.orig)
+        raise HTTPException(
+            status_code=422, detail=f"batch rejected by the database: {err.orig}"
+        ) from err
+    except sa_exc.OperationalError as err:
+        # Database down or (SQLite) locked past the busy timeout: the agent keeps the batch
+        # in its spool and retries.
+        logger.warning("database unavailable node=%s seq=%s: %s", batch.node, batch.seq,
+                       err.orig)
+        raise HTTPException(status_code=503, detail="database unavailable, retry later") from err
+    if not result.duplicate:
+        logger.debug("stored batch node=%s seq=%s records=%s", batch.node, batch.seq,
+                     result.records)
+    return IngestResponse(duplicate=result.duplicate, records=result.records)
+
+
+@router.post(
+    "/jobs/events",
+    response_model=JobEventResponse,
+    openapi_extra=_body_schema(JobEvent),
+    summary="Record a job start or end (Slurm prolog/epilog)",
+)
+def post_job_event(body: BodyDep, session: SessionDep) -> JobEventResponse:
+    """Merge a job event into the job's metadata."""
+    event = parse_body(body, JobEvent)
+    try:
+        with session.begin():
+            job = apply_job_event(session, event)
+            response = JobEventResponse(cluster=job.cluster, job_id=job.job_id, state=job.state)
+    except IngestRejected as err:
+        raise _rejected(err) from err
+    except sa_exc.DataError as err:
+        raise HTTPException(
+            status_code=422, detail=f"event rejected by the database: {err.orig}"
+        ) from err
+    return response

@@ -1,0 +1,206 @@
+"""GET /api/v1/jobs/{job_id} and GET /api/v1/jobs: fields, arithmetic, filters, pages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import delete
+
+from jobenergy.collector.db import make_engine
+from jobenergy.collector.models import EnergyInterval
+from jobenergy.core.units import UJ_PER_KWH
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+GPU_SOURCES = (("cpu", "package-0"), ("dram", "package-0/dram"), ("gpu", "gpu/GPU-aaaa"),
+               ("gpu", "gpu/GPU-bbbb"), ("psys", "psys"))
+
+
+def post_batch(client, batch) -> None:
+    response = client.post("/api/v1/batches", content=batch.model_dump_json())
+    assert response.status_code == 200, response.text
+
+
+def post_event(client, **body) -> None:
+    body.setdefault("cluster", "c1")
+    body["time"] = body["time"].isoformat()
+    response = client.post("/api/v1/jobs/events", json=body)
+    assert response.status_code == 200, response.text
+
+
+def shares(batches, job_id, component=None, node=None) -> int:
+    return sum(
+        src.jobs_uj.get(job_id, 0)
+        for batch in batches if node is None or batch.node == node
+        for interval in batch.intervals
+        for src in interval.sources if component is None or src.component == component
+    )
+
+
+@pytest.fixture
+def scenario(client, make_batch):
+    """Job 500 on n1+n2 with two GPUs each, sharing n1 with job 501; start and end events."""
+    post_event(client, job_id="500", event="start", time=T0, user="alice", uid=1001,
+               account="phys", partition="gpu", name="train", nodes=["n1", "n2"],
+               gpus=["0", "1"], tags={"model": "llama"})
+    batches = [
+        make_batch(node="n1", jobs={"500": 3, "501": 1}, sources=GPU_SOURCES, n_intervals=6,
+                   power_w=250.0),
+        make_batch(node="n2", jobs={"500": 1}, unattributed_weight=0, sources=GPU_SOURCES,
+                   n_intervals=6, power_w=300.0, estimated=True, wraps=1),
+    ]
+    for batch in batches:
+        post_batch(client, batch)
+    post_event(client, job_id="500", event="end", time=T0 + timedelta(seconds=60),
+               state="COMPLETED", exit_code=0)
+    return batches
+
+
+def test_job_fields(client, scenario):
+    response = client.get("/api/v1/jobs/500", params={"cluster": "c1"})
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert (job["job_id"], job["cluster"], job["user"], job["uid"]) == ("500", "c1", "alice", 1001)
+    assert (job["account"], job["partition"], job["name"]) == ("phys", "gpu", "train")
+    assert (job["state"], job["exit_code"], job["nodes"]) == ("COMPLETED", "0", ["n1", "n2"])
+    assert datetime.fromisoformat(job["start"]) == T0
+    assert datetime.fromisoformat(job["end"]) == T0 + timedelta(seconds=60)
+    assert job["elapsed_s"] == 60.0
+    assert job["tags"] == {"model": "llama"}
+
+    expected = {c: shares(scenario, "500", c) for c in ("cpu", "dram", "gpu")}
+    assert job["by_component"] == expected
+    assert job["energy_uj"] == sum(expected.values()) == shares(scenario, "500")
+    assert job["by_node"] == {
+        node: {c: shares(scenario, "500", c, node) for c in ("cpu", "dram", "gpu")}
+        for node in ("n1", "n2")
+    }
+    devices = {(d["node"], d["source"]): d for d in job["devices"]}
+    assert set(devices) == {(n, s) for n in ("n1", "n2") for s in ("gpu/GPU-aaaa", "gpu/GPU-bbbb")}
+    assert all(d["device_name"] == "NVIDIA H100 80GB HBM3" for d in devices.values())
+    assert sum(d["energy_uj"] for d in devices.values()) == expected["gpu"]
+
+    quality = job["quality"]
+    assert quality["sources"] == ["gpu/GPU-aaaa", "gpu/GPU-bbbb", "package-0", "package-0/dram"]
+    assert quality["samples"] == 6
+    assert quality["covered_s"] == 60.0 and quality["coverage"] == pytest.approx(1.0)
+    assert quality["wraps"] == 6  # n2's cpu source: one wrap in each of 6 intervals
+    assert quality["estimated_components"] == ["gpu"]
+    assert quality["estimated_uj"] == shares(scenario[1:], "500", "gpu")
+
+
+def test_energy_and_carbon_arithmetic(make_client, server_settings, make_batch):
+    client = make_client(server_settings.model_copy(
+        update={"pue": 1.5, "carbon_intensity_g_per_kwh": 300.0}))
+    # 1000 W for one hour on one source, all to the job: exactly 1 kWh.
+    batch = make_batch(jobs={"9": 1}, unattributed_weight=0, sources=[("cpu", "package-0")],
+                       n_intervals=1, interval_s=3600.0, power_w=1000.0)
+    assert shares([batch], "9") == UJ_PER_KWH
+    post_batch(client, batch)
+    job = client.get("/api/v1/jobs/9").json()
+    assert job["energy_uj"] == UJ_PER_KWH
+    assert job["by_component"] == {"cpu": UJ_PER_KWH, "dram": 0}
+    assert job["energy_kwh"] == 1.0
+    assert job["pue"] == 1.5 and job["facility_energy_kwh"] == 1.5
+    assert job["carbon_intensity_g_per_kwh"] == 300.0
+    assert job["carbon_intensity_fallback"] is False
+    assert job["carbon_intensity_source"] == "constant"
+    assert job["co2e_kg"] == pytest.approx(1.5 * 300.0 / 1000.0)
+    assert job["devices"] == [] and job["user"] is None and job["elapsed_s"] is None
+
+
+def test_fallback_carbon_intensity(client, make_batch):
+    batch = make_batch(jobs={"9": 1})
+    post_batch(client, batch)
+    job = client.get("/api/v1/jobs/9").json()
+    kwh = shares([batch], "9") / 3.6e12
+    assert job["energy_kwh"] == pytest.approx(kwh, rel=1e-12)
+    assert job["carbon_intensity_fallback"] is True
+    assert job["carbon_intensity_g_per_kwh"] == 475.0
+    assert job["carbon_intensity_source"] == "world-average fallback"
+    assert job["co2e_kg"] == pytest.approx(kwh * 475.0 / 1000.0, rel=1e-12)
+
+
+def test_lookup_never_reads_intervals(client, scenario, db_url):
+    before = client.get("/api/v1/jobs/500").json()
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        assert conn.execute(delete(EnergyInterval)).rowcount > 0
+    engine.dispose()
+    assert client.get("/api/v1/jobs/500").json() == before
+
+
+def test_unknown_and_ambiguous_jobs(client, make_batch):
+    response = client.get("/api/v1/jobs/123", params={"cluster": "c1"})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "job 123 not found on cluster c1"}
+    assert client.get("/api/v1/jobs/123").json() == {"detail": "job 123 not found"}
+    post_batch(client, make_batch(cluster="c1", jobs={"123": 1}))
+    post_batch(client, make_batch(cluster="c2", jobs={"123": 1}))
+    assert client.get("/api/v1/jobs/123").status_code == 409
+    assert client.get("/api/v1/jobs/123", params={"cluster": "c2"}).json()["cluster"] == "c2"
+
+
+@pytest.fixture
+def many_jobs(client, make_batch):
+    """Eight jobs over two clusters, users and states, one hour apart; energy for each."""
+    specs = []
+    for i in range(8):
+        spec = {
+            "job_id": str(1000 + i), "cluster": "c1" if i < 6 else "c2",
+            "user": "alice" if i % 2 == 0 else "bob", "account": "phys" if i < 4 else "chem",
+            "partition": "gpu", "state": "COMPLETED" if i % 3 else "FAILED",
+            "start": T0 + timedelta(hours=i), "end": T0 + timedelta(hours=i, minutes=30),
+        }
+        specs.append(spec)
+        post_event(client, cluster=spec["cluster"], job_id=spec["job_id"], event="start",
+                   time=spec["start"], user=spec["user"], account=spec["account"],
+                   partition="gpu")
+        post_event(client, cluster=spec["cluster"], job_id=spec["job_id"], event="end",
+                   time=spec["end"], state=spec["state"])
+        post_batch(client, make_batch(cluster=spec["cluster"], node=f"n{i}",
+                                      jobs={spec["job_id"]: 1}, power_w=10.0 * (i + 1),
+                                      start=spec["start"]))
+    return specs
+
+
+def ids(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [job["job_id"] for job in response.json()["jobs"]]
+
+
+def test_list_filters(client, many_jobs):
+    def expect(**match):
+        return [s["job_id"] for s in reversed(many_jobs)
+                if all(s[k] == v for k, v in match.items())]
+
+    assert ids(client.get("/api/v1/jobs")) == expect()
+    assert ids(client.get("/api/v1/jobs", params={"cluster": "c2"})) == expect(cluster="c2")
+    assert ids(client.get("/api/v1/jobs", params={"user": "bob"})) == expect(user="bob")
+    assert ids(client.get("/api/v1/jobs", params={"account": "chem", "user": "alice"})) == \
+        expect(account="chem", user="alice")
+    assert ids(client.get("/api/v1/jobs", params={"state": "failed"})) == expect(state="FAILED")
+    assert ids(client.get("/api/v1/jobs", params={"job_id": "1001, 1003,9999"})) == \
+        ["1003", "1001"]
+    # Window [T0+2h15m, T0+4h): jobs 1002 (ends 2h30m) and 1003; 1004 starts at 4h exactly.
+    window = {"start": (T0 + timedelta(hours=2, minutes=15)).isoformat(),
+              "end": str((T0 + timedelta(hours=4)).timestamp())}
+    assert ids(client.get("/api/v1/jobs", params=window)) == ["1003", "1002"]
+    bad = client.get("/api/v1/jobs", params={"start": "yesterday"})
+    assert bad.status_code == 422 and "start" in bad.json()["detail"]
+
+
+def test_list_pagination_and_shape(client, many_jobs):
+    everything = client.get("/api/v1/jobs").json()
+    assert everything["total"] == 8 and everything["limit"] == 100
+    pages = []
+    for offset in (0, 3, 6):
+        page = client.get("/api/v1/jobs", params={"limit": 3, "offset": offset}).json()
+        assert page["total"] == 8 and page["offset"] == offset
+        pages += page["jobs"]
+    assert pages == everything["jobs"]
+    for job in everything["jobs"]:
+        single = client.get(f"/api/v1/jobs/{job['job_id']}", params={"cluster": job["cluster"]})
+        assert single.json() == job
+    assert client.get("/api/v1/jobs", params={"limit": 10_001}).status_code == 422
+    assert client.get("/api/v1/jobs", params={"offset": -1}).status_code == 422

@@ -1,0 +1,94 @@
+"""POST /api/v1/jobs/events: merging starts and ends, in any order, without erasing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def event(kind: str, time: datetime, job_id: str = "42", **fields) -> dict:
+    return {"cluster": "c1", "job_id": job_id, "event": kind, "time": time.isoformat(), **fields}
+
+
+def send(client, body: dict):
+    return client.post("/api/v1/jobs/events", json=body)
+
+
+def job_row(db_snapshot, db_url, job_id: str = "42") -> dict:
+    from jobenergy.collector.models import Job
+
+    names = [c.name for c in Job.__table__.columns]
+    rows = [dict(zip(names, row, strict=True)) for row in db_snapshot(db_url)["job"]]
+    return next(row for row in rows if row["job_id"] == job_id)
+
+
+def test_start_then_end_merge(client, db_url, db_snapshot):
+    start = event("start", T0, user="alice", uid=1001, account="phys", partition="gpu",
+                  name="train", nodes=["n1", "n2"], gpus=["0", "1"], tags={"model": "llama"})
+    assert send(client, start).status_code == 200
+    end = event("end", T0 + timedelta(hours=2), exit_code=0, tags={"phase": "training"})
+    response = send(client, end)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"cluster": "c1", "job_id": "42", "state": "COMPLETED"}
+    row = job_row(db_snapshot, db_url)
+    assert (row["user"], row["uid"], row["account"], row["partition"], row["name"]) == (
+        "alice", 1001, "phys", "gpu", "train")
+    assert row["nodes"] == ["n1", "n2"] and row["gpus"] == ["0", "1"]
+    assert row["tags"] == {"model": "llama", "phase": "training"}
+    assert row["exit_code"] == "0"
+    assert (row["end_at"] - row["start_at"]) == timedelta(hours=2)
+
+
+def test_end_before_start_event_and_explicit_state(client, db_url, db_snapshot):
+    assert send(client, event("end", T0 + timedelta(minutes=5), state="TIMEOUT",
+                              exit_code="0:15")).status_code == 200
+    assert send(client, event("start", T0, user="bob")).status_code == 200
+    row = job_row(db_snapshot, db_url)
+    assert row["state"] == "TIMEOUT"  # a late start does not turn it back to RUNNING
+    assert row["exit_code"] == "0:15" and row["user"] == "bob"
+    assert row["start_at"] == T0 and row["end_at"] == T0 + timedelta(minutes=5)
+
+
+def test_later_events_do_not_erase_known_fields(client, db_url, db_snapshot):
+    send(client, event("start", T0, user="alice", account="phys", tags={"a": "1"}))
+    send(client, event("start", T0, account=None, tags={"b": "2"}))  # repeated, less known
+    row = job_row(db_snapshot, db_url)
+    assert row["user"] == "alice" and row["account"] == "phys"
+    assert row["tags"] == {"a": "1", "b": "2"} and row["state"] == "RUNNING"
+
+
+@pytest.mark.parametrize("order", ["start-first", "end-first"])
+def test_end_before_start_is_rejected_and_job_unchanged(client, db_url, db_snapshot, order):
+    first = (event("start", T0, user="alice") if order == "start-first"
+             else event("end", T0, state="COMPLETED"))
+    assert send(client, first).status_code == 200
+    before = db_snapshot(db_url)
+    bad = (event("end", T0 - timedelta(seconds=1), state="FAILED", user="mallory")
+           if order == "start-first" else event("start", T0 + timedelta(seconds=1), user="x"))
+    response = send(client, bad)
+    assert response.status_code == 422
+    assert "before start" in response.json()["detail"]
+    assert db_snapshot(db_url) == before
+
+
+def test_invalid_event_names_the_field(client, db_url, db_snapshot):
+    before = db_snapshot(db_url)
+    response = send(client, {**event("start", T0), "event": "resume"})
+    assert response.status_code == 422
+    assert "event" in response.json()["detail"]
+    response = send(client, {**event("start", T0), "job_id": "12 34"})
+    assert response.status_code == 422 and "job_id" in response.json()["detail"]
+    assert db_snapshot(db_url) == before
+
+
+def test_energy_before_events_creates_job_with_uid(client, make_batch, db_url, db_snapshot):
+    batch = make_batch(jobs={"42": 1}, uid=5005)
+    assert client.post("/api/v1/batches", content=batch.model_dump_json()).status_code == 200
+    row = job_row(db_snapshot, db_url)
+    assert row["uid"] == 5005 and row["user"] is None and row["start_at"] is None
+    send(client, event("start", T0, user="carol"))
+    row = job_row(db_snapshot, db_url)
+    assert (row["uid"], row["user"], row["start_at"]) == (5005, "carol", T0)

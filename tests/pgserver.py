@@ -1,0 +1,142 @@
+"""Start a throwaway PostgreSQL server for tests and benchmarks.
+
+Used by ``tests/conftest.py`` (fixture ``pg_url``) and ``bench/*.py``. It runs Debian's server
+binaries (``/usr/lib/postgresql/<version>/bin``) on 127.0.0.1 with a free port, the Unix socket
+in its own temporary directory, and durability off (``fsync=off``): the data is disposable.
+PostgreSQL refuses to run as root, so as root the data directory is given to the ``postgres``
+system user and every server command runs through ``runuser -u postgres --``.
+
+Stdlib only: importing this never needs SQLAlchemy or a driver.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NOT_FOUND_MESSAGE = (
+    "PostgreSQL server not found: apt-get install postgresql (or run `make test`, which "
+    "installs it)"
+)
+
+
+class PgServerError(RuntimeError):
+    """The PostgreSQL server could not be set up or started."""
+
+
+def find_pg_bin() -> Path | None:
+    """Return the newest ``/usr/lib/postgresql/*/bin`` holding initdb and pg_ctl, or None."""
+    candidates = []
+    for bindir in glob.glob("/usr/lib/postgresql/*/bin"):
+        path = Path(bindir)
+        if (path / "initdb").is_file() and (path / "pg_ctl").is_file():
+            try:
+                version = float(path.parent.name)
+            except ValueError:
+                version = 0.0
+            candidates.append((version, path))
+    if candidates:
+        return max(candidates)[1]
+    initdb = shutil.which("initdb")
+    if initdb and shutil.which("pg_ctl"):
+        return Path(initdb).parent
+    return None
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PgServer:
+    """A private PostgreSQL cluster in a temporary directory.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    bindir: Path
+    port: int = field(default_factory=free_port)
+    user: str = "postgres"
+    root: Path | None = None
+    _as_postgres: bool = False
+
+    def _cmd(self, *args: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if self._as_postgres else list(args)
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run(self._cmd(*args), capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            log = ""
+            if self.root is not None and (self.root / "server.log").exists():
+                log = (self.root / "server.log").read_text(errors="replace")[-4000:]
+            raise PgServerError(
+                f"{' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}\n{log}"
+            )
+
+    @property
+    def data_dir(self) -> Path:
+        """Return the cluster's data directory."""
+        assert self.root is not None
+        return self.root / "data"
+
+    def start(self) -> PgServer:
+        """Run initdb and start the server; return self."""
+        self.root = Path(tempfile.mkdtemp(prefix="jobenergy-pg-"))
+        if os.geteuid() == 0:
+            self._as_postgres = True
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        self._run(
+            str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", self.user,
+            "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
+        )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-o", options,
+            "-l", str(self.root / "server.log"), "-w", "-t", "60", "start",
+        )
+        return self
+
+    def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
+        """Return the SQLAlchemy URL of ``database`` on this server."""
+        return f"{driver}://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` and return its SQLAlchemy URL."""
+        self._run(
+            str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+            "-U", self.user, name,
+        )
+        return self.url(name)
+
+    def stop(self) -> None:
+        """Stop the server and delete its directory."""
+        if self.root is None:
+            return
+        try:
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate",
+                      "-w", "stop")
+        except PgServerError:
+            pass  # already stopped: still remove the directory
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    def __enter__(self) -> PgServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
