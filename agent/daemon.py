@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from jobenergy.agent.annotations import AnnotationServer
 from jobenergy.agent.attribution import StaticFloor, attribute_cpu, job_usage
 from jobenergy.agent.cgroups import SlurmCgroups
 from jobenergy.agent.metrics import AgentMetrics
+from jobenergy.agent.phases import PhaseBook
 from jobenergy.agent.procstat import read_boot_id, read_cpu_times
 from jobenergy.agent.pusher import Pusher
 from jobenergy.agent.readings import CgroupSnapshot, CpuTimes, Reading
@@ -27,7 +29,7 @@ from jobenergy.agent.settings import AgentSettings
 from jobenergy.agent.spool import Spool
 from jobenergy.core.counters import counter_delta
 from jobenergy.core.errors import SensorError, SensorUnavailable
-from jobenergy.core.schema import SCHEMA_VERSION, Interval, JobSample, SourceEnergy
+from jobenergy.core.schema import SCHEMA_VERSION, Interval, JobSample, PhaseRecord, SourceEnergy
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class Agent:
         }
         self._static: dict[str, StaticFloor] = {}
         self._last_reading: dict[str, Reading] = {}
+        self.phases = PhaseBook()
+        self.annotations: AnnotationServer | None = None
         self._prev: Sample | None = None
         self._pending: list[Interval] = []
         self._last_seal_mono_ns = time.monotonic_ns()
@@ -178,7 +182,28 @@ class Agent:
         ]
         gpu_jobs = {j for s in sources if s.component == "gpu" for j in s.jobs_uj}
         jobs.extend(JobSample(job_id=j) for j in sorted(gpu_jobs - usage.keys()))
-        return Interval(start=prev.wall, end=cur.wall, sources=sources, jobs=jobs)
+        jobs = [self._with_phase(job, prev.wall, cur.wall) for job in jobs]
+        phases = [
+            PhaseRecord(
+                job_id=job_id,
+                phase=seg.phase,
+                model=seg.model,
+                start=seg.start,
+                end=seg.end,
+                samples=seg.samples,
+                metrics=seg.metrics,
+                tags=seg.tags,
+            )
+            for job_id, seg in self.phases.pop_finished()
+        ]
+        self.phases.forget(set(cur.cgroups.jobs), before=prev.wall)
+        return Interval(start=prev.wall, end=cur.wall, sources=sources, jobs=jobs, phases=phases)
+
+    def _with_phase(self, job: JobSample, start: datetime, end: datetime) -> JobSample:
+        label = self.phases.label(job.job_id, start, end)
+        if label is None:
+            return job
+        return job.model_copy(update={"phase": label[0], "model": label[1]})
 
     def tick(self) -> None:
         """Take one sample and queue the interval it closes."""
@@ -220,6 +245,17 @@ class Agent:
         """Sample every ``interval_s`` until ``stop`` is set, then shut down cleanly."""
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port)
+        if self.settings.annotation_socket:
+            server = AnnotationServer(
+                self.settings.annotation_socket, self.settings.procfs_root, self.phases
+            )
+            try:
+                server.start()
+                self.annotations = server
+            except OSError as err:
+                logger.error(
+                    "annotation socket off path=%s err=%s", self.settings.annotation_socket, err
+                )
         self.pusher.start()
         interval_ns = int(self.settings.interval_s * 1e9)
         next_ns = time.monotonic_ns()
@@ -261,4 +297,6 @@ class Agent:
         if left:
             logger.warning("exiting with undelivered batches kept in spool pending=%s", left)
         self.pusher.close()
+        if self.annotations is not None:
+            self.annotations.stop()
         logger.info("agent stopped")

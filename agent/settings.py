@@ -47,6 +47,8 @@ class AgentSettings(BaseSettings):
     # Static (idle-floor) power per RAPL source for the shared-node split; learned when unset.
     cpu_static_power_w: float | None = Field(default=None, ge=0)
     dram_static_power_w: float | None = Field(default=None, ge=0)
+    # Unix socket for in-job phase annotations (jobenergy.client); empty string disables it.
+    annotation_socket: str = "/run/jobenergy/agent.sock"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     max_intervals_per_batch: int = Field(default=3600, gt=0, le=10_000)
 

@@ -1,1 +1,130 @@
-"""jobenergy.client."""
+"""Tell the node's jobenergy agent what a job is doing, so its energy is split by phase.
+
+    from jobenergy.client import phase
+
+    with phase("training", model="resnet50", samples=50_000) as p:
+        train()
+        p.metrics["accuracy"] = 0.761   # optional quality metrics, recorded with the phase
+    with phase("inference", model="resnet50") as p:
+        p.samples = evaluate()          # samples may also be set at the end
+
+The agent identifies the job from the caller's cgroup (the socket's peer credentials), so a
+job can only annotate itself. Energy is split on the agent's sample boundaries: an interval
+belongs to the phase that covered most of it. Standard library only, and never fatal: if no
+agent listens, a warning is logged and the job carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = "/run/jobenergy/agent.sock"
+PHASES = ("training", "inference", "other")
+
+
+class AnnotationError(Exception):
+    """The agent refused an annotation (bad phase, not inside a Slurm job, ...)."""
+
+
+def _socket_path() -> str:
+    return os.environ.get("JOBENERGY_SOCKET", DEFAULT_SOCKET)
+
+
+def send(message: dict[str, Any], *, timeout_s: float = 2.0) -> dict[str, Any]:
+    """Send one request to the agent and return its JSON answer.
+
+    Raises:
+        OSError: No agent listens on the socket.
+        AnnotationError: The agent answered with an error.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(_socket_path())
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    answer = json.loads(data or b"{}")
+    if not answer.get("ok"):
+        raise AnnotationError(answer.get("error", "agent refused the annotation"))
+    return answer
+
+
+@dataclass
+class Phase:
+    """An open phase; set ``samples`` and ``metrics`` before it closes."""
+
+    name: str
+    model: str | None = None
+    samples: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    job_id: str | None = None
+
+
+@contextmanager
+def phase(
+    name: str,
+    *,
+    model: str | None = None,
+    samples: int | None = None,
+    strict: bool = False,
+    **tags: str,
+):
+    """Mark the enclosed code as one phase of this job (``training``/``inference``/``other``).
+
+    Args:
+        name: The phase.
+        model: Model name, e.g. "resnet50".
+        samples: Samples processed in the phase, if known up front (else set ``.samples``).
+        strict: Raise instead of warning when the agent cannot be told.
+        **tags: Free tags recorded with the phase.
+    """
+    if name not in PHASES:
+        raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {name!r}")
+    current = Phase(name, model, samples, tags=dict(tags))
+    try:
+        answer = send(
+            {
+                "op": "begin",
+                "phase": name,
+                "model": model,
+                "samples": samples,
+                "tags": current.tags,
+                "time": time.time(),
+            }
+        )
+        current.job_id = answer.get("job_id")
+    except (OSError, AnnotationError, ValueError) as err:
+        if strict:
+            raise
+        logger.warning("jobenergy: phase %r not recorded: %s", name, err)
+    try:
+        yield current
+    finally:
+        try:
+            send(
+                {
+                    "op": "end",
+                    "phase": name,
+                    "samples": current.samples,
+                    "metrics": current.metrics,
+                    "time": time.time(),
+                }
+            )
+        except (OSError, AnnotationError, ValueError) as err:
+            if strict:
+                raise
+            logger.warning("jobenergy: end of phase %r not recorded: %s", name, err)

@@ -75,6 +75,10 @@ class SourceEnergy(WireModel):
         return self
 
 
+Phase = Literal["training", "inference", "other"]
+ShortText = Annotated[str, Field(max_length=255)]
+
+
 class JobSample(WireModel):
     """What the agent saw of one job during an interval (metadata for quality/fallbacks)."""
 
@@ -84,6 +88,26 @@ class JobSample(WireModel):
     cpu_time_us: int = Field(default=0, ge=0)
     ended: bool = False  # the job's cgroup vanished during this interval
     step_ids: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list)
+    # The phase the job announced (jobenergy.client) covering most of the interval.
+    phase: Phase | None = None
+    model: ShortText | None = None
+
+
+class PhaseRecord(WireModel):
+    """A phase a job announced and closed, with what it processed."""
+
+    job_id: JobId
+    phase: Phase
+    model: ShortText | None = None
+    start: UtcTime
+    end: UtcTime
+    samples: int | None = Field(default=None, ge=0)
+    metrics: dict[Annotated[str, Field(max_length=64)], float] = Field(
+        default_factory=dict, max_length=64
+    )
+    tags: dict[Annotated[str, Field(max_length=64)], ShortText] = Field(
+        default_factory=dict, max_length=64
+    )
 
 
 class Interval(WireModel):
@@ -93,6 +117,7 @@ class Interval(WireModel):
     end: UtcTime
     sources: list[SourceEnergy] = Field(max_length=MAX_SOURCES_PER_INTERVAL)
     jobs: list[JobSample] = Field(default_factory=list, max_length=MAX_JOBS_PER_SOURCE)
+    phases: list[PhaseRecord] = Field(default_factory=list, max_length=MAX_JOBS_PER_SOURCE)
 
     @model_validator(mode="after")
     def _sane(self) -> Interval:

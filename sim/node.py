@@ -138,6 +138,7 @@ class SimNode:
         for controller in ("cpuacct", "cpuset", "devices"):
             self._cg(controller).mkdir(parents=True, exist_ok=True)
         write_atomic(self._cg("cpuset", "cpuset.cpus"), f"0-{self.ncpus - 1}\n")
+        write_atomic(self._cg("cpuacct", "cpuacct.usage"), "0\n")
 
     def _write_counters(self) -> None:
         for source, value in self.counters_uj.items():

@@ -107,11 +107,14 @@ class GpuAllocation:
 
     def _job_dirs(self, job_id: str) -> list[Path]:
         """Return the job's cgroup folders that exist (v2 scope first, then v1 controllers)."""
-        scopes = [f"{self.node}_slurmstepd.scope", "slurmstepd.scope"] if self.node else [
-            "slurmstepd.scope"
-        ]
+        scopes = (
+            [f"{self.node}_slurmstepd.scope", "slurmstepd.scope"]
+            if self.node
+            else ["slurmstepd.scope"]
+        )
         found = [
-            d for scope in scopes
+            d
+            for scope in scopes
             if (d := self.cgroup_root / "system.slice" / scope / f"job_{job_id}").is_dir()
         ]
         for controller in _V1_CONTROLLERS:

@@ -230,8 +230,12 @@ class GpuAccounting:
             delta = counter_delta(before.energy_uj, dev.energy_uj, max_range_uj=None)
             if delta.reset:
                 self._resets[uuid] = self._resets.get(uuid, 0) + 1
-                logger.warning("GPU energy counter went back gpu=%s prev_uj=%s cur_uj=%s",
-                               uuid, before.energy_uj, dev.energy_uj)
+                logger.warning(
+                    "GPU energy counter went back gpu=%s prev_uj=%s cur_uj=%s",
+                    uuid,
+                    before.energy_uj,
+                    dev.energy_uj,
+                )
             jobs, unattributed = attribute_device(
                 delta.energy_uj, prev.states.get(uuid), cur.states[uuid]
             )

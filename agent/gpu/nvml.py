@@ -190,8 +190,11 @@ class NvmlSensor:
             except (nv.NVMLError_NotSupported, nv.NVMLError_FunctionNotFound) as err:
                 dev.use_counter = False
                 self._failed(dev.index, err, logging.INFO)
-                logger.info("GPU energy counter unavailable, integrating power gpu_index=%s "
-                            "uuid=%s", dev.index, dev.uuid)
+                logger.info(
+                    "GPU energy counter unavailable, integrating power gpu_index=%s uuid=%s",
+                    dev.index,
+                    dev.uuid,
+                )
         power_mw = nv.nvmlDeviceGetPowerUsage(dev.handle)
         now_ns = time.monotonic_ns()
         if dev.last_power_mw is not None and dev.last_power_ns is not None:
@@ -207,8 +210,11 @@ class NvmlSensor:
             return ()
         try:
             infos = nv.nvmlDeviceGetComputeRunningProcesses(dev.handle)
-        except (nv.NVMLError_FunctionNotFound, nv.NVMLError_NotSupported,
-                nv.NVMLLibraryMismatchError) as err:
+        except (
+            nv.NVMLError_FunctionNotFound,
+            nv.NVMLError_NotSupported,
+            nv.NVMLLibraryMismatchError,
+        ) as err:
             self._process_list = False
             self._failed(dev.index, err, logging.INFO)
             return ()
