@@ -114,6 +114,7 @@ def main() -> int:
         return 2
 
     import pynvml
+
     from jobenergy.agent.gpu import GpuAccounting
 
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from jobenergy.core.errors import JobEnergyError
 
 app = typer.Typer(
@@ -78,6 +79,7 @@ def server(
     """Run the collector and the API in one process."""
     _logging(log_level)
     import uvicorn
+
     from jobenergy.api.app import create_app
     from jobenergy.collector.settings import ServerSettings
 

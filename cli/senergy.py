@@ -16,6 +16,7 @@ from typing import Annotated
 
 import httpx
 import typer
+
 from jobenergy.cli.report import DEFAULT_FIELDS, parse_fields, render
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False)

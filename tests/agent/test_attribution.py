@@ -1,5 +1,6 @@
 from hypothesis import given
 from hypothesis import strategies as st
+
 from jobenergy.agent.attribution import JobUsage, StaticFloor, attribute_cpu, job_usage
 from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
 

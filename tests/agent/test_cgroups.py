@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from jobenergy.agent.cgroups import (
     SlurmCgroups,
     job_id_from_pid,

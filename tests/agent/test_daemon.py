@@ -4,6 +4,7 @@ import gzip
 import json
 
 import pytest
+
 from jobenergy.agent.daemon import Agent
 from jobenergy.agent.settings import AgentSettings
 from jobenergy.sim.node import SimNode

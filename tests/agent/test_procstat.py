@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from jobenergy.agent.procstat import parse_cpu_times, read_boot_id, read_cpu_times
 from jobenergy.agent.readings import CpuTimes
 from jobenergy.core.errors import SensorError

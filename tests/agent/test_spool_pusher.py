@@ -4,6 +4,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from jobenergy.agent.pusher import Pusher
 from jobenergy.agent.spool import Spool
 

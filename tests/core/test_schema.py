@@ -1,6 +1,7 @@
 import pytest
-from jobenergy.core.schema import Batch, JobEvent, SourceEnergy
 from pydantic import ValidationError
+
+from jobenergy.core.schema import Batch, JobEvent, SourceEnergy
 
 
 def _source(**kw):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from jobenergy.sim.nvml.build import BuildError, build_libnvml, find_compiler, preload
 from jobenergy.sim.nvml.state import STATE_ENV, SimDevice, SimState, devices_from_nvidia_smi_xml
 from jobenergy.sim.nvml.state import write_state as _write_state

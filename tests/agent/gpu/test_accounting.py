@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from jobenergy.core.errors import ConfigError
 from jobenergy.sim.nvml.state import SimProcess
 

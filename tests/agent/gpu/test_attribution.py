@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from jobenergy.agent.gpu.attribution import DeviceState, ProcessState, attribute_device
 
 JOBS = ["1", "2", "3", "s0123456789abc"]

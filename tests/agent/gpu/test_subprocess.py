@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from jobenergy.sim.nvml.build import build_libnvml
 from jobenergy.sim.nvml.state import STATE_ENV, SimProcess, SimState, write_state
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from jobenergy.agent.readings import Reading
 from jobenergy.agent.sensors.rapl import RaplSensor, parse_uj
 from jobenergy.core.errors import SensorError, SensorUnavailable
