@@ -19,6 +19,7 @@ from typing import Any
 from jobenergy.agent.annotations import AnnotationServer
 from jobenergy.agent.attribution import StaticFloor, attribute_cpu, job_usage
 from jobenergy.agent.cgroups import SlurmCgroups
+from jobenergy.agent.continuity import CounterRecord, gap_interval
 from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.phases import PhaseBook
 from jobenergy.agent.procstat import read_boot_id, read_cpu_times
@@ -71,6 +72,7 @@ class Agent:
         }
         self._static: dict[str, StaticFloor] = {}
         self._last_reading: dict[str, Reading] = {}
+        self.counter_record = CounterRecord(settings.spool_dir, self.boot_id)
         self.phases = PhaseBook()
         self.annotations: AnnotationServer | None = None
         self._prev: Sample | None = None
@@ -211,6 +213,15 @@ class Agent:
         if self._prev is None:
             for source, reading in cur.readings.items():
                 self._last_reading[source] = reading
+            recorded = self.counter_record.load()
+            if recorded is not None:
+                gap = gap_interval(recorded[0], recorded[1], cur.wall, cur.readings)
+                if gap is not None:
+                    logger.info(
+                        "energy while the agent was down sent as unattributed since=%s",
+                        recorded[0].isoformat(),
+                    )
+                    self._pending.append(gap)
         elif cur.wall > self._prev.wall:
             self._pending.append(self.attribute(self._prev, cur))
         self._prev = cur
@@ -234,6 +245,8 @@ class Agent:
             "agent_version": AGENT_VERSION,
             "intervals": [i.model_dump(mode="json") for i in self._pending],
         }
+        if self._prev is not None:
+            self.counter_record.save(self._prev.wall, self._last_reading)
         self.spool.seal(batch)
         self._pending = []
         self.pusher.notify()

@@ -1,0 +1,96 @@
+"""Energy measured while the agent was not running, kept instead of lost.
+
+RAPL counters keep counting while the agent is stopped (upgrade, crash, restart). At every
+seal the agent records the counters of the last sample it sealed; when it starts again in
+the same boot (same ``boot_id``: the counters were not reset) the energy between that sample
+and its first new one is sent as a *gap* interval, all on the node's ``unattributed``
+account: it was measured, but no one watched which jobs ran. After a reboot the counters
+restarted and nothing can be recovered.
+
+The record is written before the batch it belongs to: a crash between the two loses that
+batch's intervals from the gap instead of counting them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+
+from jobenergy.agent.readings import Reading
+from jobenergy.core.counters import counter_delta
+from jobenergy.core.schema import Interval, SourceEnergy
+
+logger = logging.getLogger(__name__)
+
+
+class CounterRecord:
+    """The counters of the last sealed sample, in ``<spool_dir>/counters.json``."""
+
+    def __init__(self, spool_dir: str | Path, boot_id: str) -> None:
+        self.path = Path(spool_dir) / "counters.json"
+        self.boot_id = boot_id
+
+    def save(self, wall: datetime, readings: dict[str, Reading]) -> None:
+        """Record the counters read at ``wall`` (atomically)."""
+        data = {
+            "boot_id": self.boot_id,
+            "wall": wall.isoformat(),
+            "readings": [
+                [r.component, r.source, r.energy_uj, r.max_range_uj, r.estimated]
+                for r in readings.values()
+            ],
+        }
+        tmp = self.path.with_name(".counters.json.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.path)
+
+    def load(self) -> tuple[datetime, dict[str, Reading]] | None:
+        """Return the recorded sample if it is from this boot, else None."""
+        try:
+            data = json.loads(self.path.read_text())
+            if data["boot_id"] != self.boot_id:
+                logger.info("counters recorded before a reboot, not resumed path=%s", self.path)
+                return None
+            readings = {row[1]: Reading(*row) for row in data["readings"]}
+            return datetime.fromisoformat(data["wall"]), readings
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            logger.warning(
+                "counter record unreadable, gap not resumed path=%s err=%s", self.path, err
+            )
+            return None
+
+
+def gap_interval(
+    before_wall: datetime,
+    before: dict[str, Reading],
+    now_wall: datetime,
+    now: dict[str, Reading],
+) -> Interval | None:
+    """Return the energy between a recorded sample and a new one, all unattributed."""
+    if now_wall <= before_wall:
+        return None
+    sources = []
+    for source, reading in now.items():
+        old = before.get(source)
+        if old is None:
+            continue
+        delta = counter_delta(old.energy_uj, reading.energy_uj, reading.max_range_uj)
+        sources.append(
+            SourceEnergy(
+                component=reading.component,
+                source=source,
+                measured_uj=delta.energy_uj,
+                unattributed_uj=delta.energy_uj,
+                estimated=reading.estimated,
+                wraps=int(delta.wrapped),
+                resets=int(delta.reset),
+            )
+        )
+    if not sources:
+        return None
+    return Interval(start=before_wall, end=now_wall, sources=sources)
