@@ -19,15 +19,42 @@ import os
 import socket
 import struct
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobenergy.agent.cgroups import job_id_from_pid
 from jobenergy.agent.phases import PhaseBook
+from jobenergy.core.errors import JobEnergyError
 
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024
+CONNECTION_TIMEOUT_S = 2.0
+MAX_CONNECTIONS = 16
+
+Key = Annotated[str, Field(max_length=64)]
+
+
+class _Message(BaseModel):
+    """One request; limits match the wire schema so nothing accepted here is rejected later."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: Literal["begin", "end"]
+    phase: Annotated[str, Field(max_length=32)] | None = None
+    model: Annotated[str, Field(max_length=255)] | None = None
+    samples: Annotated[int, Field(ge=0, le=2**62)] | None = None
+    tags: dict[Key, Annotated[str, Field(max_length=255)]] = Field(
+        default_factory=dict, max_length=64
+    )
+    metrics: dict[Key, float] = Field(default_factory=dict, max_length=64)
+    time: float | None = None  # the client's clock: informational, the agent's is used
+
+
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 
 
@@ -41,6 +68,7 @@ class AnnotationServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def start(self) -> None:
         """Bind the socket (mode 0666: any job may connect; identity comes from the kernel)."""
@@ -77,59 +105,72 @@ class AnnotationServer:
             except OSError:
                 if self._stop.is_set():
                     return
-                raise
+                logger.exception("annotation socket accept failed")
+                continue
+            if not self._slots.acquire(blocking=False):
+                _reply(conn, {"ok": False, "error": "agent busy, try again"})
+                conn.close()
+                continue
+            # One short-lived thread per connection: a slow client cannot block the others.
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        try:
             with conn:
-                conn.settimeout(2.0)
                 try:
                     answer = self._handle(conn)
-                except (OSError, ValueError) as err:
+                except (OSError, ValueError, JobEnergyError) as err:
                     answer = {"ok": False, "error": str(err)}
-                try:
-                    conn.sendall(json.dumps(answer).encode() + b"\n")
-                except OSError:
-                    pass
+                except Exception:  # never let one message take the socket down
+                    logger.exception("annotation failed")
+                    answer = {"ok": False, "error": "internal error"}
+                _reply(conn, answer)
+        finally:
+            self._slots.release()
 
     def _handle(self, conn: socket.socket) -> dict:
         pid, _uid, _gid = _UCRED.unpack(
             conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         )
+        # Resolve the job at once, before reading: the pid cannot be reused meanwhile.
+        job_id = job_id_from_pid(self.procfs_root, pid)
+        deadline = time.monotonic() + CONNECTION_TIMEOUT_S
         data = b""
         while not data.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ValueError(f"message not complete within {CONNECTION_TIMEOUT_S} s")
+            conn.settimeout(remaining)
             chunk = conn.recv(65536)
             if not chunk:
                 break
             data += chunk
             if len(data) > MAX_MESSAGE_BYTES:
                 raise ValueError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
-        job_id = job_id_from_pid(self.procfs_root, pid)
         if job_id is None:
             raise ValueError(f"process {pid} is not inside a Slurm job on this node")
         try:
-            msg = json.loads(data)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"malformed JSON: {err}") from err
-        if not isinstance(msg, dict):
-            raise ValueError("message must be a JSON object")
-        now = datetime.now(UTC)
-        op = msg.get("op")
-        samples = msg.get("samples")
-        if samples is not None and (not isinstance(samples, int) or samples < 0):
-            raise ValueError("samples must be a non-negative integer")
-        if op == "begin":
-            model = msg.get("model")
-            tags = {str(k): str(v) for k, v in (msg.get("tags") or {}).items()}
-            self.book.begin(
-                job_id, str(msg.get("phase")), model and str(model), now, samples=samples, tags=tags
+            msg = _Message.model_validate_json(data)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+                for e in err.errors()
             )
-        elif op == "end":
-            metrics = msg.get("metrics") or {}
-            if not all(isinstance(v, int | float) for v in metrics.values()):
-                raise ValueError("metrics must map names to numbers")
-            if not self.book.end(
-                job_id, now, samples=samples, metrics={str(k): float(v) for k, v in metrics.items()}
-            ):
-                raise ValueError(f"job {job_id} has no open phase")
-        else:
-            raise ValueError(f"unknown op {op!r}: use begin or end")
-        logger.info("annotation job_id=%s op=%s phase=%s", job_id, op, msg.get("phase"))
+            raise ValueError(f"bad annotation: {problems}") from None
+        now = datetime.now(UTC)
+        if msg.op == "begin":
+            self.book.begin(
+                job_id, str(msg.phase), msg.model, now, samples=msg.samples, tags=msg.tags
+            )
+        elif not self.book.end(job_id, now, samples=msg.samples, metrics=msg.metrics):
+            raise ValueError(f"job {job_id} has no open phase")
+        logger.info("annotation job_id=%s op=%s phase=%s", job_id, msg.op, msg.phase)
         return {"ok": True, "job_id": job_id}
+
+
+def _reply(conn: socket.socket, answer: dict) -> None:
+    try:
+        conn.settimeout(1.0)
+        conn.sendall(json.dumps(answer).encode() + b"\n")
+    except OSError:
+        pass

@@ -25,6 +25,10 @@ from jobenergy.core.schema import Interval, SourceEnergy
 
 logger = logging.getLogger(__name__)
 
+#: Above any RAPL zone's power: a gap longer than one counter range at this power may hide
+#: several wraps, and is dropped rather than reported wrong.
+MAX_PLAUSIBLE_ZONE_POWER_W = 1_000
+
 
 class CounterRecord:
     """The counters of the last sealed sample, in ``<spool_dir>/counters.json``."""
@@ -74,10 +78,19 @@ def gap_interval(
     """Return the energy between a recorded sample and a new one, all unattributed."""
     if now_wall <= before_wall:
         return None
+    duration_s = (now_wall - before_wall).total_seconds()
     sources = []
     for source, reading in now.items():
         old = before.get(source)
         if old is None:
+            continue
+        if reading.max_range_uj is not None and (
+            duration_s * MAX_PLAUSIBLE_ZONE_POWER_W * 1_000_000 >= reading.max_range_uj
+        ):
+            # The counter may have wrapped more than once: the gap cannot be known.
+            logger.warning(
+                "agent down too long to resume source=%s down_s=%.0f", source, duration_s
+            )
             continue
         delta = counter_delta(old.energy_uj, reading.energy_uj, reading.max_range_uj)
         sources.append(

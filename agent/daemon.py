@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobenergy.agent.annotations import AnnotationServer
@@ -106,12 +106,14 @@ class Agent:
         errors: list[str] = []
         readings: dict[str, Reading] = {}
         if self.rapl is not None:
-            try:
-                readings = {r.source: r for r in self.rapl.read()}
-            except SensorError as err:
+            good, failed = self.rapl.read_partial()
+            readings = {r.source: r for r in good}
+            for err in failed:
                 errors.append(str(err))
                 self.metrics.sensor_errors.labels("rapl").inc()
                 logger.error("RAPL read failed sensor=rapl err=%s", err)
+            if any(getattr(err, "vanished", False) for err in failed):
+                self._rescan_rapl()
         cgroups = self.cgroups.snapshot()
         try:
             cpu = read_cpu_times(self.settings.procfs_root)
@@ -130,7 +132,29 @@ class Agent:
                 logger.error("GPU read failed sensor=nvml err=%s", err)
         self.metrics.samples.inc()
         self.metrics.jobs.set(len(cgroups.jobs))
-        return Sample(datetime.now(UTC), time.monotonic_ns(), readings, cgroups, cpu, gpu, errors)
+        mono_ns = time.monotonic_ns()
+        return Sample(self._wall_now(mono_ns), mono_ns, readings, cgroups, cpu, gpu, errors)
+
+    def _wall_now(self, mono_ns: int) -> datetime:
+        """Return the wall time of a sample, never before the previous sample's.
+
+        After the wall clock steps back (NTP, an operator), intervals continue from the last
+        sample by monotonic time until the wall clock catches up, so batches stay in order
+        and no interval is empty or negative.
+        """
+        wall = datetime.now(UTC)
+        if self._prev is not None and wall <= self._prev.wall:
+            wall = self._prev.wall + timedelta(
+                microseconds=max(1, (mono_ns - self._prev.mono_ns) // 1000)
+            )
+        return wall
+
+    def _rescan_rapl(self) -> None:
+        assert self.rapl is not None
+        try:
+            self.rapl.rescan()
+        except (SensorError, SensorUnavailable) as err:
+            logger.error("RAPL rescan failed sensor=rapl err=%s", err)
 
     def attribute(self, prev: Sample, cur: Sample) -> Interval:
         """Attribute the energy between two samples; conserving per source."""
@@ -142,9 +166,10 @@ class Agent:
             node_busy_ns = max(0, cur.cpu.busy_ns - prev.cpu.busy_ns)
             ncpus = cur.cpu.ncpus
         sources: list[SourceEnergy] = []
+        seen: dict[str, Reading] = {}  # committed to _last_reading once the interval is built
         for source, reading in cur.readings.items():
             before = self._last_reading.get(source)
-            self._last_reading[source] = reading
+            seen[source] = reading
             if before is None:
                 continue  # first sight of this counter: it is the baseline
             delta = counter_delta(before.energy_uj, reading.energy_uj, reading.max_range_uj)
@@ -173,7 +198,7 @@ class Agent:
                     resets=int(delta.reset),
                 )
             )
-        if self.gpu is not None and prev.gpu is not None and cur.gpu is not None:
+        if self.gpu is not None and cur.gpu is not None:
             sources.extend(self.gpu.attribute(prev.gpu, cur.gpu))
         for src in sources:
             self.metrics.energy_uj.labels(src.component, src.source).inc(src.measured_uj)
@@ -199,7 +224,11 @@ class Agent:
             for job_id, seg in self.phases.pop_finished()
         ]
         self.phases.forget(set(cur.cgroups.jobs), before=prev.wall)
-        return Interval(start=prev.wall, end=cur.wall, sources=sources, jobs=jobs, phases=phases)
+        interval = Interval(
+            start=prev.wall, end=cur.wall, sources=sources, jobs=jobs, phases=phases
+        )
+        self._last_reading.update(seen)
+        return interval
 
     def _with_phase(self, job: JobSample, start: datetime, end: datetime) -> JobSample:
         label = self.phases.label(job.job_id, start, end)
@@ -213,6 +242,8 @@ class Agent:
         if self._prev is None:
             for source, reading in cur.readings.items():
                 self._last_reading[source] = reading
+            if self.gpu is not None and cur.gpu is not None:
+                self.gpu.attribute(None, cur.gpu)  # the GPUs' baseline readings
             recorded = self.counter_record.load()
             if recorded is not None:
                 gap = gap_interval(recorded[0], recorded[1], cur.wall, cur.readings)
@@ -294,22 +325,32 @@ class Agent:
         self.shutdown()
 
     def shutdown(self, flush_timeout_s: float = 5.0) -> None:
-        """Take a final sample, seal, and try to deliver what is spooled (bounded)."""
+        """Take a final sample, seal, and try to deliver what is spooled (bounded).
+
+        Never raises: whatever is not delivered stays in the spool for the next start.
+        """
+        if self.annotations is not None:
+            self.annotations.stop()
         try:
             self.tick()
         except Exception:
             logger.exception("final sample failed")
-        self.seal()
+        try:
+            self.seal()
+        except Exception:
+            logger.exception("final seal failed: the last intervals are lost")
         self.pusher.stop()
         deadline = time.monotonic() + flush_timeout_s
-        while time.monotonic() < deadline and self.spool.pending():
-            if self.pusher.push_once():
-                break
-            time.sleep(0.2)
-        left = len(self.spool.pending())
+        try:
+            while time.monotonic() < deadline and self.spool.pending():
+                if self.pusher.push_once(deadline=deadline):
+                    break
+                time.sleep(0.2)
+            left = len(self.spool.pending())
+        except Exception:
+            logger.exception("final delivery failed")
+            left = -1
         if left:
             logger.warning("exiting with undelivered batches kept in spool pending=%s", left)
         self.pusher.close()
-        if self.annotations is not None:
-            self.annotations.stop()
         logger.info("agent stopped")

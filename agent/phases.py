@@ -100,11 +100,22 @@ class PhaseBook:
             return done
 
     def forget(self, job_ids: set[str], before: datetime) -> None:
-        """Drop closed segments of jobs that are gone, once they cannot label intervals."""
+        """Close open phases of jobs that are gone; drop segments that cannot label intervals.
+
+        Args:
+            job_ids: Jobs with a cgroup now.
+            before: Start of the current interval (the jobs gone were last seen then).
+        """
         with self._lock:
             for job_id in list(self._segments):
                 if job_id in job_ids:
                     continue
+                last = self._segments[job_id][-1]
+                if last.end is None and last.start <= before:
+                    # The job ended (or was killed) inside the phase: close it where the job
+                    # was last seen, so it is reported and not kept forever.
+                    last.end = before
+                    self._finished.append((job_id, last))
                 segments = [s for s in self._segments[job_id] if s.end is None or s.end > before]
                 if segments:
                     self._segments[job_id] = segments

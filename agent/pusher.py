@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 
 import httpx
 
@@ -57,13 +58,18 @@ class Pusher:
         """Wake the sender: a new batch was sealed."""
         self._wake.set()
 
-    def push_once(self) -> bool:
+    def push_once(self, deadline: float | None = None) -> bool:
         """Try to deliver every pending batch once, in order.
+
+        Args:
+            deadline: ``time.monotonic()`` after which no further batch is started.
 
         Returns:
             True if the spool is empty afterwards, False if delivery stopped at an error.
         """
         for batch in self.spool.pending():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
             try:
                 body = self.spool.read(batch)
             except FileNotFoundError:
@@ -103,7 +109,12 @@ class Pusher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            delivered = self.push_once()
+            try:
+                delivered = self.push_once()
+            except Exception:  # the sender thread must outlive a full disk or a bug
+                logger.exception("push failed unexpectedly, will retry")
+                self._failed("unexpected error")
+                delivered = False
             delay = None if delivered else self._next_delay_s()
             self._wake.wait(timeout=delay)
             self._wake.clear()

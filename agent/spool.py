@@ -17,6 +17,7 @@ import gzip
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,10 @@ class Spool:
                 )
         pending = self.pending()
         file_seq = pending[-1].seq + 1 if pending else 0
+        if not state_file.exists():
+            # First start, or the state was lost: numbers from the clock (µs) cannot collide
+            # with any an earlier agent in this boot used, so nothing is dropped as duplicate.
+            state_seq = time.time_ns() // 1000
         return max(state_seq, file_seq)
 
     def _save_next_seq(self) -> None:
@@ -158,8 +163,11 @@ class Spool:
         """Move a batch the collector refused (4xx) aside so it does not block the queue."""
         self.rejected_total += 1
         target = self.rejected_dir / batch.path.name
-        os.replace(batch.path, target)
-        target.with_suffix(".reason").write_text(reason)
+        try:
+            os.replace(batch.path, target)
+            target.with_suffix(".reason").write_text(reason)
+        except FileNotFoundError:
+            return  # dropped by the size cap meanwhile
         logger.error(
             "collector rejected batch seq=%s kept_at=%s reason=%s", batch.seq, target, reason
         )

@@ -49,7 +49,8 @@ def send(message: dict[str, Any], *, timeout_s: float = 2.0) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         sock.connect(_socket_path())
-        sock.sendall(json.dumps(message).encode() + b"\n")
+        # default=float: numpy scalars and Decimals in metrics/samples must not crash a job.
+        sock.sendall(json.dumps(message, default=float).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -107,7 +108,7 @@ def phase(
             }
         )
         current.job_id = answer.get("job_id")
-    except (OSError, AnnotationError, ValueError) as err:
+    except (OSError, AnnotationError, ValueError, TypeError) as err:
         if strict:
             raise
         logger.warning("jobenergy: phase %r not recorded: %s", name, err)
@@ -124,7 +125,7 @@ def phase(
                     "time": time.time(),
                 }
             )
-        except (OSError, AnnotationError, ValueError) as err:
+        except (OSError, AnnotationError, ValueError, TypeError) as err:
             if strict:
                 raise
             logger.warning("jobenergy: end of phase %r not recorded: %s", name, err)

@@ -174,6 +174,7 @@ class GpuAccounting:
             logger.info("GPU energy off sensor=nvml reason=%s", err)
         self._allocation = GpuAllocation(procfs_root, cgroup_root, gpu_map_dir, node)
         self._resets: dict[str, int] = {}
+        self._last_good: dict[str, GpuDeviceSample] = {}  # uuid → last readable sample
 
     @property
     def available(self) -> bool:
@@ -213,7 +214,7 @@ class GpuAccounting:
             )
         return snapshot
 
-    def attribute(self, prev: GpuSnapshot, cur: GpuSnapshot) -> list[SourceEnergy]:
+    def attribute(self, prev: GpuSnapshot | None, cur: GpuSnapshot) -> list[SourceEnergy]:
         """Return each GPU's energy between two snapshots, attributed to jobs.
 
         A GPU without an energy reading in either snapshot (lost, failed read, new) is left
@@ -222,8 +223,15 @@ class GpuAccounting:
         """
         sources = []
         for uuid, dev in cur.devices.items():
-            before = prev.devices.get(uuid)
-            if dev.energy_uj is None or before is None or before.energy_uj is None:
+            if dev.energy_uj is None:
+                continue  # failed read: the energy stays in the counter for the next interval
+            # Measure from the last good reading, not the previous snapshot: a failed read in
+            # between must delay that energy, never drop it.
+            before = self._last_good.get(uuid)
+            if before is None and prev is not None:
+                before = prev.devices.get(uuid)
+            self._last_good[uuid] = dev
+            if before is None or before.energy_uj is None:
                 continue
             if dev.estimated != before.estimated:
                 continue  # switched to power integration: the two counters are unrelated
@@ -237,7 +245,7 @@ class GpuAccounting:
                     dev.energy_uj,
                 )
             jobs, unattributed = attribute_device(
-                delta.energy_uj, prev.states.get(uuid), cur.states[uuid]
+                delta.energy_uj, prev.states.get(uuid) if prev else None, cur.states[uuid]
             )
             sources.append(
                 SourceEnergy(

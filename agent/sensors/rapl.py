@@ -194,19 +194,36 @@ class RaplSensor:
             SensorError: A zone's ``energy_uj`` cannot be read (not root since
                 CVE-2020-8694, the zone vanished) or holds garbage. The message names the file.
         """
+        readings, errors = self.read_partial()
+        if errors:
+            raise errors[0]
+        return readings
+
+    def read_partial(self) -> tuple[list[Reading], list[SensorError]]:
+        """Return the readable zones' counters and one error per zone that failed.
+
+        The agent uses this so one broken zone does not stop the accounting of the others
+        (a failed zone's energy stays in its counter and is counted once it reads again).
+        """
         readings: list[Reading] = []
+        errors: list[SensorError] = []
         for zone in self._zones:
             try:
                 energy_uj = _read_uj(zone.energy_path)
             except SensorError as err:
                 if not os.path.isdir(os.path.dirname(zone.energy_path)):
-                    raise SensorError(
+                    vanished = SensorError(
                         f"RAPL zone {zone.folder} ({zone.source}) vanished after discovery; "
                         "rescan() to pick up the current zones"
-                    ) from err.__cause__
-                raise
+                    )
+                    vanished.__cause__ = err.__cause__
+                    vanished.vanished = True  # type: ignore[attr-defined]
+                    errors.append(vanished)
+                else:
+                    errors.append(err)
+                continue
             readings.append(Reading(zone.component, zone.source, energy_uj, zone.max_range_uj))
-        return readings
+        return readings, errors
 
     def _zone_folders(self) -> dict[str, str]:
         """Return RAPL zone folder name → path, top-level and nested sub-zones."""

@@ -85,3 +85,49 @@ def test_client_without_agent_only_warns(tmp_path, monkeypatch, caplog):
         pass
     assert "not recorded" in caplog.text
 
+
+def test_bad_and_slow_clients_do_not_take_the_socket_down(setup):
+    import socket
+    import time
+
+    node, _ = setup
+    _become_job(node, "44")
+    with pytest.raises(AnnotationError, match="tags"):
+        send({"op": "begin", "phase": "training", "tags": [1]})
+    with pytest.raises(AnnotationError, match="model"):
+        send({"op": "begin", "phase": "training", "model": "m" * 300})
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.connect(os.environ["JOBENERGY_SOCKET"])
+    slow.sendall(b'{"op": ')  # and never finishes
+    started = time.monotonic()
+    assert send({"op": "begin", "phase": "training"})["job_id"] == "44"
+    assert time.monotonic() - started < 1.0
+    slow.close()
+
+
+def test_numpy_like_metrics_never_crash_the_job(setup):
+    from decimal import Decimal
+
+    node, agent = setup
+    _become_job(node, "45")
+    with phase("inference", model="bert") as p:
+        p.metrics["accuracy"] = Decimal("0.5")
+        p.samples = 10
+    agent.tick()
+    agent.tick()
+    records = [r for i in agent._pending for r in i.phases]
+    assert [(r.job_id, r.metrics) for r in records] == [("45", {"accuracy": 0.5})]
+
+
+def test_a_job_killed_inside_a_phase_gets_its_phase_closed(setup):
+    node, agent = setup
+    _become_job(node, "46")
+    agent.tick()
+    send({"op": "begin", "phase": "training", "model": "gpt"})
+    agent.tick()
+    node.end_job("46")
+    agent.tick()
+    agent.tick()
+    records = [r for i in agent._pending for r in i.phases]
+    assert [(r.job_id, r.phase, r.model) for r in records] == [("46", "training", "gpt")]
+    assert agent.phases._segments == {}

@@ -264,3 +264,25 @@ def test_mode_off_and_unknown_mode(sim, make_accounting):
     assert not make_accounting("off").available
     with pytest.raises(ConfigError):
         make_accounting("sometimes")
+
+
+def test_energy_across_a_failed_read_is_delayed_not_lost(sim, node, h100s, make_accounting):
+    gpu0 = h100s[0]
+    sim.state.devices = [gpu0]
+    sim.write()
+    node.job_v2("7", [4200])
+    node.map_gpus("7", "0")
+    acc = make_accounting()
+    first = acc.sample(["7"])
+    acc.attribute(None, first)
+    gpu0.energy_mj += 1_000
+    sim.state.errors["nvmlDeviceGetTotalEnergyConsumption"] = "UNKNOWN"
+    sim.write()
+    failed = acc.sample(["7"])
+    assert failed.devices[gpu0.uuid].energy_uj is None
+    assert acc.attribute(first, failed) == []
+    gpu0.energy_mj += 3_000
+    sim.state.errors.clear()
+    sim.write()
+    (src,) = acc.attribute(failed, acc.sample(["7"]))
+    assert src.measured_uj == 4_000 * 1_000 and src.jobs_uj == {"7": 4_000 * 1_000}
