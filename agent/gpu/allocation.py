@@ -30,6 +30,9 @@ from jobenergy.agent.cgroups import job_id_from_proc_cgroup
 
 logger = logging.getLogger(__name__)
 
+#: A prolog map file is named after the job id (the wire schema's JobId pattern).
+_MAP_NAME_RE = re.compile(r"[A-Za-z0-9_.+:\-]{1,64}")
+
 NVIDIA_MAJOR = 195
 _NOT_GPU_MINORS = frozenset({254, 255})  # nvidia-modeset, nvidiactl
 _V1_CONTROLLERS = ("devices", "freezer", "cpuacct", "memory", "cpuset")
@@ -166,6 +169,9 @@ class GpuAllocation:
         for entry in entries:
             if entry.name.startswith("."):
                 continue  # a prolog's temp file before its rename
+            if not _MAP_NAME_RE.fullmatch(entry.name):
+                logger.warning("ignoring GPU map file not named after a job path=%s", entry.path)
+                continue
             try:
                 found[entry.name] = parse_gpu_ids(Path(entry.path).read_text())
             except OSError:
