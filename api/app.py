@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
-from jobenergy.api import routes_jobs, routes_nodes
+from jobenergy.api import routes_jobs, routes_leaderboards, routes_nodes
 from jobenergy.collector import routes as collector_routes
+from jobenergy.collector import routes_clusters
+from jobenergy.collector.clusters import sync_defaults
 from jobenergy.collector.db import make_engine, upgrade
 from jobenergy.collector.routes import SessionDep
 from jobenergy.collector.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
     """Build the app: migrate (when ``settings.migrate``), make the engine, mount the routers.
 
-    The engine lives in ``app.state.engine`` and is disposed when the app shuts down.
+    The server's ``pue``/``carbon_intensity_g_per_kwh`` are stored as the defaults of clusters
+    without their own factors; when they differ from the stored ones, the facility energy and
+    CO2e of those clusters are recomputed here. The engine lives in ``app.state.engine`` and is
+    disposed when the app shuts down.
 
     Args:
         settings: Server settings (database URL, PUE, carbon intensity, body limit).
@@ -30,6 +39,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
     if settings.migrate:
         upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
+    synced = True
+    try:
+        with engine.begin() as conn:
+            sync_defaults(conn, settings.pue, settings.carbon_intensity_g_per_kwh)
+    except sa_exc.OperationalError as err:
+        # Database down at start: the first batch stores them (collector/routes.py).
+        logger.warning("cannot store the default PUE/carbon intensity yet: %s", err.orig)
+        synced = False
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -46,10 +63,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.defaults_synced = synced
     app.state.sessionmaker = sessionmaker(engine, expire_on_commit=False)
     app.include_router(collector_routes.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_nodes.router)
+    app.include_router(routes_leaderboards.router)
+    app.include_router(routes_clusters.router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness and database reachability")
     def healthz(session: SessionDep) -> dict[str, str]:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
+from jobenergy.api.factors_view import (
+    ClusterLabels,
+    FactorGroup,
+    emissions,
+    factor_groups,
+    phases_for_jobs,
+)
 from jobenergy.api.queries import (
     JobFilters,
     SourceTotal,
@@ -16,10 +23,9 @@ from jobenergy.api.queries import (
     find_job,
     list_jobs,
 )
-from jobenergy.api.schemas import DeviceEnergy, JobList, JobOut, JobQuality
+from jobenergy.api.schemas import DeviceEnergy, JobList, JobOut, JobQuality, PhaseOut
 from jobenergy.collector.models import Job
-from jobenergy.collector.routes import SessionDep, SettingsDep
-from jobenergy.collector.settings import ServerSettings
+from jobenergy.collector.routes import SessionDep
 from jobenergy.core import carbon
 from jobenergy.core.schema import ATTRIBUTED_COMPONENTS
 
@@ -48,8 +54,14 @@ def parse_time(value: str | None, name: str) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def job_view(job: Job, totals: list[SourceTotal], settings: ServerSettings) -> JobOut:
-    """Assemble a job's JSON from its metadata and per-source totals."""
+def job_view(
+    job: Job,
+    totals: list[SourceTotal],
+    groups: list[FactorGroup],
+    phases: list[dict[str, Any]],
+    labels: ClusterLabels,
+) -> JobOut:
+    """Assemble a job's JSON from its metadata, per-source totals, factor groups and phases."""
     totals = [t for t in totals if t.component in ATTRIBUTED_COMPONENTS]
     by_component = {"cpu": 0, "dram": 0}
     by_node: dict[str, dict[str, int]] = {}
@@ -75,8 +87,7 @@ def job_view(job: Job, totals: list[SourceTotal], settings: ServerSettings) -> J
     covered_s = min(best_by_node.values(), default=0.0)
     coverage = covered_s / elapsed_s if elapsed_s else None
     kwh = carbon.energy_kwh(energy_uj)
-    facility_kwh = carbon.facility_energy_kwh(kwh, settings.pue)
-    intensity = settings.effective_carbon_intensity_g_per_kwh
+    em = emissions(job.cluster, groups, labels)
     estimated_components = sorted({t.component for t in totals if t.estimated_uj > 0})
     return JobOut(
         job_id=job.job_id,
@@ -98,15 +109,20 @@ def job_view(job: Job, totals: list[SourceTotal], settings: ServerSettings) -> J
         by_node=by_node,
         devices=devices,
         energy_kwh=kwh,
-        pue=settings.pue,
-        facility_energy_kwh=facility_kwh,
-        carbon_intensity_g_per_kwh=intensity,
-        carbon_intensity_fallback=settings.carbon_intensity_fallback,
-        carbon_intensity_source=(
-            "world-average fallback" if settings.carbon_intensity_fallback else "constant"
-        ),
-        co2e_kg=carbon.co2e_kg(facility_kwh, intensity),
+        pue=em.pue,
+        pue_source=em.pue_source,
+        facility_uj=em.facility_uj,
+        facility_energy_kwh=em.facility_energy_kwh,
+        carbon_intensity_g_per_kwh=em.carbon_intensity_g_per_kwh,
+        carbon_intensity_fallback=em.carbon_intensity_fallback,
+        carbon_intensity_source=em.carbon_intensity_source,
+        carbon_intensity_sources=em.carbon_intensity_sources,
+        co2e_ug=em.co2e_ug,
+        co2e_kg=em.co2e_kg,
+        model=job.model,
+        phase=job.phase,
         tags=dict(job.tags or {}),
+        phases=[PhaseOut(**p) for p in phases],
         quality=JobQuality(
             sources=sorted({t.source for t in totals}),
             samples=max((t.intervals for t in totals), default=0),
@@ -125,7 +141,6 @@ def job_view(job: Job, totals: list[SourceTotal], settings: ServerSettings) -> J
 def get_job(
     job_id: str,
     session: SessionDep,
-    settings: SettingsDep,
     cluster: Annotated[str | None, Query(description="needed when job_id is on two")] = None,
 ) -> JobOut:
     """Return a job; 404 if unknown, 409 if the id exists on several clusters."""
@@ -140,13 +155,17 @@ def get_job(
             detail=f"job {job_id} exists on clusters {clusters}: pass ?cluster=",
         )
     job = jobs[0]
-    return job_view(job, energy_for_job(session, job.cluster, job.job_id), settings)
+    key = (job.cluster, job.job_id)
+    return job_view(
+        job, energy_for_job(session, job.cluster, job.job_id),
+        factor_groups(session, [key]).get(key, []), phases_for_jobs(session, [key]).get(key, []),
+        ClusterLabels(session),
+    )
 
 
 @router.get("/jobs", response_model=JobList, summary="Jobs matching filters, newest first")
 def get_jobs(
     session: SessionDep,
-    settings: SettingsDep,
     cluster: str | None = None,
     user: str | None = None,
     account: str | None = None,
@@ -168,8 +187,14 @@ def get_jobs(
     )
     jobs = list_jobs(session, filters, limit, offset)
     totals = energy_for_page(session, filters, limit, offset) if jobs else {}
+    keys = [(job.cluster, job.job_id) for job in jobs]
+    groups, phases = factor_groups(session, keys), phases_for_jobs(session, keys)
+    labels = ClusterLabels(session)
     return JobList(
-        jobs=[job_view(job, totals.get((job.cluster, job.job_id), []), settings) for job in jobs],
+        jobs=[
+            job_view(job, totals.get(key, []), groups.get(key, []), phases.get(key, []), labels)
+            for job, key in zip(jobs, keys, strict=True)
+        ],
         total=count_jobs(session, filters),
         limit=limit,
         offset=offset,

@@ -32,6 +32,21 @@ class JobQuality(BaseModel):
     estimated_components: list[str]
 
 
+class PhaseOut(BaseModel):
+    """Energy of a job while it announced a phase (in-job annotations), with its records."""
+
+    phase: str
+    model: str | None
+    energy_uj: int
+    energy_kwh: float
+    samples: int | None = Field(description="samples the closed phase records processed")
+    j_per_sample: float | None
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    start: datetime | None
+    end: datetime | None
+
+
 class JobOut(BaseModel):
     """A job with its energy, facility energy and emissions."""
 
@@ -54,13 +69,23 @@ class JobOut(BaseModel):
     by_node: dict[str, dict[str, int]]
     devices: list[DeviceEnergy]
     energy_kwh: float
-    pue: float
+    pue: float = Field(description="effective PUE: facility / IT energy over the job's hours")
+    pue_source: str = Field(description="constant, default or series (comma separated)")
+    facility_uj: int
     facility_energy_kwh: float
-    carbon_intensity_g_per_kwh: float
-    carbon_intensity_fallback: bool
-    carbon_intensity_source: str
+    carbon_intensity_g_per_kwh: float = Field(
+        description="effective intensity, weighted by each hour's facility energy")
+    carbon_intensity_fallback: bool = Field(
+        description="the world average 475 g/kWh was used for some of the energy")
+    carbon_intensity_source: str = Field(
+        description="constant, region, mix, series or world-average fallback (comma separated)")
+    carbon_intensity_sources: list[str] = Field(description="each source with its data origin")
+    co2e_ug: int
     co2e_kg: float
+    model: str | None
+    phase: str | None
     tags: dict[str, str]
+    phases: list[PhaseOut]
     quality: JobQuality
 
 
@@ -91,3 +116,33 @@ class NodeList(BaseModel):
     """Per node and component energy totals."""
 
     nodes: list[NodeComponentEnergy]
+
+
+class LeaderboardRow(BaseModel):
+    """One (model, phase) of the model leaderboard."""
+
+    model: str
+    phase: str | None
+    jobs: int
+    energy_kwh: float = Field(description="total IT energy (same as total_energy_kwh)")
+    total_energy_kwh: float
+    median_energy_kwh: float
+    mean_energy_kwh: float
+    facility_energy_kwh: float
+    co2e_kg: float
+    gpu_hours: float
+    kwh_per_gpu_hour: float | None
+    samples: int | None
+    j_per_sample: float | None = Field(description="over the jobs that reported samples")
+
+
+class SummaryRow(BaseModel):
+    """Totals of one group of jobs."""
+
+    group: str | None
+    jobs: int
+    energy_kwh: float
+    gpu_energy_kwh: float
+    facility_energy_kwh: float
+    co2e_kg: float
+    gpu_hours: float

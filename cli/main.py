@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from jobenergy.cli.cluster import cluster_app
 from jobenergy.core.errors import JobEnergyError
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="Database schema management.")
 app.add_typer(db_app, name="db")
+app.add_typer(cluster_app, name="cluster")
 
 
 def _logging(level: str) -> None:

@@ -74,8 +74,10 @@ FIELDS: dict[str, Field] = {
         Field("FacilitykWh", 11, lambda j: _num(j.get("facility_energy_kwh"))),
         Field("gCO2ekWh", 8, lambda j: _num(j.get("carbon_intensity_g_per_kwh"), 1)),
         Field("CO2eKg", 10, lambda j: _num(j.get("co2e_kg"))),
-        Field("Model", 12, lambda j: (j.get("tags") or {}).get("model", ""), right=False),
-        Field("Phase", 9, lambda j: (j.get("tags") or {}).get("phase", ""), right=False),
+        Field("Model", 12, lambda j: j.get("model") or (j.get("tags") or {}).get("model", ""),
+              right=False),
+        Field("Phase", 9, lambda j: j.get("phase") or (j.get("tags") or {}).get("phase", ""),
+              right=False),
         Field("Coverage", 8, lambda j: _num((j.get("quality") or {}).get("coverage"), 3)),
     )
 }
@@ -133,3 +135,29 @@ def render(
     for job in jobs:
         lines.append(" ".join(cell(f, f.get(job)) for f in fields))
     return "\n".join(lines)
+
+
+def _opt(key: str, digits: int = 6) -> Callable[[dict[str, Any]], str]:
+    return lambda row: _num(row.get(key), digits)
+
+
+LEADERBOARD_FIELDS: list[Field] = [
+    Field("Model", 20, lambda r: r.get("model") or "", right=False),
+    Field("Phase", 9, lambda r: r.get("phase") or "", right=False),
+    Field("Jobs", 6, lambda r: str(r.get("jobs", ""))),
+    Field("TotalkWh", 12, _opt("total_energy_kwh")),
+    Field("MediankWh", 12, _opt("median_energy_kwh")),
+    Field("kWhPerGPUh", 10, _opt("kwh_per_gpu_hour", 4)),
+    Field("JPerSample", 10, _opt("j_per_sample", 3)),
+    Field("CO2eKg", 10, _opt("co2e_kg")),
+]
+
+SUMMARY_FIELDS: list[Field] = [
+    Field("Group", 16, lambda r: "" if r.get("group") is None else str(r["group"]), right=False),
+    Field("Jobs", 7, lambda r: str(r.get("jobs", ""))),
+    Field("TotalkWh", 12, _opt("energy_kwh")),
+    Field("GPUkWh", 12, _opt("gpu_energy_kwh")),
+    Field("FacilitykWh", 12, _opt("facility_energy_kwh")),
+    Field("GPUHours", 10, _opt("gpu_hours", 2)),
+    Field("CO2eKg", 10, _opt("co2e_kg")),
+]

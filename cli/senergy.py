@@ -2,6 +2,8 @@
 
     senergy -j 1234,1235 -o JobID,User,TotalkWh,CO2eKg -P
     senergy -u alice -S 2026-11-01 -E 2026-11-30 --json
+    senergy leaderboard --phase inference --metric j_per_sample --order asc
+    senergy summary --group-by account -S 2026-11-01
 
 Talks to the jobenergy API at ``--url`` (default ``$JOBENERGY_URL``).
 """
@@ -127,9 +129,35 @@ def report(
             typer.echo(f"senergy: no energy recorded for job {job_id}", err=True)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="senergy")
+def get_json(url: str | None, path: str, params: dict[str, str]) -> object:
+    """GET ``path`` from the API; print the problem and exit 1/2 on failure."""
+    if not url:
+        typer.echo("senergy: no API URL: pass --url or set JOBENERGY_URL", err=True)
+        raise typer.Exit(2)
+    try:
+        resp = httpx.get(url.rstrip("/") + path, params=params, timeout=30)
+    except httpx.HTTPError as err:
+        typer.echo(f"senergy: cannot reach {url}: {err}", err=True)
+        raise typer.Exit(1) from err
+    if not resp.is_success:
+        typer.echo(f"senergy: API answered {resp.status_code}: {resp.text[:500]}", err=True)
+        raise typer.Exit(1)
+    return resp.json()
+
+
+#: Subcommands; anything else is the sacct-style report (``senergy -j ...`` stays as it was).
+SUBCOMMANDS = ("leaderboard", "summary")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: ``senergy [leaderboard|summary] ...``."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in SUBCOMMANDS:
+        from jobenergy.cli.senergy_tables import tables_app
+
+        tables_app(args=args, prog_name="senergy")
+    else:
+        app(args=args, prog_name="senergy")
 
 
 if __name__ == "__main__":  # pragma: no cover

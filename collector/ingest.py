@@ -1,8 +1,10 @@
-"""Idempotent ingest of agent batches and Slurm job events.
+"""Idempotent ingest of agent batches (job events: ``collector/events.py``).
 
 One batch is one transaction (the caller's): its key goes into ``ingested_batch``, its shares
-into ``energy_interval`` (COPY on PostgreSQL, executemany on SQLite) and its per-key sums into
-the ``job_energy`` / ``node_energy`` totals by upsert. A retried batch finds its key already
+into ``energy_interval`` (COPY on PostgreSQL, executemany on SQLite) and its per-key sums
+into the ``job`` summary and the ``job_energy`` / ``node_energy`` totals by upsert, its
+per-job hours into ``job_energy_hour`` (with facility energy and CO2e, ``collector/hours.py``)
+and its phases into ``job_phase``. A retried batch finds its key already
 there and is acknowledged as a duplicate without touching anything (DESIGN.md decision 7).
 Each batch's rows are aggregated in Python first so that each total is upserted once per batch.
 """
@@ -10,24 +12,20 @@ Each batch's rows are aggregated in Python first so that each total is upserted 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import Connection, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, case, func, update
 from sqlalchemy.orm import Session
 
-from jobenergy.collector.models import (
-    BIGINT_MAX,
-    EnergyInterval,
-    IngestedBatch,
-    Job,
-    JobEnergy,
-    NodeEnergy,
-)
-from jobenergy.core.errors import JobEnergyError
-from jobenergy.core.schema import Batch, JobEvent
+from jobenergy.collector.hours import write_hours
+from jobenergy.collector.models import EnergyInterval, IngestedBatch, Job, JobEnergy, NodeEnergy
+from jobenergy.collector.phases import write_phases
+from jobenergy.collector.plan import Plan, plan_batch
+from jobenergy.collector.sql import IngestRejected, dialect_insert, least_greatest
+from jobenergy.core.schema import Batch
+
+__all__ = ["IngestRejected", "IngestResult", "ingest_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +43,6 @@ _COPY_NULL = "\\N"
 _SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
-class IngestRejected(JobEnergyError):
-    """Input that passed the wire schema but cannot be stored (the caller answers 422)."""
-
-
 @dataclass(frozen=True)
 class IngestResult:
     """Outcome of :func:`ingest_batch`.
@@ -62,95 +56,6 @@ class IngestResult:
     records: int
 
 
-@dataclass
-class _Plan:
-    """A batch flattened into rows and per-key sums, before any database work."""
-
-    # (job_id | None, component, source, interval index, energy_uj, estimated)
-    rows: list[tuple[str | None, str, str, int, int, bool]] = field(default_factory=list)
-    # (job_id, component, source) -> [energy, estimated, intervals, covered_s, first, last,
-    #                                  wraps, resets, device_name]
-    job_totals: dict[tuple[str, str, str], list[Any]] = field(default_factory=dict)
-    # (component, source) -> [measured, unattributed, intervals, first, last]
-    node_totals: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
-    job_uids: dict[str, int | None] = field(default_factory=dict)
-
-
-def _plan(batch: Batch) -> _Plan:
-    plan = _Plan()
-    rows = plan.rows
-    job_totals = plan.job_totals
-    node_totals = plan.node_totals
-    job_uids = plan.job_uids
-    for index, interval in enumerate(batch.intervals):
-        start, end = interval.start, interval.end
-        duration_s = (end - start).total_seconds()
-        for sample in interval.jobs:
-            if sample.uid is not None or sample.job_id not in job_uids:
-                job_uids[sample.job_id] = sample.uid
-        for src in interval.sources:
-            component, source, estimated = src.component, src.source, src.estimated
-            node_key = (component, source)
-            node_total = node_totals.get(node_key)
-            if node_total is None:
-                node_totals[node_key] = [src.measured_uj, src.unattributed_uj, 1, start, end]
-            else:
-                node_total[0] += src.measured_uj
-                node_total[1] += src.unattributed_uj
-                node_total[2] += 1
-                if end > node_total[4]:
-                    node_total[4] = end
-            for job_id, energy_uj in src.jobs_uj.items():
-                rows.append((job_id, component, source, index, energy_uj, estimated))
-                key = (job_id, component, source)
-                total = job_totals.get(key)
-                if total is None:
-                    job_totals[key] = [
-                        energy_uj, energy_uj if estimated else 0, 1, duration_s, start, end,
-                        src.wraps, src.resets, src.device_name,
-                    ]
-                else:
-                    total[0] += energy_uj
-                    if estimated:
-                        total[1] += energy_uj
-                    total[2] += 1
-                    total[3] += duration_s
-                    if end > total[5]:
-                        total[5] = end
-                    total[6] += src.wraps
-                    total[7] += src.resets
-                    if src.device_name is not None:
-                        total[8] = src.device_name
-                if job_id not in job_uids:
-                    job_uids[job_id] = None
-            # The node's own account; a source with no job shares is stored even at 0 µJ so
-            # that its measurement is on record.
-            if src.unattributed_uj or not src.jobs_uj:
-                rows.append((None, component, source, index, src.unattributed_uj, estimated))
-    for totals in (job_totals.values(), node_totals.values()):
-        for total in totals:
-            if total[0] > BIGINT_MAX or total[1] > BIGINT_MAX:
-                raise IngestRejected(f"energy total above {BIGINT_MAX} µJ in one batch")
-    return plan
-
-
-def _insert(conn: Connection) -> Any:
-    """Return the dialect's ``insert`` construct (both have ``on_conflict_do_*``)."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert
-    raise IngestRejected(f"unsupported database dialect {conn.dialect.name!r}")
-
-
-def _least_greatest(conn: Connection) -> tuple[Any, Any]:
-    # SQLite's two-argument min()/max() are scalar functions, PostgreSQL spells them
-    # least()/greatest().
-    if conn.dialect.name == "sqlite":
-        return func.min, func.max
-    return func.least, func.greatest
-
-
 def _copy_escape(value: str) -> str:
     """Escape a value for PostgreSQL's COPY text format."""
     return (
@@ -158,7 +63,7 @@ def _copy_escape(value: str) -> str:
     )
 
 
-def _write_intervals_pg(conn: Connection, batch: Batch, plan: _Plan) -> None:
+def _write_intervals_pg(conn: Connection, batch: Batch, plan: Plan) -> None:
     prefix = f"{_copy_escape(batch.cluster)}\t{_copy_escape(batch.node)}\t"
     times = [f"{iv.start.isoformat()}\t{iv.end.isoformat()}" for iv in batch.intervals]
     escaped: dict[str, str] = {}
@@ -178,7 +83,7 @@ def _write_intervals_pg(conn: Connection, batch: Batch, plan: _Plan) -> None:
         copy.write(data.encode())
 
 
-def _write_intervals_sqlite(conn: Connection, batch: Batch, plan: _Plan) -> None:
+def _write_intervals_sqlite(conn: Connection, batch: Batch, plan: Plan) -> None:
     times = [
         (iv.start.strftime(_SQLITE_TIME_FORMAT), iv.end.strftime(_SQLITE_TIME_FORMAT))
         for iv in batch.intervals
@@ -193,27 +98,67 @@ def _write_intervals_sqlite(conn: Connection, batch: Batch, plan: _Plan) -> None
     )
 
 
-def _upsert_jobs(conn: Connection, batch: Batch, plan: _Plan, now: datetime) -> None:
-    insert = _insert(conn)
-    stmt = insert(Job)
+def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> None:
+    """Create or update the jobs' rows and add this batch to their summary.
+
+    Runs first among the per-job writes: the upsert locks each job row (in sorted order, so
+    concurrent batches of one multi-node job cannot deadlock) until the transaction ends, which
+    serialises the read-modify-write of the job's hours and phases.
+    """
+    least, _ = least_greatest(conn)
+    stmt = dialect_insert(conn)(Job)
+    new = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=[Job.cluster, Job.job_id],
-        set_={Job.uid: stmt.excluded.uid, Job.updated_at: stmt.excluded.updated_at},
-        where=Job.uid.is_(None) & stmt.excluded.uid.is_not(None),
+        set_={
+            Job.uid: func.coalesce(Job.uid, new.uid),
+            Job.updated_at: new.updated_at,
+            Job.begin_at: func.coalesce(
+                Job.start_at, least(func.coalesce(Job.begin_at, new.begin_at), new.begin_at)
+            ),
+            Job.model: func.coalesce(Job.model, new.model),
+            Job.phase: func.coalesce(Job.phase, new.phase),
+            Job.energy_uj: Job.energy_uj + new.energy_uj,
+            Job.gpu_uj: Job.gpu_uj + new.gpu_uj,
+            Job.gpu_s: Job.gpu_s + new.gpu_s,
+            Job.samples: case(
+                (new.samples.is_(None), Job.samples),
+                else_=func.coalesce(Job.samples, 0) + new.samples,
+            ),
+        },
     )
-    # Sorted keys: concurrent batches of one multi-node job lock rows in the same order.
     conn.execute(
         stmt,
         [
-            {"cluster": batch.cluster, "job_id": job_id, "uid": uid, "updated_at": now}
-            for job_id, uid in sorted(plan.job_uids.items())
+            {
+                "cluster": batch.cluster, "job_id": job_id, "uid": s.uid, "updated_at": now,
+                "begin_at": s.begin_at, "model": s.model, "phase": s.phase,
+                "energy_uj": s.energy_uj, "gpu_uj": s.gpu_uj, "gpu_s": s.gpu_s,
+                "facility_uj": 0, "co2e_ug": 0, "samples": s.samples,
+            }
+            for job_id, s in sorted(plan.jobs.items())
         ],
     )
 
 
-def _upsert_job_energy(conn: Connection, batch: Batch, plan: _Plan) -> None:
-    least, greatest = _least_greatest(conn)
-    stmt = _insert(conn)(JobEnergy)
+def _add_job_factors(conn: Connection, cluster: str, deltas: dict[str, tuple[int, int]]) -> None:
+    conn.execute(
+        update(Job)
+        .where(Job.cluster == cluster, Job.job_id == bindparam("b_job_id"))
+        .values(
+            facility_uj=Job.facility_uj + bindparam("b_facility"),
+            co2e_ug=Job.co2e_ug + bindparam("b_co2e"),
+        ),
+        [
+            {"b_job_id": job_id, "b_facility": facility, "b_co2e": co2e}
+            for job_id, (facility, co2e) in sorted(deltas.items())
+        ],
+    )
+
+
+def _upsert_job_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
+    least, greatest = least_greatest(conn)
+    stmt = dialect_insert(conn)(JobEnergy)
     new = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=[
@@ -246,9 +191,9 @@ def _upsert_job_energy(conn: Connection, batch: Batch, plan: _Plan) -> None:
     )
 
 
-def _upsert_node_energy(conn: Connection, batch: Batch, plan: _Plan) -> None:
-    least, greatest = _least_greatest(conn)
-    stmt = _insert(conn)(NodeEnergy)
+def _upsert_node_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
+    least, greatest = least_greatest(conn)
+    stmt = dialect_insert(conn)(NodeEnergy)
     new = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=[
@@ -304,10 +249,10 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
     """
     conn = db.connection() if isinstance(db, Session) else db
     _check_text(batch)
-    plan = _plan(batch)
+    plan = plan_batch(batch)
     now = datetime.now(UTC)
     claim = (
-        _insert(conn)(IngestedBatch)
+        dialect_insert(conn)(IngestedBatch)
         .values(
             cluster=batch.cluster, node=batch.node, boot_id=batch.boot_id, seq=batch.seq,
             received_at=now, agent_version=batch.agent_version,
@@ -332,75 +277,14 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
             _write_intervals_pg(conn, batch, plan)
         else:
             _write_intervals_sqlite(conn, batch, plan)
-    if plan.job_uids:
+    if plan.jobs:
         _upsert_jobs(conn, batch, plan, now)
     if plan.job_totals:
         _upsert_job_energy(conn, batch, plan)
     if plan.node_totals:
         _upsert_node_energy(conn, batch, plan)
+    deltas = write_hours(conn, batch.cluster, plan.job_hours)
+    if deltas:
+        _add_job_factors(conn, batch.cluster, deltas)
+    write_phases(conn, batch.cluster, plan)
     return IngestResult(duplicate=False, records=len(plan.rows))
-
-
-def _end_state(event: JobEvent) -> str:
-    """Return the state an end event implies when it names none."""
-    if event.exit_code is None:
-        return "ENDED"
-    return "COMPLETED" if str(event.exit_code) in ("0", "0:0") else "FAILED"
-
-
-def apply_job_event(session: Session, event: JobEvent) -> Job:
-    """Merge a job start/end event into the ``job`` row, in the caller's transaction.
-
-    A start sets ``start_at``, an end sets ``end_at``, ``state`` and ``exit_code``. Fields the
-    event leaves out (None) never erase what is known; tags are merged, the event winning.
-    Events may arrive in any order and more than once.
-
-    Args:
-        session: Session inside an open transaction (not committed here).
-        event: The validated event.
-
-    Returns:
-        The updated job row.
-
-    Raises:
-        IngestRejected: The event would make the job end before it starts.
-    """
-    conn = session.connection()
-    now = datetime.now(UTC)
-    # Make sure the row exists, then lock it: two events for a new job cannot both insert.
-    conn.execute(
-        _insert(conn)(Job)
-        .values(cluster=event.cluster, job_id=event.job_id, updated_at=now)
-        .on_conflict_do_nothing(index_elements=[Job.cluster, Job.job_id])
-    )
-    job = session.scalars(
-        select(Job)
-        .where(Job.cluster == event.cluster, Job.job_id == event.job_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-    start_at = event.time if event.event == "start" else job.start_at
-    end_at = event.time if event.event == "end" else job.end_at
-    if start_at is not None and end_at is not None and end_at < start_at:
-        raise IngestRejected(
-            f"job {event.job_id} on cluster {event.cluster}: end {end_at.isoformat()} is "
-            f"before start {start_at.isoformat()}"
-        )
-    job.start_at, job.end_at = start_at, end_at
-    for name in ("user", "uid", "account", "partition", "name", "nodes", "gpus", "comment"):
-        value = getattr(event, name)
-        if value is not None:
-            setattr(job, name, value)
-    if event.exit_code is not None:
-        job.exit_code = str(event.exit_code)
-    if event.state is not None:
-        job.state = event.state
-    elif event.event == "start" and job.state is None:
-        job.state = "RUNNING"
-    elif event.event == "end" and job.state in (None, "RUNNING"):
-        job.state = _end_state(event)
-    if event.tags:
-        job.tags = {**(job.tags or {}), **event.tags}
-    job.updated_at = now
-    session.flush()
-    return job

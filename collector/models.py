@@ -9,7 +9,15 @@ Tables (singular lower_snake, ``*_at`` timestamps in UTC):
 - ``job_energy``: per (cluster, job, node, component, source) totals maintained at ingest,
   so a job lookup never scans ``energy_interval`` (decision 8).
 - ``node_energy``: per (cluster, node, component, source) measured/unattributed totals.
-- ``job``: Slurm metadata, from job events and from what batches know.
+- ``job``: Slurm metadata, from job events and from what batches know, plus the per-job summary
+  (energy, GPU energy, facility µJ, CO2e µg, GPU-seconds, samples, model, phase) maintained at
+  ingest, so leaderboards and summaries are GROUP BY over one row per job.
+- ``job_energy_hour``: a job's IT energy per UTC hour with the factors in force then and the
+  facility µJ / CO2e µg they give; recomputed when a cluster's factors change.
+- ``job_phase``: energy per job × announced phase × model, with the closed phase records'
+  samples and metrics.
+- ``cluster_config`` / ``factor_point``: per-cluster PUE and carbon-intensity source, and
+  imported series (cluster ``""`` holds the server's ``--pue``/``--carbon-intensity`` defaults).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -185,6 +194,14 @@ class Job(Base):
         Index("ix_job_start_at", "start_at"),
         Index("ix_job_user", "user"),
         Index("ix_job_job_id", "job_id"),
+        Index("ix_job_begin_at", "begin_at"),
+        Index("ix_job_model", "model", "phase", "begin_at"),
+        # The leaderboard's medians: an index-only scan already sorted within each group.
+        Index(
+            "ix_job_model_energy", "model", "phase", "energy_uj",
+            postgresql_include=["facility_uj", "co2e_ug", "gpu_s", "samples"],
+            postgresql_where=text("model IS NOT NULL"),
+        ),
     )
 
     cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
@@ -203,3 +220,76 @@ class Job(Base):
     start_at: Mapped[datetime | None]
     end_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+    # Summary maintained at ingest. begin_at: start_at, or the first energy seen without one.
+    begin_at: Mapped[datetime | None]
+    model: Mapped[str | None] = mapped_column(String(255))
+    phase: Mapped[str | None] = mapped_column(String(16))
+    energy_uj: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    gpu_uj: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    facility_uj: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    co2e_ug: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    gpu_s: Mapped[float] = mapped_column(Float, server_default="0")
+    samples: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class JobEnergyHour(Base):
+    """A job's IT energy in one UTC hour and the facility energy and CO2e it stands for."""
+
+    __tablename__ = "job_energy_hour"
+    __table_args__ = (Index("ix_job_energy_hour_cluster_hour_at", "cluster", "hour_at"),)
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LEN), primary_key=True)
+    hour_at: Mapped[datetime] = mapped_column(primary_key=True)
+    energy_uj: Mapped[int] = mapped_column(BigInteger)
+    facility_uj: Mapped[int] = mapped_column(BigInteger)
+    co2e_ug: Mapped[int] = mapped_column(BigInteger)
+    pue: Mapped[float] = mapped_column(Float)
+    carbon_g_per_kwh: Mapped[float] = mapped_column(Float)
+    pue_source: Mapped[str] = mapped_column(String(32))
+    carbon_source: Mapped[str] = mapped_column(String(32))
+
+
+class JobPhase(Base):
+    """Energy of a job while it announced a phase (model ``""``: none named)."""
+
+    __tablename__ = "job_phase"
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LEN), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    energy_uj: Mapped[int] = mapped_column(BigInteger)
+    intervals: Mapped[int] = mapped_column(BigInteger)
+    samples: Mapped[int | None] = mapped_column(BigInteger)
+    records: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    tags: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    first_at: Mapped[datetime | None]
+    last_at: Mapped[datetime | None]
+
+
+class ClusterConfig(Base):
+    """A cluster's PUE and carbon-intensity source (NULL: the server's default)."""
+
+    __tablename__ = "cluster_config"
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    pue: Mapped[float | None] = mapped_column(Float)
+    carbon_source: Mapped[str | None] = mapped_column(String(16))
+    carbon_params: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    carbon_g_per_kwh: Mapped[float | None] = mapped_column(Float)
+    carbon_label: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[datetime]
+
+
+class FactorPoint(Base):
+    """One step of an imported series: ``value`` holds over ``[start_at, end_at)``."""
+
+    __tablename__ = "factor_point"
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    factor: Mapped[str] = mapped_column(String(16), primary_key=True)  # "pue" | "carbon"
+    start_at: Mapped[datetime] = mapped_column(primary_key=True)
+    end_at: Mapped[datetime]
+    value: Mapped[float] = mapped_column(Float)

@@ -20,7 +20,9 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobenergy.collector.ingest import IngestRejected, apply_job_event, ingest_batch
+from jobenergy.collector.clusters import sync_defaults
+from jobenergy.collector.events import apply_job_event
+from jobenergy.collector.ingest import IngestRejected, ingest_batch
 from jobenergy.collector.settings import ServerSettings
 from jobenergy.core.schema import SCHEMA_VERSION, Batch, JobEvent
 
@@ -172,11 +174,15 @@ def _rejected(err: Exception) -> HTTPException:
     openapi_extra=_body_schema(Batch),
     summary="Store one agent batch (idempotent)",
 )
-def post_batch(body: BodyDep, session: SessionDep) -> IngestResponse:
+def post_batch(request: Request, body: BodyDep, session: SessionDep) -> IngestResponse:
     """Validate and store a batch in one transaction; a repeated batch is a duplicate."""
     batch = parse_body(body, Batch)
     try:
         with session.begin():
+            if not request.app.state.defaults_synced:
+                settings: ServerSettings = request.app.state.settings
+                sync_defaults(session.connection(), settings.pue,
+                              settings.carbon_intensity_g_per_kwh)
             result = ingest_batch(session, batch)
     except IngestRejected as err:
         raise _rejected(err) from err
@@ -193,6 +199,7 @@ def post_batch(body: BodyDep, session: SessionDep) -> IngestResponse:
         logger.warning("database unavailable node=%s seq=%s: %s", batch.node, batch.seq,
                        err.orig)
         raise HTTPException(status_code=503, detail="database unavailable, retry later") from err
+    request.app.state.defaults_synced = True
     if not result.duplicate:
         logger.debug("stored batch node=%s seq=%s records=%s", batch.node, batch.seq,
                      result.records)

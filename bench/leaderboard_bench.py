@@ -1,0 +1,149 @@
+"""Model leaderboard and summary latency over many jobs in PostgreSQL.
+
+Starts a throwaway PostgreSQL (tests/pgserver.py), loads N jobs (default 1 000 000) with the
+per-job summary columns that ingest maintains (energy, GPU energy, facility µJ, CO2e µg,
+GPU-seconds, samples, model, phase; 40 models, 3 phases, one year of start times) by COPY,
+VACUUM ANALYZEs, then times the SQL behind ``GET /api/v1/leaderboards/models`` and
+``GET /api/v1/summary`` (``jobenergy.api.leaderboards``) through a SQLAlchemy session, and the
+same over HTTP. Prints p50/p99 per query shape and the plan of the unfiltered leaderboard;
+asserts nothing.
+
+    .venv/bin/python bench/leaderboard_bench.py [--jobs 1000000] [--repeat 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import random
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from jobenergy.api.leaderboards import Window, model_leaderboard, summary
+from jobenergy.collector.db import make_engine, upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+MODELS = [f"model-{m:02d}" for m in range(40)]
+PHASES = ["training", "inference", "other"]
+USERS = [f"user{u:03d}" for u in range(200)]
+
+
+def load_pgserver():
+    """Import tests/pgserver.py by path (tests/ is not a package on sys.path)."""
+    spec = importlib.util.spec_from_file_location("jobenergy_pgserver", ROOT / "tests" /
+                                                  "pgserver.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def populate(db_url: str, n_jobs: int, rng: random.Random) -> None:
+    """COPY ``n_jobs`` job rows with their summary columns; VACUUM ANALYZE."""
+    engine = make_engine(db_url)
+    columns = ('cluster, job_id, "user", account, partition, state, start_at, end_at, '
+               "updated_at, begin_at, model, phase, energy_uj, gpu_uj, facility_uj, co2e_ug, "
+               "gpu_s, samples")
+    try:
+        with engine.begin() as conn:
+            dbapi = conn.connection.dbapi_connection
+            with dbapi.cursor() as cur, cur.copy(f"COPY job ({columns}) FROM STDIN") as copy:
+                chunk = io.StringIO()
+                for j in range(n_jobs):
+                    start = T0 + timedelta(seconds=j * 31)
+                    end = start + timedelta(seconds=rng.randint(60, 86_400))
+                    has_model = rng.random() < 0.8
+                    model = rng.choice(MODELS) if has_model else "\\N"
+                    phase = rng.choice(PHASES) if has_model else "\\N"
+                    energy = rng.randrange(10**9, 10**13)
+                    gpu = energy * 3 // 4
+                    samples = rng.randrange(1, 10**7) if rng.random() < 0.5 else "\\N"
+                    chunk.write(
+                        f"c{j % 4}\t{1_000_000 + j}\t{rng.choice(USERS)}\tacct{j % 50}\tgpu\t"
+                        f"COMPLETED\t{start.isoformat()}\t{end.isoformat()}\t{end.isoformat()}\t"
+                        f"{start.isoformat()}\t{model}\t{phase}\t{energy}\t{gpu}\t"
+                        f"{energy * 13 // 10}\t{energy * 13 // 10 * 400 // 3_600_000}\t"
+                        f"{rng.randint(0, 8) * (end - start).total_seconds()}\t{samples}\n"
+                    )
+                    if j % 100_000 == 99_999:
+                        copy.write(chunk.getvalue())
+                        chunk = io.StringIO()
+                copy.write(chunk.getvalue())
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE job"))
+    finally:
+        engine.dispose()
+
+
+def percentiles(samples_s: list[float]) -> str:
+    ordered = sorted(samples_s)
+    p50 = ordered[len(ordered) // 2] * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (n={len(ordered)})"
+
+
+def timed(repeat: int, run: Callable[[], object]) -> list[float]:
+    run()  # warm the cache
+    samples = []
+    for _ in range(repeat):
+        begin = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - begin)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args()
+    rng = random.Random(42)
+    pg = load_pgserver()
+    bindir = pg.find_pg_bin()
+    if bindir is None:
+        sys.exit(pg.NOT_FOUND_MESSAGE)
+    with pg.PgServer(bindir) as server:
+        db_url = server.create_database("bench_leaderboard")
+        upgrade(db_url)
+        begin = time.perf_counter()
+        populate(db_url, args.jobs, rng)
+        print(f"loaded {args.jobs:,} jobs in {time.perf_counter() - begin:.1f} s")
+        engine = make_engine(db_url)
+        month = Window(start=T0 + timedelta(days=150), end=T0 + timedelta(days=180))
+        shapes = {
+            "leaderboard, all jobs": lambda s: model_leaderboard(
+                s, Window(), "total_energy_kwh", True, 100),
+            "leaderboard ?phase=inference": lambda s: model_leaderboard(
+                s, Window(phase="inference"), "median_energy_kwh", True, 100),
+            "leaderboard ?phase=training&cluster=c1": lambda s: model_leaderboard(
+                s, Window(phase="training", cluster="c1"), "j_per_sample", False, 100),
+            "leaderboard ?start=&end= (30 days)": lambda s: model_leaderboard(
+                s, month, "kwh_per_gpu_hour", True, 100),
+            "summary ?group_by=user": lambda s: summary(s, Window(), "user"),
+            "summary ?group_by=account (30 days)": lambda s: summary(s, month, "account"),
+        }
+        try:
+            with Session(engine) as session:
+                for label, query in shapes.items():
+                    samples = timed(args.repeat, lambda q=query: q(session))
+                    print(f"{label}: {percentiles(samples)}")
+                plan = session.execute(text(
+                    "EXPLAIN (ANALYZE, BUFFERS OFF) SELECT model, phase, count(*), "
+                    "sum(energy_uj), percentile_cont(0.5) WITHIN GROUP (ORDER BY energy_uj) "
+                    "FROM job WHERE model IS NOT NULL GROUP BY model, phase"
+                )).scalars().all()
+                print("plan of the median, all jobs:\n  " + "\n  ".join(plan))
+        finally:
+            engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

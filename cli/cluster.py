@@ -1,0 +1,146 @@
+"""``jobenergy cluster ...``: per-cluster PUE and carbon intensity, through the admin API.
+
+    jobenergy cluster show [CLUSTER]
+    jobenergy cluster set-carbon CLUSTER --constant 55
+    jobenergy cluster set-carbon CLUSTER --region FRA [--year 2023]
+    jobenergy cluster set-carbon CLUSTER --mix coal=25,petroleum=35,natural_gas=26,nuclear=14
+    jobenergy cluster set-carbon CLUSTER --series-only | --default
+    jobenergy cluster set-pue CLUSTER 1.3|default
+    jobenergy cluster import-series CLUSTER FILE.csv [--factor carbon|pue] [--column NAME]
+    jobenergy cluster clear-series CLUSTER [--factor carbon|pue]
+
+Every change recomputes the stored facility energy and CO2e it affects. ``--url`` defaults to
+``$JOBENERGY_URL``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import httpx
+import typer
+
+cluster_app = typer.Typer(no_args_is_help=True, help="Per-cluster PUE and carbon intensity.")
+
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", envvar="JOBENERGY_URL", help="jobenergy API")
+]
+FactorOpt = Annotated[str, typer.Option("--factor", help="carbon or pue")]
+
+
+def _call(url: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    if not url:
+        typer.echo("jobenergy cluster: no API URL: pass --url or set JOBENERGY_URL", err=True)
+        raise typer.Exit(2)
+    try:
+        resp = httpx.request(method, url.rstrip("/") + path, timeout=300, **kwargs)
+    except httpx.HTTPError as err:
+        typer.echo(f"jobenergy cluster: cannot reach {url}: {err}", err=True)
+        raise typer.Exit(1) from err
+    if not resp.is_success:
+        detail = resp.text[:1000]
+        try:
+            detail = str(resp.json().get("detail", detail))
+        except (ValueError, AttributeError):
+            pass
+        typer.echo(f"jobenergy cluster: {resp.status_code}: {detail}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(resp.json(), indent=2))
+    return resp.json()
+
+
+def _path(cluster: str, *rest: str) -> str:
+    return "/".join(["/api/v1/clusters", quote(cluster, safe=""), *rest])
+
+
+def parse_mix(spec: str) -> dict[str, float]:
+    """Parse ``coal=25,petroleum=35`` into shares.
+
+    Raises:
+        typer.BadParameter: An item is not ``source=number``.
+    """
+    shares: dict[str, float] = {}
+    for item in spec.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError(item)
+            shares[name.strip()] = float(value)
+        except ValueError as err:
+            raise typer.BadParameter(f"mix item {item!r}: use source=share") from err
+    return shares
+
+
+@cluster_app.command("show")
+def show(cluster: Annotated[str | None, typer.Argument()] = None, url: UrlOpt = None) -> None:
+    """Show one cluster's factors, or every cluster's."""
+    _call(url, "GET", _path(cluster) if cluster else "/api/v1/clusters")
+
+
+@cluster_app.command("set-carbon")
+def set_carbon(
+    cluster: str,
+    constant: Annotated[float | None, typer.Option(help="g CO2e/kWh")] = None,
+    region: Annotated[str | None, typer.Option(help="ISO alpha-3 country, e.g. FRA")] = None,
+    year: Annotated[int | None, typer.Option(help="Year of --region (default latest)")] = None,
+    mix: Annotated[str | None, typer.Option(help="coal=25,nuclear=75,... (percent)")] = None,
+    series_only: Annotated[bool, typer.Option(help="Only the imported series")] = False,
+    default: Annotated[bool, typer.Option(help="Back to the server default")] = False,
+    url: UrlOpt = None,
+) -> None:
+    """Set the carbon-intensity source of CLUSTER (exactly one of the options)."""
+    chosen = [name for name, value in (("constant", constant), ("region", region),
+              ("mix", mix), ("series", series_only or None), ("default", default or None))
+              if value is not None]
+    if len(chosen) != 1:
+        raise typer.BadParameter(
+            "give exactly one of --constant, --region, --mix, --series-only, --default")
+    body: dict[str, Any] = {"source": chosen[0]}
+    if constant is not None:
+        body["g_per_kwh"] = constant
+    if region is not None:
+        body["country"] = region
+        if year is not None:
+            body["year"] = year
+    if mix is not None:
+        body["shares"] = parse_mix(mix)
+    _call(url, "PUT", _path(cluster, "carbon"), json=body)
+
+
+@cluster_app.command("set-pue")
+def set_pue(cluster: str, value: str, url: UrlOpt = None) -> None:
+    """Set CLUSTER's constant PUE (a number >= 1, or ``default``)."""
+    if value.lower() == "default":
+        pue = None
+    else:
+        try:
+            pue = float(value)
+        except ValueError as err:
+            raise typer.BadParameter(f"PUE {value!r}: a number >= 1 or 'default'") from err
+    _call(url, "PUT", _path(cluster, "pue"), json={"pue": pue})
+
+
+@cluster_app.command("import-series")
+def import_series(
+    cluster: str,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    factor: FactorOpt = "carbon",
+    column: Annotated[str | None, typer.Option(help="Value column of the CSV")] = None,
+    url: UrlOpt = None,
+) -> None:
+    """Import a series from a CSV (e.g. an Electricity Maps export) or a JSON file."""
+    data = file.read_bytes()
+    is_json = file.suffix.lower() == ".json"
+    headers = {"Content-Type": "application/json" if is_json else "text/csv"}
+    params = {"column": column} if column else {}
+    _call(url, "POST", _path(cluster, factor, "series"), content=data, headers=headers,
+          params=params)
+
+
+@cluster_app.command("clear-series")
+def clear_series(cluster: str, factor: FactorOpt = "carbon", url: UrlOpt = None) -> None:
+    """Drop CLUSTER's imported series of a factor."""
+    _call(url, "DELETE", _path(cluster, factor, "series"))

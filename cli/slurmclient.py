@@ -1,0 +1,348 @@
+"""Job metadata from Slurm itself, behind a small interface.
+
+:class:`SlurmClient` is what the rest of jobenergy needs from Slurm: finished jobs with their
+metadata, and writing a job's AdminComment. :class:`SacctJsonClient` implements it with the
+commands every Slurm has (``sacct --json``, ``sacctmgr``); a pyslurm or slurmrestd backend can
+implement the same protocol where versions match (pyslurm does not build against 22.05).
+
+The JSON layout changes between Slurm versions, so parsing is defensive and version-tolerant:
+
+* 22.05 (``openapi/dbv0.0.38``): numbers are plain (``"task_id": 2``, ``null`` when unset),
+  ``state.current`` is a string, ``exit_code = {"status": "SUCCESS", "return_code": 0}``.
+* 23.02+ (``data_parser`` v0.0.39 … v0.0.42): numbers may be ``{"set": true, "infinite":
+  false, "number": 2}``, ``state.current`` is a list of flags (``["COMPLETED"]``),
+  ``exit_code.status`` a list, ``time.start`` may be such a number object.
+* squeue (``openapi/v0.0.38``) uses flat keys (``job_state``, ``start_time``,
+  ``array_job_id``) and ignores ``-j`` in 22.05: callers filter client-side.
+
+Known 22.05 defect: ``sacct --json`` reports ``exit_code`` 0/SUCCESS for FAILED jobs (seen:
+a job that ran ``exit 3`` shows ``return_code: 0``; text sacct says ``3:0``). The client
+therefore also reads ``sacct -P -o JobIDRaw,ExitCode`` and prefers its exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from jobenergy.core.errors import JobEnergyError
+
+
+class SlurmError(JobEnergyError):
+    """A Slurm command failed or answered something that cannot be parsed."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmJob:
+    """One Slurm job (an array task or a het-job component is a job of its own)."""
+
+    job_id: str
+    cluster: str | None = None
+    name: str | None = None
+    user: str | None = None
+    account: str | None = None
+    partition: str | None = None
+    state: str | None = None
+    exit_code: str | None = None  # "3:0" = exit status 3, signal 0 (sacct's form)
+    nodelist: str | None = None  # Slurm hostlist, e.g. "n[2-3]"
+    nodes: tuple[str, ...] = ()
+    start: datetime | None = None
+    end: datetime | None = None
+    elapsed_s: int | None = None
+    array_job_id: str | None = None
+    array_task_id: str | None = None
+    het_job_id: str | None = None
+    het_job_offset: str | None = None
+    tres_alloc: Mapping[str, int] = field(default_factory=dict)  # "cpu", "mem", "gres/gpu"
+    admin_comment: str | None = None
+    comment: str | None = None
+    steps: tuple[str, ...] = ()  # "batch", "extern", "0", ...
+
+    @property
+    def ended(self) -> bool:
+        """True once Slurm has an end time and the job is in no pending/running state."""
+        return self.end is not None and self.state not in (None, "PENDING", "RUNNING",
+                                                             "CONFIGURING", "COMPLETING",
+                                                             "SUSPENDED", "REQUEUED")
+
+    def slurm_tags(self) -> dict[str, str]:
+        """Return the array/het ids as job tags (names as the hooks send them)."""
+        tags = {"array_job_id": self.array_job_id, "array_task_id": self.array_task_id,
+                "het_job_id": self.het_job_id, "het_job_offset": self.het_job_offset}
+        return {k: v for k, v in tags.items() if v is not None}
+
+
+class SlurmClient(Protocol):
+    """What jobenergy needs from Slurm."""
+
+    def jobs(self, *, job_ids: Sequence[str] = (), since: datetime | None = None) -> list[SlurmJob]:
+        """Return the jobs with these ids, or that were active since ``since``."""
+
+    def set_admin_comment(self, job_id: str, text: str) -> None:
+        """Replace a (finished) job's AdminComment."""
+
+
+# -- defensive JSON helpers ---------------------------------------------------------------
+def number(value: Any) -> int | None:
+    """Return an int from ``5``, ``"5"``, ``{"set": true, "number": 5}``; None when unset."""
+    if isinstance(value, Mapping):
+        if value.get("set") is False or value.get("infinite") is True:
+            return None
+        value = value.get("number")
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def flag(value: Any) -> str | None:
+    """Return the main state from ``"COMPLETED"`` or ``["COMPLETED", "REQUEUED"]``."""
+    if isinstance(value, Mapping):
+        value = value.get("current", value.get("state"))
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return str(value).split()[0] if value else None
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, Mapping | list):
+        return None
+    text = str(value)
+    return text if text else None
+
+
+def _time(value: Any) -> datetime | None:
+    seconds = number(value)
+    return datetime.fromtimestamp(seconds, UTC) if seconds else None
+
+
+def _id(value: Any, *, zero_is_none: bool = True) -> str | None:
+    n = number(value)
+    if n is None or (zero_is_none and n == 0):
+        return None
+    return str(n)
+
+
+def exit_code_text(value: Any) -> str | None:
+    """Return sacct's ``status:signal`` from any JSON exit-code layout, or None."""
+    if isinstance(value, Mapping):
+        code = number(value.get("return_code"))
+        sig = value.get("signal")
+        sig_id = number(sig.get("id", sig.get("signal_id"))) if isinstance(sig, Mapping) else None
+        status = value.get("status")
+        status = status[0] if isinstance(status, list) and status else status
+        if code is None and sig_id is None:
+            return None if status in (None, "PENDING") else "0:0"
+        return f"{code or 0}:{sig_id or 0}"
+    n = number(value)  # squeue: the raw wait status
+    if n is None:
+        return None
+    return f"{(n >> 8) & 0xFF}:{n & 0x7F}"
+
+
+_HOSTLIST = re.compile(r"([^,\[]*)(\[[^\]]*\])?([^,\[]*)")
+
+
+def expand_hostlist(text: str | None) -> tuple[str, ...]:
+    """Expand a Slurm hostlist (``n[1-3,5],gpu[01-02]``) into node names, in order.
+
+    Only one bracket group per name is supported (what Slurm prints for our node names);
+    anything else is returned as it is.
+    """
+    if not text or text in ("None assigned", "(null)"):
+        return ()
+    names: list[str] = []
+    pos = 0
+    while pos < len(text):
+        m = _HOSTLIST.match(text, pos)
+        if m is None or m.end() == pos:
+            break
+        prefix, ranges, suffix = m.group(1), m.group(2), m.group(3)
+        if ranges:
+            for part in ranges[1:-1].split(","):
+                lo, dash, hi = part.partition("-")
+                if lo.isdigit() and (not dash or hi.isdigit()):
+                    width = len(lo)
+                    for i in range(int(lo), int(hi if dash else lo) + 1):
+                        names.append(f"{prefix}{i:0{width}d}{suffix}")
+                else:
+                    names.append(f"{prefix}{part}{suffix}")
+        elif prefix or suffix:
+            names.append(prefix + suffix)
+        pos = m.end() + 1  # skip the comma
+    return tuple(names)
+
+
+def _tres(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if isinstance(items, str):  # squeue's "cpu=1,mem=500M,node=1,billing=1,gres/gpu=1"
+        for part in items.split(","):
+            key, _, value = part.partition("=")
+            if value.isdigit():
+                out[key] = int(value)
+        return out
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        name = f"{item.get('type')}/{item['name']}" if item.get("name") else str(item.get("type"))
+        count = number(item.get("count"))
+        if count is not None:
+            out[name] = count
+    return out
+
+
+def parse_job(raw: Mapping[str, Any]) -> SlurmJob:
+    """Normalise one job object of ``sacct --json`` or ``squeue --json`` (any version)."""
+    job_id = _id(raw.get("job_id"), zero_is_none=False)
+    if job_id is None:
+        raise SlurmError(f"job without job_id: {str(raw)[:200]}")
+    t = raw.get("time") if isinstance(raw.get("time"), Mapping) else {}
+    array = raw.get("array") if isinstance(raw.get("array"), Mapping) else {}
+    het = raw.get("het") if isinstance(raw.get("het"), Mapping) else {}
+    comment = raw.get("comment")
+    tres = raw.get("tres") if isinstance(raw.get("tres"), Mapping) else {}
+    het_id = _id(het.get("job_id", raw.get("het_job_id")))
+    assoc = raw.get("association") if isinstance(raw.get("association"), Mapping) else {}
+    steps = []
+    for step in raw.get("steps") or []:
+        sid = step.get("step", {}).get("id") if isinstance(step, Mapping) else None
+        if isinstance(sid, str | int):
+            steps.append(str(sid).rsplit(".", 1)[-1])  # 23.02+: "6.batch"
+    nodelist = _text(raw.get("nodes"))
+    return SlurmJob(
+        job_id=job_id,
+        cluster=_text(raw.get("cluster")),
+        name=_text(raw.get("name")),
+        user=_text(raw.get("user") or raw.get("user_name") or assoc.get("user")),
+        account=_text(raw.get("account")),
+        partition=_text(raw.get("partition")),
+        state=flag(raw.get("state") if "state" in raw else raw.get("job_state")),
+        exit_code=exit_code_text(raw.get("exit_code")),
+        nodelist=nodelist,
+        nodes=expand_hostlist(nodelist),
+        start=_time(t.get("start", raw.get("start_time"))),
+        end=_time(t.get("end", raw.get("end_time"))),
+        elapsed_s=number(t.get("elapsed")),
+        array_job_id=_id(array.get("job_id", raw.get("array_job_id"))),
+        array_task_id=_id(array.get("task_id", raw.get("array_task_id")), zero_is_none=False),
+        het_job_id=het_id,
+        het_job_offset=(_id(het.get("job_offset", raw.get("het_job_offset")), zero_is_none=False)
+                        if het_id else None),
+        tres_alloc=_tres(tres.get("allocated", raw.get("tres_alloc_str"))),
+        admin_comment=_text(comment.get("administrator") if isinstance(comment, Mapping)
+                            else raw.get("admin_comment")),
+        comment=_text(comment.get("job") if isinstance(comment, Mapping) else comment),
+        steps=tuple(steps),
+    )
+
+
+def parse_jobs_json(text: str | bytes) -> list[SlurmJob]:
+    """Parse the whole output of ``sacct --json`` / ``squeue --json``.
+
+    Raises:
+        SlurmError: Not JSON, no ``jobs`` list, or Slurm reported errors.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise SlurmError(f"Slurm JSON output is not JSON: {err}") from err
+    if not isinstance(data, Mapping) or not isinstance(data.get("jobs"), list):
+        raise SlurmError("Slurm JSON output has no 'jobs' list")
+    errors = [e for e in data.get("errors") or [] if e]
+    if errors:
+        raise SlurmError(f"Slurm reported errors: {str(errors)[:300]}")
+    return [parse_job(raw) for raw in data["jobs"] if isinstance(raw, Mapping)]
+
+
+def parse_exit_codes(text: str) -> dict[str, str]:
+    """Parse ``sacct -n -P -X -o JobIDRaw,ExitCode`` into job id → ``status:signal``."""
+    codes = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) >= 2 and parts[0].isdigit() and re.fullmatch(r"\d+:\d+", parts[1]):
+            codes[parts[0]] = parts[1]
+    return codes
+
+
+Runner = Callable[[Sequence[str]], str]
+
+
+def run_command(argv: Sequence[str], timeout_s: float = 60.0) -> str:
+    """Run a Slurm command and return its stdout.
+
+    Raises:
+        SlurmError: The command is missing, timed out or exited non-zero.
+    """
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SlurmError(f"{argv[0]} failed: {err}") from err
+    if proc.returncode != 0:
+        raise SlurmError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[:300]}")
+    return proc.stdout
+
+
+class SacctJsonClient:
+    """:class:`SlurmClient` over ``sacct --json`` and ``sacctmgr`` (needs slurmdbd).
+
+    Args:
+        runner: Runs a command, returns stdout, raises :class:`SlurmError` (tests pass one
+            that answers captured output).
+        cluster: ``sacct -M`` cluster; None = the local one.
+    """
+
+    def __init__(self, runner: Runner = run_command, cluster: str | None = None) -> None:
+        self._run = runner
+        self.cluster = cluster
+
+    def _sacct(self, *args: str, job_ids: Sequence[str], since: datetime | None) -> list[str]:
+        argv = ["sacct", *args, "-a"]
+        if self.cluster:
+            argv += ["-M", self.cluster]
+        if job_ids:
+            argv += ["-j", ",".join(job_ids)]
+        else:
+            start = since or datetime.now(UTC).replace(hour=0, minute=0, second=0)
+            argv += ["-S", start.astimezone().strftime("%Y-%m-%dT%H:%M:%S"), "-E", "now"]
+        return argv
+
+    def jobs(self, *, job_ids: Sequence[str] = (), since: datetime | None = None) -> list[SlurmJob]:
+        """Return jobs from ``sacct --json``, exit codes corrected from text sacct."""
+        jobs = parse_jobs_json(self._run(self._sacct("--json", job_ids=job_ids, since=since)))
+        try:
+            codes = parse_exit_codes(self._run(self._sacct(
+                "-n", "-P", "-X", "-o", "JobIDRaw,ExitCode", job_ids=job_ids, since=since)))
+        except SlurmError:
+            codes = {}
+        wanted = set(job_ids)
+        out = []
+        for job in jobs:
+            if wanted and job.job_id not in wanted and job.array_job_id not in wanted:
+                continue
+            code = codes.get(job.job_id)
+            if code is not None and code != job.exit_code:
+                job = replace(job, exit_code=code)
+            out.append(job)
+        return out
+
+    def set_admin_comment(self, job_id: str, text: str) -> None:
+        """Set AdminComment with sacctmgr (``scontrol update`` refuses finished jobs)."""
+        if not job_id.isdigit():
+            raise SlurmError(f"not a raw job id: {job_id!r}")
+        self._run(["sacctmgr", "-i", "modify", "job", f"jobid={job_id}", "set",
+                   f"AdminComment={text}"])
+
+
+def filter_jobs(jobs: Iterable[SlurmJob], job_ids: Iterable[str]) -> list[SlurmJob]:
+    """Keep the jobs whose id (or array parent id) is wanted: ``squeue -j`` is ignored in 22.05."""
+    wanted = set(job_ids)
+    return [j for j in jobs if j.job_id in wanted or (j.array_job_id in wanted)]

@@ -1,0 +1,114 @@
+"""Slurm job events (prolog/epilog, demo scheduler) merged into the ``job`` row.
+
+Tags come from the job comment (``model=resnet50 phase=training`` tokens) and from the event's
+``tags`` (SPANK options, prolog), the event winning; ``model`` and ``phase`` also fill the job
+summary columns that leaderboards group by.
+"""
+
+from __future__ import annotations
+
+import shlex
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from jobenergy.collector.models import Job
+from jobenergy.collector.sql import IngestRejected, dialect_insert
+from jobenergy.core.schema import JobEvent
+
+PHASES = ("training", "inference", "other")
+MAX_TAGS = 64
+
+
+def comment_tags(comment: str | None) -> dict[str, str]:
+    """Return the ``key=value`` tokens of a job comment as tags (other words are ignored).
+
+    Quotes group words (``note="two words"``); keys are at most 64 characters, values 255.
+    """
+    if not comment:
+        return {}
+    try:
+        tokens = shlex.split(comment)
+    except ValueError:  # an unbalanced quote: fall back to plain words
+        tokens = comment.split()
+    tags: dict[str, str] = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        key = key.strip()
+        if sep and key and len(key) <= 64 and len(tags) < MAX_TAGS:
+            tags[key] = value[:255]
+    return tags
+
+
+def _end_state(event: JobEvent) -> str:
+    """Return the state an end event implies when it names none."""
+    if event.exit_code is None:
+        return "ENDED"
+    return "COMPLETED" if str(event.exit_code) in ("0", "0:0") else "FAILED"
+
+
+def apply_job_event(session: Session, event: JobEvent) -> Job:
+    """Merge a job start/end event into the ``job`` row, in the caller's transaction.
+
+    A start sets ``start_at``, an end sets ``end_at``, ``state`` and ``exit_code``. Fields the
+    event leaves out (None) never erase what is known; tags are merged (stored, then the
+    comment's ``key=value`` tokens, then the event's ``tags``). Events may arrive in any order
+    and more than once.
+
+    Args:
+        session: Session inside an open transaction (not committed here).
+        event: The validated event.
+
+    Returns:
+        The updated job row.
+
+    Raises:
+        IngestRejected: The event would make the job end before it starts.
+    """
+    conn = session.connection()
+    now = datetime.now(UTC)
+    # Make sure the row exists, then lock it: two events for a new job cannot both insert.
+    conn.execute(
+        dialect_insert(conn)(Job)
+        .values(cluster=event.cluster, job_id=event.job_id, updated_at=now)
+        .on_conflict_do_nothing(index_elements=[Job.cluster, Job.job_id])
+    )
+    job = session.scalars(
+        select(Job)
+        .where(Job.cluster == event.cluster, Job.job_id == event.job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    start_at = event.time if event.event == "start" else job.start_at
+    end_at = event.time if event.event == "end" else job.end_at
+    if start_at is not None and end_at is not None and end_at < start_at:
+        raise IngestRejected(
+            f"job {event.job_id} on cluster {event.cluster}: end {end_at.isoformat()} is "
+            f"before start {start_at.isoformat()}"
+        )
+    job.start_at, job.end_at = start_at, end_at
+    if start_at is not None:
+        job.begin_at = start_at
+    for name in ("user", "uid", "account", "partition", "name", "nodes", "gpus", "comment"):
+        value = getattr(event, name)
+        if value is not None:
+            setattr(job, name, value)
+    if event.exit_code is not None:
+        job.exit_code = str(event.exit_code)
+    if event.state is not None:
+        job.state = event.state
+    elif event.event == "start" and job.state is None:
+        job.state = "RUNNING"
+    elif event.event == "end" and job.state in (None, "RUNNING"):
+        job.state = _end_state(event)
+    new_tags = {**comment_tags(event.comment), **event.tags}
+    if new_tags:
+        job.tags = {**(job.tags or {}), **new_tags}
+        if new_tags.get("model"):
+            job.model = new_tags["model"][:255]
+        if new_tags.get("phase", "").lower() in PHASES:
+            job.phase = new_tags["phase"].lower()
+    job.updated_at = now
+    session.flush()
+    return job

@@ -1,0 +1,165 @@
+"""Admin API for per-cluster PUE and carbon intensity (``jobenergy cluster ...`` calls these).
+
+- ``GET  /api/v1/clusters`` and ``GET /api/v1/clusters/{cluster}``: configuration and the
+  resolved base factors.
+- ``PUT  /api/v1/clusters/{cluster}/carbon``: ``{"source": "constant", "g_per_kwh": 55}``,
+  ``{"source": "region", "country": "FRA", "year": 2023}``,
+  ``{"source": "mix", "shares": {"coal": 25, "petroleum": 35, "natural_gas": 26, "nuclear": 14}}``,
+  ``{"source": "series"}`` or ``{"source": "default"}``.
+- ``PUT  /api/v1/clusters/{cluster}/pue``: ``{"pue": 1.3}`` (null: the server default).
+- ``POST /api/v1/clusters/{cluster}/{carbon|pue}/series``: JSON ``{"points": [{"time", "value"}]}``
+  or CSV (``Content-Type: text/csv``, e.g. an Electricity Maps export; ``?column=`` picks the
+  value column). ``DELETE`` the same path drops the series.
+
+Each change recomputes the stored facility energy and CO2e it affects, in one transaction;
+invalid input answers 422 (400 for malformed JSON/CSV) and changes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Request
+from pydantic import BaseModel
+from sqlalchemy import select, union
+
+from jobenergy.collector import clusters
+from jobenergy.collector.factors import DEFAULTS
+from jobenergy.collector.models import ClusterConfig, Job
+from jobenergy.collector.routes import BodyDep, SessionDep, parse_body
+from jobenergy.core.series import parse_series_csv, step_intervals
+
+router = APIRouter(prefix="/api/v1", tags=["clusters"])
+
+ClusterName = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00/]+$")]
+
+
+class SeriesExtent(BaseModel):
+    """An imported series: how many steps and the time they cover."""
+
+    points: int
+    start: datetime | None
+    end: datetime | None
+
+
+class PueOut(BaseModel):
+    """PUE outside any series: value and source (``constant`` or ``default``)."""
+
+    value: float
+    source: str
+    series: SeriesExtent | None
+
+
+class CarbonOut(BaseModel):
+    """Carbon intensity: configured source, base value outside any series, label, params."""
+
+    source: str
+    g_per_kwh: float
+    base_source: str
+    fallback: bool
+    label: str
+    params: dict[str, Any]
+    series: SeriesExtent | None
+
+
+class ClusterOut(BaseModel):
+    """A cluster's factors; ``recomputed_hours`` after a change."""
+
+    cluster: str
+    pue: PueOut
+    carbon: CarbonOut
+    recomputed_hours: int | None = None
+
+
+def _out(session: Any, cluster: str, recomputed: int | None = None) -> ClusterOut:
+    return ClusterOut(**clusters.describe(session.connection(), cluster),
+                      recomputed_hours=recomputed)
+
+
+def _bad(err: ValueError) -> HTTPException:
+    return HTTPException(status_code=422, detail=str(err))
+
+
+@router.get("/clusters", response_model=list[ClusterOut], summary="Every cluster's factors")
+def get_clusters(session: SessionDep) -> list[ClusterOut]:
+    """Return the factors of every cluster that has jobs or a configuration."""
+    names = session.scalars(
+        union(select(Job.cluster), select(ClusterConfig.cluster))
+    ).all()
+    return [_out(session, name) for name in sorted(set(names) - {DEFAULTS})]
+
+
+@router.get("/clusters/{cluster}", response_model=ClusterOut, summary="A cluster's factors")
+def get_cluster(cluster: ClusterName, session: SessionDep) -> ClusterOut:
+    """Return a cluster's PUE and carbon configuration (defaults when none is stored)."""
+    return _out(session, cluster)
+
+
+@router.put("/clusters/{cluster}/carbon", response_model=ClusterOut,
+            summary="Set a cluster's carbon-intensity source and recompute its CO2e")
+def put_carbon(cluster: ClusterName, body: BodyDep, session: SessionDep) -> ClusterOut:
+    """Validate, store and apply a carbon-intensity source."""
+    setting = parse_body(body, clusters.CarbonSetting)
+    try:
+        with session.begin():
+            changed = clusters.set_carbon(session.connection(), cluster, setting)
+            return _out(session, cluster, changed)
+    except ValueError as err:
+        raise _bad(err) from err
+
+
+@router.put("/clusters/{cluster}/pue", response_model=ClusterOut,
+            summary="Set a cluster's constant PUE and recompute its facility energy")
+def put_pue(cluster: ClusterName, body: BodyDep, session: SessionDep) -> ClusterOut:
+    """Store a constant PUE (or null: the server default) and apply it."""
+    setting = parse_body(body, clusters.PueSetting)
+    with session.begin():
+        changed = clusters.set_pue(session.connection(), cluster, setting.pue)
+        return _out(session, cluster, changed)
+
+
+def _steps(request: Request, body: bytes, column: str | None) -> list[Any]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type in ("text/csv", "text/plain", "application/csv"):
+            points = parse_series_csv(body.decode("utf-8-sig"), column)
+        else:
+            parsed = parse_body(body, clusters.SeriesIn)
+            points = [(p.time, p.value) for p in parsed.points]
+        return step_intervals(points)
+    except UnicodeDecodeError as err:
+        raise HTTPException(status_code=400, detail=f"CSV is not UTF-8: {err}") from err
+    except ValueError as err:
+        raise _bad(err) from err
+
+
+@router.post("/clusters/{cluster}/{factor}/series", response_model=ClusterOut,
+             summary="Import a PUE or carbon-intensity series (JSON or CSV)")
+def post_series(
+    cluster: ClusterName,
+    factor: Literal["carbon", "pue"],
+    request: Request,
+    body: BodyDep,
+    session: SessionDep,
+    column: str | None = None,
+) -> ClusterOut:
+    """Store a series (each point holds until the next) and recompute the span it covers."""
+    steps = _steps(request, body, column)
+    try:
+        with session.begin():
+            changed = clusters.import_series(session.connection(), cluster, factor, steps)
+            return _out(session, cluster, changed)
+    except ValueError as err:
+        raise _bad(err) from err
+
+
+@router.delete("/clusters/{cluster}/{factor}/series", response_model=ClusterOut,
+               summary="Drop a PUE or carbon-intensity series")
+def delete_series(
+    cluster: ClusterName, factor: Literal["carbon", "pue"], session: SessionDep
+) -> ClusterOut:
+    """Delete the series and recompute the span it covered."""
+    with session.begin():
+        changed = clusters.clear_series(session.connection(), cluster, factor)
+        return _out(session, cluster, changed)

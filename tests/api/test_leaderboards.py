@@ -1,0 +1,158 @@
+"""Phases in the job JSON, model leaderboards and summaries (GROUP BY over job summaries)."""
+
+from __future__ import annotations
+
+import statistics
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from jobenergy.core.schema import Interval, JobSample, PhaseRecord
+from jobenergy.core.units import UJ_PER_J, UJ_PER_KWH
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+SOURCES = [("cpu", "package-0"), ("gpu", "gpu/GPU-aaaa")]
+
+
+def post(client, path, **kwargs):
+    response = client.post(path, **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def with_phases(batch, job_id, phases, records=()):
+    """Label interval i of ``batch`` with ``phases[i]`` (phase, model) and add phase records."""
+    intervals = []
+    for i, interval in enumerate(batch.intervals):
+        phase, model = phases[i]
+        jobs = [JobSample(job_id=job_id, uid=1000, phase=phase, model=model)]
+        extra = [r for r in records if r[0] == i]
+        intervals.append(Interval(
+            start=interval.start, end=interval.end, sources=interval.sources, jobs=jobs,
+            phases=[PhaseRecord(job_id=job_id, **r[1]) for r in extra],
+        ))
+    return batch.model_copy(update={"intervals": intervals})
+
+
+def test_phases_in_job_json(client, make_batch):
+    batch = make_batch(jobs={"7": 1}, unattributed_weight=0, sources=SOURCES, n_intervals=4)
+    labelled = with_phases(
+        batch, "7",
+        [("training", "resnet50"), ("training", "resnet50"), ("inference", "resnet50"),
+         (None, None)],
+        records=[(1, {"phase": "training", "model": "resnet50", "start": T0,
+                      "end": T0 + timedelta(seconds=20), "samples": 1000,
+                      "metrics": {"accuracy": 0.7}}),
+                 (2, {"phase": "inference", "model": "resnet50", "start": T0 + timedelta(
+                     seconds=20), "end": T0 + timedelta(seconds=30), "samples": 500,
+                     "metrics": {"latency_ms": 3.5}})],
+    )
+    post(client, "/api/v1/batches", content=labelled.model_dump_json())
+    out = client.get("/api/v1/jobs/7").json()
+
+    def energy(indexes):
+        return sum(src.jobs_uj["7"] for i in indexes for src in batch.intervals[i].sources)
+
+    phases = {p["phase"]: p for p in out["phases"]}
+    assert set(phases) == {"training", "inference"}
+    train = phases["training"]
+    assert train["model"] == "resnet50" and train["energy_uj"] == energy([0, 1])
+    assert train["samples"] == 1000 and train["metrics"] == {"accuracy": 0.7}
+    assert train["j_per_sample"] == pytest.approx(energy([0, 1]) / UJ_PER_J / 1000)
+    assert train["energy_kwh"] == pytest.approx(energy([0, 1]) / UJ_PER_KWH)
+    assert phases["inference"]["energy_uj"] == energy([2])
+    assert out["energy_uj"] == energy(range(4))
+    assert (out["model"], out["phase"]) == ("resnet50", "training")  # first seen, no tags
+
+    # A later record of the same phase adds samples and merges metrics; a retry changes nothing.
+    more = make_batch(jobs={"7": 1}, unattributed_weight=0, sources=SOURCES, n_intervals=1,
+                      seq=1, start=T0 + timedelta(seconds=40))
+    more = with_phases(more, "7", [("training", "resnet50")], records=[
+        (0, {"phase": "training", "model": "resnet50", "start": T0, "end": T0 + timedelta(
+            seconds=50), "samples": 24, "metrics": {"accuracy": 0.8, "loss": 0.4}})])
+    for _ in range(2):
+        post(client, "/api/v1/batches", content=more.model_dump_json())
+    train = {p["phase"]: p for p in client.get("/api/v1/jobs/7").json()["phases"]}["training"]
+    assert train["samples"] == 1024 and train["metrics"] == {"accuracy": 0.8, "loss": 0.4}
+
+    # Job tags (event) win over what annotations suggested.
+    post(client, "/api/v1/jobs/events", json={
+        "cluster": "c1", "job_id": "7", "event": "start", "time": T0.isoformat(),
+        "comment": "model=resnet18 phase=inference note=x", "tags": {"model": "resnet152"}})
+    out = client.get("/api/v1/jobs/7").json()
+    assert (out["model"], out["phase"]) == ("resnet152", "inference")
+    assert out["tags"] == {"model": "resnet152", "phase": "inference", "note": "x"}
+
+
+@pytest.fixture
+def fleet(client, make_batch):
+    """Nine jobs of three models and two phases, with GPUs, one hour apart."""
+    specs = []
+    for i in range(9):
+        model = ("llama", "bert", "resnet")[i % 3]
+        phase = "training" if i < 6 else "inference"
+        job_id = str(100 + i)
+        start = T0 + timedelta(hours=i)
+        batch = make_batch(jobs={job_id: 1}, unattributed_weight=0, sources=SOURCES,
+                           node=f"n{i}", start=start, power_w=100.0 * (i + 1))
+        post(client, "/api/v1/jobs/events", json={
+            "cluster": "c1", "job_id": job_id, "event": "start", "time": start.isoformat(),
+            "user": "alice" if i % 2 else "bob", "account": "ml",
+            "tags": {"model": model, "phase": phase}})
+        records = [(0, {"phase": phase, "model": model, "start": start,
+                        "end": start + timedelta(seconds=30), "samples": 100 * (i + 1)})]
+        batch = with_phases(batch, job_id, [(phase, model)] * 3, records)
+        post(client, "/api/v1/batches", content=batch.model_dump_json())
+        energy = sum(v for iv in batch.intervals for s in iv.sources for v in s.jobs_uj.values())
+        specs.append({"job_id": job_id, "model": model, "phase": phase, "energy_uj": energy,
+                      "samples": 100 * (i + 1), "start": start})
+    return specs
+
+
+def test_model_leaderboard(client, fleet):
+    rows = client.get("/api/v1/leaderboards/models").json()
+    by_key = {(r["model"], r["phase"]): r for r in rows}
+    assert set(by_key) == {(m, p) for m in ("llama", "bert", "resnet")
+                           for p in ("training", "inference")}
+    llama = [s for s in fleet if s["model"] == "llama" and s["phase"] == "training"]
+    row = by_key[("llama", "training")]
+    total = sum(s["energy_uj"] for s in llama)
+    assert row["jobs"] == 2
+    assert row["total_energy_kwh"] == row["energy_kwh"] == pytest.approx(total / UJ_PER_KWH)
+    assert row["median_energy_kwh"] == pytest.approx(
+        statistics.median(s["energy_uj"] for s in llama) / UJ_PER_KWH)
+    assert row["gpu_hours"] == pytest.approx(2 * 30 / 3600)
+    assert row["kwh_per_gpu_hour"] == pytest.approx(total / UJ_PER_KWH / (60 / 3600))
+    assert row["j_per_sample"] == pytest.approx(
+        total / UJ_PER_J / sum(s["samples"] for s in llama))
+    assert row["co2e_kg"] == pytest.approx(row["facility_energy_kwh"] * 0.475, rel=1e-6)
+    totals = [r["total_energy_kwh"] for r in rows]
+    assert totals == sorted(totals, reverse=True)
+
+    infer = client.get("/api/v1/leaderboards/models",
+                       params={"phase": "inference", "metric": "j_per_sample",
+                               "order": "asc"}).json()
+    assert {r["phase"] for r in infer} == {"inference"} and len(infer) == 3
+    per_sample = [r["j_per_sample"] for r in infer]
+    assert per_sample == sorted(per_sample)
+    window = {"start": (T0 + timedelta(hours=3)).isoformat(),
+              "end": (T0 + timedelta(hours=6)).isoformat()}
+    rows = client.get("/api/v1/leaderboards/models", params=window).json()
+    assert sum(r["jobs"] for r in rows) == 3
+    assert client.get("/api/v1/leaderboards/models",
+                      params={"metric": "bogus"}).status_code == 422
+    assert client.get("/api/v1/leaderboards/models", params={"cluster": "none"}).json() == []
+
+
+def test_summary(client, fleet):
+    rows = client.get("/api/v1/summary", params={"group_by": "user"}).json()
+    assert {r["group"] for r in rows} == {"alice", "bob"}
+    assert sum(r["jobs"] for r in rows) == 9
+    total = sum(s["energy_uj"] for s in fleet)
+    assert sum(r["energy_kwh"] for r in rows) == pytest.approx(total / UJ_PER_KWH)
+    assert rows[0]["energy_kwh"] >= rows[1]["energy_kwh"]
+    by_model = {r["group"]: r for r in client.get(
+        "/api/v1/summary", params={"group_by": "model", "start": T0.isoformat(),
+                                   "end": (T0 + timedelta(hours=3)).isoformat()}).json()}
+    assert {k: v["jobs"] for k, v in by_model.items()} == {"llama": 1, "bert": 1, "resnet": 1}
+    assert client.get("/api/v1/summary", params={"group_by": "node"}).status_code == 422

@@ -1,0 +1,100 @@
+"""``senergy leaderboard|summary`` and ``jobenergy cluster ...`` against a real server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+from typer.testing import CliRunner
+
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def api(tmp_path, make_batch):
+    """Serve create_app over HTTP on 127.0.0.1 with two tagged jobs; yield its URL."""
+    import httpx
+    import uvicorn
+
+    from jobenergy.api.app import create_app
+    from jobenergy.collector.settings import ServerSettings
+
+    app = create_app(ServerSettings(db_url=f"sqlite:///{tmp_path / 'cli.db'}"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    for i, (job_id, model) in enumerate((("1", "llama"), ("2", "bert"))):
+        httpx.post(f"{url}/api/v1/jobs/events", json={
+            "cluster": "c1", "job_id": job_id, "event": "start", "time": T0.isoformat(),
+            "user": "alice", "comment": f"model={model} phase=training"}).raise_for_status()
+        batch = make_batch(jobs={job_id: 1}, node=f"n{i}", power_w=100.0 * (i + 1))
+        httpx.post(f"{url}/api/v1/batches", content=batch.model_dump_json()).raise_for_status()
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def senergy(*args: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from jobenergy.cli.senergy import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(list(args))
+        except SystemExit as end:
+            return int(end.code or 0), out.getvalue()
+    return 0, out.getvalue()
+
+
+def test_leaderboard_and_summary_tables(api):
+    code, out = senergy("leaderboard", "--url", api, "-P")
+    assert code == 0, out
+    lines = out.strip().splitlines()
+    assert lines[0] == "Model|Phase|Jobs|TotalkWh|MediankWh|kWhPerGPUh|JPerSample|CO2eKg"
+    assert [line.split("|")[0] for line in lines[1:]] == ["bert", "llama"]  # bert used more
+    code, out = senergy("leaderboard", "--url", api, "--json", "--metric", "total_energy_kwh",
+                        "--order", "asc")
+    assert code == 0 and [r["model"] for r in json.loads(out)] == ["llama", "bert"]
+    code, out = senergy("summary", "--url", api, "--group-by", "model")
+    assert code == 0 and "Group" in out.splitlines()[0] and "bert" in out
+    code, out = senergy("summary", "--url", api, "--json", "-g", "user")
+    rows = json.loads(out)
+    assert [(r["group"], r["jobs"]) for r in rows] == [("alice", 2)]
+
+
+def test_report_without_subcommand_is_unchanged(api):
+    code, out = senergy("--url", api, "-M", "c1", "-j", "1,2", "-o", "JobID,Model,Phase", "-P")
+    assert code == 0, out
+    assert out.strip().splitlines() == ["JobID|Model|Phase", "1|llama|training",
+                                        "2|bert|training"]
+
+
+def test_cluster_commands(api):
+    from jobenergy.cli.cluster import cluster_app
+
+    runner = CliRunner()
+    result = runner.invoke(cluster_app, ["set-carbon", "c1", "--region", "FRA", "--year",
+                                         "2023", "--url", api])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["carbon"]["source"] == "region"
+    result = runner.invoke(cluster_app, ["set-pue", "c1", "1.4", "--url", api])
+    assert result.exit_code == 0 and json.loads(result.output)["pue"]["value"] == 1.4
+    code, out = senergy("--url", api, "-j", "1", "--json")
+    job = json.loads(out)["jobs"][0]
+    assert job["pue"] == 1.4 and round(job["carbon_intensity_g_per_kwh"]) == 55
+    result = runner.invoke(cluster_app, ["set-carbon", "c1", "--region", "XXX", "--url", api])
+    assert result.exit_code == 1 and "alpha-3" in result.output
+    result = runner.invoke(cluster_app, ["show", "--url", api])
+    assert result.exit_code == 0 and json.loads(result.output)[0]["cluster"] == "c1"
