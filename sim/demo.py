@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -80,6 +82,7 @@ def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = N
                 cgroup_root=str(node.cgroup_root),
                 nvml="auto" if gpus else "off",
                 gpu_map_dir=str(work / "gpumap" / name),
+                annotation_socket=str(work / "sock" / f"{name}.sock"),
             )
             agents.append(start_agent(config, work / f"agent-{name}.log", env))
         print(f"started {len(agents)} agents and the API at {api}; running the workload...")
@@ -95,6 +98,22 @@ def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = N
         print(render(found, parse_fields(DEFAULT_FIELDS + ",Model,Phase")))
         print()
         print(f"API: {api}  (e.g. {api}/api/v1/jobs/1001?cluster={CLUSTER}, {api}/docs)")
+        print()
+        print("Energy per model and phase (senergy leaderboard):")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jobenergy.cli.senergy",
+                "leaderboard",
+                "--url",
+                api,
+                "-M",
+                CLUSTER,
+            ],
+            check=False,
+        )
+        print()
         print(f"try: senergy --url {api} -j 1001,1003 -o JobID,User,GPUkWh,TotalkWh,CO2eKg")
         if keep_running:
             print("--keep-running: server stays up; Ctrl-C to stop")

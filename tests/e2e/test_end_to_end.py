@@ -105,6 +105,7 @@ def cluster(tmp_path, pg_url, libnvml_dir):
             cgroup_root=str(node.cgroup_root),
             nvml="auto",
             gpu_map_dir=str(tmp_path / "gpumap" / node.name),
+            annotation_socket=str(tmp_path / f"{node.name}.sock"),
         )
         env = {"LD_LIBRARY_PATH": str(libnvml_dir), STATE_ENV: str(node.nvml_state_path)}
         agents[node.name] = start_agent(config, tmp_path / f"agent-{node.name}.log", env)
