@@ -41,6 +41,7 @@ def main() -> None:
             procfs_root=node.procfs_root,
             cgroup_root=node.cgroup_root,
             nvml="off",
+            annotation_socket="",
         )
         agent = Agent(settings)
         agent.tick()

@@ -53,8 +53,20 @@ def build_libnvml(out_dir: str | Path, omit: Iterable[str] = ()) -> Path:
     stamp = out / ".nvml_sim.sha256"
     if target.exists() and stamp.exists() and stamp.read_text() == key:
         return target
-    cmd = [compiler, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", *defines,
-           f"-Wl,-soname,{SONAME}", "-o", str(target), str(SOURCE), "-lpthread"]
+    cmd = [
+        compiler,
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-Wall",
+        "-Wextra",
+        *defines,
+        f"-Wl,-soname,{SONAME}",
+        "-o",
+        str(target),
+        str(SOURCE),
+        "-lpthread",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BuildError(f"{' '.join(cmd)} failed:\n{proc.stderr}")
