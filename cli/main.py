@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from jobenergy.cli.cluster import cluster_app
+from jobenergy.cli.slurm import app as slurm_app
 from jobenergy.core.errors import JobEnergyError
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="Database schema management.")
 app.add_typer(db_app, name="db")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(slurm_app, name="slurm")
 
 
 def _logging(level: str) -> None:

@@ -90,10 +90,16 @@ def apply_job_event(session: Session, event: JobEvent) -> Job:
     job.start_at, job.end_at = start_at, end_at
     if start_at is not None:
         job.begin_at = start_at
-    for name in ("user", "uid", "account", "partition", "name", "nodes", "gpus", "comment"):
+    for name in ("user", "uid", "account", "partition", "name", "comment"):
         value = getattr(event, name)
         if value is not None:
             setattr(job, name, value)
+    # Each node's prolog reports its own GPUs (and may report only its node): merge, in order.
+    for name in ("nodes", "gpus"):
+        value = getattr(event, name)
+        if value is not None:
+            known = list(getattr(job, name) or [])
+            setattr(job, name, known + [v for v in value if v not in known])
     if event.exit_code is not None:
         job.exit_code = str(event.exit_code)
     if event.state is not None:

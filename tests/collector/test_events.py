@@ -92,3 +92,13 @@ def test_energy_before_events_creates_job_with_uid(client, make_batch, db_url, d
     send(client, event("start", T0, user="carol"))
     row = job_row(db_snapshot, db_url)
     assert (row["uid"], row["user"], row["start_at"]) == (5005, "carol", T0)
+
+
+def test_each_nodes_prolog_adds_its_gpus(client, db_url, db_snapshot):
+    for node in ("n1", "n2"):
+        body = event("start", T0, nodes=[node], gpus=[f"{node}:0", f"{node}:1"])
+        assert send(client, body).status_code == 200
+    assert send(client, event("start", T0, gpus=["n1:0"])).status_code == 200  # a repeat
+    row = job_row(db_snapshot, db_url)
+    assert row["nodes"] == ["n1", "n2"]
+    assert row["gpus"] == ["n1:0", "n1:1", "n2:0", "n2:1"]

@@ -1,0 +1,343 @@
+"""Emulated energy hardware for real Slurm nodes that run on one host without RAPL or GPUs.
+
+``python -m jobenergy.sim.hwemu --root DIR --nodes n1,n2,n3,n4``
+
+For every node (a slurmd started with ``-N <node>``, whose jobs live in the real cgroup v1
+tree ``<cgroup_root>/cpuacct/slurm_<node>/``) it writes, ``--hz`` times a second:
+
+* ``DIR/<node>/sys/class/powercap/intel-rapl:0`` (``package-0``) and ``intel-rapl:0:0``
+  (``dram``), in the layout of :mod:`jobenergy.sim.node` (point the agent's ``sysfs_root`` at
+  ``DIR/<node>/sys``). The counters advance by a power model over real CPU activity::
+
+      package W = cpu_idle_w + cpu_per_cpu_w × (node CPUs busy + host_other CPUs busy / nodes)
+      dram W    = dram_idle_w + dram_per_cpu_w × node CPUs busy
+
+  where "node CPUs busy" is the rate of ``cpuacct.usage`` of ``slurm_<node>`` (its jobs; the
+  parent keeps the usage of removed jobs) and "host_other" is the busy time of the real
+  ``/proc/stat`` not spent in any ``slurm_*`` cgroup, shared evenly by the nodes.
+* ``DIR/<node>/nvml.state``: the simulated NVML (:mod:`jobenergy.sim.nvml`) with ``--gpus``
+  devices (minor = index, as ``File=/dev/nvidia[0-N]`` in gres.conf). A GPU's power is
+  ``gpu_idle_w + util/100 × (gpu_max_w - gpu_idle_w)``; ``util`` is what the job's processes
+  declare: a process in the node's job cgroups whose environment holds
+  ``JOBENERGY_FAKE_GPU_UTIL=<percent>`` drives the GPUs of its ``SLURM_STEP_GPUS`` (else
+  ``SLURM_JOB_GPUS``) and is listed as a compute process of them. Point the agent's NVML at
+  the simulated library with ``JOBENERGY_NVML_SIM_STATE=DIR/<node>/nvml.state``.
+* ``DIR/ledger.json``: the exact energy, integer µJ, added per node and source since start
+  (``{"nodes": {"n1": {"package-0": ..., "package-0/dram": ..., "gpu/GPU-...": ...}}}``), so
+  a test can check that Σ jobs + unattributed equals what the hardware produced.
+
+While the file ``DIR/hold`` exists every counter stands still (the trees are still written):
+a test holds the hardware while agents take their baseline sample and again before stopping
+them, so the agents' measured energy equals the ledger exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from jobenergy.sim.fs import write_atomic
+from jobenergy.sim.node import RAPL_MAX_RANGE_UJ
+from jobenergy.sim.nvml.state import SimDevice, SimProcess, SimState, write_state
+
+logger = logging.getLogger(__name__)
+
+UTIL_ENV = b"JOBENERGY_FAKE_GPU_UTIL"
+_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (proc(5))
+
+
+@dataclass(frozen=True, slots=True)
+class PowerModel:
+    """Watts of the emulated parts (defaults: a small 2-socket-less server, one GPU type)."""
+
+    cpu_idle_w: float = 20.0
+    cpu_per_cpu_w: float = 15.0
+    dram_idle_w: float = 3.0
+    dram_per_cpu_w: float = 1.5
+    gpu_idle_w: float = 60.0
+    gpu_max_w: float = 400.0
+
+
+def read_host_busy_ns(procfs_root: Path) -> int:
+    """Return the host's busy CPU time (ns) from the ``cpu`` line of ``/proc/stat``."""
+    with open(procfs_root / "stat", encoding="ascii") as f:
+        first = f.readline().split()
+    ticks = sum(int(first[1 + i]) for i in _BUSY_FIELDS if 1 + i < len(first))
+    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+
+
+def gpu_uuid(node: str, index: int) -> str:
+    """Return a stable, node-unique GPU UUID in NVML's ``GPU-8-4-4-4-12`` form."""
+    h = hashlib.sha256(f"{node}/{index}".encode()).hexdigest()
+    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def _environ(procfs_root: Path, pid: int) -> dict[bytes, bytes]:
+    try:
+        data = (procfs_root / str(pid) / "environ").read_bytes()
+    except OSError:
+        return {}
+    env = {}
+    for item in data.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key] = value
+    return env
+
+
+def _parse_ids(text: bytes) -> list[int]:
+    ids = []
+    for part in text.decode(errors="replace").split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if lo.isdigit() and (not sep or hi.isdigit()):
+            ids.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    return ids
+
+
+@dataclass
+class EmulatedNode:
+    """Counters and ledger of one node."""
+
+    name: str
+    root: Path
+    gpus: int
+    counters_uj: dict[str, int] = field(default_factory=dict)
+    added_uj: dict[str, int] = field(default_factory=dict)
+    carry: dict[str, float] = field(default_factory=dict)
+    gpu_energy_mj: list[int] = field(default_factory=list)
+    last_usage_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        base = self.root / "sys" / "class" / "powercap"
+        write_atomic(base / "intel-rapl" / "enabled", "1\n")
+        for folder, zone in (("intel-rapl:0", "package-0"), ("intel-rapl:0:0", "dram")):
+            write_atomic(base / folder / "name", zone + "\n")
+            write_atomic(base / folder / "max_energy_range_uj", f"{RAPL_MAX_RANGE_UJ}\n")
+            write_atomic(base / folder / "enabled", "1\n")
+        for source in ("package-0", "package-0/dram"):
+            self.counters_uj[source] = 0
+            self.added_uj[source] = 0
+        self.gpu_energy_mj = [0] * self.gpus
+        for i in range(self.gpus):
+            self.added_uj[f"gpu/{gpu_uuid(self.name, i)}"] = 0
+
+    def _zone(self, source: str) -> Path:
+        folder = "intel-rapl:0:0" if source.endswith("/dram") else "intel-rapl:0"
+        return self.root / "sys" / "class" / "powercap" / folder / "energy_uj"
+
+    def add(self, source: str, power_w: float, dt_s: float) -> None:
+        """Advance a RAPL counter by ``power_w × dt_s`` (µJ, fractions carried over)."""
+        exact = power_w * dt_s * 1e6 + self.carry.get(source, 0.0)
+        energy_uj = int(exact)
+        self.carry[source] = exact - energy_uj
+        self.counters_uj[source] = (self.counters_uj[source] + energy_uj) % RAPL_MAX_RANGE_UJ
+        self.added_uj[source] += energy_uj
+
+    def add_gpu(self, index: int, power_w: float, dt_s: float) -> None:
+        """Advance a GPU's total energy (mJ, NVML's unit; fractions carried over)."""
+        key = f"gpu{index}"
+        exact = power_w * dt_s * 1e3 + self.carry.get(key, 0.0)
+        energy_mj = int(exact)
+        self.carry[key] = exact - energy_mj
+        self.gpu_energy_mj[index] += energy_mj
+        self.added_uj[f"gpu/{gpu_uuid(self.name, index)}"] += energy_mj * 1000
+
+    def write_counters(self) -> None:
+        """Write the RAPL counters' current values."""
+        for source, value in self.counters_uj.items():
+            write_atomic(self._zone(source), f"{value}\n")
+
+
+class HardwareEmulator:
+    """Power model over real CPU activity, writing powercap trees and NVML state per node.
+
+    Args:
+        root: Output folder (``<root>/<node>/sys``, ``<root>/<node>/nvml.state``, ledger).
+        nodes: Node names (``slurm_<node>`` cgroups).
+        gpus: GPUs per node.
+        cgroup_root: Where the cgroup v1 controllers are mounted.
+        procfs_root: Where procfs is mounted.
+        model: Power model.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        nodes: list[str],
+        *,
+        gpus: int = 2,
+        cgroup_root: str | Path = "/sys/fs/cgroup",
+        procfs_root: str | Path = "/proc",
+        model: PowerModel | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.cgroup_root = Path(cgroup_root)
+        self.procfs_root = Path(procfs_root)
+        self.model = model or PowerModel()
+        self.nodes = [EmulatedNode(n, self.root / n, gpus) for n in nodes]
+        self.hold_path = self.root / "hold"
+        self.ledger_path = self.root / "ledger.json"
+        self._last_mono: float | None = None
+        self._last_host_busy_ns: int | None = None
+        self._last_all_slurm_ns: int | None = None
+        self.ticks = 0
+
+    def _slurm_usage_ns(self, node: str) -> int | None:
+        return _read_int(self.cgroup_root / "cpuacct" / f"slurm_{node}" / "cpuacct.usage")
+
+    def _all_slurm_ns(self) -> int:
+        total = 0
+        for path in (self.cgroup_root / "cpuacct").glob("slurm*/cpuacct.usage"):
+            total += _read_int(path) or 0
+        return total
+
+    def _job_pids(self, node: str) -> list[int]:
+        pids: list[int] = []
+        base = self.cgroup_root / "cpuacct" / f"slurm_{node}"
+        for procs in base.glob("uid_*/job_*/**/cgroup.procs"):
+            try:
+                pids.extend(int(p) for p in procs.read_text().split())
+            except (OSError, ValueError):
+                continue
+        return pids
+
+    def _gpu_util(self, node: EmulatedNode) -> tuple[list[int], dict[int, list[SimProcess]]]:
+        util = [0] * node.gpus
+        procs: dict[int, list[SimProcess]] = {i: [] for i in range(node.gpus)}
+        for pid in self._job_pids(node.name):
+            env = _environ(self.procfs_root, pid)
+            wanted = env.get(UTIL_ENV)
+            if wanted is None:
+                continue
+            try:
+                percent = max(0, min(100, int(wanted)))
+            except ValueError:
+                continue
+            ids = env.get(b"SLURM_STEP_GPUS") or env.get(b"SLURM_JOB_GPUS") or b""
+            for gpu in _parse_ids(ids):
+                if 0 <= gpu < node.gpus:
+                    util[gpu] = max(util[gpu], percent)
+                    procs[gpu].append(SimProcess(pid=pid, sm_util=percent, mem_util=percent // 4))
+        return util, procs
+
+    def tick(self) -> None:
+        """Advance every counter by the power of the time since the last tick and write."""
+        now = time.monotonic()
+        host_busy = read_host_busy_ns(self.procfs_root)
+        all_slurm = self._all_slurm_ns()
+        held = self.hold_path.exists()
+        dt_s = 0.0 if self._last_mono is None else now - self._last_mono
+        other_cpus = 0.0
+        if dt_s > 0 and self._last_host_busy_ns is not None and self._last_all_slurm_ns is not None:
+            other_ns = (host_busy - self._last_host_busy_ns) - (all_slurm - self._last_all_slurm_ns)
+            other_cpus = max(0.0, other_ns / 1e9 / dt_s) / max(1, len(self.nodes))
+        m = self.model
+        for node in self.nodes:
+            usage = self._slurm_usage_ns(node.name) or 0
+            if node.last_usage_ns is None or usage < node.last_usage_ns:
+                node.last_usage_ns = usage
+            busy = (usage - node.last_usage_ns) / 1e9 / dt_s if dt_s > 0 else 0.0
+            node.last_usage_ns = usage
+            util, procs = self._gpu_util(node)
+            if dt_s > 0 and not held:
+                node.add("package-0", m.cpu_idle_w + m.cpu_per_cpu_w * (busy + other_cpus), dt_s)
+                node.add("package-0/dram", m.dram_idle_w + m.dram_per_cpu_w * busy, dt_s)
+                for i in range(node.gpus):
+                    node.add_gpu(
+                        i, m.gpu_idle_w + util[i] / 100 * (m.gpu_max_w - m.gpu_idle_w), dt_s
+                    )
+            node.write_counters()
+            devices = [
+                SimDevice(
+                    index=i,
+                    uuid=gpu_uuid(node.name, i),
+                    minor=i,
+                    name="NVIDIA H100 80GB HBM3 (emulated)",
+                    energy_mj=node.gpu_energy_mj[i],
+                    power_mw=round(
+                        1000 * (m.gpu_idle_w + util[i] / 100 * (m.gpu_max_w - m.gpu_idle_w))
+                    ),
+                    processes=procs[i],
+                )
+                for i in range(node.gpus)
+            ]
+            write_state(node.root / "nvml.state", SimState(devices=devices))
+        self._last_mono = now
+        self._last_host_busy_ns = host_busy
+        self._last_all_slurm_ns = all_slurm
+        self.ticks += 1
+
+    def write_ledger(self) -> None:
+        """Write the exact energy added per node and source (integer µJ)."""
+        data = {
+            "ticks": self.ticks,
+            "held": self.hold_path.exists(),
+            "model": asdict(self.model),
+            "nodes": {n.name: dict(n.added_uj) for n in self.nodes},
+        }
+        write_atomic(self.ledger_path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+    def run(self, stop: threading.Event, hz: float = 10.0) -> None:
+        """Tick ``hz`` times a second until ``stop`` is set; the ledger is written each tick."""
+        period = 1.0 / hz
+        next_t = time.monotonic()
+        while not stop.is_set():
+            try:
+                self.tick()
+                self.write_ledger()
+            except OSError:  # a cgroup or /proc entry vanished mid-read: next tick
+                logger.exception("tick failed")
+            next_t += period
+            stop.wait(max(0.0, next_t - time.monotonic()))
+        self.write_ledger()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m jobenergy.sim.hwemu --root DIR --nodes n1,n2``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--nodes", required=True, help="comma-separated node names")
+    parser.add_argument("--gpus", type=int, default=2, help="GPUs per node")
+    parser.add_argument("--hz", type=float, default=10.0)
+    parser.add_argument("--cgroup-root", type=Path, default=Path("/sys/fs/cgroup"))
+    parser.add_argument("--procfs-root", type=Path, default=Path("/proc"))
+    parser.add_argument("--hold", action="store_true", help="start held (create ROOT/hold)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s hwemu %(levelname)s %(message)s")
+    args.root.mkdir(parents=True, exist_ok=True)
+    if args.hold:
+        (args.root / "hold").touch()
+    emu = HardwareEmulator(
+        args.root,
+        [n for n in args.nodes.split(",") if n],
+        gpus=args.gpus,
+        cgroup_root=args.cgroup_root,
+        procfs_root=args.procfs_root,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    emu.tick()
+    emu.write_ledger()
+    (args.root / "ready").touch()
+    emu.run(stop, args.hz)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
