@@ -23,7 +23,7 @@ children: a parent keeps the usage of removed children, in v1 and v2).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from jobenergy.agent.readings import CgroupSnapshot
@@ -49,12 +49,22 @@ class JobUsage:
     uid: int | None = None
 
 
-def job_usage(prev: CgroupSnapshot, cur: CgroupSnapshot) -> dict[str, JobUsage]:
+def job_usage(
+    prev: CgroupSnapshot, cur: CgroupSnapshot, hinted: Collection[str] = ()
+) -> dict[str, JobUsage]:
     """Return the CPU time each job used between two cgroup snapshots.
 
     Jobs present in ``cur`` are charged their usage delta (their whole usage if the cgroup is
     new or was recreated). Jobs that vanished share the root cgroup's usage not explained by
-    live children, weighted by allocated CPUs.
+    live children, weighted by allocated CPUs. Jobs the Slurm prolog announced (``hinted``)
+    that no snapshot saw — shorter than one sample interval — share that residual too (one
+    weight each) and are active only when it is not zero, so an announced job that has not
+    started yet never disturbs the split.
+
+    Args:
+        prev: Snapshot at the start of the interval.
+        cur: Snapshot at its end.
+        hinted: Jobs the prolog's job map listed at either sample.
     """
     usage: dict[str, JobUsage] = {}
     live_ns = 0
@@ -67,7 +77,8 @@ def job_usage(prev: CgroupSnapshot, cur: CgroupSnapshot) -> dict[str, JobUsage]:
         usage[job_id] = JobUsage(delta_ns, len(cg.cpus), uid=cg.uid)
 
     vanished = {j: cg for j, cg in prev.jobs.items() if j not in cur.jobs}
-    if not vanished:
+    unseen = sorted(j for j in hinted if j not in cur.jobs and j not in prev.jobs)
+    if not vanished and not unseen:
         return usage
     residual_ns = 0
     if cur.root_usage_ns is not None and prev.root_usage_ns is not None:
@@ -75,9 +86,14 @@ def job_usage(prev: CgroupSnapshot, cur: CgroupSnapshot) -> dict[str, JobUsage]:
         other_delta_ns = max(0, cur.other_usage_ns - prev.other_usage_ns)
         residual_ns = max(0, root_delta_ns - live_ns - other_delta_ns)
     weights = {j: max(1, len(cg.cpus)) for j, cg in vanished.items()}
+    if residual_ns:
+        weights.update({j: 1 for j in unseen})
     shares = split_uj(residual_ns, weights)  # integer split works for ns as for µJ
     for job_id, cg in vanished.items():
         usage[job_id] = JobUsage(shares[job_id], len(cg.cpus), ended=True, uid=cg.uid)
+    for job_id in unseen:
+        if shares.get(job_id):
+            usage[job_id] = JobUsage(shares[job_id], 0, ended=True)
     return usage
 
 

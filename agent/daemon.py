@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobenergy.agent.annotations import AnnotationServer
+from jobenergy.agent.announced import announced_jobs
 from jobenergy.agent.attribution import StaticFloor, attribute_cpu, job_usage
 from jobenergy.agent.cgroups import SlurmCgroups
 from jobenergy.agent.continuity import CounterRecord, gap_interval
@@ -48,6 +49,7 @@ class Sample:
     cpu: CpuTimes | None
     gpu: Any = None  # jobenergy.agent.gpu.GpuSnapshot when NVML is on
     errors: list[str] = field(default_factory=list)
+    announced: frozenset[str] = frozenset()  # jobs in the prolog's job map (gpu_map_dir)
 
 
 class Agent:
@@ -133,7 +135,10 @@ class Agent:
         self.metrics.samples.inc()
         self.metrics.jobs.set(len(cgroups.jobs))
         mono_ns = time.monotonic_ns()
-        return Sample(self._wall_now(mono_ns), mono_ns, readings, cgroups, cpu, gpu, errors)
+        announced = announced_jobs(self.settings.gpu_map_dir)
+        return Sample(
+            self._wall_now(mono_ns), mono_ns, readings, cgroups, cpu, gpu, errors, announced
+        )
 
     def _wall_now(self, mono_ns: int) -> datetime:
         """Return the wall time of a sample, never before the previous sample's.
@@ -159,7 +164,7 @@ class Agent:
     def attribute(self, prev: Sample, cur: Sample) -> Interval:
         """Attribute the energy between two samples; conserving per source."""
         interval_ns = cur.mono_ns - prev.mono_ns
-        usage = job_usage(prev.cgroups, cur.cgroups)
+        usage = job_usage(prev.cgroups, cur.cgroups, prev.announced | cur.announced)
         node_busy_ns = 0
         ncpus = 0
         if prev.cpu is not None and cur.cpu is not None:

@@ -42,6 +42,7 @@ def main() -> None:
             cgroup_root=node.cgroup_root,
             nvml="off",
             annotation_socket="",
+            gpu_map_dir=root / "jobmap",
         )
         agent = Agent(settings)
         agent.tick()

@@ -2,10 +2,11 @@
 # jobenergy Slurm hook: one script, four roles (prolog | epilog | prolog_slurmctld |
 # epilog_slurmctld), called by the thin prolog.sh/epilog.sh/... wrappers under `timeout`.
 #
-#   prolog            (node, root)  write <gpu_map_dir>/<job_id> = SLURM_JOB_GPUS for the
-#                                   agent; send a start event with the node's GPUs
-#   epilog            (node, root)  send an end event; remove the GPU map a few seconds
-#                                   later (the agent's last sample must still see it)
+#   prolog            (node, root)  write <gpu_map_dir>/<job_id> = SLURM_JOB_GPUS (empty for
+#                                   CPU jobs) for the agent; send a start event with the GPUs
+#   epilog            (node, root)  send an end event; remove the map a few seconds later
+#                                   (JOBENERGY_GPU_MAP_LINGER_S, longer than the agent's
+#                                   interval_s: its next sample must still see it)
 #   prolog_slurmctld  (controller, SlurmUser)  send a start event with the full metadata
 #   epilog_slurmctld  (controller, SlurmUser)  send an end event
 # After the end event, JOBENERGY_SYNC_CMD (sacct enrichment + AdminComment, e.g.
@@ -153,11 +154,11 @@ je_exit_json() {
 [ -n "$JOB" ] || { je_log "no SLURM_JOB_ID"; exit 0; }
 case "$JE_ROLE" in
   prolog)
-    if [ -n "${SLURM_JOB_GPUS:-}" ]; then
-      mkdir -p "$JOBENERGY_GPU_MAP_DIR" && printf '%s\n' "$SLURM_JOB_GPUS" > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
-        && mv -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" "$JOBENERGY_GPU_MAP_DIR/$JOB" \
-        || je_log "cannot write GPU map in $JOBENERGY_GPU_MAP_DIR"
-    fi
+    # Every job gets a map file (empty without GPUs): it also tells the agent that a job
+    # shorter than one sample interval ran here (agent/announced.py).
+    mkdir -p "$JOBENERGY_GPU_MAP_DIR" && printf '%s\n' "${SLURM_JOB_GPUS:-}" > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
+      && mv -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" "$JOBENERGY_GPU_MAP_DIR/$JOB" \
+      || je_log "cannot write job map in $JOBENERGY_GPU_MAP_DIR"
     je_send "$(je_event start "$(je_gpu_json)")" ;;
   epilog)
     if [ -e "$JOBENERGY_GPU_MAP_DIR/$JOB" ]; then

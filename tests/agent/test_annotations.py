@@ -24,6 +24,7 @@ def setup(tmp_path, monkeypatch):
         procfs_root=node.procfs_root,
         cgroup_root=node.cgroup_root,
         nvml="off",
+        gpu_map_dir=tmp_path / "jobmap",
         annotation_socket=str(sock),
     )
     agent = Agent(settings)

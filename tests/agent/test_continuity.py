@@ -16,6 +16,7 @@ def _agent(tmp_path, node):
             procfs_root=node.procfs_root,
             cgroup_root=node.cgroup_root,
             nvml="off",
+            gpu_map_dir=tmp_path / "jobmap",
             annotation_socket="",
         )
     )

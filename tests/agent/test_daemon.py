@@ -30,6 +30,7 @@ def agent(tmp_path, node):
         procfs_root=node.procfs_root,
         cgroup_root=node.cgroup_root,
         nvml="off",
+        gpu_map_dir=tmp_path / "jobmap",
         cpu_static_power_w=0,
         dram_static_power_w=0,
     )
@@ -94,6 +95,7 @@ def test_wrap_is_counted_and_core_zone_never_added(tmp_path):
         procfs_root=node.procfs_root,
         cgroup_root=node.cgroup_root,
         nvml="off",
+        gpu_map_dir=tmp_path / "jobmap",
     )
     agent = Agent(settings)
     agent.tick()
@@ -169,3 +171,27 @@ def test_wall_clock_step_back_keeps_intervals_ordered(agent, node):
     first, second = agent._pending[-2:]
     assert second.start == first.end + timedelta(seconds=60)
     assert second.end > second.start
+
+
+def test_job_shorter_than_one_interval_is_charged_via_the_prolog_map(agent, node, tmp_path):
+    jobmap = tmp_path / "jobmap"
+    jobmap.mkdir()
+    agent.tick()
+    (jobmap / "77").write_text("")  # the prolog announces job 77 (no GPUs)
+    node.start_job("77", 1000, [0])
+    node.add_cpu_time("77", 300_000_000, 300_000_000)
+    node.add_energy("package-0", 2_000_000)
+    node.end_job("77")  # gone before any sample saw its cgroup
+    src = _by_source(_tick(agent))["package-0"]
+    assert src.jobs_uj == {"77": 2_000_000} and src.unattributed_uj == 0
+
+
+def test_an_announced_job_without_cpu_time_does_not_disturb_the_split(agent, node, tmp_path):
+    jobmap = tmp_path / "jobmap"
+    jobmap.mkdir()
+    node.start_job("5", 1000, [0, 1])
+    agent.tick()
+    (jobmap / "78").write_text("")  # announced, its cgroup not made yet
+    node.add_cpu_time("5", 100_000_000, 100_000_000)
+    node.add_energy("package-0", 1_000)
+    assert _by_source(_tick(agent))["package-0"].jobs_uj == {"5": 1_000}
