@@ -32,12 +32,19 @@ def main() -> None:
         preload(build_libnvml(tmp / "lib"))
         state_path = tmp / "state.txt"
         os.environ[STATE_ENV] = str(state_path)
-        state = SimState(devices=[
-            SimDevice(index=i, uuid=f"GPU-{i:08d}-0000-0000-0000-{i:012d}", minor=i,
-                      energy_mj=1_000_000, power_mw=650_000,
-                      processes=[SimProcess(pid=10_000 + i, sm_util=90)])
-            for i in range(GPUS)
-        ])
+        state = SimState(
+            devices=[
+                SimDevice(
+                    index=i,
+                    uuid=f"GPU-{i:08d}-0000-0000-0000-{i:012d}",
+                    minor=i,
+                    energy_mj=1_000_000,
+                    power_mw=650_000,
+                    processes=[SimProcess(pid=10_000 + i, sm_util=90)],
+                )
+                for i in range(GPUS)
+            ]
+        )
         write_state(state_path, state)
         procfs, cgroup, gpu_map = tmp / "proc", tmp / "cgroup", tmp / "map"
         gpu_map.mkdir()
@@ -64,9 +71,11 @@ def main() -> None:
         cpu_ms = (time.process_time() - cpu0) * 1000 / args.samples
         wall_ms = (time.perf_counter() - wall0) * 1000 / args.samples
         acc.close()
-    print(f"GpuAccounting.sample+attribute, {GPUS} GPUs / {len(jobs)} jobs, "
-          f"{args.samples} samples: {cpu_ms:.3f} ms CPU per sample ({wall_ms:.3f} ms wall); "
-          f"target <= 2 ms")
+    print(
+        f"GpuAccounting.sample+attribute, {GPUS} GPUs / {len(jobs)} jobs, "
+        f"{args.samples} samples: {cpu_ms:.3f} ms CPU per sample ({wall_ms:.3f} ms wall); "
+        f"target <= 2 ms"
+    )
 
 
 if __name__ == "__main__":

@@ -60,9 +60,17 @@ class SmiPower:
     def __init__(self, gpu: int) -> None:
         self.points: list[tuple[float, float]] = []  # (monotonic s, W)
         self._proc = subprocess.Popen(
-            ["nvidia-smi", "-i", str(gpu), "--query-gpu=power.draw",
-             "--format=csv,noheader,nounits", "-lms", "100"],
-            stdout=subprocess.PIPE, text=True,
+            [
+                "nvidia-smi",
+                "-i",
+                str(gpu),
+                "--query-gpu=power.draw",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "100",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -136,8 +144,9 @@ def main() -> int:
         acc = GpuAccounting("auto", procfs, cgroup, gpu_map)
         smi = SmiPower(args.gpu)
         env = {"SLURM_JOB_ID": JOB_ID, "SLURM_JOB_GPUS": str(minor), "CUDA_VISIBLE_DEVICES": uuid}
-        load = subprocess.Popen([sys.executable, "-c", LOAD, str(args.seconds)],
-                                env={**os.environ, **env})
+        load = subprocess.Popen(
+            [sys.executable, "-c", LOAD, str(args.seconds)], env={**os.environ, **env}
+        )
         _fake_job_proc(procfs, load.pid, minor)
         time.sleep(1.0)  # let the load reach the GPU; the window starts at the first sample
         for info in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
@@ -165,12 +174,17 @@ def main() -> int:
     smi_uj = smi.energy_uj(t_start, t_end)
     window_s = t_end - t_start
     print(f"GPU {args.gpu} {name} {uuid}, load {args.seconds:.0f} s, window {window_s:.1f} s")
-    print(f"  job attributed energy  : {job_uj / 1e6:12.1f} J "
-          f"({job_uj / 1e6 / window_s:.1f} W avg)")
-    print(f"  NVML counter delta     : {counter_uj / 1e6:12.1f} J  "
-          f"job vs counter {_rel(job_uj, counter_uj)}")
-    print(f"  nvidia-smi power.draw∫ : {smi_uj / 1e6:12.1f} J  "
-          f"counter vs smi {_rel(counter_uj, smi_uj)}; job vs smi {_rel(job_uj, smi_uj)}")
+    print(
+        f"  job attributed energy  : {job_uj / 1e6:12.1f} J ({job_uj / 1e6 / window_s:.1f} W avg)"
+    )
+    print(
+        f"  NVML counter delta     : {counter_uj / 1e6:12.1f} J  "
+        f"job vs counter {_rel(job_uj, counter_uj)}"
+    )
+    print(
+        f"  nvidia-smi power.draw∫ : {smi_uj / 1e6:12.1f} J  "
+        f"counter vs smi {_rel(counter_uj, smi_uj)}; job vs smi {_rel(job_uj, smi_uj)}"
+    )
     print(f"  GPU errors: {acc.errors_total or 'none'}")
     pynvml.nvmlShutdown()
     return 0

@@ -37,8 +37,9 @@ T0 = datetime(2026, 11, 23, tzinfo=UTC)
 
 def load_pgserver():
     """Import tests/pgserver.py by path (tests/ is not a package on sys.path)."""
-    spec = importlib.util.spec_from_file_location("jobenergy_pgserver", ROOT / "tests" /
-                                                  "pgserver.py")
+    spec = importlib.util.spec_from_file_location(
+        "jobenergy_pgserver", ROOT / "tests" / "pgserver.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -60,22 +61,40 @@ def make_batch_dict(node: str, seq: int, n_intervals: int = 60, n_jobs: int = 32
             measured = 2_500_000_000 + 1_000 * i + 7 * s
             parts = split_uj(measured, weights)
             unattributed = parts.pop("")
-            srcs.append({
-                "component": component, "source": source, "measured_uj": measured,
-                "jobs_uj": parts, "unattributed_uj": unattributed,
-                "device_name": "NVIDIA H100 80GB HBM3" if component == "gpu" else None,
-            })
-        intervals.append({
-            "start": start.isoformat(), "end": (start + timedelta(seconds=10)).isoformat(),
-            "sources": srcs, "jobs": [{"job_id": j, "uid": 1000} for j in weights if j],
-        })
-    return {"schema_version": 1, "cluster": "bench", "node": node, "boot_id": "boot",
-            "seq": seq, "intervals": intervals}
+            srcs.append(
+                {
+                    "component": component,
+                    "source": source,
+                    "measured_uj": measured,
+                    "jobs_uj": parts,
+                    "unattributed_uj": unattributed,
+                    "device_name": "NVIDIA H100 80GB HBM3" if component == "gpu" else None,
+                }
+            )
+        intervals.append(
+            {
+                "start": start.isoformat(),
+                "end": (start + timedelta(seconds=10)).isoformat(),
+                "sources": srcs,
+                "jobs": [{"job_id": j, "uid": 1000} for j in weights if j],
+            }
+        )
+    return {
+        "schema_version": 1,
+        "cluster": "bench",
+        "node": node,
+        "boot_id": "boot",
+        "seq": seq,
+        "intervals": intervals,
+    }
 
 
 def records_of(batch: dict) -> int:
-    return sum(len(s["jobs_uj"]) + (1 if s["unattributed_uj"] or not s["jobs_uj"] else 0)
-               for iv in batch["intervals"] for s in iv["sources"])
+    return sum(
+        len(s["jobs_uj"]) + (1 if s["unattributed_uj"] or not s["jobs_uj"] else 0)
+        for iv in batch["intervals"]
+        for s in iv["sources"]
+    )
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
@@ -107,6 +126,7 @@ def bench_http(db_url: str, bodies: list[bytes], records: int, concurrency: int)
         wait_ready(url, proc)
         headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
         with httpx.Client(base_url=url, timeout=120.0) as client:
+
             def send(body: bytes) -> float:
                 begin = time.perf_counter()
                 response = client.post("/api/v1/batches", content=body, headers=headers)
@@ -124,10 +144,12 @@ def bench_http(db_url: str, bodies: list[bytes], records: int, concurrency: int)
     finally:
         proc.terminate()
         proc.wait(10)
-    print(f"HTTP end to end ({concurrency} concurrent): {len(bodies)} batches, {records} "
-          f"records in {wall_s:.2f} s = {records / wall_s:,.0f} records/s; per batch p50 "
-          f"{latencies[len(latencies) // 2] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
-          f"duplicate ack {dup_ms:.0f} ms")
+    print(
+        f"HTTP end to end ({concurrency} concurrent): {len(bodies)} batches, {records} "
+        f"records in {wall_s:.2f} s = {records / wall_s:,.0f} records/s; per batch p50 "
+        f"{latencies[len(latencies) // 2] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
+        f"duplicate ack {dup_ms:.0f} ms"
+    )
 
 
 def bench_ingest_only(db_url: str, batches: list[Batch], records: int) -> None:
@@ -143,8 +165,10 @@ def bench_ingest_only(db_url: str, batches: list[Batch], records: int) -> None:
             stored = session.scalar(select(func.count()).select_from(EnergyInterval))
     finally:
         engine.dispose()
-    print(f"ingest_batch only (validated batches, 1 connection): {records} records in "
-          f"{wall_s:.2f} s = {records / wall_s:,.0f} records/s ({stored:,} rows in table)")
+    print(
+        f"ingest_batch only (validated batches, 1 connection): {records} records in "
+        f"{wall_s:.2f} s = {records / wall_s:,.0f} records/s ({stored:,} rows in table)"
+    )
 
 
 def main() -> None:
@@ -157,8 +181,10 @@ def main() -> None:
     records = sum(records_of(d) for d in dicts)
     raw = [json.dumps(d).encode() for d in dicts]
     bodies = [gzip.compress(r, compresslevel=6) for r in raw]
-    print(f"{args.batches} batches of {records // args.batches} records; JSON "
-          f"{len(raw[0]) / 1e6:.1f} MB, gzip {len(bodies[0]) / 1e6:.2f} MB each")
+    print(
+        f"{args.batches} batches of {records // args.batches} records; JSON "
+        f"{len(raw[0]) / 1e6:.1f} MB, gzip {len(bodies[0]) / 1e6:.2f} MB each"
+    )
 
     begin = time.perf_counter()
     validated = [Batch.model_validate_json(r) for r in raw]

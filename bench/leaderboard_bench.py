@@ -38,8 +38,9 @@ USERS = [f"user{u:03d}" for u in range(200)]
 
 def load_pgserver():
     """Import tests/pgserver.py by path (tests/ is not a package on sys.path)."""
-    spec = importlib.util.spec_from_file_location("jobenergy_pgserver", ROOT / "tests" /
-                                                  "pgserver.py")
+    spec = importlib.util.spec_from_file_location(
+        "jobenergy_pgserver", ROOT / "tests" / "pgserver.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -49,9 +50,11 @@ def load_pgserver():
 def populate(db_url: str, n_jobs: int, rng: random.Random) -> None:
     """COPY ``n_jobs`` job rows with their summary columns; VACUUM ANALYZE."""
     engine = make_engine(db_url)
-    columns = ('cluster, job_id, "user", account, partition, state, start_at, end_at, '
-               "updated_at, begin_at, model, phase, energy_uj, gpu_uj, facility_uj, co2e_ug, "
-               "gpu_s, samples")
+    columns = (
+        'cluster, job_id, "user", account, partition, state, start_at, end_at, '
+        "updated_at, begin_at, model, phase, energy_uj, gpu_uj, facility_uj, co2e_ug, "
+        "gpu_s, samples"
+    )
     try:
         with engine.begin() as conn:
             dbapi = conn.connection.dbapi_connection
@@ -120,13 +123,17 @@ def main() -> None:
         month = Window(start=T0 + timedelta(days=150), end=T0 + timedelta(days=180))
         shapes = {
             "leaderboard, all jobs": lambda s: model_leaderboard(
-                s, Window(), "total_energy_kwh", True, 100),
+                s, Window(), "total_energy_kwh", True, 100
+            ),
             "leaderboard ?phase=inference": lambda s: model_leaderboard(
-                s, Window(phase="inference"), "median_energy_kwh", True, 100),
+                s, Window(phase="inference"), "median_energy_kwh", True, 100
+            ),
             "leaderboard ?phase=training&cluster=c1": lambda s: model_leaderboard(
-                s, Window(phase="training", cluster="c1"), "j_per_sample", False, 100),
+                s, Window(phase="training", cluster="c1"), "j_per_sample", False, 100
+            ),
             "leaderboard ?start=&end= (30 days)": lambda s: model_leaderboard(
-                s, month, "kwh_per_gpu_hour", True, 100),
+                s, month, "kwh_per_gpu_hour", True, 100
+            ),
             "summary ?group_by=user": lambda s: summary(s, Window(), "user"),
             "summary ?group_by=account (30 days)": lambda s: summary(s, month, "account"),
         }
@@ -135,11 +142,17 @@ def main() -> None:
                 for label, query in shapes.items():
                     samples = timed(args.repeat, lambda q=query: q(session))
                     print(f"{label}: {percentiles(samples)}")
-                plan = session.execute(text(
-                    "EXPLAIN (ANALYZE, BUFFERS OFF) SELECT model, phase, count(*), "
-                    "sum(energy_uj), percentile_cont(0.5) WITHIN GROUP (ORDER BY energy_uj) "
-                    "FROM job WHERE model IS NOT NULL GROUP BY model, phase"
-                )).scalars().all()
+                plan = (
+                    session.execute(
+                        text(
+                            "EXPLAIN (ANALYZE, BUFFERS OFF) SELECT model, phase, count(*), "
+                            "sum(energy_uj), percentile_cont(0.5) WITHIN GROUP (ORDER BY energy_uj) "
+                            "FROM job WHERE model IS NOT NULL GROUP BY model, phase"
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
                 print("plan of the median, all jobs:\n  " + "\n  ".join(plan))
         finally:
             engine.dispose()

@@ -33,8 +33,9 @@ USERS = [f"user{u:03d}" for u in range(200)]
 
 def load_pgserver():
     """Import tests/pgserver.py by path (tests/ is not a package on sys.path)."""
-    spec = importlib.util.spec_from_file_location("jobenergy_pgserver", ROOT / "tests" /
-                                                  "pgserver.py")
+    spec = importlib.util.spec_from_file_location(
+        "jobenergy_pgserver", ROOT / "tests" / "pgserver.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -52,18 +53,26 @@ def populate(db_url: str, n_jobs: int, rng: random.Random) -> int:
         n_nodes, n_gpus = rng.randint(1, 4), rng.choice([0, 0, 4, 8])
         nodes = [f"node{rng.randrange(2000):04d}" for _ in range(n_nodes)]
         nodes_json = "[" + ",".join(f'"{n}"' for n in nodes) + "]"
-        jobs.write(f"bench\t{job_id}\t{rng.choice(USERS)}\t1000\tacct{j % 50}\tgpu\tjob{j}\t"
-                   f"{nodes_json}\t\\N\t\\N\tCOMPLETED\t0\t{{}}\t{start.isoformat()}\t"
-                   f"{end.isoformat()}\t{end.isoformat()}\n")
+        jobs.write(
+            f"bench\t{job_id}\t{rng.choice(USERS)}\t1000\tacct{j % 50}\tgpu\tjob{j}\t"
+            f"{nodes_json}\t\\N\t\\N\tCOMPLETED\t0\t{{}}\t{start.isoformat()}\t"
+            f"{end.isoformat()}\t{end.isoformat()}\n"
+        )
         for node in dict.fromkeys(nodes):
-            sources = [("cpu", "package-0"), ("cpu", "package-1"), ("dram", "package-0/dram"),
-                       ("dram", "package-1/dram")]
+            sources = [
+                ("cpu", "package-0"),
+                ("cpu", "package-1"),
+                ("dram", "package-0/dram"),
+                ("dram", "package-1/dram"),
+            ]
             sources += [("gpu", f"gpu/GPU-{g}") for g in range(n_gpus)]
             for component, source in sources:
                 device = "NVIDIA H100 80GB HBM3" if component == "gpu" else "\\N"
-                energy.write(f"bench\t{job_id}\t{node}\t{component}\t{source}\t"
-                             f"{rng.randrange(10**12)}\t0\t{rng.randrange(10_000)}\t3600.0\t"
-                             f"{start.isoformat()}\t{end.isoformat()}\t0\t0\t{device}\n")
+                energy.write(
+                    f"bench\t{job_id}\t{node}\t{component}\t{source}\t"
+                    f"{rng.randrange(10**12)}\t0\t{rng.randrange(10_000)}\t3600.0\t"
+                    f"{start.isoformat()}\t{end.isoformat()}\t0\t0\t{device}\n"
+                )
                 n_energy += 1
     engine = make_engine(db_url)
     try:
@@ -71,7 +80,7 @@ def populate(db_url: str, n_jobs: int, rng: random.Random) -> int:
             dbapi = conn.connection.dbapi_connection
             with dbapi.cursor() as cur:
                 with cur.copy(
-                    "COPY job (cluster, job_id, \"user\", uid, account, partition, name, nodes, "
+                    'COPY job (cluster, job_id, "user", uid, account, partition, name, nodes, '
                     "gpus, comment, state, exit_code, tags, start_at, end_at, updated_at) "
                     "FROM STDIN"
                 ) as copy:
@@ -112,8 +121,10 @@ def main() -> None:
         upgrade(db_url)
         begin = time.perf_counter()
         n_energy = populate(db_url, args.jobs, rng)
-        print(f"loaded {args.jobs:,} jobs, {n_energy:,} job_energy rows in "
-              f"{time.perf_counter() - begin:.1f} s")
+        print(
+            f"loaded {args.jobs:,} jobs, {n_energy:,} job_energy rows in "
+            f"{time.perf_counter() - begin:.1f} s"
+        )
         port = pg.free_port()
         code = (
             "import uvicorn\n"
@@ -134,8 +145,10 @@ def main() -> None:
                         time.sleep(0.1)
                 for _ in range(50):  # warm up connections and caches
                     client.get(f"/api/v1/jobs/{1_000_000 + rng.randrange(args.jobs)}")
-                for label, params in (("with ?cluster=", {"cluster": "bench"}),
-                                      ("without cluster", {})):
+                for label, params in (
+                    ("with ?cluster=", {"cluster": "bench"}),
+                    ("without cluster", {}),
+                ):
                     samples = []
                     for _ in range(args.lookups):
                         job_id = 1_000_000 + rng.randrange(args.jobs)
@@ -151,8 +164,10 @@ def main() -> None:
                     response = client.get("/api/v1/jobs", params=params)
                     samples.append(time.perf_counter() - begin)
                     response.raise_for_status()
-                print(f"GET /api/v1/jobs?user=U&limit=100 (~{args.jobs // len(USERS)} matches, "
-                      f"total counted): {percentiles(samples)}")
+                print(
+                    f"GET /api/v1/jobs?user=U&limit=100 (~{args.jobs // len(USERS)} matches, "
+                    f"total counted): {percentiles(samples)}"
+                )
         finally:
             proc.terminate()
             proc.wait(10)
