@@ -19,6 +19,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from jobenergy.agent.readings import Reading
 from jobenergy.core.counters import counter_delta
 from jobenergy.core.schema import Interval, SourceEnergy
@@ -106,4 +108,8 @@ def gap_interval(
         )
     if not sources:
         return None
-    return Interval(start=before_wall, end=now_wall, sources=sources)
+    try:
+        return Interval(start=before_wall, end=now_wall, sources=sources)
+    except ValidationError as err:  # e.g. the wall clock stepped back across the restart
+        logger.warning("gap while the agent was down not sent: %s", err)
+        return None

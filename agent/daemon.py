@@ -152,6 +152,12 @@ class Agent:
             wall = self._prev.wall + timedelta(
                 microseconds=max(1, (mono_ns - self._prev.mono_ns) // 1000)
             )
+        elif self._prev is None:
+            # First sample after a restart: never before what the last run already sent (the
+            # collector refuses energy for a span it has stored).
+            recorded = self.counter_record.load()
+            if recorded is not None and wall <= recorded[0]:
+                wall = recorded[0] + timedelta(microseconds=1)
         return wall
 
     def _rescan_rapl(self) -> None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, case, func, update
+from sqlalchemy import Connection, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from jobenergy.collector.hours import write_hours
@@ -23,7 +23,7 @@ from jobenergy.collector.models import EnergyInterval, IngestedBatch, Job, JobEn
 from jobenergy.collector.phases import write_phases
 from jobenergy.collector.plan import Plan, plan_batch
 from jobenergy.collector.sql import IngestRejected, dialect_insert, least_greatest
-from jobenergy.core.schema import Batch
+from jobenergy.core.schema import MAX_INTERVAL_S, Batch
 
 __all__ = ["IngestRejected", "IngestResult", "ingest_batch"]
 
@@ -231,6 +231,44 @@ def _check_text(batch: Batch) -> None:
         raise IngestRejected("text fields must not contain NUL characters")
 
 
+def _check_no_overlap(conn: Connection, batch: Batch) -> None:
+    """Refuse energy for a span of time already stored for the same node and source.
+
+    A node measures each source once over time; a second agent configured with the same
+    node name, or an interval re-sent under another key, would otherwise count twice.
+    Batches may still arrive in any order. Intervals are at most ``MAX_INTERVAL_S`` long
+    (schema), which bounds the index range searched.
+    """
+    spans: dict[str, list[tuple[datetime, datetime]]] = {}
+    for interval in batch.intervals:
+        for src in interval.sources:
+            spans.setdefault(src.source, []).append((interval.start, interval.end))
+    if not spans:
+        return
+    lo = batch.intervals[0].start - timedelta(seconds=MAX_INTERVAL_S)
+    hi = batch.intervals[-1].end
+    stored = conn.execute(
+        select(EnergyInterval.source, EnergyInterval.start_at, EnergyInterval.end_at)
+        .where(
+            EnergyInterval.cluster == batch.cluster,
+            EnergyInterval.node == batch.node,
+            EnergyInterval.start_at >= lo,
+            EnergyInterval.start_at < hi,
+            EnergyInterval.source.in_(list(spans)),
+        )
+        .distinct()
+    ).all()
+    for source, start_at, end_at in stored:
+        for start, end in spans[source]:
+            if start < end_at and start_at < end:
+                raise IngestRejected(
+                    f"energy for source {source!r} on node {batch.node!r} from "
+                    f"{start.isoformat()} to {end.isoformat()} overlaps energy already stored "
+                    f"({start_at.isoformat()} to {end_at.isoformat()}): two agents with one "
+                    "node name, or data re-sent under another batch key?"
+                )
+
+
 def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
     """Store ``batch`` in the caller's transaction, once.
 
@@ -272,6 +310,7 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
             batch.cluster, batch.node, batch.boot_id, batch.seq,
         )
         return IngestResult(duplicate=True, records=0)
+    _check_no_overlap(conn, batch)
     if plan.rows:
         if conn.dialect.name == "postgresql":
             _write_intervals_pg(conn, batch, plan)

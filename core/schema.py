@@ -23,6 +23,9 @@ ATTRIBUTED_COMPONENTS: tuple[str, ...] = ("cpu", "dram", "gpu")
 #: mis-handled counter wrap (one RAPL range is ~262 kJ), not energy.
 MAX_SOURCE_POWER_W = 50_000
 MAX_INTERVALS_PER_BATCH = 10_000
+#: Longest interval accepted: agents sample at most hourly; the collector's overlap check
+#: relies on this bound.
+MAX_INTERVAL_S = 86_400
 MAX_SOURCES_PER_INTERVAL = 256
 MAX_JOBS_PER_SOURCE = 4_096
 
@@ -124,6 +127,12 @@ class Interval(WireModel):
         duration_s = (self.end - self.start).total_seconds()
         if duration_s <= 0:
             raise ValueError(f"interval end {self.end} is not after start {self.start}")
+        if duration_s > MAX_INTERVAL_S:
+            raise ValueError(f"interval of {duration_s:.0f} s is longer than {MAX_INTERVAL_S} s")
+        names = [src.source for src in self.sources]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"source listed twice in one interval: {', '.join(twice)}")
         limit_uj = int(duration_s * MAX_SOURCE_POWER_W * 1_000_000)
         for src in self.sources:
             if src.measured_uj > limit_uj:
@@ -147,9 +156,14 @@ class Batch(WireModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> Batch:
+        # A node measures each source once over any span of time: intervals follow each other.
         for before, after in zip(self.intervals, self.intervals[1:], strict=False):
-            if after.start < before.start:
-                raise ValueError("intervals must be in time order")
+            if after.start < before.end:
+                raise ValueError(
+                    f"intervals overlap or are out of order: one starts at "
+                    f"{after.start.isoformat()} before the previous ends at "
+                    f"{before.end.isoformat()}"
+                )
         return self
 
 

@@ -127,17 +127,18 @@ def test_new_boot_id_is_a_new_batch(engine, make_batch):
     assert result.duplicate is False
 
 
-HUGE = dict(interval_s=2.5e7, power_w=39_000.0, unattributed_weight=0,
-            sources=[("cpu", "package-0")])  # ~9.75e17 µJ per interval, all to job 101
+# Day-long intervals (the schema's longest) at 49 kW: ~4.23e15 µJ each, all to job 101.
+HUGE = dict(interval_s=86_400, power_w=49_000.0, unattributed_weight=0,
+            sources=[("cpu", "package-0")])
 
 
 def test_total_past_bigint_rolls_back_everything(engine, make_batch, db_url, db_snapshot):
-    ingest(engine, make_batch(seq=0, n_intervals=9, **HUGE))
+    ingest(engine, make_batch(seq=0, n_intervals=2_000, **HUGE))
     before = db_snapshot(db_url)
     later = before["job_energy"][0]
     assert later[5] > 8 * 10**18  # energy_uj column: close to the BIGINT limit
-    second = make_batch(seq=1, n_intervals=1, start=make_batch().intervals[0].start
-                        + timedelta(seconds=9 * 2.5e7), **HUGE)
+    second = make_batch(seq=1, n_intervals=200, start=make_batch().intervals[0].start
+                        + timedelta(seconds=2_000 * 86_400), **HUGE)
     # The claim and the interval rows are written before the job total overflows: the
     # database refuses the total and the whole transaction is rolled back.
     with pytest.raises(DBAPIError):
@@ -147,7 +148,7 @@ def test_total_past_bigint_rolls_back_everything(engine, make_batch, db_url, db_
 
 def test_batch_sum_past_bigint_is_rejected(engine, make_batch):
     with pytest.raises(IngestRejected, match="energy total"):
-        ingest(engine, make_batch(n_intervals=10, **HUGE))
+        ingest(engine, make_batch(n_intervals=2_200, **HUGE))
 
 
 @settings(max_examples=15, deadline=None,
@@ -185,3 +186,13 @@ def test_totals_equal_sum_of_ingested_shares(engine, make_batch, weights, unattr
                 )
             )
             assert ne.measured_uj == ne.unattributed_uj + int(attributed)
+
+
+def test_same_span_under_another_key_is_refused(engine, make_batch):
+    ingest(engine, make_batch(seq=0))
+    with pytest.raises(IngestRejected, match="overlaps energy already stored"):
+        ingest(engine, make_batch(seq=1))  # same intervals, new seq: would count twice
+    with pytest.raises(IngestRejected, match="overlaps"):
+        ingest(engine, make_batch(boot_id="other", seq=0))
+    with Session(engine) as session:
+        assert stored_job_totals(session) == expected_job_totals(make_batch(seq=0))

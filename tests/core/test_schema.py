@@ -94,3 +94,19 @@ def test_job_event_accepts_epoch_and_iso_as_utc():
     )
     assert a.time == b.time
     assert a.time.utcoffset().total_seconds() == 0
+
+
+def test_a_source_twice_or_overlapping_intervals_are_refused():
+    with pytest.raises(ValidationError, match="source listed twice"):
+        Batch.model_validate(
+            _batch(intervals=[{"start": 0, "end": 1, "sources": [_source(), _source()]}])
+        )
+    with pytest.raises(ValidationError, match="overlap"):
+        Batch.model_validate(
+            _batch(
+                intervals=[
+                    {"start": 0, "end": 10, "sources": [_source()]},
+                    {"start": 5, "end": 15, "sources": [_source()]},
+                ]
+            )
+        )
