@@ -15,9 +15,10 @@ from jobenergy.api import routes_jobs, routes_leaderboards, routes_nodes
 from jobenergy.collector import routes as collector_routes
 from jobenergy.collector import routes_clusters
 from jobenergy.collector.clusters import sync_defaults
-from jobenergy.collector.db import make_engine, upgrade
+from jobenergy.collector.db import make_engine, schema_revision_problem, upgrade
 from jobenergy.collector.routes import SessionDep
 from jobenergy.collector.settings import ServerSettings
+from jobenergy.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
     """
     if settings.migrate:
         upgrade(settings.db_url)
+    else:
+        try:
+            problem = schema_revision_problem(settings.db_url)
+        except sa_exc.OperationalError as err:
+            # Database down at start: serve anyway, requests answer 503 until it is back.
+            logger.warning("cannot check the schema revision yet: %s", err.orig)
+            problem = None
+        if problem is not None:
+            raise ConfigError(problem)
     engine = make_engine(settings.db_url)
     synced = True
     try:

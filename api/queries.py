@@ -63,7 +63,8 @@ def _where(filters: JobFilters) -> list[Any]:
     if filters.start is not None:
         clauses.append(or_(Job.end_at.is_(None), Job.end_at >= filters.start))
     if filters.end is not None:
-        clauses.append(or_(Job.start_at.is_(None), Job.start_at < filters.end))
+        # begin_at: the Slurm start, else the first energy seen for the job.
+        clauses.append(or_(Job.begin_at.is_(None), Job.begin_at < filters.end))
     if filters.job_ids is not None:
         clauses.append(Job.job_id.in_(filters.job_ids))
     return clauses

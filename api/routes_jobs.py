@@ -83,6 +83,8 @@ def job_view(
     elapsed_s = None
     if job.start_at is not None and job.end_at is not None:
         elapsed_s = (job.end_at - job.start_at).total_seconds()
+    elif job.start_at is not None and (job.state or "").upper() == "RUNNING":
+        elapsed_s = max(0.0, (datetime.now(UTC) - job.start_at).total_seconds())  # so far
     # A job is only as well covered as its worst node.
     covered_s = min(best_by_node.values(), default=0.0)
     coverage = covered_s / elapsed_s if elapsed_s else None
@@ -185,6 +187,11 @@ def get_jobs(
         cluster=cluster, user=user, account=account, partition=partition, state=state,
         start=parse_time(start, "start"), end=parse_time(end, "end"), job_ids=job_ids,
     )
+    if filters.start is not None and filters.end is not None and filters.end < filters.start:
+        raise HTTPException(
+            status_code=422,
+            detail=f"end {filters.end.isoformat()} is before start {filters.start.isoformat()}",
+        )
     jobs = list_jobs(session, filters, limit, offset)
     totals = energy_for_page(session, filters, limit, offset) if jobs else {}
     keys = [(job.cluster, job.job_id) for job in jobs]

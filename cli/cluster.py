@@ -16,6 +16,7 @@ Every change recomputes the stored facility energy and CO2e it affects. ``--url`
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -52,6 +53,12 @@ def _call(url: str | None, method: str, path: str, **kwargs: Any) -> Any:
     return resp.json()
 
 
+def _finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{what} must be a finite number, got {value}")
+    return value
+
+
 def _path(cluster: str, *rest: str) -> str:
     return "/".join(["/api/v1/clusters", quote(cluster, safe=""), *rest])
 
@@ -68,7 +75,7 @@ def parse_mix(spec: str) -> dict[str, float]:
         try:
             if not sep or not name.strip():
                 raise ValueError(item)
-            shares[name.strip()] = float(value)
+            shares[name.strip()] = _finite(float(value), f"share of {name.strip()}")
         except ValueError as err:
             raise typer.BadParameter(f"mix item {item!r}: use source=share") from err
     return shares
@@ -100,7 +107,7 @@ def set_carbon(
             "give exactly one of --constant, --region, --mix, --series-only, --default")
     body: dict[str, Any] = {"source": chosen[0]}
     if constant is not None:
-        body["g_per_kwh"] = constant
+        body["g_per_kwh"] = _finite(constant, "--constant")
     if region is not None:
         body["country"] = region
         if year is not None:
@@ -118,6 +125,8 @@ def set_pue(cluster: str, value: str, url: UrlOpt = None) -> None:
     else:
         try:
             pue = float(value)
+            if not math.isfinite(pue):
+                raise ValueError(value)
         except ValueError as err:
             raise typer.BadParameter(f"PUE {value!r}: a number >= 1 or 'default'") from err
     _call(url, "PUT", _path(cluster, "pue"), json={"pue": pue})

@@ -26,11 +26,18 @@ app.add_typer(cluster_app, name="cluster")
 app.add_typer(slurm_app, name="slurm")
 
 
+def _db_error(err: Exception) -> str:
+    """One line for a database error (the driver's message, not SQLAlchemy's essay)."""
+    orig = getattr(err, "orig", None)
+    return str(orig or err).strip().splitlines()[0]
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
 
 
 @app.command()
@@ -83,6 +90,7 @@ def server(
     """Run the collector and the API in one process."""
     _logging(log_level)
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from jobenergy.api.app import create_app
     from jobenergy.collector.settings import ServerSettings
@@ -97,8 +105,9 @@ def server(
             migrate=not no_migrate,
         )
         application = create_app(settings)
-    except (JobEnergyError, ValueError) as err:
-        typer.echo(f"jobenergy server: {err}", err=True)
+    except (JobEnergyError, ValueError, SQLAlchemyError) as err:
+        message = _db_error(err) if isinstance(err, SQLAlchemyError) else str(err)
+        typer.echo(f"jobenergy server: {message}", err=True)
         raise typer.Exit(2) from err
     uvicorn.run(application, host=host, port=port, log_level=log_level.lower())
 
@@ -109,9 +118,15 @@ def db_upgrade(
 ) -> None:
     """Create or upgrade the schema to the latest revision."""
     _logging("info")
+    from sqlalchemy.exc import SQLAlchemyError
+
     from jobenergy.collector.db import upgrade
 
-    upgrade(db)
+    try:
+        upgrade(db)
+    except SQLAlchemyError as err:
+        typer.echo(f"jobenergy db upgrade: cannot migrate {db}: {_db_error(err)}", err=True)
+        raise typer.Exit(2) from err
     typer.echo(f"database at head: {db}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -49,7 +50,24 @@ def _time_arg(value: str | None) -> str | None:
         raise typer.BadParameter(
             f"invalid time {value!r}: use YYYY-MM-DD[THH:MM:SS], epoch seconds or now[-Ndays]"
         ) from err
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
+    # A time without a zone is local time, as sacct reads it.
+    return (parsed if parsed.tzinfo else parsed.astimezone()).isoformat()
+
+
+def _me() -> str:
+    """Return the caller's user name (from the uid: $USER is unset under cron/systemd)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER", "")
+
+
+def _job_order(job: dict) -> tuple:
+    """Sort key: numeric ids numerically (array/het suffixes after), then the rest."""
+    job_id = str(job["job_id"])
+    head = job_id.split("_")[0].split("+")[0]
+    return (0, int(head), job_id, job.get("cluster") or "") if head.isdigit() else (
+        1, 0, job_id, job.get("cluster") or "")
 
 
 @app.command()
@@ -95,7 +113,7 @@ def report(
     if user:
         params["user"] = user
     elif not jobs and not allusers and os.geteuid() != 0:
-        params["user"] = os.environ.get("USER", "")  # sacct shows your own jobs by default
+        params["user"] = _me()  # sacct shows your own jobs by default
     for key, value in (
         ("cluster", cluster),
         ("account", account),
@@ -114,7 +132,7 @@ def report(
     if not resp.is_success:
         typer.echo(f"senergy: API answered {resp.status_code}: {resp.text[:500]}", err=True)
         raise typer.Exit(1)
-    found = resp.json()["jobs"]
+    found = sorted(resp.json()["jobs"], key=_job_order)  # sacct lists by job id
     if as_json:
         typer.echo(json.dumps({"jobs": found}, indent=2))
     else:

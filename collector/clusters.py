@@ -35,7 +35,7 @@ class CarbonSetting(BaseModel):
     the imported series (the world average, flagged, outside it); ``default``: the server's.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     source: Literal["constant", "region", "mix", "series", "default"]
     g_per_kwh: float | None = Field(default=None, ge=0.0, le=MAX_G_PER_KWH)
@@ -57,13 +57,20 @@ class CarbonSetting(BaseModel):
         ]
         if extra:
             raise ValueError(f"source {self.source!r} takes no {', '.join(extra)}")
+        if self.shares is not None:
+            total = sum(self.shares.values())
+            if total > 0 and not (abs(total - 100) <= 0.5 or abs(total - 1) <= 0.005):
+                raise ValueError(
+                    f"mix shares add up to {total:g}: give percentages adding up to 100 or "
+                    "fractions adding up to 1 (every source, e.g. hydro, included)"
+                )
         return self
 
 
 class PueSetting(BaseModel):
     """Body of ``PUT /api/v1/clusters/{cluster}/pue``: a constant, or null for the default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pue: float | None = Field(ge=1.0, le=MAX_PUE)
 

@@ -102,3 +102,25 @@ def upgrade(url: str, revision: str = "head") -> None:
     finally:
         engine.dispose()
     logger.info("database migrated revision=%s", revision)
+
+
+def schema_revision_problem(url: str) -> str | None:
+    """Return why the database at ``url`` is not at the packaged head revision, or None."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    finally:
+        engine.dispose()
+    if current == heads:
+        return None
+    have = ", ".join(sorted(current)) or "no schema"
+    return (
+        f"database {make_url(normalise_url(url)).render_as_string(hide_password=True)} is at "
+        f"{have}, this server needs {', '.join(sorted(heads))}: run `jobenergy db upgrade "
+        "--db URL`, or start without --no-migrate"
+    )

@@ -7,6 +7,7 @@ summary columns that leaderboards group by.
 
 from __future__ import annotations
 
+import re
 import shlex
 from datetime import UTC, datetime
 
@@ -24,7 +25,9 @@ MAX_TAGS = 64
 def comment_tags(comment: str | None) -> dict[str, str]:
     """Return the ``key=value`` tokens of a job comment as tags (other words are ignored).
 
-    Quotes group words (``note="two words"``); keys are at most 64 characters, values 255.
+    Tokens are separated by spaces, commas or semicolons; quotes group words
+    (``note="two words"``); ``model``/``phase`` keys are case-insensitive; keys are at most 64
+    characters, values 255.
     """
     if not comment:
         return {}
@@ -32,10 +35,17 @@ def comment_tags(comment: str | None) -> dict[str, str]:
         tokens = shlex.split(comment)
     except ValueError:  # an unbalanced quote: fall back to plain words
         tokens = comment.split()
+    # Users write "model=a phase=b", "model=a,phase=b" or "model=a; phase=b": split on all.
+    tokens = [t for token in tokens for t in re.split(r"[,;]", token) if t.strip()]
     tags: dict[str, str] = {}
     for token in tokens:
         key, sep, value = token.partition("=")
         key = key.strip()
+        if key.lower() in ("model", "phase"):
+            key = key.lower()  # the two keys the leaderboards read
+        value = value.strip()
+        if key == "phase":
+            value = value.lower()
         if sep and key and len(key) <= 64 and len(tags) < MAX_TAGS:
             tags[key] = value[:255]
     return tags

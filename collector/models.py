@@ -192,13 +192,23 @@ class Job(Base):
     __tablename__ = "job"
     __table_args__ = (
         Index("ix_job_start_at", "start_at"),
-        Index("ix_job_user", "user"),
+        # Summaries by user: a parallel index-only GroupAggregate, no sort, no heap.
+        Index(
+            "ix_job_user_totals", "user",
+            postgresql_include=["energy_uj", "gpu_uj", "facility_uj", "co2e_ug", "gpu_s"],
+        ),
         Index("ix_job_job_id", "job_id"),
         Index("ix_job_begin_at", "begin_at"),
         Index("ix_job_model", "model", "phase", "begin_at"),
         # The leaderboard's medians: an index-only scan already sorted within each group.
         Index(
             "ix_job_model_energy", "model", "phase", "energy_uj",
+            postgresql_include=["facility_uj", "co2e_ug", "gpu_s", "samples"],
+            postgresql_where=text("model IS NOT NULL"),
+        ),
+        # Leaderboards filtered by cluster (and phase): index-only, ordered by model.
+        Index(
+            "ix_job_cluster_model", "cluster", "phase", "model", "energy_uj",
             postgresql_include=["facility_uj", "co2e_ug", "gpu_s", "samples"],
             postgresql_where=text("model IS NOT NULL"),
         ),

@@ -112,6 +112,21 @@ def format_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def require_json(request: Request) -> None:
+    """Refuse a body declared as something else than JSON (415), e.g. a form post."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return  # curl --data-binary without -H: accept, the body is still parsed as JSON
+    media = declared.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise HTTPException(
+            status_code=415, detail=f"unsupported Content-Type {media!r}: send application/json"
+        )
+
+
+JsonDep = Depends(require_json)
+
+
 def parse_body(body: bytes, model: type[ModelT]) -> ModelT:
     """Parse and validate a JSON body.
 
@@ -173,6 +188,7 @@ def _rejected(err: Exception) -> HTTPException:
     response_model=IngestResponse,
     openapi_extra=_body_schema(Batch),
     summary="Store one agent batch (idempotent)",
+    dependencies=[JsonDep],
 )
 def post_batch(request: Request, body: BodyDep, session: SessionDep) -> IngestResponse:
     """Validate and store a batch in one transaction; a repeated batch is a duplicate."""
@@ -211,6 +227,7 @@ def post_batch(request: Request, body: BodyDep, session: SessionDep) -> IngestRe
     response_model=JobEventResponse,
     openapi_extra=_body_schema(JobEvent),
     summary="Record a job start or end (Slurm prolog/epilog)",
+    dependencies=[JsonDep],
 )
 def post_job_event(body: BodyDep, session: SessionDep) -> JobEventResponse:
     """Merge a job event into the job's metadata."""

@@ -156,3 +156,65 @@ def test_summary(client, fleet):
                                    "end": (T0 + timedelta(hours=3)).isoformat()}).json()}
     assert {k: v["jobs"] for k, v in by_model.items()} == {"llama": 1, "bert": 1, "resnet": 1}
     assert client.get("/api/v1/summary", params={"group_by": "node"}).status_code == 422
+
+
+def test_leaderboard_medians_exact(db_url, monkeypatch):
+    """Medians of odd and even groups, ties and a NULL phase, on both backends and, on
+    PostgreSQL, by the per-model UNION ALL (which needs the visibility map set by VACUUM)."""
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from jobenergy.api import leaderboards
+    from jobenergy.api.leaderboards import Window, _leaderboard_stmt, model_leaderboard
+    from jobenergy.collector.db import make_engine
+    from jobenergy.collector.models import Job
+
+    groups = {
+        ("a", "training"): [5, 1, 3], ("a", "inference"): [4, 1, 3, 10],
+        ("b", "training"): [7, 7, 7, 2], ("b", None): [9, 2], ("c", "training"): [6],
+    }
+    engine = make_engine(db_url)
+    try:
+        with Session(engine) as session:
+            n = 0
+            for (model, phase), energies in groups.items():
+                for energy in energies:
+                    n += 1
+                    session.add(Job(cluster="c1" if n % 2 else "c2", job_id=str(n), model=model,
+                                    phase=phase, energy_uj=energy * 10**9, updated_at=T0,
+                                    begin_at=T0 + timedelta(hours=n)))
+            session.add(Job(cluster="c1", job_id="none", energy_uj=10**15, updated_at=T0))
+            session.commit()
+        postgres = engine.dialect.name == "postgresql"
+        if postgres:
+            # The test database is not vacuumed: take the per-model branches regardless.
+            monkeypatch.setattr(leaderboards, "_MODELS_SQL", text(
+                leaderboards._MODELS_SQL.text.replace(leaderboards._ALL_VISIBLE, "TRUE")))
+        with Session(engine) as session:
+            if postgres:
+                stmt = _leaderboard_stmt(session, Window(), [Job.model.is_not(None)], True)
+                assert "UNION ALL" in str(stmt)
+            for window in (Window(), Window(phase="training"), Window(cluster="c1"),
+                           Window(start=T0 + timedelta(hours=3))):
+                rows = model_leaderboard(session, window, "median_energy_kwh", True, 100)
+                expected = {}
+                n = 0
+                for key, energies in groups.items():
+                    kept = []
+                    for energy in energies:
+                        n += 1
+                        cluster = "c1" if n % 2 else "c2"
+                        if ((window.phase is None or key[1] == window.phase)
+                                and (window.cluster is None or cluster == window.cluster)
+                                and (window.start is None or n >= 3)):
+                            kept.append(energy * 10**9)
+                    if kept:
+                        expected[key] = (len(kept), statistics.median(kept))
+                got = {(r["model"], r["phase"]): (r["jobs"], r["median_energy_kwh"] * UJ_PER_KWH)
+                       for r in rows}
+                assert set(got) == set(expected), window
+                for key, (jobs, median) in expected.items():
+                    assert got[key][0] == jobs
+                    assert got[key][1] == pytest.approx(median, rel=1e-12), (window, key)
+    finally:
+        engine.dispose()

@@ -102,3 +102,25 @@ def test_each_nodes_prolog_adds_its_gpus(client, db_url, db_snapshot):
     row = job_row(db_snapshot, db_url)
     assert row["nodes"] == ["n1", "n2"]
     assert row["gpus"] == ["n1:0", "n1:1", "n2:0", "n2:1"]
+
+
+@pytest.mark.parametrize("comment", [
+    "model=resnet50 phase=training", "model=resnet50,phase=training",
+    "model=resnet50; phase=training", "Model=resnet50 Phase=Training",
+])
+def test_comment_tags_in_the_ways_users_write_them(comment):
+    from jobenergy.collector.events import comment_tags
+
+    assert comment_tags(comment) == {"model": "resnet50", "phase": "training"}
+
+
+def test_a_mix_that_does_not_add_up_is_refused():
+    from pydantic import ValidationError
+
+    from jobenergy.collector.clusters import CarbonSetting
+
+    with pytest.raises(ValidationError, match="add up to 90"):
+        CarbonSetting(source="mix", shares={"coal": 50, "nuclear": 40})
+    with pytest.raises(ValidationError):
+        CarbonSetting(source="constant", g_per_kwh=float("nan"))
+    assert CarbonSetting(source="mix", shares={"coal": 0.25, "nuclear": 0.75}).shares

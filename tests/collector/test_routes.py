@@ -169,3 +169,20 @@ def test_database_down_is_503(make_client, make_batch):
     response = post(make_client(settings), make_batch().model_dump_json().encode())
     assert response.status_code == 503
     assert "retry" in response.json()["detail"]
+
+
+def test_a_form_post_is_refused_with_415(client, make_batch):
+    response = client.post("/api/v1/batches", content=make_batch().model_dump_json(),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 415
+    assert "application/json" in response.json()["detail"]
+
+
+def test_no_migrate_on_an_empty_database_refuses_to_start(tmp_path):
+    from jobenergy.api.app import create_app
+    from jobenergy.collector.settings import ServerSettings
+    from jobenergy.core.errors import ConfigError
+
+    settings = ServerSettings(db_url=f"sqlite:///{tmp_path / 'empty.db'}", migrate=False)
+    with pytest.raises(ConfigError, match="jobenergy db upgrade"):
+        create_app(settings)
