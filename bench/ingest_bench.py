@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import json
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
+from pgload import load_pgserver  # bench/ is sys.path[0] when run as a script
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -31,19 +30,7 @@ from jobenergy.collector.models import EnergyInterval
 from jobenergy.core.schema import Batch
 from jobenergy.core.split import split_uj
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 23, tzinfo=UTC)
-
-
-def load_pgserver():
-    """Import tests/pgserver.py by path (tests/ is not a package on sys.path)."""
-    spec = importlib.util.spec_from_file_location(
-        "jobenergy_pgserver", ROOT / "tests" / "pgserver.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_batch_dict(node: str, seq: int, n_intervals: int = 60, n_jobs: int = 32) -> dict:

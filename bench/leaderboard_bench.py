@@ -14,16 +14,15 @@ and the plans of the unfiltered leaderboard and of the summary by user; asserts 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import random
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
+from pgload import load_pgserver  # bench/ is sys.path[0] when run as a script
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -31,22 +30,10 @@ from jobenergy.api.leaderboards import Window, _leaderboard_stmt, model_leaderbo
 from jobenergy.collector.db import make_engine, upgrade
 from jobenergy.collector.models import Job
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 MODELS = [f"model-{m:02d}" for m in range(40)]
 PHASES = ["training", "inference", "other"]
 USERS = [f"user{u:03d}" for u in range(200)]
-
-
-def load_pgserver():
-    """Import tests/pgserver.py by path (tests/ is not a package on sys.path)."""
-    spec = importlib.util.spec_from_file_location(
-        "jobenergy_pgserver", ROOT / "tests" / "pgserver.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def populate(db_url: str, n_jobs: int, rng: random.Random) -> None:

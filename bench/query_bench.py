@@ -12,34 +12,21 @@ Prints p50/p99; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import random
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
+from pgload import load_pgserver  # bench/ is sys.path[0] when run as a script
 from sqlalchemy import text
 
 from jobenergy.collector.db import make_engine, upgrade
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 USERS = [f"user{u:03d}" for u in range(200)]
-
-
-def load_pgserver():
-    """Import tests/pgserver.py by path (tests/ is not a package on sys.path)."""
-    spec = importlib.util.spec_from_file_location(
-        "jobenergy_pgserver", ROOT / "tests" / "pgserver.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def populate(db_url: str, n_jobs: int, rng: random.Random) -> int:
