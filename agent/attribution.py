@@ -19,14 +19,17 @@ exactly. A job is *active* in an interval when its cgroup exists at the end of i
 cgroup's usage starts at zero, so its first interval counts) or existed at the start and
 vanished before the end (its CPU time is what the Slurm root cgroup used beyond its live
 children: a parent keeps the usage of removed children, in v1 and v2).
+
+Per-step CPU time (the job's ``step_<S>`` cgroups) is carried along for the collector, which
+splits each job's energy over its steps; no energy is split per step here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from jobenergy.agent.readings import CgroupSnapshot
+from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
 from jobenergy.core.split import split_uj
 
 UNATTRIBUTED = ""  # key for the node's own account inside split weights
@@ -41,12 +44,16 @@ class JobUsage:
         cpus: Number of CPUs allocated to the job (cpuset size), 0 if unknown.
         ended: The job's cgroup vanished during the interval.
         uid: Owner's uid if the cgroup layout shows it.
+        step_cpu_ns: CPU time each step of the job used during the interval, ns, for the
+            steps whose cgroup exists at the end of it (a new step: its whole usage). A step
+            that vanished during the interval is absent: its time is in ``cpu_ns`` only.
     """
 
     cpu_ns: int
     cpus: int
     ended: bool = False
     uid: int | None = None
+    step_cpu_ns: dict[str, int] = field(default_factory=dict)
 
 
 def job_usage(
@@ -73,8 +80,12 @@ def job_usage(
         delta_ns = cg.cpu_usage_ns
         if before is not None and cg.cpu_usage_ns >= before.cpu_usage_ns:
             delta_ns = cg.cpu_usage_ns - before.cpu_usage_ns
+        else:
+            before = None  # new or recreated job: every step's usage is new too
         live_ns += delta_ns
-        usage[job_id] = JobUsage(delta_ns, len(cg.cpus), uid=cg.uid)
+        usage[job_id] = JobUsage(
+            delta_ns, len(cg.cpus), uid=cg.uid, step_cpu_ns=_step_deltas(before, cg)
+        )
 
     vanished = {j: cg for j, cg in prev.jobs.items() if j not in cur.jobs}
     unseen = sorted(j for j in hinted if j not in cur.jobs and j not in prev.jobs)
@@ -95,6 +106,18 @@ def job_usage(
         if shares.get(job_id):
             usage[job_id] = JobUsage(shares[job_id], 0, ended=True)
     return usage
+
+
+def _step_deltas(before: JobCgroup | None, cg: JobCgroup) -> dict[str, int]:
+    """Return each live step's CPU time over the interval, ns (a new step: all of its usage)."""
+    if not cg.step_usage_ns:
+        return {}
+    prev_steps = before.step_usage_ns if before is not None else {}
+    deltas: dict[str, int] = {}
+    for step, now_ns in cg.step_usage_ns.items():
+        then_ns = prev_steps.get(step)
+        deltas[step] = now_ns - then_ns if then_ns is not None and now_ns >= then_ns else now_ns
+    return deltas
 
 
 def attribute_cpu(

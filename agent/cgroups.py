@@ -21,6 +21,12 @@ cgroup-v1/cpusets.rst and cgroup-v2.rst):
 Job folders are ``job_<digits>`` or, from Slurm 26.05, ``job_s`` followed by a 13-character
 lowercase SLUID. Anything else is ignored (debug log) rather than parsed into a wrong id.
 A folder removed by slurmd while it is being read (the job ended) is skipped for that sample.
+
+Each job's step folders (``step_<S>``: ``batch``, ``extern``, ``0``, ...) are listed every
+``STEPS_EVERY`` snapshots; the CPU time of every listed step (the same files as the job's) is
+read at each snapshot. A step folder gone meanwhile (the step ended) is skipped and the job's
+steps are listed again at the next snapshot; a step started since the last listing is seen
+at the next one (its whole usage then counts, as for a new job).
 """
 
 from __future__ import annotations
@@ -363,7 +369,7 @@ class SlurmCgroups:
                     logger.debug("ignoring non-job cgroup folder path=%s", job_path)
                     continue
                 try:
-                    usage_ns = _read_parsed(f"{job_path}/cpuacct.usage", _parse_ns)
+                    usage_ns = _usage_v1(job_path)
                     steps = self._cached_steps(job_path)
                 except _Vanished:
                     logger.debug("job cgroup vanished while read job_id=%s", m[1])
@@ -376,6 +382,7 @@ class SlurmCgroups:
                     cpus=self._cached_cpus(job_path, cpus_path, _cpus_v1),
                     steps=steps,
                     path=job_path,
+                    step_usage_ns=self._step_usage(job_path, steps, _usage_v1),
                 )
         self._forget_ended(jobs)
         return CgroupSnapshot(version=1, jobs=jobs, root_usage_ns=root_usage_ns)
@@ -408,6 +415,18 @@ class SlurmCgroups:
         steps = _steps(job_path)
         self._steps_seen[job_path] = (self._snapshots, steps)
         return steps
+
+    def _step_usage(
+        self, job_path: str, steps: tuple[str, ...], read: Callable[[str], int]
+    ) -> dict[str, int]:
+        """Return the CPU time of each listed step of a job, ns; a vanished step is skipped."""
+        usage: dict[str, int] = {}
+        for step in steps:
+            try:
+                usage[step] = read(f"{job_path}/step_{step}")
+            except _Vanished:
+                self._steps_seen.pop(job_path, None)  # list the job's steps again next time
+        return usage
 
     def _forget_ended(self, jobs: dict[str, JobCgroup]) -> None:
         """Drop cached cpusets of job folders that are gone (a requeued job gets new CPUs)."""
@@ -449,11 +468,17 @@ class SlurmCgroups:
                 cpus=self._cached_cpus(path, path, _cpus_v2),
                 steps=steps,
                 path=path,
+                step_usage_ns=self._step_usage(path, steps, _usage_v2),
             )
         self._forget_ended(jobs)
         return CgroupSnapshot(
             version=2, jobs=jobs, root_usage_ns=root_usage_ns, other_usage_ns=other_usage_ns
         )
+
+
+def _usage_v1(path: str) -> int:
+    """Return a v1 cpuacct cgroup's cumulative CPU time, ns (``cpuacct.usage``)."""
+    return _read_parsed(f"{path}/cpuacct.usage", _parse_ns)
 
 
 def _usage_v2(path: str) -> int:

@@ -31,11 +31,37 @@ from jobenergy.agent.settings import AgentSettings
 from jobenergy.agent.spool import Spool
 from jobenergy.core.counters import counter_delta
 from jobenergy.core.errors import SensorError, SensorUnavailable
-from jobenergy.core.schema import SCHEMA_VERSION, Interval, JobSample, PhaseRecord, SourceEnergy
+from jobenergy.core.schema import (
+    MAX_STEPS_PER_JOB,
+    SCHEMA_VERSION,
+    Interval,
+    JobSample,
+    PhaseRecord,
+    SourceEnergy,
+)
 
 logger = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
+_MAX_STEP_NAME = 32
+
+
+def _step_cpu_us(step_cpu_ns: dict[str, int]) -> dict[str, int]:
+    """Return the wire's per-step CPU time, µs: steps with time only, at most the schema's cap.
+
+    Steps that used no CPU carry no energy and are left out. Beyond ``MAX_STEPS_PER_JOB``
+    steps the busiest are kept (the collector splits over those); a name longer than the
+    schema allows (never made by Slurm) is dropped.
+    """
+    out = {
+        step: ns // 1000
+        for step, ns in step_cpu_ns.items()
+        if ns >= 1000 and len(step) <= _MAX_STEP_NAME
+    }
+    if len(out) > MAX_STEPS_PER_JOB:
+        busiest = sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_STEPS_PER_JOB]
+        out = dict(busiest)
+    return out
 
 
 @dataclass(slots=True)
@@ -215,7 +241,10 @@ class Agent:
             self.metrics.energy_uj.labels(src.component, src.source).inc(src.measured_uj)
             self.metrics.unattributed_uj.labels(src.component).inc(src.unattributed_uj)
         jobs = [
-            JobSample(job_id=j, uid=u.uid, cpus=u.cpus, cpu_time_us=u.cpu_ns // 1000, ended=u.ended)
+            JobSample(
+                job_id=j, uid=u.uid, cpus=u.cpus, cpu_time_us=u.cpu_ns // 1000, ended=u.ended,
+                step_cpu_us=_step_cpu_us(u.step_cpu_ns),
+            )
             for j, u in usage.items()
         ]
         gpu_jobs = {j for s in sources if s.component == "gpu" for j in s.jobs_uj}

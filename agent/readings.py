@@ -42,6 +42,9 @@ class JobCgroup:
         cpus: Allocated CPU ids from the job's cpuset (empty if unknown).
         steps: Step folder names without the prefix ("batch", "0", "extern").
         path: The job's cgroup folder (for diagnostics).
+        step_usage_ns: Cumulative CPU time of each step's cgroup, ns, by step name (v1
+            ``step_X/cpuacct.usage``; v2 ``step_X/cpu.stat`` ``usage_usec`` × 1000). Steps
+            whose folder vanished before it was read are absent.
     """
 
     job_id: str
@@ -50,6 +53,7 @@ class JobCgroup:
     cpus: frozenset[int] = frozenset()
     steps: tuple[str, ...] = ()
     path: str = ""
+    step_usage_ns: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,15 +17,19 @@ from jobenergy.api.factors_view import (
 from jobenergy.api.queries import (
     JobFilters,
     SourceTotal,
+    StepTotals,
     count_jobs,
     energy_for_job,
     energy_for_page,
     find_job,
     list_jobs,
+    steps_for_job,
+    steps_for_page,
 )
-from jobenergy.api.schemas import DeviceEnergy, JobList, JobOut, JobQuality, PhaseOut
+from jobenergy.api.schemas import DeviceEnergy, JobList, JobOut, JobQuality, PhaseOut, StepOut
 from jobenergy.collector.models import Job
 from jobenergy.collector.routes import SessionDep
+from jobenergy.collector.steps import step_sort_key
 from jobenergy.core import carbon
 from jobenergy.core.schema import ATTRIBUTED_COMPONENTS
 
@@ -60,8 +64,10 @@ def job_view(
     groups: list[FactorGroup],
     phases: list[dict[str, Any]],
     labels: ClusterLabels,
+    steps: StepTotals | None = None,
 ) -> JobOut:
-    """Assemble a job's JSON from its metadata, per-source totals, factor groups and phases."""
+    """Assemble a job's JSON from its metadata, per-source totals, factor groups, phases and
+    per-step energy."""
     totals = [t for t in totals if t.component in ATTRIBUTED_COMPONENTS]
     by_component = {"cpu": 0, "dram": 0}
     by_node: dict[str, dict[str, int]] = {}
@@ -125,6 +131,7 @@ def job_view(
         phase=job.phase,
         tags=dict(job.tags or {}),
         phases=[PhaseOut(**p) for p in phases],
+        steps=step_view(steps or {}),
         quality=JobQuality(
             sources=sorted({t.source for t in totals}),
             samples=max((t.intervals for t in totals), default=0),
@@ -137,6 +144,21 @@ def job_view(
             estimated_components=estimated_components,
         ),
     )
+
+
+def step_view(steps: StepTotals) -> list[StepOut]:
+    """Return a job's steps (batch, extern, then numbered ascending) with their energy."""
+    out = []
+    for step in sorted(steps, key=step_sort_key):
+        by_component = {c: steps[step][c] for c in sorted(steps[step])}
+        energy_uj = sum(by_component.values())
+        out.append(
+            StepOut(
+                step=step, energy_uj=energy_uj, energy_kwh=carbon.energy_kwh(energy_uj),
+                by_component=by_component,
+            )
+        )
+    return out
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="One job's energy and emissions")
@@ -161,7 +183,7 @@ def get_job(
     return job_view(
         job, energy_for_job(session, job.cluster, job.job_id),
         factor_groups(session, [key]).get(key, []), phases_for_jobs(session, [key]).get(key, []),
-        ClusterLabels(session),
+        ClusterLabels(session), steps_for_job(session, job.cluster, job.job_id),
     )
 
 
@@ -194,12 +216,16 @@ def get_jobs(
         )
     jobs = list_jobs(session, filters, limit, offset)
     totals = energy_for_page(session, filters, limit, offset) if jobs else {}
+    steps = steps_for_page(session, filters, limit, offset) if jobs else {}
     keys = [(job.cluster, job.job_id) for job in jobs]
     groups, phases = factor_groups(session, keys), phases_for_jobs(session, keys)
     labels = ClusterLabels(session)
     return JobList(
         jobs=[
-            job_view(job, totals.get(key, []), groups.get(key, []), phases.get(key, []), labels)
+            job_view(
+                job, totals.get(key, []), groups.get(key, []), phases.get(key, []), labels,
+                steps.get(key),
+            )
             for job, key in zip(jobs, keys, strict=True)
         ],
         total=count_jobs(session, filters),

@@ -47,6 +47,15 @@ class PhaseOut(BaseModel):
     end: datetime | None
 
 
+class StepOut(BaseModel):
+    """A Slurm job step's share of the job's energy (split by the steps' CPU time)."""
+
+    step: str = Field(description='"batch", "extern", "0", ...')
+    energy_uj: int
+    energy_kwh: float
+    by_component: dict[str, int]
+
+
 class JobOut(BaseModel):
     """A job with its energy, facility energy and emissions."""
 
@@ -86,6 +95,9 @@ class JobOut(BaseModel):
     phase: str | None
     tags: dict[str, str]
     phases: list[PhaseOut]
+    steps: list[StepOut] = Field(
+        description="energy per Slurm step, from the step cgroups' CPU time; empty when "
+        "unknown. Intervals without step CPU time add to no step.")
     quality: JobQuality
 
 

@@ -3,8 +3,9 @@
 One batch is one transaction (the caller's): its key goes into ``ingested_batch``, its shares
 into ``energy_interval`` (COPY on PostgreSQL, executemany on SQLite) and its per-key sums
 into the ``job`` summary and the ``job_energy`` / ``node_energy`` totals by upsert, its
-per-job hours into ``job_energy_hour`` (with facility energy and CO2e, ``collector/hours.py``)
-and its phases into ``job_phase``. A retried batch finds its key already
+per-job hours into ``job_energy_hour`` (with facility energy and CO2e, ``collector/hours.py``),
+its phases into ``job_phase`` and its per-step energy into ``job_step_energy``
+(``collector/steps.py``). A retried batch finds its key already
 there and is acknowledged as a duplicate without touching anything (DESIGN.md decision 7).
 Each batch's rows are aggregated in Python first so that each total is upserted once per batch.
 """
@@ -23,6 +24,7 @@ from jobenergy.collector.models import EnergyInterval, IngestedBatch, Job, JobEn
 from jobenergy.collector.phases import write_phases
 from jobenergy.collector.plan import Plan, plan_batch
 from jobenergy.collector.sql import IngestRejected, dialect_insert, least_greatest
+from jobenergy.collector.steps import plan_steps, write_steps
 from jobenergy.core.schema import MAX_INTERVAL_S, Batch
 
 __all__ = ["IngestRejected", "IngestResult", "ingest_batch"]
@@ -326,4 +328,5 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
     if deltas:
         _add_job_factors(conn, batch.cluster, deltas)
     write_phases(conn, batch.cluster, plan)
+    write_steps(conn, batch.cluster, plan_steps(batch))
     return IngestResult(duplicate=False, records=len(plan.rows))

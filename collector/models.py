@@ -16,6 +16,8 @@ Tables (singular lower_snake, ``*_at`` timestamps in UTC):
   facility µJ / CO2e µg they give; recomputed when a cluster's factors change.
 - ``job_phase``: energy per job × announced phase × model, with the closed phase records'
   samples and metrics.
+- ``job_step_energy``: per (cluster, job, Slurm step, component) energy, the job's energy of
+  each interval split over its steps by their CPU time (``collector/steps.py``).
 - ``cluster_config`` / ``factor_point``: per-cluster PUE and carbon-intensity source, and
   imported series (cluster ``""`` holds the server's ``--pue``/``--carbon-intensity`` defaults).
 """
@@ -59,6 +61,7 @@ BIGINT_MAX = 2**63 - 1
 
 NAME_LEN = 255
 JOB_ID_LEN = 64
+STEP_LEN = 32
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -277,6 +280,21 @@ class JobPhase(Base):
     tags: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     first_at: Mapped[datetime | None]
     last_at: Mapped[datetime | None]
+
+
+class JobStepEnergy(Base):
+    """A job's energy per Slurm step and component, upserted at ingest."""
+
+    __tablename__ = "job_step_energy"
+    __table_args__ = (
+        CheckConstraint(f"energy_uj >= 0 AND energy_uj <= {BIGINT_MAX}", name="energy_uj_range"),
+    )
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LEN), primary_key=True)
+    step: Mapped[str] = mapped_column(String(STEP_LEN), primary_key=True)
+    component: Mapped[str] = mapped_column(String(8), primary_key=True)
+    energy_uj: Mapped[int] = mapped_column(BigInteger)
 
 
 class ClusterConfig(Base):

@@ -28,10 +28,12 @@ MAX_INTERVALS_PER_BATCH = 10_000
 MAX_INTERVAL_S = 86_400
 MAX_SOURCES_PER_INTERVAL = 256
 MAX_JOBS_PER_SOURCE = 4_096
+MAX_STEPS_PER_JOB = 256
 
 EnergyUJ = Annotated[int, Field(ge=0, le=10**18, strict=True)]
 JobId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+:\-]+$")]
 Name = Annotated[str, Field(min_length=1, max_length=255)]
+StepName = Annotated[str, Field(min_length=1, max_length=32)]
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -91,6 +93,11 @@ class JobSample(WireModel):
     cpu_time_us: int = Field(default=0, ge=0)
     ended: bool = False  # the job's cgroup vanished during this interval
     step_ids: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list)
+    # CPU time each Slurm step ("batch", "extern", "0", ...) used during the interval, µs,
+    # from the step cgroups; the collector splits the job's energy over its steps by it.
+    step_cpu_us: dict[StepName, Annotated[int, Field(ge=0, le=10**18, strict=True)]] = Field(
+        default_factory=dict, max_length=MAX_STEPS_PER_JOB
+    )
     # The phase the job announced (jobenergy.client) covering most of the interval.
     phase: Phase | None = None
     model: ShortText | None = None

@@ -41,6 +41,8 @@ class SimJob:
     gpus: list[int] = field(default_factory=list)
     usage_ns: int = 0
     pid: int = 0
+    # Live step cgroups → their usage, ns; a job's usage includes its ended steps' too.
+    step_usage_ns: dict[str, int] = field(default_factory=lambda: {"batch": 0})
 
 
 class SimNode:
@@ -185,12 +187,27 @@ class SimNode:
         write_state(self.nvml_state_path, self.nvml)
 
     def add_cpu_time(self, job_id: str | None, cpu_ns: int, wall_ns: int = 0) -> None:
-        """Charge CPU time to a job (or to the node's own processes when ``job_id`` is None)."""
+        """Charge CPU time to a job's batch step (or to the node's own processes: None)."""
+        self._add_cpu_time(job_id, "batch", cpu_ns, wall_ns)
+
+    def add_step_cpu_time(self, job_id: str, step: str, cpu_ns: int, wall_ns: int = 0) -> None:
+        """Charge CPU time to one step of a job (its ``step_<step>`` cgroup made if new)."""
+        self._add_cpu_time(job_id, step, cpu_ns, wall_ns)
+
+    def end_step(self, job_id: str, step: str) -> None:
+        """Remove a step's cgroup; the job keeps its usage, as the kernel does."""
+        job = self.jobs[job_id]
+        job.step_usage_ns.pop(step)
+        uid_dir, job_dir = self._job_parts(job)
+        shutil.rmtree(self._cg("cpuacct", uid_dir, job_dir, f"step_{step}"), ignore_errors=True)
+
+    def _add_cpu_time(self, job_id: str | None, step: str, cpu_ns: int, wall_ns: int) -> None:
         self.busy_ns += cpu_ns
         self.idle_ns += max(0, wall_ns * self.ncpus - cpu_ns)
         if job_id is not None:
             job = self.jobs[job_id]
             job.usage_ns += cpu_ns
+            job.step_usage_ns[step] = job.step_usage_ns.get(step, 0) + cpu_ns
             self.root_usage_ns += cpu_ns
             self._write_job_usage(job)
             write_atomic(self._cg("cpuacct", "cpuacct.usage"), f"{self.root_usage_ns}\n")
@@ -198,12 +215,13 @@ class SimNode:
 
     def _write_job_usage(self, job: SimJob) -> None:
         uid_dir, job_dir = self._job_parts(job)
-        for parts in (
-            (uid_dir, job_dir),
-            (uid_dir, job_dir, "step_batch"),
-            (uid_dir, job_dir, "step_batch", "task_0"),
-        ):
-            write_atomic(self._cg("cpuacct", *parts, "cpuacct.usage"), f"{job.usage_ns}\n")
+        write_atomic(self._cg("cpuacct", uid_dir, job_dir, "cpuacct.usage"), f"{job.usage_ns}\n")
+        for step, usage_ns in job.step_usage_ns.items():
+            for parts in ((f"step_{step}",), (f"step_{step}", "task_0")):
+                write_atomic(
+                    self._cg("cpuacct", uid_dir, job_dir, *parts, "cpuacct.usage"),
+                    f"{usage_ns}\n",
+                )
         uid_total = sum(j.usage_ns for j in self.jobs.values() if j.uid == job.uid)
         uid_file = self._cg("cpuacct", uid_dir, "cpuacct.usage")
         try:

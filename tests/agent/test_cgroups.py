@@ -427,3 +427,46 @@ def test_garbage_cpuset_raises_naming_the_file(tmp_path: Path, make_v2_job) -> N
 def test_bad_version_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="version"):
         SlurmCgroups(tmp_path, version=3)
+
+
+# -- per-step CPU time ----------------------------------------------------------------------
+
+
+def test_fixture_v1_step_usage() -> None:
+    job = SlurmCgroups(FIXTURE).snapshot().jobs["11"]
+    steps = FIXTURE / "cpuacct" / "slurm" / "uid_20821" / "job_11"
+    assert job.step_usage_ns == {
+        name: int((steps / f"step_{name}" / "cpuacct.usage").read_text()) for name in job.steps
+    }
+    assert job.step_usage_ns == {"0": 33145604864551, "batch": 838305177, "extern": 0}
+
+
+def test_fixture_v2_step_usage() -> None:
+    job = SlurmCgroups(FIXTURE, version=2).snapshot().jobs["4"]
+    assert job.step_usage_ns == {"0": 131721 * 1000, "extern": 6775 * 1000}  # usage_usec
+
+
+def test_step_usage_read_every_snapshot_and_vanished_step_skipped(make_v1_job) -> None:
+    job_dir = make_v1_job("42", usage_ns=5000, steps=("0", "batch", "extern"))
+    for step, ns in (("0", 3000), ("batch", 1500), ("extern", 0)):
+        write(job_dir / f"step_{step}" / "cpuacct.usage", f"{ns}\n")
+    cgroups = SlurmCgroups(job_dir.parents[2].parent)
+    assert cgroups.snapshot().jobs["42"].step_usage_ns == {"0": 3000, "batch": 1500, "extern": 0}
+
+    write(job_dir / "step_0" / "cpuacct.usage", "4000\n")  # names cached, usage read again
+    assert cgroups.snapshot().jobs["42"].step_usage_ns["0"] == 4000
+
+    shutil.rmtree(job_dir / "step_0")  # the step ended: skipped, not an error
+    snap = cgroups.snapshot().jobs["42"]
+    assert snap.step_usage_ns == {"batch": 1500, "extern": 0}
+    assert cgroups.snapshot().jobs["42"].steps == ("batch", "extern")  # listed again
+
+
+def test_v2_step_usage_vanished_step_skipped(make_v2_job) -> None:
+    job_dir = make_v2_job("42", usage_usec=10, steps=("0", "extern"))
+    write(job_dir / "step_0" / "cpu.stat", "usage_usec 7\nuser_usec 7\n")
+    write(job_dir / "step_extern" / "cpu.stat", "usage_usec 0\n")
+    cgroups = SlurmCgroups(job_dir.parents[2], version=2)
+    assert cgroups.snapshot().jobs["42"].step_usage_ns == {"0": 7000, "extern": 0}
+    shutil.rmtree(job_dir / "step_0")
+    assert cgroups.snapshot().jobs["42"].step_usage_ns == {"extern": 0}

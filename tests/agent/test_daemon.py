@@ -195,3 +195,29 @@ def test_an_announced_job_without_cpu_time_does_not_disturb_the_split(agent, nod
     node.add_cpu_time("5", 100_000_000, 100_000_000)
     node.add_energy("package-0", 1_000)
     assert _by_source(_tick(agent))["package-0"].jobs_uj == {"5": 1_000}
+
+
+def test_step_cpu_time_goes_on_the_wire_and_energy_is_not_split(agent, node):
+    agent.tick()  # baseline
+    node.start_job("7", 1000, [0, 1])
+    node.add_cpu_time("7", 1_000_000_000, 1_000_000_000)  # the batch step
+    node.add_step_cpu_time("7", "0", 3_000_000_000)
+    node.add_energy("package-0", 8_000_000)
+    interval = _tick(agent)
+    (job,) = interval.jobs
+    assert job.step_cpu_us == {"batch": 1_000_000, "0": 3_000_000}  # new steps: all of it
+    assert job.cpu_time_us == 4_000_000
+    assert _by_source(interval)["package-0"].jobs_uj == {"7": 8_000_000}  # job level only
+
+    node.add_step_cpu_time("7", "0", 2_000_000_000)
+    node.add_energy("package-0", 1_000_000)
+    (job,) = _tick(agent).jobs
+    assert job.step_cpu_us == {"0": 2_000_000}  # deltas; idle steps left out
+
+    node.add_step_cpu_time("7", "0", 500_000_000)
+    node.end_step("7", "0")  # vanishes within the interval: skipped, job keeps its time
+    node.add_cpu_time("7", 250_000_000)
+    node.add_energy("package-0", 1_000_000)
+    (job,) = _tick(agent).jobs
+    assert job.step_cpu_us == {"batch": 250_000}
+    assert job.cpu_time_us == 750_000

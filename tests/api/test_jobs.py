@@ -204,3 +204,29 @@ def test_list_pagination_and_shape(client, many_jobs):
         assert single.json() == job
     assert client.get("/api/v1/jobs", params={"limit": 10_001}).status_code == 422
     assert client.get("/api/v1/jobs", params={"offset": -1}).status_code == 422
+
+
+def test_job_steps(client, make_batch):
+    from jobenergy.core.schema import Batch
+
+    data = make_batch(node="n1", jobs={"700": 1, "701": 1}, n_intervals=2).model_dump(mode="json")
+    for interval in data["intervals"]:
+        for sample in interval["jobs"]:
+            if sample["job_id"] == "700":
+                sample["step_cpu_us"] = {"10": 1, "0": 1, "extern": 1, "2": 1, "batch": 1}
+    batch = Batch.model_validate(data)
+    post_batch(client, batch)
+
+    job = client.get("/api/v1/jobs/700").json()
+    assert [s["step"] for s in job["steps"]] == ["batch", "extern", "0", "2", "10"]
+    assert sum(s["energy_uj"] for s in job["steps"]) == job["energy_uj"] == shares([batch], "700")
+    for step in job["steps"]:
+        assert step["energy_uj"] == sum(step["by_component"].values())
+        assert step["energy_kwh"] == pytest.approx(step["energy_uj"] / UJ_PER_KWH)
+    components = {c for s in job["steps"] for c in s["by_component"]}
+    assert components == {"cpu", "dram", "gpu"} == set(job["by_component"])
+    assert client.get("/api/v1/jobs/701").json()["steps"] == []
+
+    listed = {j["job_id"]: j for j in client.get("/api/v1/jobs").json()["jobs"]}
+    assert listed["700"]["steps"] == job["steps"]
+    assert listed["701"]["steps"] == []

@@ -14,7 +14,14 @@ from sqlalchemy.orm import Session
 
 from jobenergy.collector.db import make_engine
 from jobenergy.collector.ingest import IngestRejected, ingest_batch
-from jobenergy.collector.models import EnergyInterval, IngestedBatch, Job, JobEnergy, NodeEnergy
+from jobenergy.collector.models import (
+    EnergyInterval,
+    IngestedBatch,
+    Job,
+    JobEnergy,
+    JobStepEnergy,
+    NodeEnergy,
+)
 from jobenergy.core.schema import Batch
 
 
@@ -196,3 +203,74 @@ def test_same_span_under_another_key_is_refused(engine, make_batch):
         ingest(engine, make_batch(boot_id="other", seq=0))
     with Session(engine) as session:
         assert stored_job_totals(session) == expected_job_totals(make_batch(seq=0))
+
+
+# -- per-step energy ------------------------------------------------------------------------
+
+
+def with_steps(batch: Batch, steps_by_interval: list[dict[str, dict[str, int]]]) -> Batch:
+    """Return ``batch`` with ``step_cpu_us`` set per interval and job (validated again)."""
+    data = batch.model_dump(mode="json")
+    for interval, steps in zip(data["intervals"], steps_by_interval, strict=True):
+        for sample in interval["jobs"]:
+            sample["step_cpu_us"] = steps.get(sample["job_id"], {})
+    return Batch.model_validate(data)
+
+
+def stored_steps(engine) -> dict[tuple[str, str, str], int]:
+    with Session(engine) as session:
+        rows = session.execute(
+            select(JobStepEnergy.job_id, JobStepEnergy.step, JobStepEnergy.component,
+                   JobStepEnergy.energy_uj).where(JobStepEnergy.cluster == "c1")
+        )
+        return {tuple(row[:3]): row[3] for row in rows}
+
+
+def test_step_energy_split_by_step_cpu_time(engine, make_batch):
+    # Job 101: batch and step 0 (3:1, then 1:1, then 1:0); job 102: steps in interval 2 only.
+    batch = with_steps(
+        make_batch(jobs={"101": 3, "102": 1}, n_intervals=3,
+                   sources=(("cpu", "package-0"), ("dram", "package-0/dram"),
+                            ("cpu", "package-1"), ("psys", "psys"))),
+        [
+            {"101": {"batch": 300, "0": 100, "extern": 0}},
+            {"101": {"batch": 5, "0": 5}},
+            {"101": {"batch": 1}, "102": {"0": 2, "1": 1}},
+        ],
+    )
+    ingest(engine, batch)
+    ingest(engine, batch)  # a retried batch adds nothing
+
+    # The job's energy per interval and component, derived from the scenario.
+    job_uj = Counter()
+    for index, interval in enumerate(batch.intervals):
+        for src in interval.sources:
+            for job_id, energy_uj in src.jobs_uj.items():
+                job_uj[(index, job_id, src.component)] += energy_uj
+    expected: Counter = Counter()
+    for component in ("cpu", "dram"):
+        e0, e1, e2 = (job_uj[(i, "101", component)] for i in range(3))
+        # 300:100 → ¾ / ¼; the µJ left go by largest remainder (3e mod 4 vs e mod 4), a tie
+        # to the first step in order (batch, extern, 0, 1, ...).
+        q, r = divmod(e0, 4)
+        expected[("101", "batch", component)] += 3 * q + (0, 1, 2, 2)[r]
+        expected[("101", "0", component)] += q + (r == 3)
+        expected[("101", "extern", component)] += 0
+        half, odd = divmod(e1, 2)  # 1:1, the odd µJ to the first step in order (batch)
+        expected[("101", "batch", component)] += half + odd
+        expected[("101", "0", component)] += half
+        expected[("101", "batch", component)] += e2
+        third, rest = divmod(job_uj[(2, "102", component)], 3)
+        expected[("102", "0", component)] += 2 * third + (1 if rest >= 1 else 0)
+        expected[("102", "1", component)] += third + (1 if rest == 2 else 0)
+    assert stored_steps(engine) == dict(expected)
+    # Job 101 had all of its CPU time in steps in every interval: its steps add up to its energy.
+    for component in ("cpu", "dram"):
+        steps_sum = sum(v for (j, _, c), v in expected.items() if j == "101" and c == component)
+        assert steps_sum == sum(job_uj[(i, "101", component)] for i in range(3))
+    assert not any(c == "psys" for (_, _, c) in stored_steps(engine))
+
+
+def test_batches_without_step_time_store_no_steps(engine, make_batch):
+    ingest(engine, make_batch())
+    assert stored_steps(engine) == {}
