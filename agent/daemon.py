@@ -328,7 +328,7 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         """Sample every ``interval_s`` until ``stop`` is set, then shut down cleanly."""
         if self.settings.metrics_port is not None:
-            self.metrics.serve(self.settings.metrics_port)
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         if self.settings.annotation_socket:
             server = AnnotationServer(
                 self.settings.annotation_socket, self.settings.procfs_root, self.phases

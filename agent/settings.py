@@ -49,6 +49,8 @@ class AgentSettings(BaseSettings):
     dram_static_power_w: float | None = Field(default=None, ge=0)
     # Unix socket for in-job phase annotations (jobenergy.client); empty string disables it.
     annotation_socket: str = "/run/jobenergy/agent.sock"
+    # Prometheus /metrics of the agent's own health; "0.0.0.0" to let a central Prometheus in.
+    metrics_addr: str = "127.0.0.1"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     max_intervals_per_batch: int = Field(default=3600, gt=0, le=10_000)
 

@@ -221,3 +221,21 @@ def test_step_cpu_time_goes_on_the_wire_and_energy_is_not_split(agent, node):
     (job,) = _tick(agent).jobs
     assert job.step_cpu_us == {"batch": 250_000}
     assert job.cpu_time_us == 750_000
+
+
+def test_metrics_are_served_over_http(agent, node):
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    agent.metrics.serve(port)
+    agent.tick()
+    node.add_energy("package-0", 5)
+    agent.tick()
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert "jobenergy_agent_samples_total 2.0" in text
+    measured = 'jobenergy_agent_measured_energy_uj_total{component="cpu",source="package-0"}'
+    assert f"{measured} 5.0" in text
