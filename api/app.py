@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
 from jobenergy.api import routes_jobs, routes_leaderboards, routes_nodes
@@ -16,11 +16,28 @@ from jobenergy.collector import routes as collector_routes
 from jobenergy.collector import routes_clusters
 from jobenergy.collector.clusters import sync_defaults
 from jobenergy.collector.db import make_engine, schema_revision_problem, upgrade
+from jobenergy.collector.partitions import ensure_interval_partitions
 from jobenergy.collector.routes import SessionDep
 from jobenergy.collector.settings import ServerSettings
 from jobenergy.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+
+def _ensure_partitions(engine: Engine) -> None:
+    """Create the coming months' ``energy_interval`` partitions; log and carry on on failure.
+
+    A missing partition costs nothing but rows in the DEFAULT partition (moved out later by
+    ``jobenergy db maintain``), so a failure here must not keep the server from starting.
+    """
+    try:
+        with engine.begin() as conn:
+            created = ensure_interval_partitions(conn)
+    except sa_exc.SQLAlchemyError as err:
+        logger.warning("cannot create energy_interval partitions: %s", getattr(err, "orig", err))
+        return
+    if created:
+        logger.info("created energy_interval partitions: %s", ", ".join(created))
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -49,6 +66,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if problem is not None:
             raise ConfigError(problem)
     engine = make_engine(settings.db_url)
+    if engine.dialect.name == "postgresql":
+        _ensure_partitions(engine)
     synced = True
     try:
         with engine.begin() as conn:

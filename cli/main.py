@@ -130,6 +130,39 @@ def db_upgrade(
     typer.echo(f"database at head: {db}")
 
 
+@db_app.command("maintain")
+def db_maintain(
+    db: Annotated[str, typer.Option("--db", help="Database URL")] = "sqlite:///./jobenergy.db",
+    months_ahead: Annotated[
+        int, typer.Option("--months-ahead", min=0, help="Months after the current one to prepare")
+    ] = 2,
+) -> None:
+    """Daily upkeep: create the coming months' energy_interval partitions (PostgreSQL).
+
+    Rows already stored in the DEFAULT partition for such a month are moved into it. Nothing
+    to do on SQLite.
+    """
+    _logging("info")
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from jobenergy.collector.db import make_engine
+    from jobenergy.collector.partitions import ensure_interval_partitions
+
+    try:
+        engine = make_engine(db)
+        try:
+            with engine.begin() as conn:
+                created = ensure_interval_partitions(conn, months_ahead=months_ahead)
+        finally:
+            engine.dispose()
+    except SQLAlchemyError as err:
+        typer.echo(f"jobenergy db maintain: cannot maintain {db}: {_db_error(err)}", err=True)
+        raise typer.Exit(2) from err
+    typer.echo(
+        f"partitions created: {', '.join(created)}" if created else f"nothing to do: {db}"
+    )
+
+
 @app.command()
 def demo(
     keep_running: Annotated[bool, typer.Option("--keep-running", help="Leave the API up")] = False,

@@ -5,7 +5,8 @@ Tables (singular lower_snake, ``*_at`` timestamps in UTC):
 - ``ingested_batch``: the idempotency key ``(cluster, node, boot_id, seq)`` of every stored
   batch, written in the same transaction as its energy (DESIGN.md decision 7).
 - ``energy_interval``: one row per (interval, source, job-or-unattributed) share; ``job_id``
-  NULL is the node's unattributed energy. Append-only, bulk-loaded with COPY on PostgreSQL.
+  NULL is the node's unattributed energy. Append-only, bulk-loaded with COPY on PostgreSQL,
+  where it is partitioned by month of ``start_at`` (``collector/partitions.py``).
 - ``job_energy``: per (cluster, job, node, component, source) totals maintained at ingest,
   so a job lookup never scans ``energy_interval`` (decision 8).
 - ``node_energy``: per (cluster, node, component, source) measured/unattributed totals.
@@ -125,6 +126,11 @@ class EnergyInterval(Base):
         Index("ix_energy_interval_cluster_node_start_at", "cluster", "node", "start_at"),
     )
 
+    # On PostgreSQL the table is RANGE-partitioned by month on start_at (revision
+    # 0005_partition_intervals, collector/partitions.py) and its primary key is (id, start_at),
+    # as a partitioned table's must hold the partition key. The model keeps (id): SQLite only
+    # auto-increments a lone INTEGER PRIMARY KEY, Alembic does not compare primary keys, and
+    # the schema comes from the migrations, never from metadata.create_all.
     id: Mapped[int] = mapped_column(BigIntId, Identity(always=False), primary_key=True)
     cluster: Mapped[str] = mapped_column(String(NAME_LEN))
     node: Mapped[str] = mapped_column(String(NAME_LEN))

@@ -11,6 +11,7 @@ from alembic import context
 
 from jobenergy.collector.db import make_engine
 from jobenergy.collector.models import Base
+from jobenergy.collector.partitions import include_name
 
 config = context.config
 target_metadata = Base.metadata
@@ -23,6 +24,8 @@ def _run(connection) -> None:  # noqa: ANN001 - alembic's Connection
         # SQLite cannot ALTER most things: later revisions use batch mode there.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # energy_interval's monthly partitions are not models (collector/partitions.py).
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

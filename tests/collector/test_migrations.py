@@ -9,6 +9,7 @@ from sqlalchemy import inspect
 
 from jobenergy.collector.db import make_engine, upgrade
 from jobenergy.collector.models import Base
+from jobenergy.collector.partitions import include_name
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -53,7 +54,12 @@ def test_migrations_match_models(fresh_url):
     engine = make_engine(fresh_url)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            # On PostgreSQL energy_interval's partitions are tables of their own that no model
+            # describes (the model is the partitioned parent): the comparison leaves them out,
+            # as collector/migrations/env.py does for autogenerate.
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "include_name": include_name}
+            )
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()

@@ -1,0 +1,156 @@
+"""Monthly partitions of ``energy_interval`` on PostgreSQL (DESIGN.md decision 8).
+
+On PostgreSQL ``energy_interval`` is RANGE-partitioned on ``start_at`` (revision
+``0005_partition_intervals``): one partition per UTC month, ``energy_interval_pYYYY_MM``, and
+a DEFAULT partition, ``energy_interval_default``, so that an insert never fails for want of a
+partition. :func:`ensure_interval_partitions` creates the coming months' partitions; it runs at
+server start and daily from ``jobenergy db maintain`` (systemd timer). SQLite keeps one plain
+table and none of this applies.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, text
+
+logger = logging.getLogger(__name__)
+
+PARENT = "energy_interval"
+DEFAULT_PARTITION = f"{PARENT}_default"
+
+#: Names of the partitions (monthly and DEFAULT). Alembic's comparison of the models with the
+#: database skips them: they are not models, the parent is (collector/migrations/env.py).
+PARTITION_NAME_RE = re.compile(rf"^{PARENT}_(p\d{{4}}_\d{{2}}|default)$")
+
+#: Rows moved out of DEFAULT ride through this temporary table.
+_STAGING = "_energy_interval_moving"
+
+
+def partition_name(year: int, month: int) -> str:
+    """Name of the partition holding ``start_at`` in the UTC month ``year``-``month``."""
+    return f"{PARENT}_p{year:04d}_{month:02d}"
+
+
+def month_bounds(year: int, month: int) -> tuple[str, str]:
+    """``FROM``/``TO`` literals of a month's partition (UTC midnight of the 1st, of the next)."""
+    next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return (
+        f"{year:04d}-{month:02d}-01 00:00:00+00",
+        f"{next_year:04d}-{next_month:02d}-01 00:00:00+00",
+    )
+
+
+def add_months(year: int, month: int, months: int) -> tuple[int, int]:
+    """The month ``months`` after ``year``-``month``."""
+    index = year * 12 + (month - 1) + months
+    return index // 12, index % 12 + 1
+
+
+def is_partition_name(name: str | None) -> bool:
+    """Whether ``name`` is one of ``energy_interval``'s partitions."""
+    return name is not None and PARTITION_NAME_RE.match(name) is not None
+
+
+def include_name(name: str | None, type_: str, _parent_names: object) -> bool:
+    """Alembic ``include_name`` hook: leave the partitions out of autogenerate comparisons.
+
+    PostgreSQL lists each partition as a table (with copies of the parent's indexes); the
+    models describe only the parent, so without this every partition would read as a table to
+    drop.
+    """
+    return not (type_ == "table" and is_partition_name(name))
+
+
+def is_partitioned(conn: Connection) -> bool:
+    """Whether ``energy_interval`` is a partitioned table here (False on SQLite)."""
+    if conn.dialect.name != "postgresql":
+        return False
+    return bool(
+        conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table p "
+                "JOIN pg_class c ON c.oid = p.partrelid "
+                "WHERE c.oid = to_regclass(:name))"
+            ),
+            {"name": PARENT},
+        ).scalar()
+    )
+
+
+def create_month_partition(conn: Connection, year: int, month: int) -> bool:
+    """Create one month's partition unless it exists, moving its rows out of DEFAULT.
+
+    PostgreSQL refuses to create a partition whose range already has rows in the DEFAULT
+    partition, so those rows are deleted from DEFAULT into a temporary table, the partition is
+    created and they are inserted again (ids kept), all in the caller's transaction. DEFAULT is
+    locked against writes first, so no row of that month can land there in between.
+
+    Returns:
+        True when the partition was created.
+    """
+    name = partition_name(year, month)
+    if conn.execute(text("SELECT to_regclass(:name)"), {"name": name}).scalar() is not None:
+        return False
+    lo, hi = month_bounds(year, month)
+    conn.execute(text(f"LOCK TABLE {DEFAULT_PARTITION} IN SHARE ROW EXCLUSIVE MODE"))
+    moved = conn.execute(
+        text(
+            f"SELECT count(*) FROM {DEFAULT_PARTITION} "
+            "WHERE start_at >= CAST(:lo AS timestamptz) AND start_at < CAST(:hi AS timestamptz)"
+        ),
+        {"lo": lo, "hi": hi},
+    ).scalar_one()
+    if moved:
+        conn.execute(text(f"CREATE TEMPORARY TABLE {_STAGING} (LIKE {PARENT})"))
+        conn.execute(
+            text(
+                f"WITH moved AS (DELETE FROM {DEFAULT_PARTITION} "
+                "WHERE start_at >= CAST(:lo AS timestamptz) "
+                "AND start_at < CAST(:hi AS timestamptz) RETURNING *) "
+                f"INSERT INTO {_STAGING} SELECT * FROM moved"
+            ),
+            {"lo": lo, "hi": hi},
+        )
+    conn.execute(
+        text(
+            f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {PARENT} "
+            f"FOR VALUES FROM ('{lo}') TO ('{hi}')"
+        )
+    )
+    if moved:
+        conn.execute(text(f"INSERT INTO {name} SELECT * FROM {_STAGING}"))
+        conn.execute(text(f"DROP TABLE {_STAGING}"))
+        logger.info("moved %d energy_interval rows from %s to %s", moved, DEFAULT_PARTITION, name)
+    logger.info("created partition %s", name)
+    return True
+
+
+def ensure_interval_partitions(
+    conn: Connection, months_ahead: int = 2, now: datetime | None = None
+) -> list[str]:
+    """Create the missing monthly partitions from the current UTC month to ``months_ahead``.
+
+    Idempotent: existing partitions are left alone. Rows that already landed in the DEFAULT
+    partition for a month being created are moved into it. A no-op on SQLite and on a
+    PostgreSQL database whose ``energy_interval`` is not partitioned (schema not migrated).
+
+    Args:
+        conn: Connection inside a transaction (``engine.begin()``).
+        months_ahead: How many months after the current one to prepare.
+        now: The current time (tests); defaults to now.
+
+    Returns:
+        Names of the partitions created.
+    """
+    if not is_partitioned(conn):
+        return []
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    created = []
+    for ahead in range(months_ahead + 1):
+        year, month = add_months(now.year, now.month, ahead)
+        if create_month_partition(conn, year, month):
+            created.append(partition_name(year, month))
+    return created
