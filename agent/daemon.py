@@ -242,7 +242,11 @@ class Agent:
             self.metrics.unattributed_uj.labels(src.component).inc(src.unattributed_uj)
         jobs = [
             JobSample(
-                job_id=j, uid=u.uid, cpus=u.cpus, cpu_time_us=u.cpu_ns // 1000, ended=u.ended,
+                job_id=j,
+                uid=u.uid,
+                cpus=u.cpus,
+                cpu_time_us=u.cpu_ns // 1000,
+                ended=u.ended,
                 step_cpu_us=_step_cpu_us(u.step_cpu_ns),
             )
             for j, u in usage.items()
@@ -314,14 +318,14 @@ class Agent:
             "node": self.settings.node,
             "boot_id": self.boot_id,
             "agent_version": AGENT_VERSION,
-            "intervals": [i.model_dump(mode="json") for i in self._pending],
         }
+        intervals_json = "[" + ",".join(i.model_dump_json() for i in self._pending) + "]"
         if self._prev is not None:
             self.counter_record.save(self._prev.wall, self._last_reading)
-        self.spool.seal(batch)
+        self.spool.seal(batch, {"intervals": intervals_json})
         self._pending = []
         self.pusher.notify()
-        self.metrics.spool_pending.set(len(self.spool.pending()))
+        self.metrics.spool_pending.set(self.spool.pending_count())
         self.metrics.spool_dropped.set(self.spool.dropped_total)
 
     # -- daemon -----------------------------------------------------------------------
