@@ -242,10 +242,13 @@ def test_flush_outbox_delivers_in_order_and_keeps_on_outage(tmp_path: Path) -> N
     assert got == [0, 1, 2] and not list(tmp_path.glob("*.json"))
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("curl") is None,
-                    reason="needs bash and curl")
 @pytest.mark.parametrize("role", ["prolog", "epilog", "prolog_slurmctld", "epilog_slurmctld"])
 def test_hook_keeps_a_valid_event_when_collector_is_down(tmp_path: Path, role: str) -> None:
+    if shutil.which("bash") is None or shutil.which("curl") is None:
+        message = "the Slurm hooks need bash and curl: apt-get install curl (make test does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     conf = tmp_path / "hooks.env"
     conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
                     f"JOBENERGY_GPU_MAP_DIR={tmp_path}/gpus\nJOBENERGY_GPU_MAP_LINGER_S=0\n")
