@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jobenergy.agent.cgroups import job_id_from_pid
+from jobenergy.agent.cgroupfs import job_id_from_pid
 from jobenergy.agent.phases import PhaseBook
 from jobenergy.core.errors import JobEnergyError
 

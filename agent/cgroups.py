@@ -31,201 +31,30 @@ at the next one (its whole usage then counts, as for a new job).
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
+from jobenergy.agent.cgroupfs import (
+    JOB_RE,
+    SCOPE,
+    UID_RE,
+    Vanished,
+    cpus_v1,
+    cpus_v2,
+    list_dirs,
+    list_names,
+    list_steps,
+    parse_ns,
+    read_parsed,
+    usage_v1,
+    usage_v2,
+)
 from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
 from jobenergy.core.errors import ConfigError, SensorError
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-_JOB_RE = re.compile(r"^job_([0-9]+|s[0-9a-z]{13})$")
-_UID_RE = re.compile(r"^uid_([0-9]+)$")
-_SLURM_V1_RE = re.compile(r"^slurm(?:_.+)?$")
-_SCOPE = "slurmstepd.scope"
-_NS_PER_US = 1_000
-_READ_SIZE = 65_536
-# A cgroup removed by slurmd between listing and reading: gone, not failed.
-_VANISHED = frozenset({errno.ENOENT, errno.ENODEV, errno.ENOTDIR, errno.ESRCH})
-
-
-class _Vanished(Exception):
-    """The cgroup folder being read was removed (internal: the job is skipped)."""
-
-
-def parse_cpu_list(text: str) -> frozenset[int]:
-    """Parse a kernel CPU list such as ``0-3,8,10-11`` (cpusets.rst "cpuset.cpus").
-
-    Args:
-        text: Content of ``cpuset.cpus`` or ``cpuset.cpus.effective``; empty means no CPU.
-
-    Returns:
-        The CPU ids.
-
-    Raises:
-        ValueError: If the text is not a CPU list.
-    """
-    cpus: set[int] = set()
-    text = text.strip()
-    if not text:
-        return frozenset()
-    for part in text.split(","):
-        lo, dash, hi = part.partition("-")
-        if not lo.isdigit() or (dash and not hi.isdigit()):
-            raise ValueError(f"not a CPU list: {text[:80]!r}")
-        first, last = int(lo), int(hi) if dash else int(lo)
-        if last < first:
-            raise ValueError(f"descending CPU range {part!r} in {text[:80]!r}")
-        cpus.update(range(first, last + 1))
-    return frozenset(cpus)
-
-
-def parse_usage_usec(text: str) -> int:
-    """Return ``usage_usec`` (cumulative CPU time, µs) from a cgroup v2 ``cpu.stat``.
-
-    Raises:
-        ValueError: If there is no ``usage_usec`` line with a non-negative integer.
-    """
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "usage_usec":
-            value = value.strip()
-            if not value.isdigit():
-                raise ValueError(f"usage_usec is not a non-negative integer: {value[:40]!r}")
-            return int(value)
-    raise ValueError("no usage_usec line")
-
-
-def _parse_ns(text: str) -> int:
-    """Parse v1 ``cpuacct.usage`` (cumulative CPU time, ns)."""
-    value = text.strip()
-    if not value.isdigit():
-        raise ValueError(f"expected a non-negative integer, got {value[:40]!r}")
-    return int(value)
-
-
-def job_id_from_proc_cgroup(text: str) -> str | None:
-    """Return the Slurm job id in the content of ``/proc/<pid>/cgroup``, or None.
-
-    Every line (``hierarchy-ID:controllers:path``, cgroups(7)) is examined, so any v1
-    controller line (``4:cpuacct,cpu:/slurm/uid_1000/job_42/step_0/task_0``, or
-    ``/slurm_<node>/...``) or the v2 line
-    (``0::/system.slice/[<node>_]slurmstepd.scope/job_42/step_0/user/task_0``) will do.
-
-    Args:
-        text: Content of ``/proc/<pid>/cgroup``.
-
-    Returns:
-        The job id as in the folder name ("42" or a SLUID), None if the process is in no
-        Slurm job cgroup (slurmstepd's own ``system`` cgroup, a login session, ...).
-    """
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        comps = parts[2].split("/")
-        for i in range(1, len(comps)):
-            m = _JOB_RE.match(comps[i])
-            if m is None:
-                continue
-            parent = comps[i - 1]
-            if parent == _SCOPE or parent.endswith("_" + _SCOPE):
-                return m[1]
-            if i >= 2 and _UID_RE.match(parent) and _SLURM_V1_RE.match(comps[i - 2]):
-                return m[1]
-    return None
-
-
-def job_id_from_pid(procfs_root: str | Path, pid: int) -> str | None:
-    """Return the Slurm job id of a process from ``<procfs_root>/<pid>/cgroup``, or None.
-
-    Args:
-        procfs_root: Mount point of procfs, normally ``/proc``.
-        pid: Process id.
-
-    Returns:
-        The job id, or None if the process is in no Slurm job or has exited.
-
-    Raises:
-        SensorError: The file exists but cannot be read.
-    """
-    path = os.path.join(os.fspath(procfs_root), str(int(pid)), "cgroup")
-    try:
-        text = _read_text(path)
-    except OSError as err:
-        if err.errno in _VANISHED:
-            return None
-        raise SensorError(f"cannot read {path}: {err.strerror or err}") from err
-    return job_id_from_proc_cgroup(text)
-
-
-def _read_text(path: str) -> str:
-    """Read a small cgroup/proc file; one ``read`` call suffices below 64 KiB."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.read(fd, _READ_SIZE)
-        if len(data) == _READ_SIZE:
-            chunks = [data]
-            while chunk := os.read(fd, _READ_SIZE):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-    finally:
-        os.close(fd)
-    return data.decode("ascii", "replace")
-
-
-def _read_parsed(path: str, parse: Callable[[str], T]) -> T:
-    """Read and parse one file; vanished → _Vanished, other failures → SensorError."""
-    try:
-        text = _read_text(path)
-    except OSError as err:
-        if err.errno in _VANISHED:
-            raise _Vanished(path) from err
-        raise SensorError(f"cannot read {path}: {err.strerror or err}") from err
-    try:
-        return parse(text)
-    except ValueError as err:
-        raise SensorError(f"garbage in {path}: {err}") from err
-
-
-def _list_names(path: str) -> list[str]:
-    """Return the entry names of a cgroup folder (sorted); vanished → _Vanished.
-
-    Names are enough below the Slurm root: cgroupfs files are never called ``uid_*``,
-    ``job_*`` or ``step_*``, and ``listdir`` is several times cheaper than ``scandir``.
-    """
-    try:
-        names = os.listdir(path)
-    except OSError as err:
-        if err.errno in _VANISHED:
-            raise _Vanished(path) from err
-        raise SensorError(f"cannot list {path}: {err.strerror or err}") from err
-    names.sort()
-    return names
-
-
-def _list_dirs(path: str) -> list[str]:
-    """Return the sub-folder names of a cgroup folder (sorted); vanished → _Vanished."""
-    try:
-        with os.scandir(path) as it:
-            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
-    except OSError as err:
-        if err.errno in _VANISHED:
-            raise _Vanished(path) from err
-        raise SensorError(f"cannot list {path}: {err.strerror or err}") from err
-
-
-def _steps(job_path: str) -> tuple[str, ...]:
-    """Return the step names ("0", "batch", "extern") of a job folder."""
-    return tuple(n[5:] for n in _list_names(job_path) if n.startswith("step_") and len(n) > 5)
-
 
 #: Re-list a job's step folders every this many snapshots.
 STEPS_EVERY = 10
@@ -287,7 +116,7 @@ class SlurmCgroups:
                 if self.version == 1:
                     return self._snapshot_v1(slurm_dir)
                 return self._snapshot_v2(slurm_dir)
-            except _Vanished:
+            except Vanished:
                 self._slurm_dir = None  # the root itself went away: resolve once more
         return CgroupSnapshot(version=self.version)
 
@@ -313,10 +142,10 @@ class SlurmCgroups:
                 return name == plain or name.startswith("slurm_")
         else:
             parent = os.path.join(self._root, "system.slice")
-            plain, per_node = _SCOPE, f"{self._node}_{_SCOPE}"
+            plain, per_node = SCOPE, f"{self._node}_{SCOPE}"
 
             def is_candidate(name: str) -> bool:
-                return name == plain or name.endswith("_" + _SCOPE)
+                return name == plain or name.endswith("_" + SCOPE)
 
         if parent is None:
             return None
@@ -348,30 +177,30 @@ class SlurmCgroups:
 
     def _snapshot_v1(self, slurm_dir: str) -> CgroupSnapshot:
         """Read ``cpuacct/slurm[_<node>]/uid_U/job_J`` and the matching cpuset folders."""
-        root_usage_ns = _read_parsed(f"{slurm_dir}/cpuacct.usage", _parse_ns)
+        root_usage_ns = read_parsed(f"{slurm_dir}/cpuacct.usage", parse_ns)
         cpuset_dir = os.path.join(self._root, "cpuset", os.path.basename(slurm_dir))
         jobs: dict[str, JobCgroup] = {}
-        for uid_name in _list_names(slurm_dir):
-            uid_m = _UID_RE.match(uid_name)
+        for uid_name in list_names(slurm_dir):
+            uid_m = UID_RE.match(uid_name)
             if uid_m is None:
                 continue  # the root's own files (cpuacct.usage, tasks, ...)
             uid_path = f"{slurm_dir}/{uid_name}"
             try:
-                job_names = _list_names(uid_path)
-            except _Vanished:
+                job_names = list_names(uid_path)
+            except Vanished:
                 continue
             for job_name in job_names:
                 if not job_name.startswith("job_"):
                     continue
-                m = _JOB_RE.match(job_name)
+                m = JOB_RE.match(job_name)
                 job_path = f"{uid_path}/{job_name}"
                 if m is None:
                     logger.debug("ignoring non-job cgroup folder path=%s", job_path)
                     continue
                 try:
-                    usage_ns = _usage_v1(job_path)
+                    usage_ns = usage_v1(job_path)
                     steps = self._cached_steps(job_path)
-                except _Vanished:
+                except Vanished:
                     logger.debug("job cgroup vanished while read job_id=%s", m[1])
                     continue
                 cpus_path = f"{cpuset_dir}/{uid_name}/{job_name}/cpuset.cpus"
@@ -379,10 +208,10 @@ class SlurmCgroups:
                     job_id=m[1],
                     uid=int(uid_m[1]),
                     cpu_usage_ns=usage_ns,
-                    cpus=self._cached_cpus(job_path, cpus_path, _cpus_v1),
+                    cpus=self._cached_cpus(job_path, cpus_path, cpus_v1),
                     steps=steps,
                     path=job_path,
-                    step_usage_ns=self._step_usage(job_path, steps, _usage_v1),
+                    step_usage_ns=self._step_usage(job_path, steps, usage_v1),
                 )
         self._forget_ended(jobs)
         return CgroupSnapshot(version=1, jobs=jobs, root_usage_ns=root_usage_ns)
@@ -412,7 +241,7 @@ class SlurmCgroups:
         seen = self._steps_seen.get(job_path)
         if seen is not None and self._snapshots - seen[0] < STEPS_EVERY:
             return seen[1]
-        steps = _steps(job_path)
+        steps = list_steps(job_path)
         self._steps_seen[job_path] = (self._snapshots, steps)
         return steps
 
@@ -424,7 +253,7 @@ class SlurmCgroups:
         for step in steps:
             try:
                 usage[step] = read(f"{job_path}/step_{step}")
-            except _Vanished:
+            except Vanished:
                 self._steps_seen.pop(job_path, None)  # list the job's steps again next time
         return usage
 
@@ -441,64 +270,36 @@ class SlurmCgroups:
 
     def _snapshot_v2(self, scope: str) -> CgroupSnapshot:
         """Read ``system.slice/[<node>_]slurmstepd.scope/job_J`` and the scope's other children."""
-        root_usage_ns = _usage_v2(scope)
+        root_usage_ns = usage_v2(scope)
         jobs: dict[str, JobCgroup] = {}
         other_usage_ns = 0
-        for name in _list_dirs(scope):
+        for name in list_dirs(scope):
             path = f"{scope}/{name}"
-            m = _JOB_RE.match(name)
+            m = JOB_RE.match(name)
             if m is None:
                 if name.startswith("job_"):
                     logger.debug("ignoring non-job cgroup folder path=%s", path)
                 try:
-                    other_usage_ns += _usage_v2(path)  # slurmstepd's "system": no job's time
-                except _Vanished:
+                    other_usage_ns += usage_v2(path)  # slurmstepd's "system": no job's time
+                except Vanished:
                     pass
                 continue
             try:
-                usage_ns = _usage_v2(path)
+                usage_ns = usage_v2(path)
                 steps = self._cached_steps(path)
-            except _Vanished:
+            except Vanished:
                 logger.debug("job cgroup vanished while read job_id=%s", m[1])
                 continue
             jobs[m[1]] = JobCgroup(
                 job_id=m[1],
                 uid=None,
                 cpu_usage_ns=usage_ns,
-                cpus=self._cached_cpus(path, path, _cpus_v2),
+                cpus=self._cached_cpus(path, path, cpus_v2),
                 steps=steps,
                 path=path,
-                step_usage_ns=self._step_usage(path, steps, _usage_v2),
+                step_usage_ns=self._step_usage(path, steps, usage_v2),
             )
         self._forget_ended(jobs)
         return CgroupSnapshot(
             version=2, jobs=jobs, root_usage_ns=root_usage_ns, other_usage_ns=other_usage_ns
         )
-
-
-def _usage_v1(path: str) -> int:
-    """Return a v1 cpuacct cgroup's cumulative CPU time, ns (``cpuacct.usage``)."""
-    return _read_parsed(f"{path}/cpuacct.usage", _parse_ns)
-
-
-def _usage_v2(path: str) -> int:
-    """Return a v2 cgroup's cumulative CPU time, ns (``cpu.stat`` usage_usec × 1000)."""
-    return _read_parsed(f"{path}/cpu.stat", parse_usage_usec) * _NS_PER_US
-
-
-def _cpus_v1(cpuset_path: str) -> frozenset[int]:
-    """Return a v1 job's CPUs from its ``cpuset.cpus``; none if the cpuset folder is absent."""
-    try:
-        return _read_parsed(cpuset_path, parse_cpu_list)
-    except _Vanished:
-        return frozenset()  # cpuset not constrained (ConstrainCores=no) or the job ended
-
-
-def _cpus_v2(path: str) -> frozenset[int]:
-    """Return a v2 cgroup's CPUs (``cpuset.cpus.effective``, else ``cpuset.cpus``; else none)."""
-    for name in ("cpuset.cpus.effective", "cpuset.cpus"):
-        try:
-            return _read_parsed(f"{path}/{name}", parse_cpu_list)
-        except _Vanished:
-            continue
-    return frozenset()

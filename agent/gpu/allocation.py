@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from jobenergy.agent.cgroups import job_id_from_proc_cgroup
+from jobenergy.agent.cgroupfs import job_id_from_proc_cgroup
 
 logger = logging.getLogger(__name__)
 

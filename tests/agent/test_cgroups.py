@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from jobenergy.agent.cgroups import (
-    SlurmCgroups,
+from jobenergy.agent.cgroupfs import (
     job_id_from_pid,
     job_id_from_proc_cgroup,
     parse_cpu_list,
     parse_usage_usec,
 )
+from jobenergy.agent.cgroups import SlurmCgroups
 from jobenergy.agent.readings import CgroupSnapshot
 from jobenergy.core.errors import ConfigError, SensorError
 

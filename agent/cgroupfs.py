@@ -1,0 +1,230 @@
+"""Reading and parsing cgroupfs and /proc files for the Slurm cgroup resolver.
+
+Parsing (text → value) is kept apart from reading, and reading translates the kernel's errors:
+a folder or file that vanished (a job ended while it was read) raises :class:`Vanished`, which
+callers skip for one sample; anything else is a :class:`SensorError` naming the path.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from jobenergy.core.errors import SensorError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+JOB_RE = re.compile(r"^job_([0-9]+|s[0-9a-z]{13})$")
+UID_RE = re.compile(r"^uid_([0-9]+)$")
+_SLURM_V1_RE = re.compile(r"^slurm(?:_.+)?$")
+SCOPE = "slurmstepd.scope"
+_NS_PER_US = 1_000
+_READ_SIZE = 65_536
+# A cgroup removed by slurmd between listing and reading: gone, not failed.
+VANISHED_ERRNOS = frozenset({errno.ENOENT, errno.ENODEV, errno.ENOTDIR, errno.ESRCH})
+
+
+class Vanished(Exception):
+    """The cgroup folder being read was removed (internal: the job is skipped)."""
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """Parse a kernel CPU list such as ``0-3,8,10-11`` (cpusets.rst "cpuset.cpus").
+
+    Args:
+        text: Content of ``cpuset.cpus`` or ``cpuset.cpus.effective``; empty means no CPU.
+
+    Returns:
+        The CPU ids.
+
+    Raises:
+        ValueError: If the text is not a CPU list.
+    """
+    cpus: set[int] = set()
+    text = text.strip()
+    if not text:
+        return frozenset()
+    for part in text.split(","):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ValueError(f"not a CPU list: {text[:80]!r}")
+        first, last = int(lo), int(hi) if dash else int(lo)
+        if last < first:
+            raise ValueError(f"descending CPU range {part!r} in {text[:80]!r}")
+        cpus.update(range(first, last + 1))
+    return frozenset(cpus)
+
+
+def parse_usage_usec(text: str) -> int:
+    """Return ``usage_usec`` (cumulative CPU time, µs) from a cgroup v2 ``cpu.stat``.
+
+    Raises:
+        ValueError: If there is no ``usage_usec`` line with a non-negative integer.
+    """
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            value = value.strip()
+            if not value.isdigit():
+                raise ValueError(f"usage_usec is not a non-negative integer: {value[:40]!r}")
+            return int(value)
+    raise ValueError("no usage_usec line")
+
+
+def parse_ns(text: str) -> int:
+    """Parse v1 ``cpuacct.usage`` (cumulative CPU time, ns)."""
+    value = text.strip()
+    if not value.isdigit():
+        raise ValueError(f"expected a non-negative integer, got {value[:40]!r}")
+    return int(value)
+
+
+def job_id_from_proc_cgroup(text: str) -> str | None:
+    """Return the Slurm job id in the content of ``/proc/<pid>/cgroup``, or None.
+
+    Every line (``hierarchy-ID:controllers:path``, cgroups(7)) is examined, so any v1
+    controller line (``4:cpuacct,cpu:/slurm/uid_1000/job_42/step_0/task_0``, or
+    ``/slurm_<node>/...``) or the v2 line
+    (``0::/system.slice/[<node>_]slurmstepd.scope/job_42/step_0/user/task_0``) will do.
+
+    Args:
+        text: Content of ``/proc/<pid>/cgroup``.
+
+    Returns:
+        The job id as in the folder name ("42" or a SLUID), None if the process is in no
+        Slurm job cgroup (slurmstepd's own ``system`` cgroup, a login session, ...).
+    """
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        comps = parts[2].split("/")
+        for i in range(1, len(comps)):
+            m = JOB_RE.match(comps[i])
+            if m is None:
+                continue
+            parent = comps[i - 1]
+            if parent == SCOPE or parent.endswith("_" + SCOPE):
+                return m[1]
+            if i >= 2 and UID_RE.match(parent) and _SLURM_V1_RE.match(comps[i - 2]):
+                return m[1]
+    return None
+
+
+def job_id_from_pid(procfs_root: str | Path, pid: int) -> str | None:
+    """Return the Slurm job id of a process from ``<procfs_root>/<pid>/cgroup``, or None.
+
+    Args:
+        procfs_root: Mount point of procfs, normally ``/proc``.
+        pid: Process id.
+
+    Returns:
+        The job id, or None if the process is in no Slurm job or has exited.
+
+    Raises:
+        SensorError: The file exists but cannot be read.
+    """
+    path = os.path.join(os.fspath(procfs_root), str(int(pid)), "cgroup")
+    try:
+        text = read_text(path)
+    except OSError as err:
+        if err.errno in VANISHED_ERRNOS:
+            return None
+        raise SensorError(f"cannot read {path}: {err.strerror or err}") from err
+    return job_id_from_proc_cgroup(text)
+
+
+def read_text(path: str) -> str:
+    """Read a small cgroup/proc file; one ``read`` call suffices below 64 KiB."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _READ_SIZE)
+        if len(data) == _READ_SIZE:
+            chunks = [data]
+            while chunk := os.read(fd, _READ_SIZE):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    return data.decode("ascii", "replace")
+
+
+def read_parsed(path: str, parse: Callable[[str], T]) -> T:
+    """Read and parse one file; vanished → Vanished, other failures → SensorError."""
+    try:
+        text = read_text(path)
+    except OSError as err:
+        if err.errno in VANISHED_ERRNOS:
+            raise Vanished(path) from err
+        raise SensorError(f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise SensorError(f"garbage in {path}: {err}") from err
+
+
+def list_names(path: str) -> list[str]:
+    """Return the entry names of a cgroup folder (sorted); vanished → Vanished.
+
+    Names are enough below the Slurm root: cgroupfs files are never called ``uid_*``,
+    ``job_*`` or ``step_*``, and ``listdir`` is several times cheaper than ``scandir``.
+    """
+    try:
+        names = os.listdir(path)
+    except OSError as err:
+        if err.errno in VANISHED_ERRNOS:
+            raise Vanished(path) from err
+        raise SensorError(f"cannot list {path}: {err.strerror or err}") from err
+    names.sort()
+    return names
+
+
+def list_dirs(path: str) -> list[str]:
+    """Return the sub-folder names of a cgroup folder (sorted); vanished → Vanished."""
+    try:
+        with os.scandir(path) as it:
+            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    except OSError as err:
+        if err.errno in VANISHED_ERRNOS:
+            raise Vanished(path) from err
+        raise SensorError(f"cannot list {path}: {err.strerror or err}") from err
+
+
+def list_steps(job_path: str) -> tuple[str, ...]:
+    """Return the step names ("0", "batch", "extern") of a job folder."""
+    return tuple(n[5:] for n in list_names(job_path) if n.startswith("step_") and len(n) > 5)
+
+
+def usage_v1(path: str) -> int:
+    """Return a v1 cpuacct cgroup's cumulative CPU time, ns (``cpuacct.usage``)."""
+    return read_parsed(f"{path}/cpuacct.usage", parse_ns)
+
+
+def usage_v2(path: str) -> int:
+    """Return a v2 cgroup's cumulative CPU time, ns (``cpu.stat`` usage_usec × 1000)."""
+    return read_parsed(f"{path}/cpu.stat", parse_usage_usec) * _NS_PER_US
+
+
+def cpus_v1(cpuset_path: str) -> frozenset[int]:
+    """Return a v1 job's CPUs from its ``cpuset.cpus``; none if the cpuset folder is absent."""
+    try:
+        return read_parsed(cpuset_path, parse_cpu_list)
+    except Vanished:
+        return frozenset()  # cpuset not constrained (ConstrainCores=no) or the job ended
+
+
+def cpus_v2(path: str) -> frozenset[int]:
+    """Return a v2 cgroup's CPUs (``cpuset.cpus.effective``, else ``cpuset.cpus``; else none)."""
+    for name in ("cpuset.cpus.effective", "cpuset.cpus"):
+        try:
+            return read_parsed(f"{path}/{name}", parse_cpu_list)
+        except Vanished:
+            continue
+    return frozenset()
