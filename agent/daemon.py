@@ -12,25 +12,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 from jobenergy.agent.annotations import AnnotationServer
-from jobenergy.agent.announced import announced_jobs
 from jobenergy.agent.attribution import StaticFloor, attribute_cpu, job_usage
-from jobenergy.agent.cgroups import SlurmCgroups
 from jobenergy.agent.continuity import CounterRecord, gap_interval
 from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.phases import PhaseBook
-from jobenergy.agent.procstat import read_boot_id, read_cpu_times
+from jobenergy.agent.procstat import read_boot_id
 from jobenergy.agent.pusher import Pusher
-from jobenergy.agent.readings import CgroupSnapshot, CpuTimes, Reading
-from jobenergy.agent.sensors.rapl import RaplSensor
+from jobenergy.agent.readings import Reading
+from jobenergy.agent.sampler import Sample, Sampler
 from jobenergy.agent.settings import AgentSettings
 from jobenergy.agent.spool import Spool
 from jobenergy.core.counters import counter_delta
-from jobenergy.core.errors import SensorError, SensorUnavailable
 from jobenergy.core.schema import (
     MAX_STEPS_PER_JOB,
     SCHEMA_VERSION,
@@ -64,20 +59,6 @@ def _step_cpu_us(step_cpu_ns: dict[str, int]) -> dict[str, int]:
     return out
 
 
-@dataclass(slots=True)
-class Sample:
-    """Everything read at one instant."""
-
-    wall: datetime
-    mono_ns: int
-    readings: dict[str, Reading]
-    cgroups: CgroupSnapshot
-    cpu: CpuTimes | None
-    gpu: Any = None  # jobenergy.agent.gpu.GpuSnapshot when NVML is on
-    errors: list[str] = field(default_factory=list)
-    announced: frozenset[str] = frozenset()  # jobs in the prolog's job map (gpu_map_dir)
-
-
 class Agent:
     """A node agent bound to its settings; :meth:`run` is the daemon loop."""
 
@@ -85,13 +66,8 @@ class Agent:
         self.settings = settings
         self.metrics = AgentMetrics()
         self.boot_id = read_boot_id(settings.procfs_root)
-        self.cgroups = SlurmCgroups(settings.cgroup_root, node=settings.node)
-        self.rapl: RaplSensor | None = None
-        try:
-            self.rapl = RaplSensor(settings.sysfs_root)
-        except SensorUnavailable as err:
-            logger.warning("RAPL sensor unavailable, CPU/DRAM energy off: %s", err)
-        self.gpu = self._make_gpu()
+        self.sampler = Sampler(settings, self.metrics)
+        self.gpu = self.sampler.gpu
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.pusher = Pusher(settings.collector_url, self.spool)
         self._floors = {
@@ -107,91 +83,13 @@ class Agent:
         self._pending: list[Interval] = []
         self._last_seal_mono_ns = time.monotonic_ns()
 
-    def _make_gpu(self) -> Any:
-        if self.settings.nvml == "off":
-            return None
-        from jobenergy.agent.gpu import GpuAccounting  # pynvml is loaded only when GPUs are wanted
-
-        try:
-            gpu = GpuAccounting(
-                nvml_mode=self.settings.nvml,
-                procfs_root=self.settings.procfs_root,
-                cgroup_root=self.settings.cgroup_root,
-                gpu_map_dir=self.settings.gpu_map_dir,
-                node=self.settings.node,
-            )
-        except SensorUnavailable as err:
-            logger.warning("GPU sensor unavailable, GPU energy off: %s", err)
-            return None
-        if not gpu.available:
-            logger.warning("GPU sensor unavailable, GPU energy off: %s", gpu.unavailable_reason)
-            return None
-        return gpu
-
-    # -- sampling ---------------------------------------------------------------------
     def take_sample(self) -> Sample:
         """Read every counter, the job cgroups and /proc/stat once."""
-        errors: list[str] = []
-        readings: dict[str, Reading] = {}
-        if self.rapl is not None:
-            good, failed = self.rapl.read_partial()
-            readings = {r.source: r for r in good}
-            for err in failed:
-                errors.append(str(err))
-                self.metrics.sensor_errors.labels("rapl").inc()
-                logger.error("RAPL read failed sensor=rapl err=%s", err)
-            if any(getattr(err, "vanished", False) for err in failed):
-                self._rescan_rapl()
-        cgroups = self.cgroups.snapshot()
-        try:
-            cpu = read_cpu_times(self.settings.procfs_root)
-        except (SensorError, OSError) as err:
-            errors.append(str(err))
-            cpu = None
-        gpu = None
-        if self.gpu is not None:
-            try:
-                gpu = self.gpu.sample(cgroups.jobs.keys())
-                for reason, count in self.gpu.errors_total.items():
-                    self.metrics.gpu_errors.labels(reason).set(count)
-            except SensorError as err:
-                errors.append(str(err))
-                self.metrics.sensor_errors.labels("nvml").inc()
-                logger.error("GPU read failed sensor=nvml err=%s", err)
-        self.metrics.samples.inc()
-        self.metrics.jobs.set(len(cgroups.jobs))
-        mono_ns = time.monotonic_ns()
-        announced = announced_jobs(self.settings.gpu_map_dir)
-        return Sample(
-            self._wall_now(mono_ns), mono_ns, readings, cgroups, cpu, gpu, errors, announced
-        )
-
-    def _wall_now(self, mono_ns: int) -> datetime:
-        """Return the wall time of a sample, never before the previous sample's.
-
-        After the wall clock steps back (NTP, an operator), intervals continue from the last
-        sample by monotonic time until the wall clock catches up, so batches stay in order
-        and no interval is empty or negative.
-        """
-        wall = datetime.now(UTC)
-        if self._prev is not None and wall <= self._prev.wall:
-            wall = self._prev.wall + timedelta(
-                microseconds=max(1, (mono_ns - self._prev.mono_ns) // 1000)
-            )
-        elif self._prev is None:
-            # First sample after a restart: never before what the last run already sent (the
-            # collector refuses energy for a span it has stored).
+        floor = None
+        if self._prev is None:
             recorded = self.counter_record.load()
-            if recorded is not None and wall <= recorded[0]:
-                wall = recorded[0] + timedelta(microseconds=1)
-        return wall
-
-    def _rescan_rapl(self) -> None:
-        assert self.rapl is not None
-        try:
-            self.rapl.rescan()
-        except (SensorError, SensorUnavailable) as err:
-            logger.error("RAPL rescan failed sensor=rapl err=%s", err)
+            floor = recorded[0] if recorded is not None else None
+        return self.sampler.take(self._prev, floor)
 
     def attribute(self, prev: Sample, cur: Sample) -> Interval:
         """Attribute the energy between two samples; conserving per source."""
