@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, delete, func, select
 
 from jobenergy.collector.factors import DEFAULTS, SERIES, base_factors, load_configs
 from jobenergy.collector.hours import recompute
 from jobenergy.collector.models import ClusterConfig, FactorPoint, JobEnergyHour
-from jobenergy.collector.sql import dialect_insert
+from jobenergy.collector.sql import dialect_insert, lock_factors
 from jobenergy.core import carbon_data
 from jobenergy.core.carbon import mix_intensity_g_per_kwh
 from jobenergy.core.schema import UtcTime
@@ -51,8 +51,10 @@ class CarbonSetting(BaseModel):
         if needed is not None and getattr(self, needed) is None:
             raise ValueError(f"source {self.source!r} needs {needed!r}")
         extra = [
-            name for name in ("g_per_kwh", "country", "year", "shares")
-            if getattr(self, name) is not None and name != needed
+            name
+            for name in ("g_per_kwh", "country", "year", "shares")
+            if getattr(self, name) is not None
+            and name != needed
             and not (self.source == "region" and name == "year")
         ]
         if extra:
@@ -110,9 +112,11 @@ def resolve_carbon(setting: CarbonSetting) -> tuple[float | None, str, dict[str,
         assert setting.shares is not None
         value = mix_intensity_g_per_kwh(setting.shares, carbon_data.source_factors_g_per_kwh())
         parts = ", ".join(f"{k} {v:g}" for k, v in setting.shares.items())
-        return value, f"mix ({parts}) with CodeCarbon 3.3.2 per-source factors", {
-            "shares": dict(setting.shares)
-        }
+        return (
+            value,
+            f"mix ({parts}) with CodeCarbon 3.3.2 per-source factors",
+            {"shares": dict(setting.shares)},
+        )
     return None, "imported series" if setting.source == SERIES else "server default", {}
 
 
@@ -131,16 +135,24 @@ def _upsert_config(conn: Connection, cluster: str, values: dict[str, Any]) -> No
 def set_carbon(conn: Connection, cluster: str, setting: CarbonSetting) -> int:
     """Store a cluster's carbon source and recompute its history; return hours changed."""
     value, label, params = resolve_carbon(setting)
+    lock_factors(conn, cluster)
     source = None if setting.source == "default" else setting.source
-    _upsert_config(conn, cluster, {
-        "carbon_source": source, "carbon_g_per_kwh": value,
-        "carbon_label": None if source is None else label, "carbon_params": params or None,
-    })
+    _upsert_config(
+        conn,
+        cluster,
+        {
+            "carbon_source": source,
+            "carbon_g_per_kwh": value,
+            "carbon_label": None if source is None else label,
+            "carbon_params": params or None,
+        },
+    )
     return recompute(conn, cluster)
 
 
 def set_pue(conn: Connection, cluster: str, pue: float | None) -> int:
     """Store a cluster's constant PUE (None: the server default); return hours changed."""
+    lock_factors(conn, cluster)
     _upsert_config(conn, cluster, {"pue": pue})
     return recompute(conn, cluster)
 
@@ -160,26 +172,39 @@ def import_series(
                 f"{factor} value {value} at {start.isoformat()} is outside [{low:g}, {high:g}]"
             )
     first, last = steps[0][0], steps[-1][1]
+    lock_factors(conn, cluster)
     fp = FactorPoint
     mine = (fp.cluster == cluster, fp.factor == factor)
-    conn.execute(delete(fp).where(*mine, fp.start_at >= first, fp.start_at < last))
-    # A stored step that began before the import and ran into it now ends where it begins.
-    conn.execute(update(fp).where(*mine, fp.start_at < first, fp.end_at > first).values(
-        end_at=first))
-    conn.execute(dialect_insert(conn)(FactorPoint), [
-        {"cluster": cluster, "factor": factor, "start_at": s, "end_at": e, "value": v}
-        for s, e, v in steps
-    ])
+    # Stored steps overlapping [first, last) keep what lies outside it: cut at both edges
+    # (a step covering the whole import becomes two pieces).
+    overlapping = conn.execute(
+        select(fp.start_at, fp.end_at, fp.value).where(*mine, fp.start_at < last, fp.end_at > first)
+    ).all()
+    conn.execute(delete(fp).where(*mine, fp.start_at < last, fp.end_at > first))
+    kept = [(s, min(e, first), v) for s, e, v in overlapping if s < first]
+    kept += [(max(s, last), e, v) for s, e, v in overlapping if e > last]
+    span_first = min([first, *(s for s, _, _ in overlapping)])
+    span_last = max([last, *(e for _, e, _ in overlapping)])
+    rows = [*kept, *steps]
+    conn.execute(
+        dialect_insert(conn)(FactorPoint),
+        [
+            {"cluster": cluster, "factor": factor, "start_at": s, "end_at": e, "value": v}
+            for s, e, v in rows
+        ],
+    )
     if factor == "carbon":
         own, _ = load_configs(conn, cluster)
         if own is None:
-            _upsert_config(conn, cluster, {"carbon_source": SERIES,
-                                           "carbon_label": "imported series"})
-    return recompute(conn, cluster, first, last)
+            _upsert_config(
+                conn, cluster, {"carbon_source": SERIES, "carbon_label": "imported series"}
+            )
+    return recompute(conn, cluster, span_first, span_last)
 
 
 def clear_series(conn: Connection, cluster: str, factor: Factor) -> int:
     """Delete a cluster's series of ``factor`` and recompute the span it covered."""
+    lock_factors(conn, cluster)
     fp = FactorPoint
     mine = (fp.cluster == cluster, fp.factor == factor)
     span = select(func.min(fp.start_at), func.max(fp.end_at)).where(*mine)
@@ -192,11 +217,19 @@ def clear_series(conn: Connection, cluster: str, factor: Factor) -> int:
 
 def sync_defaults(conn: Connection, pue: float, g_per_kwh: float | None) -> int:
     """Store the server's defaults; when they changed, recompute every cluster's history."""
+    lock_factors(conn, DEFAULTS)
     _, stored = load_configs(conn, DEFAULTS)
     if stored is not None and stored.pue == pue and stored.carbon_g_per_kwh == g_per_kwh:
         return 0
-    _upsert_config(conn, DEFAULTS, {"pue": pue, "carbon_g_per_kwh": g_per_kwh,
-                                    "carbon_source": None if g_per_kwh is None else "constant"})
+    _upsert_config(
+        conn,
+        DEFAULTS,
+        {
+            "pue": pue,
+            "carbon_g_per_kwh": g_per_kwh,
+            "carbon_source": None if g_per_kwh is None else "constant",
+        },
+    )
     clusters = conn.scalars(select(JobEnergyHour.cluster).distinct()).all()
     return sum(recompute(conn, cluster) for cluster in clusters)
 
@@ -210,7 +243,8 @@ def describe(conn: Connection, cluster: str) -> dict[str, Any]:
         factor: {"points": int(n), "start": start, "end": end}
         for factor, n, start, end in conn.execute(
             select(fp.factor, func.count(), func.min(fp.start_at), func.max(fp.end_at))
-            .where(fp.cluster == cluster).group_by(fp.factor)
+            .where(fp.cluster == cluster)
+            .group_by(fp.factor)
         )
     }
     return {

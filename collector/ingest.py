@@ -19,11 +19,18 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
+from jobenergy.collector.factors import DEFAULTS
 from jobenergy.collector.hours import write_hours
 from jobenergy.collector.models import EnergyInterval, IngestedBatch, Job, JobEnergy, NodeEnergy
 from jobenergy.collector.phases import write_phases
 from jobenergy.collector.plan import Plan, plan_batch
-from jobenergy.collector.sql import IngestRejected, dialect_insert, least_greatest
+from jobenergy.collector.sql import (
+    IngestRejected,
+    dialect_insert,
+    least_greatest,
+    lock_factors,
+    lock_node,
+)
 from jobenergy.collector.steps import plan_steps, write_steps
 from jobenergy.core.schema import MAX_INTERVAL_S, Batch
 
@@ -312,6 +319,10 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
             batch.cluster, batch.node, batch.boot_id, batch.seq,
         )
         return IngestResult(duplicate=True, records=0)
+    # One order for every writer: server defaults, node, cluster factors (no deadlock).
+    lock_factors(conn, DEFAULTS, shared=True)
+    lock_node(conn, batch.cluster, batch.node)
+    lock_factors(conn, batch.cluster, shared=True)
     _check_no_overlap(conn, batch)
     if plan.rows:
         if conn.dialect.name == "postgresql":
