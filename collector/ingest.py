@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, case, func, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from jobenergy.collector.factors import DEFAULTS
@@ -88,8 +89,15 @@ def _write_intervals_pg(conn: Connection, batch: Batch, plan: Plan) -> None:
     )
     dbapi_connection = conn.connection.dbapi_connection
     assert dbapi_connection is not None
-    with dbapi_connection.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:
-        copy.write(data.encode())
+    import psycopg  # PostgreSQL only; the server extra installs it
+
+    try:
+        with dbapi_connection.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:
+            copy.write(data.encode())
+    except psycopg.Error as err:
+        # The raw COPY bypasses SQLAlchemy: wrap its errors as SQLAlchemy would (DataError,
+        # OperationalError, ...) so the route answers 422/503 like for any other statement.
+        raise sa_exc.DBAPIError.instance(_COPY_SQL, None, err, psycopg.Error) from err
 
 
 def _write_intervals_sqlite(conn: Connection, batch: Batch, plan: Plan) -> None:
