@@ -22,9 +22,22 @@ tree ``<cgroup_root>/cpuacct/slurm_<node>/``) it writes, ``--hz`` times a second
   ``JOBENERGY_FAKE_GPU_UTIL=<percent>`` drives the GPUs of its ``SLURM_STEP_GPUS`` (else
   ``SLURM_JOB_GPUS``) and is listed as a compute process of them. Point the agent's NVML at
   the simulated library with ``JOBENERGY_NVML_SIM_STATE=DIR/<node>/nvml.state``.
+* ``DIR/<node>/proc/``: the node's own procfs view (point the agent's ``procfs_root`` at it),
+  since all nodes share the host's real ``/proc``, whose ``stat`` counts every node's jobs:
+
+  - ``stat``: a ``cpu`` line and one ``cpuN`` line per host CPU (each node is configured with
+    all of them), in ``USER_HZ`` ticks since the emulator started. Busy (``user``) is the CPU
+    time of the node's job cgroups (``cpuacct.usage_percpu`` of ``slurm_<node>``), idle is
+    elapsed wall time − busy, per CPU; both integer and never decreasing.
+  - ``sys/kernel/random/boot_id``: the host's, copied.
+  - ``<pid>`` → ``/proc/<pid>``: a symlink for every process in the node's job cgroups
+    (``cgroup.procs`` under ``cpuacct`` and ``devices`` ``slurm_<node>/uid_*/job_*``), made
+    before the NVML state lists the pid and removed once the pid left them, so the agent
+    reads ``<pid>/environ`` and ``<pid>/cgroup`` there.
 * ``DIR/ledger.json``: the exact energy, integer µJ, added per node and source since start
   (``{"nodes": {"n1": {"package-0": ..., "package-0/dram": ..., "gpu/GPU-...": ...}}}``), so
-  a test can check that Σ jobs + unattributed equals what the hardware produced.
+  a test can check that Σ jobs + unattributed equals what the hardware produced; and
+  ``job_cpu_ns`` (node → job id → the last ``cpuacct.usage`` seen of the job's cgroup, ns).
 
 While the file ``DIR/hold`` exists every counter stands still (the trees are still written):
 a test holds the hardware while agents take their baseline sample and again before stopping
@@ -74,6 +87,24 @@ def read_host_busy_ns(procfs_root: Path) -> int:
     return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
+def host_cpu_ids(procfs_root: Path) -> list[int]:
+    """Return the ids of the host's online CPUs (the ``cpuN`` lines of ``/proc/stat``)."""
+    ids = []
+    with open(procfs_root / "stat", encoding="ascii") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0] if line.strip() else ""
+            if head.startswith("cpu") and head[3:].isdigit():
+                ids.append(int(head[3:]))
+    return ids
+
+
+def _read_ints(path: Path) -> list[int] | None:
+    try:
+        return [int(v) for v in path.read_text().split()]
+    except (OSError, ValueError):
+        return None
+
+
 def _read_int(path: Path) -> int | None:
     try:
         return int(path.read_text().strip() or 0)
@@ -121,6 +152,12 @@ class EmulatedNode:
     carry: dict[str, float] = field(default_factory=dict)
     gpu_energy_mj: list[int] = field(default_factory=list)
     last_usage_ns: int | None = None
+    cpu_ids: list[int] = field(default_factory=list)
+    busy_ns: dict[int, int] = field(default_factory=dict)  # per CPU, since start
+    last_percpu_ns: dict[int, int] = field(default_factory=dict)
+    stat_ticks: dict[int, tuple[int, int]] = field(default_factory=dict)  # (busy, idle) written
+    linked_pids: set[int] = field(default_factory=set)
+    job_cpu_ns: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         base = self.root / "sys" / "class" / "powercap"
@@ -162,6 +199,54 @@ class EmulatedNode:
         for source, value in self.counters_uj.items():
             write_atomic(self._zone(source), f"{value}\n")
 
+    @property
+    def proc(self) -> Path:
+        """The node's procfs view."""
+        return self.root / "proc"
+
+    def add_cpu_usage(self, percpu_ns: list[int] | None) -> None:
+        """Add the growth of ``slurm_<node>``'s per-CPU usage (a drop is a new cgroup: rebase)."""
+        for cpu in self.cpu_ids:
+            now = percpu_ns[cpu] if percpu_ns is not None and cpu < len(percpu_ns) else None
+            if now is None:
+                continue
+            last = self.last_percpu_ns.get(cpu)
+            if last is not None and now >= last:
+                self.busy_ns[cpu] = self.busy_ns.get(cpu, 0) + now - last
+            self.last_percpu_ns[cpu] = now
+
+    def write_stat(self, elapsed_s: float, hz: int) -> None:
+        """Write ``proc/stat``: per CPU busy (user) and idle ticks, never decreasing."""
+        wall_ticks = int(elapsed_s * hz)
+        lines = []
+        total_busy = total_idle = 0
+        for cpu in self.cpu_ids:
+            old_busy, old_idle = self.stat_ticks.get(cpu, (0, 0))
+            busy = max(old_busy, self.busy_ns.get(cpu, 0) * hz // 1_000_000_000)
+            idle = max(old_idle, wall_ticks - busy)
+            self.stat_ticks[cpu] = (busy, idle)
+            total_busy += busy
+            total_idle += idle
+            lines.append(f"cpu{cpu} {busy} 0 0 {idle} 0 0 0 0 0 0")
+        head = f"cpu  {total_busy} 0 0 {total_idle} 0 0 0 0 0 0"
+        write_atomic(self.proc / "stat", "\n".join([head, *lines]) + "\n")
+
+    def link_pids(self, pids: set[int], procfs_root: Path) -> None:
+        """Make ``proc/<pid>`` → ``<procfs_root>/<pid>`` for exactly ``pids``."""
+        for pid in self.linked_pids - pids:
+            try:
+                (self.proc / str(pid)).unlink()
+            except FileNotFoundError:
+                pass
+        for pid in pids - self.linked_pids:
+            link = self.proc / str(pid)
+            try:
+                link.symlink_to(procfs_root / str(pid))
+            except FileExistsError:
+                if not link.is_symlink():
+                    raise
+        self.linked_pids = set(pids)
+
 
 class HardwareEmulator:
     """Power model over real CPU activity, writing powercap trees and NVML state per node.
@@ -190,6 +275,17 @@ class HardwareEmulator:
         self.procfs_root = Path(procfs_root)
         self.model = model or PowerModel()
         self.nodes = [EmulatedNode(n, self.root / n, gpus) for n in nodes]
+        self.hz_user = os.sysconf("SC_CLK_TCK")
+        cpu_ids = host_cpu_ids(self.procfs_root)
+        boot_id = (self.procfs_root / "sys" / "kernel" / "random" / "boot_id").read_text()
+        for node in self.nodes:
+            node.cpu_ids = list(cpu_ids)
+            write_atomic(node.proc / "sys" / "kernel" / "random" / "boot_id", boot_id)
+            node.proc.mkdir(parents=True, exist_ok=True)
+            for entry in node.proc.iterdir():  # links left by an earlier run
+                if entry.name.isdigit() and entry.is_symlink():
+                    entry.unlink()
+        self._start_mono = time.monotonic()
         self.hold_path = self.root / "hold"
         self.ledger_path = self.root / "ledger.json"
         self._last_mono: float | None = None
@@ -206,20 +302,41 @@ class HardwareEmulator:
             total += _read_int(path) or 0
         return total
 
-    def _job_pids(self, node: str) -> list[int]:
-        pids: list[int] = []
-        base = self.cgroup_root / "cpuacct" / f"slurm_{node}"
-        for procs in base.glob("uid_*/job_*/**/cgroup.procs"):
-            try:
-                pids.extend(int(p) for p in procs.read_text().split())
-            except (OSError, ValueError):
-                continue
+    def _job_pids(self, node: str, controllers: tuple[str, ...] = ("cpuacct",)) -> set[int]:
+        pids: set[int] = set()
+        for controller in controllers:
+            base = self.cgroup_root / controller / f"slurm_{node}"
+            for procs in base.glob("uid_*/job_*/**/cgroup.procs"):
+                try:
+                    pids.update(int(p) for p in procs.read_text().split())
+                except (OSError, ValueError):
+                    continue
         return pids
 
-    def _gpu_util(self, node: EmulatedNode) -> tuple[list[int], dict[int, list[SimProcess]]]:
+    def _job_cpu(self, node: EmulatedNode) -> None:
+        base = self.cgroup_root / "cpuacct" / f"slurm_{node.name}"
+        for usage in base.glob("uid_*/job_*/cpuacct.usage"):
+            value = _read_int(usage)
+            job = usage.parent.name.removeprefix("job_")
+            if value is not None and value >= node.job_cpu_ns.get(job, 0):
+                node.job_cpu_ns[job] = value
+
+    def _update_proc(self, node: EmulatedNode, now: float) -> set[int]:
+        """Write the node's ``proc/stat`` and its pid links; return the node's job pids."""
+        base = self.cgroup_root / "cpuacct" / f"slurm_{node.name}"
+        node.add_cpu_usage(_read_ints(base / "cpuacct.usage_percpu"))
+        node.write_stat(now - self._start_mono, self.hz_user)
+        pids = self._job_pids(node.name, ("cpuacct", "devices"))
+        node.link_pids(pids, self.procfs_root)
+        self._job_cpu(node)
+        return pids
+
+    def _gpu_util(
+        self, node: EmulatedNode, pids: set[int]
+    ) -> tuple[list[int], dict[int, list[SimProcess]]]:
         util = [0] * node.gpus
         procs: dict[int, list[SimProcess]] = {i: [] for i in range(node.gpus)}
-        for pid in self._job_pids(node.name):
+        for pid in sorted(pids):  # linked under the node's proc/ before NVML lists them
             env = _environ(self.procfs_root, pid)
             wanted = env.get(UTIL_ENV)
             if wanted is None:
@@ -253,7 +370,8 @@ class HardwareEmulator:
                 node.last_usage_ns = usage
             busy = (usage - node.last_usage_ns) / 1e9 / dt_s if dt_s > 0 else 0.0
             node.last_usage_ns = usage
-            util, procs = self._gpu_util(node)
+            pids = self._update_proc(node, now)
+            util, procs = self._gpu_util(node, pids)
             if dt_s > 0 and not held:
                 node.add("package-0", m.cpu_idle_w + m.cpu_per_cpu_w * (busy + other_cpus), dt_s)
                 node.add("package-0/dram", m.dram_idle_w + m.dram_per_cpu_w * busy, dt_s)
@@ -289,6 +407,7 @@ class HardwareEmulator:
             "held": self.hold_path.exists(),
             "model": asdict(self.model),
             "nodes": {n.name: dict(n.added_uj) for n in self.nodes},
+            "job_cpu_ns": {n.name: dict(n.job_cpu_ns) for n in self.nodes},
         }
         write_atomic(self.ledger_path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 

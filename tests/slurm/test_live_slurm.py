@@ -2,13 +2,14 @@
 
 Brings up the 4-node test cluster (``tests/slurm/cluster.sh up``), a PostgreSQL, the
 jobenergy server, the hardware emulator (``jobenergy.sim.hwemu``: powercap trees driven by
-the real job cgroups, simulated NVML driven by what fake-GPU jobs declare) and one real agent
-per node. alice and bob then submit CPU, GPU, srun, failing, cancelled, array, multi-node,
-heterogeneous and very short jobs with the SPANK options, exactly as users do. Checked when
-they have ended: ``senergy -j`` and ``sacct -o JobID,AdminComment`` show energy (written by
-EpilogSlurmctld's background ``jobenergy slurm sync``), tags and Slurm metadata are
-recorded, and for every node Σ jobs + unattributed equals the emulated hardware's energy,
-exactly (µJ).
+the real job cgroups, simulated NVML driven by what fake-GPU jobs declare, and a procfs view
+per node whose ``stat`` counts only that node's jobs, since the 4 nodes share one host) and
+one real agent per node. alice and bob then submit CPU, GPU, srun, failing, cancelled,
+array, multi-node, heterogeneous and very short jobs with the SPANK options, exactly as users
+do. Checked when they have ended: ``senergy -j`` and ``sacct -o JobID,AdminComment`` show
+energy (written by EpilogSlurmctld's background ``jobenergy slurm sync``), tags and Slurm
+metadata are recorded, for every node Σ jobs + unattributed equals the emulated hardware's
+energy, exactly (µJ), and a CPU job's package energy matches its cgroup CPU time.
 
 Needs root and Debian (it installs and starts daemons); in CI (``CI=true``) a failure to
 bring the cluster up fails the test, elsewhere it skips. Deselect with ``-m "not slurm"``.
@@ -122,7 +123,8 @@ def stack(slurm_cluster: None, pg_url: str) -> Iterator[dict[str, Any]]:
             cfg = write_agent_config(
                 work / f"agent-{node}.toml", collector_url=url, cluster=CLUSTER, node=node,
                 interval_s=INTERVAL_S, push_interval_s=1.0, spool_dir=str(work / "spool" / node),
-                sysfs_root=str(emu_root / node / "sys"), procfs_root="/proc",
+                sysfs_root=str(emu_root / node / "sys"),
+                procfs_root=str(emu_root / node / "proc"),  # this node's jobs only, not the host's
                 cgroup_root="/sys/fs/cgroup", nvml=nvml,
                 gpu_map_dir=str(GPU_MAP_ROOT / node))
             env = {"JOBENERGY_NVML_SIM_STATE": str(emu_root / node / "nvml.state")}
@@ -310,6 +312,35 @@ def test_jobs_accounted_like_users_see_them(stack: dict[str, Any],
                  if stack["nvml"] == "auto" or not k.startswith("gpu/"))
         assert measured[node] == hw, (node, measured[node], hw)
         assert attributed[node] + unattributed[node] == hw, (node, attributed, unattributed)
+
+    # CPU shares follow the node's own CPU time. Under the emulator's model (the ledger's)
+    # a node draws cpu_idle_w + cpu_per_cpu_w × its busy CPUs, and the agent splits a
+    # package's energy by CPU time (dynamic part) and allocation (static part): a job with T s
+    # of cgroup CPU time on a node of N CPUs gets at least (cpu_idle_w / N + cpu_per_cpu_w) × T,
+    # whatever the static floor, as long as the node's busy time is its jobs' (the node's
+    # own /proc/stat from the emulator). With the host's /proc/stat the other nodes' jobs
+    # count as busy time of no job on every node and shrink the share far below that.
+    model = ledger["model"]
+    stat = (stack["emu"] / "n1" / "proc" / "stat").read_text().splitlines()
+    ncpus = sum(1 for line in stat if line.split()[0][3:].isdigit())
+    floor_w_per_cpu_s = model["cpu_idle_w"] / ncpus + model["cpu_per_cpu_w"]
+    ratios = {}
+    for name, raw in jobs.items():
+        for node, cpu_ns in ((n, c[raw]) for n, c in ledger["job_cpu_ns"].items() if raw in c):
+            if cpu_ns >= 200_000_000:  # at least 0.2 CPU-s: well above tick granularity
+                pkg_uj = got[raw]["by_node"].get(node, {}).get("cpu", 0)
+                ratios[f"{name}@{node}"] = (pkg_uj / cpu_ns * 1e3, cpu_ns / 1e9, pkg_uj / 1e6)
+    with capsys.disabled():
+        print("\nW per job CPU-s (package J / cgroup CPU-s; bound "
+              f"{floor_w_per_cpu_s:.1f}): " + ", ".join(
+                  f"{k}={r:.1f} ({t:.2f} CPU-s, {e:.1f} J)" for k, (r, t, e) in ratios.items()))
+    cpu_ns = ledger["job_cpu_ns"]["n1"][jobs["cpu"]]
+    assert cpu_ns >= 500_000_000, ledger["job_cpu_ns"]  # the 3 s burner ran
+    cpu_pkg_uj = got[jobs["cpu"]]["by_node"]["n1"]["cpu"]
+    low = 0.9 * floor_w_per_cpu_s * cpu_ns / 1e3  # µJ; 10 %: sampling skew, tick rounding
+    high = ((model["cpu_idle_w"] + model["cpu_per_cpu_w"] * ncpus)
+            * (got[jobs["cpu"]]["elapsed_s"] + 2 * INTERVAL_S) * 1e6)
+    assert low <= cpu_pkg_uj <= high, (cpu_pkg_uj, low, high, ratios)
 
     # Jobs shorter than one sample interval: energy kept, not lost to unattributed.
     short = got[jobs["short"]]
