@@ -39,8 +39,9 @@ def _steps(engine):
 
 def test_import_inside_a_stored_step_cuts_it_in_two(engine):
     with engine.begin() as conn:
-        import_series(conn, "c1", "carbon", [(T0, T0 + 12 * H, 100.0),
-                                             (T0 + 12 * H, T0 + 24 * H, 200.0)])
+        import_series(
+            conn, "c1", "carbon", [(T0, T0 + 12 * H, 100.0), (T0 + 12 * H, T0 + 24 * H, 200.0)]
+        )
     with engine.begin() as conn:
         import_series(conn, "c1", "carbon", [(T0 + 5 * H, T0 + 6 * H, 55.0)])
     assert _steps(engine) == [(0, 5, 100.0), (5, 6, 55.0), (6, 12, 100.0), (12, 24, 200.0)]
@@ -52,9 +53,13 @@ def test_begin_at_survives_a_batch_without_energy_for_the_job(engine, make_batch
         ingest_batch(session, first)
     later = make_batch(seq=1, jobs={}, start=first.intervals[-1].end)
     # The job is listed in the interval (seen in its cgroup) but got no energy.
-    later = later.model_copy(update={"intervals": [
-        i.model_copy(update={"jobs": [JobSample(job_id="101")]}) for i in later.intervals
-    ]})
+    later = later.model_copy(
+        update={
+            "intervals": [
+                i.model_copy(update={"jobs": [JobSample(job_id="101")]}) for i in later.intervals
+            ]
+        }
+    )
     with Session(engine) as session, session.begin():
         ingest_batch(session, later)
     with Session(engine) as session:
@@ -63,9 +68,9 @@ def test_begin_at_survives_a_batch_without_energy_for_the_job(engine, make_batch
 
 
 @pytest.mark.postgres
-def test_two_agents_with_one_node_name_cannot_both_store_a_span(pg_url, make_batch):
-    upgrade(pg_url)
-    engine = make_engine(pg_url)
+def test_two_agents_with_one_node_name_cannot_both_store_a_span(pg_fresh_url, make_batch):
+    upgrade(pg_fresh_url)
+    engine = make_engine(pg_fresh_url)
     try:
         results: list[object] = []
         holder = Session(engine)

@@ -86,7 +86,7 @@ def libnvml_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def cluster(tmp_path, pg_url, libnvml_dir):
+def cluster(tmp_path, pg_fresh_url, libnvml_dir):
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     scenario = Scenario(tmp_path / "nodes")
@@ -116,7 +116,7 @@ def cluster(tmp_path, pg_url, libnvml_dir):
         "port": port,
         "tmp": tmp_path,
         "scenario": scenario,
-        "db": pg_url,
+        "db": pg_fresh_url,
     }
     yield state
     for proc in agents.values():
@@ -260,7 +260,18 @@ def test_exact_energy_from_counters_to_senergy(cluster):
         assert rows[job_id][2] == str(total)
         assert rows[job_id][3] == f"{total / UJ_PER_KWH:.6f}"
     as_json = subprocess.run(
-        [sys.executable, "-m", "jobenergy.cli.senergy", "--url", api, "-j", "101", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "jobenergy.cli.senergy",
+            "--url",
+            api,
+            "-M",
+            "e2e",
+            "-j",
+            "101",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         check=True,
