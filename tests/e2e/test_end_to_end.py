@@ -91,7 +91,9 @@ def cluster(tmp_path, pg_fresh_url, libnvml_dir):
     api = f"http://127.0.0.1:{port}"
     scenario = Scenario(tmp_path / "nodes")
     agents = {}
+    metrics_ports = {}
     for node in (scenario.n1, scenario.n2):
+        metrics_ports[node.name] = free_port()
         config = write_agent_config(
             tmp_path / f"{node.name}.toml",
             collector_url=api,
@@ -106,6 +108,7 @@ def cluster(tmp_path, pg_fresh_url, libnvml_dir):
             nvml="auto",
             gpu_map_dir=str(tmp_path / "gpumap" / node.name),
             annotation_socket=str(tmp_path / f"{node.name}.sock"),
+            metrics_port=metrics_ports[node.name],
         )
         env = {"LD_LIBRARY_PATH": str(libnvml_dir), STATE_ENV: str(node.nvml_state_path)}
         agents[node.name] = start_agent(config, tmp_path / f"agent-{node.name}.log", env)
@@ -117,12 +120,39 @@ def cluster(tmp_path, pg_fresh_url, libnvml_dir):
         "tmp": tmp_path,
         "scenario": scenario,
         "db": pg_fresh_url,
+        "metrics_ports": metrics_ports,
     }
     yield state
     for proc in agents.values():
         stop(proc)
     if state["server"] is not None:
         stop(state["server"])
+
+
+def _samples(port: int) -> int:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return -1
+    for line in text.splitlines():
+        if line.startswith("jobenergy_agent_samples_total "):
+            return int(float(line.split()[1]))
+    return -1
+
+
+def settle(cluster) -> None:
+    """Wait until every agent has taken two more samples: one wholly after the last change.
+
+    Phases are separated by the agents' own samples, not by sleeps, so a loaded machine
+    cannot merge two phases into one interval.
+    """
+    ports = cluster["metrics_ports"]
+    before = {name: _samples(port) for name, port in ports.items()}
+    _wait_for(
+        lambda: all(_samples(p) >= max(before[n], 0) + 2 for n, p in ports.items()),
+        60,
+        "the agents' next samples",
+    )
 
 
 def _run_scenario(cluster) -> Scenario:
@@ -137,33 +167,33 @@ def _run_scenario(cluster) -> Scenario:
         )
     s.burn(s.n1, None, 5)
     s.burn(s.n2, None, 2)
-    time.sleep(PHASE_S)
+    settle(cluster)
     s.burn_gpu(s.n1, 0, None, 2_000)
     s.burn_gpu(s.n1, 1, None, 3_000)
-    time.sleep(PHASE_S)
+    settle(cluster)
     s.n1.start_job("101", 5001, list(range(8)), gpus=[1])  # starts between two samples
     s.n2.start_job("202", 5002, list(range(16)))
-    time.sleep(PHASE_S)
+    settle(cluster)
     cluster["server"] = start_server(cluster["db"], cluster["port"], tmp / "server.log")
     s.burn(s.n1, "101", 1)  # package-0 passes max_energy_range_uj here: a wrap
     s.burn(s.n2, "202", 30)
-    time.sleep(PHASE_S)
+    settle(cluster)
     s.burn(s.n1, "101", 40)
     s.burn_gpu(s.n1, 1, "101", 250_000)  # the allocated GPU: the job's
     s.burn_gpu(s.n1, 0, None, 70_000)  # a GPU nobody holds: unattributed
-    time.sleep(PHASE_S)
+    settle(cluster)
     s.n1.end_job("101")  # its cgroup vanishes between two samples
     s.n2.end_job("202")
     s.n2.start_job("203", 5001, list(range(4)))
-    time.sleep(PHASE_S)
+    settle(cluster)
     s.burn(s.n2, "203", 12)
-    time.sleep(PHASE_S)
+    settle(cluster)
     s.n2.end_job("203")
-    time.sleep(PHASE_S)
+    settle(cluster)
     s.burn(s.n1, None, 3)
     s.burn_gpu(s.n1, 1, None, 9_000)
     s.burn(s.n2, None, 4)
-    time.sleep(PHASE_S)
+    settle(cluster)
     return s
 
 
