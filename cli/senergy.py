@@ -75,7 +75,11 @@ def report(
     jobs: Annotated[
         str | None, typer.Option("--jobs", "-j", help="Job ids, comma separated")
     ] = None,
-    cluster: Annotated[str | None, typer.Option("--clusters", "-M", help="Cluster")] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option("--clusters", "-M", envvar="JOBENERGY_CLUSTER",
+                     help="Cluster (default $JOBENERGY_CLUSTER; unset: every cluster)"),
+    ] = None,
     user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's jobs")] = None,
     account: Annotated[
         str | None, typer.Option("--account", "-A", help="Only this account")

@@ -10,6 +10,7 @@ intervals so every job is seen by at least one sample.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -296,8 +297,6 @@ def test_exact_energy_from_counters_to_senergy(cluster):
             "jobenergy.cli.senergy",
             "--url",
             api,
-            "-M",
-            "e2e",
             "-j",
             "101",
             "--json",
@@ -305,5 +304,6 @@ def test_exact_energy_from_counters_to_senergy(cluster):
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "JOBENERGY_CLUSTER": "e2e"},  # the default for -M, as sacct's
     ).stdout
     assert json.loads(as_json)["jobs"][0]["energy_uj"] == sum(s.job_uj["101"].values())
