@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from sqlalchemy import Connection, bindparam, case, func, select, update
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import Connection, bindparam, case, func, update
 from sqlalchemy.orm import Session
 
 from jobenergy.collector.factors import DEFAULTS
 from jobenergy.collector.hours import write_hours
-from jobenergy.collector.models import EnergyInterval, IngestedBatch, Job, JobEnergy, NodeEnergy
+from jobenergy.collector.intervals import (
+    check_no_overlap,
+    write_intervals_pg,
+    write_intervals_sqlite,
+)
+from jobenergy.collector.models import IngestedBatch, Job, JobEnergy, NodeEnergy
 from jobenergy.collector.phases import write_phases
 from jobenergy.collector.plan import Plan, plan_batch
 from jobenergy.collector.sql import (
@@ -33,24 +37,11 @@ from jobenergy.collector.sql import (
     lock_node,
 )
 from jobenergy.collector.steps import plan_steps, write_steps
-from jobenergy.core.schema import MAX_INTERVAL_S, Batch
+from jobenergy.core.schema import Batch
 
 __all__ = ["IngestRejected", "IngestResult", "ingest_batch"]
 
 logger = logging.getLogger(__name__)
-
-_INTERVAL_COLUMNS = (
-    "cluster", "node", "job_id", "component", "source", "start_at", "end_at", "energy_uj",
-    "estimated",
-)
-_COPY_SQL = f"COPY {EnergyInterval.__tablename__} ({', '.join(_INTERVAL_COLUMNS)}) FROM STDIN"
-_SQLITE_INSERT_SQL = (
-    f"INSERT INTO {EnergyInterval.__tablename__} ({', '.join(_INTERVAL_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _INTERVAL_COLUMNS)})"
-)
-_COPY_NULL = "\\N"
-#: SQLAlchemy's storage format for DateTime on SQLite (naive UTC), so raw inserts match ORM ones.
-_SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 @dataclass(frozen=True)
@@ -64,55 +55,6 @@ class IngestResult:
 
     duplicate: bool
     records: int
-
-
-def _copy_escape(value: str) -> str:
-    """Escape a value for PostgreSQL's COPY text format."""
-    return (
-        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    )
-
-
-def _write_intervals_pg(conn: Connection, batch: Batch, plan: Plan) -> None:
-    prefix = f"{_copy_escape(batch.cluster)}\t{_copy_escape(batch.node)}\t"
-    times = [f"{iv.start.isoformat()}\t{iv.end.isoformat()}" for iv in batch.intervals]
-    escaped: dict[str, str] = {}
-    for _, _, source, _, _, _ in plan.rows:
-        if source not in escaped:
-            escaped[source] = _copy_escape(source)
-    data = "".join(
-        [
-            f"{prefix}{_COPY_NULL if job_id is None else job_id}\t{component}\t{escaped[source]}\t"
-            f"{times[index]}\t{energy_uj}\t{'t' if estimated else 'f'}\n"
-            for job_id, component, source, index, energy_uj, estimated in plan.rows
-        ]
-    )
-    dbapi_connection = conn.connection.dbapi_connection
-    assert dbapi_connection is not None
-    import psycopg  # PostgreSQL only; the server extra installs it
-
-    try:
-        with dbapi_connection.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:
-            copy.write(data.encode())
-    except psycopg.Error as err:
-        # The raw COPY bypasses SQLAlchemy: wrap its errors as SQLAlchemy would (DataError,
-        # OperationalError, ...) so the route answers 422/503 like for any other statement.
-        raise sa_exc.DBAPIError.instance(_COPY_SQL, None, err, psycopg.Error) from err
-
-
-def _write_intervals_sqlite(conn: Connection, batch: Batch, plan: Plan) -> None:
-    times = [
-        (iv.start.strftime(_SQLITE_TIME_FORMAT), iv.end.strftime(_SQLITE_TIME_FORMAT))
-        for iv in batch.intervals
-    ]
-    cluster, node = batch.cluster, batch.node
-    conn.exec_driver_sql(
-        _SQLITE_INSERT_SQL,
-        [
-            (cluster, node, job_id, component, source, *times[index], energy_uj, int(estimated))
-            for job_id, component, source, index, energy_uj, estimated in plan.rows
-        ],
-    )
 
 
 def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> None:
@@ -148,10 +90,19 @@ def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> N
         stmt,
         [
             {
-                "cluster": batch.cluster, "job_id": job_id, "uid": s.uid, "updated_at": now,
-                "begin_at": s.begin_at, "model": s.model, "phase": s.phase,
-                "energy_uj": s.energy_uj, "gpu_uj": s.gpu_uj, "gpu_s": s.gpu_s,
-                "facility_uj": 0, "co2e_ug": 0, "samples": s.samples,
+                "cluster": batch.cluster,
+                "job_id": job_id,
+                "uid": s.uid,
+                "updated_at": now,
+                "begin_at": s.begin_at,
+                "model": s.model,
+                "phase": s.phase,
+                "energy_uj": s.energy_uj,
+                "gpu_uj": s.gpu_uj,
+                "gpu_s": s.gpu_s,
+                "facility_uj": 0,
+                "co2e_ug": 0,
+                "samples": s.samples,
             }
             for job_id, s in sorted(plan.jobs.items())
         ],
@@ -179,7 +130,10 @@ def _upsert_job_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
     new = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=[
-            JobEnergy.cluster, JobEnergy.job_id, JobEnergy.node, JobEnergy.component,
+            JobEnergy.cluster,
+            JobEnergy.job_id,
+            JobEnergy.node,
+            JobEnergy.component,
             JobEnergy.source,
         ],
         set_={
@@ -198,10 +152,20 @@ def _upsert_job_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
         stmt,
         [
             {
-                "cluster": batch.cluster, "job_id": job_id, "node": batch.node,
-                "component": component, "source": source, "energy_uj": t[0],
-                "estimated_uj": t[1], "intervals": t[2], "covered_s": t[3], "first_at": t[4],
-                "last_at": t[5], "wraps": t[6], "resets": t[7], "device_name": t[8],
+                "cluster": batch.cluster,
+                "job_id": job_id,
+                "node": batch.node,
+                "component": component,
+                "source": source,
+                "energy_uj": t[0],
+                "estimated_uj": t[1],
+                "intervals": t[2],
+                "covered_s": t[3],
+                "first_at": t[4],
+                "last_at": t[5],
+                "wraps": t[6],
+                "resets": t[7],
+                "device_name": t[8],
             }
             for (job_id, component, source), t in sorted(plan.job_totals.items())
         ],
@@ -214,7 +178,10 @@ def _upsert_node_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
     new = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=[
-            NodeEnergy.cluster, NodeEnergy.node, NodeEnergy.component, NodeEnergy.source,
+            NodeEnergy.cluster,
+            NodeEnergy.node,
+            NodeEnergy.component,
+            NodeEnergy.source,
         ],
         set_={
             NodeEnergy.measured_uj: NodeEnergy.measured_uj + new.measured_uj,
@@ -228,9 +195,15 @@ def _upsert_node_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
         stmt,
         [
             {
-                "cluster": batch.cluster, "node": batch.node, "component": component,
-                "source": source, "measured_uj": t[0], "unattributed_uj": t[1],
-                "intervals": t[2], "first_at": t[3], "last_at": t[4],
+                "cluster": batch.cluster,
+                "node": batch.node,
+                "component": component,
+                "source": source,
+                "measured_uj": t[0],
+                "unattributed_uj": t[1],
+                "intervals": t[2],
+                "first_at": t[3],
+                "last_at": t[4],
             }
             for (component, source), t in sorted(plan.node_totals.items())
         ],
@@ -246,44 +219,6 @@ def _check_text(batch: Batch) -> None:
             names.append(src.device_name or "")
     if any("\x00" in name for name in names):
         raise IngestRejected("text fields must not contain NUL characters")
-
-
-def _check_no_overlap(conn: Connection, batch: Batch) -> None:
-    """Refuse energy for a span of time already stored for the same node and source.
-
-    A node measures each source once over time; a second agent configured with the same
-    node name, or an interval re-sent under another key, would otherwise count twice.
-    Batches may still arrive in any order. Intervals are at most ``MAX_INTERVAL_S`` long
-    (schema), which bounds the index range searched.
-    """
-    spans: dict[str, list[tuple[datetime, datetime]]] = {}
-    for interval in batch.intervals:
-        for src in interval.sources:
-            spans.setdefault(src.source, []).append((interval.start, interval.end))
-    if not spans:
-        return
-    lo = batch.intervals[0].start - timedelta(seconds=MAX_INTERVAL_S)
-    hi = batch.intervals[-1].end
-    stored = conn.execute(
-        select(EnergyInterval.source, EnergyInterval.start_at, EnergyInterval.end_at)
-        .where(
-            EnergyInterval.cluster == batch.cluster,
-            EnergyInterval.node == batch.node,
-            EnergyInterval.start_at >= lo,
-            EnergyInterval.start_at < hi,
-            EnergyInterval.source.in_(list(spans)),
-        )
-        .distinct()
-    ).all()
-    for source, start_at, end_at in stored:
-        for start, end in spans[source]:
-            if start < end_at and start_at < end:
-                raise IngestRejected(
-                    f"energy for source {source!r} on node {batch.node!r} from "
-                    f"{start.isoformat()} to {end.isoformat()} overlaps energy already stored "
-                    f"({start_at.isoformat()} to {end_at.isoformat()}): two agents with one "
-                    "node name, or data re-sent under another batch key?"
-                )
 
 
 def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
@@ -309,13 +244,20 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
     claim = (
         dialect_insert(conn)(IngestedBatch)
         .values(
-            cluster=batch.cluster, node=batch.node, boot_id=batch.boot_id, seq=batch.seq,
-            received_at=now, agent_version=batch.agent_version,
-            intervals=len(batch.intervals), records=len(plan.rows),
+            cluster=batch.cluster,
+            node=batch.node,
+            boot_id=batch.boot_id,
+            seq=batch.seq,
+            received_at=now,
+            agent_version=batch.agent_version,
+            intervals=len(batch.intervals),
+            records=len(plan.rows),
         )
         .on_conflict_do_nothing(
             index_elements=[
-                IngestedBatch.cluster, IngestedBatch.node, IngestedBatch.boot_id,
+                IngestedBatch.cluster,
+                IngestedBatch.node,
+                IngestedBatch.boot_id,
                 IngestedBatch.seq,
             ]
         )
@@ -324,19 +266,22 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
     if conn.execute(claim).first() is None:
         logger.info(
             "duplicate batch cluster=%s node=%s boot_id=%s seq=%s",
-            batch.cluster, batch.node, batch.boot_id, batch.seq,
+            batch.cluster,
+            batch.node,
+            batch.boot_id,
+            batch.seq,
         )
         return IngestResult(duplicate=True, records=0)
     # One order for every writer: server defaults, node, cluster factors (no deadlock).
     lock_factors(conn, DEFAULTS, shared=True)
     lock_node(conn, batch.cluster, batch.node)
     lock_factors(conn, batch.cluster, shared=True)
-    _check_no_overlap(conn, batch)
+    check_no_overlap(conn, batch)
     if plan.rows:
         if conn.dialect.name == "postgresql":
-            _write_intervals_pg(conn, batch, plan)
+            write_intervals_pg(conn, batch, plan)
         else:
-            _write_intervals_sqlite(conn, batch, plan)
+            write_intervals_sqlite(conn, batch, plan)
     if plan.jobs:
         _upsert_jobs(conn, batch, plan, now)
     if plan.job_totals:
