@@ -3,8 +3,13 @@
 For one source (a RAPL package or its DRAM zone) and one interval between two samples:
 
 * No Slurm job on the node → the whole delta is the node's ``unattributed`` energy.
-* Exactly one job active → the job gets all of it, as Slurm's own ConsumedEnergy does for an
-  exclusive node.
+* Exactly one job active for the whole interval → the job gets all of it, as Slurm's own
+  ConsumedEnergy does for an exclusive node.
+* A job that lived only part of the interval (it started or ended inside it:
+  :mod:`.lifetime`) pays the static part only for that part: its static weight is scaled by
+  the time it lived, and the rest weighs for ``unattributed``. Alone on the node, it gets the
+  node's static energy for its lifetime and the dynamic part by CPU time (busy time of no
+  job, before it started or after it ended, is the node's).
 * Several jobs → the delta is cut in two parts:
 
   - **static** = ``min(delta, static_power_w × interval)`` is split by allocated CPUs
@@ -47,6 +52,7 @@ class JobUsage:
         step_cpu_ns: CPU time each step of the job used during the interval, ns, for the
             steps whose cgroup exists at the end of it (a new step: its whole usage). A step
             that vanished during the interval is absent: its time is in ``cpu_ns`` only.
+        alive_ns: How long the job existed inside the interval, ns; None for all of it.
     """
 
     cpu_ns: int
@@ -54,6 +60,7 @@ class JobUsage:
     ended: bool = False
     uid: int | None = None
     step_cpu_ns: dict[str, int] = field(default_factory=dict)
+    alive_ns: int | None = None
 
 
 def job_usage(
@@ -127,32 +134,53 @@ def attribute_cpu(
     node_busy_ns: int,
     ncpus: int,
     static_uj: int,
+    span_ns: int = 0,
 ) -> tuple[dict[str, int], int]:
     """Split one CPU-package or DRAM delta over the jobs active in the interval.
 
     Args:
         delta_uj: Energy measured on the source during the interval, µJ.
-        usage: Active jobs and their CPU time / allocation (from :func:`job_usage`).
+        usage: Active jobs and their CPU time / allocation / lifetime (:func:`job_usage`
+            and :mod:`.lifetime`).
         node_busy_ns: Node-wide busy CPU time during the interval (``/proc/stat``), ns.
         ncpus: CPUs on the node.
         static_uj: Static (idle-floor) energy of the source for the interval, µJ.
+        span_ns: The interval's length, ns (the scale of ``JobUsage.alive_ns``); 0 when
+            unknown, which ignores lifetimes.
 
     Returns:
         (energy per job µJ, unattributed µJ); they add up to ``delta_uj`` exactly.
     """
     if not usage:
         return {}, delta_uj
-    if len(usage) == 1:
+    span_ns = max(0, span_ns)
+
+    def lived(u: JobUsage) -> int:
+        if span_ns == 0 or u.alive_ns is None:
+            return max(1, span_ns)
+        return min(max(0, u.alive_ns), span_ns)
+
+    partial = any(lived(u) < max(1, span_ns) for u in usage.values())
+    if len(usage) == 1 and not partial:
         (job_id,) = usage
         return {job_id: delta_uj}, 0
 
     static_uj = max(0, min(delta_uj, static_uj))
     dynamic_uj = delta_uj - static_uj
+    full = max(1, span_ns)
 
-    alloc_weights: dict[str, int] = {j: u.cpus for j, u in usage.items()}
-    alloc_weights[UNATTRIBUTED] = max(0, ncpus - sum(alloc_weights.values()))
-    if sum(alloc_weights.values()) == 0:
-        alloc_weights = {j: 1 for j in usage}  # allocation unknown: even split
+    if len(usage) == 1:
+        # Alone on the node for part of the interval: the node's static power is the job's
+        # for the time it lived (the exclusive rule, prorated), the idle rest is nobody's.
+        (job_id, only), = usage.items()
+        alloc_weights = {job_id: lived(only), UNATTRIBUTED: full - lived(only)}
+    else:
+        alloc_weights = {j: u.cpus * lived(u) for j, u in usage.items()}
+        alloc_weights[UNATTRIBUTED] = max(0, ncpus * full - sum(alloc_weights.values()))
+        if sum(v for k, v in alloc_weights.items() if k != UNATTRIBUTED) == 0:
+            # Allocation unknown: even split over the time each job lived.
+            alloc_weights = {j: lived(u) for j, u in usage.items()}
+            alloc_weights[UNATTRIBUTED] = max(0, full - max(alloc_weights.values()))
 
     jobs_busy_ns = sum(u.cpu_ns for u in usage.values())
     busy_weights: dict[str, int] = {j: u.cpu_ns for j, u in usage.items()}

@@ -92,6 +92,8 @@ class SlurmCgroups:
         # Job folder → (snapshot number, steps): steps are metadata, listed every
         # STEPS_EVERY snapshots instead of every second (listing was half the resolver's cost).
         self._steps_seen: dict[str, tuple[int, tuple[str, ...]]] = {}
+        # Job folder → its ctime (the job's birth), read once when first seen.
+        self._born: dict[str, int | None] = {}
         self._snapshots = 0
 
     def snapshot(self) -> CgroupSnapshot:
@@ -212,6 +214,7 @@ class SlurmCgroups:
                     steps=steps,
                     path=job_path,
                     step_usage_ns=self._step_usage(job_path, steps, usage_v1),
+                    born_ns=self._born_ns(job_path),
                 )
         self._forget_ended(jobs)
         return CgroupSnapshot(version=1, jobs=jobs, root_usage_ns=root_usage_ns)
@@ -257,9 +260,25 @@ class SlurmCgroups:
                 self._steps_seen.pop(job_path, None)  # list the job's steps again next time
         return usage
 
+    def _born_ns(self, job_path: str) -> int | None:
+        """Return when a job folder was made (its ctime, epoch ns), read once per folder.
+
+        cgroupfs sets a folder's ctime at mkdir, and Slurm makes the job folder when the job
+        starts on the node, so it is the job's birth to the nanosecond: the first interval
+        charges the job only from then on (DESIGN.md decision 16).
+        """
+        if job_path not in self._born:
+            try:
+                self._born[job_path] = os.stat(job_path).st_ctime_ns
+            except OSError:
+                self._born[job_path] = None
+        return self._born[job_path]
+
     def _forget_ended(self, jobs: dict[str, JobCgroup]) -> None:
         """Drop cached cpusets of job folders that are gone (a requeued job gets new CPUs)."""
         live = {job.path for job in jobs.values()}
+        if self._born.keys() - live:
+            self._born = {p: b for p, b in self._born.items() if p in live}
         if self._steps_seen.keys() - live:
             self._steps_seen = {p: s for p, s in self._steps_seen.items() if p in live}
         if self._cpus_last.keys() - live:
@@ -298,6 +317,7 @@ class SlurmCgroups:
                 steps=steps,
                 path=path,
                 step_usage_ns=self._step_usage(path, steps, usage_v2),
+                born_ns=self._born_ns(path),
             )
         self._forget_ended(jobs)
         return CgroupSnapshot(

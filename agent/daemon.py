@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime
 
 from jobenergy.agent.annotations import AnnotationServer
 from jobenergy.agent.attribution import StaticFloor, attribute_cpu, job_usage
 from jobenergy.agent.continuity import CounterRecord, gap_interval
+from jobenergy.agent.lifetime import alive_ns
 from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.phases import PhaseBook
 from jobenergy.agent.procstat import read_boot_id
@@ -94,7 +96,26 @@ class Agent:
     def attribute(self, prev: Sample, cur: Sample) -> Interval:
         """Attribute the energy between two samples; conserving per source."""
         interval_ns = cur.mono_ns - prev.mono_ns
-        usage = job_usage(prev.cgroups, cur.cgroups, prev.announced | cur.announced)
+        start_ns, end_ns = prev.wall_ns, cur.wall_ns
+        job_map = {**prev.job_map, **cur.job_map}  # the later view carries the epilog's end
+        # A job in the map that ended before the interval or starts after it is not in it.
+        hinted = {
+            j
+            for j, e in job_map.items()
+            if not e.ended_by(start_ns) and (e.start_ns is None or e.start_ns < end_ns)
+        }
+        usage = job_usage(prev.cgroups, cur.cgroups, hinted)
+        alive = alive_ns(
+            usage.keys() | job_map.keys(),
+            start_ns=start_ns,
+            end_ns=end_ns,
+            prev_jobs=prev.cgroups.jobs,
+            cur_jobs=cur.cgroups.jobs,
+            job_map=job_map,
+        )
+        usage = {
+            j: replace(u, alive_ns=alive[j]) if j in alive else u for j, u in usage.items()
+        }
         node_busy_ns = 0
         ncpus = 0
         if prev.cpu is not None and cur.cpu is not None:
@@ -120,6 +141,7 @@ class Agent:
                     node_busy_ns=node_busy_ns,
                     ncpus=ncpus,
                     static_uj=floor.static_uj(delta.energy_uj, interval_ns),
+                    span_ns=end_ns - start_ns,
                 )
             sources.append(
                 SourceEnergy(
@@ -134,7 +156,7 @@ class Agent:
                 )
             )
         if self.gpu is not None and cur.gpu is not None:
-            sources.extend(self.gpu.attribute(prev.gpu, cur.gpu))
+            sources.extend(self.gpu.attribute(prev.gpu, cur.gpu, alive, end_ns - start_ns))
         for src in sources:
             self.metrics.energy_uj.labels(src.component, src.source).inc(src.measured_uj)
             self.metrics.unattributed_uj.labels(src.component).inc(src.unattributed_uj)

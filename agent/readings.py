@@ -45,6 +45,8 @@ class JobCgroup:
         step_usage_ns: Cumulative CPU time of each step's cgroup, ns, by step name (v1
             ``step_X/cpuacct.usage``; v2 ``step_X/cpu.stat`` ``usage_usec`` × 1000). Steps
             whose folder vanished before it was read are absent.
+        born_ns: When the job's cgroup folder was made, epoch ns (its ctime, read when the
+            agent first saw it; cgroupfs sets it at mkdir), or None if unknown.
     """
 
     job_id: str
@@ -54,6 +56,7 @@ class JobCgroup:
     steps: tuple[str, ...] = ()
     path: str = ""
     step_usage_ns: dict[str, int] = field(default_factory=dict)
+    born_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobenergy.agent.announced import announced_jobs
 from jobenergy.agent.cgroups import SlurmCgroups
+from jobenergy.agent.jobmap import JobMapEntry, read_job_map
 from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.procstat import read_cpu_times
 from jobenergy.agent.readings import CgroupSnapshot, CpuTimes, Reading
@@ -35,7 +35,12 @@ class Sample:
     cpu: CpuTimes | None
     gpu: Any = None  # jobenergy.agent.gpu.GpuSnapshot when NVML is on
     errors: list[str] = field(default_factory=list)
-    announced: frozenset[str] = frozenset()  # jobs in the prolog's job map (gpu_map_dir)
+    job_map: dict[str, JobMapEntry] = field(default_factory=dict)  # the hooks' (gpu_map_dir)
+
+    @property
+    def wall_ns(self) -> int:
+        """The sample's wall time, epoch ns."""
+        return _epoch_ns(self.wall)
 
 
 class Sampler:
@@ -98,10 +103,11 @@ class Sampler:
         except (SensorError, OSError) as err:
             errors.append(str(err))
             cpu = None
+        job_map = read_job_map(self.settings.gpu_map_dir)
         gpu = None
         if self.gpu is not None:
             try:
-                gpu = self.gpu.sample(cgroups.jobs.keys())
+                gpu = self.gpu.sample(cgroups.jobs.keys(), job_map, time.time_ns())
                 for reason, count in self.gpu.errors_total.items():
                     self.metrics.gpu_errors.labels(reason).set(count)
             except SensorError as err:
@@ -111,7 +117,6 @@ class Sampler:
         self.metrics.samples.inc()
         self.metrics.jobs.set(len(cgroups.jobs))
         mono_ns = time.monotonic_ns()
-        announced = announced_jobs(self.settings.gpu_map_dir)
         return Sample(
             _wall_now(mono_ns, prev, floor),
             mono_ns,
@@ -120,7 +125,7 @@ class Sampler:
             cpu,
             gpu,
             errors,
-            announced,
+            job_map,
         )
 
     def _rescan_rapl(self) -> None:
@@ -129,6 +134,13 @@ class Sampler:
             self.rapl.rescan()
         except (SensorError, SensorUnavailable) as err:
             logger.error("RAPL rescan failed sensor=rapl err=%s", err)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_ns(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def _wall_now(mono_ns: int, prev: Sample | None, floor: datetime | None) -> datetime:

@@ -267,6 +267,10 @@ class SimNode:
         self._write_nvml()
         return job
 
+    def job_dir(self, job_id: str, controller: str = "cpuacct") -> Path:
+        """Return the job's cgroup folder under ``controller``."""
+        return self._cg(controller, *self._job_parts(self.jobs[job_id]))
+
     def end_job(self, job_id: str) -> None:
         """Remove the job's cgroups and process; parents keep its usage, as the kernel does."""
         job = self.jobs.pop(job_id)

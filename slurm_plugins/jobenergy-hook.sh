@@ -3,8 +3,10 @@
 # epilog_slurmctld), called by the thin prolog.sh/epilog.sh/... wrappers under `timeout`.
 #
 #   prolog            (node, root)  write <gpu_map_dir>/<job_id> = SLURM_JOB_GPUS (empty for
-#                                   CPU jobs) for the agent; send a start event with the GPUs
-#   epilog            (node, root)  send an end event; remove the map a few seconds later
+#                                   CPU jobs) and start=<now> for the agent; send a start
+#                                   event with the GPUs
+#   epilog            (node, root)  add end=<now> to the map; send an end event; remove the
+#                                   map a few seconds later
 #                                   (JOBENERGY_GPU_MAP_LINGER_S, longer than the agent's
 #                                   interval_s: its next sample must still see it)
 #   prolog_slurmctld  (controller, SlurmUser)  send a start event with the full metadata
@@ -156,12 +158,18 @@ case "$JE_ROLE" in
   prolog)
     # Every job gets a map file (empty without GPUs): it also tells the agent that a job
     # shorter than one sample interval ran here (agent/announced.py).
-    mkdir -p "$JOBENERGY_GPU_MAP_DIR" && printf '%s\n' "${SLURM_JOB_GPUS:-}" > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
+    # Line 1: the GPUs; start=: when the job began here (agent/jobmap.py).
+    mkdir -p "$JOBENERGY_GPU_MAP_DIR" \
+      && printf '%s\nstart=%s\n' "${SLURM_JOB_GPUS:-}" "$(date +%s.%N)" > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
       && mv -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" "$JOBENERGY_GPU_MAP_DIR/$JOB" \
       || je_log "cannot write job map in $JOBENERGY_GPU_MAP_DIR"
     je_send "$(je_event start "$(je_gpu_json)")" ;;
   epilog)
     if [ -e "$JOBENERGY_GPU_MAP_DIR/$JOB" ]; then
+      # end=: the job pays until now, not while the file lingers for the agent's next sample.
+      { head -c 4000 "$JOBENERGY_GPU_MAP_DIR/$JOB"; printf 'end=%s\n' "$(date +%s.%N)"; } \
+        > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
+        && mv -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" "$JOBENERGY_GPU_MAP_DIR/$JOB"
       setsid -f bash -c 'sleep "$1"; rm -f "$2"' _ "$JOBENERGY_GPU_MAP_LINGER_S" \
         "$JOBENERGY_GPU_MAP_DIR/$JOB" </dev/null >/dev/null 2>&1
     fi

@@ -3,9 +3,10 @@
 GPUs are named by minor number (``/dev/nvidia<minor>``), which is what Slurm's gres/gpu with
 ``File=/dev/nvidia[0-7]`` hands out. Sources, for each job the first that answers:
 
-1. The prolog-written map directory ``gpu_map_dir``: one file per job, named ``<job_id>``,
-   holding comma-separated GPU ids (e.g. ``0,1``); the epilog removes it. Every file there
-   counts, also for a job whose cgroup is already gone.
+1. The hooks' job map (:mod:`jobenergy.agent.jobmap`): one file per job, named
+   ``<job_id>``, whose first line holds comma-separated GPU ids (e.g. ``0,1``). Every job
+   there counts, also one whose cgroup is already gone, until the epilog's ``end`` mark:
+   from then on the job holds nothing (it pays until its end, not while the file lingers).
 2. ``SLURM_JOB_GPUS`` (else ``SLURM_STEP_GPUS``) in ``<procfs_root>/<pid>/environ`` of one
    process of the job's cgroup. ``CUDA_VISIBLE_DEVICES`` is ignored: under
    ``ConstrainDevices=yes`` it is renumbered from 0 and does not identify the device.
@@ -23,31 +24,19 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from jobenergy.agent.cgroupfs import job_id_from_proc_cgroup
+from jobenergy.agent.jobmap import JobMapEntry, parse_gpu_ids, read_job_map
 
 logger = logging.getLogger(__name__)
-
-#: A prolog map file is named after the job id (the wire schema's JobId pattern).
-_MAP_NAME_RE = re.compile(r"[A-Za-z0-9_.+:\-]{1,64}")
 
 NVIDIA_MAJOR = 195
 _NOT_GPU_MINORS = frozenset({254, 255})  # nvidia-modeset, nvidiactl
 _V1_CONTROLLERS = ("devices", "freezer", "cpuacct", "memory", "cpuset")
 _DEVICE_LINE = re.compile(r"^c\s+(\d+):(\d+)\s+\w+$")
-
-
-def parse_gpu_ids(text: str) -> frozenset[int]:
-    """Parse ``0,1`` or ``0-3,6`` (whitespace ignored) into GPU ids; bad parts are skipped."""
-    ids: set[int] = set()
-    for part in text.replace("\n", ",").split(","):
-        part = part.strip()
-        lo, sep, hi = part.partition("-")
-        if lo.isdigit() and (not sep or hi.isdigit()):
-            ids.update(range(int(lo), int(hi) + 1) if sep else (int(lo),))
-    return frozenset(ids)
 
 
 def parse_devices_list(text: str) -> frozenset[int]:
@@ -157,38 +146,28 @@ class GpuAllocation:
                 continue
         return None
 
-    def _from_map_dir(self) -> dict[str, frozenset[int]]:
-        if self.gpu_map_dir is None:
-            return {}
-        found = {}
-        try:
-            entries = list(os.scandir(self.gpu_map_dir))
-        except OSError as err:
-            logger.debug("cannot list GPU map dir path=%s error=%s", self.gpu_map_dir, err)
-            return {}
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue  # a prolog's temp file before its rename
-            if not _MAP_NAME_RE.fullmatch(entry.name):
-                logger.warning("ignoring GPU map file not named after a job path=%s", entry.path)
-                continue
-            try:
-                found[entry.name] = parse_gpu_ids(Path(entry.path).read_text())
-            except OSError:
-                continue  # removed by the epilog meanwhile
-        return found
-
-    def resolve(self, job_ids: Iterable[str]) -> dict[int, frozenset[str]]:
+    def resolve(
+        self,
+        job_ids: Iterable[str],
+        job_map: Mapping[str, JobMapEntry] | None = None,
+        now_ns: int | None = None,
+    ) -> dict[int, frozenset[str]]:
         """Return GPU minor → ids of the jobs holding it now.
 
         Args:
             job_ids: Jobs with a cgroup on this node now (the agent's cgroup scan).
+            job_map: The hooks' job map read for this sample (None: read it here).
+            now_ns: Now, epoch ns: a job the epilog marked ended by then holds nothing.
         """
-        by_job = self._from_map_dir()
+        if job_map is None:
+            job_map = read_job_map(self.gpu_map_dir)
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        by_job = {j: e.gpus for j, e in job_map.items() if not e.ended_by(now_ns)}
+        ended = {j for j, e in job_map.items() if e.ended_by(now_ns)}
         live = set(job_ids)
         for stale in self._job_gpus.keys() - live:
             del self._job_gpus[stale]
-        for job_id in live - by_job.keys():
+        for job_id in live - by_job.keys() - ended:
             if job_id not in self._job_gpus:
                 gpus = self._from_cgroups(job_id)
                 if gpus is None:

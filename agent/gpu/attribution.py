@@ -34,6 +34,8 @@ from pathlib import Path
 from jobenergy.agent.gpu.allocation import GpuAllocation
 from jobenergy.agent.gpu.nvml import NvmlSensor
 from jobenergy.agent.gpu.samples import GpuDeviceSample
+from jobenergy.agent.jobmap import JobMapEntry
+from jobenergy.agent.lifetime import prorate
 from jobenergy.core.counters import counter_delta
 from jobenergy.core.errors import SensorUnavailable
 from jobenergy.core.schema import SourceEnergy
@@ -189,17 +191,24 @@ class GpuAccounting:
             errors["counter_reset"] = sum(self._resets.values())
         return errors
 
-    def sample(self, job_ids: Iterable[str]) -> GpuSnapshot:
+    def sample(
+        self,
+        job_ids: Iterable[str],
+        job_map: Mapping[str, JobMapEntry] | None = None,
+        wall_ns: int | None = None,
+    ) -> GpuSnapshot:
         """Read every GPU once and resolve who uses it.
 
         Args:
             job_ids: Slurm jobs with a cgroup on this node now.
+            job_map: The hooks' job map for this sample (None: read from ``gpu_map_dir``).
+            wall_ns: Now, epoch ns (jobs the epilog marked ended by then hold nothing).
         """
         now_ns = time.monotonic_ns()
         if self._sensor is None:
             return GpuSnapshot(now_ns)
         devices = self._sensor.read()
-        holders = self._allocation.resolve(job_ids)
+        holders = self._allocation.resolve(job_ids, job_map, wall_ns)
         pid_jobs = self._allocation.jobs_of_pids(p.pid for d in devices for p in d.processes)
         snapshot = GpuSnapshot(now_ns)
         for dev in devices:
@@ -214,12 +223,20 @@ class GpuAccounting:
             )
         return snapshot
 
-    def attribute(self, prev: GpuSnapshot | None, cur: GpuSnapshot) -> list[SourceEnergy]:
+    def attribute(
+        self,
+        prev: GpuSnapshot | None,
+        cur: GpuSnapshot,
+        alive: Mapping[str, int] | None = None,
+        span_ns: int = 0,
+    ) -> list[SourceEnergy]:
         """Return each GPU's energy between two snapshots, attributed to jobs.
 
         A GPU without an energy reading in either snapshot (lost, failed read, new) is left
         out of this interval. A counter that went down was reset (driver reload): only the
-        energy since the reset counts, and the source carries ``resets=1``.
+        energy since the reset counts, and the source carries ``resets=1``. A job that lived
+        only part of the interval (``alive``: ns of ``span_ns``, :mod:`..lifetime`) keeps
+        that part of its share; the rest is unattributed.
         """
         sources = []
         for uuid, dev in cur.devices.items():
@@ -247,6 +264,7 @@ class GpuAccounting:
             jobs, unattributed = attribute_device(
                 delta.energy_uj, prev.states.get(uuid) if prev else None, cur.states[uuid]
             )
+            jobs, unattributed = prorate(jobs, unattributed, alive or {}, span_ns)
             sources.append(
                 SourceEnergy(
                     component="gpu",

@@ -286,3 +286,27 @@ def test_energy_across_a_failed_read_is_delayed_not_lost(sim, node, h100s, make_
     sim.write()
     (src,) = acc.attribute(failed, acc.sample(["7"]))
     assert src.measured_uj == 4_000 * 1_000 and src.jobs_uj == {"7": 4_000 * 1_000}
+
+
+def test_gpu_is_paid_until_the_epilog_end_not_while_the_map_lingers(
+    sim, node, h100s, make_accounting
+):
+    gpu = h100s[0]
+    gpu.energy_mj = 0
+    sim.state.devices = [gpu]
+    sim.write()
+    node.map_gpus("404", "0")
+    acc = make_accounting()
+    prev = acc.sample([])
+    end_s = time.time()
+    (node.gpu_map / "404").write_text(f"0\nstart=1\nend={end_s:.6f}\n")  # the epilog's mark
+    gpu.energy_mj += 1_000
+    sim.write()
+    cur = acc.sample([])
+    assert not cur.states[gpu.uuid].held  # ended: the lingering file holds nothing
+    (src,) = acc.attribute(prev, cur, {"404": 250}, 1_000)  # it lived 1/4 of the interval
+    assert src.jobs_uj == {"404": 250_000} and src.unattributed_uj == 750_000
+    gpu.energy_mj += 600
+    sim.write()
+    (later,) = acc.attribute(cur, acc.sample([]))
+    assert later.jobs_uj == {} and later.unattributed_uj == 600_000

@@ -1,0 +1,115 @@
+"""The Slurm hooks' job map: which jobs run on this node, their GPUs, start and end times.
+
+The node prolog writes ``<gpu_map_dir>/<job_id>`` for every job (root-owned folder: jobs
+cannot write it)::
+
+    0,1                       the job's SLURM_JOB_GPUS (empty line for a CPU job)
+    start=1796196766.600592   when the prolog ran, epoch seconds
+
+and the epilog rewrites it with ``end=<epoch seconds>`` appended, then removes it a few
+seconds later (longer than one sample interval, so the next sample still sees it). A file
+of an older hook holds only the first line; its times are then unknown (None).
+
+The map serves three readers, all from one scan per sample: GPU allocation (the first line),
+jobs shorter than one sample interval that no cgroup scan saw (the names), and the job's
+lifetime inside the boundary intervals it is charged for (``start``/``end``: DESIGN.md
+decision 16, a job pays for the time it existed, not for whole sample intervals).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: A map file is named after the job id (the wire schema's JobId pattern).
+JOB_NAME_RE = re.compile(r"[A-Za-z0-9_.+:\-]{1,64}")
+_MAX_MAP_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class JobMapEntry:
+    """One job in the map.
+
+    Attributes:
+        gpus: GPU ids (minor numbers) Slurm gave the job on this node.
+        start_ns: When the prolog ran, epoch ns; None if the hook did not say.
+        end_ns: When the epilog ran (the job had ended), epoch ns; None while it runs.
+    """
+
+    gpus: frozenset[int] = frozenset()
+    start_ns: int | None = None
+    end_ns: int | None = None
+
+    def ended_by(self, wall_ns: int) -> bool:
+        """True when the epilog said the job ended at or before ``wall_ns``."""
+        return self.end_ns is not None and self.end_ns <= wall_ns
+
+
+def parse_gpu_ids(text: str) -> frozenset[int]:
+    """Parse ``0,1`` or ``0-3,6`` (whitespace ignored) into GPU ids; bad parts are skipped."""
+    ids: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        if lo.isdigit() and (not sep or hi.isdigit()) and len(lo) < 6 and len(hi) < 6:
+            ids.update(range(int(lo), int(hi) + 1) if sep else (int(lo),))
+    return frozenset(ids)
+
+
+def _epoch_ns(text: str) -> int | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value <= 0 or value > 1e11:
+        return None
+    return int(value * 1e9)
+
+
+def parse_job_map(text: str) -> JobMapEntry:
+    """Parse one map file: GPU ids on the first line, then ``start=``/``end=`` lines."""
+    first, _, rest = text.partition("\n")
+    times: dict[str, int | None] = {}
+    for line in rest.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key in ("start", "end"):
+            times[key] = _epoch_ns(value.strip())
+    return JobMapEntry(parse_gpu_ids(first), times.get("start"), times.get("end"))
+
+
+def read_job_map(map_dir: str | Path | None) -> dict[str, JobMapEntry]:
+    """Return every job in the map now (empty when the folder is absent or unset)."""
+    if map_dir is None:
+        return {}
+    try:
+        with os.scandir(map_dir) as it:
+            names = [
+                e.name
+                for e in it
+                if not e.name.startswith(".")  # a hook's temp file before its rename
+                and JOB_NAME_RE.fullmatch(e.name)
+                and e.is_file(follow_symlinks=False)
+            ]
+    except OSError as err:
+        logger.debug("cannot list job map dir path=%s error=%s", map_dir, err)
+        return {}
+    entries: dict[str, JobMapEntry] = {}
+    for name in names:
+        try:
+            fd = os.open(os.path.join(map_dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # removed by the epilog meanwhile
+        try:
+            data = os.read(fd, _MAX_MAP_BYTES)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        entries[name] = parse_job_map(data.decode("ascii", "replace"))
+    return entries

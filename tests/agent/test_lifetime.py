@@ -1,0 +1,154 @@
+"""A job pays for the time it existed (DESIGN.md decision 16): boundary intervals prorated.
+
+Expected figures are derived from the times the scenario produced (the job cgroup's ctime,
+the epilog's end mark, the samples' wall times), never hard-coded.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from jobenergy.agent.attribution import JobUsage, attribute_cpu
+from jobenergy.agent.daemon import Agent
+from jobenergy.agent.jobmap import parse_job_map, read_job_map
+from jobenergy.agent.lifetime import alive_ns, prorate
+from jobenergy.agent.readings import JobCgroup
+from jobenergy.agent.settings import AgentSettings
+from jobenergy.core.split import split_uj
+from jobenergy.sim.node import SimNode
+
+
+def _ns(moment) -> int:
+    from jobenergy.agent.sampler import _epoch_ns
+
+    return _epoch_ns(moment)
+
+
+def test_job_map_lines():
+    entry = parse_job_map("0,2-3\nstart=1796196766.600592033\nend=1796196768.5\n")
+    assert entry.gpus == frozenset({0, 2, 3})
+    assert entry.start_ns == 1_796_196_766_600_592_128 or abs(
+        entry.start_ns - 1_796_196_766_600_592_033) < 1_000  # float seconds: sub-µs rounding
+    assert entry.end_ns == 1_796_196_768_500_000_000
+    assert entry.ended_by(entry.end_ns) and not entry.ended_by(entry.end_ns - 1)
+    old = parse_job_map("1\n")  # a hook of the previous release: GPUs only
+    assert (old.gpus, old.start_ns, old.end_ns) == (frozenset({1}), None, None)
+    junk = parse_job_map("\nstart=nan\nend=-5\nend2=7\nx\n")
+    assert (junk.gpus, junk.start_ns, junk.end_ns) == (frozenset(), None, None)
+
+
+def test_job_map_reads_only_job_named_plain_files(tmp_path):
+    (tmp_path / "12").write_text("0\nstart=100\n")
+    (tmp_path / ".13.tmp").write_text("1\n")  # a hook's temp file
+    (tmp_path / "bad name").write_text("1\n")
+    (tmp_path / "14").symlink_to(tmp_path / "12")
+    assert set(read_job_map(tmp_path)) == {"12"}
+    assert read_job_map(tmp_path / "absent") == {}
+
+
+def test_alive_from_birth_to_end_mark():
+    cg = JobCgroup("5", 1000, 0, born_ns=1_300)
+    new = alive_ns(["5"], start_ns=1_000, end_ns=2_000, prev_jobs={}, cur_jobs={"5": cg},
+                   job_map={})
+    assert new == {"5": 700}
+    ended = alive_ns(["5"], start_ns=2_000, end_ns=3_000, prev_jobs={"5": cg}, cur_jobs={},
+                     job_map={"5": parse_job_map("\nend=0.0000024\n")})
+    assert ended == {"5": 400}
+    whole = alive_ns(["5"], start_ns=2_000, end_ns=3_000, prev_jobs={"5": cg},
+                     cur_jobs={"5": cg}, job_map={})
+    assert whole == {}  # lived through: not prorated
+    # Birth before the interval (missed by a sample) is clipped to its start.
+    early = alive_ns(["5"], start_ns=2_000, end_ns=3_000, prev_jobs={}, cur_jobs={"5": cg},
+                     job_map={})
+    assert early == {}
+
+
+def test_alone_for_part_of_an_interval_pays_static_for_that_part():
+    usage = {"9": JobUsage(cpu_ns=400, cpus=2, alive_ns=250)}
+    jobs, unattributed = attribute_cpu(10_000, usage, node_busy_ns=500, ncpus=8,
+                                       static_uj=6_000, span_ns=1_000)
+    static = split_uj(6_000, {"9": 250, "": 750})
+    dynamic = split_uj(4_000, {"9": 400, "": 100})
+    assert jobs == {"9": static["9"] + dynamic["9"]}
+    assert jobs["9"] + unattributed == 10_000
+    # The same job alive for the whole interval still takes all of it (exclusive node).
+    whole = {"9": JobUsage(cpu_ns=400, cpus=2)}
+    assert attribute_cpu(10_000, whole, node_busy_ns=500, ncpus=8, static_uj=6_000,
+                         span_ns=1_000) == ({"9": 10_000}, 0)
+
+
+def test_shared_node_static_weighs_cpus_by_time_alive():
+    usage = {"1": JobUsage(cpu_ns=0, cpus=4), "2": JobUsage(cpu_ns=0, cpus=4, alive_ns=500)}
+    jobs, unattributed = attribute_cpu(8_000, usage, node_busy_ns=0, ncpus=8,
+                                       static_uj=8_000, span_ns=1_000)
+    expected = split_uj(8_000, {"1": 4_000, "2": 2_000, "": 2_000})
+    assert jobs == {"1": expected["1"], "2": expected["2"]}
+    assert unattributed == expected[""]
+
+
+def test_prorate_keeps_the_total():
+    jobs, unattributed = prorate({"a": 1_001, "b": 500}, 7, {"a": 1}, 3)
+    assert jobs == {"a": 333, "b": 500} and unattributed == 7 + 668
+
+
+@pytest.fixture
+def node(tmp_path):
+    return SimNode(tmp_path / "n", "n1", ncpus=8, packages=1)
+
+
+@pytest.fixture
+def agent(tmp_path, node):
+    settings = AgentSettings(
+        collector_url="http://127.0.0.1:9", cluster="t", node="n1", interval_s=1,
+        push_interval_s=3600, spool_dir=tmp_path / "spool", sysfs_root=node.sysfs_root,
+        procfs_root=node.procfs_root, cgroup_root=node.cgroup_root, nvml="off",
+        gpu_map_dir=tmp_path / "jobmap",
+        cpu_static_power_w=1e6, dram_static_power_w=1e6,  # all of each delta is static
+    )
+    a = Agent(settings)
+    yield a
+    a.pusher.close()
+
+
+def _pkg(interval):
+    return next(s for s in interval.sources if s.source == "package-0")
+
+
+def test_a_new_job_pays_from_its_cgroup_birth(agent, node):
+    agent.tick()
+    node.start_job("5", 1000, [0, 1])
+    born_ns = os.stat(node.job_dir("5")).st_ctime_ns
+    node.add_energy("package-0", 9_000_000)
+    agent.tick()
+    interval = agent._pending[-1]
+    start_ns, end_ns = _ns(interval.start), _ns(interval.end)
+    assert start_ns <= born_ns <= end_ns
+    expected = split_uj(9_000_000, {"5": end_ns - born_ns, "": born_ns - start_ns})
+    src = _pkg(interval)
+    assert src.jobs_uj.get("5", 0) == expected["5"]
+    assert src.unattributed_uj == expected[""]
+
+
+def test_an_ended_job_pays_until_the_epilog_end_mark(agent, node, tmp_path):
+    jobmap = tmp_path / "jobmap"
+    jobmap.mkdir()
+    node.start_job("6", 1000, [0, 1])
+    (jobmap / "6").write_text("\nstart=1\n")
+    agent.tick()
+    prev_ns = _ns(agent._prev.wall)
+    node.add_energy("package-0", 5_000_000)
+    node.end_job("6")
+    end_ns = prev_ns + 1  # the epilog ran right after the previous sample
+    (jobmap / "6").write_text(f"\nstart=1\nend={end_ns / 1e9:.9f}\n")
+    end_ns = read_job_map(jobmap)["6"].end_ns  # as parsed (float seconds)
+    agent.tick()
+    interval = agent._pending[-1]
+    start, stop = _ns(interval.start), _ns(interval.end)
+    expected = split_uj(5_000_000, {"6": max(0, end_ns - start), "": stop - max(end_ns, start)})
+    assert _pkg(interval).jobs_uj.get("6", 0) == expected["6"]
+    node.add_energy("package-0", 777)
+    agent.tick()  # the map still lingers, but the job ended: nothing more for it
+    later = _pkg(agent._pending[-1])
+    assert later.jobs_uj == {} and later.unattributed_uj == 777
