@@ -289,9 +289,10 @@ class Agent:
         self.shutdown()
 
     def shutdown(self, flush_timeout_s: float = 5.0) -> None:
-        """Take a final sample, seal, and try to deliver what is spooled (bounded).
+        """Take a final sample, seal, and try to deliver what is spooled, in under 10 s.
 
-        Never raises: whatever is not delivered stays in the spool for the next start.
+        Never raises, and never waits on a collector that does not answer: whatever is not
+        delivered stays in the spool for the next start (acknowledged batches only leave it).
         """
         if self.annotations is not None:
             self.annotations.stop()
@@ -303,18 +304,22 @@ class Agent:
             self.seal()
         except Exception:
             logger.exception("final seal failed: the last intervals are lost")
-        self.pusher.stop()
+        # A push in flight to a hanging collector may take its whole timeout: do not wait for
+        # it, and do not race it over the same spool files with a final push of our own.
+        stopped = self.pusher.stop(join_timeout_s=2.0)
         deadline = time.monotonic() + flush_timeout_s
+        left = -1
         try:
-            while time.monotonic() < deadline and self.spool.pending():
-                if self.pusher.push_once(deadline=deadline):
-                    break
-                time.sleep(0.2)
+            if stopped:
+                while time.monotonic() < deadline and self.spool.pending():
+                    if self.pusher.push_once(deadline=deadline):
+                        break
+                    time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))  # retry pace
             left = len(self.spool.pending())
         except Exception:
             logger.exception("final delivery failed")
-            left = -1
         if left:
             logger.warning("exiting with undelivered batches kept in spool pending=%s", left)
-        self.pusher.close()
+        if stopped:
+            self.pusher.close()
         logger.info("agent stopped")

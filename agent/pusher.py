@@ -44,6 +44,7 @@ class Pusher:
     ) -> None:
         self.url = collector_url.rstrip("/") + "/api/v1/batches"
         self.spool = spool
+        self.timeout_s = timeout_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.sent_total = 0
@@ -74,11 +75,15 @@ class Pusher:
                 body = self.spool.read(batch)
             except FileNotFoundError:
                 continue  # dropped by the size cap meanwhile
+            timeout_s = self.timeout_s
+            if deadline is not None:  # a request never outlives the caller's deadline
+                timeout_s = max(0.1, min(timeout_s, deadline - time.monotonic()))
             try:
                 resp = self._client.post(
                     self.url,
                     content=body,
                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+                    timeout=timeout_s,
                 )
             except httpx.HTTPError as err:
                 self._failed(f"collector unreachable: {err!r}")
@@ -124,12 +129,19 @@ class Pusher:
         self._thread = threading.Thread(target=self._run, name="jobenergy-pusher", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the background sender thread (pending batches stay in the spool)."""
+    def stop(self, join_timeout_s: float = 2.0) -> bool:
+        """Stop the background sender thread (pending batches stay in the spool).
+
+        Returns:
+            True when the thread has stopped; False when it is still inside a request to a
+            collector that does not answer (a daemon thread: it never holds up the exit).
+        """
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if self._thread is None:
+            return True
+        self._thread.join(timeout=join_timeout_s)
+        return not self._thread.is_alive()
 
     def close(self) -> None:
         """Release the HTTP client."""

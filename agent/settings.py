@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from jobenergy.core.errors import ConfigError
@@ -27,8 +28,23 @@ class _TomlTableSource(PydanticBaseSettingsSource):
         return dict(self._values)
 
 
+_NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
 class AgentSettings(BaseSettings):
-    """Settings of the node agent (``jobenergy agent --config FILE.toml``)."""
+    """Settings of the node agent (``jobenergy agent --config FILE.toml``).
+
+    The per-node paths default from the node name, so several agents on one host (one per
+    slurmd, ``slurmd -N <node>``: multiple-slurmd, front ends, test rigs) never share a spool,
+    a job map or an annotation socket:
+
+    * ``spool_dir``         ``/var/spool/jobenergy/agent/<node>``
+    * ``gpu_map_dir``       ``/run/jobenergy/gpus/<node>`` (the hooks' default too)
+    * ``annotation_socket`` ``/run/jobenergy/<node>/agent.sock`` (``jobenergy.client``
+      finds it from ``$SLURMD_NODENAME``, which Slurm sets in every job)
+
+    ``metrics_port`` has no default (off); give each agent of a host its own.
+    """
 
     model_config = SettingsConfigDict(env_prefix="JOBENERGY_AGENT_", extra="forbid")
 
@@ -37,22 +53,42 @@ class AgentSettings(BaseSettings):
     node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
     interval_s: float = Field(default=1.0, gt=0, le=3600)
     push_interval_s: float = Field(default=10.0, gt=0, le=86400)
-    spool_dir: Path = Path("/var/spool/jobenergy")
+    spool_dir: Path | None = None  # per node: see the class docstring
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     sysfs_root: Path = Path("/sys")
     procfs_root: Path = Path("/proc")
     cgroup_root: Path = Path("/sys/fs/cgroup")
     nvml: Literal["auto", "off"] = "auto"
-    gpu_map_dir: Path = Path("/run/jobenergy/gpus")
+    gpu_map_dir: Path | None = None  # per node
     # Static (idle-floor) power per RAPL source for the shared-node split; learned when unset.
     cpu_static_power_w: float | None = Field(default=None, ge=0)
     dram_static_power_w: float | None = Field(default=None, ge=0)
     # Unix socket for in-job phase annotations (jobenergy.client); empty string disables it.
-    annotation_socket: str = "/run/jobenergy/agent.sock"
+    annotation_socket: str | None = None  # per node
     # Prometheus /metrics of the agent's own health; "0.0.0.0" to let a central Prometheus in.
     metrics_addr: str = "127.0.0.1"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     max_intervals_per_batch: int = Field(default=3600, gt=0, le=10_000)
+
+    @field_validator("node")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        # The name becomes a path component of the per-node defaults and a wire key.
+        if not _NODE_RE.fullmatch(value):
+            raise ValueError(
+                f"node {value[:80]!r}: use a Slurm node name (letters, digits, '_', '-', '.')"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _per_node_defaults(self) -> AgentSettings:
+        if self.spool_dir is None:
+            self.spool_dir = Path("/var/spool/jobenergy/agent") / self.node
+        if self.gpu_map_dir is None:
+            self.gpu_map_dir = Path("/run/jobenergy/gpus") / self.node
+        if self.annotation_socket is None:
+            self.annotation_socket = default_socket(self.node)
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -91,3 +127,8 @@ class AgentSettings(BaseSettings):
 
 
 _TOML_VALUES: dict[type, dict[str, Any]] = {}
+
+def default_socket(node: str) -> str:
+    """Return the default annotation socket of the agent of ``node``."""
+    return f"/run/jobenergy/{node}/agent.sock"
+

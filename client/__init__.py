@@ -36,7 +36,21 @@ class AnnotationError(Exception):
 
 
 def _socket_path() -> str:
-    return os.environ.get("JOBENERGY_SOCKET", DEFAULT_SOCKET)
+    """Return the agent's socket: ``$JOBENERGY_SOCKET``, else the one of this job's node.
+
+    Slurm sets ``SLURMD_NODENAME`` in every job; the agent of that node listens on
+    ``/run/jobenergy/<node>/agent.sock`` by default (several slurmd per host each have
+    their own). ``DEFAULT_SOCKET`` is the fallback outside a job or for older agents.
+    """
+    explicit = os.environ.get("JOBENERGY_SOCKET")
+    if explicit:
+        return explicit
+    node = os.environ.get("SLURMD_NODENAME", "")
+    if node and "/" not in node and node not in (".", ".."):
+        per_node = f"/run/jobenergy/{node}/agent.sock"
+        if os.path.exists(per_node):
+            return per_node
+    return DEFAULT_SOCKET
 
 
 def send(message: dict[str, Any], *, timeout_s: float = 2.0) -> dict[str, Any]:
