@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test test-live-repeat lint bench system-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -24,6 +24,16 @@ system-deps:
 test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The live Slurm test N times in a row, each from a torn-down cluster (cluster.sh down):
+# the check that it never flakes. Stops at the first failure (its work dir is kept).
+N ?= 10
+test-live-repeat: system-deps $(STAMP)
+	@for i in $$(seq 1 $(N)); do \
+	  bash tests/slurm/cluster.sh down >/dev/null; \
+	  echo "== live run $$i/$(N) from a torn-down cluster"; \
+	  CI=true $(VENV)/bin/pytest -q -p no:cacheprovider tests/slurm $(PYTEST_ARGS) || exit 1; \
+	done; echo "== $(N) consecutive green live runs"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,8 +8,8 @@ For one source (a RAPL package or its DRAM zone) and one interval between two sa
 * A job that lived only part of the interval (it started or ended inside it:
   :mod:`.lifetime`) pays the static part only for that part: its static weight is scaled by
   the time it lived, and the rest weighs for ``unattributed``. Alone on the node, it gets the
-  node's static energy for its lifetime and the dynamic part by CPU time (busy time of no
-  job, before it started or after it ended, is the node's).
+  node's static energy for its lifetime and the dynamic part by CPU time, the busy time of no
+  job counting for it in proportion to its lifetime (the node is its own while it lives).
 * Several jobs → the delta is cut in two parts:
 
   - **static** = ``min(delta, static_power_w × interval)`` is split by allocated CPUs
@@ -31,6 +31,7 @@ splits each job's energy over its steps; no energy is split per step here.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -184,7 +185,14 @@ def attribute_cpu(
 
     jobs_busy_ns = sum(u.cpu_ns for u in usage.values())
     busy_weights: dict[str, int] = {j: u.cpu_ns for j, u in usage.items()}
-    busy_weights[UNATTRIBUTED] = max(0, node_busy_ns - jobs_busy_ns)
+    other_ns = max(0, node_busy_ns - jobs_busy_ns)
+    busy_weights[UNATTRIBUTED] = other_ns
+    if len(usage) == 1 and other_ns:
+        # The node is the job's while it lives (the exclusive rule): so is the busy time of
+        # no job during that part of the interval (taken as spread evenly over it).
+        (job_id, only), = usage.items()
+        own_ns = other_ns * lived(only) // full
+        busy_weights = {job_id: only.cpu_ns + own_ns, UNATTRIBUTED: other_ns - own_ns}
     if sum(busy_weights.values()) == 0:
         busy_weights = alloc_weights
 
@@ -198,15 +206,33 @@ def attribute_cpu(
 class StaticFloor:
     """Static power of one source: configured, or learned as the lowest power seen.
 
-    The learned floor is the minimum average power over intervals of at least
-    ``min_interval_ns``; on a node that is never idle it over-estimates the static part, which
-    shifts energy from the CPU-time split to the allocation split (documented in the README).
+    The learned floor is the lowest average power over ``window_ns`` of consecutive intervals
+    (each at least ``min_interval_ns``). Counters advance in steps (RAPL every ms, NVML's
+    energy every few tens of ms, an emulator's every tick), so one short interval's power
+    jitters by a step either way and its minimum lies low; averaging over a few seconds
+    keeps that error a fraction of a percent. On a node that is never idle the floor
+    over-estimates the static part, which shifts energy from the CPU-time split to the
+    allocation split (documented in the README).
     """
 
-    def __init__(self, configured_w: float | None, min_interval_ns: int = 500_000_000) -> None:
+    def __init__(
+        self,
+        configured_w: float | None,
+        min_interval_ns: int = 500_000_000,
+        window_ns: int = 3_000_000_000,
+    ) -> None:
         self._configured_uw = None if configured_w is None else int(configured_w * 1_000_000)
         self._min_interval_ns = min_interval_ns
+        self._window_ns = window_ns
         self._learned_uw: int | None = None
+        self._recent: deque[tuple[int, int]] = deque()  # (energy µJ, interval ns)
+        self._recent_uj = 0
+        self._recent_ns = 0
+
+    @property
+    def learned_w(self) -> float | None:
+        """The learned floor, W (None until a full window was seen)."""
+        return None if self._learned_uw is None else self._learned_uw / 1e6
 
     def static_uj(self, delta_uj: int, interval_ns: int) -> int:
         """Return the static energy for an interval and update the learned floor, µJ."""
@@ -214,10 +240,27 @@ class StaticFloor:
             return 0
         if self._configured_uw is not None:
             return self._configured_uw * interval_ns // 1_000_000_000
-        if interval_ns >= self._min_interval_ns:
-            power_uw = delta_uj * 1_000_000_000 // interval_ns
-            if self._learned_uw is None or power_uw < self._learned_uw:
-                self._learned_uw = power_uw
+        self._learn(delta_uj, interval_ns)
         if self._learned_uw is None:
             return 0
         return self._learned_uw * interval_ns // 1_000_000_000
+
+    def _learn(self, delta_uj: int, interval_ns: int) -> None:
+        # A counter that did not move at all (a stalled or held RAPL zone) says nothing about
+        # the static power: learning 0 from it would switch proration off for good; nor does
+        # a short interval (a restart, a final sample). Either starts a new window.
+        if interval_ns < self._min_interval_ns or delta_uj <= 0:
+            self._recent.clear()
+            self._recent_uj = self._recent_ns = 0
+            return
+        self._recent.append((delta_uj, interval_ns))
+        self._recent_uj += delta_uj
+        self._recent_ns += interval_ns
+        while len(self._recent) > 1 and self._recent_ns - self._recent[0][1] >= self._window_ns:
+            old_uj, old_ns = self._recent.popleft()
+            self._recent_uj -= old_uj
+            self._recent_ns -= old_ns
+        if self._recent_ns >= self._window_ns:
+            power_uw = self._recent_uj * 1_000_000_000 // self._recent_ns
+            if self._learned_uw is None or power_uw < self._learned_uw:
+                self._learned_uw = power_uw

@@ -94,6 +94,7 @@ class SlurmCgroups:
         self._steps_seen: dict[str, tuple[int, tuple[str, ...]]] = {}
         # Job folder → its ctime (the job's birth), read once when first seen.
         self._born: dict[str, int | None] = {}
+        self._seen_paths: dict[str, str] = {}  # job id → its folder at the last snapshot
         self._snapshots = 0
 
     def snapshot(self) -> CgroupSnapshot:
@@ -214,10 +215,12 @@ class SlurmCgroups:
                     steps=steps,
                     path=job_path,
                     step_usage_ns=self._step_usage(job_path, steps, usage_v1),
-                    born_ns=self._born_ns(job_path),
+                    born_ns=self._born_ns(job_path, steps),
                 )
-        self._forget_ended(jobs)
-        return CgroupSnapshot(version=1, jobs=jobs, root_usage_ns=root_usage_ns)
+        ended_ns = self._forget_ended(jobs, slurm_dir)
+        return CgroupSnapshot(
+            version=1, jobs=jobs, root_usage_ns=root_usage_ns, ended_ns=ended_ns
+        )
 
     # -- cpusets -------------------------------------------------------------------------
 
@@ -260,23 +263,45 @@ class SlurmCgroups:
                 self._steps_seen.pop(job_path, None)  # list the job's steps again next time
         return usage
 
-    def _born_ns(self, job_path: str) -> int | None:
-        """Return when a job folder was made (its ctime, epoch ns), read once per folder.
+    def _born_ns(self, job_path: str, steps: tuple[str, ...]) -> int | None:
+        """Return when a job's cgroup was made, epoch ns, read once per folder.
 
-        cgroupfs sets a folder's ctime at mkdir, and Slurm makes the job folder when the job
-        starts on the node, so it is the job's birth to the nanosecond: the first interval
-        charges the job only from then on (DESIGN.md decision 16).
+        cgroupfs sets a folder's ctime at mkdir, and later changes inside it (a step folder
+        made, tasks attached) move it on; the job's first step (``extern`` with
+        ``PrologFlags=Contain``) is made with it. So the birth is the earliest ctime of the
+        job folder and its step folders, read when the agent first sees the job (DESIGN.md
+        decision 16: its first interval charges it only from then on).
         """
         if job_path not in self._born:
-            try:
-                self._born[job_path] = os.stat(job_path).st_ctime_ns
-            except OSError:
-                self._born[job_path] = None
+            times = []
+            for path in (job_path, *(f"{job_path}/step_{step}" for step in steps)):
+                try:
+                    times.append(os.stat(path).st_ctime_ns)
+                except OSError:
+                    continue
+            self._born[job_path] = min(times) if times else None
         return self._born[job_path]
 
-    def _forget_ended(self, jobs: dict[str, JobCgroup]) -> None:
-        """Drop cached cpusets of job folders that are gone (a requeued job gets new CPUs)."""
+    def _forget_ended(self, jobs: dict[str, JobCgroup], slurm_dir: str) -> dict[str, int]:
+        """Drop the caches of job folders that are gone; return when each vanished, epoch ns.
+
+        Removing a folder sets its parent's ctime (``uid_<U>`` in v1, the scope in v2; the
+        Slurm root when slurmd removed the emptied ``uid_<U>`` too), so that ctime, read at the
+        first sample after, is the job's end unless the parent changed again since (another
+        job made or removed there): never earlier than the end, at worst this sample's time.
+        """
         live = {job.path for job in jobs.values()}
+        ended_ns: dict[str, int] = {}
+        for job_id, path in self._seen_paths.items():
+            if job_id in jobs:
+                continue
+            for parent in (os.path.dirname(path), slurm_dir):
+                try:
+                    ended_ns[job_id] = os.stat(parent).st_ctime_ns
+                    break
+                except OSError:
+                    continue
+        self._seen_paths = {j: cg.path for j, cg in jobs.items()}
         if self._born.keys() - live:
             self._born = {p: b for p, b in self._born.items() if p in live}
         if self._steps_seen.keys() - live:
@@ -284,6 +309,7 @@ class SlurmCgroups:
         if self._cpus_last.keys() - live:
             self._cpus_last = {p: c for p, c in self._cpus_last.items() if p in live}
             self._cpus_stable = {p: c for p, c in self._cpus_stable.items() if p in live}
+        return ended_ns
 
     # -- v2 -------------------------------------------------------------------------------
 
@@ -317,9 +343,10 @@ class SlurmCgroups:
                 steps=steps,
                 path=path,
                 step_usage_ns=self._step_usage(path, steps, usage_v2),
-                born_ns=self._born_ns(path),
+                born_ns=self._born_ns(path, steps),
             )
-        self._forget_ended(jobs)
+        ended_ns = self._forget_ended(jobs, scope)
         return CgroupSnapshot(
+            ended_ns=ended_ns,
             version=2, jobs=jobs, root_usage_ns=root_usage_ns, other_usage_ns=other_usage_ns
         )

@@ -112,6 +112,7 @@ class Agent:
             prev_jobs=prev.cgroups.jobs,
             cur_jobs=cur.cgroups.jobs,
             job_map=job_map,
+            ended=cur.cgroups.ended_ns,
         )
         usage = {
             j: replace(u, alive_ns=alive[j]) if j in alive else u for j, u in usage.items()
@@ -168,11 +169,15 @@ class Agent:
                 cpu_time_us=u.cpu_ns // 1000,
                 ended=u.ended,
                 step_cpu_us=_step_cpu_us(u.step_cpu_ns),
+                alive_us=alive[j] // 1000 if j in alive else None,
             )
             for j, u in usage.items()
         ]
         gpu_jobs = {j for s in sources if s.component == "gpu" for j in s.jobs_uj}
-        jobs.extend(JobSample(job_id=j) for j in sorted(gpu_jobs - usage.keys()))
+        jobs.extend(
+            JobSample(job_id=j, alive_us=alive[j] // 1000 if j in alive else None)
+            for j in sorted(gpu_jobs - usage.keys())
+        )
         jobs = [self._with_phase(job, prev.wall, cur.wall) for job in jobs]
         phases = [
             PhaseRecord(

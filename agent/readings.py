@@ -72,12 +72,15 @@ class CgroupSnapshot:
             cgroup vanished used since the previous sample. None when no root exists.
         other_usage_ns: Cumulative CPU time of non-job children of the root (v2 ``system``,
             i.e. slurmstepd itself), which is not any job's.
+        ended_ns: Jobs of the previous snapshot whose folder is gone now → when it was
+            removed, epoch ns (an upper bound: the parent folder's ctime).
     """
 
     version: int
     jobs: dict[str, JobCgroup] = field(default_factory=dict)
     root_usage_ns: int | None = None
     other_usage_ns: int = 0
+    ended_ns: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,7 @@ class Sampler:
                 cgroup_root=self.settings.cgroup_root,
                 gpu_map_dir=self.settings.gpu_map_dir,
                 node=self.settings.node,
+                static_power_w=self.settings.gpu_static_power_w,
             )
         except SensorUnavailable as err:
             logger.warning("GPU sensor unavailable, GPU energy off: %s", err)
@@ -88,6 +89,10 @@ class Sampler:
         """
         errors: list[str] = []
         readings: dict[str, Reading] = {}
+        # The sample's time is when the counters were read: reading the cgroups, NVML and
+        # /proc after them can take a while on a loaded node.
+        mono_ns = time.monotonic_ns()
+        read_at = datetime.now(UTC)
         if self.rapl is not None:
             good, failed = self.rapl.read_partial()
             readings = {r.source: r for r in good}
@@ -116,9 +121,8 @@ class Sampler:
                 logger.error("GPU read failed sensor=nvml err=%s", err)
         self.metrics.samples.inc()
         self.metrics.jobs.set(len(cgroups.jobs))
-        mono_ns = time.monotonic_ns()
         return Sample(
-            _wall_now(mono_ns, prev, floor),
+            _wall_now(read_at, mono_ns, prev, floor),
             mono_ns,
             readings,
             cgroups,
@@ -143,7 +147,9 @@ def _epoch_ns(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
-def _wall_now(mono_ns: int, prev: Sample | None, floor: datetime | None) -> datetime:
+def _wall_now(
+    wall: datetime, mono_ns: int, prev: Sample | None, floor: datetime | None
+) -> datetime:
     """Return the wall time of a sample, never before the previous sample's.
 
     After the wall clock steps back (NTP, an operator), intervals continue from the last
@@ -151,7 +157,6 @@ def _wall_now(mono_ns: int, prev: Sample | None, floor: datetime | None) -> date
     interval is empty or negative. The first sample after a restart is never before what the
     last run already sent (the collector refuses energy for a span it has stored).
     """
-    wall = datetime.now(UTC)
     if prev is not None and wall <= prev.wall:
         wall = prev.wall + timedelta(microseconds=max(1, (mono_ns - prev.mono_ns) // 1000))
     elif prev is None and floor is not None and wall <= floor:

@@ -63,6 +63,8 @@ class AgentSettings(BaseSettings):
     # Static (idle-floor) power per RAPL source for the shared-node split; learned when unset.
     cpu_static_power_w: float | None = Field(default=None, ge=0)
     dram_static_power_w: float | None = Field(default=None, ge=0)
+    # Idle power per GPU, for the intervals a job starts or ends in; learned when unset.
+    gpu_static_power_w: float | None = Field(default=None, ge=0)
     # Unix socket for in-job phase annotations (jobenergy.client); empty string disables it.
     annotation_socket: str | None = None  # per node
     # Prometheus /metrics of the agent's own health; "0.0.0.0" to let a central Prometheus in.

@@ -2,25 +2,49 @@
 
 One row per job holds its IT, GPU and facility µJ, CO2e µg, GPU-seconds, samples, model and
 phase (maintained at ingest), so nothing here reads ``energy_interval`` or the hourly table.
+
+The model leaderboard counts a job by its in-job phase annotations where it has any: such a
+job (``job.annotated``) is left out of the ``job`` rows and counted by its ``job_board_part``
+rows instead, one per (model, phase) it annotated, its un-annotated rest under its job-level
+model and phase (``collector/board.py``); facility energy and CO2e of a part are the job's
+prorated by energy. A job without annotations is one part, under its job-level model and phase.
+A row's ``jobs`` counts the jobs with a part in it, its median ranks those parts' energy, and
+J per sample is the energy of the parts that reported samples over their samples.
+
 Medians use ``percentile_cont`` in the same GROUP BY on PostgreSQL and a window over the group
 on SQLite. On PostgreSQL a leaderboard with no cluster or time filter is one GROUP BY per model,
 joined by UNION ALL: the ordered-set aggregate cannot be split into partial aggregates, but whole
 per-model branches can run in parallel workers (Parallel Append), each an index-only scan of
-``ix_job_model_energy`` already ordered by (phase, energy). Jobs are
+``ix_job_model_energy`` (plus the model's board parts, ``ix_job_board_part_model``). Jobs are
 selected by ``begin_at`` (start time, or first energy when Slurm sent no start) in
 ``[start, end)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, literal, select, text, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Select,
+    and_,
+    case,
+    cast,
+    false,
+    func,
+    literal,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
-from jobenergy.collector.models import Job
+from jobenergy.collector.models import Job, JobBoardPart
 from jobenergy.core.units import UJ_PER_J, UJ_PER_KWH
 
 LEADERBOARD_METRICS = (
@@ -76,15 +100,73 @@ _MODELS_SQL = text(
 )
 
 
-def _sqlite_medians(session: Session, where: list[Any]) -> dict[tuple[str, str | None], float]:
+#: Restricts a query to some models: given the model column, returns the condition.
+ModelFilter = Callable[[Any], ColumnElement[bool]] | None
+
+
+def _equals(model: str, column: Any) -> ColumnElement[bool]:
+    return column == model  # type: ignore[no-any-return]
+
+
+def _job_parts(window: Window, models: ModelFilter = None) -> Select[Any]:
+    """Jobs without annotations: one part each, under the job-level model and phase."""
+    with_samples = Job.samples > 0
+    where = [Job.model.is_not(None), Job.annotated == false(), *_where(window)]
+    if models is not None:
+        where.append(models(Job.model))
+    return select(
+        Job.model.label("model"), Job.phase.label("phase"), Job.energy_uj.label("energy_uj"),
+        cast(Job.facility_uj, Float).label("facility_uj"),
+        cast(Job.co2e_ug, Float).label("co2e_ug"), Job.gpu_s.label("gpu_s"),
+        case((with_samples, Job.samples)).label("samples"),
+        case((with_samples, Job.energy_uj)).label("sampled_uj"),
+    ).where(*where)
+
+
+def _board_parts(window: Window, models: ModelFilter = None) -> Select[Any]:
+    """Annotated jobs: their ``job_board_part`` rows, with the job's factors prorated."""
+    b = JobBoardPart
+    share = cast(b.energy_uj, Float) / func.nullif(Job.energy_uj, 0)
+    with_samples = b.samples > 0
+    where: list[Any] = []
+    if window.cluster is not None:
+        where.append(b.cluster == window.cluster)
+    if window.phase is not None:
+        where.append(b.phase == window.phase)
+    if window.start is not None:
+        where.append(Job.begin_at >= window.start)
+    if window.end is not None:
+        where.append(Job.begin_at < window.end)
+    if models is not None:
+        where.append(models(b.model))
+    return (
+        select(
+            b.model.label("model"), func.nullif(b.phase, "").label("phase"),
+            b.energy_uj.label("energy_uj"),
+            func.coalesce(Job.facility_uj * share, 0.0).label("facility_uj"),
+            func.coalesce(Job.co2e_ug * share, 0.0).label("co2e_ug"), b.gpu_s.label("gpu_s"),
+            case((with_samples, b.samples)).label("samples"),
+            case((with_samples, b.sampled_uj)).label("sampled_uj"),
+        )
+        .join(Job, and_(Job.cluster == b.cluster, Job.job_id == b.job_id))
+        .where(*where)
+    )
+
+
+def _parts(window: Window, models: ModelFilter = None) -> Any:
+    """Every leaderboard part in ``window`` (of the ``models`` when given), as one subquery."""
+    return union_all(_job_parts(window, models), _board_parts(window, models)).subquery()
+
+
+def _sqlite_medians(session: Session, window: Window) -> dict[tuple[str, str | None], float]:
+    parts = _parts(window)
     ranked = (
         select(
-            Job.model, Job.phase, Job.energy_uj,
-            func.row_number().over(partition_by=(Job.model, Job.phase),
-                                   order_by=Job.energy_uj).label("rn"),
-            func.count().over(partition_by=(Job.model, Job.phase)).label("n"),
+            parts.c.model, parts.c.phase, parts.c.energy_uj,
+            func.row_number().over(partition_by=(parts.c.model, parts.c.phase),
+                                   order_by=parts.c.energy_uj).label("rn"),
+            func.count().over(partition_by=(parts.c.model, parts.c.phase)).label("n"),
         )
-        .where(*where)
         .subquery()
     )
     stmt = (
@@ -95,11 +177,31 @@ def _sqlite_medians(session: Session, where: list[Any]) -> dict[tuple[str, str |
     return {(m, p): float(v) for m, p, v in session.execute(stmt)}
 
 
-def _leaderboard_select(where: list[Any], postgres: bool) -> Select[Any]:
-    with_samples = Job.samples > 0
+def _leaderboard_select(window: Window, postgres: bool, models: ModelFilter = None) -> Select[Any]:
+    """Every part of ``window`` (of the ``models``), grouped by (model, phase)."""
+    parts = _parts(window, models)
     # The median is an ordered-set aggregate of the same GROUP BY on PostgreSQL.
+    median = (func.percentile_cont(0.5).within_group(parts.c.energy_uj) if postgres
+              else literal(None))
+    return (
+        select(
+            parts.c.model, parts.c.phase, func.count(), func.sum(parts.c.energy_uj),
+            func.sum(parts.c.facility_uj), func.sum(parts.c.co2e_ug), func.sum(parts.c.gpu_s),
+            func.sum(parts.c.samples), func.sum(parts.c.sampled_uj), median,
+        )
+        .group_by(parts.c.model, parts.c.phase)
+    )
+
+
+def _jobs_only_select(window: Window, postgres: bool, models: ModelFilter = None) -> Select[Any]:
+    """The same for models with no board part: the ``job`` rows alone, grouped as they are
+    indexed (an index-only scan already in (phase, energy) order: no sort, no join)."""
     median = (func.percentile_cont(0.5).within_group(Job.energy_uj) if postgres
               else literal(None))
+    with_samples = Job.samples > 0
+    where = [Job.model.is_not(None), Job.annotated == false(), *_where(window)]
+    if models is not None:
+        where.append(models(Job.model))
     return (
         select(
             Job.model, Job.phase, func.count(), func.sum(Job.energy_uj),
@@ -112,24 +214,59 @@ def _leaderboard_select(where: list[Any], postgres: bool) -> Select[Any]:
     )
 
 
-def _leaderboard_stmt(
-    session: Session, window: Window, where: list[Any], postgres: bool
-) -> Any:
-    """The leaderboard's GROUP BY: one per model under UNION ALL where that can run in parallel."""
+# The distinct models of the board parts, by the same loose index scan.
+_BOARD_MODELS_SQL = text(
+    "WITH RECURSIVE m(model) AS ("
+    " SELECT min(model) FROM job_board_part"
+    " UNION ALL"
+    " SELECT (SELECT min(b.model) FROM job_board_part b WHERE b.model > m.model)"
+    " FROM m WHERE m.model IS NOT NULL"
+    ") SELECT model FROM m WHERE model IS NOT NULL LIMIT :limit"
+)
+
+
+def _board_models(session: Session, postgres: bool) -> set[str]:
+    """Models that have board parts (at most ``MAX_MODEL_BRANCHES + 1`` of them)."""
+    if postgres:
+        rows = session.execute(_BOARD_MODELS_SQL, {"limit": MAX_MODEL_BRANCHES + 1})
+    else:
+        rows = session.execute(
+            select(JobBoardPart.model).distinct().limit(MAX_MODEL_BRANCHES + 1))
+    return set(rows.scalars().all())
+
+
+def _leaderboard_stmt(session: Session, window: Window, postgres: bool) -> Any:
+    """The leaderboard's GROUP BY: one per model under UNION ALL where that can run in parallel.
+
+    Models with board parts (annotated jobs) aggregate the union of their job rows and parts;
+    the others, and every model while no job is annotated, their job rows alone.
+    """
+    board = _board_models(session, postgres)
     if postgres and window.cluster is None and window.start is None and window.end is None:
-        models = session.execute(_MODELS_SQL, {"limit": MAX_MODEL_BRANCHES + 1}).scalars().all()
+        models = set(session.execute(
+            _MODELS_SQL, {"limit": MAX_MODEL_BRANCHES + 1}).scalars().all())
+        if models:
+            models |= board
         if 0 < len(models) <= MAX_MODEL_BRANCHES:
             return union_all(*(
-                _leaderboard_select([Job.model == model, *where], postgres) for model in models
+                (_leaderboard_select if model in board else _jobs_only_select)(
+                    window, postgres, partial(_equals, model))
+                for model in sorted(models)
             ))
-    return _leaderboard_select(where, postgres)
+    if not board:
+        return _jobs_only_select(window, postgres)
+    if len(board) > MAX_MODEL_BRANCHES:
+        return _leaderboard_select(window, postgres)
+    return union_all(
+        _jobs_only_select(window, postgres, lambda column: column.not_in(sorted(board))),
+        _leaderboard_select(window, postgres, lambda column: column.in_(sorted(board))),
+    )
 
 
 def model_leaderboard(
     session: Session, window: Window, metric: str, descending: bool, limit: int
 ) -> list[dict[str, Any]]:
     """Return per (model, phase) rows sorted by ``metric`` (None values last)."""
-    where = [Job.model.is_not(None), *_where(window)]
     postgres = session.get_bind().dialect.name == "postgresql"
     if postgres:
         # The sort of the medians stays in memory (the default 4 MB spills 1 M jobs to disk),
@@ -138,8 +275,8 @@ def model_leaderboard(
         session.execute(text("SET LOCAL jit = off"))
         medians = {}
     else:
-        medians = _sqlite_medians(session, where)
-    stmt = _leaderboard_stmt(session, window, where, postgres)
+        medians = _sqlite_medians(session, window)
+    stmt = _leaderboard_stmt(session, window, postgres)
     rows = []
     for (model, phase, jobs, energy, facility, co2e, gpu_s, samples, sampled_uj,
          pg_median) in session.execute(stmt):

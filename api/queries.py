@@ -7,14 +7,22 @@ decision 8), so a job lookup costs a primary-key range scan however long the job
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from jobenergy.collector.models import Job, JobEnergy, JobStepEnergy, NodeEnergy
+from jobenergy.collector.models import (
+    Job,
+    JobEnergy,
+    JobNode,
+    JobStepEnergy,
+    NodeEnergy,
+    NodeProgress,
+)
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,49 @@ def steps_for_page(
         and_(JobStepEnergy.cluster == page.c.cluster, JobStepEnergy.job_id == page.c.job_id),
     )
     return _collect_steps(session.execute(stmt))
+
+
+_CHUNK = 1000
+
+
+def seen_nodes(
+    session: Session, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], set[str]]:
+    """Return the nodes whose agents saw each job (``job_node``; primary-key lookups)."""
+    keys = sorted(set(keys))
+    out: dict[tuple[str, str], set[str]] = defaultdict(set)
+    jn = JobNode
+    for i in range(0, len(keys), _CHUNK):
+        stmt = select(jn.cluster, jn.job_id, jn.node).where(
+            tuple_(jn.cluster, jn.job_id).in_(keys[i : i + _CHUNK])
+        )
+        for cluster, job_id, node in session.execute(stmt):
+            out[(cluster, job_id)].add(node)
+    return out
+
+
+@dataclass(frozen=True)
+class NodeMark:
+    """A node's high-water mark: its latest ingested interval end and that interval's sources."""
+
+    last_at: datetime
+    last_sources: int
+
+
+def node_marks(
+    session: Session, nodes: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], NodeMark]:
+    """Return the ``node_progress`` of each (cluster, node) (primary-key lookups)."""
+    pairs = sorted(set(nodes))
+    out: dict[tuple[str, str], NodeMark] = {}
+    np = NodeProgress
+    for i in range(0, len(pairs), _CHUNK):
+        stmt = select(np.cluster, np.node, np.last_at, np.last_sources).where(
+            tuple_(np.cluster, np.node).in_(pairs[i : i + _CHUNK])
+        )
+        for cluster, node, last_at, sources in session.execute(stmt):
+            out[(cluster, node)] = NodeMark(last_at, int(sources))
+    return out
 
 
 def node_totals(session: Session, cluster: str | None) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from jobenergy.api.factors_view import (
 )
 from jobenergy.api.queries import (
     JobFilters,
+    NodeMark,
     SourceTotal,
     StepTotals,
     count_jobs,
@@ -23,13 +24,15 @@ from jobenergy.api.queries import (
     energy_for_page,
     find_job,
     list_jobs,
+    node_marks,
+    seen_nodes,
     steps_for_job,
     steps_for_page,
 )
 from jobenergy.api.schemas import DeviceEnergy, JobList, JobOut, JobQuality, PhaseOut, StepOut
 from jobenergy.collector.models import Job
 from jobenergy.collector.routes import SessionDep
-from jobenergy.collector.steps import step_sort_key
+from jobenergy.collector.steps import OUTSIDE_STEP, step_sort_key
 from jobenergy.core import carbon
 from jobenergy.core.schema import ATTRIBUTED_COMPONENTS
 
@@ -58,6 +61,11 @@ def parse_time(value: str | None, name: str) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+def job_nodes(job: Job, totals: list[SourceTotal], seen: set[str]) -> set[str]:
+    """Every node of a job: Slurm's list, the nodes whose agents saw it, those with energy."""
+    return set(job.nodes or []) | seen | {t.node for t in totals}
+
+
 def job_view(
     job: Job,
     totals: list[SourceTotal],
@@ -65,9 +73,18 @@ def job_view(
     phases: list[dict[str, Any]],
     labels: ClusterLabels,
     steps: StepTotals | None = None,
+    seen: set[str] | None = None,
+    marks: dict[tuple[str, str], NodeMark] | None = None,
 ) -> JobOut:
-    """Assemble a job's JSON from its metadata, per-source totals, factor groups, phases and
-    per-step energy."""
+    """Assemble a job's JSON from its metadata, per-source totals, factor groups, phases,
+    per-step energy, the nodes whose agents saw it and those nodes' high-water marks.
+
+    ``final``: the job has ended and every node of it (:func:`job_nodes`; at least one) has
+    intervals ingested up to or past its end. ``quality.unmeasured``: the job has no
+    per-source total at all, and a node of it was seen by its agent or has no sources.
+    """
+    seen = seen or set()
+    marks = marks or {}
     totals = [t for t in totals if t.component in ATTRIBUTED_COMPONENTS]
     by_component = {"cpu": 0, "dram": 0}
     by_node: dict[str, dict[str, int]] = {}
@@ -86,6 +103,16 @@ def job_view(
                 )
             )
     energy_uj = sum(by_component.values())
+    nodes = job_nodes(job, totals, seen)
+    mark = {node: marks.get((job.cluster, node)) for node in nodes}
+    final = job.end_at is not None and bool(nodes) and all(
+        m is not None and m.last_at >= job.end_at for m in mark.values()
+    )
+    unmeasured_nodes = sorted(
+        node for node in nodes
+        if node not in by_node
+        and (node in seen or (mark[node] is not None and mark[node].last_sources == 0))
+    )
     elapsed_s = None
     if job.start_at is not None and job.end_at is not None:
         elapsed_s = (job.end_at - job.start_at).total_seconds()
@@ -107,11 +134,12 @@ def job_view(
         name=job.name,
         state=job.state,
         exit_code=job.exit_code,
-        nodes=list(job.nodes) if job.nodes else sorted(by_node),
+        nodes=list(job.nodes) if job.nodes else sorted(set(by_node) | seen),
         gpus=job.gpus,
         start=job.start_at,
         end=job.end_at,
         elapsed_s=elapsed_s,
+        final=final,
         energy_uj=energy_uj,
         by_component=by_component,
         by_node=by_node,
@@ -131,7 +159,7 @@ def job_view(
         phase=job.phase,
         tags=dict(job.tags or {}),
         phases=[PhaseOut(**p) for p in phases],
-        steps=step_view(steps or {}),
+        steps=step_view(steps or {}, by_component),
         quality=JobQuality(
             sources=sorted({t.source for t in totals}),
             samples=max((t.intervals for t in totals), default=0),
@@ -142,12 +170,31 @@ def job_view(
             resets=sum(t.resets for t in totals),
             estimated_uj=sum(t.estimated_uj for t in totals),
             estimated_components=estimated_components,
+            unmeasured=not totals and bool(unmeasured_nodes),
+            unmeasured_nodes=unmeasured_nodes,
         ),
     )
 
 
-def step_view(steps: StepTotals) -> list[StepOut]:
-    """Return a job's steps (batch, extern, then numbered ascending) with their energy."""
+def step_view(steps: StepTotals, job_by_component: dict[str, int] | None = None) -> list[StepOut]:
+    """Return a job's steps (batch, extern, then numbered ascending) with their energy.
+
+    The job's energy that no step carries (intervals without step CPU time, or no step
+    information at all) is the last entry, :data:`OUTSIDE_STEP`, per component
+    ``job − Σ steps``, so that the entries always add up to the job exactly; there is none
+    when nothing is left.
+    """
+    steps = {step: dict(parts) for step, parts in steps.items()}
+    if job_by_component is not None:
+        rest = {
+            c: job_by_component.get(c, 0) - sum(parts.get(c, 0) for parts in steps.values())
+            for c in sorted({*job_by_component, *(c for p in steps.values() for c in p)})
+        }
+        if any(rest.values()):
+            outside = steps.setdefault(OUTSIDE_STEP, {})
+            for component, energy in rest.items():
+                if energy:
+                    outside[component] = outside.get(component, 0) + energy
     out = []
     for step in sorted(steps, key=step_sort_key):
         by_component = {c: steps[step][c] for c in sorted(steps[step])}
@@ -180,10 +227,13 @@ def get_job(
         )
     job = jobs[0]
     key = (job.cluster, job.job_id)
+    totals = energy_for_job(session, job.cluster, job.job_id)
+    seen = seen_nodes(session, [key]).get(key, set())
+    marks = node_marks(session, [(job.cluster, n) for n in job_nodes(job, totals, seen)])
     return job_view(
-        job, energy_for_job(session, job.cluster, job.job_id),
+        job, totals,
         factor_groups(session, [key]).get(key, []), phases_for_jobs(session, [key]).get(key, []),
-        ClusterLabels(session), steps_for_job(session, job.cluster, job.job_id),
+        ClusterLabels(session), steps_for_job(session, job.cluster, job.job_id), seen, marks,
     )
 
 
@@ -219,12 +269,17 @@ def get_jobs(
     steps = steps_for_page(session, filters, limit, offset) if jobs else {}
     keys = [(job.cluster, job.job_id) for job in jobs]
     groups, phases = factor_groups(session, keys), phases_for_jobs(session, keys)
+    seen = seen_nodes(session, keys)
+    marks = node_marks(session, [
+        (job.cluster, node) for job, key in zip(jobs, keys, strict=True)
+        for node in job_nodes(job, totals.get(key, []), seen.get(key, set()))
+    ])
     labels = ClusterLabels(session)
     return JobList(
         jobs=[
             job_view(
                 job, totals.get(key, []), groups.get(key, []), phases.get(key, []), labels,
-                steps.get(key),
+                steps.get(key), seen.get(key, set()), marks,
             )
             for job, key in zip(jobs, keys, strict=True)
         ],

@@ -30,6 +30,14 @@ class JobQuality(BaseModel):
     resets: int = Field(description="counter resets (driver reload, reboot) during the job")
     estimated_uj: int = Field(description="energy integrated from power, not a counter")
     estimated_components: list[str]
+    unmeasured: bool = Field(
+        default=False,
+        description="no energy source covered the job: it has no per-source energy at all while "
+        "an agent saw it or a node of it has no counters (energy 0 means unknown, not zero)")
+    unmeasured_nodes: list[str] = Field(
+        default_factory=list,
+        description="nodes of the job where no source covered it: its agent saw the job but "
+        "gave it no energy share, or the node's latest interval had no sources")
 
 
 class PhaseOut(BaseModel):
@@ -50,7 +58,8 @@ class PhaseOut(BaseModel):
 class StepOut(BaseModel):
     """A Slurm job step's share of the job's energy (split by the steps' CPU time)."""
 
-    step: str = Field(description='"batch", "extern", "0", ...')
+    step: str = Field(description='"batch", "extern", "0", ...; last, "outside": the job\'s '
+                      "energy in intervals without step CPU time (job − Σ steps)")
     energy_uj: int
     energy_kwh: float
     by_component: dict[str, int]
@@ -73,6 +82,10 @@ class JobOut(BaseModel):
     start: datetime | None
     end: datetime | None
     elapsed_s: float | None
+    final: bool = Field(
+        default=False,
+        description="the energy will not change: the job has ended and every node of it (from "
+        "Slurm, or seen by agents) has had intervals ingested up to or past its end")
     energy_uj: int = Field(description="cpu + dram + gpu, µJ (psys is never attributed)")
     by_component: dict[str, int]
     by_node: dict[str, dict[str, int]]
@@ -97,7 +110,8 @@ class JobOut(BaseModel):
     phases: list[PhaseOut]
     steps: list[StepOut] = Field(
         description="energy per Slurm step, from the step cgroups' CPU time; empty when "
-        "unknown. Intervals without step CPU time add to no step.")
+        "unknown. Intervals without step CPU time add to no step: the \"outside\" entry, "
+        "last, carries that rest, so the steps add up to energy_uj exactly.")
     quality: JobQuality
 
 

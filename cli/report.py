@@ -3,6 +3,12 @@
 Fields are chosen with ``-o`` like sacct's ``--format`` (case-insensitive, optional
 ``%WIDTH``). Output is fixed-width with a dashed rule by default, ``|``-separated with
 ``--parsable2`` (``-P``), or with a trailing ``|`` with ``--parsable`` (``-p``), as sacct does.
+
+Energy fields (CPUkWh, DRAMkWh, GPUkWh, TotalkWh, EnergyUJ, FacilitykWh, CO2eKg) of a job that
+no energy source covered (``quality.unmeasured``) read ``unmeasured``, never 0. In the
+fixed-width table, the energy fields of a job whose energy is not final (``final`` false: still
+running, or a node's agent has not reported past its end) end with ``*``; delimited output
+keeps numbers plain: the ``Final`` field (``yes``/``no``) says it there.
 """
 
 from __future__ import annotations
@@ -36,12 +42,33 @@ def _num(value: float | None, digits: int = 6) -> str:
 
 @dataclass(frozen=True)
 class Field:
-    """One report column."""
+    """One report column (``energy``: a job energy field, see the module docstring)."""
 
     name: str
     width: int
     get: Callable[[dict[str, Any]], str]
     right: bool = True
+    energy: bool = False
+
+
+UNMEASURED = "unmeasured"
+NOT_FINAL_MARK = "*"
+
+
+def is_unmeasured(job: dict[str, Any]) -> bool:
+    """True when no energy source covered the job (its energy is unknown, not 0)."""
+    return bool((job.get("quality") or {}).get("unmeasured"))
+
+
+def is_final(job: dict[str, Any]) -> bool:
+    """False only when the API says the job's energy is still arriving."""
+    return job.get("final", True) is not False
+
+
+def _final(job: dict[str, Any]) -> str:
+    if "final" not in job:
+        return ""
+    return "yes" if job["final"] else "no"
 
 
 def _component(name: str) -> Callable[[dict[str, Any]], str]:
@@ -65,20 +92,21 @@ FIELDS: dict[str, Field] = {
             lambda j: ",".join(j.get("nodes") or sorted(j.get("by_node") or {})),
             right=False,
         ),
-        Field("CPUkWh", 10, _component("cpu")),
-        Field("DRAMkWh", 10, _component("dram")),
-        Field("GPUkWh", 10, _component("gpu")),
-        Field("TotalkWh", 10, lambda j: _kwh(j.get("energy_uj"))),
-        Field("EnergyUJ", 16, lambda j: str(j.get("energy_uj", ""))),
+        Field("CPUkWh", 11, _component("cpu"), energy=True),
+        Field("DRAMkWh", 11, _component("dram"), energy=True),
+        Field("GPUkWh", 11, _component("gpu"), energy=True),
+        Field("TotalkWh", 11, lambda j: _kwh(j.get("energy_uj")), energy=True),
+        Field("EnergyUJ", 16, lambda j: str(j.get("energy_uj", "")), energy=True),
         Field("PUE", 5, lambda j: _num(j.get("pue"), 2)),
-        Field("FacilitykWh", 11, lambda j: _num(j.get("facility_energy_kwh"))),
+        Field("FacilitykWh", 11, lambda j: _num(j.get("facility_energy_kwh")), energy=True),
         Field("gCO2ekWh", 8, lambda j: _num(j.get("carbon_intensity_g_per_kwh"), 1)),
-        Field("CO2eKg", 10, lambda j: _num(j.get("co2e_kg"))),
+        Field("CO2eKg", 11, lambda j: _num(j.get("co2e_kg")), energy=True),
         Field("Model", 12, lambda j: j.get("model") or (j.get("tags") or {}).get("model", ""),
               right=False),
         Field("Phase", 9, lambda j: j.get("phase") or (j.get("tags") or {}).get("phase", ""),
               right=False),
         Field("Coverage", 8, lambda j: _num((j.get("quality") or {}).get("coverage"), 3)),
+        Field("Final", 5, _final, right=False),
     )
 }
 
@@ -102,7 +130,7 @@ def parse_fields(spec: str) -> list[Field]:
             valid = " ".join(f.name for f in FIELDS.values())
             raise ValueError(f"invalid field requested: {name!r}; valid fields: {valid}")
         if width:
-            base = Field(base.name, int(width), base.get, base.right)
+            base = Field(base.name, int(width), base.get, base.right, base.energy)
         fields.append(base)
     return fields
 
@@ -122,7 +150,7 @@ def render(
         if header:
             lines.append(delimiter.join(f.name for f in fields) + end)
         for job in jobs:
-            lines.append(delimiter.join(f.get(job) for f in fields) + end)
+            lines.append(delimiter.join(value(f, job, mark=False) for f in fields) + end)
         return "\n".join(lines)
 
     def cell(field: Field, text: str) -> str:
@@ -133,8 +161,32 @@ def render(
         lines.append(" ".join(cell(f, f.name) for f in fields))
         lines.append(" ".join("-" * f.width for f in fields))
     for job in jobs:
-        lines.append(" ".join(cell(f, f.get(job)) for f in fields))
+        lines.append(" ".join(cell(f, value(f, job, mark=True)) for f in fields))
     return "\n".join(lines)
+
+
+def value(field: Field, job: dict[str, Any], *, mark: bool) -> str:
+    """A field's text for ``job``: ``unmeasured`` energy, ``*`` on energy not final (``mark``)."""
+    if not field.energy:
+        return field.get(job)
+    text = UNMEASURED if is_unmeasured(job) else field.get(job)
+    return text + NOT_FINAL_MARK if mark and not is_final(job) else text
+
+
+def footnotes(jobs: Iterable[dict[str, Any]], fields: list[Field], *, marked: bool) -> list[str]:
+    """Lines for stderr explaining what the shown energy fields say (none: nothing to say)."""
+    if not any(f.energy for f in fields):
+        return []
+    jobs = list(jobs)
+    notes = []
+    pending = sum(1 for job in jobs if not is_final(job))
+    if pending:
+        what = (f"{NOT_FINAL_MARK} energy not final" if marked
+                else f"{pending} job(s) with energy not final (Final=no)")
+        notes.append(f"{what}: still running, or energy of a node still arriving")
+    if any(is_unmeasured(job) for job in jobs):
+        notes.append(f"{UNMEASURED}: no energy counter (RAPL, NVML) covered the job")
+    return notes
 
 
 def _opt(key: str, digits: int = 6) -> Callable[[dict[str, Any]], str]:

@@ -20,7 +20,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from jobenergy.cli.report import DEFAULT_FIELDS, parse_fields, render
+from jobenergy.cli.report import DEFAULT_FIELDS, footnotes, parse_fields, render
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False)
 
@@ -102,7 +102,12 @@ def report(
         str | None, typer.Option("--url", envvar="JOBENERGY_URL", help="jobenergy API")
     ] = None,
 ) -> None:
-    """Show the energy of jobs, like ``sacct``."""
+    """Show the energy of jobs, like ``sacct``.
+
+    Energy still arriving (job running, or a node not yet reported past its end) is marked
+    ``*`` in the table (``Final`` field: yes/no); a job no energy counter covered reads
+    ``unmeasured``. Both are explained on stderr.
+    """
     if not url:
         typer.echo("senergy: no API URL: pass --url or set JOBENERGY_URL", err=True)
         raise typer.Exit(2)
@@ -144,6 +149,8 @@ def report(
         typer.echo(
             render(found, selected, delimiter=delimiter, trailing=parsable, header=not noheader)
         )
+        for note in footnotes(found, selected, marked=delimiter is None):
+            typer.echo(note, err=True)
     if jobs:
         asked = {j.strip() for j in jobs.split(",") if j.strip()}
         missing = asked - {str(j["job_id"]) for j in found}

@@ -70,6 +70,22 @@ class SlurmJob:
                                                              "CONFIGURING", "COMPLETING",
                                                              "SUSPENDED", "REQUEUED")
 
+    @property
+    def admin_comment_id(self) -> str | None:
+        """Return the id that names this job alone to ``sacctmgr modify job jobid=...``.
+
+        ``jobid=40`` would change every task of array 40 (the last task keeps the array's
+        raw id) and ``jobid=11`` both components of het job 11; ``40_2`` and ``11+0`` change
+        only that one. None for an array record without a task id (a pending remainder
+        such as ``40_[3-9]``), which no single id names.
+        """
+        if self.array_job_id is not None:
+            return None if self.array_task_id is None else (
+                f"{self.array_job_id}_{self.array_task_id}")
+        if self.het_job_id is not None and self.het_job_offset is not None:
+            return f"{self.het_job_id}+{self.het_job_offset}"
+        return self.job_id
+
     def slurm_tags(self) -> dict[str, str]:
         """Return the array/het ids as job tags (names as the hooks send them)."""
         tags = {"array_job_id": self.array_job_id, "array_task_id": self.array_task_id,
@@ -80,11 +96,14 @@ class SlurmJob:
 class SlurmClient(Protocol):
     """What jobenergy needs from Slurm."""
 
-    def jobs(self, *, job_ids: Sequence[str] = (), since: datetime | None = None) -> list[SlurmJob]:
-        """Return the jobs with these ids, or that were active since ``since``."""
+    def jobs(self, *, job_ids: Sequence[str] = (), since: datetime | None = None,
+             until: datetime | None = None) -> list[SlurmJob]:
+        """Return the jobs with these ids, or that were active between ``since`` and
+        ``until`` (None: now)."""
 
     def set_admin_comment(self, job_id: str, text: str) -> None:
-        """Replace a (finished) job's AdminComment."""
+        """Replace a (finished) job's AdminComment; ``job_id`` is
+        :attr:`SlurmJob.admin_comment_id` (``40_2``, ``11+0`` or a plain id)."""
 
 
 # -- defensive JSON helpers ---------------------------------------------------------------
@@ -124,9 +143,13 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC) if seconds else None
 
 
+#: Slurm's NO_VAL (0xfffffffe) and INFINITE (0xffffffff): "unset" in raw 32-bit ids.
+_UNSET_IDS = (0xFFFFFFFE, 0xFFFFFFFF)
+
+
 def _id(value: Any, *, zero_is_none: bool = True) -> str | None:
     n = number(value)
-    if n is None or (zero_is_none and n == 0):
+    if n is None or (zero_is_none and n == 0) or n in _UNSET_IDS or n < 0:
         return None
     return str(n)
 
@@ -291,6 +314,15 @@ def run_command(argv: Sequence[str], timeout_s: float = 60.0) -> str:
     return proc.stdout
 
 
+#: ``12``, ``40_2`` or ``11+0``: what ``sacctmgr modify job jobid=`` takes for one job.
+_ONE_JOB_ID = re.compile(r"\d+(?:_\d+|\+\d+)?")
+
+
+def _sacct_time(moment: datetime) -> str:
+    """Return ``sacct -S/-E`` time: local wall time, as sacct reads it."""
+    return moment.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+
+
 class SacctJsonClient:
     """:class:`SlurmClient` over ``sacct --json`` and ``sacctmgr`` (needs slurmdbd).
 
@@ -300,11 +332,17 @@ class SacctJsonClient:
         cluster: ``sacct -M`` cluster; None = the local one.
     """
 
+    #: sacctmgr stores AdminComment in lower case (seen on 22.05, quoted or not:
+    #: ``set AdminComment=HeLLo`` reads back ``hello``), so rewriting a comment that holds
+    #: another tool's mixed-case data (jobstats' base64) would corrupt it.
+    lowercases_admin_comment = True
+
     def __init__(self, runner: Runner = run_command, cluster: str | None = None) -> None:
         self._run = runner
         self.cluster = cluster
 
-    def _sacct(self, *args: str, job_ids: Sequence[str], since: datetime | None) -> list[str]:
+    def _sacct(self, *args: str, job_ids: Sequence[str], since: datetime | None,
+               until: datetime | None = None) -> list[str]:
         argv = ["sacct", *args, "-a"]
         if self.cluster:
             argv += ["-M", self.cluster]
@@ -312,15 +350,18 @@ class SacctJsonClient:
             argv += ["-j", ",".join(job_ids)]
         else:
             start = since or datetime.now(UTC).replace(hour=0, minute=0, second=0)
-            argv += ["-S", start.astimezone().strftime("%Y-%m-%dT%H:%M:%S"), "-E", "now"]
+            end = _sacct_time(until) if until is not None else "now"
+            argv += ["-S", _sacct_time(start), "-E", end]
         return argv
 
-    def jobs(self, *, job_ids: Sequence[str] = (), since: datetime | None = None) -> list[SlurmJob]:
+    def jobs(self, *, job_ids: Sequence[str] = (), since: datetime | None = None,
+             until: datetime | None = None) -> list[SlurmJob]:
         """Return jobs from ``sacct --json``, exit codes corrected from text sacct."""
-        jobs = parse_jobs_json(self._run(self._sacct("--json", job_ids=job_ids, since=since)))
+        window = {"job_ids": job_ids, "since": since, "until": until}
+        jobs = parse_jobs_json(self._run(self._sacct("--json", **window)))
         try:
             codes = parse_exit_codes(self._run(self._sacct(
-                "-n", "-P", "-X", "-o", "JobIDRaw,ExitCode", job_ids=job_ids, since=since)))
+                "-n", "-P", "-X", "-o", "JobIDRaw,ExitCode", **window)))
         except SlurmError:
             codes = {}
         wanted = set(job_ids)
@@ -335,9 +376,13 @@ class SacctJsonClient:
         return out
 
     def set_admin_comment(self, job_id: str, text: str) -> None:
-        """Set AdminComment with sacctmgr (``scontrol update`` refuses finished jobs)."""
-        if not job_id.isdigit():
-            raise SlurmError(f"not a raw job id: {job_id!r}")
+        """Set AdminComment with sacctmgr (``scontrol update`` refuses finished jobs).
+
+        ``job_id`` must name one job: ``40_2`` (array task), ``11+0`` (het component) or a
+        plain id (see :attr:`SlurmJob.admin_comment_id`).
+        """
+        if not _ONE_JOB_ID.fullmatch(job_id):
+            raise SlurmError(f"not a single-job id: {job_id!r}")
         self._run(["sacctmgr", "-i", "modify", "job", f"jobid={job_id}", "set",
                    f"AdminComment={text}"])
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Connection, delete, func, select
 
+from jobenergy.collector import factor_changes
 from jobenergy.collector.factors import DEFAULTS, SERIES, base_factors, load_configs
 from jobenergy.collector.hours import recompute
 from jobenergy.collector.models import ClusterConfig, FactorPoint, JobEnergyHour
@@ -231,11 +232,16 @@ def sync_defaults(conn: Connection, pue: float, g_per_kwh: float | None) -> int:
         },
     )
     clusters = conn.scalars(select(JobEnergyHour.cluster).distinct()).all()
-    return sum(recompute(conn, cluster) for cluster in clusters)
+    changed = 0
+    for cluster in clusters:
+        lock_factors(conn, cluster)  # its factor revisions stay in commit order
+        changed += recompute(conn, cluster)
+    return changed
 
 
 def describe(conn: Connection, cluster: str) -> dict[str, Any]:
-    """Return a cluster's configuration, resolved base factors and series extents."""
+    """Return a cluster's configuration, resolved base factors, series extents and factor
+    revision (``collector/factor_changes.py``)."""
     own, defaults = load_configs(conn, cluster)
     pue, pue_source, g_per_kwh, carbon_source = base_factors(own, defaults)
     fp = FactorPoint
@@ -249,6 +255,7 @@ def describe(conn: Connection, cluster: str) -> dict[str, Any]:
     }
     return {
         "cluster": cluster,
+        "factors_revision": factor_changes.revision(conn, cluster),
         "pue": {"value": pue, "source": pue_source, "series": series.get("pue")},
         "carbon": {
             "source": (own.carbon_source if own is not None and own.carbon_source else None)

@@ -2,7 +2,8 @@
 
 Tags come from the job comment (``model=resnet50 phase=training`` tokens) and from the event's
 ``tags`` (SPANK options, prolog), the event winning; ``model`` and ``phase`` also fill the job
-summary columns that leaderboards group by.
+summary columns that leaderboards group by (and, for a job with in-job annotations, the
+job-level part of its ``job_board_part`` rows).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobenergy.collector.board import refresh_board
 from jobenergy.collector.models import Job
 from jobenergy.collector.sql import IngestRejected, dialect_insert
 from jobenergy.core.schema import JobEvent
@@ -127,4 +129,7 @@ def apply_job_event(session: Session, event: JobEvent) -> Job:
             job.phase = new_tags["phase"].lower()
     job.updated_at = now
     session.flush()
+    if job.annotated:
+        # The un-annotated rest of the job is on the board under its job-level model/phase.
+        refresh_board(conn, job.cluster, [job.job_id])
     return job

@@ -18,6 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
+from jobenergy.collector import factor_changes
 from jobenergy.collector.factors import ClusterFactors, hours_span, load_factors
 from jobenergy.collector.models import Job, JobEnergyHour
 from jobenergy.collector.sql import dialect_insert
@@ -112,7 +113,9 @@ def recompute(
 ) -> int:
     """Recompute the hours of ``cluster`` in ``[start, end)`` (None: unbounded) and their jobs.
 
-    Runs in the caller's transaction, so a factor change and its effect commit together.
+    Runs in the caller's transaction, so a factor change and its effect commit together;
+    when values changed, the rewritten hours are recorded as a new factor revision
+    (``collector/factor_changes.py``) for the copies outside the database (AdminComment).
 
     Returns:
         The number of hours whose values changed.
@@ -156,5 +159,6 @@ def recompute(
             [{k: v for k, v in row.items() if k != "b_energy_uj"} for row in changed],
         )
         refresh_job_totals(conn, cluster, sorted(jobs))
+        factor_changes.record(conn, cluster, (row["b_hour_at"] for row in changed), len(jobs))
     logger.info("recomputed factors cluster=%s hours=%s jobs=%s", cluster, len(changed), len(jobs))
     return len(changed)

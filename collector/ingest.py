@@ -5,7 +5,9 @@ into ``energy_interval`` (COPY on PostgreSQL, executemany on SQLite) and its per
 into the ``job`` summary and the ``job_energy`` / ``node_energy`` totals by upsert, its
 per-job hours into ``job_energy_hour`` (with facility energy and CO2e, ``collector/hours.py``),
 its phases into ``job_phase`` and its per-step energy into ``job_step_energy``
-(``collector/steps.py``). A retried batch finds its key already
+(``collector/steps.py``); the node's high-water mark into ``node_progress``, the jobs its agent
+saw (with or without energy sources) into ``job_node``, and the leaderboard parts of annotated
+jobs into ``job_board_part`` (``collector/board.py``). A retried batch finds its key already
 there and is acknowledged as a duplicate without touching anything (DESIGN.md decision 7).
 Each batch's rows are aggregated in Python first so that each total is upserted once per batch.
 """
@@ -19,6 +21,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, bindparam, case, func, update
 from sqlalchemy.orm import Session
 
+from jobenergy.collector.board import refresh_board
 from jobenergy.collector.factors import DEFAULTS
 from jobenergy.collector.hours import write_hours
 from jobenergy.collector.intervals import (
@@ -26,7 +29,14 @@ from jobenergy.collector.intervals import (
     write_intervals_pg,
     write_intervals_sqlite,
 )
-from jobenergy.collector.models import IngestedBatch, Job, JobEnergy, NodeEnergy
+from jobenergy.collector.models import (
+    IngestedBatch,
+    Job,
+    JobEnergy,
+    JobNode,
+    NodeEnergy,
+    NodeProgress,
+)
 from jobenergy.collector.phases import write_phases
 from jobenergy.collector.plan import Plan, plan_batch
 from jobenergy.collector.sql import (
@@ -77,6 +87,7 @@ def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> N
             ),
             Job.model: func.coalesce(Job.model, new.model),
             Job.phase: func.coalesce(Job.phase, new.phase),
+            Job.annotated: Job.annotated | new.annotated,
             Job.energy_uj: Job.energy_uj + new.energy_uj,
             Job.gpu_uj: Job.gpu_uj + new.gpu_uj,
             Job.gpu_s: Job.gpu_s + new.gpu_s,
@@ -103,6 +114,7 @@ def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> N
                 "facility_uj": 0,
                 "co2e_ug": 0,
                 "samples": s.samples,
+                "annotated": s.annotated,
             }
             for job_id, s in sorted(plan.jobs.items())
         ],
@@ -210,6 +222,53 @@ def _upsert_node_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
     )
 
 
+def _upsert_progress(conn: Connection, batch: Batch, plan: Plan) -> None:
+    """Move the node's high-water mark; the latest interval's source count goes with it."""
+    assert plan.progress is not None
+    first, last, intervals, sources = plan.progress
+    least, greatest = least_greatest(conn)
+    stmt = dialect_insert(conn)(NodeProgress)
+    new = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[NodeProgress.cluster, NodeProgress.node],
+        set_={
+            NodeProgress.first_at: least(NodeProgress.first_at, new.first_at),
+            NodeProgress.last_at: greatest(NodeProgress.last_at, new.last_at),
+            NodeProgress.intervals: NodeProgress.intervals + new.intervals,
+            NodeProgress.last_sources: case(
+                (new.last_at >= NodeProgress.last_at, new.last_sources),
+                else_=NodeProgress.last_sources,
+            ),
+        },
+    )
+    conn.execute(stmt.values(
+        cluster=batch.cluster, node=batch.node, first_at=first, last_at=last,
+        intervals=intervals, last_sources=sources,
+    ))
+
+
+def _upsert_job_nodes(conn: Connection, batch: Batch, plan: Plan) -> None:
+    least, greatest = least_greatest(conn)
+    stmt = dialect_insert(conn)(JobNode)
+    new = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[JobNode.cluster, JobNode.job_id, JobNode.node],
+        set_={
+            JobNode.first_at: least(JobNode.first_at, new.first_at),
+            JobNode.last_at: greatest(JobNode.last_at, new.last_at),
+            JobNode.intervals: JobNode.intervals + new.intervals,
+        },
+    )
+    conn.execute(
+        stmt,
+        [
+            {"cluster": batch.cluster, "job_id": job_id, "node": batch.node, "first_at": first,
+             "last_at": last, "intervals": intervals}
+            for job_id, (first, last, intervals) in sorted(plan.job_nodes.items())
+        ],
+    )
+
+
 def _check_text(batch: Batch) -> None:
     # PostgreSQL text cannot hold NUL; reject it here for both backends alike.
     names = [batch.cluster, batch.node, batch.boot_id, batch.agent_version or ""]
@@ -288,9 +347,16 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
         _upsert_job_energy(conn, batch, plan)
     if plan.node_totals:
         _upsert_node_energy(conn, batch, plan)
+    if plan.progress is not None:
+        _upsert_progress(conn, batch, plan)
+    if plan.job_nodes:
+        _upsert_job_nodes(conn, batch, plan)
     deltas = write_hours(conn, batch.cluster, plan.job_hours)
     if deltas:
         _add_job_factors(conn, batch.cluster, deltas)
     write_phases(conn, batch.cluster, plan)
     write_steps(conn, batch.cluster, plan_steps(batch))
+    if plan.jobs:
+        # After the job and phase upserts: the parts are computed from both.
+        refresh_board(conn, batch.cluster, list(plan.jobs))
     return IngestResult(duplicate=False, records=len(plan.rows))

@@ -19,8 +19,18 @@ Tables (singular lower_snake, ``*_at`` timestamps in UTC):
   samples and metrics.
 - ``job_step_energy``: per (cluster, job, Slurm step, component) energy, the job's energy of
   each interval split over its steps by their CPU time (``collector/steps.py``).
+- ``node_progress``: per (cluster, node) high-water mark of the ingested intervals (``last_at``)
+  and how many sources the node's latest interval had (0: an agent without counters), so that
+  a job's energy is known final when every node of it has pushed past its end.
+- ``job_node``: a job seen on a node by its agent (in an interval's jobs or energy shares), even
+  with no energy source there: the nodes it ran on, and whether any source covered it.
+- ``job_board_part``: the leaderboard's parts of jobs with in-job phase annotations, one per
+  (job, model, phase): each annotated phase's energy and samples, the un-annotated rest under
+  the job-level model and phase (``collector/board.py``).
 - ``cluster_config`` / ``factor_point``: per-cluster PUE and carbon-intensity source, and
   imported series (cluster ``""`` holds the server's ``--pue``/``--carbon-intensity`` defaults).
+- ``factor_change``: each factor change that rewrote stored facility energy/CO2e, with the
+  hours it rewrote (``collector/factor_changes.py``), so the Slurm sync can follow.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -212,13 +223,13 @@ class Job(Base):
         # The leaderboard's medians: an index-only scan already sorted within each group.
         Index(
             "ix_job_model_energy", "model", "phase", "energy_uj",
-            postgresql_include=["facility_uj", "co2e_ug", "gpu_s", "samples"],
+            postgresql_include=["facility_uj", "co2e_ug", "gpu_s", "samples", "annotated"],
             postgresql_where=text("model IS NOT NULL"),
         ),
         # Leaderboards filtered by cluster (and phase): index-only, ordered by model.
         Index(
             "ix_job_cluster_model", "cluster", "phase", "model", "energy_uj",
-            postgresql_include=["facility_uj", "co2e_ug", "gpu_s", "samples"],
+            postgresql_include=["facility_uj", "co2e_ug", "gpu_s", "samples", "annotated"],
             postgresql_where=text("model IS NOT NULL"),
         ),
     )
@@ -249,6 +260,9 @@ class Job(Base):
     co2e_ug: Mapped[int] = mapped_column(BigInteger, server_default="0")
     gpu_s: Mapped[float] = mapped_column(Float, server_default="0")
     samples: Mapped[int | None] = mapped_column(BigInteger)
+    # The job has in-job phase annotations (job_phase rows): leaderboards read its parts from
+    # job_board_part instead of this row.
+    annotated: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
 
 class JobEnergyHour(Base):
@@ -282,6 +296,7 @@ class JobPhase(Base):
     intervals: Mapped[int] = mapped_column(BigInteger)
     samples: Mapped[int | None] = mapped_column(BigInteger)
     records: Mapped[int] = mapped_column(Integer)
+    gpu_s: Mapped[float] = mapped_column(Float, server_default="0")
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     tags: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     first_at: Mapped[datetime | None]
@@ -327,3 +342,69 @@ class FactorPoint(Base):
     start_at: Mapped[datetime] = mapped_column(primary_key=True)
     end_at: Mapped[datetime]
     value: Mapped[float] = mapped_column(Float)
+
+
+class FactorChange(Base):
+    """A factor change that rewrote stored job values: its revision and the hours it touched.
+
+    ``revision`` is one sequence over every cluster; a cluster's changes are made under its
+    exclusive factors lock, so within a cluster revisions grow in commit order and "every
+    change after revision N" is a complete list.
+    """
+
+    __tablename__ = "factor_change"
+    __table_args__ = (Index("ix_factor_change_cluster_revision", "cluster", "revision"),)
+
+    revision: Mapped[int] = mapped_column(BigIntId, Identity(always=False), primary_key=True)
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN))
+    start_at: Mapped[datetime]  # first rewritten hour
+    end_at: Mapped[datetime]  # last rewritten hour + 1 h
+    hours: Mapped[int] = mapped_column(Integer)
+    jobs: Mapped[int] = mapped_column(Integer)
+    changed_at: Mapped[datetime]
+
+
+class NodeProgress(Base):
+    """How far a node's ingested intervals reach, whatever sources it has (none included)."""
+
+    __tablename__ = "node_progress"
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    node: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]  # the latest interval end ingested (high-water mark)
+    intervals: Mapped[int] = mapped_column(BigInteger)
+    last_sources: Mapped[int] = mapped_column(Integer)  # sources of the latest interval
+
+
+class JobNode(Base):
+    """A job seen on a node by that node's agent, with or without energy."""
+
+    __tablename__ = "job_node"
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LEN), primary_key=True)
+    node: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+    intervals: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobBoardPart(Base):
+    """One (model, phase) part of an annotated job, as the model leaderboard counts it.
+
+    ``phase`` ``""``: none. ``sampled_uj`` is the energy of the annotated phases that reported
+    samples (J per sample is ``sampled_uj / samples``); the un-annotated rest has none.
+    """
+
+    __tablename__ = "job_board_part"
+    __table_args__ = (Index("ix_job_board_part_model", "model", "phase", "energy_uj"),)
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LEN), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16), primary_key=True)
+    energy_uj: Mapped[int] = mapped_column(BigInteger)
+    sampled_uj: Mapped[int] = mapped_column(BigInteger)
+    samples: Mapped[int | None] = mapped_column(BigInteger)
+    gpu_s: Mapped[float] = mapped_column(Float)

@@ -2,8 +2,9 @@
 
 Energy comes from the intervals whose ``JobSample.phase`` is set (the job's µJ over every
 source); samples add up over the closed ``PhaseRecord``s of that phase and model; metrics and
-tags are merged, a later record winning. The caller holds the jobs' row locks (ingest), so the
-read-merge-write of metrics cannot race.
+tags are merged, a later record winning; GPU-seconds add up like the job's (each GPU source
+with a share of the job, for the interval's duration). The caller holds the jobs' row locks
+(ingest), so the read-merge-write of metrics cannot race.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ _P = JobPhase
 def write_phases(conn: Connection, cluster: str, plan: Plan) -> None:
     """Upsert the batch's phase energy and phase records into ``job_phase``."""
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for (job_id, phase, model), (energy, intervals, first, last) in plan.phase_energy.items():
+    for (job_id, phase, model), (energy, intervals, first, last, gpu_s) in (
+        plan.phase_energy.items()
+    ):
         rows[(job_id, phase, model)] = {
             "energy_uj": energy, "intervals": intervals, "first_at": first, "last_at": last,
-            "samples": None, "records": 0, "metrics": None, "tags": None,
+            "samples": None, "records": 0, "metrics": None, "tags": None, "gpu_s": gpu_s,
         }
     keys = sorted({*rows, *((r.job_id, r.phase, r.model or "") for r in plan.phase_records)})
     if not keys:
@@ -43,7 +46,7 @@ def write_phases(conn: Connection, cluster: str, plan: Plan) -> None:
         key = (record.job_id, record.phase, record.model or "")
         row = rows.setdefault(key, {
             "energy_uj": 0, "intervals": 0, "first_at": record.start, "last_at": record.end,
-            "samples": None, "records": 0, "metrics": None, "tags": None,
+            "samples": None, "records": 0, "metrics": None, "tags": None, "gpu_s": 0.0,
         })
         row["records"] += 1
         if record.samples is not None:
@@ -61,6 +64,7 @@ def write_phases(conn: Connection, cluster: str, plan: Plan) -> None:
         set_={
             _P.energy_uj: _P.energy_uj + new.energy_uj,
             _P.intervals: _P.intervals + new.intervals,
+            _P.gpu_s: _P.gpu_s + new.gpu_s,
             _P.records: _P.records + new.records,
             _P.samples: case(
                 (new.samples.is_(None), _P.samples),

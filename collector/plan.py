@@ -27,6 +27,7 @@ class JobSummary:
     model: str | None = None
     phase: str | None = None
     samples: int | None = None
+    annotated: bool = False  # a phase label or record of the job in this batch
 
 
 @dataclass
@@ -43,9 +44,13 @@ class Plan:
     jobs: dict[str, JobSummary] = field(default_factory=dict)
     # (job_id, UTC hour) -> µJ
     job_hours: dict[tuple[str, datetime], int] = field(default_factory=dict)
-    # (job_id, phase, model or "") -> [energy_uj, intervals, first, last]
+    # (job_id, phase, model or "") -> [energy_uj, intervals, first, last, gpu_s]
     phase_energy: dict[tuple[str, str, str], list[Any]] = field(default_factory=dict)
     phase_records: list[PhaseRecord] = field(default_factory=list)
+    # job_id -> [first, last, intervals]: the jobs this node's agent saw (samples or shares)
+    job_nodes: dict[str, list[Any]] = field(default_factory=dict)
+    # The node's progress: [first start, last end, intervals, sources of the last interval]
+    progress: list[Any] | None = None
 
 
 def _job(plan: Plan, job_id: str) -> JobSummary:
@@ -68,7 +73,28 @@ def plan_batch(batch: Batch) -> Plan:
     for index, interval in enumerate(batch.intervals):
         start, end = interval.start, interval.end
         duration_s = (end - start).total_seconds()
+        if plan.progress is None:
+            plan.progress = [start, end, 0, 0]
+        plan.progress[2] += 1
+        if end >= plan.progress[1]:
+            plan.progress[1], plan.progress[3] = end, len(interval.sources)
+        seen = {sample.job_id for sample in interval.jobs}
+        for src in interval.sources:
+            seen.update(src.jobs_uj)
+        for job_id in seen:
+            presence = plan.job_nodes.get(job_id)
+            if presence is None:
+                plan.job_nodes[job_id] = [start, end, 1]
+            else:
+                presence[0], presence[1] = min(presence[0], start), max(presence[1], end)
+                presence[2] += 1
         phase_of: dict[str, tuple[str, str]] = {}
+        # A job that started or ended inside the interval covers only the part it lived.
+        lived_s = {
+            sample.job_id: min(duration_s, sample.alive_us / 1e6)
+            for sample in interval.jobs
+            if sample.alive_us is not None
+        }
         for sample in interval.jobs:
             summary = _job(plan, sample.job_id)
             if sample.uid is not None:
@@ -78,6 +104,7 @@ def plan_batch(batch: Batch) -> Plan:
                 summary.phase = summary.phase or sample.phase
                 summary.model = summary.model or sample.model
         interval_phase_uj: dict[tuple[str, str, str], int] = {}
+        interval_phase_gpu_s: dict[tuple[str, str, str], float] = {}
         for src in interval.sources:
             component, source, estimated = src.component, src.source, src.estimated
             node_key = (component, source)
@@ -91,12 +118,13 @@ def plan_batch(batch: Batch) -> Plan:
                 if end > node_total[4]:
                     node_total[4] = end
             for job_id, energy_uj in src.jobs_uj.items():
+                job_s = lived_s.get(job_id, duration_s)
                 rows.append((job_id, component, source, index, energy_uj, estimated))
                 key = (job_id, component, source)
                 total = job_totals.get(key)
                 if total is None:
                     job_totals[key] = [
-                        energy_uj, energy_uj if estimated else 0, 1, duration_s, start, end,
+                        energy_uj, energy_uj if estimated else 0, 1, job_s, start, end,
                         src.wraps, src.resets, src.device_name,
                     ]
                 else:
@@ -104,7 +132,7 @@ def plan_batch(batch: Batch) -> Plan:
                     if estimated:
                         total[1] += energy_uj
                     total[2] += 1
-                    total[3] += duration_s
+                    total[3] += job_s
                     if end > total[5]:
                         total[5] = end
                     total[6] += src.wraps
@@ -115,7 +143,7 @@ def plan_batch(batch: Batch) -> Plan:
                 summary.energy_uj += energy_uj
                 if component == "gpu":
                     summary.gpu_uj += energy_uj
-                    summary.gpu_s += duration_s
+                    summary.gpu_s += job_s
                 if summary.begin_at is None or start < summary.begin_at:
                     summary.begin_at = start
                 for hour, part in split_over_hours(start, end, energy_uj).items():
@@ -124,18 +152,24 @@ def plan_batch(batch: Batch) -> Plan:
                 if phase is not None:
                     pkey = (job_id, *phase)
                     interval_phase_uj[pkey] = interval_phase_uj.get(pkey, 0) + energy_uj
+                    if component == "gpu":
+                        interval_phase_gpu_s[pkey] = (
+                            interval_phase_gpu_s.get(pkey, 0.0) + job_s
+                        )
             # The node's own account; a source with no job shares is stored even at 0 µJ so
             # that its measurement is on record.
             if src.unattributed_uj or not src.jobs_uj:
                 rows.append((None, component, source, index, src.unattributed_uj, estimated))
         for pkey, energy_uj in interval_phase_uj.items():
+            gpu_s = interval_phase_gpu_s.get(pkey, 0.0)
             acc = plan.phase_energy.get(pkey)
             if acc is None:
-                plan.phase_energy[pkey] = [energy_uj, 1, start, end]
+                plan.phase_energy[pkey] = [energy_uj, 1, start, end, gpu_s]
             else:
                 acc[0] += energy_uj
                 acc[1] += 1
                 acc[2], acc[3] = min(acc[2], start), max(acc[3], end)
+                acc[4] += gpu_s
         for record in interval.phases:
             plan.phase_records.append(record)
             summary = _job(plan, record.job_id)
@@ -143,6 +177,11 @@ def plan_batch(batch: Batch) -> Plan:
             summary.model = summary.model or record.model
             if record.samples is not None:
                 summary.samples = (summary.samples or 0) + record.samples
+    # Annotated: the job gets job_phase rows from this batch (collector/phases.py).
+    for job_id in {key[0] for key in plan.phase_energy} | {
+        record.job_id for record in plan.phase_records
+    }:
+        _job(plan, job_id).annotated = True
     for totals in (job_totals.values(), node_totals.values()):
         for total in totals:
             if total[0] > BIGINT_MAX or total[1] > BIGINT_MAX:

@@ -10,6 +10,10 @@
 - ``POST /api/v1/clusters/{cluster}/{carbon|pue}/series``: JSON ``{"points": [{"time", "value"}]}``
   or CSV (``Content-Type: text/csv``, e.g. an Electricity Maps export; ``?column=`` picks the
   value column). ``DELETE`` the same path drops the series.
+- ``GET  /api/v1/clusters/{cluster}/factor-changes?after=N``: the changes that rewrote stored
+  facility energy/CO2e after factor revision N (``factors_revision`` in the cluster's answer),
+  each with the span of hours it rewrote; ``jobenergy slurm sync`` follows them to rewrite the
+  affected jobs' AdminComments (``collector/factor_changes.py``).
 
 Each change recomputes the stored facility energy and CO2e it affects, in one transaction;
 invalid input answers 422 (400 for malformed JSON/CSV) and changes nothing.
@@ -20,11 +24,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import select, union
 
-from jobenergy.collector import clusters
+from jobenergy.collector import clusters, factor_changes
 from jobenergy.collector.factors import DEFAULTS
 from jobenergy.collector.models import ClusterConfig, Job
 from jobenergy.collector.routes import BodyDep, SessionDep, parse_body
@@ -64,12 +68,35 @@ class CarbonOut(BaseModel):
 
 
 class ClusterOut(BaseModel):
-    """A cluster's factors; ``recomputed_hours`` after a change."""
+    """A cluster's factors; ``recomputed_hours`` after a change.
+
+    ``factors_revision`` grows with every change that rewrote stored values (0: none yet).
+    """
 
     cluster: str
+    factors_revision: int
     pue: PueOut
     carbon: CarbonOut
     recomputed_hours: int | None = None
+
+
+class FactorChangeOut(BaseModel):
+    """One change that rewrote stored values: the hours ``[start, end)`` of ``jobs`` jobs."""
+
+    revision: int
+    start: datetime
+    end: datetime
+    hours: int
+    jobs: int
+    changed_at: datetime
+
+
+class FactorChangesOut(BaseModel):
+    """The changes after ``after``, oldest first; ``revision`` is the cluster's latest."""
+
+    cluster: str
+    revision: int
+    changes: list[FactorChangeOut]
 
 
 def _out(session: Any, cluster: str, recomputed: int | None = None) -> ClusterOut:
@@ -94,6 +121,24 @@ def get_clusters(session: SessionDep) -> list[ClusterOut]:
 def get_cluster(cluster: ClusterName, session: SessionDep) -> ClusterOut:
     """Return a cluster's PUE and carbon configuration (defaults when none is stored)."""
     return _out(session, cluster)
+
+
+@router.get("/clusters/{cluster}/factor-changes", response_model=FactorChangesOut,
+            summary="Factor changes that rewrote stored values, after a revision")
+def get_factor_changes(
+    cluster: ClusterName,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> FactorChangesOut:
+    """Return the cluster's factor changes with a revision above ``after``, oldest first."""
+    conn = session.connection()
+    return FactorChangesOut(
+        cluster=cluster,
+        revision=factor_changes.revision(conn, cluster),
+        changes=[FactorChangeOut(**c) for c in factor_changes.changes_after(
+            conn, cluster, after, limit)],
+    )
 
 
 @router.put("/clusters/{cluster}/carbon", response_model=ClusterOut,

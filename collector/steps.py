@@ -6,8 +6,10 @@ time (sum > 0), the job's energy in that interval for each component (the sum of
 ``jobs_uj[job]`` over the interval's sources of that component) is split over the steps in
 proportion to their CPU time with :func:`jobenergy.core.split.split_uj` (largest remainder),
 so the steps add up to the job's energy of that interval exactly. Intervals without step CPU
-time (an old agent, a job whose steps used no CPU, a job that ended) add to no step. The
-per-(job, step, component) sums of a batch are upserted once into ``job_step_energy``.
+time (an old agent, a job whose steps used no CPU, a job that ended) add to no step: the job
+view shows that rest as the step :data:`OUTSIDE_STEP` (job − Σ steps per component, computed
+when read, never stored). The per-(job, step, component) sums of a batch are upserted once into
+``job_step_energy``.
 """
 
 from __future__ import annotations
@@ -21,15 +23,20 @@ from jobenergy.core.split import split_uj
 
 _S = JobStepEnergy
 _NAMED_STEPS = {"batch": 0, "extern": 1, "interactive": 2}
+#: The job view's entry for the job's energy that no step carries (not a Slurm step name).
+OUTSIDE_STEP = "outside"
 
 
 def step_sort_key(step: str) -> tuple[int, int, str]:
     """Order steps as Slurm lists them: batch, extern, interactive, numbered steps ascending,
-    then any other name (heterogeneous ``0+1``, pending ...) alphabetically."""
+    then any other name (heterogeneous ``0+1``, pending ...) alphabetically, then
+    :data:`OUTSIDE_STEP`."""
     if step in _NAMED_STEPS:
         return (0, _NAMED_STEPS[step], "")
     if step.isdigit():
         return (1, int(step), "")
+    if step == OUTSIDE_STEP:
+        return (3, 0, "")
     return (2, 0, step)
 
 

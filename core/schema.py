@@ -101,6 +101,9 @@ class JobSample(WireModel):
     # The phase the job announced (jobenergy.client) covering most of the interval.
     phase: Phase | None = None
     model: ShortText | None = None
+    # How long the job existed inside the interval, µs, when it started or ended within it
+    # (its energy there is prorated: DESIGN.md decision 16); None: all of the interval.
+    alive_us: int | None = Field(default=None, ge=0, le=86_400_000_000)
 
 
 class PhaseRecord(WireModel):

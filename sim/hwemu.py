@@ -27,8 +27,9 @@ tree ``<cgroup_root>/cpuacct/slurm_<node>/``) it writes, ``--hz`` times a second
 
   - ``stat``: a ``cpu`` line and one ``cpuN`` line per host CPU (each node is configured with
     all of them), in ``USER_HZ`` ticks since the emulator started. Busy (``user``) is the CPU
-    time of the node's job cgroups (``cpuacct.usage_percpu`` of ``slurm_<node>``), idle is
-    elapsed wall time − busy, per CPU; both integer and never decreasing.
+    time of the node's job cgroups (``cpuacct.usage_percpu`` of ``slurm_<node>``) plus its
+    share of the host's busy time outside Slurm (as in the power model), idle is elapsed
+    wall time − busy, per CPU; both integer and never decreasing.
   - ``sys/kernel/random/boot_id``: the host's, copied.
   - ``<pid>`` → ``/proc/<pid>``: a symlink for every process in the node's job cgroups
     (``cgroup.procs`` under ``cpuacct`` and ``devices`` ``slurm_<node>/uid_*/job_*``), made
@@ -36,8 +37,15 @@ tree ``<cgroup_root>/cpuacct/slurm_<node>/``) it writes, ``--hz`` times a second
     reads ``<pid>/environ`` and ``<pid>/cgroup`` there.
 * ``DIR/ledger.json``: the exact energy, integer µJ, added per node and source since start
   (``{"nodes": {"n1": {"package-0": ..., "package-0/dram": ..., "gpu/GPU-...": ...}}}``), so
-  a test can check that Σ jobs + unattributed equals what the hardware produced; and
-  ``job_cpu_ns`` (node → job id → the last ``cpuacct.usage`` seen of the job's cgroup, ns).
+  a test can check that Σ jobs + unattributed equals what the hardware produced;
+  ``job_cpu_ns`` (node → job id → the last ``cpuacct.usage`` seen of the job's cgroup, ns);
+  ``job_life_energy_uj`` (node → job id → the node's package + DRAM energy while the job's
+  cgroup existed, µJ), ``job_life_gpu_uj`` (the same for the GPUs in its processes'
+  ``SLURM_JOB_GPUS``) and ``job_life_s`` (node → job id → [birth, death] epoch seconds; death
+  null while alive): an independent measure of what a job alone on its node should pay.
+  Birth and death are the kernel's: the earliest ctime of the job's folder and its step
+  folders when first seen (mkdir sets it), and its parent's ctime when first found gone
+  (rmdir sets it); the middle of that tick when the parent changed again since.
 
 While the file ``DIR/hold`` exists every counter stands still (the trees are still written):
 a test holds the hardware while agents take their baseline sample and again before stopping
@@ -131,6 +139,17 @@ def _environ(procfs_root: Path, pid: int) -> dict[bytes, bytes]:
     return env
 
 
+def _earliest_ctime(paths: list[Path]) -> float | None:
+    """Return the earliest ctime of the paths that exist, wall s."""
+    times = []
+    for path in paths:
+        try:
+            times.append(path.stat().st_ctime_ns / 1e9)
+        except OSError:
+            continue
+    return min(times) if times else None
+
+
 def _parse_ids(text: bytes) -> list[int]:
     ids = []
     for part in text.decode(errors="replace").split(","):
@@ -156,8 +175,59 @@ class EmulatedNode:
     busy_ns: dict[int, int] = field(default_factory=dict)  # per CPU, since start
     last_percpu_ns: dict[int, int] = field(default_factory=dict)
     stat_ticks: dict[int, tuple[int, int]] = field(default_factory=dict)  # (busy, idle) written
+    other_ns: int = 0  # the node's share of the host's non-Slurm busy time, since start
     linked_pids: set[int] = field(default_factory=set)
     job_cpu_ns: dict[str, int] = field(default_factory=dict)
+    job_life_s: dict[str, list[float | None]] = field(default_factory=dict)  # [birth, death]
+    job_life_uj: dict[str, float] = field(default_factory=dict)
+    job_gpus: dict[str, list[int]] = field(default_factory=dict)  # SLURM_JOB_GPUS of a process
+    job_dirs: dict[str, Path] = field(default_factory=dict)
+    gpus_found: set[str] = field(default_factory=set)  # GPUs just learnt: back-charge from birth
+    job_life_gpu_uj: dict[str, float] = field(default_factory=dict)
+
+    def add_life_energy(
+        self,
+        live: dict[str, float],
+        gone: dict[str, float],
+        node_w: float,
+        gpu_w: list[float],
+        t0: float,
+        t1: float,
+        gpu_idle_w: float = 0.0,
+    ) -> None:
+        """Charge the node's package + DRAM power (and each job's GPUs') over ``[t0, t1]``.
+
+        ``live`` maps the job cgroups present now to their birth (wall s); ``gone`` the jobs
+        whose folder was removed to when (the parent's ctime). A job seen before and gone now
+        died in this tick: at its removal time if that lies in the tick, else mid-tick.
+        """
+        for job, life in self.job_life_s.items():
+            if life[1] is None and job not in live:
+                died = gone.get(job)
+                if died is None or not t0 <= died <= t1:
+                    died = (t0 + t1) / 2
+                life[1] = max(died, life[0] or 0.0)
+                self._charge(job, life[0] or 0.0, life[1], node_w, gpu_w, t0)
+        for job, born in live.items():
+            if job not in self.job_life_s:
+                self.job_life_s[job] = [born, None]
+            self._charge(job, born, t1, node_w, gpu_w, t0)
+            if job in self.gpus_found:
+                # Its GPUs are learnt from its first process's SLURM_JOB_GPUS, a moment after
+                # its birth; until then they were idle (no process to drive them).
+                self.gpus_found.discard(job)
+                idle_w = gpu_idle_w * len(self.job_gpus.get(job, ()))
+                self.job_life_gpu_uj[job] = (
+                    self.job_life_gpu_uj.get(job, 0.0) + idle_w * max(0.0, t0 - born) * 1e6
+                )
+
+    def _charge(
+        self, job: str, born: float, until: float, node_w: float, gpu_w: list[float], t0: float
+    ) -> None:
+        lived_s = max(0.0, until - max(t0, born))
+        self.job_life_uj[job] = self.job_life_uj.get(job, 0.0) + node_w * lived_s * 1e6
+        gpus_w = sum(gpu_w[g] for g in self.job_gpus.get(job, ()))
+        self.job_life_gpu_uj[job] = self.job_life_gpu_uj.get(job, 0.0) + gpus_w * lived_s * 1e6
 
     def __post_init__(self) -> None:
         base = self.root / "sys" / "class" / "powercap"
@@ -215,14 +285,25 @@ class EmulatedNode:
                 self.busy_ns[cpu] = self.busy_ns.get(cpu, 0) + now - last
             self.last_percpu_ns[cpu] = now
 
+    def add_other_busy(self, cpus: float, dt_s: float) -> None:
+        """Add the node's share of the host's busy time outside any Slurm job (system)."""
+        self.other_ns += int(cpus * dt_s * 1e9)
+
     def write_stat(self, elapsed_s: float, hz: int) -> None:
-        """Write ``proc/stat``: per CPU busy (user) and idle ticks, never decreasing."""
+        """Write ``proc/stat``: per CPU busy and idle ticks, never decreasing.
+
+        Busy (the ``user`` column) is the node's jobs plus its share of the host's other busy
+        time, the same two terms its package power follows: a node whose power rises shows
+        the CPU time that explains it, as a real one does.
+        """
         wall_ticks = int(elapsed_s * hz)
         lines = []
         total_busy = total_idle = 0
+        other_per_cpu_ns = self.other_ns // max(1, len(self.cpu_ids))
         for cpu in self.cpu_ids:
             old_busy, old_idle = self.stat_ticks.get(cpu, (0, 0))
-            busy = max(old_busy, self.busy_ns.get(cpu, 0) * hz // 1_000_000_000)
+            own_ns = self.busy_ns.get(cpu, 0) + other_per_cpu_ns
+            busy = max(old_busy, min(wall_ticks, own_ns * hz // 1_000_000_000))
             idle = max(old_idle, wall_ticks - busy)
             self.stat_ticks[cpu] = (busy, idle)
             total_busy += busy
@@ -289,6 +370,7 @@ class HardwareEmulator:
         self.hold_path = self.root / "hold"
         self.ledger_path = self.root / "ledger.json"
         self._last_mono: float | None = None
+        self._last_wall: float = time.time()
         self._last_host_busy_ns: int | None = None
         self._last_all_slurm_ns: int | None = None
         self.ticks = 0
@@ -302,42 +384,69 @@ class HardwareEmulator:
             total += _read_int(path) or 0
         return total
 
-    def _job_pids(self, node: str, controllers: tuple[str, ...] = ("cpuacct",)) -> set[int]:
-        pids: set[int] = set()
+    def _job_pids(
+        self, node: str, controllers: tuple[str, ...] = ("cpuacct",)
+    ) -> dict[int, str]:
+        """Return pid → job id for every process in the node's job cgroups."""
+        pids: dict[int, str] = {}
         for controller in controllers:
             base = self.cgroup_root / controller / f"slurm_{node}"
             for procs in base.glob("uid_*/job_*/**/cgroup.procs"):
+                job = procs.relative_to(base).parts[1].removeprefix("job_")
                 try:
-                    pids.update(int(p) for p in procs.read_text().split())
+                    pids.update((int(p), job) for p in procs.read_text().split())
                 except (OSError, ValueError):
                     continue
         return pids
 
-    def _job_cpu(self, node: EmulatedNode) -> None:
+    def _job_cpu(self, node: EmulatedNode) -> tuple[dict[str, float], dict[str, float]]:
+        """Record each job's CPU time; return the live jobs with their birth and the jobs
+        gone since the last tick with their removal (wall s, from the kernel's ctimes)."""
         base = self.cgroup_root / "cpuacct" / f"slurm_{node.name}"
+        live: dict[str, float] = {}
         for usage in base.glob("uid_*/job_*/cpuacct.usage"):
             value = _read_int(usage)
             job = usage.parent.name.removeprefix("job_")
             if value is not None and value >= node.job_cpu_ns.get(job, 0):
                 node.job_cpu_ns[job] = value
+            life = node.job_life_s.get(job)
+            if life is not None and life[1] is None:
+                live[job] = life[0] or 0.0
+                continue
+            born = _earliest_ctime([usage.parent, *usage.parent.glob("step_*")])
+            if born is not None:
+                live[job] = born
+                node.job_dirs[job] = usage.parent
+        gone: dict[str, float] = {}
+        for job, life in node.job_life_s.items():
+            if life[1] is None and job not in live and job in node.job_dirs:
+                parent = node.job_dirs[job].parent
+                died = _earliest_ctime([parent]) if parent.exists() else None
+                gone[job] = died if died is not None else (_earliest_ctime([base]) or 0.0)
+        return live, gone
 
-    def _update_proc(self, node: EmulatedNode, now: float) -> set[int]:
-        """Write the node's ``proc/stat`` and its pid links; return the node's job pids."""
+    def _update_proc(
+        self, node: EmulatedNode, now: float
+    ) -> tuple[dict[int, str], tuple[dict[str, float], dict[str, float]]]:
+        """Write the node's ``proc/stat`` and its pid links; return its job pids and jobs."""
         base = self.cgroup_root / "cpuacct" / f"slurm_{node.name}"
         node.add_cpu_usage(_read_ints(base / "cpuacct.usage_percpu"))
         node.write_stat(now - self._start_mono, self.hz_user)
         pids = self._job_pids(node.name, ("cpuacct", "devices"))
-        node.link_pids(pids, self.procfs_root)
-        self._job_cpu(node)
-        return pids
+        node.link_pids(set(pids), self.procfs_root)
+        return pids, self._job_cpu(node)
 
     def _gpu_util(
-        self, node: EmulatedNode, pids: set[int]
+        self, node: EmulatedNode, pids: dict[int, str]
     ) -> tuple[list[int], dict[int, list[SimProcess]]]:
         util = [0] * node.gpus
         procs: dict[int, list[SimProcess]] = {i: [] for i in range(node.gpus)}
         for pid in sorted(pids):  # linked under the node's proc/ before NVML lists them
             env = _environ(self.procfs_root, pid)
+            held = env.get(b"SLURM_JOB_GPUS")
+            if held is not None and pids[pid] not in node.job_gpus:
+                node.job_gpus[pids[pid]] = [g for g in _parse_ids(held) if 0 <= g < node.gpus]
+                node.gpus_found.add(pids[pid])
             wanted = env.get(UTIL_ENV)
             if wanted is None:
                 continue
@@ -355,6 +464,7 @@ class HardwareEmulator:
     def tick(self) -> None:
         """Advance every counter by the power of the time since the last tick and write."""
         now = time.monotonic()
+        now_wall = time.time()
         host_busy = read_host_busy_ns(self.procfs_root)
         all_slurm = self._all_slurm_ns()
         held = self.hold_path.exists()
@@ -370,15 +480,25 @@ class HardwareEmulator:
                 node.last_usage_ns = usage
             busy = (usage - node.last_usage_ns) / 1e9 / dt_s if dt_s > 0 else 0.0
             node.last_usage_ns = usage
-            pids = self._update_proc(node, now)
-            util, procs = self._gpu_util(node, pids)
             if dt_s > 0 and not held:
-                node.add("package-0", m.cpu_idle_w + m.cpu_per_cpu_w * (busy + other_cpus), dt_s)
-                node.add("package-0/dram", m.dram_idle_w + m.dram_per_cpu_w * busy, dt_s)
+                node.add_other_busy(other_cpus, dt_s)
+            pids, (live, gone) = self._update_proc(node, now)
+            util, procs = self._gpu_util(node, pids)
+            gpu_w = [m.gpu_idle_w + u / 100 * (m.gpu_max_w - m.gpu_idle_w) for u in util]
+            if dt_s > 0 and not held:
+                pkg_w = m.cpu_idle_w + m.cpu_per_cpu_w * (busy + other_cpus)
+                dram_w = m.dram_idle_w + m.dram_per_cpu_w * busy
+                node.add("package-0", pkg_w, dt_s)
+                node.add("package-0/dram", dram_w, dt_s)
                 for i in range(node.gpus):
-                    node.add_gpu(
-                        i, m.gpu_idle_w + util[i] / 100 * (m.gpu_max_w - m.gpu_idle_w), dt_s
-                    )
+                    node.add_gpu(i, gpu_w[i], dt_s)
+                node.add_life_energy(
+                    live, gone, pkg_w + dram_w, gpu_w, self._last_wall, now_wall, m.gpu_idle_w
+                )
+            else:
+                node.add_life_energy(
+                    live, gone, 0.0, [0.0] * node.gpus, self._last_wall, now_wall
+                )
             node.write_counters()
             devices = [
                 SimDevice(
@@ -396,6 +516,7 @@ class HardwareEmulator:
             ]
             write_state(node.root / "nvml.state", SimState(devices=devices))
         self._last_mono = now
+        self._last_wall = now_wall
         self._last_host_busy_ns = host_busy
         self._last_all_slurm_ns = all_slurm
         self.ticks += 1
@@ -408,6 +529,13 @@ class HardwareEmulator:
             "model": asdict(self.model),
             "nodes": {n.name: dict(n.added_uj) for n in self.nodes},
             "job_cpu_ns": {n.name: dict(n.job_cpu_ns) for n in self.nodes},
+            "job_life_energy_uj": {
+                n.name: {j: int(e) for j, e in n.job_life_uj.items()} for n in self.nodes
+            },
+            "job_life_s": {n.name: dict(n.job_life_s) for n in self.nodes},
+            "job_life_gpu_uj": {
+                n.name: {j: int(e) for j, e in n.job_life_gpu_uj.items()} for n in self.nodes
+            },
         }
         write_atomic(self.ledger_path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
@@ -436,7 +564,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cgroup-root", type=Path, default=Path("/sys/fs/cgroup"))
     parser.add_argument("--procfs-root", type=Path, default=Path("/proc"))
     parser.add_argument("--hold", action="store_true", help="start held (create ROOT/hold)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="priority change (root: negative keeps the 'hardware' on time)")
     args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hwemu %(levelname)s %(message)s")
     args.root.mkdir(parents=True, exist_ok=True)
     if args.hold:

@@ -20,7 +20,11 @@
 # cannot be delivered (collector down, timeout, 5xx) is kept as a file in the outbox and
 # re-sent by the next hook run that reaches the collector, or by `jobenergy slurm sync`.
 # Settings: /etc/jobenergy/slurm-hooks.env (bash syntax, sourced; see deploy/).
-# Logs go to syslog through `logger -t jobenergy`. Exit status is always 0.
+# Logs go to syslog through `logger -t jobenergy`. Exit status is 0, except 78 (EX_CONFIG)
+# when JOBENERGY_SYNC_CMD's program is missing or not executable by the user the hook runs
+# as (SlurmUser cannot run a venv under /root): then it also prints one line to stderr, and
+# the epilog_slurmctld wrapper exits non-zero so that slurmctld's log shows it (the job is not
+# affected). The node wrappers still exit 0: a failing Epilog would drain the node.
 
 JE_ROLE=${1:-}
 # slurmd and slurmctld run hooks with an environment that holds no PATH.
@@ -28,7 +32,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 JE_CONF=${JOBENERGY_HOOK_CONF:-/etc/jobenergy/slurm-hooks.env}  # users cannot set hook env (SPANK vars are prefixed)
 JOBENERGY_URL=http://127.0.0.1:8080
 JOBENERGY_CLUSTER=
-JOBENERGY_GPU_MAP_DIR=/run/jobenergy/gpus
+JOBENERGY_GPU_MAP_DIR=/run/jobenergy/gpus/${SLURMD_NODENAME:-$(hostname -s)}  # the agent's per-node default
 JOBENERGY_OUTBOX=/var/spool/jobenergy/outbox
 JOBENERGY_CURL_TIMEOUT_S=3
 JOBENERGY_GPU_MAP_LINGER_S=3
@@ -138,13 +142,50 @@ je_gpu_json() {
   [ ${#out[@]} -gt 0 ] && printf '"gpus":%s' "$(je_list "${out[@]}")"
 }
 
-# Start JOBENERGY_SYNC_CMD detached (own session: outlives this hook and its timeout).
+# The program JOBENERGY_SYNC_CMD runs: its first word after any VAR=value, one level of
+# quotes removed (a path with spaces is not supported).
+je_sync_program() {
+  local -a words
+  local w
+  read -r -a words <<< "$JOBENERGY_SYNC_CMD"
+  for w in "${words[@]}"; do
+    [[ "$w" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] && continue
+    w=${w#[\"\']}; w=${w%[\"\']}
+    printf '%s' "$w"
+    return
+  done
+}
+
+# True when this user may run PROGRAM (a path: an executable file; a name: found in PATH).
+je_can_run() {
+  local prog=$1
+  [ -n "$prog" ] || return 1
+  if [[ "$prog" == */* ]]; then
+    [ -f "$prog" ] && [ -x "$prog" ]
+  else
+    command -v -- "$prog" >/dev/null 2>&1
+  fi
+}
+
+# Start JOBENERGY_SYNC_CMD detached (own session: outlives this hook and its timeout), or
+# say loudly why it cannot run (syslog, stderr, exit status 78).
 je_sync() {
   [ -n "$JOBENERGY_SYNC_CMD" ] && [ "$JOBENERGY_SYNC_FROM" = "$JE_ROLE" ] || return 0
   if [ "$JE_ROLE" = epilog ]; then   # once per job: on its first node only
     local first
     first=$(timeout 2 scontrol show hostnames "${SLURM_NODELIST:-}" 2>/dev/null | head -1)
     [ -z "$first" ] || [ "$first" = "${SLURMD_NODENAME:-}" ] || return 0
+  fi
+  local prog msg
+  prog=$(je_sync_program)
+  if ! je_can_run "$prog"; then
+    msg="JOBENERGY_SYNC_CMD cannot run: '$prog' is missing or not executable by user"
+    msg+=" $(id -un 2>/dev/null || echo "uid $EUID") (install jobenergy where it can: e.g. a"
+    msg+=" venv under /opt/jobenergy, not under /root); AdminComment not written"
+    je_log "$msg"
+    printf 'jobenergy %s job_id=%s: %s\n' "$JE_ROLE" "$JOB" "$msg" >&2
+    JE_STATUS=78
+    return 0
   fi
   setsid -f bash -c "$JOBENERGY_SYNC_CMD" </dev/null >/dev/null 2>&1
 }
@@ -153,6 +194,7 @@ je_exit_json() {
   [ -n "${SLURM_JOB_EXIT_CODE2:-}" ] && printf '"exit_code":%s' "$(je_str "$SLURM_JOB_EXIT_CODE2")"
 }
 
+JE_STATUS=0
 [ -n "$JOB" ] || { je_log "no SLURM_JOB_ID"; exit 0; }
 case "$JE_ROLE" in
   prolog)
@@ -182,4 +224,4 @@ case "$JE_ROLE" in
     je_sync ;;
   *) je_log "unknown role '$JE_ROLE'" ;;
 esac
-exit 0
+exit "$JE_STATUS"

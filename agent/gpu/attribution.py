@@ -31,11 +31,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobenergy.agent.attribution import StaticFloor
 from jobenergy.agent.gpu.allocation import GpuAllocation
 from jobenergy.agent.gpu.nvml import NvmlSensor
 from jobenergy.agent.gpu.samples import GpuDeviceSample
 from jobenergy.agent.jobmap import JobMapEntry
-from jobenergy.agent.lifetime import prorate
 from jobenergy.core.counters import counter_delta
 from jobenergy.core.errors import SensorUnavailable
 from jobenergy.core.schema import SourceEnergy
@@ -129,6 +129,51 @@ def attribute_device(
     return jobs, unattributed
 
 
+def attribute_over_time(
+    delta_uj: int,
+    static_uj: int,
+    prev: DeviceState | None,
+    cur: DeviceState,
+    alive: Mapping[str, int],
+    span_ns: int,
+) -> tuple[dict[str, int], int]:
+    """Split one GPU's energy when a holder started or ended inside the interval.
+
+    A job pays for the GPU while it exists (DESIGN.md decision 16): the static part (the
+    GPU's idle power × the interval, :class:`~jobenergy.agent.attribution.StaticFloor`) by
+    each holder's share × the time it lived, the time nobody held it being unattributed; the
+    dynamic part (what the GPU drew above idle: somebody's work) over the holders by share ×
+    time lived. Holders are those of this sample (rules 1-4) and, among the previous sample's,
+    the ones that ended inside the interval (or all of them when nobody holds it now), so a
+    job that ended and the one that took the GPU after it each get their part.
+
+    Args:
+        delta_uj: The GPU's energy over the interval, µJ.
+        static_uj: Its idle energy over the interval, µJ (clamped to ``delta_uj``).
+        prev: Who held it at the previous sample, or None.
+        cur: Who holds it now.
+        alive: Jobs that lived only part of the interval → ns they lived (others: all).
+        span_ns: The interval's length, ns.
+    """
+    by_cur = attribute_device(delta_uj, None, cur)[0] if cur.held else {}
+    by_prev = attribute_device(delta_uj, None, prev)[0] if prev is not None and prev.held else {}
+    time_w: dict[str, int] = {j: e * alive.get(j, span_ns) for j, e in by_cur.items()}
+    for job_id, energy_uj in by_prev.items():
+        if job_id not in time_w and (job_id in alive or not cur.held):
+            time_w[job_id] = energy_uj * alive.get(job_id, span_ns)
+    time_w = {j: w for j, w in time_w.items() if w > 0}
+    if not time_w:
+        return {}, delta_uj
+    static_uj = max(0, min(delta_uj, static_uj))
+    weights = dict(time_w)
+    weights[_OUTSIDE] = max(0, delta_uj * span_ns - sum(time_w.values()))
+    shares = split_uj(static_uj, weights)
+    for job_id, part in split_uj(delta_uj - static_uj, time_w).items():
+        shares[job_id] = shares.get(job_id, 0) + part
+    unattributed = shares.pop(_OUTSIDE, 0)
+    return {j: e for j, e in shares.items() if e}, unattributed
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSnapshot:
     """Every GPU and who used it at one sample.
@@ -156,6 +201,8 @@ class GpuAccounting:
         cgroup_root: Where ``/sys/fs/cgroup`` is mounted.
         gpu_map_dir: The prolog's GPU map directory, or None.
         node: Slurm node name (``slurm_<node>`` cgroup layouts), or None.
+        static_power_w: Each GPU's idle power, W, for the intervals a job starts or ends
+            in; learned as the lowest power seen when None.
     """
 
     def __init__(
@@ -165,8 +212,10 @@ class GpuAccounting:
         cgroup_root: str | Path = "/sys/fs/cgroup",
         gpu_map_dir: str | Path | None = None,
         node: str | None = None,
+        static_power_w: float | None = None,
     ) -> None:
         self._sensor: NvmlSensor | None
+        self._static_power_w = static_power_w
         self.unavailable_reason: str | None = None
         try:
             self._sensor = NvmlSensor(nvml_mode)
@@ -177,6 +226,8 @@ class GpuAccounting:
         self._allocation = GpuAllocation(procfs_root, cgroup_root, gpu_map_dir, node)
         self._resets: dict[str, int] = {}
         self._last_good: dict[str, GpuDeviceSample] = {}  # uuid → last readable sample
+        self._last_good_ns: dict[str, int] = {}  # uuid → when (monotonic ns)
+        self._floors: dict[str, StaticFloor] = {}  # uuid → the GPU's idle power
 
     @property
     def available(self) -> bool:
@@ -245,8 +296,10 @@ class GpuAccounting:
             # Measure from the last good reading, not the previous snapshot: a failed read in
             # between must delay that energy, never drop it.
             before = self._last_good.get(uuid)
+            before_ns = self._last_good_ns.get(uuid, prev.time_ns if prev else cur.time_ns)
             if before is None and prev is not None:
                 before = prev.devices.get(uuid)
+            self._last_good_ns[uuid] = cur.time_ns
             self._last_good[uuid] = dev
             if before is None or before.energy_uj is None:
                 continue
@@ -261,10 +314,17 @@ class GpuAccounting:
                     before.energy_uj,
                     dev.energy_uj,
                 )
-            jobs, unattributed = attribute_device(
-                delta.energy_uj, prev.states.get(uuid) if prev else None, cur.states[uuid]
-            )
-            jobs, unattributed = prorate(jobs, unattributed, alive or {}, span_ns)
+            prev_state = prev.states.get(uuid) if prev else None
+            floor = self._floors.setdefault(uuid, StaticFloor(self._static_power_w))
+            static_uj = floor.static_uj(delta.energy_uj, cur.time_ns - before_ns)
+            if alive and span_ns > 0:
+                jobs, unattributed = attribute_over_time(
+                    delta.energy_uj, static_uj, prev_state, cur.states[uuid], alive, span_ns
+                )
+            else:
+                jobs, unattributed = attribute_device(
+                    delta.energy_uj, prev_state, cur.states[uuid]
+                )
             sources.append(
                 SourceEnergy(
                     component="gpu",

@@ -91,7 +91,9 @@ def test_job_usage_never_negative_and_residual_conserved(prev_usage, grow, vanis
 
 def test_static_floor_configured_and_learned():
     assert StaticFloor(50.0).static_uj(10**9, 2_000_000_000) == 100 * 10**6  # 50 W × 2 s
-    floor = StaticFloor(None)
+    floor = StaticFloor(None, window_ns=10**9)  # a window of one interval
     assert floor.static_uj(300 * 10**6, 10**9) == 300 * 10**6  # first interval: 300 W floor
     assert floor.static_uj(100 * 10**6, 10**9) == 100 * 10**6  # lower: 100 W
     assert floor.static_uj(900 * 10**6, 10**9) == 100 * 10**6  # keeps the minimum
+    unlearned = StaticFloor(None)  # default window: 3 s of intervals before any floor
+    assert unlearned.static_uj(300 * 10**6, 10**9) == 0

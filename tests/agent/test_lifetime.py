@@ -63,6 +63,14 @@ def test_alive_from_birth_to_end_mark():
     early = alive_ns(["5"], start_ns=2_000, end_ns=3_000, prev_jobs={}, cur_jobs={"5": cg},
                      job_map={})
     assert early == {}
+    # In the map, no cgroup yet and not ended: the prolog ran, the job does not exist yet.
+    starting = parse_job_map("0\nstart=0.0000012\n")
+    assert alive_ns(["6"], start_ns=1_000, end_ns=2_000, prev_jobs={}, cur_jobs={},
+                    job_map={"6": starting}) == {"6": 0}
+    # Never seen in a cgroup but ended: a short job, alive from the prolog to the epilog.
+    short = parse_job_map("\nstart=0.0000012\nend=0.0000015\n")
+    assert alive_ns(["7"], start_ns=1_000, end_ns=2_000, prev_jobs={}, cur_jobs={},
+                    job_map={"7": short}) == {"7": 300}
 
 
 def test_alone_for_part_of_an_interval_pays_static_for_that_part():
@@ -70,7 +78,8 @@ def test_alone_for_part_of_an_interval_pays_static_for_that_part():
     jobs, unattributed = attribute_cpu(10_000, usage, node_busy_ns=500, ncpus=8,
                                        static_uj=6_000, span_ns=1_000)
     static = split_uj(6_000, {"9": 250, "": 750})
-    dynamic = split_uj(4_000, {"9": 400, "": 100})
+    # Busy time of no job (100 ns) counts for the job for the quarter of it that it lived.
+    dynamic = split_uj(4_000, {"9": 400 + 25, "": 75})
     assert jobs == {"9": static["9"] + dynamic["9"]}
     assert jobs["9"] + unattributed == 10_000
     # The same job alive for the whole interval still takes all of it (exclusive node).
@@ -152,3 +161,35 @@ def test_an_ended_job_pays_until_the_epilog_end_mark(agent, node, tmp_path):
     agent.tick()  # the map still lingers, but the job ended: nothing more for it
     later = _pkg(agent._pending[-1])
     assert later.jobs_uj == {} and later.unattributed_uj == 777
+
+
+def test_learned_static_floor_ignores_counters_that_did_not_move():
+    from jobenergy.agent.attribution import StaticFloor
+
+    s_ns = 1_000_000_000
+    floor = StaticFloor(None, window_ns=3 * s_ns)
+    assert floor.static_uj(0, s_ns) == 0  # held: nothing learned
+    for energy_uj in (31_000_000, 29_000_000, 30_000_000):  # jittering around 30 W
+        floor.static_uj(energy_uj, s_ns)
+    assert floor.learned_w == 30.0  # the window's mean, not its low 29 W
+    assert floor.static_uj(0, s_ns) == 30_000_000  # still 30 W, not 0
+    for _ in range(3):
+        floor.static_uj(25_000_000, s_ns)
+    assert floor.learned_w == 25.0  # idler for a whole window: the new floor
+    floor.static_uj(19_000_000, s_ns)
+    assert floor.learned_w == 23.0  # one dip counts only within its window: (25+25+19)/3
+
+
+def test_a_vanished_job_pays_until_its_cgroup_was_removed(agent, node):
+    node.start_job("8", 1000, [0, 1])
+    agent.tick()
+    uid_dir = node.job_dir("8").parent
+    node.add_energy("package-0", 6_000_000)
+    node.end_job("8")  # no epilog mark: the removal itself tells the end
+    removed_ns = os.stat(uid_dir).st_ctime_ns
+    agent.tick()
+    interval = agent._pending[-1]
+    start, stop = _ns(interval.start), _ns(interval.end)
+    assert start <= removed_ns <= stop
+    expected = split_uj(6_000_000, {"8": removed_ns - start, "": stop - removed_ns})
+    assert _pkg(interval).jobs_uj.get("8", 0) == expected["8"]

@@ -172,3 +172,30 @@ def test_server_flags_are_defaults(make_client, server_settings, make_batch):
     listed = {c["cluster"]: c for c in again.get("/api/v1/clusters").json()}
     assert listed["other"]["pue"] == {"value": 1.1, "source": "constant", "series": None}
     assert listed["c1"]["carbon"]["source"] == "constant"
+
+
+def test_factor_revisions_name_the_hours_each_change_rewrote(client, make_batch):
+    """The Slurm sync follows these to rewrite AdminComments (cli/slurm.py)."""
+    assert client.get("/api/v1/clusters/c1").json()["factors_revision"] == 0
+    post_batch(client, one_job(make_batch, start=T0, power_w=1000.0, interval_s=7200.0))
+    client.put("/api/v1/clusters/c1/pue", json={"pue": 1.25})
+    first = client.get("/api/v1/clusters/c1").json()["factors_revision"]
+    assert first > 0
+    client.put("/api/v1/clusters/c1/pue", json={"pue": 1.25})  # same value: nothing rewritten
+    fix = {"points": [{"time": (T0 + timedelta(hours=1)).isoformat(), "value": 100}]}
+    assert client.post("/api/v1/clusters/c1/carbon/series", json=fix).status_code == 200
+    resp = client.get("/api/v1/clusters/c1/factor-changes", params={"after": 0})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    changes = body["changes"]
+    assert [c["revision"] for c in changes] == [first, body["revision"]]
+    assert body["revision"] > first
+    assert client.get("/api/v1/clusters/c1").json()["factors_revision"] == body["revision"]
+    span = [(datetime.fromisoformat(c["start"]), datetime.fromisoformat(c["end"]), c["jobs"])
+            for c in changes]
+    assert span == [(T0, T0 + timedelta(hours=2), 1),  # the PUE: both hours of job 9
+                    (T0 + timedelta(hours=1), T0 + timedelta(hours=2), 1)]  # only hour 11
+    after = client.get("/api/v1/clusters/c1/factor-changes", params={"after": first}).json()
+    assert [c["revision"] for c in after["changes"]] == [body["revision"]]
+    assert client.get("/api/v1/clusters/c2/factor-changes").json() == {
+        "cluster": "c2", "revision": 0, "changes": []}

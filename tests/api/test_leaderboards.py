@@ -192,7 +192,7 @@ def test_leaderboard_medians_exact(db_url, monkeypatch):
                 leaderboards._MODELS_SQL.text.replace(leaderboards._ALL_VISIBLE, "TRUE")))
         with Session(engine) as session:
             if postgres:
-                stmt = _leaderboard_stmt(session, Window(), [Job.model.is_not(None)], True)
+                stmt = _leaderboard_stmt(session, Window(), True)
                 assert "UNION ALL" in str(stmt)
             for window in (Window(), Window(phase="training"), Window(cluster="c1"),
                            Window(start=T0 + timedelta(hours=3))):
@@ -218,3 +218,151 @@ def test_leaderboard_medians_exact(db_url, monkeypatch):
                     assert got[key][1] == pytest.approx(median, rel=1e-12), (window, key)
     finally:
         engine.dispose()
+
+
+def job_energy(batch, job_id, indexes=None):
+    return sum(src.jobs_uj.get(job_id, 0) for i, interval in enumerate(batch.intervals)
+               if indexes is None or i in indexes for src in interval.sources)
+
+
+@pytest.fixture
+def annotated(client, make_batch):
+    """Job 56 tagged resnet50/training for the whole job (SPANK) that annotated training
+    (intervals 0-1, 1000 samples) and inference (interval 2, 500 samples), interval 3 not
+    annotated; job 57, resnet50/training, no annotations."""
+    b56 = make_batch(jobs={"56": 1}, unattributed_weight=0, sources=SOURCES, n_intervals=4)
+    b56 = with_phases(
+        b56, "56",
+        [("training", "resnet50"), ("training", None), ("inference", "resnet50"), (None, None)],
+        records=[(1, {"phase": "training", "model": "resnet50", "start": T0,
+                      "end": T0 + timedelta(seconds=20), "samples": 1000}),
+                 (2, {"phase": "inference", "model": "resnet50",
+                      "start": T0 + timedelta(seconds=20), "end": T0 + timedelta(seconds=30),
+                      "samples": 500})],
+    )
+    b57 = make_batch(jobs={"57": 1}, unattributed_weight=0, sources=SOURCES, n_intervals=2,
+                     node="n2", power_w=300.0)
+    for job_id in ("56", "57"):
+        post(client, "/api/v1/jobs/events", json={
+            "cluster": "c1", "job_id": job_id, "event": "start", "time": T0.isoformat(),
+            "tags": {"model": "resnet50", "phase": "training"}})
+    post(client, "/api/v1/batches", content=b56.model_dump_json())
+    post(client, "/api/v1/batches", content=b57.model_dump_json())
+    return b56, b57
+
+
+def test_leaderboard_counts_annotated_phases(client, annotated):
+    b56, b57 = annotated
+    train_56 = job_energy(b56, "56", {0, 1})  # "training" with no model: the job's model
+    infer_56 = job_energy(b56, "56", {2})
+    rest_56 = job_energy(b56, "56", {3})  # not annotated: the job-level training tag
+    whole_57 = job_energy(b57, "57")
+    rows = {(r["model"], r["phase"]): r for r in
+            client.get("/api/v1/leaderboards/models").json()}
+    assert set(rows) == {("resnet50", "training"), ("resnet50", "inference")}
+
+    infer = rows[("resnet50", "inference")]
+    assert infer["jobs"] == 1 and infer["samples"] == 500
+    assert infer["total_energy_kwh"] == pytest.approx(infer_56 / UJ_PER_KWH, rel=1e-12)
+    assert infer["j_per_sample"] == pytest.approx(infer_56 / UJ_PER_J / 500, rel=1e-12)
+    assert infer["gpu_hours"] == pytest.approx(10 / 3600)  # one GPU, one 10 s interval
+
+    train = rows[("resnet50", "training")]
+    assert train["jobs"] == 2 and train["samples"] == 1000
+    total = train_56 + rest_56 + whole_57
+    assert train["total_energy_kwh"] == pytest.approx(total / UJ_PER_KWH, rel=1e-12)
+    # J/sample: the annotated training energy over its samples, nothing else mixed in.
+    assert train["j_per_sample"] == pytest.approx(train_56 / UJ_PER_J / 1000, rel=1e-12)
+    assert train["median_energy_kwh"] == pytest.approx(
+        statistics.median([train_56 + rest_56, whole_57]) / UJ_PER_KWH, rel=1e-12)
+    assert train["gpu_hours"] == pytest.approx((30 + 20) / 3600)
+
+    # Facility energy and CO2e are the jobs', shared by energy: nothing lost or doubled.
+    jobs = {j["job_id"]: j for j in client.get("/api/v1/jobs").json()["jobs"]}
+    assert sum(r["facility_energy_kwh"] for r in rows.values()) == pytest.approx(
+        sum(j["facility_energy_kwh"] for j in jobs.values()), rel=1e-9)
+    assert sum(r["co2e_kg"] for r in rows.values()) == pytest.approx(
+        sum(j["co2e_kg"] for j in jobs.values()), rel=1e-6)
+
+    only = client.get("/api/v1/leaderboards/models", params={"phase": "inference"}).json()
+    assert [(r["model"], r["phase"], r["jobs"]) for r in only] == [("resnet50", "inference", 1)]
+    assert only[0]["total_energy_kwh"] == pytest.approx(infer_56 / UJ_PER_KWH, rel=1e-12)
+
+    # A later job-level tag moves the un-annotated rest, not the annotated phases.
+    post(client, "/api/v1/jobs/events", json={
+        "cluster": "c1", "job_id": "56", "event": "end", "time": (T0 + timedelta(
+            seconds=40)).isoformat(), "tags": {"phase": "inference"}})
+    rows = {(r["model"], r["phase"]): r for r in
+            client.get("/api/v1/leaderboards/models").json()}
+    assert rows[("resnet50", "inference")]["total_energy_kwh"] == pytest.approx(
+        (infer_56 + rest_56) / UJ_PER_KWH, rel=1e-12)
+    assert rows[("resnet50", "inference")]["j_per_sample"] == pytest.approx(
+        infer_56 / UJ_PER_J / 500, rel=1e-12)
+    assert rows[("resnet50", "training")]["total_energy_kwh"] == pytest.approx(
+        (train_56 + whole_57) / UJ_PER_KWH, rel=1e-12)
+    assert rows[("resnet50", "training")]["jobs"] == 2
+
+
+def test_later_batches_of_an_annotated_job_move_its_parts(client, annotated, make_batch):
+    b56, _ = annotated
+    more = make_batch(jobs={"56": 1}, unattributed_weight=0, sources=SOURCES, n_intervals=1,
+                      seq=1, start=T0 + timedelta(seconds=40))
+    post(client, "/api/v1/batches", content=more.model_dump_json())  # not annotated
+    more_2 = make_batch(jobs={"56": 1}, unattributed_weight=0, sources=SOURCES, n_intervals=1,
+                        seq=2, start=T0 + timedelta(seconds=50))
+    more_2 = with_phases(more_2, "56", [("inference", "bert")])
+    post(client, "/api/v1/batches", content=more_2.model_dump_json())
+    rows = {(r["model"], r["phase"]): r for r in
+            client.get("/api/v1/leaderboards/models").json()}
+    assert rows[("bert", "inference")]["total_energy_kwh"] == pytest.approx(
+        job_energy(more_2, "56") / UJ_PER_KWH, rel=1e-12)
+    assert rows[("bert", "inference")]["j_per_sample"] is None  # no samples reported
+    assert rows[("resnet50", "inference")]["total_energy_kwh"] == pytest.approx(
+        job_energy(b56, "56", {2}) / UJ_PER_KWH, rel=1e-12)
+    energy_57 = client.get("/api/v1/jobs/57").json()["energy_uj"]
+    assert rows[("resnet50", "training")]["total_energy_kwh"] == pytest.approx(
+        (job_energy(b56, "56", {0, 1, 3}) + job_energy(more, "56") + energy_57) / UJ_PER_KWH,
+        rel=1e-12)
+
+
+@pytest.mark.postgres
+def test_leaderboard_per_model_branches_agree(client, annotated, db_url, monkeypatch,
+                                              make_batch):
+    """On PostgreSQL the per-model UNION ALL (a model with board parts, one without) and the
+    single GROUP BY give the same rows."""
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from jobenergy.api import leaderboards
+    from jobenergy.api.leaderboards import Window, model_leaderboard
+    from jobenergy.collector.db import make_engine
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    post(client, "/api/v1/jobs/events", json={
+        "cluster": "c1", "job_id": "58", "event": "start", "time": T0.isoformat(),
+        "tags": {"model": "vgg", "phase": "inference"}})
+    post(client, "/api/v1/batches", content=make_batch(
+        jobs={"58": 1}, node="n3", sources=SOURCES).model_dump_json())
+    monkeypatch.setattr(leaderboards, "_MODELS_SQL", text(
+        leaderboards._MODELS_SQL.text.replace(leaderboards._ALL_VISIBLE, "TRUE")))
+    engine = make_engine(db_url)
+    try:
+        with Session(engine) as session:
+            sql = str(leaderboards._leaderboard_stmt(session, Window(), True))
+            assert sql.count("UNION ALL") == 2  # the branches, and resnet50's parts
+            branches = model_leaderboard(session, Window(), "total_energy_kwh", True, 100)
+        with Session(engine) as session:  # one GROUP BY for vgg, one over resnet50's parts
+            split = model_leaderboard(session, Window(cluster="c1"), "total_energy_kwh", True,
+                                      100)
+        monkeypatch.setattr(leaderboards, "MAX_MODEL_BRANCHES", 0)
+        with Session(engine) as session:
+            single = model_leaderboard(session, Window(), "total_energy_kwh", True, 100)
+    finally:
+        engine.dispose()
+    assert [(r["model"], r["phase"]) for r in branches] == [
+        (r["model"], r["phase"]) for r in single] and len(single) == 3
+    for rows in (branches, split):
+        for got, want in zip(rows, single, strict=True):
+            assert got == {k: pytest.approx(v, rel=1e-12) if isinstance(v, float) else v
+                           for k, v in want.items()}

@@ -98,3 +98,63 @@ def test_cluster_commands(api):
     assert result.exit_code == 1 and "alpha-3" in result.output
     result = runner.invoke(cluster_app, ["show", "--url", api])
     assert result.exit_code == 0 and json.loads(result.output)[0]["cluster"] == "c1"
+
+
+def senergy_err(*args: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from jobenergy.cli.senergy import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as end:
+            return int(end.code or 0), out.getvalue(), err.getvalue()
+    return 0, out.getvalue(), err.getvalue()
+
+
+def test_report_marks_energy_not_final_and_unmeasured(api, make_batch):
+    import httpx
+
+    from jobenergy.core.units import UJ_PER_KWH
+
+    # Job 1 ended before its node's last interval (final); job 2 still runs; job 3 ran only on
+    # a node without counters.
+    httpx.post(f"{api}/api/v1/jobs/events", json={
+        "cluster": "c1", "job_id": "1", "event": "end",
+        "time": "2026-11-23T10:00:20+00:00"}).raise_for_status()
+    bare = make_batch(jobs={"3": 1}, node="bare", sources=())
+    httpx.post(f"{api}/api/v1/batches", content=bare.model_dump_json()).raise_for_status()
+    api_jobs = {j["job_id"]: j for j in httpx.get(f"{api}/api/v1/jobs").json()["jobs"]}
+    assert [api_jobs[j]["final"] for j in ("1", "2", "3")] == [True, False, False]
+    assert api_jobs["3"]["quality"]["unmeasured"] is True
+
+    code, out, err = senergy_err("--url", api, "-M", "c1", "-j", "1,2,3", "-o",
+                                 "JobID,EnergyUJ,TotalkWh,Final", "-P")
+    assert code == 0, out + err
+    uj = {j: api_jobs[j]["energy_uj"] for j in ("1", "2")}
+    assert out.strip().splitlines() == [
+        "JobID|EnergyUJ|TotalkWh|Final",
+        f"1|{uj['1']}|{uj['1'] / UJ_PER_KWH:.6f}|yes",
+        f"2|{uj['2']}|{uj['2'] / UJ_PER_KWH:.6f}|no",
+        "3|unmeasured|unmeasured|no",
+    ]
+    assert "not final" in err and "unmeasured" in err
+
+    code, out, err = senergy_err("--url", api, "-M", "c1", "-j", "1,2,3", "-o",
+                                 "JobID,EnergyUJ,TotalkWh,User")
+    assert code == 0, out + err
+    rows = {line.split()[0]: line.split() for line in out.strip().splitlines()[2:]}
+    assert rows["1"][1:3] == [str(uj["1"]), f"{uj['1'] / UJ_PER_KWH:.6f}"]
+    assert rows["2"][1:3] == [f"{uj['2']}*", f"{uj['2'] / UJ_PER_KWH:.6f}*"]
+    assert rows["3"][1:3] == ["unmeasured*", "unmeasured*"]
+    assert err.startswith("* energy not final")
+
+    # No energy field, nothing to explain; final jobs only: no footnote.
+    assert senergy_err("--url", api, "-M", "c1", "-j", "2", "-o", "JobID,User")[2] == ""
+    assert senergy_err("--url", api, "-M", "c1", "-j", "1", "-o", "JobID,TotalkWh")[2] == ""
+    code, out, _ = senergy_err("--url", api, "-M", "c1", "-j", "3", "--json")
+    job = json.loads(out)["jobs"][0]
+    assert job["final"] is False and job["quality"]["unmeasured"] is True

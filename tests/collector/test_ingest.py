@@ -274,3 +274,25 @@ def test_step_energy_split_by_step_cpu_time(engine, make_batch):
 def test_batches_without_step_time_store_no_steps(engine, make_batch):
     ingest(engine, make_batch())
     assert stored_steps(engine) == {}
+
+
+def test_a_job_covers_only_the_part_of_an_interval_it_lived(engine, make_batch):
+    from jobenergy.core.schema import JobSample
+
+    batch = make_batch(n_intervals=3, interval_s=15.0)
+    first, last = batch.intervals[0], batch.intervals[-1]
+    job_id = next(iter(first.sources[0].jobs_uj))
+    lived_us = {0: 4_000_000, 2: 6_500_000}  # born 11 s into the first, ended 6.5 s into the last
+    intervals = []
+    for i, iv in enumerate(batch.intervals):
+        jobs = [j for j in iv.jobs if j.job_id != job_id]
+        jobs.append(JobSample(job_id=job_id, alive_us=lived_us.get(i)))
+        intervals.append(iv.model_copy(update={"jobs": jobs}))
+    batch = batch.model_copy(update={"intervals": intervals})
+    assert first is not last
+    ingest(engine, batch)
+    with Session(engine) as session:
+        rows = [r for r in session.scalars(select(JobEnergy)) if r.job_id == job_id]
+        assert rows
+        for row in rows:
+            assert row.covered_s == pytest.approx(4.0 + 15.0 + 6.5)

@@ -63,3 +63,72 @@ def test_migrations_match_models(fresh_url):
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def test_presence_and_board_backfill(fresh_url):
+    """Revision 0007 backfills node progress, job presence, phase GPU-seconds and the board."""
+    from datetime import UTC, datetime, timedelta
+
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import insert, select
+
+    from jobenergy.collector.board import board_parts
+    from jobenergy.collector.db import alembic_config
+    from jobenergy.collector.models import (
+        Job,
+        JobBoardPart,
+        JobEnergy,
+        JobNode,
+        JobPhase,
+        NodeEnergy,
+        NodeProgress,
+    )
+
+    script = ScriptDirectory.from_config(alembic_config(fresh_url))
+    before = script.get_revision("0007_presence_and_board").down_revision
+    upgrade(fresh_url, before)
+    t0 = datetime(2026, 11, 23, 10, tzinfo=UTC)
+    t1, t2 = t0 + timedelta(seconds=50), t0 + timedelta(seconds=60)
+    engine = make_engine(fresh_url)
+    try:
+        with engine.begin() as conn:
+            for job_id, model in (("1", "m"), ("2", "m")):
+                conn.execute(insert(Job.__table__).values(
+                    cluster="c1", job_id=job_id, updated_at=t0, model=model, phase="training",
+                    energy_uj=100, gpu_s=20.0))
+            for job_id, source, last in (("1", "package-0", t1), ("1", "gpu/a", t2),
+                                         ("2", "package-0", t1)):
+                conn.execute(insert(JobEnergy.__table__).values(
+                    cluster="c1", job_id=job_id, node="n1", component="cpu", source=source,
+                    energy_uj=50, estimated_uj=0, intervals=5 if last == t1 else 6,
+                    covered_s=50.0, first_at=t0, last_at=last, wraps=0, resets=0))
+            for source, last in (("package-0", t1), ("gpu/a", t2)):
+                conn.execute(insert(NodeEnergy.__table__).values(
+                    cluster="c1", node="n1", component="cpu", source=source, measured_uj=1,
+                    unattributed_uj=1, intervals=6, first_at=t0, last_at=last))
+            for phase, model, energy, samples in (("training", "", 60, 10),
+                                                  ("inference", "m2", 30, None)):
+                conn.execute(insert(JobPhase.__table__).values(
+                    cluster="c1", job_id="1", phase=phase, model=model, energy_uj=energy,
+                    intervals=1, samples=samples, records=1))
+        upgrade(fresh_url)
+        with engine.connect() as conn:
+            progress = conn.execute(select(NodeProgress)).one()
+            assert (progress.node, progress.last_at, progress.last_sources) == ("n1", t2, 2)
+            presence = {(r.job_id, r.node): (r.first_at, r.last_at, r.intervals)
+                        for r in conn.execute(select(JobNode))}
+            assert presence == {("1", "n1"): (t0, t2, 6), ("2", "n1"): (t0, t1, 5)}
+            gpu_s = {r.phase: r.gpu_s for r in conn.execute(select(JobPhase))}
+            assert gpu_s == {"training": pytest.approx(12.0), "inference": pytest.approx(6.0)}
+            annotated = dict(conn.execute(select(Job.job_id, Job.annotated)).all())
+            assert annotated == {"1": True, "2": False}
+            parts = {(r.model, r.phase): [r.energy_uj, r.sampled_uj, r.samples, r.gpu_s]
+                     for r in conn.execute(select(JobBoardPart))}
+        expected = board_parts("m", "training", 100, 20.0, [
+            ("training", "", 60, 10, 12.0), ("inference", "m2", 30, None, 6.0)])
+        assert parts == expected == {
+            ("m", "training"): [70, 60, 10, pytest.approx(14.0)],
+            ("m2", "inference"): [30, 0, None, pytest.approx(6.0)],
+        }
+    finally:
+        engine.dispose()

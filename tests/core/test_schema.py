@@ -110,3 +110,12 @@ def test_a_source_twice_or_overlapping_intervals_are_refused():
                 ]
             )
         )
+
+
+def test_an_interval_without_sources_carries_the_jobs_seen():
+    """An agent without RAPL or NVML still says which jobs ran on its node."""
+    batch = Batch.model_validate(_batch(intervals=[{
+        "start": 1_700_000_000, "end": 1_700_000_001, "sources": [],
+        "jobs": [{"job_id": "7", "uid": 1000, "cpu_time_us": 5}],
+    }]))
+    assert batch.intervals[0].sources == [] and batch.intervals[0].jobs[0].job_id == "7"

@@ -161,8 +161,9 @@ def make_accounting(node: Node) -> Iterator:
 
     made: list[GpuAccounting] = []
 
-    def make(mode: str = "auto") -> GpuAccounting:
-        acc = GpuAccounting(mode, node.procfs, node.cgroup, node.gpu_map, node=None)
+    def make(mode: str = "auto", static_power_w: float | None = None) -> GpuAccounting:
+        acc = GpuAccounting(mode, node.procfs, node.cgroup, node.gpu_map, node=None,
+                            static_power_w=static_power_w)
         made.append(acc)
         return acc
 

@@ -296,7 +296,7 @@ def test_gpu_is_paid_until_the_epilog_end_not_while_the_map_lingers(
     sim.state.devices = [gpu]
     sim.write()
     node.map_gpus("404", "0")
-    acc = make_accounting()
+    acc = make_accounting(static_power_w=1e9)  # all of each delta is idle power
     prev = acc.sample([])
     end_s = time.time()
     (node.gpu_map / "404").write_text(f"0\nstart=1\nend={end_s:.6f}\n")  # the epilog's mark
@@ -310,3 +310,27 @@ def test_gpu_is_paid_until_the_epilog_end_not_while_the_map_lingers(
     sim.write()
     (later,) = acc.attribute(cur, acc.sample([]))
     assert later.jobs_uj == {} and later.unattributed_uj == 600_000
+
+
+def test_a_gpu_handed_over_inside_an_interval_is_split_by_time(
+    sim, node, h100s, make_accounting
+):
+    from jobenergy.core.split import split_uj
+
+    gpu = h100s[0]
+    gpu.energy_mj = 0
+    sim.state.devices = [gpu]
+    sim.write()
+    node.map_gpus("501", "0")
+    acc = make_accounting(static_power_w=1e9)
+    prev = acc.sample(["501"])
+    (node.gpu_map / "501").write_text(f"0\nend={time.time():.6f}\n")  # 501 ended ...
+    node.map_gpus("502", "0")  # ... and 502 got the GPU
+    gpu.energy_mj += 1_000
+    sim.write()
+    cur = acc.sample(["502"])
+    (src,) = acc.attribute(prev, cur, {"501": 300, "502": 500}, 1_000)
+    expected = split_uj(1_000_000, {"502": 1_000_000 * 500, "501": 1_000_000 * 300,
+                                    "": 1_000_000 * 200})
+    assert src.jobs_uj == {"501": expected["501"], "502": expected["502"]}
+    assert src.unattributed_uj == expected[""]
