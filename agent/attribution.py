@@ -209,8 +209,8 @@ class StaticFloor:
     The learned floor is the lowest average power over ``window_ns`` of consecutive intervals
     (each at least ``min_interval_ns``). Counters advance in steps (RAPL every ms, NVML's
     energy every few tens of ms, an emulator's every tick), so one short interval's power
-    jitters by a step either way and its minimum lies low; averaging over a few seconds
-    keeps that error a fraction of a percent. On a node that is never idle the floor
+    jitters by a step either way and its minimum lies low; averaging over 5 s keeps that
+    error a fraction of a percent. On a node that is never idle the floor
     over-estimates the static part, which shifts energy from the CPU-time split to the
     allocation split (documented in the README).
     """
@@ -219,7 +219,7 @@ class StaticFloor:
         self,
         configured_w: float | None,
         min_interval_ns: int = 500_000_000,
-        window_ns: int = 3_000_000_000,
+        window_ns: int = 5_000_000_000,
     ) -> None:
         self._configured_uw = None if configured_w is None else int(configured_w * 1_000_000)
         self._min_interval_ns = min_interval_ns
@@ -228,6 +228,7 @@ class StaticFloor:
         self._recent: deque[tuple[int, int]] = deque()  # (energy µJ, interval ns)
         self._recent_uj = 0
         self._recent_ns = 0
+        self._after_stall = False
 
     @property
     def learned_w(self) -> float | None:
@@ -249,7 +250,11 @@ class StaticFloor:
         # A counter that did not move at all (a stalled or held RAPL zone) says nothing about
         # the static power: learning 0 from it would switch proration off for good; nor does
         # a short interval (a restart, a final sample). Either starts a new window.
-        if interval_ns < self._min_interval_ns or delta_uj <= 0:
+        # The interval after a stalled one is skipped too: the counter resumed somewhere
+        # inside it, so its mean power lies low.
+        stalled = delta_uj <= 0
+        if interval_ns < self._min_interval_ns or stalled or self._after_stall:
+            self._after_stall = stalled
             self._recent.clear()
             self._recent_uj = self._recent_ns = 0
             return

@@ -199,7 +199,7 @@ JE_STATUS=0
 case "$JE_ROLE" in
   prolog)
     # Every job gets a map file (empty without GPUs): it also tells the agent that a job
-    # shorter than one sample interval ran here (agent/announced.py).
+    # shorter than one sample interval ran here (agent/jobmap.py).
     # Line 1: the GPUs; start=: when the job began here (agent/jobmap.py).
     mkdir -p "$JOBENERGY_GPU_MAP_DIR" \
       && printf '%s\nstart=%s\n' "${SLURM_JOB_GPUS:-}" "$(date +%s.%N)" > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \

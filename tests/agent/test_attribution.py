@@ -95,5 +95,5 @@ def test_static_floor_configured_and_learned():
     assert floor.static_uj(300 * 10**6, 10**9) == 300 * 10**6  # first interval: 300 W floor
     assert floor.static_uj(100 * 10**6, 10**9) == 100 * 10**6  # lower: 100 W
     assert floor.static_uj(900 * 10**6, 10**9) == 100 * 10**6  # keeps the minimum
-    unlearned = StaticFloor(None)  # default window: 3 s of intervals before any floor
+    unlearned = StaticFloor(None)  # default window: 5 s of intervals before any floor
     assert unlearned.static_uj(300 * 10**6, 10**9) == 0

@@ -169,10 +169,12 @@ def test_learned_static_floor_ignores_counters_that_did_not_move():
     s_ns = 1_000_000_000
     floor = StaticFloor(None, window_ns=3 * s_ns)
     assert floor.static_uj(0, s_ns) == 0  # held: nothing learned
+    floor.static_uj(12_000_000, s_ns)  # resumed inside this interval: not learned either
     for energy_uj in (31_000_000, 29_000_000, 30_000_000):  # jittering around 30 W
         floor.static_uj(energy_uj, s_ns)
     assert floor.learned_w == 30.0  # the window's mean, not its low 29 W
     assert floor.static_uj(0, s_ns) == 30_000_000  # still 30 W, not 0
+    floor.static_uj(5_000_000, s_ns)
     for _ in range(3):
         floor.static_uj(25_000_000, s_ns)
     assert floor.learned_w == 25.0  # idler for a whole window: the new floor

@@ -195,10 +195,11 @@ def stack(slurm_cluster: None, pg_url: str, request: pytest.FixtureRequest
                   lambda node=node: _samples(ports[node]) >= 1, 120)
         (emu_root / "hold").unlink()
         # A few idle seconds, as a node has before its first job: the agents learn each
-        # source's idle power (StaticFloor's 3 s window), which boundary intervals prorate.
+        # source's idle power (StaticFloor's 5 s window, after the interval the counters
+        # resumed in), which boundary intervals prorate.
         for node in NODES:
             _wait(f"agent {node} to sample the idle node",
-                  lambda node=node: _samples(ports[node]) >= 6, 60)
+                  lambda node=node: _samples(ports[node]) >= 9, 60)
         yield {"url": url, "work": work, "emu": emu_root, "agents": procs[1:],
                "emu_proc": procs[0], "nvml": nvml, "stop": stop, "ports": ports,
                "sysbin": sysbin, "sync_dir": sync_dir, "pg_url": pg_url}
@@ -509,7 +510,8 @@ def _alone(ledger: dict[str, Any], node: str, job: str) -> bool:
 def test_a_job_pays_for_the_time_it_existed(run: dict[str, Any], stack: dict[str, Any],
                                             capsys: pytest.CaptureFixture) -> None:
     """Exclusive jobs of >= 3 s: CPU + DRAM within ±2 % of the node's energy during their
-    cgroup's life (the emulator's ledger), GPU energy within ±2 % of their GPU's."""
+    cgroup's life (the emulator's ledger); GPU energy within ±5 % of their GPUs' (NVML's
+    counter advances in steps, from which the GPU's idle power is learned)."""
     ledger, got = run["ledger"], run["got"]
     checked = {}
     for node in NODES:
@@ -529,7 +531,7 @@ def test_a_job_pays_for_the_time_it_existed(run: dict[str, Any], stack: dict[str
         print("\nexclusive jobs, charged vs the ledger over their life: " + ", ".join(
             f"{k}={d:+.2%} ({s:.1f} s)" for k, (d, s) in sorted(checked.items())))
     assert len([k for k in checked if "/gpu" not in k]) >= 3, checked  # cpu + array tasks
-    bad = {k: v for k, v in checked.items() if abs(v[0]) > 0.02}
+    bad = {k: v for k, v in checked.items() if abs(v[0]) > (0.05 if "/gpu" in k else 0.02)}
     assert not bad, bad
     # Coverage: a job is not measured past its end (GPU maps linger 3 s after the epilog).
     for raw in run["raw_ids"]:
@@ -605,3 +607,20 @@ def test_periodic_sync_repairs_and_follows_factor_changes(run: dict[str, Any],
         assert _summary_of(rows[raw]["admin"]) == format_summary(now[raw]), (raw, rows[raw])
     assert json.loads(gzip.decompress(base64.b64decode(rows[cancel]["admin"][4:]))) == {
         "gpus": 1, "nodes": {"n3": {"cpus": 1}}}
+
+
+def test_a_sync_that_cannot_run_says_so_in_the_slurmctld_log(run: dict[str, Any],
+                                                             stack: dict[str, Any]) -> None:
+    """EpilogSlurmctld as SlurmUser with a program it cannot run: slurmctld's log tells."""
+    saved = HOOK_ENV.read_text()
+    missing = "/root/venv-slurm-cannot-reach/bin/jobenergy"
+    HOOK_ENV.write_text(re.sub(r"JOBENERGY_SYNC_CMD='[^']*'",
+                               f"JOBENERGY_SYNC_CMD='{missing} slurm sync'", saved))
+    log = Path("/var/log/slurm/slurmctld.log")
+    try:
+        job = _submit("bob", "-J", "nosync", "-w", "n3", "-o", "/dev/null", "--wrap", "true",
+                      cwd=run["jobdir"])
+        _wait("slurmctld to log the failed EpilogSlurmctld", lambda: re.search(
+            rf"JobId={job} EpilogSlurmctld exit status 78", log.read_text(errors="replace")), 60)
+    finally:
+        HOOK_ENV.write_text(saved)
