@@ -235,6 +235,13 @@ class StaticFloor:
         """The learned floor, W (None until a full window was seen)."""
         return None if self._learned_uw is None else self._learned_uw / 1e6
 
+    @property
+    def power_w(self) -> float | None:
+        """The static power in use, W: configured, else learned (None: not yet known)."""
+        if self._configured_uw is not None:
+            return self._configured_uw / 1e6
+        return self.learned_w
+
     def static_uj(self, delta_uj: int, interval_ns: int) -> int:
         """Return the static energy for an interval and update the learned floor, µJ."""
         if interval_ns <= 0:

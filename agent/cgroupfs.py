@@ -197,9 +197,17 @@ def list_dirs(path: str) -> list[str]:
         raise SensorError(f"cannot list {path}: {err.strerror or err}") from err
 
 
+#: Slurm's step folders: ``step_<N>``, ``step_<N>+<K>`` (het), batch, extern, interactive.
+STEP_RE = re.compile(r"^step_([0-9]{1,10}(?:\+[0-9]{1,4})?|batch|extern|interactive)$")
+#: Steps read per job: a job may make folders in a cgroup delegated to it (v2), and each one
+#: read at every sample would cost the agent without bound.
+MAX_STEPS = 64
+
+
 def list_steps(job_path: str) -> tuple[str, ...]:
-    """Return the step names ("0", "batch", "extern") of a job folder."""
-    return tuple(n[5:] for n in list_names(job_path) if n.startswith("step_") and len(n) > 5)
+    """Return the step names ("0", "batch", "extern") of a job folder (at most MAX_STEPS)."""
+    steps = [m[1] for n in list_names(job_path) if (m := STEP_RE.match(n))]
+    return tuple(steps[:MAX_STEPS])
 
 
 def usage_v1(path: str) -> int:

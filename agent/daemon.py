@@ -144,6 +144,10 @@ class Agent:
                     static_uj=floor.static_uj(delta.energy_uj, interval_ns),
                     span_ns=end_ns - start_ns,
                 )
+                if floor.power_w is not None:
+                    self.metrics.static_power_w.labels(reading.component, source).set(
+                        floor.power_w
+                    )
             sources.append(
                 SourceEnergy(
                     component=reading.component,

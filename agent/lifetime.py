@@ -74,23 +74,3 @@ def alive_ns(
         if hi - lo < span_ns:
             out[job_id] = hi - lo
     return out
-
-
-def prorate(
-    jobs_uj: Mapping[str, int], unattributed_uj: int, alive: Mapping[str, int], span_ns: int
-) -> tuple[dict[str, int], int]:
-    """Cut each job's share to the part of the interval it lived; the rest is unattributed.
-
-    Used for GPUs, whose holder pays for the device busy or idle: only while it holds it.
-    Integer arithmetic: ``Σ jobs + unattributed`` is unchanged.
-    """
-    if not alive or span_ns <= 0:
-        return dict(jobs_uj), unattributed_uj
-    out: dict[str, int] = {}
-    for job_id, energy_uj in jobs_uj.items():
-        lived = alive.get(job_id)
-        keep = energy_uj if lived is None else energy_uj * max(0, lived) // span_ns
-        unattributed_uj += energy_uj - keep
-        if keep or lived is None:
-            out[job_id] = keep
-    return out, unattributed_uj

@@ -38,6 +38,13 @@ class AgentMetrics:
             registry=r,
         )
         self.jobs = Gauge("jobenergy_agent_jobs", "Slurm jobs seen at the last sample", registry=r)
+        self.static_power_w = Gauge(
+            "jobenergy_agent_static_power_watts",
+            "Static (idle) power per source used to prorate boundary intervals, configured or "
+            "learned (absent until learned)",
+            ["component", "source"],
+            registry=r,
+        )
         self.spool_pending = Gauge(
             "jobenergy_agent_spool_pending_batches", "Batches waiting for the collector", registry=r
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import math
 import re
 import zlib
 from typing import Any
@@ -70,7 +71,12 @@ def format_summary(job: dict[str, Any]) -> str:
 
 
 def _kwh_text(value: float) -> str:
-    """Return ``0.412`` / ``0.000001234`` / ``0``: 9 decimals (3.6 mJ), no exponent."""
+    """Return ``0.412`` / ``0.000001234`` / ``0``: 9 decimals (3.6 mJ), no exponent.
+
+    Never negative nor NaN (an API answer cannot make our segment unrecognisable: it would
+    then be appended again at every pass).
+    """
+    value = value if math.isfinite(value) and value > 0 else 0.0
     return f"{value:.9f}".rstrip("0").rstrip(".") or "0"
 
 

@@ -279,10 +279,13 @@ class Syncer:
         if text == existing:
             report.done.append(job.job_id)
             return
-        if getattr(self.slurm, "lowercases_admin_comment", False) and text != text.lower():
-            # Writing would lower-case the other content (jobstats' base64): leave it intact.
-            logger.warning("job %s: AdminComment holds mixed-case content the writer would "
-                           "lower-case: left as it is, summary withheld", job.job_id)
+        if getattr(self.slurm, "lowercases_admin_comment", False) and (
+            text != text.lower() or '"' in text or "'" in text
+        ):
+            # sacctmgr would lower-case the other content (jobstats' base64) and mangle its
+            # quotes: leave it intact.
+            logger.warning("job %s: AdminComment holds mixed-case or quoted content that "
+                           "sacctmgr would alter: left as it is, summary withheld", job.job_id)
             if job.job_id not in report.withheld:
                 report.withheld.append(job.job_id)
             report.done.append(job.job_id)

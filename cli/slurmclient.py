@@ -77,13 +77,17 @@ class SlurmJob:
         ``jobid=40`` would change every task of array 40 (the last task keeps the array's
         raw id) and ``jobid=11`` both components of het job 11; ``40_2`` and ``11+0`` change
         only that one. None for an array record without a task id (a pending remainder
-        such as ``40_[3-9]``), which no single id names.
+        such as ``40_[3-9]``) or a het component without its offset, which no single id
+        names.
         """
         if self.array_job_id is not None:
             return None if self.array_task_id is None else (
                 f"{self.array_job_id}_{self.array_task_id}")
-        if self.het_job_id is not None and self.het_job_offset is not None:
-            return f"{self.het_job_id}+{self.het_job_offset}"
+        if self.het_job_id is not None:
+            # A component without its offset has no id of its own: ``jobid=<leader>`` would
+            # change every component.
+            return None if self.het_job_offset is None else (
+                f"{self.het_job_id}+{self.het_job_offset}")
         return self.job_id
 
     def slurm_tags(self) -> dict[str, str]:
@@ -305,8 +309,9 @@ def run_command(argv: Sequence[str], timeout_s: float = 60.0) -> str:
         SlurmError: The command is missing, timed out or exited non-zero.
     """
     try:
+        # Job names and comments are users' bytes: undecodable ones must not stop a sync.
         proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s,
-                              check=False)
+                              check=False, encoding="utf-8", errors="replace")
     except (OSError, subprocess.TimeoutExpired) as err:
         raise SlurmError(f"{argv[0]} failed: {err}") from err
     if proc.returncode != 0:

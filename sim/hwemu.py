@@ -391,7 +391,11 @@ class HardwareEmulator:
         pids: dict[int, str] = {}
         for controller in controllers:
             base = self.cgroup_root / controller / f"slurm_{node}"
-            for procs in base.glob("uid_*/job_*/**/cgroup.procs"):
+            try:
+                found = list(base.glob("uid_*/job_*/**/cgroup.procs"))
+            except OSError:  # a job folder removed while walked: its processes are gone too
+                found = list(base.glob("uid_*/job_*/cgroup.procs"))
+            for procs in found:
                 job = procs.relative_to(base).parts[1].removeprefix("job_")
                 try:
                     pids.update((int(p), job) for p in procs.read_text().split())

@@ -46,11 +46,13 @@ JOB=${SLURM_JOB_ID:-}
 
 je_log() { logger -t jobenergy -p user.notice -- "$JE_ROLE job_id=$JOB $*" 2>/dev/null; }
 
-# JSON string: escape \ and ", turn tab/newline/CR into escapes, drop other control bytes.
+# JSON string: escape \ and ", turn tab/newline/CR into escapes, drop other control bytes
+# and invalid UTF-8.
 je_str() {
   local s=$1
   s=${s//\\/\\\\}; s=${s//\"/\\\"}; s=${s//$'\t'/\\t}; s=${s//$'\n'/\\n}; s=${s//$'\r'/\\r}
-  s=$(printf '%s' "$s" | tr -d '\000-\010\013\014\016-\037')
+  # Invalid UTF-8 (users' bytes in job names) would make the whole event unparsable: drop it.
+  s=$(printf '%s' "$s" | tr -d '\000-\010\013\014\016-\037' | { iconv -c -f UTF-8 -t UTF-8 2>/dev/null || cat; })
   printf '"%s"' "$s"
 }
 

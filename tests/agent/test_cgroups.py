@@ -470,3 +470,20 @@ def test_v2_step_usage_vanished_step_skipped(make_v2_job) -> None:
     assert cgroups.snapshot().jobs["42"].step_usage_ns == {"0": 7000, "extern": 0}
     shutil.rmtree(job_dir / "step_0")
     assert cgroups.snapshot().jobs["42"].step_usage_ns == {"extern": 0}
+
+
+def test_only_slurm_step_folders_are_read_and_at_most_max_steps(tmp_path: Path,
+                                                                make_v1_job) -> None:
+    # A job can make folders inside a cgroup delegated to it: names Slurm never makes are
+    # ignored, and however many it makes, a snapshot reads at most MAX_STEPS of them.
+    from jobenergy.agent.cgroupfs import MAX_STEPS
+
+    job_dir = make_v1_job("7", steps=("batch", "extern", "0", "3+1"))
+    for name in ("step_../../x", "step_evil", "step_", "stepX_1"):
+        (job_dir / name.replace("/", "_")).mkdir()
+    for i in range(10, 10 + 3 * MAX_STEPS):
+        write(job_dir / f"step_{i}" / "cpuacct.usage", "1\n")
+    steps = SlurmCgroups(tmp_path).snapshot().jobs["7"].steps
+    assert len(steps) == MAX_STEPS
+    assert set(steps) <= {"batch", "extern", "0", "3+1"} | {str(i) for i in range(10, 400)}
+    assert not any("evil" in s or s == "" for s in steps)

@@ -13,7 +13,7 @@ import pytest
 from jobenergy.agent.attribution import JobUsage, attribute_cpu
 from jobenergy.agent.daemon import Agent
 from jobenergy.agent.jobmap import parse_job_map, read_job_map
-from jobenergy.agent.lifetime import alive_ns, prorate
+from jobenergy.agent.lifetime import alive_ns
 from jobenergy.agent.readings import JobCgroup
 from jobenergy.agent.settings import AgentSettings
 from jobenergy.core.split import split_uj
@@ -95,11 +95,6 @@ def test_shared_node_static_weighs_cpus_by_time_alive():
     expected = split_uj(8_000, {"1": 4_000, "2": 2_000, "": 2_000})
     assert jobs == {"1": expected["1"], "2": expected["2"]}
     assert unattributed == expected[""]
-
-
-def test_prorate_keeps_the_total():
-    jobs, unattributed = prorate({"a": 1_001, "b": 500}, 7, {"a": 1}, 3)
-    assert jobs == {"a": 333, "b": 500} and unattributed == 7 + 668
 
 
 @pytest.fixture

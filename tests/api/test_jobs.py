@@ -225,8 +225,11 @@ def test_job_steps(client, make_batch):
         assert step["energy_kwh"] == pytest.approx(step["energy_uj"] / UJ_PER_KWH)
     components = {c for s in job["steps"] for c in s["by_component"]}
     assert components == {"cpu", "dram", "gpu"} == set(job["by_component"])
-    assert client.get("/api/v1/jobs/701").json()["steps"] == []
+    # No step information at all: the whole job is the "outside any step" entry.
+    other = client.get("/api/v1/jobs/701").json()
+    assert [(s["step"], s["energy_uj"]) for s in other["steps"]] == [
+        ("outside", other["energy_uj"])]
 
     listed = {j["job_id"]: j for j in client.get("/api/v1/jobs").json()["jobs"]}
     assert listed["700"]["steps"] == job["steps"]
-    assert listed["701"]["steps"] == []
+    assert listed["701"]["steps"] == other["steps"]

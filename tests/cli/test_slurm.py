@@ -319,14 +319,16 @@ def test_hook_keeps_a_valid_event_when_collector_is_down(tmp_path: Path, role: s
         "SPANK_ENERGY_MODEL": "llama-7b", "SPANK_ENERGY_PHASE": "training",
         "SPANK_ENERGY_TAGS": 'team=nlp;dataset=c4 "v2"',
     }
-    proc = subprocess.run(["bash", str(REPO / "slurm_plugins" / f"{role}.sh")], env=env,
+    env_b = {k.encode(): v.encode() for k, v in env.items()}
+    env_b[b"SLURM_JOB_NAME"] += b" \xff\xfe"  # a user's bytes, not UTF-8
+    proc = subprocess.run(["bash", str(REPO / "slurm_plugins" / f"{role}.sh")], env=env_b,
                           capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0 and proc.stdout == ""
     kept = list((tmp_path / "outbox").glob("*.json"))
     assert len(kept) == 1
-    event = JobEvent.model_validate_json(kept[0].read_text())
+    event = JobEvent.model_validate_json(kept[0].read_bytes())
     assert (event.job_id, event.user, event.uid, event.name) == ("42", "alice", 1001,
-                                                                 'say "hi"\\ \ttab')
+                                                                 'say "hi"\\ \ttab ')
     assert event.comment == "line1\nline2" and event.nodes == ["n1"]
     assert event.tags == {"model": "llama-7b", "phase": "training", "team": "nlp",
                           "dataset": 'c4 "v2"', "array_job_id": "40", "array_task_id": "2"}
@@ -532,6 +534,34 @@ class LowercasingSlurm(FakeSlurm):
     def _sacctmgr(self, argv: Sequence[str]) -> str:
         key, _, value = argv[6].partition("=")
         return super()._sacctmgr([*argv[:6], f"{key}={value.lower()}"])
+
+
+def test_summary_never_writes_nan_or_negatives_and_quoted_content_is_left_alone() -> None:
+    bad = {**_measured(0.1), "energy_kwh": float("nan"), "co2e_kg": -1.0}
+    assert "nan" not in format_summary(bad) and "-" not in format_summary(bad)
+    assert has_summary(format_summary(bad))  # recognised again at the next pass
+    jobs = [_job(job_id="9", array_job_id=None, array_task_id=None,
+                 admin_comment="note from 'ops'")]
+    slurm = LowercasingSlurm(jobs)
+    api = _api({"9": _measured(0.1)}, jobs[0].end + timedelta(seconds=60))
+    report = Syncer(api, slurm, settle_s=5).run_once(job_ids=[], since=None)
+    assert slurm.comments == {} and report.withheld == ["9"]
+
+
+def test_het_component_without_offset_has_no_id_of_its_own() -> None:
+    job = _job(job_id="12", array_job_id=None, array_task_id=None, het_job_id="11")
+    assert job.admin_comment_id is None
+    assert _job(job_id="12", array_job_id=None, array_task_id=None, het_job_id="11",
+                het_job_offset="1").admin_comment_id == "11+1"
+
+
+def test_undecodable_sacct_output_does_not_stop_a_sync(tmp_path: Path) -> None:
+    from jobenergy.cli.slurmclient import run_command
+
+    script = tmp_path / "sacct"
+    script.write_bytes(b"#!/bin/sh\nprintf 'name=\\377\\376ok'\n")
+    script.chmod(0o755)
+    assert run_command([str(script)]).endswith("ok")
 
 
 def test_sync_never_lowercases_other_tools_content() -> None:

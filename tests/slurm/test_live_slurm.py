@@ -189,17 +189,19 @@ def stack(slurm_cluster: None, pg_url: str, request: pytest.FixtureRequest
                 env["LD_LIBRARY_PATH"] = str(libdir)
             procs.append(start_agent(cfg, work / f"agent-{node}.log", env))
         # Every agent has its baseline of the held counters before the hardware moves, so
-        # what it measures is exactly what the emulator produced.
+        # what it measures is exactly what the emulator produced; and one interval of held
+        # counters, so it knows the first interval after the release began stalled (that
+        # interval's mean power says nothing about the idle power: StaticFloor skips it).
         for node in NODES:
-            _wait(f"agent {node}'s first sample (log {work / f'agent-{node}.log'})",
-                  lambda node=node: _samples(ports[node]) >= 1, 120)
+            _wait(f"agent {node}'s first samples (log {work / f'agent-{node}.log'})",
+                  lambda node=node: _samples(ports[node]) >= 2, 120)
         (emu_root / "hold").unlink()
         # A few idle seconds, as a node has before its first job: the agents learn each
         # source's idle power (StaticFloor's 5 s window, after the interval the counters
         # resumed in), which boundary intervals prorate.
         for node in NODES:
             _wait(f"agent {node} to sample the idle node",
-                  lambda node=node: _samples(ports[node]) >= 9, 60)
+                  lambda node=node: _samples(ports[node]) >= 10, 60)
         yield {"url": url, "work": work, "emu": emu_root, "agents": procs[1:],
                "emu_proc": procs[0], "nvml": nvml, "stop": stop, "ports": ports,
                "sysbin": sysbin, "sync_dir": sync_dir, "pg_url": pg_url}
@@ -375,6 +377,10 @@ def run(stack: dict[str, Any]) -> dict[str, Any]:
         got = {raw: api.get(f"/api/v1/jobs/{raw}", params={"cluster": CLUSTER}).json()
                for raw in raw_ids}
 
+    floors = {n: re.findall(r'^jobenergy_agent_static_power_watts\{component="(\w+)",'
+                            r'source="([^"]+)"\} ([0-9.e+-]+)$',
+                            httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=5).text, re.M)
+              for n, p in stack["ports"].items()}
     # Freeze the hardware; wait until every agent has sampled the frozen counters twice.
     (stack["emu"] / "hold").touch()
     base = {n: _samples(p) for n, p in stack["ports"].items()}
@@ -393,6 +399,7 @@ def run(stack: dict[str, Any]) -> dict[str, Any]:
     return {"jobs": jobs, "rows": rows, "raw_ids": raw_ids, "array_ids": array_ids,
             "het_ids": het_ids, "got": got, "ledger": ledger, "node_rows": node_rows,
             "listed": listed["jobs"], "board": board, "t_submit": t_submit, "t_end": t_end,
+            "floors": floors,
             "jobdir": jobdir}
 
 
@@ -528,6 +535,9 @@ def test_a_job_pays_for_the_time_it_existed(run: dict[str, Any], stack: dict[str
             if stack["nvml"] == "auto" and gpu_life:
                 checked[f"{job}@{node}/gpu"] = (comps.get("gpu", 0) / gpu_life - 1, died - born)
     with capsys.disabled():
+        print("\nlearned idle power (W): " + "; ".join(
+            f"{n}: " + ", ".join(f"{src}={float(w):.2f}" for _c, src, w in fl)
+            for n, fl in run["floors"].items()))
         print("\nexclusive jobs, charged vs the ledger over their life: " + ", ".join(
             f"{k}={d:+.2%} ({s:.1f} s)" for k, (d, s) in sorted(checked.items())))
     assert len([k for k in checked if "/gpu" not in k]) >= 3, checked  # cpu + array tasks
