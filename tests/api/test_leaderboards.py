@@ -326,6 +326,7 @@ def test_later_batches_of_an_annotated_job_move_its_parts(client, annotated, mak
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # a PostgreSQL plan only
 def test_leaderboard_per_model_branches_agree(client, annotated, db_url, monkeypatch,
                                               make_batch):
     """On PostgreSQL the per-model UNION ALL (a model with board parts, one without) and the
@@ -337,8 +338,6 @@ def test_leaderboard_per_model_branches_agree(client, annotated, db_url, monkeyp
     from jobenergy.api.leaderboards import Window, model_leaderboard
     from jobenergy.collector.db import make_engine
 
-    if not db_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL only")
     post(client, "/api/v1/jobs/events", json={
         "cluster": "c1", "job_id": "58", "event": "start", "time": T0.isoformat(),
         "tags": {"model": "vgg", "phase": "inference"}})
