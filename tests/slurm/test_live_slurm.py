@@ -187,7 +187,8 @@ def stack(slurm_cluster: None, pg_url: str, request: pytest.FixtureRequest
             env = {"JOBENERGY_NVML_SIM_STATE": str(emu_root / node / "nvml.state")}
             if libdir is not None:
                 env["LD_LIBRARY_PATH"] = str(libdir)
-            procs.append(start_agent(cfg, work / f"agent-{node}.log", env))
+            # Nice=-5, as deploy/systemd/jobenergy-agent.service runs it.
+            procs.append(start_agent(cfg, work / f"agent-{node}.log", env, nice=-5))
         # Every agent has its baseline of the held counters before the hardware moves, so
         # what it measures is exactly what the emulator produced; and one interval of held
         # counters, so it knows the first interval after the release began stalled (that
