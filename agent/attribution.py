@@ -8,8 +8,8 @@ For one source (a RAPL package or its DRAM zone) and one interval between two sa
 * A job that lived only part of the interval (it started or ended inside it:
   :mod:`.lifetime`) pays the static part only for that part: its static weight is scaled by
   the time it lived, and the rest weighs for ``unattributed``. Alone on the node, it gets the
-  node's static energy for its lifetime and the dynamic part by CPU time (busy time of no job
-  there, mostly its prolog, epilog and slurmstepd's set-up and tear-down, is the node's).
+  node's static energy for its lifetime and the dynamic part by CPU time, the busy time of no
+  job counting for it in proportion to its lifetime (the node is its own while it lives).
 * Several jobs → the delta is cut in two parts:
 
   - **static** = ``min(delta, static_power_w × interval)`` is split by allocated CPUs
@@ -187,9 +187,12 @@ def attribute_cpu(
     busy_weights: dict[str, int] = {j: u.cpu_ns for j, u in usage.items()}
     other_ns = max(0, node_busy_ns - jobs_busy_ns)
     busy_weights[UNATTRIBUTED] = other_ns
-    # Alone for part of the interval, the job's dynamic share is its own CPU time: the busy
-    # time of no job in an interval where a job starts or ends is mostly the prolog, the
-    # epilog and slurmstepd setting up and tearing down, outside the job's life.
+    if len(usage) == 1 and other_ns:
+        # The node is the job's while it lives (the exclusive rule): so is the busy time of
+        # no job during that part of the interval (taken as spread evenly over it).
+        (job_id, only), = usage.items()
+        own_ns = other_ns * lived(only) // full
+        busy_weights = {job_id: only.cpu_ns + own_ns, UNATTRIBUTED: other_ns - own_ns}
     if sum(busy_weights.values()) == 0:
         busy_weights = alloc_weights
 

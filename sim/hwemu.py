@@ -9,12 +9,13 @@ tree ``<cgroup_root>/cpuacct/slurm_<node>/``) it writes, ``--hz`` times a second
   (``dram``), in the layout of :mod:`jobenergy.sim.node` (point the agent's ``sysfs_root`` at
   ``DIR/<node>/sys``). The counters advance by a power model over real CPU activity::
 
-      package W = cpu_idle_w + cpu_per_cpu_w × (node CPUs busy + host_other CPUs busy / nodes)
+      package W = cpu_idle_w + cpu_per_cpu_w × (node CPUs busy + host_other CPUs busy × share)
       dram W    = dram_idle_w + dram_per_cpu_w × node CPUs busy
 
   where "node CPUs busy" is the rate of ``cpuacct.usage`` of ``slurm_<node>`` (its jobs; the
   parent keeps the usage of removed jobs) and "host_other" is the busy time of the real
-  ``/proc/stat`` not spent in any ``slurm_*`` cgroup, shared evenly by the nodes.
+  ``/proc/stat`` not spent in any ``slurm_*`` cgroup; each node takes ``--host-share`` of
+  it (default: shared evenly by the nodes).
 * ``DIR/<node>/nvml.state``: the simulated NVML (:mod:`jobenergy.sim.nvml`) with ``--gpus``
   devices (minor = index, as ``File=/dev/nvidia[0-N]`` in gres.conf). A GPU's power is
   ``gpu_idle_w + util/100 × (gpu_max_w - gpu_idle_w)``; ``util`` is what the job's processes
@@ -350,8 +351,11 @@ class HardwareEmulator:
         cgroup_root: str | Path = "/sys/fs/cgroup",
         procfs_root: str | Path = "/proc",
         model: PowerModel | None = None,
+        host_share: float | None = None,
     ) -> None:
         self.root = Path(root)
+        # Each node's share of the host's busy time outside Slurm (its "OS activity").
+        self.host_share = 1 / max(1, len(nodes)) if host_share is None else host_share
         self.cgroup_root = Path(cgroup_root)
         self.procfs_root = Path(procfs_root)
         self.model = model or PowerModel()
@@ -476,7 +480,7 @@ class HardwareEmulator:
         other_cpus = 0.0
         if dt_s > 0 and self._last_host_busy_ns is not None and self._last_all_slurm_ns is not None:
             other_ns = (host_busy - self._last_host_busy_ns) - (all_slurm - self._last_all_slurm_ns)
-            other_cpus = max(0.0, other_ns / 1e9 / dt_s) / max(1, len(self.nodes))
+            other_cpus = max(0.0, other_ns / 1e9 / dt_s) * self.host_share
         m = self.model
         for node in self.nodes:
             usage = self._slurm_usage_ns(node.name) or 0
@@ -568,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cgroup-root", type=Path, default=Path("/sys/fs/cgroup"))
     parser.add_argument("--procfs-root", type=Path, default=Path("/proc"))
     parser.add_argument("--hold", action="store_true", help="start held (create ROOT/hold)")
+    parser.add_argument("--host-share", type=float, default=None,
+                        help="each node's share of the host's non-Slurm busy time "
+                             "(default 1/nodes)")
     parser.add_argument("--nice", type=int, default=0,
                         help="priority change (root: negative keeps the 'hardware' on time)")
     args = parser.parse_args(argv)
@@ -583,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         gpus=args.gpus,
         cgroup_root=args.cgroup_root,
         procfs_root=args.procfs_root,
+        host_share=args.host_share,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

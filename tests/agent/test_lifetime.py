@@ -78,8 +78,8 @@ def test_alone_for_part_of_an_interval_pays_static_for_that_part():
     jobs, unattributed = attribute_cpu(10_000, usage, node_busy_ns=500, ncpus=8,
                                        static_uj=6_000, span_ns=1_000)
     static = split_uj(6_000, {"9": 250, "": 750})
-    # Busy time of no job (100 ns: prolog, epilog, slurmstepd) is the node's.
-    dynamic = split_uj(4_000, {"9": 400, "": 100})
+    # Busy time of no job (100 ns) counts for the job for the quarter of it that it lived.
+    dynamic = split_uj(4_000, {"9": 400 + 25, "": 75})
     assert jobs == {"9": static["9"] + dynamic["9"]}
     assert jobs["9"] + unattributed == 10_000
     # The same job alive for the whole interval still takes all of it (exclusive node).
