@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import sessionmaker
@@ -17,7 +21,7 @@ from jobenergy.collector import routes_clusters
 from jobenergy.collector.clusters import sync_defaults
 from jobenergy.collector.db import make_engine, schema_revision_problem, upgrade
 from jobenergy.collector.partitions import ensure_interval_partitions
-from jobenergy.collector.routes import SessionDep
+from jobenergy.collector.routes import DB_RETRY_AFTER_S, SessionDep
 from jobenergy.collector.settings import ServerSettings
 from jobenergy.core.errors import ConfigError
 
@@ -38,6 +42,55 @@ def _ensure_partitions(engine: Engine) -> None:
         return
     if created:
         logger.info("created energy_interval partitions: %s", ", ".join(created))
+
+
+class RefuseNul:
+    """ASGI middleware: a NUL character in the path or the query answers 400.
+
+    PostgreSQL cannot compare text with NUL; refusing it here keeps every route (path and
+    query parameters alike) from reaching the database with one (DESIGN.md decision 12).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Answer 400 for a NUL in the path or query, else pass the request on."""
+        if scope["type"] == "http":
+            where = None
+            if "\x00" in scope.get("path", ""):
+                where = "path"
+            elif b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
+                where = "query"
+            if where is not None:
+                body = json.dumps({"detail": f"the request {where} must not contain NUL "
+                                   "characters"}).encode()
+                await send({"type": "http.response.start", "status": 400, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _database_unavailable(request: Request, err: Exception) -> JSONResponse:
+    """503 with Retry-After when the database is down, locked or out of connections."""
+    logger.warning("database unavailable for %s %s: %s", request.method, request.url.path,
+                   getattr(err, "orig", None) or err)
+    return JSONResponse(
+        status_code=503, content={"detail": "database unavailable, retry later"},
+        headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+    )
+
+
+def _database_refused(request: Request, err: Exception) -> JSONResponse:
+    """422 for a value the database cannot hold (a safety net: the routes validate first)."""
+    orig = getattr(err, "orig", None) or err
+    logger.warning("database refused a value for %s %s: %s", request.method,
+                   request.url.path, orig)
+    return JSONResponse(status_code=422,
+                        content={"detail": f"rejected by the database: {orig}"})
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -99,6 +152,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(routes_nodes.router)
     app.include_router(routes_leaderboards.router)
     app.include_router(routes_clusters.router)
+    app.add_middleware(RefuseNul)
+    for unavailable in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
+        app.add_exception_handler(unavailable, _database_unavailable)
+    app.add_exception_handler(sa_exc.DataError, _database_refused)
 
     @app.get("/healthz", tags=["health"], summary="Liveness and database reachability")
     def healthz(session: SessionDep) -> dict[str, str]:

@@ -34,31 +34,46 @@ from jobenergy.collector.models import Job
 from jobenergy.collector.routes import SessionDep
 from jobenergy.collector.steps import OUTSIDE_STEP, step_sort_key
 from jobenergy.core import carbon
-from jobenergy.core.schema import ATTRIBUTED_COMPONENTS
+from jobenergy.core.schema import ATTRIBUTED_COMPONENTS, check_time
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 MAX_LIMIT = 10_000
+#: Largest ``offset`` (a signed 64-bit integer in SQL).
+MAX_OFFSET = 2**63 - 1
+#: Most job ids one ``GET /api/v1/jobs?job_id=`` may name.
+MAX_JOB_IDS = 10_000
 
 
 def parse_time(value: str | None, name: str) -> datetime | None:
-    """Parse an ISO 8601 time or epoch seconds (naive means UTC).
+    """Parse an ISO 8601 time or epoch seconds (naive means UTC), between 1970 and 2100.
 
     Raises:
-        HTTPException: 422 naming the parameter when the value is neither.
+        HTTPException: 422 naming the parameter when the value is neither, or out of range.
     """
     if value is None or value == "":
         return None
     try:
-        parsed = datetime.fromtimestamp(float(value), tz=UTC)
-    except (ValueError, OverflowError, OSError):
+        seconds = float(value)
+    except ValueError:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError as err:
             raise HTTPException(
                 status_code=422, detail=f"{name}: {value!r} is neither ISO 8601 nor epoch seconds"
             ) from err
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    else:
+        try:
+            parsed = datetime.fromtimestamp(seconds, tz=UTC)
+        except (ValueError, OverflowError, OSError) as err:
+            raise HTTPException(
+                status_code=422,
+                detail=f"{name}: {value!r} epoch seconds are not between 1970 and 2100",
+            ) from err
+    try:
+        return check_time(parsed)
+    except ValueError as err:
+        raise HTTPException(status_code=422, detail=f"{name}: {err}") from err
 
 
 def job_nodes(job: Job, totals: list[SourceTotal], seen: set[str]) -> set[str]:
@@ -249,12 +264,17 @@ def get_jobs(
     end: Annotated[str | None, Query(description="ISO 8601 or epoch s")] = None,
     job_id: Annotated[str | None, Query(description="comma-separated job ids")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobList:
     """Return one page of jobs overlapping [start, end) with the other filters."""
     job_ids = None
     if job_id is not None:
-        job_ids = tuple(part.strip() for part in job_id.split(",") if part.strip())
+        job_ids = tuple(dict.fromkeys(p.strip() for p in job_id.split(",") if p.strip()))
+        if len(job_ids) > MAX_JOB_IDS:
+            raise HTTPException(
+                status_code=422,
+                detail=f"job_id: {len(job_ids)} job ids, at most {MAX_JOB_IDS} per request",
+            )
     filters = JobFilters(
         cluster=cluster, user=user, account=account, partition=partition, state=state,
         start=parse_time(start, "start"), end=parse_time(end, "end"), job_ids=job_ids,

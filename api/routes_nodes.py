@@ -1,11 +1,13 @@
-"""``GET /api/v1/nodes``: per node and component totals, for conservation checks."""
+"""``GET /api/v1/nodes``: per node and component totals, for conservation checks, and the
+batches the collector refused per node."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from jobenergy.api.queries import node_totals
-from jobenergy.api.schemas import NodeComponentEnergy, NodeList
+from jobenergy.api.schemas import NodeComponentEnergy, NodeList, NodeRefusals
+from jobenergy.collector.refusals import refusals
 from jobenergy.collector.routes import SessionDep
 
 router = APIRouter(prefix="/api/v1", tags=["nodes"])
@@ -13,5 +15,9 @@ router = APIRouter(prefix="/api/v1", tags=["nodes"])
 
 @router.get("/nodes", response_model=NodeList, summary="Measured vs attributed energy per node")
 def get_nodes(session: SessionDep, cluster: str | None = None) -> NodeList:
-    """Return measured, unattributed and attributed µJ per node and component."""
-    return NodeList(nodes=[NodeComponentEnergy(**row) for row in node_totals(session, cluster)])
+    """Return measured, unattributed and attributed µJ per node and component, and the
+    refused batches per node (count, conflicts, latest status, reason and time)."""
+    return NodeList(
+        nodes=[NodeComponentEnergy(**row) for row in node_totals(session, cluster)],
+        refusals=[NodeRefusals(**row) for row in refusals(session, cluster)],
+    )

@@ -138,10 +138,25 @@ class NodeComponentEnergy(BaseModel):
     last_at: datetime | None
 
 
+class NodeRefusals(BaseModel):
+    """Batches of a node that the collector refused (4xx answers to ``POST /api/v1/batches``)."""
+
+    cluster: str = Field(description='"" when the refused body did not say')
+    node: str = Field(description='"" when the refused body did not say')
+    refused: int = Field(description="refused batches, conflicts included")
+    conflicts: int = Field(description="409: a batch key already stored with other content")
+    first_at: datetime
+    last_at: datetime
+    last_status: int
+    last_reason: str
+
+
 class NodeList(BaseModel):
-    """Per node and component energy totals."""
+    """Per node and component energy totals, and the nodes' refused batches."""
 
     nodes: list[NodeComponentEnergy]
+    refusals: list[NodeRefusals] = Field(
+        default_factory=list, description="per (cluster, node) with refused batches")
 
 
 class LeaderboardRow(BaseModel):

@@ -4,6 +4,11 @@ Tags come from the job comment (``model=resnet50 phase=training`` tokens) and fr
 ``tags`` (SPANK options, prolog), the event winning; ``model`` and ``phase`` also fill the job
 summary columns that leaderboards group by (and, for a job with in-job annotations, the
 job-level part of its ``job_board_part`` rows).
+
+Each event's ``nodes``, ``gpus`` and ``tags`` are merged with what is stored as sets (in order,
+without repeats) and capped per job (``MAX_JOB_NODES``, ``MAX_JOB_GPUS``, ``MAX_JOB_TAGS``): an
+event that would take a job past a cap with its own lists or ``tags`` is refused (422, nothing
+changed); tags from the free-text comment only fill the room that is left.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from sqlalchemy.orm import Session
 from jobenergy.collector.board import refresh_board
 from jobenergy.collector.models import Job
 from jobenergy.collector.sql import IngestRejected, dialect_insert
-from jobenergy.core.schema import JobEvent
+from jobenergy.core.schema import MAX_JOB_GPUS, MAX_JOB_NODES, MAX_JOB_TAGS, JobEvent
 
 PHASES = ("training", "inference", "other")
-MAX_TAGS = 64
+MAX_TAGS = MAX_JOB_TAGS
+_LIST_CAPS = {"nodes": MAX_JOB_NODES, "gpus": MAX_JOB_GPUS}
 
 
 def comment_tags(comment: str | None) -> dict[str, str]:
@@ -51,6 +57,33 @@ def comment_tags(comment: str | None) -> dict[str, str]:
         if sep and key and len(key) <= 64 and len(tags) < MAX_TAGS:
             tags[key] = value[:255]
     return tags
+
+
+def _merge_tags(job: Job, event: JobEvent) -> dict[str, str]:
+    """Merge the event's tags, then its comment's, into ``job.tags``, at most ``MAX_TAGS``.
+
+    Returns the tags this event set (event tags winning over the comment's).
+
+    Raises:
+        IngestRejected: The event's own ``tags`` would take the job past the cap.
+    """
+    stored = dict(job.tags or {})
+    merged = {**stored, **event.tags}
+    if len(merged) > MAX_TAGS:
+        raise IngestRejected(
+            f"tags: job {event.job_id} on cluster {event.cluster} would have {len(merged)} "
+            f"tags, at most {MAX_TAGS}"
+        )
+    applied = dict(event.tags)
+    for key, value in comment_tags(event.comment).items():
+        if key in event.tags:
+            continue
+        if key in merged or len(merged) < MAX_TAGS:  # the comment fills what room is left
+            merged[key] = value
+            applied[key] = value
+    if merged != stored:
+        job.tags = merged
+    return applied
 
 
 def _end_state(event: JobEvent) -> str:
@@ -106,12 +139,18 @@ def apply_job_event(session: Session, event: JobEvent) -> Job:
         value = getattr(event, name)
         if value is not None:
             setattr(job, name, value)
-    # Each node's prolog reports its own GPUs (and may report only its node): merge, in order.
-    for name in ("nodes", "gpus"):
+    # Each node's prolog reports its own GPUs (and may report only its node): merge as sets,
+    # in order, capped per job.
+    for name, cap in _LIST_CAPS.items():
         value = getattr(event, name)
         if value is not None:
-            known = list(getattr(job, name) or [])
-            setattr(job, name, known + [v for v in value if v not in known])
+            merged = list(dict.fromkeys([*(getattr(job, name) or []), *value]))
+            if len(merged) > cap:
+                raise IngestRejected(
+                    f"{name}: job {event.job_id} on cluster {event.cluster} would have "
+                    f"{len(merged)} {name}, at most {cap}"
+                )
+            setattr(job, name, merged)
     if event.exit_code is not None:
         job.exit_code = str(event.exit_code)
     if event.state is not None:
@@ -120,9 +159,8 @@ def apply_job_event(session: Session, event: JobEvent) -> Job:
         job.state = "RUNNING"
     elif event.event == "end" and job.state in (None, "RUNNING"):
         job.state = _end_state(event)
-    new_tags = {**comment_tags(event.comment), **event.tags}
+    new_tags = _merge_tags(job, event)
     if new_tags:
-        job.tags = {**(job.tags or {}), **new_tags}
         if new_tags.get("model"):
             job.model = new_tags["model"][:255]
         if new_tags.get("phase", "").lower() in PHASES:

@@ -22,6 +22,8 @@ Tables (singular lower_snake, ``*_at`` timestamps in UTC):
 - ``node_progress``: per (cluster, node) high-water mark of the ingested intervals (``last_at``)
   and how many sources the node's latest interval had (0: an agent without counters), so that
   a job's energy is known final when every node of it has pushed past its end.
+- ``node_refusal``: per (cluster, node) how many batches the collector refused (4xx), how many
+  of them were key conflicts (409), and the latest status, reason and time.
 - ``job_node``: a job seen on a node by its agent (in an interval's jobs or energy shares), even
   with no energy source there: the nodes it ran on, and whether any source covered it.
 - ``job_board_part``: the leaderboard's parts of jobs with in-job phase annotations, one per
@@ -74,6 +76,7 @@ BIGINT_MAX = 2**63 - 1
 NAME_LEN = 255
 JOB_ID_LEN = 64
 STEP_LEN = 32
+REASON_LEN = 1024
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -127,6 +130,10 @@ class IngestedBatch(Base):
     agent_version: Mapped[str | None] = mapped_column(String(64))
     intervals: Mapped[int] = mapped_column(Integer)
     records: Mapped[int] = mapped_column(Integer)
+    # SHA-256 (hex) of the batch's canonical JSON (collector/ingest.py: content_hash): a key
+    # seen again with other content is a conflict, not a duplicate. NULL: stored before
+    # revision 0008, a repeat of such a key is a duplicate.
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class EnergyInterval(Base):
@@ -375,6 +382,24 @@ class NodeProgress(Base):
     last_at: Mapped[datetime]  # the latest interval end ingested (high-water mark)
     intervals: Mapped[int] = mapped_column(BigInteger)
     last_sources: Mapped[int] = mapped_column(Integer)  # sources of the latest interval
+
+
+class NodeRefusal(Base):
+    """Batches of a node the collector refused (4xx), with the latest reason.
+
+    ``cluster``/``node`` are empty when the refused body did not say (e.g. too large to read).
+    """
+
+    __tablename__ = "node_refusal"
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    node: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    refused: Mapped[int] = mapped_column(BigInteger)  # every 4xx answer, conflicts included
+    conflicts: Mapped[int] = mapped_column(BigInteger)  # 409: a key seen with other content
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+    last_status: Mapped[int] = mapped_column(Integer)
+    last_reason: Mapped[str] = mapped_column(String(REASON_LEN))
 
 
 class JobNode(Base):

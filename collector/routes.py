@@ -4,33 +4,50 @@ Bodies are read by :func:`read_body`, which enforces ``max_body_bytes`` on the b
 and again while inflating ``Content-Encoding: gzip``; parsing and validation happen in the
 (sync, threadpool) route, and each request is one transaction: on any error nothing is stored.
 
-Status codes: 200 stored or duplicate, 400 malformed JSON or gzip, 413 body too large,
-415 unsupported ``Content-Encoding``, 422 invalid content (message names the field).
+Status codes: 200 stored or duplicate, 400 malformed JSON or gzip, 409 a batch key already
+stored with other content, 413 body too large, 415 unsupported ``Content-Encoding``, 422
+invalid content (message names the field), 503 database unavailable (with ``Retry-After``).
+Every 4xx answer to a batch is recorded for its node (``collector/refusals.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobenergy.collector.clusters import sync_defaults
 from jobenergy.collector.events import apply_job_event
-from jobenergy.collector.ingest import IngestRejected, ingest_batch
+from jobenergy.collector.ingest import BatchConflict, IngestRejected, ingest_batch
+from jobenergy.collector.refusals import UNKNOWN_SENDER, record_refusal, sender_of
 from jobenergy.collector.settings import ServerSettings
-from jobenergy.core.schema import SCHEMA_VERSION, Batch, JobEvent
+from jobenergy.core.schema import NO_NUL_PATTERN, SCHEMA_VERSION, Batch, JobEvent
 
 logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 router = APIRouter(prefix="/api/v1", tags=["collector"])
+
+#: Seconds a client should wait before retrying when the database is unavailable (503).
+DB_RETRY_AFTER_S = 10
+
+
+def db_unavailable() -> HTTPException:
+    """Return the 503 answered while the database is down or locked (with Retry-After)."""
+    return HTTPException(
+        status_code=503, detail="database unavailable, retry later",
+        headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+    )
 
 
 def get_settings(request: Request) -> ServerSettings:
@@ -60,7 +77,15 @@ async def read_body(request: Request) -> bytes:
         HTTPException: 413 when the body (compressed or inflated) is too large, 415 for an
             unknown Content-Encoding, 400 for a corrupt gzip stream.
     """
-    limit: int = request.app.state.settings.max_body_bytes
+    return await read_limited(request, request.app.state.settings.max_body_bytes)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """Read the request body as it arrives, inflating gzip, never holding more than ``limit``.
+
+    Raises:
+        HTTPException: as :func:`read_body`.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -105,6 +130,10 @@ def format_validation_error(err: ValidationError) -> str:
     parts = []
     for item in err.errors(include_url=False)[:10]:
         message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "string_pattern_mismatch" and (
+            (item.get("ctx") or {}).get("pattern") == NO_NUL_PATTERN
+        ):
+            message = "must not contain NUL characters"
         parts.append(f"{_location(item['loc'])}: {message}")
     more = err.error_count() - len(parts)
     if more > 0:
@@ -183,16 +212,48 @@ def _rejected(err: Exception) -> HTTPException:
     return HTTPException(status_code=422, detail=str(err))
 
 
-@router.post(
-    "/batches",
-    response_model=IngestResponse,
-    openapi_extra=_body_schema(Batch),
-    summary="Store one agent batch (idempotent)",
-    dependencies=[JsonDep],
-)
+class RefusalsRecorded(APIRoute):
+    """A route whose 4xx answers are recorded per node (``collector/refusals.py``).
+
+    The endpoint puts the sender's ``(cluster, node)`` in ``request.state.sender`` as soon as
+    it knows it; refusals before that (body too large, wrong type) count as ``("", "")``.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """Wrap the handler: record a 4xx, then let it answer as usual."""
+        handler = super().get_route_handler()
+
+        async def recorded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HTTPException as err:
+                if 400 <= err.status_code < 500:
+                    await _record(request, err.status_code, str(err.detail))
+                raise
+            except RequestValidationError as err:
+                await _record(request, 422, str(err.errors()))
+                raise
+
+        return recorded
+
+
+async def _record(request: Request, status: int, reason: str) -> None:
+    sender = getattr(request.state, "sender", UNKNOWN_SENDER)
+    await run_in_threadpool(record_refusal, request.app.state.sessionmaker, sender, status,
+                            reason)
+
+
 def post_batch(request: Request, body: BodyDep, session: SessionDep) -> IngestResponse:
-    """Validate and store a batch in one transaction; a repeated batch is a duplicate."""
-    batch = parse_body(body, Batch)
+    """Validate and store a batch in one transaction; a repeated batch is a duplicate.
+
+    A batch whose key is stored with other content answers 409 (nothing stored).
+    """
+    try:
+        batch = parse_body(body, Batch)
+    except HTTPException:
+        request.state.sender = sender_of(body)
+        raise
+    request.state.sender = (batch.cluster, batch.node)
     try:
         with session.begin():
             if not request.app.state.defaults_synced:
@@ -200,6 +261,8 @@ def post_batch(request: Request, body: BodyDep, session: SessionDep) -> IngestRe
                 sync_defaults(session.connection(), settings.pue,
                               settings.carbon_intensity_g_per_kwh)
             result = ingest_batch(session, batch)
+    except BatchConflict as err:
+        raise HTTPException(status_code=409, detail=str(err)) from err
     except IngestRejected as err:
         raise _rejected(err) from err
     except (sa_exc.DataError, sa_exc.IntegrityError) as err:
@@ -214,12 +277,25 @@ def post_batch(request: Request, body: BodyDep, session: SessionDep) -> IngestRe
         # in its spool and retries.
         logger.warning("database unavailable node=%s seq=%s: %s", batch.node, batch.seq,
                        err.orig)
-        raise HTTPException(status_code=503, detail="database unavailable, retry later") from err
+        raise db_unavailable() from err
     request.app.state.defaults_synced = True
     if not result.duplicate:
         logger.debug("stored batch node=%s seq=%s records=%s", batch.node, batch.seq,
                      result.records)
     return IngestResponse(duplicate=result.duplicate, records=result.records)
+
+
+router.add_api_route(
+    "/batches",
+    post_batch,
+    methods=["POST"],
+    response_model=IngestResponse,
+    openapi_extra=_body_schema(Batch),
+    summary="Store one agent batch (idempotent)",
+    dependencies=[JsonDep],
+    responses={409: {"description": "the batch key is stored with other content"}},
+    route_class_override=RefusalsRecorded,
+)
 
 
 @router.post(

@@ -9,7 +9,9 @@
 - ``PUT  /api/v1/clusters/{cluster}/pue``: ``{"pue": 1.3}`` (null: the server default).
 - ``POST /api/v1/clusters/{cluster}/{carbon|pue}/series``: JSON ``{"points": [{"time", "value"}]}``
   or CSV (``Content-Type: text/csv``, e.g. an Electricity Maps export; ``?column=`` picks the
-  value column). ``DELETE`` the same path drops the series.
+  value column). The body is capped at ``max_series_bytes`` while it arrives and a CSV is parsed
+  row by row up to ``max_series_points`` points (413 beyond either). ``DELETE`` the same path
+  drops the series.
 - ``GET  /api/v1/clusters/{cluster}/factor-changes?after=N``: the changes that rewrote stored
   facility energy/CO2e after factor revision N (``factors_revision`` in the cluster's answer),
   each with the span of hours it rewrote; ``jobenergy slurm sync`` follows them to rewrite the
@@ -21,18 +23,20 @@ invalid input answers 422 (400 for malformed JSON/CSV) and changes nothing.
 
 from __future__ import annotations
 
+import io
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import select, union
 
 from jobenergy.collector import clusters, factor_changes
 from jobenergy.collector.factors import DEFAULTS
 from jobenergy.collector.models import ClusterConfig, Job
-from jobenergy.collector.routes import BodyDep, SessionDep, parse_body
-from jobenergy.core.series import parse_series_csv, step_intervals
+from jobenergy.collector.routes import BodyDep, SessionDep, parse_body, read_limited
+from jobenergy.collector.settings import ServerSettings
+from jobenergy.core.series import SeriesTooLarge, parse_series_csv, step_intervals
 
 router = APIRouter(prefix="/api/v1", tags=["clusters"])
 
@@ -128,7 +132,7 @@ def get_cluster(cluster: ClusterName, session: SessionDep) -> ClusterOut:
 def get_factor_changes(
     cluster: ClusterName,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> FactorChangesOut:
     """Return the cluster's factor changes with a revision above ``after``, oldest first."""
@@ -164,17 +168,32 @@ def put_pue(cluster: ClusterName, body: BodyDep, session: SessionDep) -> Cluster
         return _out(session, cluster, changed)
 
 
+async def read_series_body(request: Request) -> bytes:
+    """Read a series import's body, refusing it (413) once over ``max_series_bytes``."""
+    settings: ServerSettings = request.app.state.settings
+    return await read_limited(request, settings.max_series_bytes)
+
+
+SeriesBodyDep = Annotated[bytes, Depends(read_series_body)]
+
+
 def _steps(request: Request, body: bytes, column: str | None) -> list[Any]:
+    settings: ServerSettings = request.app.state.settings
+    max_points = settings.max_series_points
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         if content_type in ("text/csv", "text/plain", "application/csv"):
-            points = parse_series_csv(body.decode("utf-8-sig"), column)
+            # Decoded and parsed row by row: no second copy of the whole text, no list of rows.
+            text = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline="")
+            points = parse_series_csv(text, column, max_points)
         else:
             parsed = parse_body(body, clusters.SeriesIn)
             points = [(p.time, p.value) for p in parsed.points]
-        return step_intervals(points)
+        return step_intervals(points, max_points)
     except UnicodeDecodeError as err:
         raise HTTPException(status_code=400, detail=f"CSV is not UTF-8: {err}") from err
+    except SeriesTooLarge as err:
+        raise HTTPException(status_code=413, detail=str(err)) from err
     except ValueError as err:
         raise _bad(err) from err
 
@@ -185,7 +204,7 @@ def post_series(
     cluster: ClusterName,
     factor: Literal["carbon", "pue"],
     request: Request,
-    body: BodyDep,
+    body: SeriesBodyDep,
     session: SessionDep,
     column: str | None = None,
 ) -> ClusterOut:

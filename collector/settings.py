@@ -14,6 +14,10 @@ from jobenergy.core.carbon import WORLD_AVERAGE_G_PER_KWH
 
 #: Default cap on one request body, compressed and decompressed: 32 MiB.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+#: Default caps on one series import (``POST /api/v1/clusters/{c}/{factor}/series``): 16 MiB
+#: and 200 000 points (22 years of hourly values).
+DEFAULT_MAX_SERIES_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_SERIES_POINTS = 200_000
 
 
 class ServerSettings(BaseSettings):
@@ -31,6 +35,9 @@ class ServerSettings(BaseSettings):
         migrate: Run the Alembic migrations to head when the app starts.
         max_body_bytes: Largest accepted request body, checked on the compressed bytes and
             again while decompressing.
+        max_series_bytes: Largest series import body (JSON or CSV), checked the same way.
+        max_series_points: Most points one series import may hold; a CSV is parsed row by
+            row and refused (413) at the first point beyond.
     """
 
     model_config = SettingsConfigDict(env_prefix="JOBENERGY_SERVER_", extra="forbid")
@@ -42,6 +49,8 @@ class ServerSettings(BaseSettings):
     carbon_intensity_g_per_kwh: float | None = Field(default=None, ge=0.0)
     migrate: bool = True
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    max_series_bytes: int = Field(default=DEFAULT_MAX_SERIES_BYTES, ge=1024)
+    max_series_points: int = Field(default=DEFAULT_MAX_SERIES_POINTS, ge=1, le=1_000_000)
 
     @property
     def effective_carbon_intensity_g_per_kwh(self) -> float:

@@ -8,7 +8,7 @@ integer µJ; times are epoch seconds (floats) or ISO 8601 strings.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -29,19 +29,58 @@ MAX_INTERVAL_S = 86_400
 MAX_SOURCES_PER_INTERVAL = 256
 MAX_JOBS_PER_SOURCE = 4_096
 MAX_STEPS_PER_JOB = 256
+#: Per job, after merging every event's lists and tags as sets (``collector/events.py``).
+MAX_JOB_NODES = 65_536
+MAX_JOB_GPUS = 1_024
+MAX_JOB_TAGS = 64
+#: Largest uid: ``uid_t`` is 32 bits.
+MAX_UID = 2**32 - 1
+#: Counts that are summed into BIGINT totals.
+MAX_COUNT = 10**15
+
+#: Times accepted anywhere (wire, query parameters, series): [1970-01-01, 2100-01-01) UTC.
+TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(2100, 1, 1, tzinfo=UTC)
+
+#: Text may not hold NUL: PostgreSQL refuses it in text and JSON. Rendered by the collector as
+#: "must not contain NUL characters" (``collector/routes.py: format_validation_error``).
+NO_NUL_PATTERN = r"^[^\x00]*$"
+
+
+def Text(max_length: int, min_length: int = 0) -> Any:
+    """Return a ``str`` type (for annotations) of at most ``max_length`` characters, no NUL."""
+    return Annotated[
+        str, Field(min_length=min_length, max_length=max_length, pattern=NO_NUL_PATTERN)
+    ]
+
 
 EnergyUJ = Annotated[int, Field(ge=0, le=10**18, strict=True)]
 JobId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+:\-]+$")]
-Name = Annotated[str, Field(min_length=1, max_length=255)]
-StepName = Annotated[str, Field(min_length=1, max_length=32)]
+Name = Text(255, min_length=1)
+StepName = Text(32, min_length=1)
 
 
-def _as_utc(value: datetime) -> datetime:
-    """Treat naive times as UTC: Slurm and our agents speak UTC epoch seconds."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def check_time(value: datetime) -> datetime:
+    """Return ``value`` in UTC (naive means UTC) when it lies in [1970, 2100).
+
+    Raises:
+        ValueError: The time is outside [``TIME_MIN``, ``TIME_MAX``) (or cannot be converted
+            to UTC at all, e.g. year 9999 at UTC-14).
+    """
+    try:
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not TIME_MIN <= utc < TIME_MAX:
+        raise ValueError(
+            f"{value.isoformat()} is not between {TIME_MIN:%Y-%m-%d} and "
+            f"{TIME_MAX:%Y-%m-%d} UTC"
+        )
+    return utc
 
 
-UtcTime = Annotated[datetime, AfterValidator(_as_utc)]
+#: Slurm and our agents speak UTC epoch seconds: naive times are UTC; only 1970..2100.
+UtcTime = Annotated[datetime, AfterValidator(check_time)]
 
 
 class WireModel(BaseModel):
@@ -59,7 +98,7 @@ class SourceEnergy(WireModel):
 
     component: Component
     source: Name  # e.g. "package-0", "package-0/dram", "gpu/GPU-5e0b..."
-    device_name: Annotated[str, Field(max_length=128)] | None = None  # e.g. "NVIDIA H100 80GB HBM3"
+    device_name: Text(128) | None = None  # e.g. "NVIDIA H100 80GB HBM3"
     measured_uj: EnergyUJ
     jobs_uj: dict[JobId, EnergyUJ] = Field(default_factory=dict, max_length=MAX_JOBS_PER_SOURCE)
     unattributed_uj: EnergyUJ
@@ -81,18 +120,19 @@ class SourceEnergy(WireModel):
 
 
 Phase = Literal["training", "inference", "other"]
-ShortText = Annotated[str, Field(max_length=255)]
+ShortText = Text(255)
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class JobSample(WireModel):
     """What the agent saw of one job during an interval (metadata for quality/fallbacks)."""
 
     job_id: JobId
-    uid: int | None = Field(default=None, ge=0)
-    cpus: int | None = Field(default=None, ge=0)  # allocated CPUs (cpuset)
-    cpu_time_us: int = Field(default=0, ge=0)
+    uid: int | None = Field(default=None, ge=0, le=MAX_UID)
+    cpus: int | None = Field(default=None, ge=0, le=MAX_COUNT)  # allocated CPUs (cpuset)
+    cpu_time_us: int = Field(default=0, ge=0, le=10**18)
     ended: bool = False  # the job's cgroup vanished during this interval
-    step_ids: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list)
+    step_ids: list[Text(32)] = Field(default_factory=list, max_length=MAX_STEPS_PER_JOB)
     # CPU time each Slurm step ("batch", "extern", "0", ...) used during the interval, µs,
     # from the step cgroups; the collector splits the job's energy over its steps by it.
     step_cpu_us: dict[StepName, Annotated[int, Field(ge=0, le=10**18, strict=True)]] = Field(
@@ -114,13 +154,9 @@ class PhaseRecord(WireModel):
     model: ShortText | None = None
     start: UtcTime
     end: UtcTime
-    samples: int | None = Field(default=None, ge=0)
-    metrics: dict[Annotated[str, Field(max_length=64)], float] = Field(
-        default_factory=dict, max_length=64
-    )
-    tags: dict[Annotated[str, Field(max_length=64)], ShortText] = Field(
-        default_factory=dict, max_length=64
-    )
+    samples: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    metrics: dict[Text(64), FiniteFloat] = Field(default_factory=dict, max_length=64)
+    tags: dict[Text(64), ShortText] = Field(default_factory=dict, max_length=64)
 
 
 class Interval(WireModel):
@@ -159,9 +195,9 @@ class Batch(WireModel):
     schema_version: Literal[1]
     cluster: Name
     node: Name
-    boot_id: Annotated[str, Field(min_length=1, max_length=64)]
+    boot_id: Text(64, min_length=1)
     seq: int = Field(ge=0, le=2**62)
-    agent_version: str | None = Field(default=None, max_length=64)
+    agent_version: Text(64) | None = None
     intervals: list[Interval] = Field(max_length=MAX_INTERVALS_PER_BATCH)
 
     @model_validator(mode="after")
@@ -184,18 +220,15 @@ class JobEvent(WireModel):
     job_id: JobId
     event: Literal["start", "end"]
     time: UtcTime
-    user: Annotated[str, Field(max_length=64)] | None = None
-    uid: int | None = Field(default=None, ge=0)
-    account: Annotated[str, Field(max_length=64)] | None = None
-    partition: Annotated[str, Field(max_length=64)] | None = None
-    name: Annotated[str, Field(max_length=255)] | None = None
-    nodes: list[Annotated[str, Field(max_length=255)]] | None = Field(
-        default=None, max_length=100_000
-    )
-    gpus: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=1_024)
-    comment: Annotated[str, Field(max_length=4_096)] | None = None
-    state: Annotated[str, Field(max_length=32)] | None = None
-    exit_code: int | Annotated[str, Field(max_length=16)] | None = None
-    tags: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=255)]] = Field(
-        default_factory=dict, max_length=64
-    )
+    user: Text(64) | None = None
+    uid: int | None = Field(default=None, ge=0, le=MAX_UID)
+    account: Text(64) | None = None
+    partition: Text(64) | None = None
+    name: Text(255) | None = None
+    # Each capped per job once merged with what is stored, as sets (collector/events.py).
+    nodes: list[Text(255)] | None = Field(default=None, max_length=MAX_JOB_NODES)
+    gpus: list[Text(64)] | None = Field(default=None, max_length=MAX_JOB_GPUS)
+    comment: Text(4_096) | None = None
+    state: Text(32) | None = None
+    exit_code: Annotated[int, Field(ge=-(2**31), le=2**32 - 1)] | Text(16) | None = None
+    tags: dict[Text(64), Text(255)] = Field(default_factory=dict, max_length=MAX_JOB_TAGS)

@@ -9,27 +9,37 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
+from jobenergy.core.schema import check_time
+
 MAX_POINTS = 1_000_000
+
+
+class SeriesTooLarge(ValueError):
+    """A series with more points than allowed (the collector answers 413)."""
 _TIME_HEADERS = ("datetime", "timestamp", "time", "start", "date")
 _VALUE_HEADERS = ("carbon intensity", "gco2", "co2", "pue", "value", "intensity")
 
 
 def parse_time(value: str) -> datetime:
-    """Parse ISO 8601 (``Z`` allowed; naive means UTC) or epoch seconds.
+    """Parse ISO 8601 (``Z`` allowed; naive means UTC) or epoch seconds, 1970 to 2100.
 
     Raises:
-        ValueError: The text is neither.
+        ValueError: The text is neither, or the time is out of that range.
     """
     text = value.strip()
     try:
-        return datetime.fromtimestamp(float(text), tz=UTC)
-    except (ValueError, OverflowError, OSError):
-        pass
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T", 1))
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        seconds = float(text)
+    except ValueError:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T", 1))
+    else:
+        try:
+            parsed = datetime.fromtimestamp(seconds, tz=UTC)
+        except (ValueError, OverflowError, OSError) as err:
+            raise ValueError(f"time {text!r}: epoch seconds out of range") from err
+    return check_time(parsed)
 
 
 def _pick(headers: list[str], wanted: tuple[str, ...], prefer: str | None) -> int | None:
@@ -44,22 +54,39 @@ def _pick(headers: list[str], wanted: tuple[str, ...], prefer: str | None) -> in
     return None
 
 
-def parse_series_csv(text: str, column: str | None = None) -> list[tuple[datetime, float]]:
-    """Parse a CSV series, e.g. an Electricity Maps export.
+def parse_series_csv(
+    text: str | Iterable[str], column: str | None = None, max_points: int = MAX_POINTS
+) -> list[tuple[datetime, float]]:
+    """Parse a CSV series, e.g. an Electricity Maps export, row by row.
 
+    ``text`` is the whole CSV or its lines (e.g. a text stream, which is read as it is parsed).
     The time column is the first header containing ``datetime``/``timestamp``/``time``/
     ``start``/``date``; the value column is ``column`` when given (exact header, case-insensitive)
     or the first header containing ``carbon intensity`` (the ``LCA`` one preferred, as Electricity
     Maps shows), ``gco2``, ``pue`` or ``value``. Blank values are skipped.
 
     Raises:
-        ValueError: No header, no time or value column, or a row that does not parse (the
-            message gives the line).
+        SeriesTooLarge: More than ``max_points`` points (parsing stops there).
+        ValueError: No header, no time or value column, or a row that does not parse, e.g. a
+            field larger than the csv module's limit (the message gives the line).
     """
-    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
-    if not rows:
+    lines = io.StringIO(text.lstrip("\ufeff")) if isinstance(text, str) else text
+    reader = csv.reader(lines)
+    try:
+        return _parse_rows(reader, column, max_points)
+    except csv.Error as err:
+        raise ValueError(f"CSV line {reader.line_num}: {err}") from err
+
+
+def _parse_rows(
+    reader: Iterable[list[str]], column: str | None, max_points: int
+) -> list[tuple[datetime, float]]:
+    rows = iter(reader)
+    headers = next(rows, None)
+    if headers is None:
         raise ValueError("empty CSV")
-    headers = rows[0]
+    if headers:
+        headers[0] = headers[0].lstrip("\ufeff")
     t_col = _pick(headers, _TIME_HEADERS, None)
     if column is not None:
         lowered = [h.strip().lower() for h in headers]
@@ -71,32 +98,36 @@ def parse_series_csv(text: str, column: str | None = None) -> list[tuple[datetim
             f"CSV needs a time column and a value column{f' named {column!r}' if column else ''};"
             f" headers are {headers}"
         )
-    points = []
-    for line, row in enumerate(rows[1:], start=2):
+    points: list[tuple[datetime, float]] = []
+    for line, row in enumerate(rows, start=2):
         if not any(cell.strip() for cell in row):
             continue
         try:
             raw = row[v_col].strip()
             if not raw:
                 continue
-            points.append((parse_time(row[t_col]), float(raw)))
+            point = (parse_time(row[t_col]), float(raw))
         except (IndexError, ValueError) as err:
             raise ValueError(f"CSV line {line}: {err}") from err
+        if len(points) >= max_points:
+            raise SeriesTooLarge(f"a series holds at most {max_points} points (CSV line {line})")
+        points.append(point)
     return points
 
 
 def step_intervals(
-    points: Sequence[tuple[datetime, float]],
+    points: Sequence[tuple[datetime, float]], max_points: int = MAX_POINTS
 ) -> list[tuple[datetime, datetime, float]]:
     """Return ``(start, end, value)`` per point, sorted; see the module docstring for ends.
 
     Raises:
-        ValueError: No points, too many, or two points at the same time.
+        SeriesTooLarge: More than ``max_points`` points.
+        ValueError: No points, or two points at the same time.
     """
     if not points:
         raise ValueError("a series needs at least one point")
-    if len(points) > MAX_POINTS:
-        raise ValueError(f"a series holds at most {MAX_POINTS} points, got {len(points)}")
+    if len(points) > max_points:
+        raise SeriesTooLarge(f"a series holds at most {max_points} points, got {len(points)}")
     ordered = sorted(points, key=lambda p: p[0])
     out = []
     step = timedelta(hours=1)

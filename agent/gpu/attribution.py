@@ -142,10 +142,11 @@ def attribute_over_time(
     A job pays for the GPU while it exists (DESIGN.md decision 16): the static part (the
     GPU's idle power × the interval, :class:`~jobenergy.agent.attribution.StaticFloor`) by
     each holder's share × the time it lived, the time nobody held it being unattributed; the
-    dynamic part (what the GPU drew above idle: somebody's work) over the holders by share ×
-    time lived. Holders are those of this sample (rules 1-4) and, among the previous sample's,
-    the ones that ended inside the interval (or all of them when nobody holds it now), so a
-    job that ended and the one that took the GPU after it each get their part.
+    dynamic part (what the GPU drew above idle: somebody's work) over the holders by SM
+    utilisation × time lived (by time lived when no utilisation is known). Holders are those
+    of this sample (rules 1-4) and, among the previous sample's, the ones that ended inside
+    the interval (or all of them when nobody holds it now), so a job that ended and the one
+    that took the GPU after it each get their part.
 
     Args:
         delta_uj: The GPU's energy over the interval, µJ.
@@ -168,10 +169,24 @@ def attribute_over_time(
     weights = dict(time_w)
     weights[_OUTSIDE] = max(0, delta_uj * span_ns - sum(time_w.values()))
     shares = split_uj(static_uj, weights)
-    for job_id, part in split_uj(delta_uj - static_uj, time_w).items():
+    # What the GPU drew above idle is the work of whoever drove it: by the holders' SM
+    # utilisation × time held when known (an idle holder draws nothing above idle), else by
+    # time held.
+    util_w = {
+        j: _sm_util(cur if j in by_cur else prev, j) * alive.get(j, span_ns) for j in time_w
+    }
+    dynamic_w = util_w if any(util_w.values()) else time_w
+    for job_id, part in split_uj(delta_uj - static_uj, dynamic_w).items():
         shares[job_id] = shares.get(job_id, 0) + part
     unattributed = shares.pop(_OUTSIDE, 0)
     return {j: e for j, e in shares.items() if e}, unattributed
+
+
+def _sm_util(state: DeviceState | None, job_id: str) -> int:
+    """Return the summed SM utilisation of a job's processes on a GPU (0 when unknown)."""
+    if state is None:
+        return 0
+    return sum(p.sm_util or 0 for p in state.processes if p.job_id == job_id)
 
 
 @dataclass(frozen=True, slots=True)

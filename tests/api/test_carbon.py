@@ -145,6 +145,19 @@ def test_pue_series(client, make_batch):
         ("post", "carbon/series", {"content": b"when,what\nx,y\n",
                                    "headers": {"Content-Type": "text/csv"}}, 422, "headers"),
         ("post", "carbon/series", {"json": {"points": []}}, 422, "points"),
+        # These gave 500: a CSV field past the csv module's 128 KiB limit, dates that overflow.
+        ("post", "carbon/series", {"content": b"time,value\n2026-11-23T10:00:00Z,"
+                                   + b"1" * (128 * 1024 + 1) + b"\n",
+                                   "headers": {"Content-Type": "text/csv"}}, 422,
+         "CSV line 2: field larger"),
+        ("post", "carbon/series", {"content": b"time,value\n9999-12-31T23:30:00Z,5\n",
+                                   "headers": {"Content-Type": "text/csv"}}, 422, "2100"),
+        ("post", "carbon/series", {"content": b"time,value\n-1e11,5\n",
+                                   "headers": {"Content-Type": "text/csv"}}, 422, "CSV line 2"),
+        ("post", "pue/series", {"json": {"points": [{"time": "9999-12-31T23:30:00Z",
+                                                     "value": 1.2}]}}, 422, "2100"),
+        ("post", "pue/series", {"json": {"points": [{"time": "1900-01-01T00:00:00Z",
+                                                     "value": 1.2}]}}, 422, "1970"),
     ],
 )
 def test_bad_input_changes_nothing(client, make_batch, db_url, db_snapshot, method, path,
@@ -199,3 +212,58 @@ def test_factor_revisions_name_the_hours_each_change_rewrote(client, make_batch)
     assert [c["revision"] for c in after["changes"]] == [body["revision"]]
     assert client.get("/api/v1/clusters/c2/factor-changes").json() == {
         "cluster": "c2", "revision": 0, "changes": []}
+
+
+def _hourly_csv(points: int) -> bytes:
+    rows = [f"{(T0 + timedelta(hours=i)).isoformat()},{100 + i % 7}" for i in range(points)]
+    return ("time,value\n" + "\n".join(rows) + "\n").encode()
+
+
+def test_series_imports_are_capped(make_client, server_settings, make_batch, db_url,
+                                   db_snapshot):
+    """A series import is refused (413) past ``max_series_points`` or ``max_series_bytes``."""
+    import json
+
+    points = 50
+    too_many = json.dumps({"points": [
+        {"time": (T0 + timedelta(hours=i)).isoformat(), "value": 1.1} for i in range(points + 1)
+    ]}).encode()
+    settings = server_settings.model_copy(
+        update={"max_series_points": points, "max_series_bytes": len(too_many) + 64})
+    client = make_client(settings)
+    post_batch(client, one_job(make_batch))
+    csv_headers = {"Content-Type": "text/csv"}
+    before = db_snapshot(db_url)
+    rows = client.post("/api/v1/clusters/c1/carbon/series", content=_hourly_csv(points + 1),
+                       headers=csv_headers)
+    assert rows.status_code == 413, rows.text
+    assert f"at most {points} points" in rows.json()["detail"]
+    js = client.post("/api/v1/clusters/c1/pue/series", content=too_many,
+                     headers={"Content-Type": "application/json"})
+    assert js.status_code == 413 and f"at most {points} points" in js.json()["detail"]
+    big = _hourly_csv(points).replace(b"time,value", b"time,value" + b" " * len(too_many))
+    assert len(big) > settings.max_series_bytes
+    size = client.post("/api/v1/clusters/c1/carbon/series", content=big, headers=csv_headers)
+    assert size.status_code == 413 and str(settings.max_series_bytes) in size.json()["detail"]
+    assert db_snapshot(db_url) == before
+    at_cap = client.post("/api/v1/clusters/c1/carbon/series", content=_hourly_csv(points),
+                         headers=csv_headers)
+    assert at_cap.status_code == 200, at_cap.text
+    assert at_cap.json()["carbon"]["series"]["points"] == points
+
+
+def test_csv_series_is_parsed_row_by_row():
+    """Parsing stops at the first point past the cap, without reading the rest of the stream."""
+    from jobenergy.core.series import SeriesTooLarge, parse_series_csv
+
+    read = []
+
+    def lines():
+        yield "time,value\n"
+        for i in range(1_000_000):
+            read.append(i)
+            yield f"{(T0 + timedelta(hours=i)).isoformat()},1\n"
+
+    with pytest.raises(SeriesTooLarge, match="at most 10 points"):
+        parse_series_csv(lines(), max_points=10)
+    assert len(read) == 11

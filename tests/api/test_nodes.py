@@ -37,5 +37,6 @@ def test_nodes_conservation(client, make_batch):
         assert row["measured_uj"] == row["attributed_uj"] + row["unattributed_uj"]
     psys = next(r for r in rows if r["component"] == "psys" and r["node"] == "n1")
     assert psys["attributed_uj"] == 0 and psys["intervals"] == 6
-    everything = client.get("/api/v1/nodes").json()["nodes"]
-    assert {r["cluster"] for r in everything} == {"c1", "other"}
+    everything = client.get("/api/v1/nodes").json()
+    assert {r["cluster"] for r in everything["nodes"]} == {"c1", "other"}
+    assert everything["refusals"] == []  # every batch was stored

@@ -124,3 +124,75 @@ def test_a_mix_that_does_not_add_up_is_refused():
     with pytest.raises(ValidationError):
         CarbonSetting(source="constant", g_per_kwh=float("nan"))
     assert CarbonSetting(source="mix", shares={"coal": 0.25, "nuclear": 0.75}).shares
+
+
+# (id, fields that break a valid start event, words the 422 must name). Each gave a 500 (an
+# overflowing date, a uid past BIGINT) or was stored on SQLite and refused only by PostgreSQL.
+BAD_EVENTS = [
+    ("time-before-1970", {"time": -10_000_000_000}, ["time", "1970"]),
+    ("time-year-9999", {"time": "9999-12-31T23:59:59"}, ["time", "2100"]),
+    ("time-past-utc", {"time": "9999-12-31T23:59:59-14:00"}, ["time", "2100"]),
+    ("uid-2^63", {"uid": 2**63}, ["uid"]),
+    ("exit-code-2^70", {"exit_code": 2**70}, ["exit_code"]),
+    ("nul-in-name", {"name": "train\x00"}, ["name", "NUL"]),
+    ("nul-in-cluster", {"cluster": "c\x00"}, ["cluster", "NUL"]),
+    ("nul-in-tag", {"tags": {"model": "x\x00"}}, ["tags.model", "NUL"]),
+    ("nul-in-node", {"nodes": ["n1", "n\x002"]}, ["nodes.1", "NUL"]),
+    ("nul-in-comment", {"comment": "model=a\x00"}, ["comment", "NUL"]),
+]
+
+
+@pytest.mark.parametrize(("name", "fields", "words"), BAD_EVENTS,
+                         ids=[case[0] for case in BAD_EVENTS])
+def test_bad_event_is_422_naming_the_problem(client, db_url, db_snapshot, name, fields, words):
+    assert send(client, event("start", T0, user="alice")).status_code == 200
+    before = db_snapshot(db_url)
+    response = send(client, {**event("start", T0), **fields})
+    assert response.status_code == 422, response.text
+    for word in words:
+        assert word in response.json()["detail"], response.text
+    assert db_snapshot(db_url) == before
+
+
+def test_nodes_and_gpus_merge_as_sets_and_are_capped(client, db_url, db_snapshot):
+    """Nodes and GPUs merge without repeats; an event taking a job past a cap is refused."""
+    from jobenergy.core.schema import MAX_JOB_GPUS, MAX_JOB_NODES
+
+    half = MAX_JOB_NODES // 2 + 1
+    first = [f"a{i}" for i in range(half)]
+    second = [f"b{i}" for i in range(half)]
+    assert send(client, event("start", T0, nodes=first + first[:10])).status_code == 200
+    assert send(client, event("start", T0, nodes=first[:10])).status_code == 200
+    assert job_row(db_snapshot, db_url)["nodes"] == first
+    before = db_snapshot(db_url)
+    response = send(client, event("start", T0, nodes=second))
+    assert response.status_code == 422, response.text
+    assert f"at most {MAX_JOB_NODES}" in response.json()["detail"]
+    assert "nodes" in response.json()["detail"]
+    assert db_snapshot(db_url) == before
+
+    gpus = [str(i) for i in range(MAX_JOB_GPUS)]
+    assert send(client, event("start", T0, gpus=gpus[:10])).status_code == 200
+    assert send(client, event("start", T0, gpus=gpus)).status_code == 200  # a superset
+    assert job_row(db_snapshot, db_url)["gpus"] == gpus
+    response = send(client, event("start", T0, gpus=["one-more"]))
+    assert response.status_code == 422 and "gpus" in response.json()["detail"]
+    assert job_row(db_snapshot, db_url)["gpus"] == gpus
+
+
+def test_tags_are_capped_per_job(client, db_url, db_snapshot):
+    """Event tags past the cap are refused; comment tags only fill the room that is left."""
+    from jobenergy.collector.events import MAX_TAGS
+
+    own = {f"k{i}": "v" for i in range(MAX_TAGS - 1)}
+    assert send(client, event("start", T0, tags=own)).status_code == 200
+    response = send(client, event("start", T0, tags={"x": "1", "y": "2"}))
+    assert response.status_code == 422 and f"at most {MAX_TAGS}" in response.json()["detail"]
+    assert job_row(db_snapshot, db_url)["tags"] == own
+    # A known key may change; of the comment's new keys only one still fits.
+    response = send(client, event("start", T0, tags={"k0": "w"}, comment="model=a c=1 d=2"))
+    assert response.status_code == 200, response.text
+    row = job_row(db_snapshot, db_url)
+    assert len(row["tags"]) == MAX_TAGS
+    assert row["tags"]["k0"] == "w" and row["tags"]["model"] == "a" and row["model"] == "a"
+    assert "c" not in row["tags"] and "d" not in row["tags"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -15,6 +16,12 @@ def post(client, body: bytes, **headers):
 
 def as_dict(batch) -> dict:
     return json.loads(batch.model_dump_json())
+
+
+def split_refusals(snapshot: dict) -> tuple[dict, list]:
+    """Return (every other table, node_refusal rows): a refusal is recorded, nothing else."""
+    rest = dict(snapshot)
+    return rest, rest.pop("node_refusal")
 
 
 def test_post_batch_then_duplicate(client, make_batch, db_url, db_snapshot):
@@ -72,7 +79,34 @@ BAD_INPUTS = [
     ("string-energy", lambda d: _mutate(d, "intervals.0.sources.0.measured_uj", "5"), 422,
      ["measured_uj"]),
     ("not-an-object", lambda d: [d], 422, ["object"]),
+    # Times outside 1970..2100 (these gave 500: an overflowing date on the way to UTC or SQL).
+    ("time-before-1970", lambda d: _mutate(d, "intervals.0.start", "1900-01-01T00:00:00Z"), 422,
+     ["intervals.0.start", "1970"]),
+    ("time-after-2100", lambda d: _mutate(d, "intervals.2.end", "9999-12-31T23:59:59Z"), 422,
+     ["intervals.2.end", "2100"]),
+    ("time-past-utc", lambda d: _mutate(d, "intervals.0.start", "9999-12-31T23:59:59-14:00"),
+     422, ["intervals.0.start", "2100"]),
+    ("phase-time-before-1970", lambda d: _phase(d, start="1900-01-01T00:00:00Z"), 422,
+     ["intervals.0.phases.0.start", "1970"]),
+    # Values that do not fit the database (BIGINT, text, JSON).
+    ("uid-2^63", lambda d: _mutate(d, "intervals.0.jobs.0.uid", 2**63), 422,
+     ["intervals.0.jobs.0.uid"]),
+    ("samples-2^63", lambda d: _phase(d, samples=2**63), 422, ["intervals.0.phases.0.samples"]),
+    ("nul-in-phase-tag", lambda d: _phase(d, tags={"k": "v\x00"}), 422,
+     ["intervals.0.phases.0.tags.k", "NUL"]),
+    ("nul-in-model", lambda d: _mutate(d, "intervals.0.jobs.0.model", "m\x00"), 422,
+     ["intervals.0.jobs.0.model", "NUL"]),
+    ("nan-metric", lambda d: _phase(d, metrics={"loss": float("nan")}), 422,
+     ["intervals.0.phases.0.metrics.loss", "finite"]),
 ]
+
+
+def _phase(d: dict, **fields) -> dict:
+    interval = d["intervals"][0]
+    record = {"job_id": "101", "phase": "training", "start": interval["start"],
+              "end": interval["end"], **fields}
+    interval["phases"] = [record]
+    return d
 
 
 def _scale(d: dict, factor: int) -> dict:
@@ -104,7 +138,10 @@ def test_bad_batch_is_rejected_and_nothing_stored(client, make_batch, db_url, db
     assert isinstance(detail, str)
     for word in words:
         assert word in detail, detail
-    assert db_snapshot(db_url) == before
+    after, refusals = split_refusals(db_snapshot(db_url))
+    assert after == split_refusals(before)[0]
+    # cluster, node, refused, conflicts, first_at, last_at, last_status, last_reason
+    assert [(r[2], r[3], r[6], r[7]) for r in refusals] == [(1, 0, status, detail)]
 
 
 @pytest.mark.parametrize(
@@ -123,7 +160,10 @@ def test_undecodable_body(client, db_url, db_snapshot, body, headers, status, wo
     response = post(client, body, **headers)
     assert response.status_code == status, response.text
     assert word in response.json()["detail"]
-    assert db_snapshot(db_url) == before
+    after, refusals = split_refusals(db_snapshot(db_url))
+    assert after == split_refusals(before)[0]
+    # Nothing says which node sent it: counted under ("", "").
+    assert [(r[0], r[1], r[2], r[6]) for r in refusals] == [("", "", 1, status)]
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -166,9 +206,101 @@ def test_database_down_is_503(make_client, make_batch):
 
     settings = ServerSettings(db_url="postgresql+psycopg://postgres@127.0.0.1:1/none",
                               migrate=False)
-    response = post(make_client(settings), make_batch().model_dump_json().encode())
+    client = make_client(settings)
+    response = post(client, make_batch().model_dump_json().encode())
     assert response.status_code == 503
     assert "retry" in response.json()["detail"]
+    assert int(response.headers["Retry-After"]) > 0
+    # A refusal that cannot be recorded while the database is down still answers its 4xx.
+    assert post(client, b"{").status_code == 400
+
+
+def test_same_key_with_other_content_is_a_conflict(client, make_batch, db_url, db_snapshot):
+    """A batch key claimed with other content is refused (409), counted, never a duplicate."""
+    real = make_batch(seq=5, jobs={"7": 1})
+    forged = make_batch(seq=5, jobs={"7": 1}, power_w=1.0)  # same key, other energy
+    assert post(client, forged.model_dump_json().encode()).json()["duplicate"] is False
+    before = db_snapshot(db_url)
+    response = post(client, real.model_dump_json().encode())
+    assert response.status_code == 409, response.text
+    detail = response.json()["detail"]
+    assert "conflict" in detail and "seq=5" in detail
+    after, refusals = split_refusals(db_snapshot(db_url))
+    assert after == split_refusals(before)[0]
+    # cluster, node, refused, conflicts, first_at, last_at, last_status, last_reason
+    assert [(r[0], r[1], r[2], r[3], r[6], r[7]) for r in refusals] == [
+        ("c1", "n1", 1, 1, 409, detail)]
+    # Retrying it stays a conflict; the stored batch itself stays a duplicate.
+    assert post(client, real.model_dump_json().encode()).status_code == 409
+    again = post(client, forged.model_dump_json().encode())
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    nodes = client.get("/api/v1/nodes", params={"cluster": "c1"}).json()
+    assert [(r["node"], r["refused"], r["conflicts"], r["last_status"])
+            for r in nodes["refusals"]] == [("n1", 2, 2, 409)]
+
+
+def test_same_content_in_another_encoding_is_a_duplicate(client, make_batch):
+    """The hash is of the decoded content: gzip, spacing, field order, time zones do not count."""
+    batch = make_batch(jobs={"7": 1, "8": 2})
+    assert post(client, batch.model_dump_json().encode()).json()["duplicate"] is False
+    body = as_dict(batch)
+    plus_two = timezone(timedelta(hours=2))
+    for interval in body["intervals"]:  # the same instants, written in another zone
+        for key in ("start", "end"):
+            when = datetime.fromisoformat(interval[key].replace("Z", "+00:00"))
+            interval[key] = when.astimezone(plus_two).isoformat()
+    text = json.dumps(dict(reversed(list(body.items()))), indent=2).encode()
+    response = post(client, gzip.compress(text), **{"Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.text
+    assert response.json()["duplicate"] is True
+
+
+def test_key_stored_without_hash_repeats_as_duplicate(client, make_batch, db_url):
+    """Keys stored before content hashes (NULL) keep answering duplicate, whatever comes."""
+    from sqlalchemy import update
+
+    from jobenergy.collector.db import make_engine
+    from jobenergy.collector.models import IngestedBatch
+
+    assert post(client, make_batch(seq=3).model_dump_json().encode()).status_code == 200
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(update(IngestedBatch).values(content_sha256=None))
+    finally:
+        engine.dispose()
+    other = make_batch(seq=3, power_w=7.0)
+    response = post(client, other.model_dump_json().encode())
+    assert response.status_code == 200 and response.json()["duplicate"] is True
+
+
+def test_refusals_are_recorded_per_node(make_client, server_settings, make_batch):
+    """Every 4xx of POST /api/v1/batches is counted per node with the latest reason and time."""
+    client = make_client(server_settings.model_copy(update={"max_body_bytes": 4096}))
+    first = as_dict(make_batch(node="n1", seq=1))
+    first["schema_version"] = 2
+    assert post(client, json.dumps(first).encode()).status_code == 422
+    second = as_dict(make_batch(node="n1", seq=2))
+    second["intervals"][0]["sources"][0]["measured_uj"] += 1
+    late = post(client, json.dumps(second).encode())
+    assert late.status_code == 422
+    other = as_dict(make_batch(cluster="c2", node="n9"))
+    other["agent_version"] = "x\x00"
+    assert post(client, json.dumps(other).encode()).status_code == 422
+    too_big = make_batch(n_intervals=50).model_dump_json().encode()
+    assert len(too_big) > 4096
+    assert post(client, too_big).status_code == 413  # unread: the sender is unknown
+
+    rows = {(r["cluster"], r["node"]): r for r in client.get("/api/v1/nodes").json()["refusals"]}
+    assert set(rows) == {("", ""), ("c1", "n1"), ("c2", "n9")}
+    n1 = rows[("c1", "n1")]
+    assert (n1["refused"], n1["conflicts"], n1["last_status"]) == (2, 0, 422)
+    assert n1["last_reason"] == late.json()["detail"]
+    assert n1["first_at"] <= n1["last_at"]
+    assert "NUL" in rows[("c2", "n9")]["last_reason"]
+    assert rows[("", "")]["last_status"] == 413
+    only_c2 = client.get("/api/v1/nodes", params={"cluster": "c2"}).json()["refusals"]
+    assert [(r["cluster"], r["node"], r["refused"]) for r in only_c2] == [("c2", "n9", 1)]
 
 
 def test_a_form_post_is_refused_with_415(client, make_batch):

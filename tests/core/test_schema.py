@@ -119,3 +119,27 @@ def test_an_interval_without_sources_carries_the_jobs_seen():
         "jobs": [{"job_id": "7", "uid": 1000, "cpu_time_us": 5}],
     }]))
     assert batch.intervals[0].sources == [] and batch.intervals[0].jobs[0].job_id == "7"
+
+
+@pytest.mark.parametrize(("time", "ok"), [
+    (0, True), ("1970-01-01T00:00:00Z", True), ("2099-12-31T23:59:59Z", True),
+    (-1, False), ("2100-01-01T00:00:00Z", False), ("9999-12-31T23:59:59-14:00", False),
+    ("0001-01-01T00:00:00+14:00", False),
+])
+def test_times_are_between_1970_and_2100(time, ok):
+    body = {"cluster": "c", "job_id": "1", "event": "start", "time": time}
+    if ok:
+        assert JobEvent.model_validate(body).time.utcoffset().total_seconds() == 0
+    else:
+        with pytest.raises(ValidationError, match="is not between 1970-01-01 and 2100-01-01"):
+            JobEvent.model_validate(body)
+
+
+def test_text_never_holds_nul():
+    base = {"cluster": "c", "job_id": "1", "event": "start", "time": 0}
+    for field, value in [("user", "a\x00"), ("tags", {"k\x00": "v"}), ("tags", {"k": "\x00"}),
+                         ("gpus", ["\x00"]), ("cluster", "\x00")]:
+        with pytest.raises(ValidationError, match="pattern"):
+            JobEvent.model_validate({**base, field: value})
+    with pytest.raises(ValidationError, match="pattern"):
+        Batch.model_validate(_batch(boot_id="b\x00"))

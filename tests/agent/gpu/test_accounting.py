@@ -334,3 +334,31 @@ def test_a_gpu_handed_over_inside_an_interval_is_split_by_time(
                                     "": 1_000_000 * 200})
     assert src.jobs_uj == {"501": expected["501"], "502": expected["502"]}
     assert src.unattributed_uj == expected[""]
+
+
+def test_energy_above_idle_follows_who_drove_the_gpu_at_a_handover(
+    sim, node, h100s, make_accounting
+):
+    from jobenergy.core.split import split_uj
+
+    gpu = h100s[0]
+    gpu.energy_mj = 0
+    sim.state.devices = [gpu]
+    sim.write()
+    node.job_v2("601", [6100])
+    node.map_gpus("601", "0")  # idle holder, ends
+    acc = make_accounting(static_power_w=60.0)
+    prev = acc.sample(["601"])
+    (node.gpu_map / "601").write_text(f"0\nend={time.time():.6f}\n")
+    node.job_v2("602", [6200])
+    node.map_gpus("602", "0")
+    gpu.processes = [SimProcess(pid=6200, sm_util=90)]  # the new holder drives it
+    gpu.energy_mj += 100_000
+    sim.write()
+    cur = acc.sample(["602"])
+    (src,) = acc.attribute(prev, cur, {"601": 400_000_000, "602": 300_000_000}, 1_000_000_000)
+    static = min(src.measured_uj, 60 * (cur.time_ns - prev.time_ns) // 1000)  # 60 W, µJ
+    idle = split_uj(static, {"601": src.measured_uj * 400_000_000,
+                             "602": src.measured_uj * 300_000_000,
+                             "": src.measured_uj * 300_000_000})
+    assert src.jobs_uj == {"601": idle["601"], "602": idle["602"] + src.measured_uj - static}
