@@ -32,7 +32,7 @@ splits each job's energy over its steps; no energy is split per step here.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
@@ -54,6 +54,7 @@ class JobUsage:
             steps whose cgroup exists at the end of it (a new step: its whole usage). A step
             that vanished during the interval is absent: its time is in ``cpu_ns`` only.
         alive_ns: How long the job existed inside the interval, ns; None for all of it.
+        alive_from_ns: When, after the interval's start, ns (with ``alive_ns``).
     """
 
     cpu_ns: int
@@ -62,6 +63,7 @@ class JobUsage:
     uid: int | None = None
     step_cpu_ns: dict[str, int] = field(default_factory=dict)
     alive_ns: int | None = None
+    alive_from_ns: int = 0
 
 
 def job_usage(
@@ -169,38 +171,71 @@ def attribute_cpu(
     static_uj = max(0, min(delta_uj, static_uj))
     dynamic_uj = delta_uj - static_uj
     full = max(1, span_ns)
-
-    if len(usage) == 1:
-        # Alone on the node for part of the interval: the node's static power is the job's
-        # for the time it lived (the exclusive rule, prorated), the idle rest is nobody's.
-        (job_id, only), = usage.items()
-        alloc_weights = {job_id: lived(only), UNATTRIBUTED: full - lived(only)}
-    else:
-        alloc_weights = {j: u.cpus * lived(u) for j, u in usage.items()}
-        alloc_weights[UNATTRIBUTED] = max(0, ncpus * full - sum(alloc_weights.values()))
-        if sum(v for k, v in alloc_weights.items() if k != UNATTRIBUTED) == 0:
-            # Allocation unknown: even split over the time each job lived.
-            alloc_weights = {j: lived(u) for j, u in usage.items()}
-            alloc_weights[UNATTRIBUTED] = max(0, full - max(alloc_weights.values()))
+    shares, alone_ns = _split_static(static_uj, usage, lived, ncpus, full)
 
     jobs_busy_ns = sum(u.cpu_ns for u in usage.values())
     busy_weights: dict[str, int] = {j: u.cpu_ns for j, u in usage.items()}
     other_ns = max(0, node_busy_ns - jobs_busy_ns)
     busy_weights[UNATTRIBUTED] = other_ns
-    if len(usage) == 1 and other_ns:
-        # The node is the job's while it lives (the exclusive rule): so is the busy time of
-        # no job during that part of the interval (taken as spread evenly over it).
-        (job_id, only), = usage.items()
-        own_ns = other_ns * lived(only) // full
-        busy_weights = {job_id: only.cpu_ns + own_ns, UNATTRIBUTED: other_ns - own_ns}
+    if other_ns and any(alone_ns.values()):
+        # The node is a job's while it is alone on it (the exclusive rule): so is the busy
+        # time of no job during that part of the interval (taken as spread evenly over it).
+        own = {j: other_ns * t // full for j, t in alone_ns.items()}
+        busy_weights = {j: u.cpu_ns + own.get(j, 0) for j, u in usage.items()}
+        busy_weights[UNATTRIBUTED] = other_ns - sum(own.values())
     if sum(busy_weights.values()) == 0:
-        busy_weights = alloc_weights
+        busy_weights = {j: lived(u) for j, u in usage.items()}
+        if sum(busy_weights.values()) == 0:
+            busy_weights = {UNATTRIBUTED: 1}  # nobody lived in it: the node's
 
-    shares = split_uj(static_uj, alloc_weights)
     for key, part in split_uj(dynamic_uj, busy_weights).items():
         shares[key] = shares.get(key, 0) + part
     unattributed_uj = shares.pop(UNATTRIBUTED, 0)
     return shares, unattributed_uj
+
+
+def _split_static(
+    static_uj: int,
+    usage: Mapping[str, JobUsage],
+    lived: Callable[[JobUsage], int],
+    ncpus: int,
+    full_ns: int,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Split the static energy over the interval's time, segment by segment.
+
+    In each stretch of the interval, the static energy of that stretch goes to the one job
+    alive then (alone on the node: all of it), or over the jobs alive then by allocated CPUs
+    (CPUs of no job: ``unattributed``; allocation unknown: evenly), or to ``unattributed``
+    when no job was alive. So jobs that follow each other on a node within one interval each
+    pay the node's static power for their own part of it.
+
+    Returns:
+        (static energy per job and ``UNATTRIBUTED``, ns each job was alone on the node).
+    """
+    spans = {}
+    for job_id, u in usage.items():
+        start = 0 if u.alive_ns is None else min(max(0, u.alive_from_ns), full_ns)
+        spans[job_id] = (start, min(full_ns, start + lived(u)))
+    cuts = sorted({0, full_ns, *(t for span in spans.values() for t in span)})
+    stretches = [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+    energies = split_uj(static_uj, {i: b - a for i, (a, b) in enumerate(stretches)})
+    shares: dict[str, int] = {UNATTRIBUTED: 0}
+    alone_ns: dict[str, int] = {}
+    for i, (a, b) in enumerate(stretches):
+        present = [j for j, (lo, hi) in spans.items() if lo <= a and hi >= b]
+        if len(present) == 1:
+            weights = {present[0]: 1}
+            alone_ns[present[0]] = alone_ns.get(present[0], 0) + b - a
+        elif present:
+            weights = {j: usage[j].cpus for j in present}
+            weights[UNATTRIBUTED] = max(0, ncpus - sum(weights.values()))
+            if sum(weights.values()) == 0:
+                weights = dict.fromkeys(present, 1)
+        else:
+            weights = {UNATTRIBUTED: 1}
+        for key, part in split_uj(energies[i], weights).items():
+            shares[key] = shares.get(key, 0) + part
+    return shares, alone_ns
 
 
 class StaticFloor:

@@ -12,18 +12,20 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from jobenergy.agent.text import printable
 from jobenergy.core.errors import SensorError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-JOB_RE = re.compile(r"^job_([0-9]+|s[0-9a-z]{13})$")
-UID_RE = re.compile(r"^uid_([0-9]+)$")
-_SLURM_V1_RE = re.compile(r"^slurm(?:_.+)?$")
+JOB_RE = re.compile(r"^job_([0-9]+|s[0-9a-z]{13})\Z")
+UID_RE = re.compile(r"^uid_([0-9]{1,10})\Z")
+_SLURM_V1_RE = re.compile(r"^slurm(?:_.+)?\Z")
 SCOPE = "slurmstepd.scope"
 _NS_PER_US = 1_000
 _READ_SIZE = 65_536
@@ -86,47 +88,115 @@ def parse_ns(text: str) -> int:
     return int(value)
 
 
-def job_id_from_proc_cgroup(text: str) -> str | None:
-    """Return the Slurm job id in the content of ``/proc/<pid>/cgroup``, or None.
+@dataclass(frozen=True, slots=True)
+class ProcJob:
+    """The Slurm job a process belongs to, from its ``/proc/<pid>/cgroup``.
+
+    Attributes:
+        job_id: The job id as in the folder name ("42" or a SLUID).
+        uid: The job's owner when the path says it (v1 ``uid_<U>``), else None.
+        path: The process's cgroup path (v2: the job's owner is the owner of its step's
+            ``user`` folder, which slurmstepd delegates to the user).
+    """
+
+    job_id: str
+    uid: int | None
+    path: str
+
+
+def _job_under_slurm_root(path: str) -> ProcJob | None:
+    """Return the job of one cgroup path when its job folder sits right under Slurm's root.
+
+    Only the first levels count (v1 ``/slurm[_<node>]/uid_<U>/job_<J>``, v2
+    ``/system.slice/[<node>_]slurmstepd.scope/job_<J>``): a ``job_<N>`` deeper down, such as
+    in a cgroup subtree slurmstepd delegated to the user (``.../step_0/user/...``) or under
+    ``user@<uid>.service`` (which systemd delegates to every user), is whatever the user
+    named it, not job N.
+    """
+    comps = path.split("/")
+    if len(comps) < 4 or comps[0] != "":
+        return None
+    top, middle, job = comps[1], comps[2], JOB_RE.match(comps[3])
+    if job is None:
+        return None
+    if top == "system.slice" and (middle == SCOPE or middle.endswith("_" + SCOPE)):
+        return ProcJob(job[1], None, path)
+    uid = UID_RE.match(middle)
+    if uid is not None and _SLURM_V1_RE.match(top):
+        return ProcJob(job[1], int(uid[1]), path)
+    return None
+
+
+def job_of_proc_cgroup(text: str, lines: int | None = None) -> ProcJob | None:
+    """Return the Slurm job in the content of ``/proc/<pid>/cgroup``, or None.
 
     Every line (``hierarchy-ID:controllers:path``, cgroups(7)) is examined, so any v1
     controller line (``4:cpuacct,cpu:/slurm/uid_1000/job_42/step_0/task_0``, or
     ``/slurm_<node>/...``) or the v2 line
     (``0::/system.slice/[<node>_]slurmstepd.scope/job_42/step_0/user/task_0``) will do.
+    Lines naming different jobs make the answer None: a process is in one job or none.
+
+    The kernel prints cgroup names as they are, and a user may name a folder of a subtree
+    delegated to them with a newline followed by a forged line: only ``\\n`` ends a line
+    (never the other separators ``str.splitlines`` knows), and when ``lines`` (the number of
+    cgroup hierarchies: every process has one line per hierarchy) is given, a file with
+    more lines is no job's.
 
     Args:
         text: Content of ``/proc/<pid>/cgroup``.
+        lines: How many lines the file must have, e.g. from :func:`hierarchy_count`.
 
     Returns:
-        The job id as in the folder name ("42" or a SLUID), None if the process is in no
-        Slurm job cgroup (slurmstepd's own ``system`` cgroup, a login session, ...).
+        The job, None if the process is in no Slurm job cgroup (slurmstepd's own ``system``
+        cgroup, a login session, a folder merely called ``job_<N>``, ...).
     """
-    for line in text.splitlines():
-        parts = line.split(":", 2)
+    rows = text.split("\n")
+    if rows and rows[-1] == "":
+        rows.pop()
+    if lines is not None and len(rows) != lines:
+        return None
+    found: ProcJob | None = None
+    for row in rows:
+        parts = row.split(":", 2)
         if len(parts) != 3:
             continue
-        comps = parts[2].split("/")
-        for i in range(1, len(comps)):
-            m = JOB_RE.match(comps[i])
-            if m is None:
-                continue
-            parent = comps[i - 1]
-            if parent == SCOPE or parent.endswith("_" + SCOPE):
-                return m[1]
-            if i >= 2 and UID_RE.match(parent) and _SLURM_V1_RE.match(comps[i - 2]):
-                return m[1]
-    return None
+        job = _job_under_slurm_root(parts[2])
+        if job is None:
+            continue
+        if found is not None and found.job_id != job.job_id:
+            return None
+        if found is None or (found.uid is None and job.uid is not None):
+            found = job
+    return found
 
 
-def job_id_from_pid(procfs_root: str | Path, pid: int) -> str | None:
-    """Return the Slurm job id of a process from ``<procfs_root>/<pid>/cgroup``, or None.
+def hierarchy_count(procfs_root: str | Path) -> int | None:
+    """Return how many lines this process's own ``/proc/self/cgroup`` has (the number of
+    cgroup hierarchies, the same for every process), or None when it cannot be read (a
+    simulated procfs)."""
+    try:
+        text = read_text(os.path.join(os.fspath(procfs_root), "self", "cgroup"))
+    except OSError:
+        return None
+    return len(text.rstrip("\n").split("\n")) if text else None
+
+
+def job_id_from_proc_cgroup(text: str, lines: int | None = None) -> str | None:
+    """Return the Slurm job id in the content of ``/proc/<pid>/cgroup`` (see
+    :func:`job_of_proc_cgroup`), or None."""
+    job = job_of_proc_cgroup(text, lines)
+    return None if job is None else job.job_id
+
+
+def job_of_pid(procfs_root: str | Path, pid: int) -> ProcJob | None:
+    """Return the Slurm job of a process from ``<procfs_root>/<pid>/cgroup``, or None.
 
     Args:
         procfs_root: Mount point of procfs, normally ``/proc``.
         pid: Process id.
 
     Returns:
-        The job id, or None if the process is in no Slurm job or has exited.
+        The job, or None if the process is in no Slurm job or has exited.
 
     Raises:
         SensorError: The file exists but cannot be read.
@@ -137,8 +207,36 @@ def job_id_from_pid(procfs_root: str | Path, pid: int) -> str | None:
     except OSError as err:
         if err.errno in VANISHED_ERRNOS:
             return None
-        raise SensorError(f"cannot read {path}: {err.strerror or err}") from err
-    return job_id_from_proc_cgroup(text)
+        raise SensorError(f"cannot read {printable(path)}: {err.strerror or err}") from err
+    return job_of_proc_cgroup(text, hierarchy_count(procfs_root))
+
+
+def job_id_from_pid(procfs_root: str | Path, pid: int) -> str | None:
+    """Return the Slurm job id of a process (see :func:`job_of_pid`), or None."""
+    job = job_of_pid(procfs_root, pid)
+    return None if job is None else job.job_id
+
+
+def job_owner_uid(cgroup_root: str | Path, job: ProcJob) -> int | None:
+    """Return the uid that owns ``job``, or None when its cgroups do not say.
+
+    cgroup v1 names it (``uid_<U>``). In v2 the job folder is root's, but slurmstepd makes
+    each step's ``user`` folder (where the tasks run) owned by the job's user, so a process
+    there gets the owner of that folder; one elsewhere in the job (slurmstepd's own
+    ``slurm`` folder) gets None.
+    """
+    if job.uid is not None:
+        return job.uid
+    comps = job.path.split("/")
+    if len(comps) < 6 or comps[5] != "user" or not comps[4].startswith("step_"):
+        return None
+    rel = "/".join(comps[1:6])
+    for base in (os.fspath(cgroup_root), os.path.join(os.fspath(cgroup_root), "unified")):
+        try:
+            return os.stat(os.path.join(base, rel)).st_uid
+        except OSError:
+            continue
+    return None
 
 
 def read_text(path: str) -> str:
@@ -163,11 +261,11 @@ def read_parsed(path: str, parse: Callable[[str], T]) -> T:
     except OSError as err:
         if err.errno in VANISHED_ERRNOS:
             raise Vanished(path) from err
-        raise SensorError(f"cannot read {path}: {err.strerror or err}") from err
+        raise SensorError(f"cannot read {printable(path)}: {err.strerror or err}") from err
     try:
         return parse(text)
     except ValueError as err:
-        raise SensorError(f"garbage in {path}: {err}") from err
+        raise SensorError(f"garbage in {printable(path)}: {err}") from err
 
 
 def list_names(path: str) -> list[str]:
@@ -181,7 +279,7 @@ def list_names(path: str) -> list[str]:
     except OSError as err:
         if err.errno in VANISHED_ERRNOS:
             raise Vanished(path) from err
-        raise SensorError(f"cannot list {path}: {err.strerror or err}") from err
+        raise SensorError(f"cannot list {printable(path)}: {err.strerror or err}") from err
     names.sort()
     return names
 
@@ -194,11 +292,11 @@ def list_dirs(path: str) -> list[str]:
     except OSError as err:
         if err.errno in VANISHED_ERRNOS:
             raise Vanished(path) from err
-        raise SensorError(f"cannot list {path}: {err.strerror or err}") from err
+        raise SensorError(f"cannot list {printable(path)}: {err.strerror or err}") from err
 
 
 #: Slurm's step folders: ``step_<N>``, ``step_<N>+<K>`` (het), batch, extern, interactive.
-STEP_RE = re.compile(r"^step_([0-9]{1,10}(?:\+[0-9]{1,4})?|batch|extern|interactive)$")
+STEP_RE = re.compile(r"^step_([0-9]{1,10}(?:\+[0-9]{1,4})?|batch|extern|interactive)\Z")
 #: Steps read per job: a job may make folders in a cgroup delegated to it (v2), and each one
 #: read at every sample would cost the agent without bound.
 MAX_STEPS = 64

@@ -52,7 +52,9 @@ from jobenergy.agent.cgroupfs import (
     usage_v2,
 )
 from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
+from jobenergy.agent.text import printable
 from jobenergy.core.errors import ConfigError, SensorError
+from jobenergy.core.schema import MAX_UID
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +167,18 @@ class SlurmCgroups:
             except OSError as err:
                 raise SensorError(f"cannot list {parent}: {err.strerror or err}") from err
             if len(found) > 1:
+                names = printable(", ".join(found))
                 raise ConfigError(
-                    f"several Slurm cgroup roots in {parent}: {', '.join(found)}; set the "
-                    "agent's node name so the right one is used"
+                    f"several Slurm cgroup roots in {parent}: {names}; set the agent's node "
+                    "name so the right one is used"
                 )
             chosen = found[0] if found else None
         if chosen is None:
             return None
         self._slurm_dir = os.path.join(parent, chosen)
-        logger.debug("Slurm cgroup root version=%s path=%s", self.version, self._slurm_dir)
+        logger.debug(
+            "Slurm cgroup root version=%s path=%s", self.version, printable(self._slurm_dir)
+        )
         return self._slurm_dir
 
     # -- v1 -------------------------------------------------------------------------------
@@ -198,7 +203,7 @@ class SlurmCgroups:
                 m = JOB_RE.match(job_name)
                 job_path = f"{uid_path}/{job_name}"
                 if m is None:
-                    logger.debug("ignoring non-job cgroup folder path=%s", job_path)
+                    logger.debug("ignoring non-job cgroup folder path=%s", printable(job_path))
                     continue
                 try:
                     usage_ns = usage_v1(job_path)
@@ -209,7 +214,7 @@ class SlurmCgroups:
                 cpus_path = f"{cpuset_dir}/{uid_name}/{job_name}/cpuset.cpus"
                 jobs[m[1]] = JobCgroup(
                     job_id=m[1],
-                    uid=int(uid_m[1]),
+                    uid=uid if (uid := int(uid_m[1])) <= MAX_UID else None,
                     cpu_usage_ns=usage_ns,
                     cpus=self._cached_cpus(job_path, cpus_path, cpus_v1),
                     steps=steps,
@@ -323,7 +328,7 @@ class SlurmCgroups:
             m = JOB_RE.match(name)
             if m is None:
                 if name.startswith("job_"):
-                    logger.debug("ignoring non-job cgroup folder path=%s", path)
+                    logger.debug("ignoring non-job cgroup folder path=%s", printable(path))
                 try:
                     other_usage_ns += usage_v2(path)  # slurmstepd's "system": no job's time
                 except Vanished:

@@ -50,7 +50,11 @@ class CounterRecord:
             ],
         }
         tmp = self.path.with_name(".counters.json.tmp")
-        tmp.write_text(json.dumps(data))
+        # 0600 like the rest of the spool, whatever the umask (agent/spool.py).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as fh:
+            os.fchmod(fd, 0o600)
+            fh.write(json.dumps(data))
         os.replace(tmp, self.path)
 
     def load(self) -> tuple[datetime, dict[str, Reading]] | None:

@@ -9,24 +9,27 @@ delivers them.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from dataclasses import replace
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from jobenergy.agent.annotations import AnnotationServer
 from jobenergy.agent.attribution import StaticFloor, attribute_cpu, job_usage
 from jobenergy.agent.continuity import CounterRecord, gap_interval
-from jobenergy.agent.lifetime import alive_ns
+from jobenergy.agent.lifetime import alive_spans
 from jobenergy.agent.metrics import AgentMetrics
-from jobenergy.agent.phases import PhaseBook
+from jobenergy.agent.phases import PhaseBook, Segment
 from jobenergy.agent.procstat import read_boot_id
 from jobenergy.agent.pusher import Pusher
 from jobenergy.agent.readings import Reading
 from jobenergy.agent.sampler import Sample, Sampler
 from jobenergy.agent.settings import AgentSettings
-from jobenergy.agent.spool import Spool
+from jobenergy.agent.spool import Spool, split_by_size, utf8_len
 from jobenergy.core.counters import counter_delta
 from jobenergy.core.schema import (
     MAX_STEPS_PER_JOB,
@@ -61,6 +64,12 @@ def _step_cpu_us(step_cpu_ns: dict[str, int]) -> dict[str, int]:
     return out
 
 
+def _envelope_bytes(batch: dict) -> int:
+    """Return the bytes a batch body holds besides its intervals (the largest ``seq``), plus
+    room for gzip's header and trailer."""
+    return len(json.dumps({**batch, "seq": 2**62, "intervals": []}).encode()) + 64
+
+
 class Agent:
     """A node agent bound to its settings; :meth:`run` is the daemon loop."""
 
@@ -71,7 +80,7 @@ class Agent:
         self.sampler = Sampler(settings, self.metrics)
         self.gpu = self.sampler.gpu
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
-        self.pusher = Pusher(settings.collector_url, self.spool)
+        self.pusher = Pusher(settings.collector_url, self.spool, metrics=self.metrics)
         self._floors = {
             "cpu": settings.cpu_static_power_w,
             "dram": settings.dram_static_power_w,
@@ -105,7 +114,7 @@ class Agent:
             if not e.ended_by(start_ns) and (e.start_ns is None or e.start_ns < end_ns)
         }
         usage = job_usage(prev.cgroups, cur.cgroups, hinted)
-        alive = alive_ns(
+        spans = alive_spans(
             usage.keys() | job_map.keys(),
             start_ns=start_ns,
             end_ns=end_ns,
@@ -114,8 +123,10 @@ class Agent:
             job_map=job_map,
             ended=cur.cgroups.ended_ns,
         )
+        alive = {j: hi - lo for j, (lo, hi) in spans.items()}
         usage = {
-            j: replace(u, alive_ns=alive[j]) if j in alive else u for j, u in usage.items()
+            j: replace(u, alive_ns=alive[j], alive_from_ns=spans[j][0]) if j in spans else u
+            for j, u in usage.items()
         }
         node_busy_ns = 0
         ncpus = 0
@@ -184,7 +195,25 @@ class Agent:
         )
         jobs = [self._with_phase(job, prev.wall, cur.wall) for job in jobs]
         phases = [
-            PhaseRecord(
+            record
+            for job_id, seg in self.phases.pop_finished()
+            if (record := self._phase_record(job_id, seg)) is not None
+        ]
+        self.phases.forget(set(cur.cgroups.jobs), before=prev.wall)
+        interval = Interval(
+            start=prev.wall, end=cur.wall, sources=sources, jobs=jobs, phases=phases
+        )
+        self._last_reading.update(seen)
+        return interval
+
+    def _phase_record(self, job_id: str, seg: Segment) -> PhaseRecord | None:
+        """Return the wire record of a closed phase; None (logged, counted) when invalid.
+
+        The socket already checks every field, so this never happens; but a record the
+        collector would refuse must cost only itself, never the node's batch.
+        """
+        try:
+            return PhaseRecord(
                 job_id=job_id,
                 phase=seg.phase,
                 model=seg.model,
@@ -194,14 +223,14 @@ class Agent:
                 metrics=seg.metrics,
                 tags=seg.tags,
             )
-            for job_id, seg in self.phases.pop_finished()
-        ]
-        self.phases.forget(set(cur.cgroups.jobs), before=prev.wall)
-        interval = Interval(
-            start=prev.wall, end=cur.wall, sources=sources, jobs=jobs, phases=phases
-        )
-        self._last_reading.update(seen)
-        return interval
+        except ValidationError as err:
+            self.metrics.phases_dropped.inc()
+            logger.warning(
+                "phase not sent: invalid for the wire job_id=%s err=%s",
+                job_id,
+                str(err).splitlines()[:3],
+            )
+            return None
 
     def _with_phase(self, job: JobSample, start: datetime, end: datetime) -> JobSample:
         label = self.phases.label(job.job_id, start, end)
@@ -237,7 +266,12 @@ class Agent:
             self.seal()
 
     def seal(self) -> None:
-        """Write the queued intervals to the spool as one batch and wake the pusher."""
+        """Write the queued intervals to the spool and wake the pusher.
+
+        The intervals are spread over as many batches as it takes for each body to stay
+        within ``max_batch_bytes`` (JSON before gzip), so no batch is ever refused as too
+        large: a refused batch would cost every job of the node its energy.
+        """
         self._last_seal_mono_ns = time.monotonic_ns()
         if not self._pending:
             return
@@ -248,14 +282,43 @@ class Agent:
             "boot_id": self.boot_id,
             "agent_version": AGENT_VERSION,
         }
-        intervals_json = "[" + ",".join(i.model_dump_json() for i in self._pending) + "]"
+        budget_bytes = self.settings.max_batch_bytes - _envelope_bytes(batch)
+        texts = [self._interval_json(i, budget_bytes) for i in self._pending]
         if self._prev is not None:
             self.counter_record.save(self._prev.wall, self._last_reading)
-        self.spool.seal(batch, {"intervals": intervals_json})
+        for group in split_by_size(texts, budget_bytes):
+            self.spool.seal(batch, {"intervals": "[" + ",".join(group) + "]"})
         self._pending = []
         self.pusher.notify()
         self.metrics.spool_pending.set(self.spool.pending_count())
         self.metrics.spool_dropped.set(self.spool.dropped_total)
+
+    def _interval_json(self, interval: Interval, budget_bytes: int) -> str:
+        """Return an interval's JSON; one too large for a batch alone loses its phases.
+
+        Never at the defaults (phases per interval are capped far below); with a small
+        ``max_batch_bytes`` the energy is kept and the phases, counted and logged, are not.
+        """
+        text = interval.model_dump_json()
+        if utf8_len(text) < budget_bytes or not interval.phases:
+            return text
+        self.metrics.phases_dropped.inc(len(interval.phases))
+        logger.warning(
+            "interval larger than max_batch_bytes=%s: its %s phases are not sent start=%s",
+            self.settings.max_batch_bytes,
+            len(interval.phases),
+            interval.start.isoformat(),
+        )
+        text = interval.model_copy(update={"phases": []}).model_dump_json()
+        if utf8_len(text) >= budget_bytes:
+            logger.error(
+                "interval larger than max_batch_bytes=%s even without phases: sent alone "
+                "bytes=%s start=%s",
+                self.settings.max_batch_bytes,
+                utf8_len(text),
+                interval.start.isoformat(),
+            )
+        return text
 
     # -- daemon -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -264,7 +327,11 @@ class Agent:
             self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         if self.settings.annotation_socket:
             server = AnnotationServer(
-                self.settings.annotation_socket, self.settings.procfs_root, self.phases
+                self.settings.annotation_socket,
+                self.settings.procfs_root,
+                self.phases,
+                cgroup_root=self.settings.cgroup_root,
+                metrics=self.metrics,
             )
             try:
                 server.start()

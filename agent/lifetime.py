@@ -20,7 +20,7 @@ from jobenergy.agent.jobmap import JobMapEntry
 from jobenergy.agent.readings import JobCgroup
 
 
-def alive_ns(
+def alive_spans(
     job_ids: Iterable[str],
     *,
     start_ns: int,
@@ -30,7 +30,7 @@ def alive_ns(
     job_map: Mapping[str, JobMapEntry],
     ended: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
-    """Return, for the jobs that lived only part of ``[start_ns, end_ns)``, how long they did.
+    """Return, for the jobs that lived only part of ``[start_ns, end_ns)``, when they did.
 
     Args:
         job_ids: The jobs to look at.
@@ -42,11 +42,11 @@ def alive_ns(
         ended: Jobs whose cgroup vanished in the interval → when (epoch ns, upper bound).
 
     Returns:
-        Job id → ns alive inside the interval, ``0 <= ns < end_ns - start_ns``; jobs alive for
-        the whole interval are left out.
+        Job id → (from, to) ns after the interval's start, ``0 <= from <= to <= span``, with
+        ``to - from < span``; jobs alive for the whole interval are left out.
     """
     span_ns = end_ns - start_ns
-    out: dict[str, int] = {}
+    out: dict[str, tuple[int, int]] = {}
     if span_ns <= 0:
         return out
     for job_id in job_ids:
@@ -59,7 +59,7 @@ def alive_ns(
                 # Announced by the prolog, no cgroup yet (on a loaded node the prolog can run
                 # a second before the cgroup is made): it does not exist for energy yet. A job
                 # whose cgroup no sample saw gets its lifetime from the map once it ended.
-                out[job_id] = 0
+                out[job_id] = (0, 0)
                 continue
             if born is None and entry is not None:
                 born = entry.start_ns
@@ -72,5 +72,5 @@ def alive_ns(
             hi = min(hi, ended[job_id])
         hi = max(hi, lo)
         if hi - lo < span_ns:
-            out[job_id] = hi - lo
+            out[job_id] = (lo - start_ns, hi - start_ns)
     return out

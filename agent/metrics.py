@@ -56,6 +56,26 @@ class AgentMetrics:
         self.push_failures = Gauge(
             "jobenergy_agent_push_failures", "Failed deliveries to the collector", registry=r
         )
+        # prometheus_client appends _total: jobenergy_agent_batches_rejected_total{reason}.
+        self.batches_rejected = Counter(
+            "jobenergy_agent_batches_rejected",
+            "Batches the collector refused (4xx, reason = HTTP status), kept in rejected/",
+            ["reason"],
+            registry=r,
+        )
+        self.annotations_refused = Counter(
+            "jobenergy_agent_annotations_refused",
+            "Annotations refused at the socket, by reason (invalid, rate, connections, busy, "
+            "not_in_job, owner, phase_cap)",
+            ["reason"],
+            registry=r,
+        )
+        self.phases_dropped = Counter(
+            "jobenergy_agent_phases_dropped",
+            "Closed phases not sent: invalid for the wire, or their interval alone was larger "
+            "than max_batch_bytes",
+            registry=r,
+        )
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose /metrics on ``addr:port`` in a background thread."""

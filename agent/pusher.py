@@ -1,14 +1,18 @@
 """Deliver spooled batches to the collector, in order, with retry.
 
 Runs in its own thread so a slow or absent collector never delays sampling. A batch leaves
-the spool only when the collector answers 2xx (a duplicate is a success: it was stored
-before). A 4xx other than 408/429 means the batch itself is bad and retrying cannot help: it
-is moved to ``rejected/`` with the reason. Everything else (connection refused, 5xx,
-timeouts) is retried with exponential backoff and full jitter.
+the spool only when the collector answers 2xx (``{"duplicate": true}`` is a success: the
+same content was stored before). A 4xx other than 408/425/429 means the collector refuses
+this batch and retrying cannot help; 409 (its key was stored with other content) is such a
+refusal, never a success. A refused batch is never dropped: it is moved to ``rejected/``
+with the collector's answer, counted in ``jobenergy_agent_batches_rejected_total{reason}``
+(reason = the HTTP status) and logged once, at WARNING (DESIGN.md decision 14). Everything
+else (connection refused, 5xx, timeouts) is retried with exponential backoff and jitter.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -16,11 +20,29 @@ import time
 
 import httpx
 
-from jobenergy.agent.spool import Spool
+from jobenergy.agent.metrics import AgentMetrics
+from jobenergy.agent.spool import Spool, SpooledBatch
+from jobenergy.agent.text import printable
 
 logger = logging.getLogger(__name__)
 
 _RETRYABLE_4XX = {408, 425, 429}
+#: The collector's reason as logged (the ``.reason`` file next to the batch keeps more).
+_LOGGED_REASON_CHARS = 300
+_KEPT_REASON_CHARS = 2000
+
+
+def refusal_reason(resp: httpx.Response, limit_chars: int) -> str:
+    """Return the collector's reason for a 4xx: its JSON ``detail``, else the body, truncated
+    and with control characters escaped (it goes into a log line)."""
+    try:
+        detail = resp.json().get("detail", resp.text)
+    except (ValueError, AttributeError):
+        detail = resp.text
+    text = detail if isinstance(detail, str) else json.dumps(detail, ensure_ascii=False)
+    if len(text) > limit_chars:
+        text = text[:limit_chars] + "..."
+    return printable(text)
 
 
 class Pusher:
@@ -31,6 +53,7 @@ class Pusher:
         spool: The agent's spool.
         timeout_s: Per-request timeout.
         backoff_initial_s: First retry delay; doubles up to ``backoff_max_s``.
+        metrics: The agent's metrics (refused batches are counted there).
     """
 
     def __init__(
@@ -41,12 +64,14 @@ class Pusher:
         timeout_s: float = 10.0,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 60.0,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.url = collector_url.rstrip("/") + "/api/v1/batches"
         self.spool = spool
         self.timeout_s = timeout_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.metrics = metrics
         self.sent_total = 0
         self.failures_total = 0
         self._client = httpx.Client(timeout=timeout_s)
@@ -94,11 +119,27 @@ class Pusher:
                 self._backoff_s = 0.0
                 continue
             if 400 <= resp.status_code < 500 and resp.status_code not in _RETRYABLE_4XX:
-                self.spool.reject(batch, f"HTTP {resp.status_code}: {resp.text[:2000]}")
+                self._refused(batch, resp)
                 continue
             self._failed(f"collector answered HTTP {resp.status_code}")
             return False
         return True
+
+    def _refused(self, batch: SpooledBatch, resp: httpx.Response) -> None:
+        """Keep a refused batch in ``rejected/``, count it and log it, once."""
+        status = resp.status_code
+        kept_at = self.spool.reject(
+            batch, f"HTTP {status}: {refusal_reason(resp, _KEPT_REASON_CHARS)}"
+        )
+        if self.metrics is not None:
+            self.metrics.batches_rejected.labels(str(status)).inc()
+        logger.warning(
+            "collector refused batch, kept seq=%s status=%s reason=%s kept_at=%s",
+            batch.seq,
+            status,
+            refusal_reason(resp, _LOGGED_REASON_CHARS),
+            kept_at if kept_at is not None else "(dropped by the spool size cap)",
+        )
 
     def _failed(self, reason: str) -> None:
         self.failures_total += 1

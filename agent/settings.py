@@ -28,6 +28,9 @@ class _TomlTableSource(PydanticBaseSettingsSource):
         return dict(self._values)
 
 
+#: 4 MiB: an eighth of the collector's default body limit (collector/settings.py).
+DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
+
 _NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 
@@ -71,6 +74,10 @@ class AgentSettings(BaseSettings):
     metrics_addr: str = "127.0.0.1"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     max_intervals_per_batch: int = Field(default=3600, gt=0, le=10_000)
+    # Largest batch body, bytes of JSON before gzip (so the gzip body is smaller still):
+    # intervals are spread over several batches below it. Keep it under the collector's
+    # max_body_bytes (32 MiB by default), which it checks compressed and decompressed.
+    max_batch_bytes: int = Field(default=DEFAULT_MAX_BATCH_BYTES, ge=4096, le=1 << 30)
 
     @field_validator("node")
     @classmethod

@@ -9,6 +9,10 @@ number would make it drop new data as a duplicate.
 
 When the spool exceeds ``max_bytes`` the oldest batches are dropped (logged at ERROR and
 counted): a node cut off from the collector for days must not fill its disk.
+
+The folders are 0700 and every file 0600 whatever the umask: the sequence number in
+``state.json`` and the batches would let a local user predict and claim the node's next batch
+keys, or read what jobs ran.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from jobenergy.core.errors import SpoolError
 logger = logging.getLogger(__name__)
 
 _SUFFIX = ".json.gz"
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +51,53 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename), mode 0600.
+
+    The mode is set on the open file descriptor, so neither the umask nor a stale temp file
+    left with other permissions can make it readable by others.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
+    with open(fd, "wb") as fh:
+        os.fchmod(fd, _FILE_MODE)
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) and make it 0700, also when it existed before."""
+    path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, _DIR_MODE)
+
+
+def split_by_size(texts: list[str], budget_bytes: int) -> list[list[str]]:
+    """Group JSON texts, in order, so that each group joined with commas fits ``budget_bytes``.
+
+    Sizes are UTF-8 bytes. A text larger than the budget on its own makes a group alone: the
+    caller decides what to do with it (an interval cannot be cut in two).
+    """
+    groups: list[list[str]] = []
+    current: list[str] = []
+    used = 0
+    for text in texts:
+        size = utf8_len(text) + 1  # the comma
+        if current and used + size > budget_bytes:
+            groups.append(current)
+            current, used = [], 0
+        current.append(text)
+        used += size
+    if current:
+        groups.append(current)
+    return groups
+
+
+def utf8_len(text: str) -> int:
+    """Return the UTF-8 size of ``text`` (without encoding ASCII, by far the usual case)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class Spool:
@@ -71,8 +116,8 @@ class Spool:
         self.dropped_total = 0
         self.rejected_total = 0
         try:
-            self.batches_dir.mkdir(parents=True, exist_ok=True)
-            self.rejected_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.dir, self.batches_dir, self.rejected_dir):
+                make_private_dir(folder)
         except OSError as err:
             raise SpoolError(f"cannot create spool folder {self.dir}: {err}") from err
         self._next_seq = self._load_next_seq()
@@ -99,7 +144,7 @@ class Spool:
         return max(state_seq, file_seq)
 
     def _save_next_seq(self) -> None:
-        _write_atomic(self.dir / "state.json", json.dumps({"next_seq": self._next_seq}).encode())
+        write_private(self.dir / "state.json", json.dumps({"next_seq": self._next_seq}).encode())
 
     # -- batches ----------------------------------------------------------------------
     def seal(
@@ -127,7 +172,7 @@ class Spool:
             self._next_seq = seq + 1
             # State first: a crash in between skips a seq number, never reuses one.
             self._save_next_seq()
-            _write_atomic(path, payload)
+            write_private(path, payload)
         except OSError as err:
             raise SpoolError(f"cannot write batch seq={seq} to {path}: {err}") from err
         self._enforce_cap()
@@ -176,18 +221,26 @@ class Spool:
         """Delete a batch the collector acknowledged."""
         batch.path.unlink(missing_ok=True)
 
-    def reject(self, batch: SpooledBatch, reason: str) -> None:
-        """Move a batch the collector refused (4xx) aside so it does not block the queue."""
+    def reject(self, batch: SpooledBatch, reason: str) -> Path | None:
+        """Move a batch the collector refused (4xx) aside so it does not block the queue.
+
+        The batch is kept, never deleted, with the collector's answer next to it
+        (``<seq>.json.reason``); the caller logs and counts the refusal.
+
+        Returns:
+            Where the batch is kept, or None when the size cap dropped it meanwhile.
+        """
         self.rejected_total += 1
         target = self.rejected_dir / batch.path.name
         try:
             os.replace(batch.path, target)
-            target.with_suffix(".reason").write_text(reason)
         except FileNotFoundError:
-            return  # dropped by the size cap meanwhile
-        logger.error(
-            "collector rejected batch seq=%s kept_at=%s reason=%s", batch.seq, target, reason
-        )
+            return None  # dropped by the size cap meanwhile
+        try:
+            write_private(target.with_suffix(".reason"), reason.encode("utf-8", "replace"))
+        except OSError as err:
+            logger.warning("cannot write refusal reason path=%s err=%s", target, err)
+        return target
 
     def _enforce_cap(self) -> None:
         pending = self.pending()

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import socket
 import time
 from contextlib import contextmanager
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = "/run/jobenergy/agent.sock"
 PHASES = ("training", "inference", "other")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class AnnotationError(Exception):
@@ -53,18 +56,56 @@ def _socket_path() -> str:
     return DEFAULT_SOCKET
 
 
+def check_message(message: dict[str, Any]) -> dict[str, Any]:
+    """Return ``message`` with metrics as floats, or say what the agent would refuse.
+
+    The agent checks everything itself; this only gives a job a clear error before it sends:
+    metrics must be finite numbers (NaN and infinity have no JSON form and mean nothing as
+    a quality figure) and no text may hold control characters.
+
+    Raises:
+        AnnotationError: A metric is not a finite number or a text holds a control character.
+    """
+    given, tags = message.get("metrics") or {}, message.get("tags") or {}
+    if not isinstance(given, dict) or not isinstance(tags, dict):
+        return message  # not this function's business: the agent names the problem
+    metrics = {key: _finite(key, value) for key, value in given.items()}
+    texts = [message.get("model"), *tags, *tags.values(), *metrics]
+    for text in texts:
+        if isinstance(text, str) and _CONTROL.search(text):
+            raise AnnotationError(f"{text[:40]!r} holds a control character")
+    return {**message, "metrics": metrics} if "metrics" in message else message
+
+
+def _finite(key: str, value: Any) -> float:
+    """Return a metric as a float (numpy scalars and Decimals must not crash a job)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise AnnotationError(f"metric {key!r} is {value!r}, not a number") from None
+    if not math.isfinite(number):
+        raise AnnotationError(f"metric {key!r} is {number}: only finite numbers can be recorded")
+    return number
+
+
 def send(message: dict[str, Any], *, timeout_s: float = 2.0) -> dict[str, Any]:
     """Send one request to the agent and return its JSON answer.
 
     Raises:
         OSError: No agent listens on the socket.
-        AnnotationError: The agent answered with an error.
+        AnnotationError: The agent answered with an error, or :func:`check_message` found
+            what it would refuse.
     """
+    message = check_message(message)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         sock.connect(_socket_path())
-        # default=float: numpy scalars and Decimals in metrics/samples must not crash a job.
-        sock.sendall(json.dumps(message, default=float).encode() + b"\n")
+        # default=float: numpy scalars and Decimals in samples must not crash a job.
+        body = json.dumps(message, default=float, allow_nan=False)
+        try:
+            sock.sendall(body.encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before reading (over a limit): the answer says why
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)

@@ -118,12 +118,14 @@ je_post() {
 }
 
 # je_send BODY: deliver now, else keep it in the outbox; after a success, drain the outbox.
+# The outbox is 0700 and its events 0600 whatever the site's umask: they hold job names,
+# comments and tags, which Slurm shows only to whom PrivateData allows.
 je_send() {
   local tmp name f n=0
-  mkdir -p "$JOBENERGY_OUTBOX" 2>/dev/null
   name="$(date +%s%N)-${JOB}-${JE_ROLE}-${SLURMD_NODENAME:-ctld}-$$.json"
   tmp="$JOBENERGY_OUTBOX/.${name}.tmp"
-  printf '%s' "$1" > "$tmp" 2>/dev/null || { je_log "cannot write $tmp"; return; }
+  ( umask 077 && mkdir -p "$JOBENERGY_OUTBOX" && printf '%s' "$1" > "$tmp" ) 2>/dev/null \
+    || { je_log "cannot write $tmp"; return; }
   if je_post "$tmp"; then
     rm -f "$tmp"
     for f in "$JOBENERGY_OUTBOX"/*.json; do
@@ -203,17 +205,21 @@ case "$JE_ROLE" in
     # Every job gets a map file (empty without GPUs): it also tells the agent that a job
     # shorter than one sample interval ran here (agent/jobmap.py).
     # Line 1: the GPUs; start=: when the job began here (agent/jobmap.py).
-    mkdir -p "$JOBENERGY_GPU_MAP_DIR" \
+    # Modes: folder 0755, files 0644, root's, whatever the site's umask. Nobody else may
+    # write them (the agent trusts them); anyone may read them: they hold job ids, GPU ids and
+    # times, which squeue and scontrol show every user anyway.
+    ( umask 022 && mkdir -p "$JOBENERGY_GPU_MAP_DIR" && rm -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
       && printf '%s\nstart=%s\n' "${SLURM_JOB_GPUS:-}" "$(date +%s.%N)" > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
-      && mv -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" "$JOBENERGY_GPU_MAP_DIR/$JOB" \
+      && mv -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" "$JOBENERGY_GPU_MAP_DIR/$JOB" ) \
       || je_log "cannot write job map in $JOBENERGY_GPU_MAP_DIR"
     je_send "$(je_event start "$(je_gpu_json)")" ;;
   epilog)
     if [ -e "$JOBENERGY_GPU_MAP_DIR/$JOB" ]; then
       # end=: the job pays until now, not while the file lingers for the agent's next sample.
-      { head -c 4000 "$JOBENERGY_GPU_MAP_DIR/$JOB"; printf 'end=%s\n' "$(date +%s.%N)"; } \
+      ( umask 022 && rm -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
+        && { head -c 4000 "$JOBENERGY_GPU_MAP_DIR/$JOB"; printf 'end=%s\n' "$(date +%s.%N)"; } \
         > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
-        && mv -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" "$JOBENERGY_GPU_MAP_DIR/$JOB"
+        && mv -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" "$JOBENERGY_GPU_MAP_DIR/$JOB" )
       setsid -f bash -c 'sleep "$1"; rm -f "$2"' _ "$JOBENERGY_GPU_MAP_LINGER_S" \
         "$JOBENERGY_GPU_MAP_DIR/$JOB" </dev/null >/dev/null 2>&1
     fi

@@ -16,7 +16,8 @@ GPUs are named by minor number (``/dev/nvidia<minor>``), which is what Slurm's g
 
 A job's answer from sources 2 and 3 is cached while the job runs (allocations do not change).
 GPU processes map to jobs through ``<procfs_root>/<pid>/cgroup``, parsed by
-:func:`jobenergy.agent.cgroups.job_id_from_proc_cgroup`.
+:func:`jobenergy.agent.cgroupfs.job_id_from_proc_cgroup`: only a job folder right under Slurm's
+root cgroup names a job, never a ``job_<N>`` folder a user made in a delegated subtree.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from jobenergy.agent.cgroupfs import job_id_from_proc_cgroup
+from jobenergy.agent.cgroupfs import hierarchy_count, job_id_from_proc_cgroup, read_text
 from jobenergy.agent.jobmap import JobMapEntry, parse_gpu_ids, read_job_map
 
 logger = logging.getLogger(__name__)
@@ -188,12 +189,15 @@ class GpuAllocation:
         """
         wanted = set(pids)
         cache = {pid: job for pid, job in self._pid_jobs.items() if pid in wanted}
+        lines = hierarchy_count(self.procfs_root) if wanted - cache.keys() else None
         for pid in wanted - cache.keys():
             try:
-                text = (self.procfs_root / str(pid) / "cgroup").read_text()
+                # Bytes decoded leniently: a cgroup folder named with non-UTF-8 bytes (a user's
+                # delegated subtree) must not stop the GPU accounting of the whole node.
+                text = read_text(os.path.join(self.procfs_root, str(int(pid)), "cgroup"))
             except OSError:
                 cache[pid] = None
                 continue
-            cache[pid] = job_id_from_proc_cgroup(text)
+            cache[pid] = job_id_from_proc_cgroup(text, lines)
         self._pid_jobs = cache
         return dict(cache)

@@ -12,6 +12,8 @@ import pytest
 from jobenergy.agent.cgroupfs import (
     job_id_from_pid,
     job_id_from_proc_cgroup,
+    job_of_proc_cgroup,
+    job_owner_uid,
     parse_cpu_list,
     parse_usage_usec,
 )
@@ -164,10 +166,101 @@ def test_job_id_from_proc_cgroup(text: str, job_id: str) -> None:
         "0::/user.slice/job_4/step_0\n",  # not under Slurm's root
         "4:cpuacct:/docker/uid_1/job_4\n",
         "garbage without colons\n",
+        # Issue 9: a folder merely named job_N, where a user can make it, is not job N
+        "0::/user.slice/user-1000.slice/user@1000.service/slurmstepd.scope/job_99/x\n",
+        "0::/user.slice/user-1000.slice/user@1000.service/app.slice/slurmstepd.scope/job_99\n",
+        "4:cpuacct:/user/slurm/uid_1000/job_99/step_0\n",
+        "0::/system.slice/slurmstepd.scope/job_99\x00/step_0\n",
+        # only \n ends a line: \x1c, \x0b, \x0c in a folder name do not make a new one
+        "0::/user.slice/user-1000.slice/a\x1c0::/system.slice/slurmstepd.scope/job_99\n",
+        "0::/user.slice/user-1000.slice/a\x0b4:cpuacct:/slurm/uid_1/job_99\n",
+        # a process in two jobs at once (v1 controllers disagree) is in none
+        "4:cpuacct:/slurm/uid_1/job_5/step_0\n3:freezer:/slurm/uid_1/job_6/step_0\n",
     ],
 )
 def test_job_id_from_proc_cgroup_none(text: str) -> None:
     assert job_id_from_proc_cgroup(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "job_id", "uid"),
+    [
+        ("0::/system.slice/slurmstepd.scope/job_5/step_0/user/task_0/job_99\n", "5", None),
+        ("0::/system.slice/slurmstepd.scope/job_5/step_0/user/slurmstepd.scope/job_99\n", "5",
+         None),
+        ("4:cpuacct:/slurm_n1/uid_1000/job_5/step_0/task_0/slurm/uid_0/job_99\n", "5", 1000),
+        ("0::/system.slice/slurmd.service\n4:cpuacct:/slurm/uid_7/job_5/step_0\n", "5", 7),
+    ],
+)
+def test_job_comes_from_the_first_job_folder_under_slurms_root(
+    text: str, job_id: str, uid: int | None
+) -> None:
+    job = job_of_proc_cgroup(text)
+    assert job is not None and (job.job_id, job.uid) == (job_id, uid)
+
+
+def test_a_newline_in_a_cgroup_name_cannot_forge_a_job_line(tmp_path: Path) -> None:
+    # The kernel prints cgroup names raw: a folder "a\n0::/system.slice/..." in a subtree
+    # delegated to a user (user@.service) adds a line. Every process has one line per
+    # hierarchy (as many as the agent's own /proc/self/cgroup): more is forged.
+    forged = "0::/user.slice/user-1000.slice/user@1000.service/a\n"
+    forged += "0::/system.slice/slurmstepd.scope/job_99/step_0/user/task_0\n"
+    assert job_id_from_proc_cgroup(forged, lines=1) is None
+    proc = tmp_path / "proc"
+    write(proc / "self" / "cgroup", "0::/system.slice/jobenergy-agent.service\n")
+    write(proc / "4242" / "cgroup", forged)
+    write(proc / "4343" / "cgroup", forged.split("\n", 1)[1])
+    assert job_id_from_pid(proc, 4242) is None
+    assert job_id_from_pid(proc, 4343) == "99"  # the real line alone is job 99
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_v2_job_owner_is_the_owner_of_the_steps_user_folder(tmp_path: Path, make_v2_job) -> None:
+    job_dir = make_v2_job("4")
+    os.chown(job_dir / "step_0" / "user", 4321, 4321)
+    in_task = job_of_proc_cgroup("0::/system.slice/slurmstepd.scope/job_4/step_0/user/task_0\n")
+    stepd = job_of_proc_cgroup("0::/system.slice/slurmstepd.scope/job_4/step_0/slurm\n")
+    v1 = job_of_proc_cgroup("4:cpuacct:/slurm/uid_1000/job_4/step_0\n")
+    assert in_task is not None and stepd is not None and v1 is not None
+    assert job_owner_uid(tmp_path, in_task) == 4321
+    assert job_owner_uid(tmp_path, stepd) is None  # slurmstepd's own folder says nothing
+    assert job_owner_uid(tmp_path, v1) == 1000
+
+
+def _names(names: list[bytes]) -> list[str]:
+    return [os.fsdecode(n) for n in names]
+
+
+def test_cgroup_names_that_are_not_utf8_never_break_sampling(
+    tmp_path: Path, make_v2_job, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_dir = make_v2_job("4", usage_usec=5)
+    scope = job_dir.parent
+    for name in _names([b"job_\xff", b"\xfe\nother", b"job_4\xff"]):
+        write(scope / name / "cpu.stat", "usage_usec 1\n")
+    for name in _names([b"step_\xff", b"\xff"]):
+        (job_dir / name).mkdir()
+    with caplog.at_level("DEBUG", logger="jobenergy.agent"):
+        snap = SlurmCgroups(tmp_path, version=2).snapshot()
+    assert list(snap.jobs) == ["4"] and snap.jobs["4"].steps == ("0", "extern")
+    assert snap.other_usage_ns == 3_000
+    assert any("ignoring non-job" in r.getMessage() for r in caplog.records)
+    for record in caplog.records:  # a log handler writing UTF-8 must be able to
+        record.getMessage().encode("utf-8")
+        assert "\n" not in record.getMessage()
+
+
+def test_v1_cgroup_names_that_are_not_utf8_never_break_sampling(
+    tmp_path: Path, make_v1_job, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_dir = make_v1_job("7")
+    (job_dir.parent / os.fsdecode(b"job_\xff")).mkdir()
+    (job_dir.parent.parent / os.fsdecode(b"uid_\xff")).mkdir()
+    with caplog.at_level("DEBUG", logger="jobenergy.agent"):
+        snap = SlurmCgroups(tmp_path, version=1).snapshot()
+    assert list(snap.jobs) == ["7"]
+    for record in caplog.records:
+        record.getMessage().encode("utf-8")
 
 
 # -- parsers -------------------------------------------------------------------------------

@@ -239,3 +239,51 @@ def test_metrics_are_served_over_http(agent, node):
     assert "jobenergy_agent_samples_total 2.0" in text
     measured = 'jobenergy_agent_measured_energy_uj_total{component="cpu",source="package-0"}'
     assert f"{measured} 5.0" in text
+
+
+def _spooled(agent):
+    from jobenergy.core.schema import Batch
+
+    bodies = [b.path.read_bytes() for b in agent.spool.pending()]
+    return bodies, [Batch.model_validate_json(gzip.decompress(b)) for b in bodies]
+
+
+def test_batches_are_split_below_max_batch_bytes(agent, node):
+    # Issue 9: one batch over the collector's body limit is refused whole, costing every job
+    # of the node its energy; the agent spreads the intervals over batches instead.
+    agent.settings.max_batch_bytes = 4096
+    for j in range(6):
+        node.start_job(str(100 + j), 1000, [j])
+    agent.tick()
+    for _ in range(30):
+        node.add_energy("package-0", 1_000)
+        for j in range(6):
+            node.add_cpu_time(str(100 + j), 1_000_000, 1_000_000)
+        agent.tick()
+    queued = list(agent._pending)
+    agent.seal()
+    bodies, batches = _spooled(agent)
+    assert len(batches) > 1
+    assert max(len(gzip.decompress(b)) for b in bodies) <= 4096  # so the gzip body too
+    assert [b.seq for b in batches] == list(range(batches[0].seq, batches[0].seq + len(batches)))
+    sent = [i for b in batches for i in b.intervals]
+    assert [(i.start, i.end) for i in sent] == [(i.start, i.end) for i in queued]
+    assert sum(s.measured_uj for i in sent for s in i.sources if s.source == "package-0") == 30_000
+
+
+def test_an_interval_too_large_alone_keeps_its_energy_and_loses_its_phases(agent, node):
+    from datetime import UTC, datetime
+
+    agent.settings.max_batch_bytes = 8192
+    agent.tick()
+    big = {f"k{n}": "v" * 255 for n in range(64)}  # ~17 KB of JSON: within the wire limits
+    agent.phases.begin("7", "training", "m", datetime.now(UTC), tags=big)
+    assert agent.phases.end("7", datetime.now(UTC))
+    node.add_energy("package-0", 5_000)
+    agent.tick()
+    agent.seal()
+    bodies, batches = _spooled(agent)
+    assert max(len(gzip.decompress(b)) for b in bodies) <= 8192
+    [interval] = [i for b in batches for i in b.intervals]
+    assert interval.phases == [] and _by_source(interval)["package-0"].measured_uj == 5_000
+    assert agent.metrics.registry.get_sample_value("jobenergy_agent_phases_dropped_total") == 1

@@ -13,7 +13,7 @@ import pytest
 from jobenergy.agent.attribution import JobUsage, attribute_cpu
 from jobenergy.agent.daemon import Agent
 from jobenergy.agent.jobmap import parse_job_map, read_job_map
-from jobenergy.agent.lifetime import alive_ns
+from jobenergy.agent.lifetime import alive_spans
 from jobenergy.agent.readings import JobCgroup
 from jobenergy.agent.settings import AgentSettings
 from jobenergy.core.split import split_uj
@@ -50,27 +50,27 @@ def test_job_map_reads_only_job_named_plain_files(tmp_path):
 
 def test_alive_from_birth_to_end_mark():
     cg = JobCgroup("5", 1000, 0, born_ns=1_300)
-    new = alive_ns(["5"], start_ns=1_000, end_ns=2_000, prev_jobs={}, cur_jobs={"5": cg},
+    new = alive_spans(["5"], start_ns=1_000, end_ns=2_000, prev_jobs={}, cur_jobs={"5": cg},
                    job_map={})
-    assert new == {"5": 700}
-    ended = alive_ns(["5"], start_ns=2_000, end_ns=3_000, prev_jobs={"5": cg}, cur_jobs={},
+    assert new == {"5": (300, 1_000)}
+    ended = alive_spans(["5"], start_ns=2_000, end_ns=3_000, prev_jobs={"5": cg}, cur_jobs={},
                      job_map={"5": parse_job_map("\nend=0.0000024\n")})
-    assert ended == {"5": 400}
-    whole = alive_ns(["5"], start_ns=2_000, end_ns=3_000, prev_jobs={"5": cg},
+    assert ended == {"5": (0, 400)}
+    whole = alive_spans(["5"], start_ns=2_000, end_ns=3_000, prev_jobs={"5": cg},
                      cur_jobs={"5": cg}, job_map={})
     assert whole == {}  # lived through: not prorated
     # Birth before the interval (missed by a sample) is clipped to its start.
-    early = alive_ns(["5"], start_ns=2_000, end_ns=3_000, prev_jobs={}, cur_jobs={"5": cg},
+    early = alive_spans(["5"], start_ns=2_000, end_ns=3_000, prev_jobs={}, cur_jobs={"5": cg},
                      job_map={})
     assert early == {}
     # In the map, no cgroup yet and not ended: the prolog ran, the job does not exist yet.
     starting = parse_job_map("0\nstart=0.0000012\n")
-    assert alive_ns(["6"], start_ns=1_000, end_ns=2_000, prev_jobs={}, cur_jobs={},
-                    job_map={"6": starting}) == {"6": 0}
+    assert alive_spans(["6"], start_ns=1_000, end_ns=2_000, prev_jobs={}, cur_jobs={},
+                    job_map={"6": starting}) == {"6": (0, 0)}
     # Never seen in a cgroup but ended: a short job, alive from the prolog to the epilog.
     short = parse_job_map("\nstart=0.0000012\nend=0.0000015\n")
-    assert alive_ns(["7"], start_ns=1_000, end_ns=2_000, prev_jobs={}, cur_jobs={},
-                    job_map={"7": short}) == {"7": 300}
+    assert alive_spans(["7"], start_ns=1_000, end_ns=2_000, prev_jobs={}, cur_jobs={},
+                    job_map={"7": short}) == {"7": (200, 500)}
 
 
 def test_alone_for_part_of_an_interval_pays_static_for_that_part():
@@ -88,13 +88,26 @@ def test_alone_for_part_of_an_interval_pays_static_for_that_part():
                          span_ns=1_000) == ({"9": 10_000}, 0)
 
 
+def test_jobs_that_follow_each_other_each_pay_the_static_of_their_own_part():
+    # Job 1 (2 of 8 CPUs) ends 300 ns in, job 2 (1 CPU) starts 600 ns in: each was alone on
+    # the node then, so each pays the node's static power for its part; nobody the middle.
+    usage = {"1": JobUsage(cpu_ns=0, cpus=2, alive_ns=300, alive_from_ns=0),
+             "2": JobUsage(cpu_ns=0, cpus=1, alive_ns=400, alive_from_ns=600)}
+    jobs, unattributed = attribute_cpu(10_000, usage, node_busy_ns=0, ncpus=8,
+                                       static_uj=10_000, span_ns=1_000)
+    parts = split_uj(10_000, {0: 300, 1: 300, 2: 400})
+    assert jobs == {"1": parts[0], "2": parts[2]} and unattributed == parts[1]
+
+
 def test_shared_node_static_weighs_cpus_by_time_alive():
     usage = {"1": JobUsage(cpu_ns=0, cpus=4), "2": JobUsage(cpu_ns=0, cpus=4, alive_ns=500)}
     jobs, unattributed = attribute_cpu(8_000, usage, node_busy_ns=0, ncpus=8,
                                        static_uj=8_000, span_ns=1_000)
-    expected = split_uj(8_000, {"1": 4_000, "2": 2_000, "": 2_000})
-    assert jobs == {"1": expected["1"], "2": expected["2"]}
-    assert unattributed == expected[""]
+    # Together for the first half (4 + 4 of 8 CPUs), job 1 alone for the second.
+    halves = split_uj(8_000, {0: 500, 1: 500})
+    together = split_uj(halves[0], {"1": 4, "2": 4, "": 0})
+    assert jobs == {"1": together["1"] + halves[1], "2": together["2"]}
+    assert unattributed == 0
 
 
 @pytest.fixture

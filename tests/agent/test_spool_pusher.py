@@ -1,12 +1,19 @@
 import gzip
 import json
+import logging
+import os
+import stat
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from jobenergy.agent.continuity import CounterRecord
+from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.pusher import Pusher
-from jobenergy.agent.spool import Spool
+from jobenergy.agent.readings import Reading
+from jobenergy.agent.spool import Spool, split_by_size
 
 
 class _Collector:
@@ -15,6 +22,8 @@ class _Collector:
     def __init__(self):
         self.statuses: list[int] = []
         self.received: list[dict] = []
+        self.detail = "nope"
+        self.ok_body = b'{"duplicate": false}'
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -28,7 +37,9 @@ class _Collector:
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
                 self.wfile.write(
-                    b'{"detail": "nope"}' if status >= 400 else b'{"duplicate": false}'
+                    json.dumps({"detail": outer.detail}).encode()
+                    if status >= 400
+                    else outer.ok_body
                 )
 
             def log_message(self, *args):
@@ -123,3 +134,97 @@ def test_4xx_batch_is_set_aside_and_does_not_block_the_queue(tmp_path, collector
     assert len(rejected) == 1 and spool.rejected_total == 1
     assert "422" in rejected[0].with_suffix(".reason").read_text()
     pusher.close()
+
+
+def _rejected_count(metrics: AgentMetrics, reason: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "jobenergy_agent_batches_rejected_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    ("status", "detail"),
+    [
+        (409, "conflict: batch (t, n1, b, 7) was stored with other content"),
+        (413, "body larger than 33554432 bytes"),
+        (422, "intervals.0.phases.0.metrics.loss: Input should be a finite number\n" + "x" * 900),
+    ],
+)
+def test_refused_batch_is_kept_counted_and_logged_once(tmp_path, collector, caplog, status, detail):
+    # Issue 9: a refused batch (409 included: its key was claimed with other content) is never
+    # a success and never silently dropped.
+    spool = Spool(tmp_path)
+    refused = spool.seal({"i": 0})
+    spool.seal({"i": 1})
+    collector.statuses = [status]
+    collector.detail = detail
+    metrics = AgentMetrics()
+    pusher = Pusher(collector.url, spool, metrics=metrics)
+    with caplog.at_level(logging.DEBUG, logger="jobenergy.agent"):
+        assert pusher.push_once() is True
+    assert [r["i"] for r in collector.received] == [1] and spool.pending() == []
+    kept = tmp_path / "rejected" / refused.path.name
+    assert json.loads(gzip.decompress(kept.read_bytes()))["i"] == 0
+    assert f"HTTP {status}" in kept.with_suffix(".reason").read_text()
+    assert _rejected_count(metrics, str(status)) == 1
+    lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    line = lines[0].getMessage()
+    assert f"status={status}" in line and detail[:40] in line and f"seq={refused.seq}" in line
+    assert len(line) < 700 and "\n" not in line  # truncated, one line
+    pusher.close()
+
+
+def test_duplicate_answer_is_a_success(tmp_path, collector):
+    spool = Spool(tmp_path)
+    spool.seal({"i": 0})
+    collector.ok_body = b'{"duplicate": true}'
+    metrics = AgentMetrics()
+    pusher = Pusher(collector.url, spool, metrics=metrics)
+    assert pusher.push_once() is True
+    assert spool.pending() == [] and not list((tmp_path / "rejected").iterdir())
+    assert pusher.sent_total == 1 and spool.rejected_total == 0
+    pusher.close()
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def open_umask():
+    """Run with umask 000, the worst a site may set: modes must not depend on it."""
+    old = os.umask(0)
+    yield
+    os.umask(old)
+
+
+def test_spool_folders_and_files_are_private_whatever_the_umask(tmp_path, collector, open_umask):
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir(mode=0o755)  # made by an installer: tightened
+    spool = Spool(spool_dir)
+    spool.seal({"i": 0})
+    spool.seal({"i": 1})
+    collector.statuses = [422]
+    pusher = Pusher(collector.url, spool)
+    spool.seal({"i": 2})
+    pusher.push_once()
+    pusher.close()
+    record = CounterRecord(spool_dir, "boot")
+    record.save(datetime.now(UTC), {"package-0": Reading("cpu", "package-0", 1, 2**32, False)})
+    spool.seal({"i": 3})
+    folders = [spool_dir, spool_dir / "batches", spool_dir / "rejected"]
+    assert {str(p): _mode(p) for p in folders} == {str(p): 0o700 for p in folders}
+    files = [p for p in spool_dir.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"state.json", "counters.json"} <= names and any(n.endswith(".reason") for n in names)
+    assert {str(p): _mode(p) for p in files} == {str(p): 0o600 for p in files}
+
+
+def test_split_by_size_keeps_order_and_each_group_within_budget():
+    texts = ["a" * 10, "é" * 10, "b" * 30, "c" * 5, "d" * 100]
+    groups = split_by_size(texts, 45)
+    assert [t for g in groups for t in g] == texts
+    assert groups == [["a" * 10, "é" * 10], ["b" * 30, "c" * 5], ["d" * 100]]  # é: 2 bytes
+    assert split_by_size([], 10) == []

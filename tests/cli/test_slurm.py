@@ -813,3 +813,33 @@ def test_periodic_follow_remembers_the_revision_in_the_state_file(tmp_path: Path
     slurm.windows.clear()
     _follow_factor_changes(syncer, state)
     assert not slurm.windows  # revision 5 was handled: no sacct
+
+
+def test_hook_files_have_safe_modes_whatever_the_umask(tmp_path: Path) -> None:
+    """Outbox 0700 with events 0600 (job names, comments, tags); the job map root's 0755 with
+    files 0644 (job and GPU ids and times, which squeue shows anyone; the agent trusts them,
+    so nobody else may write them). Run with umask 000, the worst a site may set."""
+    if shutil.which("bash") is None or shutil.which("curl") is None:
+        message = "the Slurm hooks need bash and curl: apt-get install curl (make test does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    import stat
+
+    conf = tmp_path / "hooks.env"
+    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
+                    f"JOBENERGY_GPU_MAP_DIR={tmp_path}/gpus\nJOBENERGY_GPU_MAP_LINGER_S=30\n")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JOBENERGY_HOOK_CONF": str(conf),
+           "SLURM_JOB_ID": "42", "SLURMD_NODENAME": "n1", "SLURM_JOB_GPUS": "0",
+           "SLURM_JOB_NAME": "secret-project", "SLURM_JOB_NODELIST": "n1"}
+    for role in ("prolog", "epilog"):
+        script = REPO / "slurm_plugins" / f"{role}.sh"
+        subprocess.run(["bash", "-c", 'umask 000 && exec bash "$0"', str(script)], env=env,
+                       capture_output=True, timeout=30, check=True)
+        modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+                 for p in tmp_path.rglob("*") if p != conf}
+        assert modes["gpus"] == 0o755 and modes["gpus/42"] == 0o644, modes
+        assert modes["outbox"] == 0o700, modes
+        events = {k: v for k, v in modes.items() if k.startswith("outbox/")}
+        assert events and set(events.values()) == {0o600}, modes
+    assert "end=" in (tmp_path / "gpus" / "42").read_text()

@@ -51,3 +51,20 @@ def test_jobs_of_pids(node):
     node.outside_process(420)
     alloc = GpuAllocation(node.procfs, node.cgroup, None)
     assert alloc.jobs_of_pids([400, 410, 420, 999]) == {400: "40", 410: "41", 420: None, 999: None}
+
+
+def test_gpu_processes_map_to_jobs_only_under_slurms_root(node):
+    # Issue 9: a GPU process in a folder merely named job_N is not job N's (job N would pay
+    # for it), a forged line is no job's, and non-UTF-8 cgroup names never break sampling.
+    def proc(pid: int, text: bytes) -> None:
+        (node.procfs / str(pid)).mkdir(parents=True, exist_ok=True)
+        (node.procfs / str(pid) / "cgroup").write_bytes(text)
+
+    proc(500, b"0::/user.slice/user-1000.slice/user@1000.service/slurmstepd.scope/job_99\n")
+    proc(501, b"0::/system.slice/slurmstepd.scope/job_5/step_0/user/task_0/job_99\n")
+    proc(502, b"0::/system.slice/slurmstepd.scope/job_5/step_0/user/\xff\xfe\n")
+    proc(503, b"0::/user.slice/a\n0::/system.slice/slurmstepd.scope/job_99/step_0/user/t\n")
+    (node.procfs / "self").mkdir(exist_ok=True)
+    (node.procfs / "self" / "cgroup").write_text("0::/system.slice/agent.service\n")
+    alloc = GpuAllocation(node.procfs, node.cgroup, None)
+    assert alloc.jobs_of_pids([500, 501, 502, 503]) == {500: None, 501: "5", 502: "5", 503: None}
