@@ -68,11 +68,52 @@ def agent(
     daemon.run(stop)
 
 
+DEFAULT_DB = "sqlite:///./jobenergy.db"
+# The URL may hold a password: give it by environment or file, never in argv (/proc/*/cmdline
+# is readable by every user on the host).
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", envvar="JOBENERGY_SERVER_DB_URL",
+                 help="sqlite:///path or postgresql+psycopg://... (or $JOBENERGY_SERVER_DB_URL)"),
+]
+DbFileOpt = Annotated[
+    Path | None,
+    typer.Option("--db-file", help="Read the database URL from this file (first line)"),
+]
+
+
+def _db_url(db: str | None, db_file: Path | None) -> str:
+    """Return the database URL from ``--db-file``, else ``--db``/the environment, else the
+    embedded SQLite default."""
+    if db_file is not None:
+        try:
+            lines = db_file.read_text().splitlines()
+        except OSError as err:
+            typer.echo(f"jobenergy: cannot read --db-file {db_file}: {err.strerror}", err=True)
+            raise typer.Exit(2) from err
+        url = lines[0].strip() if lines else ""
+        if not url:
+            typer.echo(f"jobenergy: --db-file {db_file} holds no database URL", err=True)
+            raise typer.Exit(2)
+        return url
+    return db or DEFAULT_DB
+
+
+def _shown(url: str) -> str:
+    """Return a database URL fit for messages: its password masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsable database URL)"
+
+
 @app.command()
 def server(
-    db: Annotated[
-        str, typer.Option("--db", help="sqlite:///path or postgresql+psycopg://...")
-    ] = "sqlite:///./jobenergy.db",
+    db: DbOpt = None,
+    db_file: DbFileOpt = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8080,
     pue: Annotated[float, typer.Option(help="Default PUE")] = 1.0,
@@ -97,7 +138,7 @@ def server(
 
     try:
         settings = ServerSettings(
-            db_url=db,
+            db_url=_db_url(db, db_file),
             host=host,
             port=port,
             pue=pue,
@@ -113,11 +154,10 @@ def server(
 
 
 @db_app.command("upgrade")
-def db_upgrade(
-    db: Annotated[str, typer.Option("--db", help="Database URL")] = "sqlite:///./jobenergy.db",
-) -> None:
+def db_upgrade(db: DbOpt = None, db_file: DbFileOpt = None) -> None:
     """Create or upgrade the schema to the latest revision."""
     _logging("info")
+    db = _db_url(db, db_file)
     from sqlalchemy.exc import SQLAlchemyError
 
     from jobenergy.collector.db import upgrade
@@ -125,14 +165,16 @@ def db_upgrade(
     try:
         upgrade(db)
     except SQLAlchemyError as err:
-        typer.echo(f"jobenergy db upgrade: cannot migrate {db}: {_db_error(err)}", err=True)
+        typer.echo(f"jobenergy db upgrade: cannot migrate {_shown(db)}: {_db_error(err)}",
+                   err=True)
         raise typer.Exit(2) from err
-    typer.echo(f"database at head: {db}")
+    typer.echo(f"database at head: {_shown(db)}")
 
 
 @db_app.command("maintain")
 def db_maintain(
-    db: Annotated[str, typer.Option("--db", help="Database URL")] = "sqlite:///./jobenergy.db",
+    db: DbOpt = None,
+    db_file: DbFileOpt = None,
     months_ahead: Annotated[
         int, typer.Option("--months-ahead", min=0, help="Months after the current one to prepare")
     ] = 2,
@@ -143,6 +185,7 @@ def db_maintain(
     to do on SQLite.
     """
     _logging("info")
+    db = _db_url(db, db_file)
     from sqlalchemy.exc import SQLAlchemyError
 
     from jobenergy.collector.db import make_engine
@@ -156,10 +199,11 @@ def db_maintain(
         finally:
             engine.dispose()
     except SQLAlchemyError as err:
-        typer.echo(f"jobenergy db maintain: cannot maintain {db}: {_db_error(err)}", err=True)
+        typer.echo(f"jobenergy db maintain: cannot maintain {_shown(db)}: {_db_error(err)}",
+                   err=True)
         raise typer.Exit(2) from err
     typer.echo(
-        f"partitions created: {', '.join(created)}" if created else f"nothing to do: {db}"
+        f"partitions created: {', '.join(created)}" if created else f"nothing to do: {_shown(db)}"
     )
 
 

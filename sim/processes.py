@@ -34,8 +34,6 @@ def start_server(
     proc = subprocess.Popen(
         _cli(
             "server",
-            "--db",
-            db_url,
             "--host",
             "127.0.0.1",
             "--port",
@@ -46,6 +44,7 @@ def start_server(
         ),
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "JOBENERGY_SERVER_DB_URL": db_url},  # never in argv
     )
     url = f"http://127.0.0.1:{port}/healthz"
     deadline = time.monotonic() + timeout_s
