@@ -298,13 +298,17 @@ def test_flush_outbox_delivers_in_order_and_keeps_on_outage(tmp_path: Path) -> N
     assert got == [0, 1, 2] and not list(tmp_path.glob("*.json"))
 
 
-@pytest.mark.parametrize("role", ["prolog", "epilog", "prolog_slurmctld", "epilog_slurmctld"])
-def test_hook_keeps_a_valid_event_when_collector_is_down(tmp_path: Path, role: str) -> None:
+def _need_bash_and_curl() -> None:
     if shutil.which("bash") is None or shutil.which("curl") is None:
         message = "the Slurm hooks need bash and curl: apt-get install curl (make test does)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.mark.parametrize("role", ["prolog", "epilog", "prolog_slurmctld", "epilog_slurmctld"])
+def test_hook_keeps_a_valid_event_when_collector_is_down(tmp_path: Path, role: str) -> None:
+    _need_bash_and_curl()
     conf = tmp_path / "hooks.env"
     conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
                     f"JOBENERGY_GPU_MAP_DIR={tmp_path}/gpus\nJOBENERGY_GPU_MAP_LINGER_S=0\n")
@@ -719,14 +723,6 @@ def test_sync_started_with_blocked_signals_stops_on_sigterm(tmp_path: Path) -> N
 
 
 # -- the hook says when the sync cannot run ----------------------------------------------------
-def _need_bash_and_curl() -> None:
-    if shutil.which("bash") is None or shutil.which("curl") is None:
-        message = "the Slurm hooks need bash and curl: apt-get install curl (make test does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 def _run_hook(tmp_path: Path, wrapper: str, sync_cmd: str,
               sync_from: str = "epilog_slurmctld") -> tuple[subprocess.CompletedProcess, Path]:
     """Run a hook wrapper with JOBENERGY_SYNC_CMD; return the process and the syslog file."""
@@ -819,11 +815,7 @@ def test_hook_files_have_safe_modes_whatever_the_umask(tmp_path: Path) -> None:
     """Outbox 0700 with events 0600 (job names, comments, tags); the job map root's 0755 with
     files 0644 (job and GPU ids and times, which squeue shows anyone; the agent trusts them,
     so nobody else may write them). Run with umask 000, the worst a site may set."""
-    if shutil.which("bash") is None or shutil.which("curl") is None:
-        message = "the Slurm hooks need bash and curl: apt-get install curl (make test does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    _need_bash_and_curl()
     import stat
 
     conf = tmp_path / "hooks.env"
