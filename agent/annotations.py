@@ -41,9 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jobenergy.agent.cgroupfs import ProcJob, job_of_pid, job_owner_uid
 from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.phases import PHASES, PhaseBook, PhaseLimitError
-from jobenergy.agent.text import printable
 from jobenergy.core.errors import JobEnergyError
 from jobenergy.core.schema import MAX_COUNT
+from jobenergy.core.text import printable
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from jobenergy.agent.text import printable
 from jobenergy.core.errors import SensorError
+from jobenergy.core.text import printable
 
 logger = logging.getLogger(__name__)
 

@@ -52,9 +52,9 @@ from jobenergy.agent.cgroupfs import (
     usage_v2,
 )
 from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
-from jobenergy.agent.text import printable
 from jobenergy.core.errors import ConfigError, SensorError
 from jobenergy.core.schema import MAX_UID
+from jobenergy.core.text import printable
 
 logger = logging.getLogger(__name__)
 

@@ -31,6 +31,12 @@ from jobenergy.agent.sampler import Sample, Sampler
 from jobenergy.agent.settings import AgentSettings
 from jobenergy.agent.spool import Spool, split_by_size, utf8_len
 from jobenergy.core.counters import counter_delta
+from jobenergy.core.request_auth import (
+    BearerAuth,
+    MungeAuth,
+    read_token_file,
+    transport_verify,
+)
 from jobenergy.core.schema import (
     MAX_STEPS_PER_JOB,
     SCHEMA_VERSION,
@@ -64,6 +70,20 @@ def _step_cpu_us(step_cpu_ns: dict[str, int]) -> dict[str, int]:
     return out
 
 
+def push_auth(settings: AgentSettings) -> MungeAuth | BearerAuth | None:
+    """Return how the agent signs its pushes (``[agent] auth``).
+
+    Raises:
+        ConfigError: The token file is unusable (missing, empty, readable by others).
+    """
+    if settings.auth == "munge":
+        return MungeAuth(settings.munge_socket)
+    if settings.auth == "token":
+        assert settings.token_file is not None  # checked by the settings
+        return BearerAuth(read_token_file(settings.token_file))
+    return None
+
+
 def _envelope_bytes(batch: dict) -> int:
     """Return the bytes a batch body holds besides its intervals (the largest ``seq``), plus
     room for gzip's header and trailer."""
@@ -80,7 +100,12 @@ class Agent:
         self.sampler = Sampler(settings, self.metrics)
         self.gpu = self.sampler.gpu
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
-        self.pusher = Pusher(settings.collector_url, self.spool, metrics=self.metrics)
+        self.pusher = Pusher(
+            settings.collector_url, self.spool, metrics=self.metrics,
+            auth=push_auth(settings),
+            verify=transport_verify(settings.collector_url, settings.ca_file,
+                                    settings.allow_insecure),
+        )
         self._floors = {
             "cpu": settings.cpu_static_power_w,
             "dram": settings.dram_static_power_w,

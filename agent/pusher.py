@@ -2,7 +2,11 @@
 
 Runs in its own thread so a slow or absent collector never delays sampling. A batch leaves
 the spool only when the collector answers 2xx (``{"duplicate": true}`` is a success: the
-same content was stored before). A 4xx other than 408/425/429 means the collector refuses
+same content was stored before). 401 and 403 are retried like an outage and logged with the
+collector's reason: the batch is fine, the credentials or the server's node map are not, and
+an operator fixes those without losing data. Each request is signed when it is sent (a MUNGE
+credential lives minutes; a batch may wait days in the spool). A 4xx other than
+401/403/408/425/429 means the collector refuses
 this batch and retrying cannot help; 409 (its key was stored with other content) is such a
 refusal, never a success. A refused batch is never dropped: it is moved to ``rejected/``
 with the collector's answer, counted in ``jobenergy_agent_batches_rejected_total{reason}``
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 
@@ -22,11 +27,13 @@ import httpx
 
 from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.spool import Spool, SpooledBatch
-from jobenergy.agent.text import printable
+from jobenergy.core.munge import MungeError
+from jobenergy.core.text import printable
 
 logger = logging.getLogger(__name__)
 
 _RETRYABLE_4XX = {408, 425, 429}
+_AUTH_4XX = {401, 403}
 #: The collector's reason as logged (the ``.reason`` file next to the batch keeps more).
 _LOGGED_REASON_CHARS = 300
 _KEPT_REASON_CHARS = 2000
@@ -54,6 +61,8 @@ class Pusher:
         timeout_s: Per-request timeout.
         backoff_initial_s: First retry delay; doubles up to ``backoff_max_s``.
         metrics: The agent's metrics (refused batches are counted there).
+        auth: How requests are signed (``core/request_auth.py``); None: not at all.
+        verify: httpx's ``verify`` (``core/request_auth.transport_verify``).
     """
 
     def __init__(
@@ -65,6 +74,8 @@ class Pusher:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 60.0,
         metrics: AgentMetrics | None = None,
+        auth: httpx.Auth | None = None,
+        verify: bool | ssl.SSLContext = False,
     ) -> None:
         self.url = collector_url.rstrip("/") + "/api/v1/batches"
         self.spool = spool
@@ -74,7 +85,7 @@ class Pusher:
         self.metrics = metrics
         self.sent_total = 0
         self.failures_total = 0
-        self._client = httpx.Client(timeout=timeout_s)
+        self._client = httpx.Client(timeout=timeout_s, auth=auth, verify=verify)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,11 +124,18 @@ class Pusher:
             except httpx.HTTPError as err:
                 self._failed(f"collector unreachable: {err!r}")
                 return False
+            except MungeError as err:
+                self._failed(f"cannot sign the request: {err}")
+                return False
             if resp.is_success:
                 self.spool.ack(batch)
                 self.sent_total += 1
                 self._backoff_s = 0.0
                 continue
+            if resp.status_code in _AUTH_4XX:
+                self._failed(f"collector answered HTTP {resp.status_code}: "
+                             f"{refusal_reason(resp, _LOGGED_REASON_CHARS)}")
+                return False
             if 400 <= resp.status_code < 500 and resp.status_code not in _RETRYABLE_4XX:
                 self._refused(batch, resp)
                 continue

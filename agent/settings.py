@@ -78,6 +78,16 @@ class AgentSettings(BaseSettings):
     # intervals are spread over several batches below it. Keep it under the collector's
     # max_body_bytes (32 MiB by default), which it checks compressed and decompressed.
     max_batch_bytes: int = Field(default=DEFAULT_MAX_BATCH_BYTES, ge=4096, le=1 << 30)
+    # How the agent proves it speaks for its node (README "Security model"): a MUNGE
+    # credential made at push time (root on a host the server maps to this node), a static
+    # token (jobenergy auth token --node N) in a 0600 file, or none (a loopback test rig).
+    auth: Literal["munge", "token", "none"] = "munge"
+    munge_socket: str = "/run/munge/munge.socket.2"
+    token_file: Path | None = None
+    # CA bundle to verify an https:// collector with (else the system store).
+    ca_file: Path | None = None
+    # Plain http:// to a collector that is not on loopback carries the token in clear.
+    allow_insecure: bool = False
 
     @field_validator("node")
     @classmethod
@@ -88,6 +98,12 @@ class AgentSettings(BaseSettings):
                 f"node {value[:80]!r}: use a Slurm node name (letters, digits, '_', '-', '.')"
             )
         return value
+
+    @model_validator(mode="after")
+    def _auth_needs(self) -> AgentSettings:
+        if self.auth == "token" and self.token_file is None:
+            raise ValueError("auth = \"token\" needs token_file")
+        return self
 
     @model_validator(mode="after")
     def _per_node_defaults(self) -> AgentSettings:

@@ -15,7 +15,11 @@ from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import sessionmaker
 
-from jobenergy.api import routes_jobs, routes_leaderboards, routes_nodes
+from jobenergy.api import routes_admin, routes_jobs, routes_leaderboards, routes_nodes
+from jobenergy.api.access import Roles
+from jobenergy.api.auth import Authenticator, resolve_mechanisms
+from jobenergy.api.authenticate import Authenticate
+from jobenergy.api.ratelimit import RateLimiter
 from jobenergy.collector import routes as collector_routes
 from jobenergy.collector import routes_clusters
 from jobenergy.collector.clusters import sync_defaults
@@ -96,6 +100,9 @@ def _database_refused(request: Request, err: Exception) -> JSONResponse:
 def create_app(settings: ServerSettings) -> FastAPI:
     """Build the app: migrate (when ``settings.migrate``), make the engine, mount the routers.
 
+    Every ``/api/`` request is authenticated first (``settings.auth``; ``api/authenticate.py``)
+    and each route checks what the caller may do (``api/access.py``).
+
     The server's ``pue``/``carbon_intensity_g_per_kwh`` are stored as the defaults of clusters
     without their own factors; when they differ from the stored ones, the facility energy and
     CO2e of those clusters are recomputed here. The engine lives in ``app.state.engine`` and is
@@ -106,7 +113,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     Returns:
         The FastAPI application (OpenAPI at ``/openapi.json``).
+
+    Raises:
+        ConfigError: The authentication settings cannot work (``api/auth.py``), or the
+            schema is not at the expected revision.
     """
+    mechanisms = resolve_mechanisms(settings)
     if settings.migrate:
         upgrade(settings.db_url)
     else:
@@ -152,7 +164,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(routes_nodes.router)
     app.include_router(routes_leaderboards.router)
     app.include_router(routes_clusters.router)
-    app.add_middleware(RefuseNul)
+    app.include_router(routes_admin.router)
+    app.state.roles = Roles(settings)
+    app.add_middleware(
+        Authenticate,
+        authenticator=Authenticator(settings, mechanisms, app.state.sessionmaker),
+        roles=app.state.roles,
+        limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+        body_limit=max(settings.max_body_bytes, settings.max_series_bytes),
+    )
+    app.add_middleware(RefuseNul)  # outermost: runs before authentication
     for unavailable in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
         app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(sa_exc.DataError, _database_refused)

@@ -44,6 +44,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from jobenergy.api.access import Visible
+from jobenergy.api.queries import visible_clause
 from jobenergy.collector.models import Job, JobBoardPart
 from jobenergy.core.units import UJ_PER_J, UJ_PER_KWH
 
@@ -65,6 +67,7 @@ class Window:
     phase: str | None = None
     start: datetime | None = None
     end: datetime | None = None
+    visible: Visible | None = None  # the caller's PrivateData=usage scope (api/access.py)
 
 
 def _where(window: Window) -> list[ColumnElement[bool]]:
@@ -77,6 +80,8 @@ def _where(window: Window) -> list[ColumnElement[bool]]:
         clauses.append(Job.begin_at >= window.start)
     if window.end is not None:
         clauses.append(Job.begin_at < window.end)
+    if window.visible is not None:
+        clauses.append(visible_clause(window.visible))
     return clauses
 
 
@@ -137,6 +142,8 @@ def _board_parts(window: Window, models: ModelFilter = None) -> Select[Any]:
         where.append(Job.begin_at >= window.start)
     if window.end is not None:
         where.append(Job.begin_at < window.end)
+    if window.visible is not None:
+        where.append(visible_clause(window.visible))
     if models is not None:
         where.append(models(b.model))
     return (

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
+from jobenergy.api.access import Visible
 from jobenergy.collector.models import (
     Job,
     JobEnergy,
@@ -37,6 +38,20 @@ class JobFilters:
     start: datetime | None = None  # jobs still running at or after this time
     end: datetime | None = None  # jobs started before this time
     job_ids: tuple[str, ...] | None = None
+    visible: Visible | None = None  # the caller's PrivateData scope (api/access.py)
+
+
+def visible_clause(scope: Visible) -> ColumnElement[bool]:
+    """Return the SQL condition of the jobs in ``scope``: the caller's own (by name or uid)
+    and those of the accounts they coordinate."""
+    clauses: list[ColumnElement[bool]] = []
+    if scope.user is not None:
+        clauses.append(Job.user == scope.user)
+    if scope.uid is not None:
+        clauses.append(Job.uid == scope.uid)
+    if scope.accounts:
+        clauses.append(Job.account.in_(sorted(scope.accounts)))
+    return or_(*clauses) if clauses else false()
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,8 @@ def _where(filters: JobFilters) -> list[Any]:
         clauses.append(or_(Job.begin_at.is_(None), Job.begin_at < filters.end))
     if filters.job_ids is not None:
         clauses.append(Job.job_id.in_(filters.job_ids))
+    if filters.visible is not None:
+        clauses.append(visible_clause(filters.visible))
     return clauses
 
 

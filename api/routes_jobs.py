@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 
+from jobenergy.api.access import Access
+from jobenergy.api.authenticate import get_access
 from jobenergy.api.factors_view import (
     ClusterLabels,
     FactorGroup,
@@ -37,6 +39,8 @@ from jobenergy.core import carbon
 from jobenergy.core.schema import ATTRIBUTED_COMPONENTS, check_time
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+AccessDep = Annotated[Access, Depends(get_access)]
 
 MAX_LIMIT = 10_000
 #: Largest ``offset`` (a signed 64-bit integer in SQL).
@@ -227,10 +231,19 @@ def step_view(steps: StepTotals, job_by_component: dict[str, int] | None = None)
 def get_job(
     job_id: str,
     session: SessionDep,
+    access: AccessDep,
     cluster: Annotated[str | None, Query(description="needed when job_id is on two")] = None,
 ) -> JobOut:
-    """Return a job; 404 if unknown, 409 if the id exists on several clusters."""
-    jobs = find_job(session, job_id, cluster)
+    """Return a job; 404 if unknown, 403 if the caller may not read it (``private_data =
+    jobs``: another user's, outside the accounts they coordinate), 409 if the id exists on
+    several clusters."""
+    found = find_job(session, job_id, cluster)
+    jobs = [job for job in found if access.sees_job(job.user, job.uid, job.account)]
+    if found and not jobs:
+        raise HTTPException(
+            status_code=403,
+            detail=f"job {job_id} is not visible to {access.caller.describe()}: it belongs to "
+                   "another user (private_data includes jobs)")
     if not jobs:
         where = f" on cluster {cluster}" if cluster is not None else ""
         raise HTTPException(status_code=404, detail=f"job {job_id} not found{where}")
@@ -255,6 +268,7 @@ def get_job(
 @router.get("/jobs", response_model=JobList, summary="Jobs matching filters, newest first")
 def get_jobs(
     session: SessionDep,
+    access: AccessDep,
     cluster: str | None = None,
     user: str | None = None,
     account: str | None = None,
@@ -266,7 +280,8 @@ def get_jobs(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobList:
-    """Return one page of jobs overlapping [start, end) with the other filters."""
+    """Return one page of jobs overlapping [start, end) with the other filters, among those
+    the caller may read."""
     job_ids = None
     if job_id is not None:
         job_ids = tuple(dict.fromkeys(p.strip() for p in job_id.split(",") if p.strip()))
@@ -278,6 +293,7 @@ def get_jobs(
     filters = JobFilters(
         cluster=cluster, user=user, account=account, partition=partition, state=state,
         start=parse_time(start, "start"), end=parse_time(end, "end"), job_ids=job_ids,
+        visible=access.scope("jobs"),
     )
     if filters.start is not None and filters.end is not None and filters.end < filters.start:
         raise HTTPException(

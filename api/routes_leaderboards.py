@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
+from jobenergy.api.access import Access
+from jobenergy.api.authenticate import get_access
 from jobenergy.api.leaderboards import LEADERBOARD_METRICS, Window, model_leaderboard, summary
 from jobenergy.api.routes_jobs import parse_time
 from jobenergy.api.schemas import LeaderboardRow, SummaryRow
@@ -15,12 +18,16 @@ router = APIRouter(prefix="/api/v1", tags=["leaderboards"])
 
 Metric = Literal[LEADERBOARD_METRICS]  # type: ignore[valid-type]
 TimeQuery = Annotated[str | None, Query(description="ISO 8601 or epoch s; by job start")]
+AccessDep = Annotated[Access, Depends(get_access)]
+#: The group a summary shows instead of the names the caller may not see (PrivateData).
+HIDDEN_GROUP = "(others)"
 
 
 @router.get("/leaderboards/models", response_model=list[LeaderboardRow],
             summary="Energy per model and phase, sorted by a metric")
 def get_model_leaderboard(
     session: SessionDep,
+    access: AccessDep,
     phase: Literal["training", "inference", "other"] | None = None,
     cluster: str | None = None,
     start: TimeQuery = None,
@@ -29,9 +36,10 @@ def get_model_leaderboard(
     order: Literal["desc", "asc"] = "desc",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[LeaderboardRow]:
-    """Return one row per (model, phase) of the jobs that started in ``[start, end)``."""
+    """Return one row per (model, phase) of the jobs that started in ``[start, end)``, among
+    those the caller may count (``private_data = usage``: their own and their accounts')."""
     window = Window(cluster=cluster, phase=phase, start=parse_time(start, "start"),
-                    end=parse_time(end, "end"))
+                    end=parse_time(end, "end"), visible=access.scope("usage"))
     rows = model_leaderboard(session, window, metric, order == "desc", limit)
     return [LeaderboardRow(**row) for row in rows]
 
@@ -39,13 +47,38 @@ def get_model_leaderboard(
 @router.get("/summary", response_model=list[SummaryRow], summary="Energy totals per group")
 def get_summary(
     session: SessionDep,
+    access: AccessDep,
     group_by: Literal["user", "account", "partition", "model", "phase", "cluster"] = "user",
     cluster: str | None = None,
     phase: Literal["training", "inference", "other"] | None = None,
     start: TimeQuery = None,
     end: TimeQuery = None,
 ) -> list[SummaryRow]:
-    """Return totals per group of the jobs that started in ``[start, end)``."""
+    """Return totals per group of the jobs that started in ``[start, end)``.
+
+    PrivateData: with ``usage``, a user's summary counts only the jobs they may read; with
+    ``users`` (``accounts``), other users' (accounts') names are merged into one group,
+    ``(others)``.
+    """
     window = Window(cluster=cluster, phase=phase, start=parse_time(start, "start"),
-                    end=parse_time(end, "end"))
-    return [SummaryRow(**row) for row in summary(session, window, group_by)]
+                    end=parse_time(end, "end"), visible=access.scope("usage"))
+    rows = summary(session, window, group_by)
+    word = {"user": "users", "account": "accounts"}.get(group_by)
+    if word is not None:
+        rows = _merge_hidden(rows, lambda name: access.sees_name(word, name))
+    return [SummaryRow(**row) for row in rows]
+
+
+def _merge_hidden(rows: list[dict[str, Any]], shown: Callable[[str | None], bool]
+                  ) -> list[dict[str, Any]]:
+    """Return ``rows`` with those whose group may not be shown summed into one."""
+    kept = [row for row in rows if shown(row["group"])]
+    hidden = [row for row in rows if not shown(row["group"])]
+    if hidden:
+        merged: dict[str, Any] = {"group": HIDDEN_GROUP}
+        for key in hidden[0]:
+            if key != "group":
+                merged[key] = sum(row[key] for row in hidden)
+        kept.append(merged)
+        kept.sort(key=lambda row: -row["energy_kwh"])
+    return kept

@@ -3,8 +3,12 @@ batches the collector refused per node."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
+from fastapi import APIRouter, Depends
+
+from jobenergy.api.access import Access
+from jobenergy.api.authenticate import forbidden, get_access
 from jobenergy.api.queries import node_totals
 from jobenergy.api.schemas import NodeComponentEnergy, NodeList, NodeRefusals
 from jobenergy.collector.refusals import refusals
@@ -14,9 +18,16 @@ router = APIRouter(prefix="/api/v1", tags=["nodes"])
 
 
 @router.get("/nodes", response_model=NodeList, summary="Measured vs attributed energy per node")
-def get_nodes(session: SessionDep, cluster: str | None = None) -> NodeList:
+def get_nodes(session: SessionDep, access: Annotated[Access, Depends(get_access)],
+              cluster: str | None = None) -> NodeList:
     """Return measured, unattributed and attributed µJ per node and component, and the
-    refused batches per node (count, conflicts, latest status, reason and time)."""
+    refused batches per node (count, conflicts, latest status, reason and time).
+
+    For admins, operators and the Slurm hooks (the sync checks conservation and finality
+    here): refusal reasons may quote other users' job data.
+    """
+    if not access.reads_all:
+        raise forbidden(access, "read per-node totals and refusals (admins and operators do)")
     return NodeList(
         nodes=[NodeComponentEnergy(**row) for row in node_totals(session, cluster)],
         refusals=[NodeRefusals(**row) for row in refusals(session, cluster)],

@@ -39,7 +39,7 @@ def main() -> None:
         for i in range(args.jobs):
             node.start_job(str(1000 + i), 2000 + i % 7, [2 * i, 2 * i + 1])
         settings = AgentSettings(
-            collector_url="http://127.0.0.1:9",
+            collector_url="http://127.0.0.1:9", auth="none",
             cluster="bench",
             node="bench",
             interval_s=1.0,

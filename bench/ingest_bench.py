@@ -104,7 +104,7 @@ def bench_http(db_url: str, bodies: list[bytes], records: int, concurrency: int)
         "import uvicorn\n"
         "from jobenergy.api.app import create_app\n"
         "from jobenergy.collector.settings import ServerSettings\n"
-        f"app = create_app(ServerSettings(db_url={db_url!r}, migrate=False))\n"
+        f"app = create_app(ServerSettings(db_url={db_url!r}, migrate=False, auth=\"none\"))\n"
         f"uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning')\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code])

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from jobenergy.cli.auth import auth_app
 from jobenergy.cli.cluster import cluster_app
 from jobenergy.cli.slurm import app as slurm_app
 from jobenergy.core.errors import JobEnergyError
@@ -23,6 +24,7 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="Database schema management.")
 app.add_typer(db_app, name="db")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(auth_app, name="auth")
 app.add_typer(slurm_app, name="slurm")
 
 
@@ -69,6 +71,7 @@ def agent(
 
 
 DEFAULT_DB = "sqlite:///./jobenergy.db"
+DEFAULT_SERVER_CONFIG = "/etc/jobenergy/server.toml"
 # The URL may hold a password: give it by environment or file, never in argv (/proc/*/cmdline
 # is readable by every user on the host).
 DbOpt = Annotated[
@@ -110,18 +113,44 @@ def _shown(url: str) -> str:
         return "(unparsable database URL)"
 
 
+def _opt(help_text: str, *names: str) -> typer.models.OptionInfo:
+    """A server option without a default of its own: unset, the environment
+    (``JOBENERGY_SERVER_<NAME>``), then the config file's ``[server]`` apply."""
+    return typer.Option(*names, help=help_text, show_default=False)
+
+
 @app.command()
 def server(
     db: DbOpt = None,
     db_file: DbFileOpt = None,
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8080,
-    pue: Annotated[float, typer.Option(help="Default PUE")] = 1.0,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", envvar="JOBENERGY_SERVER_CONFIG",
+                     help=f"TOML file with [server] (default {DEFAULT_SERVER_CONFIG} if present)"),
+    ] = None,
+    host: Annotated[str | None, _opt("Address to listen on (127.0.0.1)")] = None,
+    port: Annotated[int | None, _opt("TCP port (8080)")] = None,
+    pue: Annotated[float | None, _opt("Default PUE (1.0)")] = None,
     carbon_intensity: Annotated[
         float | None,
-        typer.Option(
-            "--carbon-intensity", help="Default g CO2e/kWh (else world average 475, flagged)"
-        ),
+        _opt("Default g CO2e/kWh (else world average 475, flagged)", "--carbon-intensity"),
+    ] = None,
+    auth: Annotated[
+        str | None,
+        _opt("munge,jwt,token (any of them) or none (loopback only); default: munge when "
+             "munged answers"),
+    ] = None,
+    munge_socket: Annotated[str | None, _opt("munged's socket")] = None,
+    jwt_key: Annotated[Path | None, _opt("Slurm's jwt_hs256.key, for --auth jwt")] = None,
+    admins: Annotated[str | None, _opt("Admin user names, comma-separated")] = None,
+    admin_group: Annotated[str | None, _opt("Unix group of admins")] = None,
+    private_data: Annotated[
+        str | None, _opt("Slurm PrivateData words: jobs,usage,users,accounts (all by default)")
+    ] = None,
+    tls_cert: Annotated[Path | None, _opt("PEM certificate (chain): serve HTTPS")] = None,
+    tls_key: Annotated[Path | None, _opt("PEM private key of --tls-cert")] = None,
+    allow_insecure: Annotated[
+        bool | None, _opt("Allow plain HTTP off loopback", "--allow-insecure")
     ] = None,
     no_migrate: Annotated[
         bool, typer.Option("--no-migrate", help="Do not upgrade the schema")
@@ -134,23 +163,54 @@ def server(
     from sqlalchemy.exc import SQLAlchemyError
 
     from jobenergy.api.app import create_app
-    from jobenergy.collector.settings import ServerSettings
+    from jobenergy.collector.settings import DEFAULT_CONFIG_FILE, ServerSettings
 
+    if config is None and DEFAULT_CONFIG_FILE.exists():
+        config = DEFAULT_CONFIG_FILE
     try:
-        settings = ServerSettings(
-            db_url=_db_url(db, db_file),
-            host=host,
-            port=port,
-            pue=pue,
-            carbon_intensity_g_per_kwh=carbon_intensity,
-            migrate=not no_migrate,
+        settings = ServerSettings.load(
+            config,
+            db_url=_db_url(db, db_file) if (db or db_file) else None,
+            host=host, port=port, pue=pue, carbon_intensity_g_per_kwh=carbon_intensity,
+            auth=auth, munge_socket=munge_socket, jwt_key=jwt_key, admins=admins,
+            admin_group=admin_group, private_data=private_data, tls_cert=tls_cert,
+            tls_key=tls_key, allow_insecure=allow_insecure,
+            migrate=False if no_migrate else None,
         )
+        check_transport(settings)
         application = create_app(settings)
     except (JobEnergyError, ValueError, SQLAlchemyError) as err:
         message = _db_error(err) if isinstance(err, SQLAlchemyError) else str(err)
         typer.echo(f"jobenergy server: {message}", err=True)
         raise typer.Exit(2) from err
-    uvicorn.run(application, host=host, port=port, log_level=log_level.lower())
+    uvicorn.run(
+        application, host=settings.host, port=settings.port, log_level=log_level.lower(),
+        ssl_certfile=str(settings.tls_cert) if settings.tls else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls else None,
+    )
+
+
+def check_transport(settings: object) -> None:
+    """Refuse plain HTTP off loopback unless ``allow_insecure`` (node tokens and job data would
+    cross the network in clear), and a half-configured TLS.
+
+    Raises:
+        ConfigError: What is wrong, in one line.
+    """
+    from jobenergy.collector.settings import ServerSettings
+    from jobenergy.core.errors import ConfigError
+    from jobenergy.core.request_auth import is_loopback
+
+    assert isinstance(settings, ServerSettings)
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    for path in (settings.tls_cert, settings.tls_key):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"TLS file {path} does not exist")
+    if not settings.tls and not is_loopback(settings.host) and not settings.allow_insecure:
+        raise ConfigError(
+            f"plain HTTP on {settings.host}: give --tls-cert/--tls-key, listen on a loopback "
+            "address behind a TLS proxy, or set --allow-insecure")
 
 
 @db_app.command("upgrade")

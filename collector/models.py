@@ -33,6 +33,10 @@ Tables (singular lower_snake, ``*_at`` timestamps in UTC):
   imported series (cluster ``""`` holds the server's ``--pue``/``--carbon-intensity`` defaults).
 - ``factor_change``: each factor change that rewrote stored facility energy/CO2e, with the
   hours it rewrote (``collector/factor_changes.py``), so the Slurm sync can follow.
+- ``auth_token``: static tokens (``jobenergy auth token``), stored as SHA-256 only, each for
+  one role (an agent of one node, the Slurm hooks, an admin).
+- ``audit_log``: who changed what and when (factor changes, tokens issued and revoked), with
+  the old and new values.
 """
 
 from __future__ import annotations
@@ -433,3 +437,37 @@ class JobBoardPart(Base):
     sampled_uj: Mapped[int] = mapped_column(BigInteger)
     samples: Mapped[int | None] = mapped_column(BigInteger)
     gpu_s: Mapped[float] = mapped_column(Float)
+
+
+class AuthToken(Base):
+    """A static token (``Authorization: Bearer``), stored as the SHA-256 of its text.
+
+    ``role``: ``agent`` (posts batches for ``node`` of ``cluster`` only), ``hooks`` (job events
+    and the Slurm sync) or ``admin``. A revoked token stays, with ``revoked_at``, for the audit.
+    """
+
+    __tablename__ = "auth_token"
+    __table_args__ = (Index("ix_auth_token_node", "cluster", "node"),)
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN))
+    node: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(NAME_LEN))
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditLog(Base):
+    """One privileged change: who (identity as authenticated), when, what, old and new value."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, Identity(always=False), primary_key=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(NAME_LEN))
+    action: Mapped[str] = mapped_column(String(64))
+    cluster: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    old_value: Mapped[dict[str, Any] | None]
+    new_value: Mapped[dict[str, Any] | None]

@@ -4,7 +4,12 @@ Bodies are read by :func:`read_body`, which enforces ``max_body_bytes`` on the b
 and again while inflating ``Content-Encoding: gzip``; parsing and validation happen in the
 (sync, threadpool) route, and each request is one transaction: on any error nothing is stored.
 
-Status codes: 200 stored or duplicate, 400 malformed JSON or gzip, 409 a batch key already
+Both need a caller with the right (``api/access.py``): a batch only from the agent of its node,
+an event only from the Slurm hooks (403 otherwise; 401 was answered before, by
+``api/authenticate.py``).
+
+Status codes: 200 stored or duplicate, 400 malformed JSON or gzip, 403 not this caller's to
+post, 409 a batch key already
 stored with other content, 413 body too large, 415 unsupported ``Content-Encoding``, 422
 invalid content (message names the field), 503 database unavailable (with ``Retry-After``).
 Every 4xx answer to a batch is recorded for its node (``collector/refusals.py``).
@@ -25,12 +30,15 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobenergy.api.access import Access
+from jobenergy.api.authenticate import forbidden, get_access
 from jobenergy.collector.clusters import sync_defaults
 from jobenergy.collector.events import apply_job_event
 from jobenergy.collector.ingest import BatchConflict, IngestRejected, ingest_batch
 from jobenergy.collector.refusals import UNKNOWN_SENDER, record_refusal, sender_of
 from jobenergy.collector.settings import ServerSettings
 from jobenergy.core.schema import NO_NUL_PATTERN, SCHEMA_VERSION, Batch, JobEvent
+from jobenergy.core.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +72,7 @@ def get_session(request: Request) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
+AccessDep = Annotated[Access, Depends(get_access)]
 
 
 def _too_large(limit: int) -> HTTPException:
@@ -239,14 +248,25 @@ class RefusalsRecorded(APIRoute):
 
 async def _record(request: Request, status: int, reason: str) -> None:
     sender = getattr(request.state, "sender", UNKNOWN_SENDER)
+    access: Access | None = getattr(request.state, "access", None)
+    # Only a node's own agent writes to its record: otherwise any user could fill the table
+    # with invented node names, or blame a real node for their forgeries (those are logged).
+    if access is None or not (access.may_post_batch(*sender) if sender != UNKNOWN_SENDER
+                              else access.agent_nodes is None or bool(access.agent_nodes)):
+        logger.warning("refused batch from %s claiming %s: HTTP %s %s",
+                       access.caller.describe() if access else "?", "/".join(sender) or "?",
+                       status, printable(reason[:300]))
+        return
     await run_in_threadpool(record_refusal, request.app.state.sessionmaker, sender, status,
                             reason)
 
 
-def post_batch(request: Request, body: BodyDep, session: SessionDep) -> IngestResponse:
+def post_batch(request: Request, access: AccessDep, body: BodyDep,
+               session: SessionDep) -> IngestResponse:
     """Validate and store a batch in one transaction; a repeated batch is a duplicate.
 
-    A batch whose key is stored with other content answers 409 (nothing stored).
+    A batch whose key is stored with other content answers 409 (nothing stored); one for a
+    node the caller is not the agent of, 403.
     """
     try:
         batch = parse_body(body, Batch)
@@ -254,6 +274,8 @@ def post_batch(request: Request, body: BodyDep, session: SessionDep) -> IngestRe
         request.state.sender = sender_of(body)
         raise
     request.state.sender = (batch.cluster, batch.node)
+    if not access.may_post_batch(batch.cluster, batch.node):
+        raise forbidden(access, f"post batches for node {batch.node} of cluster {batch.cluster}")
     try:
         with session.begin():
             if not request.app.state.defaults_synced:
@@ -305,8 +327,10 @@ router.add_api_route(
     summary="Record a job start or end (Slurm prolog/epilog)",
     dependencies=[JsonDep],
 )
-def post_job_event(body: BodyDep, session: SessionDep) -> JobEventResponse:
-    """Merge a job event into the job's metadata."""
+def post_job_event(access: AccessDep, body: BodyDep, session: SessionDep) -> JobEventResponse:
+    """Merge a job event into the job's metadata (the Slurm hooks only)."""
+    if not access.service:
+        raise forbidden(access, "post job events (the Slurm hooks do: root or SlurmUser)")
     event = parse_body(body, JobEvent)
     try:
         with session.begin():

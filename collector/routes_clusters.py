@@ -18,11 +18,14 @@
   affected jobs' AdminComments (``collector/factor_changes.py``).
 
 Each change recomputes the stored facility energy and CO2e it affects, in one transaction;
-invalid input answers 422 (400 for malformed JSON/CSV) and changes nothing.
+invalid input answers 422 (400 for malformed JSON/CSV) and changes nothing. Changes are for
+admins and operators only (403 otherwise), and each is written to the audit log in the same
+transaction: who, when, the factors before and after (``collector/audit.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -31,7 +34,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import select, union
 
-from jobenergy.collector import clusters, factor_changes
+from jobenergy.api.access import Access
+from jobenergy.api.authenticate import forbidden, get_access
+from jobenergy.collector import audit, clusters, factor_changes
 from jobenergy.collector.factors import DEFAULTS
 from jobenergy.collector.models import ClusterConfig, Job
 from jobenergy.collector.routes import BodyDep, SessionDep, parse_body, read_limited
@@ -108,6 +113,28 @@ def _out(session: Any, cluster: str, recomputed: int | None = None) -> ClusterOu
                       recomputed_hours=recomputed)
 
 
+def admin_access(access: Annotated[Access, Depends(get_access)]) -> Access:
+    """Return the caller's access when it may change factors (admins, operators), else 403."""
+    if not access.admin:
+        raise forbidden(access, "change PUE or carbon factors (admins and operators do)")
+    return access
+
+
+AdminDep = Annotated[Access, Depends(admin_access)]
+
+
+def _audited(session: Any, access: Access, cluster: str, action: str, request: Any,
+             change: Any) -> ClusterOut:
+    """Apply ``change()`` (returns the recomputed hours) and audit it, in one transaction."""
+    conn = session.connection()
+    before = ClusterOut(**clusters.describe(conn, cluster)).model_dump(mode="json")
+    changed = change()
+    after = _out(session, cluster, changed)
+    audit.record(conn, access.caller.describe(), action, cluster, before,
+                 {**after.model_dump(mode="json"), "request": request})
+    return after
+
+
 def _bad(err: ValueError) -> HTTPException:
     return HTTPException(status_code=422, detail=str(err))
 
@@ -147,25 +174,28 @@ def get_factor_changes(
 
 @router.put("/clusters/{cluster}/carbon", response_model=ClusterOut,
             summary="Set a cluster's carbon-intensity source and recompute its CO2e")
-def put_carbon(cluster: ClusterName, body: BodyDep, session: SessionDep) -> ClusterOut:
+def put_carbon(cluster: ClusterName, access: AdminDep, body: BodyDep,
+               session: SessionDep) -> ClusterOut:
     """Validate, store and apply a carbon-intensity source."""
     setting = parse_body(body, clusters.CarbonSetting)
     try:
         with session.begin():
-            changed = clusters.set_carbon(session.connection(), cluster, setting)
-            return _out(session, cluster, changed)
+            return _audited(session, access, cluster, "carbon.set",
+                            setting.model_dump(mode="json"),
+                            lambda: clusters.set_carbon(session.connection(), cluster, setting))
     except ValueError as err:
         raise _bad(err) from err
 
 
 @router.put("/clusters/{cluster}/pue", response_model=ClusterOut,
             summary="Set a cluster's constant PUE and recompute its facility energy")
-def put_pue(cluster: ClusterName, body: BodyDep, session: SessionDep) -> ClusterOut:
+def put_pue(cluster: ClusterName, access: AdminDep, body: BodyDep,
+            session: SessionDep) -> ClusterOut:
     """Store a constant PUE (or null: the server default) and apply it."""
     setting = parse_body(body, clusters.PueSetting)
     with session.begin():
-        changed = clusters.set_pue(session.connection(), cluster, setting.pue)
-        return _out(session, cluster, changed)
+        return _audited(session, access, cluster, "pue.set", setting.model_dump(mode="json"),
+                        lambda: clusters.set_pue(session.connection(), cluster, setting.pue))
 
 
 async def read_series_body(request: Request) -> bytes:
@@ -203,6 +233,7 @@ def _steps(request: Request, body: bytes, column: str | None) -> list[Any]:
 def post_series(
     cluster: ClusterName,
     factor: Literal["carbon", "pue"],
+    access: AdminDep,
     request: Request,
     body: SeriesBodyDep,
     session: SessionDep,
@@ -212,8 +243,10 @@ def post_series(
     steps = _steps(request, body, column)
     try:
         with session.begin():
-            changed = clusters.import_series(session.connection(), cluster, factor, steps)
-            return _out(session, cluster, changed)
+            return _audited(
+                session, access, cluster, f"{factor}.series.import",
+                {"steps": len(steps), "sha256": hashlib.sha256(body).hexdigest()},
+                lambda: clusters.import_series(session.connection(), cluster, factor, steps))
     except ValueError as err:
         raise _bad(err) from err
 
@@ -221,9 +254,10 @@ def post_series(
 @router.delete("/clusters/{cluster}/{factor}/series", response_model=ClusterOut,
                summary="Drop a PUE or carbon-intensity series")
 def delete_series(
-    cluster: ClusterName, factor: Literal["carbon", "pue"], session: SessionDep
+    cluster: ClusterName, factor: Literal["carbon", "pue"], access: AdminDep,
+    session: SessionDep,
 ) -> ClusterOut:
     """Delete the series and recompute the span it covered."""
     with session.begin():
-        changed = clusters.clear_series(session.connection(), cluster, factor)
-        return _out(session, cluster, changed)
+        return _audited(session, access, cluster, f"{factor}.series.delete", None,
+                        lambda: clusters.clear_series(session.connection(), cluster, factor))

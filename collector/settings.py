@@ -7,10 +7,22 @@ instantiated at import time: the CLI builds a :class:`ServerSettings` and passes
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import contextvars
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 from jobenergy.core.carbon import WORLD_AVERAGE_G_PER_KWH
+from jobenergy.core.errors import ConfigError
 
 #: Default cap on one request body, compressed and decompressed: 32 MiB.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -18,6 +30,32 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 #: and 200 000 points (22 years of hourly values).
 DEFAULT_MAX_SERIES_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_SERIES_POINTS = 200_000
+
+#: Authentication mechanisms ``--auth`` accepts (DESIGN.md, "Security model" in the README).
+AUTH_MECHANISMS = ("munge", "jwt", "token", "none")
+#: Slurm's PrivateData words this server honours, all on by default: a user reads only their
+#: own jobs and usage (and their coordinated accounts'); ``private_data = ""`` opens it up
+#: like Slurm's own default.
+PRIVATE_DATA_WORDS = ("jobs", "usage", "users", "accounts")
+DEFAULT_MUNGE_SOCKET = "/run/munge/munge.socket.2"
+#: The system config file ``jobenergy server`` reads when present (``--config`` overrides).
+DEFAULT_CONFIG_FILE = Path("/etc/jobenergy/server.toml")
+
+_TOML_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "jobenergy_server_toml", default=None)
+
+
+def _words(value: Any, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """Normalise a comma list (or a list) of words, refusing unknown ones."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    words = tuple(dict.fromkeys(str(w).strip().lower() for w in items if str(w).strip()))
+    unknown = [w for w in words if w not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {', '.join(map(repr, unknown))}; use "
+                         f"{', '.join(allowed)}")
+    return words
 
 
 class ServerSettings(BaseSettings):
@@ -38,6 +76,27 @@ class ServerSettings(BaseSettings):
         max_series_bytes: Largest series import body (JSON or CSV), checked the same way.
         max_series_points: Most points one series import may hold; a CSV is parsed row by
             row and refused (413) at the first point beyond.
+        auth: Accepted authentication mechanisms (``munge``, ``jwt``, ``token``; ``none``
+            alone, loopback only). Empty: ``munge`` when munged answers, else the server
+            refuses to start (``api/auth.py``).
+        munge_socket: munged's socket, for decoding MUNGE credentials.
+        jwt_key: Slurm's ``jwt_hs256.key`` (the file slurmrestd and slurmctld use).
+        admins: User names with the admin role (besides Slurm's AdminLevel and
+            ``admin_group``).
+        admin_group: Unix group whose members have the admin role.
+        slurm_user: Slurm's SlurmUser: its MUNGE credentials may post job events and read
+            every job (``jobenergy slurm sync``), as root's may.
+        nodes: ``[server.nodes]``: host (name or address) -> the Slurm nodes its root may post
+            batches for. Without an entry, a host may post for its own short hostname.
+        private_data: Slurm's PrivateData words this server applies to users' reads.
+        sacctmgr: The ``sacctmgr`` command (coordinators and AdminLevel); empty: do not ask.
+        slurm_roles_ttl_s: How long coordinators and AdminLevels from sacctmgr are cached.
+        rate_limit_per_s: Requests per second one user identity may make (token bucket;
+            agents, hooks and admins are not limited); 0 turns it off.
+        rate_limit_burst: Bucket size of that limit.
+        tls_cert: PEM certificate chain; with ``tls_key``, the server speaks HTTPS.
+        tls_key: PEM private key of ``tls_cert``.
+        allow_insecure: Allow plain HTTP on an address other than loopback.
     """
 
     model_config = SettingsConfigDict(env_prefix="JOBENERGY_SERVER_", extra="forbid")
@@ -51,6 +110,84 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     max_series_bytes: int = Field(default=DEFAULT_MAX_SERIES_BYTES, ge=1024)
     max_series_points: int = Field(default=DEFAULT_MAX_SERIES_POINTS, ge=1, le=1_000_000)
+    # NoDecode: comma lists in the environment (JOBENERGY_SERVER_AUTH=munge,token), not JSON.
+    auth: Annotated[tuple[str, ...], NoDecode] = ()
+    munge_socket: str = DEFAULT_MUNGE_SOCKET
+    jwt_key: Path | None = None
+    admins: Annotated[tuple[str, ...], NoDecode] = ()
+    admin_group: str | None = None
+    slurm_user: str = "slurm"
+    nodes: dict[str, list[str]] = Field(default_factory=dict)
+    private_data: Annotated[tuple[str, ...], NoDecode] = PRIVATE_DATA_WORDS
+    sacctmgr: str = "sacctmgr"
+    slurm_roles_ttl_s: float = Field(default=300.0, ge=0)
+    rate_limit_per_s: float = Field(default=20.0, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_insecure: bool = False
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth(cls, value: Any) -> tuple[str, ...]:
+        words = _words(value, AUTH_MECHANISMS)
+        if "none" in words and len(words) > 1:
+            raise ValueError("'none' cannot be combined with other mechanisms")
+        return words
+
+    @field_validator("private_data", mode="before")
+    @classmethod
+    def _private_data(cls, value: Any) -> tuple[str, ...]:
+        return _words(value, PRIVATE_DATA_WORDS)
+
+    @field_validator("admins", mode="before")
+    @classmethod
+    def _admins(cls, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(v).strip() for v in items if str(v).strip())
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """CLI (init) > ``JOBENERGY_SERVER_*`` > the TOML file's ``[server]`` > defaults."""
+        toml_file = _TOML_FILE.get()
+        if toml_file is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings,
+                TomlConfigSettingsSource(settings_cls, toml_file, toml_table_header=("server",)))
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> ServerSettings:
+        """Build settings from overrides (the CLI), the environment and a TOML ``[server]``.
+
+        Raises:
+            ConfigError: The file is unreadable or invalid, or a value is.
+        """
+        if config_file is not None:
+            try:
+                config_file.read_bytes()
+            except OSError as err:
+                raise ConfigError(f"cannot read server config {config_file}: "
+                                  f"{err.strerror}") from err
+        token = _TOML_FILE.set(config_file)
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as err:
+            raise ConfigError(f"invalid server settings: {_one_line(err)}") from err
+        except (KeyError, ValueError, SettingsError) as err:  # bad TOML, no [server] table
+            raise ConfigError(f"server config {config_file}: {err}") from err
+        finally:
+            _TOML_FILE.reset(token)
+
+    @property
+    def tls(self) -> bool:
+        """Return True when the server speaks HTTPS."""
+        return self.tls_cert is not None and self.tls_key is not None
 
     @property
     def effective_carbon_intensity_g_per_kwh(self) -> float:
@@ -63,3 +200,10 @@ class ServerSettings(BaseSettings):
     def carbon_intensity_fallback(self) -> bool:
         """Return True when the world-average fallback is in use."""
         return self.carbon_intensity_g_per_kwh is None
+
+
+def _one_line(err: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in err.errors(include_url=False)[:5]
+    )

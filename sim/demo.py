@@ -72,6 +72,7 @@ def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = N
             config = write_agent_config(
                 work / f"agent-{name}.toml",
                 collector_url=api,
+                auth="none",  # the demo server runs --auth none on loopback
                 cluster=CLUSTER,
                 node=name,
                 interval_s=INTERVAL_S,

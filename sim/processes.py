@@ -27,9 +27,13 @@ def _cli(*args: str) -> list[str]:
 
 
 def start_server(
-    db_url: str, port: int, log_path: Path, *extra: str, timeout_s: float = 30.0
+    db_url: str, port: int, log_path: Path, *extra: str, timeout_s: float = 30.0,
+    auth: str = "none",
 ) -> subprocess.Popen:
-    """Start ``jobenergy server`` and wait until /healthz answers."""
+    """Start ``jobenergy server --auth AUTH`` on 127.0.0.1 and wait until /healthz answers.
+
+    ``none`` (the demo, local tests) is what a loopback-only server may run with.
+    """
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     proc = subprocess.Popen(
         _cli(
@@ -40,6 +44,8 @@ def start_server(
             str(port),
             "--log-level",
             "warning",
+            "--auth",
+            auth,
             *extra,
         ),
         stdout=log,

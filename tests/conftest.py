@@ -7,6 +7,8 @@ fixtures import it lazily.
 - ``pg_url``: a PostgreSQL database for the session: ``$JOBENERGY_TEST_PG_URL`` (its tables
   are wiped by ``db_url``), or a private server started from Debian's binaries.
 - ``db_url``: an empty, migrated database per test, once on SQLite and once on PostgreSQL.
+- ``munge_socket``: the socket of a private munged for the session (own key, own socket).
+- ``make_munged``: factory of further private munged servers, each with another key.
 - ``make_batch``: factory of valid, energy-conserving ``Batch`` objects.
 - ``server_settings`` / ``client``: a FastAPI TestClient over ``create_app``.
 """
@@ -27,11 +29,11 @@ from typing import Any
 import pytest
 
 
-def _load_pgserver() -> ModuleType:
+def _load_helper(stem: str) -> ModuleType:
     # Loaded by path: putting tests/ on sys.path would let tests/api shadow jobenergy.api.
-    name = "jobenergy_tests_pgserver"
+    name = f"jobenergy_tests_{stem}"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("pgserver.py"))
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{stem}.py"))
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
@@ -39,7 +41,8 @@ def _load_pgserver() -> ModuleType:
     return sys.modules[name]
 
 
-pgserver = _load_pgserver()
+pgserver = _load_helper("pgserver")
+mungeserver = _load_helper("mungeserver")
 
 #: Start of every default test scenario.
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -68,6 +71,44 @@ def pg_url() -> Iterator[str]:
     try:
         yield server.create_database("jobenergy_test")
     finally:
+        server.stop()
+
+
+def _munged() -> Path:
+    """Return the munged executable; fail in CI, else skip, when it is not installed."""
+    munged = mungeserver.find_munged()
+    if munged is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(mungeserver.NOT_FOUND_MESSAGE)
+        pytest.skip(mungeserver.NOT_FOUND_MESSAGE)
+    return munged
+
+
+@pytest.fixture(scope="session")
+def munge_socket() -> Iterator[str]:
+    """Yield the socket path of a private munged (its own random key) for this session."""
+    with mungeserver.MungeServer(_munged()) as server:
+        yield server.socket_path
+
+
+@pytest.fixture
+def make_munged() -> Iterator[Callable[..., Any]]:
+    """Return a factory ``make_munged(**kwargs) -> MungeServer``, started; stopped at teardown.
+
+    Each server has its own random key unless ``key=`` is given, so it refuses the
+    credentials of ``munge_socket``'s server ("another realm"). Keywords go to
+    ``tests/mungeserver.py``'s ``MungeServer``.
+    """
+    munged = _munged()
+    servers: list[Any] = []
+
+    def factory(**kwargs: Any) -> Any:
+        server = mungeserver.MungeServer(munged, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in reversed(servers):
         server.stop()
 
 
@@ -214,7 +255,7 @@ def server_settings(db_url: str) -> Any:
     from jobenergy.collector.settings import ServerSettings
 
     return ServerSettings(
-        db_url=db_url, migrate=False, pue=1.0, carbon_intensity_g_per_kwh=None,
+        db_url=db_url, auth="none", migrate=False, pue=1.0, carbon_intensity_g_per_kwh=None,
         max_body_bytes=1024 * 1024,
     )
 

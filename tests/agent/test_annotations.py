@@ -17,7 +17,7 @@ def setup(tmp_path, monkeypatch):
     sock = tmp_path / "agent.sock"
     monkeypatch.setenv("JOBENERGY_SOCKET", str(sock))
     settings = AgentSettings(
-        collector_url="http://127.0.0.1:9",
+        collector_url="http://127.0.0.1:9", auth="none",
         cluster="t",
         node="n1",
         spool_dir=tmp_path / "s",

@@ -8,7 +8,7 @@ from jobenergy.sim.node import SimNode
 def _agent(tmp_path, node):
     return Agent(
         AgentSettings(
-            collector_url="http://127.0.0.1:9",
+            collector_url="http://127.0.0.1:9", auth="none",
             cluster="t",
             node="n1",
             spool_dir=tmp_path / "s",

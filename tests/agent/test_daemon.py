@@ -20,7 +20,7 @@ def node(tmp_path):
 @pytest.fixture
 def agent(tmp_path, node):
     settings = AgentSettings(
-        collector_url="http://127.0.0.1:9",
+        collector_url="http://127.0.0.1:9", auth="none",
         cluster="t",
         node="n1",
         interval_s=1,
@@ -87,7 +87,7 @@ def test_wrap_is_counted_and_core_zone_never_added(tmp_path):
         tmp_path / "w", "n1", ncpus=4, packages=1, energy_start_uj=RAPL_MAX_RANGE_UJ - 10
     )
     settings = AgentSettings(
-        collector_url="http://127.0.0.1:9",
+        collector_url="http://127.0.0.1:9", auth="none",
         cluster="t",
         node="n1",
         spool_dir=tmp_path / "s",

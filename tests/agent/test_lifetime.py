@@ -118,7 +118,7 @@ def node(tmp_path):
 @pytest.fixture
 def agent(tmp_path, node):
     settings = AgentSettings(
-        collector_url="http://127.0.0.1:9", cluster="t", node="n1", interval_s=1,
+        collector_url="http://127.0.0.1:9", auth="none", cluster="t", node="n1", interval_s=1,
         push_interval_s=3600, spool_dir=tmp_path / "spool", sysfs_root=node.sysfs_root,
         procfs_root=node.procfs_root, cgroup_root=node.cgroup_root, nvml="off",
         gpu_map_dir=tmp_path / "jobmap",

@@ -25,7 +25,7 @@ def test_agent_exits_within_10s_with_a_hanging_collector(tmp_path):
     port = hung.getsockname()[1]
     spool = tmp_path / "spool"
     cfg = write_agent_config(
-        tmp_path / "agent.toml", collector_url=f"http://127.0.0.1:{port}", cluster="t",
+        tmp_path / "agent.toml", collector_url=f"http://127.0.0.1:{port}", auth="none", cluster="t",
         node="n1", interval_s=0.2, push_interval_s=0.2, spool_dir=str(spool),
         sysfs_root=str(node.sysfs_root), procfs_root=str(node.procfs_root),
         cgroup_root=str(node.cgroup_root), nvml="off", gpu_map_dir=str(tmp_path / "map"),

@@ -8,7 +8,7 @@ from jobenergy.collector.settings import ServerSettings
 
 
 def test_create_app_migrates_a_fresh_database(make_client, tmp_path, make_batch):
-    settings = ServerSettings(db_url=f"sqlite:///{tmp_path / 'new.db'}", migrate=True)
+    settings = ServerSettings(auth="none", db_url=f"sqlite:///{tmp_path / 'new.db'}", migrate=True)
     client = make_client(settings)
     assert client.get("/healthz").json() == {"status": "ok"}
     response = client.post("/api/v1/batches", content=make_batch().model_dump_json())

@@ -64,7 +64,7 @@ READS = ["/healthz", "/api/v1/jobs", "/api/v1/jobs/1", "/api/v1/nodes", "/api/v1
 def test_reads_while_the_database_is_down_are_503_with_retry_after(make_client, path):
     from jobenergy.collector.settings import ServerSettings
 
-    settings = ServerSettings(db_url="postgresql+psycopg://postgres@127.0.0.1:1/none",
+    settings = ServerSettings(auth="none", db_url="postgresql+psycopg://postgres@127.0.0.1:1/none",
                               migrate=False)
     response = make_client(settings).get(path)
     assert response.status_code == 503, response.text

@@ -22,7 +22,7 @@ def api(tmp_path, make_batch):
     from jobenergy.api.app import create_app
     from jobenergy.collector.settings import ServerSettings
 
-    app = create_app(ServerSettings(db_url=f"sqlite:///{tmp_path / 'cli.db'}"))
+    app = create_app(ServerSettings(auth="none", db_url=f"sqlite:///{tmp_path / 'cli.db'}"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

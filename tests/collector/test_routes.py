@@ -204,7 +204,7 @@ def test_gzip_at_the_limit_is_accepted(make_client, server_settings, make_batch)
 def test_database_down_is_503(make_client, make_batch):
     from jobenergy.collector.settings import ServerSettings
 
-    settings = ServerSettings(db_url="postgresql+psycopg://postgres@127.0.0.1:1/none",
+    settings = ServerSettings(auth="none", db_url="postgresql+psycopg://postgres@127.0.0.1:1/none",
                               migrate=False)
     client = make_client(settings)
     response = post(client, make_batch().model_dump_json().encode())
@@ -315,6 +315,7 @@ def test_no_migrate_on_an_empty_database_refuses_to_start(tmp_path):
     from jobenergy.collector.settings import ServerSettings
     from jobenergy.core.errors import ConfigError
 
-    settings = ServerSettings(db_url=f"sqlite:///{tmp_path / 'empty.db'}", migrate=False)
+    settings = ServerSettings(auth="none", db_url=f"sqlite:///{tmp_path / 'empty.db'}",
+                              migrate=False)
     with pytest.raises(ConfigError, match="jobenergy db upgrade"):
         create_app(settings)

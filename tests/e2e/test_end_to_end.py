@@ -98,6 +98,7 @@ def cluster(tmp_path, pg_fresh_url, libnvml_dir):
         config = write_agent_config(
             tmp_path / f"{node.name}.toml",
             collector_url=api,
+            auth="none",
             cluster="e2e",
             node=node.name,
             interval_s=INTERVAL_S,

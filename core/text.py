@@ -1,4 +1,4 @@
-"""Text from outside the agent (file names, peers, the collector) made safe to log."""
+"""Text from outside (file names, peers, clients, the collector) made safe to log."""
 
 from __future__ import annotations
 

@@ -1,0 +1,238 @@
+"""Who is calling: credentials in, a :class:`Caller` out (README "Security model").
+
+Mechanisms (``--auth``, any subset of ``munge,jwt,token``; ``none`` alone, loopback only):
+
+* ``Authorization: MUNGE <credential>``: decoded by munged with the cluster's key; its payload
+  must be :func:`jobenergy.core.request_auth.munge_payload` of this very request (method,
+  target, SHA-256 of the body as received), so a credential cannot be moved to another request,
+  and munged refuses a replay within its TTL. Gives uid, gid and the encoding host.
+* ``X-SLURM-USER-NAME`` + ``X-SLURM-USER-TOKEN``: an HS256 JWT signed with Slurm's
+  ``jwt_hs256.key``; ``exp`` and ``iat`` required, ``sun`` must name the header's user.
+* ``Authorization: Bearer <token>``: a static token from ``auth_token`` (stored hashed).
+
+What a caller may then do is decided in ``api/access.py``; this module only establishes who it
+is. Every failure is an :class:`AuthError` with a reason the client is shown (401).
+"""
+
+from __future__ import annotations
+
+import logging
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobenergy.collector import tokens
+from jobenergy.collector.settings import ServerSettings
+from jobenergy.core import munge
+from jobenergy.core.errors import ConfigError
+from jobenergy.core.request_auth import is_loopback, munge_payload
+
+logger = logging.getLogger(__name__)
+
+#: Seconds of clock difference tolerated on a JWT's ``iat``/``exp``.
+JWT_LEEWAY_S = 30
+#: Longest credential header looked at (a MUNGE credential of our payload is ~250 bytes).
+MAX_CREDENTIAL_CHARS = 8192
+
+
+class AuthError(Exception):
+    """The request carries no usable credential; ``str()`` says why (the 401's detail)."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated party.
+
+    Attributes:
+        mechanism: ``munge``, ``jwt``, ``token`` or ``none`` (no authentication configured).
+        user: User name (MUNGE: from the uid; JWT: ``sun``), None for tokens and unknown uids.
+        uid: User id (MUNGE; JWT when the name resolves here).
+        gid: Primary group id (MUNGE).
+        host: The MUNGE credential's encoding host address.
+        token: What a static token grants.
+    """
+
+    mechanism: str
+    user: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    host: str | None = None
+    token: tokens.TokenGrant | None = None
+
+    def describe(self) -> str:
+        """Return the identity as the audit log and the logs show it."""
+        if self.token is not None:
+            where = f" {self.token.cluster}/{self.token.node}" if self.token.node else ""
+            return f"token:{self.token.role}{where} id={self.token.token_id}"
+        if self.mechanism == "none":
+            return "none (authentication off)"
+        who = self.user if self.user is not None else f"uid={self.uid}"
+        if self.mechanism == "munge":
+            return f"munge:{who}(uid={self.uid})@{self.host}"
+        return f"{self.mechanism}:{who}"
+
+
+NO_AUTH = Caller(mechanism="none")
+
+
+def _user_of_uid(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _uid_of_user(name: str) -> tuple[int | None, int | None]:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None, None
+    return entry.pw_uid, entry.pw_gid
+
+
+def resolve_mechanisms(settings: ServerSettings) -> tuple[str, ...]:
+    """Return the mechanisms the server uses, checking that they can work here.
+
+    Without ``--auth``, MUNGE when munged answers on ``munge_socket``; otherwise the server
+    refuses to start rather than guess. ``none`` is refused off loopback.
+
+    Raises:
+        ConfigError: No choice and no munged, ``none`` off loopback, ``jwt`` without a key.
+    """
+    chosen = settings.auth
+    if not chosen:
+        if not munge.available(settings.munge_socket):
+            raise ConfigError(
+                f"no --auth given and munged does not answer at {settings.munge_socket}: pass "
+                "--auth munge|jwt|token (or none, on a loopback address only)")
+        chosen = ("munge",)
+    if chosen == ("none",):
+        if not is_loopback(settings.host):
+            raise ConfigError(f"--auth none is allowed on a loopback address only, not "
+                              f"{settings.host!r}: anyone who can reach it could forge energy")
+        logger.warning("authentication is off (--auth none): anyone on this host can write "
+                       "and read everything")
+    if "jwt" in chosen:
+        if settings.jwt_key is None:
+            raise ConfigError("--auth jwt needs --jwt-key (Slurm's jwt_hs256.key)")
+        _read_jwt_key(settings.jwt_key)
+    if "munge" in chosen and not munge.available(settings.munge_socket):
+        # Not fatal: munged may come up after us; requests answer 401 until it does.
+        logger.warning("munged does not answer at %s yet: MUNGE requests fail until it does",
+                       settings.munge_socket)
+    return chosen
+
+
+def _read_jwt_key(path: Path) -> bytes:
+    try:
+        key = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read the JWT key {path}: {err.strerror}") from err
+    if not key:
+        raise ConfigError(f"the JWT key {path} is empty")
+    return key
+
+
+class Authenticator:
+    """Turns a request's credential into a :class:`Caller` (blocking: run in a thread)."""
+
+    def __init__(self, settings: ServerSettings, mechanisms: tuple[str, ...],
+                 sessions: sessionmaker[Session]) -> None:
+        self.mechanisms = mechanisms
+        self.munge_socket = settings.munge_socket
+        self.jwt_key = _read_jwt_key(settings.jwt_key) if "jwt" in mechanisms else b""
+        self.sessions = sessions
+
+    @property
+    def enabled(self) -> bool:
+        """Return False when authentication is off (``--auth none``)."""
+        return self.mechanisms != ("none",)
+
+    def challenge(self) -> str:
+        """Return the ``WWW-Authenticate`` value: the schemes this server accepts."""
+        schemes = {"munge": "MUNGE", "token": "Bearer", "jwt": "Slurm-JWT"}
+        return ", ".join(schemes[m] for m in self.mechanisms if m in schemes)
+
+    def authenticate(self, method: str, target: str, headers: dict[str, str],
+                     body: bytes) -> Caller:
+        """Return who sent the request.
+
+        Args:
+            method: HTTP method.
+            target: Path and query as received.
+            headers: Request headers, names lower-case.
+            body: The body as received (before any gzip inflation).
+
+        Raises:
+            AuthError: No credential, or one that does not verify.
+        """
+        if not self.enabled:
+            return NO_AUTH
+        authorization = headers.get("authorization", "")
+        scheme, _, credential = authorization.partition(" ")
+        scheme = scheme.lower()
+        credential = credential.strip()
+        if len(credential) > MAX_CREDENTIAL_CHARS:
+            raise AuthError("credential too long")
+        if scheme == "munge":
+            self._need("munge")
+            return self._munge(method, target, credential, body)
+        if scheme == "bearer":
+            self._need("token")
+            return self._token(credential)
+        if "x-slurm-user-token" in headers:
+            self._need("jwt")
+            return self._jwt(headers.get("x-slurm-user-name", ""), headers["x-slurm-user-token"])
+        if authorization:
+            raise AuthError(f"unsupported Authorization scheme {scheme[:20]!r}; this server "
+                            f"accepts {self.challenge()}")
+        raise AuthError(f"authentication required: send {self.challenge()} credentials")
+
+    def _need(self, mechanism: str) -> None:
+        if mechanism not in self.mechanisms:
+            raise AuthError(f"{mechanism} authentication is not enabled on this server; it "
+                            f"accepts {self.challenge()}")
+
+    def _munge(self, method: str, target: str, credential: str, body: bytes) -> Caller:
+        if not credential:
+            raise AuthError("empty MUNGE credential")
+        try:
+            decoded = munge.decode(credential, socket_path=self.munge_socket)
+        except munge.MungeError as err:
+            if err.unavailable:
+                logger.error("cannot decode MUNGE credentials: %s", err)
+            raise AuthError(f"MUNGE credential refused: {err}") from err
+        if decoded.payload != munge_payload(method, target, body):
+            raise AuthError("MUNGE credential was made for another request (method, path or "
+                            "body differ)")
+        return Caller(mechanism="munge", user=_user_of_uid(decoded.uid), uid=decoded.uid,
+                      gid=decoded.gid, host=decoded.addr)
+
+    def _token(self, credential: str) -> Caller:
+        if not credential:
+            raise AuthError("empty Bearer token")
+        with self.sessions() as session:
+            grant = tokens.lookup(session.connection(), credential)
+        if grant is None:
+            raise AuthError("unknown or revoked token")
+        return Caller(mechanism="token", token=grant)
+
+    def _jwt(self, user: str, token: str) -> Caller:
+        if not user:
+            raise AuthError("X-SLURM-USER-TOKEN without X-SLURM-USER-NAME")
+        if len(token) > MAX_CREDENTIAL_CHARS:
+            raise AuthError("credential too long")
+        try:
+            claims = jwt.decode(token, self.jwt_key, algorithms=["HS256"],
+                                options={"require": ["exp", "iat", "sun"]},
+                                leeway=JWT_LEEWAY_S)
+        except jwt.PyJWTError as err:
+            raise AuthError(f"Slurm JWT refused: {err}") from err
+        if claims.get("sun") != user:
+            raise AuthError(f"Slurm JWT is for {str(claims.get('sun'))[:64]!r}, not the "
+                            f"X-SLURM-USER-NAME {user[:64]!r}")
+        uid, gid = _uid_of_user(user)
+        return Caller(mechanism="jwt", user=user, uid=uid, gid=gid)

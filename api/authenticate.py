@@ -1,0 +1,152 @@
+"""ASGI middleware: authenticate every ``/api/`` request before any route sees it.
+
+It reads the body (up to the server's largest body limit) because a MUNGE credential signs
+the body's SHA-256, establishes the :class:`~jobenergy.api.auth.Caller` and its
+:class:`~jobenergy.api.access.Access`, applies the per-identity rate limits, and hands the
+route the same body. Routes then decide what the caller may do (403) from
+``request.state.access`` (:func:`get_access`).
+
+Answers of its own: 401 (no or a bad credential, with ``WWW-Authenticate``), 413 (body over
+the limit), 429 (rate limit, with ``Retry-After``), 503 (database down while looking up a
+token). ``/healthz``, ``/docs`` and ``/openapi.json`` carry no data and are open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from fastapi import HTTPException, Request
+from sqlalchemy import exc as sa_exc
+from starlette.concurrency import run_in_threadpool
+
+from jobenergy.api.access import Access, Roles
+from jobenergy.api.auth import Authenticator, AuthError
+from jobenergy.api.ratelimit import RateLimiter
+from jobenergy.core.text import printable
+
+logger = logging.getLogger(__name__)
+
+#: Failed authentications one client address may make per second (burst: 20): a flood of
+#: forged credentials must not keep munged busy for everyone.
+FAILURES_PER_S = 2.0
+FAILURES_BURST = 20
+
+
+async def _answer(send: Any, status: int, detail: str,
+                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Authenticate:
+    """The middleware; see the module docstring."""
+
+    def __init__(self, app: Any, authenticator: Authenticator, roles: Roles,
+                 limiter: RateLimiter, body_limit: int) -> None:
+        self.app = app
+        self.authenticator = authenticator
+        self.roles = roles
+        self.limiter = limiter
+        self.failures = RateLimiter(FAILURES_PER_S, FAILURES_BURST)
+        self.body_limit = body_limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Authenticate ``/api/`` requests, then pass them on with their body."""
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("unknown", 0))[0]
+        wait_s = self.failures.blocked(f"fail:{client}")
+        if wait_s:
+            await self._too_many(send, wait_s, "too many failed authentications")
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.body_limit:
+            await _answer(send, 413, f"request body larger than {self.body_limit} bytes")
+            return
+        body = await self._body(receive)
+        if body is None:
+            await _answer(send, 413, f"request body larger than {self.body_limit} bytes")
+            return
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        try:
+            caller = await run_in_threadpool(
+                self.authenticator.authenticate, scope["method"], target.decode("latin-1"),
+                headers, body)
+        except AuthError as err:
+            self.failures.take(f"fail:{client}")
+            logger.info("401 %s %s from %s: %s", scope["method"], scope["path"], client,
+                        printable(str(err)))
+            await _answer(send, 401, str(err), [
+                (b"www-authenticate", self.authenticator.challenge().encode())])
+            return
+        except sa_exc.SQLAlchemyError as err:
+            logger.warning("cannot look up a token: %s", getattr(err, "orig", err))
+            await _answer(send, 503, "database unavailable, retry later", [
+                (b"retry-after", b"10")])
+            return
+        access = await run_in_threadpool(self.roles.access, caller)
+        if access.is_user:
+            who = caller.user or f"uid={caller.uid}"
+            wait_s = self.limiter.take(f"user:{who}")
+            if wait_s:
+                await self._too_many(send, wait_s, f"rate limit of {self.limiter.per_s:g} "
+                                     f"requests/s for {who} exceeded")
+                return
+        scope.setdefault("state", {})["access"] = access
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _body(self, receive: Any) -> bytes | None:
+        """Return the whole body, or None once it grows past the limit."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.body_limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    @staticmethod
+    async def _too_many(send: Any, wait_s: float, detail: str) -> None:
+        await _answer(send, 429, f"{detail}; retry in {wait_s:.1f} s", [
+            (b"retry-after", str(max(1, math.ceil(wait_s))).encode())])
+
+
+def get_access(request: Request) -> Access:
+    """Return the caller's rights (set by :class:`Authenticate`); 401 when there are none."""
+    access = getattr(request.state, "access", None)
+    if access is None:
+        raise HTTPException(status_code=401, detail="authentication required")
+    return access
+
+
+def forbidden(access: Access, what: str) -> HTTPException:
+    """Return the 403 for ``what`` the caller may not do, naming the caller."""
+    return HTTPException(status_code=403,
+                         detail=f"{access.caller.describe()} may not {what}")
