@@ -24,6 +24,9 @@ from urllib.parse import quote
 import httpx
 import typer
 
+from jobenergy.cli.api_client import api_client, error_detail
+from jobenergy.core.errors import JobEnergyError
+
 cluster_app = typer.Typer(no_args_is_help=True, help="Per-cluster PUE and carbon intensity.")
 
 UrlOpt = Annotated[
@@ -37,16 +40,16 @@ def _call(url: str | None, method: str, path: str, **kwargs: Any) -> Any:
         typer.echo("jobenergy cluster: no API URL: pass --url or set JOBENERGY_URL", err=True)
         raise typer.Exit(2)
     try:
-        resp = httpx.request(method, url.rstrip("/") + path, timeout=300, **kwargs)
+        with api_client(url, timeout_s=300, program="jobenergy cluster") as http:
+            resp = http.request(method, path, **kwargs)
     except httpx.HTTPError as err:
         typer.echo(f"jobenergy cluster: cannot reach {url}: {err}", err=True)
         raise typer.Exit(1) from err
+    except JobEnergyError as err:  # munged refused to make a credential
+        typer.echo(f"jobenergy cluster: {err}", err=True)
+        raise typer.Exit(1) from err
     if not resp.is_success:
-        detail = resp.text[:1000]
-        try:
-            detail = str(resp.json().get("detail", detail))
-        except (ValueError, AttributeError):
-            pass
+        detail = error_detail(resp, 1000)
         typer.echo(f"jobenergy cluster: {resp.status_code}: {detail}", err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps(resp.json(), indent=2))

@@ -15,12 +15,15 @@ import os
 import pwd
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import typer
 
+from jobenergy.cli.api_client import api_client, error_detail
 from jobenergy.cli.report import DEFAULT_FIELDS, footnotes, parse_fields, render
+from jobenergy.core.errors import JobEnergyError
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False)
 
@@ -133,15 +136,9 @@ def report(
     ):
         if value:
             params[key] = value
-    try:
-        resp = httpx.get(url.rstrip("/") + "/api/v1/jobs", params=params, timeout=30)
-    except httpx.HTTPError as err:
-        typer.echo(f"senergy: cannot reach {url}: {err}", err=True)
-        raise typer.Exit(1) from err
-    if not resp.is_success:
-        typer.echo(f"senergy: API answered {resp.status_code}: {resp.text[:500]}", err=True)
-        raise typer.Exit(1)
-    found = sorted(resp.json()["jobs"], key=_job_order)  # sacct lists by job id
+    with api_client(url, timeout_s=30, program="senergy") as http:
+        found = sorted(_get(http, url, "/api/v1/jobs", params)["jobs"], key=_job_order)
+        refused = _refused_jobs(http, jobs, found)
     if as_json:
         typer.echo(json.dumps({"jobs": found}, indent=2))
     else:
@@ -153,9 +150,55 @@ def report(
             typer.echo(note, err=True)
     if jobs:
         asked = {j.strip() for j in jobs.split(",") if j.strip()}
-        missing = asked - {str(j["job_id"]) for j in found}
+        missing = asked - {str(j["job_id"]) for j in found} - set(refused)
         for job_id in sorted(missing):
             typer.echo(f"senergy: no energy recorded for job {job_id}", err=True)
+        for job_id, reason in sorted(refused.items()):
+            typer.echo(f"senergy: job {job_id}: {reason}", err=True)
+        if refused:
+            raise typer.Exit(1)
+
+
+#: Most missing job ids senergy asks about one by one, to say why they are missing.
+MAX_EXPLAINED = 20
+
+
+def _refused_jobs(http: httpx.Client, jobs: str | None, found: list[dict[str, Any]]
+                  ) -> dict[str, str]:
+    """Return the asked job ids the API refuses to show this user, with its reason.
+
+    A job list leaves out what the caller may not read (PrivateData); asking for the missing
+    ids one by one tells "not yours" (403) from "not known" (404).
+    """
+    if not jobs:
+        return {}
+    asked = [j.strip() for j in jobs.split(",") if j.strip()]
+    have = {str(j["job_id"]) for j in found}
+    refused = {}
+    for job_id in [j for j in asked if j not in have][:MAX_EXPLAINED]:
+        try:
+            resp = http.get(f"/api/v1/jobs/{quote(job_id, safe='')}")
+        except httpx.HTTPError:
+            break
+        if resp.status_code == 403:
+            refused[job_id] = error_detail(resp)
+    return refused
+
+
+def _get(http: httpx.Client, url: str, path: str, params: dict[str, str]) -> Any:
+    """GET ``path``; print the problem and exit 1 on failure."""
+    try:
+        resp = http.get(path, params=params)
+    except httpx.HTTPError as err:
+        typer.echo(f"senergy: cannot reach {url}: {err}", err=True)
+        raise typer.Exit(1) from err
+    except JobEnergyError as err:  # e.g. munged stopped answering meanwhile
+        typer.echo(f"senergy: {err}", err=True)
+        raise typer.Exit(1) from err
+    if not resp.is_success:
+        typer.echo(f"senergy: API answered {resp.status_code}: {error_detail(resp)}", err=True)
+        raise typer.Exit(1)
+    return resp.json()
 
 
 def get_json(url: str | None, path: str, params: dict[str, str]) -> object:
@@ -163,15 +206,8 @@ def get_json(url: str | None, path: str, params: dict[str, str]) -> object:
     if not url:
         typer.echo("senergy: no API URL: pass --url or set JOBENERGY_URL", err=True)
         raise typer.Exit(2)
-    try:
-        resp = httpx.get(url.rstrip("/") + path, params=params, timeout=30)
-    except httpx.HTTPError as err:
-        typer.echo(f"senergy: cannot reach {url}: {err}", err=True)
-        raise typer.Exit(1) from err
-    if not resp.is_success:
-        typer.echo(f"senergy: API answered {resp.status_code}: {resp.text[:500]}", err=True)
-        raise typer.Exit(1)
-    return resp.json()
+    with api_client(url, timeout_s=30, program="senergy") as http:
+        return _get(http, url, path, params)
 
 
 #: Subcommands; anything else is the sacct-style report (``senergy -j ...`` stays as it was).

@@ -53,6 +53,9 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from jobenergy.cli.api_client import api_client, error_detail
+from jobenergy.core.errors import JobEnergyError
+
 from .admin_comment import admin_comment_text, format_summary, has_summary
 from .slurmclient import SacctJsonClient, SlurmClient, SlurmError, SlurmJob
 from .sync_state import load_state, resolve_state_path, save_state
@@ -154,12 +157,15 @@ def flush_outbox(http: httpx.Client, outbox: Path) -> tuple[int, int]:
             body = path.read_bytes()
             resp = http.post("/api/v1/jobs/events", content=body,
                              headers={"Content-Type": "application/json"})
-        except httpx.HTTPError as err:
+        except (httpx.HTTPError, JobEnergyError) as err:
             logger.warning("outbox delivery failed file=%s err=%s", path, err)
             return sent, len(files) - i
         except OSError:
             continue
-        if resp.status_code >= 500:
+        if resp.status_code >= 500 or resp.status_code in (401, 403, 429):
+            # The event is fine; the credentials (or the server's patience) are not: keep it.
+            logger.warning("outbox delivery refused file=%s status=%s reason=%s", path,
+                           resp.status_code, error_detail(resp, 300))
             return sent, len(files) - i
         if resp.status_code >= 400:
             logger.error("outbox event rejected file=%s status=%s body=%s", path,
@@ -402,7 +408,7 @@ def _sync_until_final(syncer: Syncer, http: httpx.Client, *, job_ids: list[str],
             flush_outbox(http, outbox)
         try:
             report = syncer.run_once(job_ids=job_ids, since=since)
-        except (SlurmError, httpx.HTTPError) as err:
+        except (SlurmError, httpx.HTTPError, JobEnergyError) as err:
             report = SyncReport(errors=[str(err)])
         _echo_report(report)
         missing = set(job_ids) - report.handled()
@@ -425,7 +431,7 @@ def _follow_factor_changes(syncer: Syncer, state: Path | None) -> None:
     handled = load_state(path)
     try:
         report, followed = syncer.follow_factor_changes(handled)
-    except (SlurmError, httpx.HTTPError) as err:
+    except (SlurmError, httpx.HTTPError, JobEnergyError) as err:
         typer.echo(f"jobenergy slurm sync: factor changes: {err}", err=True)
         return
     _echo_report(report)
@@ -461,7 +467,7 @@ def sync(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     job_ids = [j.strip() for j in (jobs or "").split(",") if j.strip()]
     since_at = None if job_ids else parse_since(since)
-    with httpx.Client(base_url=url, timeout=10.0) as http:
+    with api_client(url, timeout_s=10.0, program="jobenergy slurm sync") as http:
         syncer = Syncer(http, SacctJsonClient(), cluster=cluster, settle_s=settle,
                         admin_comment=admin_comment)
         code = _sync_until_final(syncer, http, job_ids=job_ids, since=since_at, wait_s=wait,
@@ -480,7 +486,7 @@ def flush_outbox_cmd(
 ) -> None:
     """Deliver job events the Slurm hooks could not send."""
     unblock_termination_signals()
-    with httpx.Client(base_url=url, timeout=10.0) as http:
+    with api_client(url, timeout_s=10.0, program="jobenergy slurm flush-outbox") as http:
         sent, kept = flush_outbox(http, outbox)
     typer.echo(json.dumps({"delivered": sent, "kept": kept}))
     if kept:

@@ -268,6 +268,9 @@ def post_batch(request: Request, access: AccessDep, body: BodyDep,
     A batch whose key is stored with other content answers 409 (nothing stored); one for a
     node the caller is not the agent of, 403.
     """
+    if access.agent_nodes is not None and not access.agent_nodes:
+        # Not an agent at all (a user, the hooks): no need to read what it claims.
+        raise forbidden(access, "post batches (only the agent of a node does)")
     try:
         batch = parse_body(body, Batch)
     except HTTPException:

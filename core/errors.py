@@ -6,7 +6,9 @@
     │                          to retry, the sensor is reported off once
     ├── SensorError            the hardware is there but a read failed (unreadable energy_uj,
     │                          GPU lost); other sensors keep being read
-    └── SpoolError             the on-disk spool cannot be written
+    ├── SpoolError             the on-disk spool cannot be written
+    └── MungeError             munged refused or could not make/check a credential
+                               (core/munge.py)
 
 Vendor errors (OSError, pynvml.NVMLError_*) are translated into these at the boundary
 with ``raise ... from err``.

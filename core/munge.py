@@ -27,6 +27,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Literal
 
+from jobenergy.core.errors import JobEnergyError
+
 Backend = Literal["libmunge", "command"]
 
 DEFAULT_SOCKET = "/run/munge/munge.socket.2"
@@ -97,7 +99,7 @@ _STRERROR = {
 }
 
 
-class MungeError(Exception):
+class MungeError(JobEnergyError):
     """munged refused a request, or could not be reached.
 
     Attributes:

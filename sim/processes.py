@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import socket
 import subprocess
 import sys
@@ -28,11 +29,13 @@ def _cli(*args: str) -> list[str]:
 
 def start_server(
     db_url: str, port: int, log_path: Path, *extra: str, timeout_s: float = 30.0,
-    auth: str = "none",
+    auth: str = "none", ca_file: Path | None = None,
 ) -> subprocess.Popen:
     """Start ``jobenergy server --auth AUTH`` on 127.0.0.1 and wait until /healthz answers.
 
-    ``none`` (the demo, local tests) is what a loopback-only server may run with.
+    ``none`` (the demo, local tests) is what a loopback-only server may run with. With
+    ``ca_file`` (the server has ``--tls-cert``/``--tls-key`` in ``extra``), /healthz is asked
+    over HTTPS, verified against it.
     """
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     proc = subprocess.Popen(
@@ -52,13 +55,16 @@ def start_server(
         stderr=subprocess.STDOUT,
         env={**os.environ, "JOBENERGY_SERVER_DB_URL": db_url},  # never in argv
     )
-    url = f"http://127.0.0.1:{port}/healthz"
+    scheme = "https" if ca_file is not None else "http"
+    url = f"{scheme}://127.0.0.1:{port}/healthz"
+    verify: bool | ssl.SSLContext = (
+        ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else False)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise JobEnergyError(f"server exited with {proc.returncode}; see {log_path}")
         try:
-            if httpx.get(url, timeout=1).is_success:
+            if httpx.get(url, timeout=1, verify=verify).is_success:
                 return proc
         except httpx.HTTPError:
             pass

@@ -17,9 +17,40 @@
 # or epilog (root on the job's first node; for installs SlurmUser cannot run).
 #
 # Events are JSON bodies of POST /api/v1/jobs/events (core/schema.py JobEvent). One that
-# cannot be delivered (collector down, timeout, 5xx) is kept as a file in the outbox and
-# re-sent by the next hook run that reaches the collector, or by `jobenergy slurm sync`.
-# Settings: /etc/jobenergy/slurm-hooks.env (bash syntax, sourced; see deploy/).
+# cannot be delivered is kept as a file in the outbox and re-sent by the next hook run that
+# reaches the collector, or by `jobenergy slurm sync`: collector down, timeout, 5xx, 401 or
+# 403 (the event is fine, the credentials are not: logged once with the server's reason),
+# 429, or refused here (no credential, unsafe token file, plain HTTP off loopback). Another
+# 4xx is the event's fault: logged and dropped.
+#
+# Every post is authenticated (README "Security model", core/request_auth.py), each one
+# (outbox re-sends too) with a fresh credential:
+#   MUNGE (default): `Authorization: MUNGE <cred>`, whose payload is
+#     "jobenergy-v1 POST <target> <sha256 hex of the body file as sent>", target being the
+#     path curl sends: JOBENERGY_URL's path (if any) + /api/v1/jobs/events. The server gives
+#     root and SlurmUser the hooks' rights.
+#   token: `Authorization: Bearer <first line of JOBENERGY_TOKEN_FILE>`, a
+#     `jobenergy auth token --role hooks` token; the file must be 0600 (or 0400), else the
+#     post is refused here.
+# Credentials never appear in a command line (/proc/*/cmdline is world-readable): headers
+# reach curl on its stdin (`-H @-`), written by bash's builtin printf.
+#
+# Settings: /etc/jobenergy/slurm-hooks.env (bash syntax, sourced; see deploy/):
+#   JOBENERGY_URL               collector, http(s)://host[:port][/prefix]
+#   JOBENERGY_CLUSTER           cluster name in events (default: SLURM_CLUSTER_NAME)
+#   JOBENERGY_AUTH              munge | token | none (no header; for `--auth none` servers);
+#                               empty (default): token when JOBENERGY_TOKEN_FILE is set,
+#                               else munge
+#   JOBENERGY_TOKEN_FILE        file whose first line is a hooks token (mode 0600)
+#   JOBENERGY_MUNGE_SOCKET      munged's socket (default /run/munge/munge.socket.2)
+#   JOBENERGY_CA_FILE           CA bundle for https:// (curl --cacert); default: system store
+#   JOBENERGY_ALLOW_INSECURE    1: allow plain http:// to a host other than loopback
+#                               (127.0.0.0/8, ::1, localhost); otherwise such posts are
+#                               refused and the event kept
+#   JOBENERGY_GPU_MAP_DIR, JOBENERGY_OUTBOX, JOBENERGY_CURL_TIMEOUT_S,
+#   JOBENERGY_GPU_MAP_LINGER_S, JOBENERGY_FLUSH_MAX, JOBENERGY_SYNC_CMD, JOBENERGY_SYNC_FROM
+#   JOBENERGY_CURL              the curl program (default: curl in PATH); for tests and
+#                               packaging
 # Logs go to syslog through `logger -t jobenergy`. Exit status is 0, except 78 (EX_CONFIG)
 # when JOBENERGY_SYNC_CMD's program is missing or not executable by the user the hook runs
 # as (SlurmUser cannot run a venv under /root): then it also prints one line to stderr, and
@@ -39,6 +70,12 @@ JOBENERGY_GPU_MAP_LINGER_S=3
 JOBENERGY_FLUSH_MAX=20
 JOBENERGY_SYNC_CMD=
 JOBENERGY_SYNC_FROM=epilog_slurmctld
+JOBENERGY_AUTH=
+JOBENERGY_TOKEN_FILE=
+JOBENERGY_MUNGE_SOCKET=/run/munge/munge.socket.2
+JOBENERGY_CA_FILE=
+JOBENERGY_ALLOW_INSECURE=0
+JOBENERGY_CURL=curl
 # shellcheck disable=SC1090
 [ -r "$JE_CONF" ] && . "$JE_CONF"
 CLUSTER=${JOBENERGY_CLUSTER:-${SLURM_CLUSTER_NAME:-default}}
@@ -104,16 +141,146 @@ je_event() {
   printf '{%s}\n' "$body"
 }
 
-# je_post FILE: 0 = delivered (or rejected for good: 4xx, logged), 1 = keep for later.
+# je_target: check JOBENERGY_URL against the transport rule and set JE_URL (what curl is
+# given) and JE_TARGET (the path curl sends on the request line: the URL's own path, if any,
+# + /api/v1/jobs/events; curl runs with --path-as-is, so it sends exactly that). 1 (JE_WHY
+# set): unusable URL, or plain HTTP to a host other than loopback without
+# JOBENERGY_ALLOW_INSECURE=1.
+je_target() {
+  local url=${JOBENERGY_URL%/} scheme rest authority host path
+  local path_re="^[A-Za-z0-9._~!\$&'()*+,;=:@%/-]*\$"
+  scheme=${url%%://*}; scheme=${scheme,,}
+  rest=${url#*://}
+  if [ "$rest" = "$url" ] || { [ "$scheme" != http ] && [ "$scheme" != https ]; }; then
+    JE_WHY="JOBENERGY_URL=$JOBENERGY_URL is not an http:// or https:// URL"; return 1
+  fi
+  authority=${rest%%/*}
+  path=
+  [ "$authority" = "$rest" ] || path=/${rest#*/}
+  if [[ "$authority" == *[?#]* ]] || ! [[ "$path" =~ $path_re ]]; then
+    JE_WHY="JOBENERGY_URL=$JOBENERGY_URL: only scheme://host[:port][/path], the path in"
+    JE_WHY+=" RFC 3986 characters (no query, fragment or spaces)"; return 1
+  fi
+  authority=${authority##*@}
+  if [[ "$authority" == \[* ]]; then
+    host=${authority#\[}; host=${host%%]*}
+  else
+    host=${authority%%:*}
+  fi
+  host=${host,,}
+  if [ "$scheme" = http ] && [ "$JOBENERGY_ALLOW_INSECURE" != 1 ] \
+     && ! [[ "$host" =~ ^(localhost|localhost\.localdomain|::1|127\.[0-9]+\.[0-9]+\.[0-9]+)$ ]]; then
+    JE_WHY="refusing plain HTTP to $host (JOBENERGY_URL=$JOBENERGY_URL): credentials and job"
+    JE_WHY+=" data would cross the network in clear; use https:// (JOBENERGY_CA_FILE) or set"
+    JE_WHY+=" JOBENERGY_ALLOW_INSECURE=1"; return 1
+  fi
+  JE_URL=$url/api/v1/jobs/events
+  JE_TARGET=$path/api/v1/jobs/events
+}
+
+# je_token: set JE_TOKEN from JOBENERGY_TOKEN_FILE (its first non-blank line, trimmed, as
+# core/request_auth.read_token_file reads it); 1 (JE_WHY set) when the file is unreadable,
+# empty, or open to group or others (as ssh does its keys).
+je_token() {
+  local f=$JOBENERGY_TOKEN_FILE mode line
+  JE_TOKEN=
+  if [ -z "$f" ]; then JE_WHY="JOBENERGY_AUTH=token needs JOBENERGY_TOKEN_FILE"; return 1; fi
+  mode=$(stat -L -c %a -- "$f" 2>/dev/null)
+  if [ -z "$mode" ] || ! [ -f "$f" ] || ! [ -r "$f" ]; then
+    JE_WHY="cannot read token file $f"; return 1
+  fi
+  if (( 8#$mode & 8#077 )); then
+    JE_WHY="token file $f is readable by others (mode 0$mode): chmod 600 it; nothing sent"
+    return 1
+  fi
+  while IFS= read -r line || [ -n "$line" ]; do
+    line=${line#"${line%%[![:space:]]*}"}; line=${line%"${line##*[![:space:]]}"}
+    [ -n "$line" ] && break
+  done < "$f"
+  if [ -z "$line" ] || [[ "$line" == *[[:space:][:cntrl:]]* ]]; then
+    JE_WHY="token file $f is empty or its first line is not a token"; return 1
+  fi
+  JE_TOKEN=$line
+}
+
+# je_munge FILE: set JE_CRED to a fresh MUNGE credential for POSTing FILE to JE_TARGET
+# (the payload of core/request_auth.munge_payload); 1 (JE_WHY set) when munged refuses or
+# is unreachable. The payload goes to munge on its stdin.
+je_munge() {
+  local digest out line
+  JE_CRED=
+  digest=$(sha256sum < "$1" 2>/dev/null)
+  digest=${digest%% *}
+  if ! [[ "$digest" =~ ^[0-9a-f]{64}$ ]]; then JE_WHY="cannot hash $1"; return 1; fi
+  out=$(printf 'jobenergy-v1 POST %s %s' "$JE_TARGET" "$digest" \
+        | timeout 5 munge -S "$JOBENERGY_MUNGE_SOCKET" 2>&1)
+  while IFS= read -r line; do
+    if [[ "$line" =~ ^MUNGE:[A-Za-z0-9+/=]+:$ ]]; then JE_CRED=$line; return 0; fi
+  done <<< "$out"
+  line=${out//[[:cntrl:]]/ }
+  JE_WHY="no MUNGE credential from $JOBENERGY_MUNGE_SOCKET: ${line:0:200}"
+  return 1
+}
+
+# je_auth FILE: set JE_AUTH_LINE, the Authorization header for posting FILE (empty with
+# JOBENERGY_AUTH=none); 1 (JE_WHY set) when there is no usable credential.
+je_auth() {
+  local mode=$JOBENERGY_AUTH
+  JE_AUTH_LINE=
+  if [ -z "$mode" ]; then
+    if [ -n "$JOBENERGY_TOKEN_FILE" ]; then mode=token; else mode=munge; fi
+  fi
+  case "$mode" in
+    none) return 0 ;;
+    token) je_token || return 1; JE_AUTH_LINE="Authorization: Bearer $JE_TOKEN" ;;
+    munge) je_munge "$1" || return 1; JE_AUTH_LINE="Authorization: MUNGE $JE_CRED" ;;
+    *) JE_WHY="JOBENERGY_AUTH=$mode: use munge, token or none"; return 1 ;;
+  esac
+}
+
+# The server's answer in a temporary file (JE_RESPONSE, removed on exit), for its reason.
+JE_RESPONSE=
+# shellcheck disable=SC2317  # run by the EXIT trap
+je_cleanup() { [ -z "$JE_RESPONSE" ] || rm -f -- "$JE_RESPONSE"; }
+trap je_cleanup EXIT
+trap 'exit 143' HUP INT TERM   # `timeout` stops us: still remove it
+
+# The server's reason: the first 300 bytes of its answer, control characters dropped.
+je_reason() {
+  [ -n "$JE_RESPONSE" ] && head -c 300 -- "$JE_RESPONSE" 2>/dev/null | tr -d '\000-\037\177'
+}
+
+# je_post FILE: 0 = delivered (or rejected for good: a 4xx other than 401, 403 and 429,
+# logged), 1 = keep for later (JE_WHY says why).
 je_post() {
-  local code
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time "$JOBENERGY_CURL_TIMEOUT_S" \
-         -H 'Content-Type: application/json' --data-binary "@$1" \
-         "${JOBENERGY_URL%/}/api/v1/jobs/events" 2>/dev/null)
+  local code status
+  local -a opts=()
+  JE_WHY=
+  je_target && je_auth "$1" || return 1
+  if [ -n "$JOBENERGY_CA_FILE" ]; then
+    [ -r "$JOBENERGY_CA_FILE" ] || { JE_WHY="cannot read JOBENERGY_CA_FILE=$JOBENERGY_CA_FILE"; return 1; }
+    opts+=(--cacert "$JOBENERGY_CA_FILE")
+  fi
+  [ -n "$JE_RESPONSE" ] || JE_RESPONSE=$(mktemp "$JOBENERGY_OUTBOX/.response.XXXXXX" 2>/dev/null)
+  : > "${JE_RESPONSE:-/dev/null}" 2>/dev/null
+  # Headers on stdin (-H @-): builtins only, so the credential is in no process's argv.
+  code=$({ printf 'Content-Type: application/json\n'
+           [ -z "$JE_AUTH_LINE" ] || printf '%s\n' "$JE_AUTH_LINE"; } \
+         | "$JOBENERGY_CURL" -s --path-as-is --proto =http,https -o "${JE_RESPONSE:-/dev/null}" \
+             -w '%{http_code}' --max-time "$JOBENERGY_CURL_TIMEOUT_S" "${opts[@]}" -H @- \
+             --data-binary "@$1" "$JE_URL" 2>/dev/null)
+  status=$?
+  JE_AUTH_LINE=; JE_TOKEN=; JE_CRED=
   case "$code" in
     2??) return 0 ;;
-    4??) je_log "event rejected http=$code file=$1 body=$(head -c 300 "$1")"; return 0 ;;
-    *) return 1 ;;
+    401|403)   # the event is fine, the credentials (or the role) are not
+      JE_WHY="collector refused the credentials http=$code url=$JE_URL reason=$(je_reason)"
+      return 1 ;;
+    429) JE_WHY="collector busy http=429 url=$JE_URL reason=$(je_reason)"; return 1 ;;
+    4??) je_log "event rejected http=$code file=$1 reason=$(je_reason) body=$(head -c 300 "$1")"
+         return 0 ;;
+    *) JE_WHY="collector unreachable url=$JE_URL http=${code:-000} curl_exit=$status"
+       return 1 ;;
   esac
 }
 
@@ -134,7 +301,7 @@ je_send() {
       je_post "$f" && rm -f "$f" || break
     done
   else
-    mv -f "$tmp" "$JOBENERGY_OUTBOX/$name" && je_log "collector unreachable url=$JOBENERGY_URL: event kept in $JOBENERGY_OUTBOX/$name"
+    mv -f "$tmp" "$JOBENERGY_OUTBOX/$name" && je_log "$JE_WHY: event kept in $JOBENERGY_OUTBOX/$name"
   fi
 }
 

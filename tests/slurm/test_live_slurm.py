@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -37,6 +38,10 @@ from typing import Any
 
 import httpx
 import pytest
+
+from jobenergy.core import munge
+from jobenergy.core.request_auth import MungeAuth, munge_payload
+from jobenergy.core.schema import SCHEMA_VERSION
 
 pytestmark = [pytest.mark.slurm, pytest.mark.postgres]
 
@@ -96,13 +101,15 @@ def _system_install(log: Path) -> Path:
     py = SYSTEM_VENV / "bin" / "python"
     if not py.exists():
         _run("/usr/bin/python3", "-m", "venv", str(SYSTEM_VENV), timeout=300)
-    if not marker.exists() or marker.read_text() != str(REPO):
+    # Reinstalled when the checkout or its dependencies change.
+    source = f"{REPO} {hashlib.sha256((REPO / 'pyproject.toml').read_bytes()).hexdigest()}"
+    if not marker.exists() or marker.read_text() != source:
         with open(log, "ab") as out:
             proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "-e", str(REPO)],
                                   stdout=out, stderr=subprocess.STDOUT, timeout=600, check=False)
         if proc.returncode != 0:
             _unavailable(f"pip install into {SYSTEM_VENV} failed (log: {log})")
-        marker.write_text(str(REPO))
+        marker.write_text(source)
     return SYSTEM_VENV / "bin"
 
 
@@ -140,7 +147,17 @@ def stack(slurm_cluster: None, pg_url: str, request: pytest.FixtureRequest
     sysbin = _system_install(work / "pip-system-install.log")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start_server(pg_url, port, work / "server.log")
+    # Authentication on, as a site runs it: MUNGE (the cluster's munged), and tokens for the
+    # foreign-credential check. Root on this host speaks for the four slurmd nodes it runs.
+    host_addr = munge.decode(munge.encode(b"")).addr
+    server_toml = work / "server.toml"
+    server_toml.write_text(
+        "[server]\nslurm_roles_ttl_s = 1\n[server.nodes]\n"
+        f'"{host_addr}" = {json.dumps(NODES)}\n')
+    # bob coordinates proj2: he may read alice's proj2 jobs, not her proj1 ones.
+    _run("sacctmgr", "-i", "add", "coordinator", "account=proj2", "names=bob", check=False)
+    server = start_server(pg_url, port, work / "server.log", "--config", str(server_toml),
+                          auth="munge,token")
     procs: list[subprocess.Popen] = []
     old_env = HOOK_ENV.read_text() if HOOK_ENV.exists() else None
     sync_dir = work / "sync"
@@ -208,6 +225,7 @@ def stack(slurm_cluster: None, pg_url: str, request: pytest.FixtureRequest
             _wait(f"agent {node} to sample the idle node",
                   lambda node=node: _samples(ports[node]) >= 10, 60)
         yield {"url": url, "work": work, "emu": emu_root, "agents": procs[1:],
+               "server_toml": server_toml,
                "emu_proc": procs[0], "nvml": nvml, "stop": stop, "ports": ports,
                "sysbin": sysbin, "sync_dir": sync_dir, "pg_url": pg_url}
     finally:
@@ -220,6 +238,8 @@ def stack(slurm_cluster: None, pg_url: str, request: pytest.FixtureRequest
             shutil.rmtree(emu_root, ignore_errors=True)
         if old_env is not None:
             HOOK_ENV.write_text(old_env)
+        _run("sacctmgr", "-i", "remove", "coordinator", "account=proj2", "names=bob",
+             check=False)
         failed = request.session.testsfailed > failed_before
         if failed or os.environ.get("JOBENERGY_KEEP_LIVE") == "1":
             print(f"\nlive slurm: work dir KEPT: {work} (server.log, agent-n*.log, hwemu.log, "
@@ -293,6 +313,57 @@ with phase("inference", model="resnet50", samples={infer}):
 """
 
 
+# A job that attacks the node's agent through the annotation socket, as any user can: a NaN
+# metric, NUL characters, then a flood of phases. Each must be refused at the socket or capped
+# there, never reach the batch (which the collector would refuse whole, costing every job on
+# the node its energy).
+ATTACK_SCRIPT = """
+import json
+import os
+import socket
+import time
+
+emu_proc = os.environ["JOBENERGY_EMU_PROC"]
+deadline = time.monotonic() + 10
+while not os.path.exists(f"{{emu_proc}}/{{os.getpid()}}") and time.monotonic() < deadline:
+    time.sleep(0.01)
+path = "/run/jobenergy/" + os.environ["SLURMD_NODENAME"] + "/agent.sock"
+
+def send(raw):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(path)
+        try:
+            s.sendall(raw + b"\\n")
+        except OSError:
+            pass
+        data = b""
+        while not data.endswith(b"\\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data or b"{{}}")
+
+out = {{}}
+out["nan"] = send(b'{{"op": "begin", "phase": "training", "model": "nan", '
+                  b'"metrics": {{"acc": NaN}}}}')
+out["nul"] = send(json.dumps({{"op": "begin", "phase": "training", "model": "m\\u0000",
+                              "tags": {{"k\\u0000": "v"}}}}).encode())
+ok = refused = 0
+end = time.monotonic() + 3
+for i in range({flood}):
+    if time.monotonic() > end:
+        break
+    for op in ("begin", "end"):
+        answer = send(json.dumps({{"op": op, "phase": "training", "model": f"flood-{{i}}",
+                                  "samples": 1}}).encode())
+        ok, refused = ok + bool(answer.get("ok")), refused + (not answer.get("ok"))
+out["flood_ok"], out["flood_refused"] = ok, refused
+print(json.dumps(out))
+"""
+
+
 @pytest.fixture(scope="module")
 def run(stack: dict[str, Any]) -> dict[str, Any]:
     """Submit every job shape, wait until all are accounted, freeze the hardware, collect."""
@@ -336,6 +407,12 @@ def run(stack: dict[str, Any]) -> dict[str, Any]:
                              "--energy-model=resnet50", "--energy-phase=training",
                              f"--export=ALL,JOBENERGY_EMU_PROC={stack['emu']}/n2/proc", *out,
                              "--wrap", f"{stack['sysbin']}/python {script}", cwd=jobdir)
+    attack = jobdir / "attack.py"
+    attack.write_text(ATTACK_SCRIPT.format(flood=5000))
+    attack.chmod(0o644)
+    jobs["attack"] = _submit("bob", "-J", "attacker", "-w", "n3",
+                             f"--export=ALL,JOBENERGY_EMU_PROC={stack['emu']}/n3/proc", *out,
+                             "--wrap", f"{stack['sysbin']}/python {attack}", cwd=jobdir)
     srun = subprocess.Popen(
         ["runuser", "-u", "alice", "--", "srun", "-J", "srun-job", "-w", "n3",
          "--energy-tag=via=srun", "--energy-model=bert", "sh", "-c",
@@ -378,7 +455,7 @@ def run(stack: dict[str, Any]) -> dict[str, Any]:
         log = stack["sync_dir"] / "sync.log"
         raise AssertionError(f"{_sacct(raw_ids)}\nsync log {log}:\n"
                              f"{log.read_text() if log.exists() else '(none)'}") from None
-    with httpx.Client(base_url=url, timeout=10) as api:
+    with httpx.Client(base_url=url, timeout=10, auth=MungeAuth()) as api:
         got = {raw: api.get(f"/api/v1/jobs/{raw}", params={"cluster": CLUSTER}).json()
                for raw in raw_ids}
 
@@ -396,12 +473,14 @@ def run(stack: dict[str, Any]) -> dict[str, Any]:
         assert stack["stop"](agent) == 0
     stack["stop"](stack["emu_proc"])
     ledger = json.loads((stack["emu"] / "ledger.json").read_text())
-    with httpx.Client(base_url=url, timeout=10) as api:
-        node_rows = api.get("/api/v1/nodes", params={"cluster": CLUSTER}).json()["nodes"]
+    with httpx.Client(base_url=url, timeout=10, auth=MungeAuth()) as api:
+        node_list = api.get("/api/v1/nodes", params={"cluster": CLUSTER}).json()
+        node_rows = node_list["nodes"]
         listed = api.get("/api/v1/jobs", params={"cluster": CLUSTER, "limit": 1000}).json()
         board = api.get("/api/v1/leaderboards/models", params={"cluster": CLUSTER}).json()
     _dump_intervals(stack["pg_url"], stack["work"] / "intervals.tsv")
     return {"jobs": jobs, "rows": rows, "raw_ids": raw_ids, "array_ids": array_ids,
+            "node_rows_refusals": node_list["refusals"],
             "het_ids": het_ids, "got": got, "ledger": ledger, "node_rows": node_rows,
             "listed": listed["jobs"], "board": board, "t_submit": t_submit, "t_end": t_end,
             "floors": floors,
@@ -615,7 +694,7 @@ def test_periodic_sync_repairs_and_follows_factor_changes(run: dict[str, Any],
     _run(str(BIN / "jobenergy"), "slurm", "sync", "--url", url, "--since", since,
          "--state", str(state), timeout=120)
     rows = _sacct(raw_ids)
-    with httpx.Client(base_url=url, timeout=10) as api:
+    with httpx.Client(base_url=url, timeout=10, auth=MungeAuth()) as api:
         now = {raw: api.get(f"/api/v1/jobs/{raw}", params={"cluster": CLUSTER}).json()
                for raw in raw_ids}
     for raw in raw_ids:
@@ -643,3 +722,86 @@ def test_a_sync_that_cannot_run_says_so_in_the_slurmctld_log(run: dict[str, Any]
             rf"JobId={job} EpilogSlurmctld exit status 78", log.read_text(errors="replace")), 60)
     finally:
         HOOK_ENV.write_text(saved)
+
+
+def _as_user(user: str, method: str, url: str, path: str, body: bytes = b"",
+             params: dict[str, str] | None = None) -> httpx.Response:
+    """One API request with ``user``'s own MUNGE credential, made by ``munge`` as that user."""
+    request = httpx.Request(method, url + path, params=params, content=body,
+                            headers={"Content-Type": "application/json"} if body else None)
+    payload = munge_payload(method, request.url.raw_path.decode(), body)
+    made = subprocess.run(["runuser", "-u", user, "--", "munge"], input=payload,
+                          capture_output=True, timeout=30, check=True)
+    request.headers["Authorization"] = "MUNGE " + made.stdout.decode().strip()
+    with httpx.Client(timeout=10) as client:
+        return client.send(request)
+
+
+def test_users_read_only_what_slurm_lets_them(run: dict[str, Any], stack: dict[str, Any]
+                                              ) -> None:
+    """alice reads her jobs, not bob's; bob, coordinator of proj2, reads alice's proj2 job."""
+    url, got, jobs = stack["url"], run["got"], run["jobs"]
+    bobs, alices_proj2, alices_proj1 = jobs["gpu"], jobs["cpu"], run["array_ids"][0]
+    assert (got[bobs]["user"], got[alices_proj2]["account"]) == ("bob", "proj2")
+    assert (got[alices_proj1]["user"], got[alices_proj1]["account"]) == ("alice", "proj1")
+    senergy = [str(stack["sysbin"] / "senergy"), "--url", url, "-o", "JobID,User,EnergyUJ",
+               "-P", "-n", "-j"]
+    mine = _run("runuser", "-u", "alice", "--", *senergy, alices_proj2)
+    assert mine.strip() == f"{alices_proj2}|alice|{got[alices_proj2]['energy_uj']}"
+    theirs = subprocess.run(["runuser", "-u", "alice", "--", *senergy, bobs],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert theirs.returncode == 1 and not theirs.stdout.strip(), theirs
+    assert f"job {bobs}" in theirs.stderr and "not visible" in theirs.stderr, theirs.stderr
+    assert _as_user("alice", "GET", url, f"/api/v1/jobs/{bobs}").status_code == 403
+    listed = _as_user("alice", "GET", url, "/api/v1/jobs",
+                      params={"cluster": CLUSTER, "limit": "1000"}).json()["jobs"]
+    assert {j["job_id"] for j in listed} == {
+        raw for raw in run["raw_ids"] if got[raw]["user"] == "alice"}
+    coordinated = _as_user("bob", "GET", url, f"/api/v1/jobs/{alices_proj2}").json()
+    assert coordinated["energy_uj"] == got[alices_proj2]["energy_uj"]
+    assert _as_user("bob", "GET", url, f"/api/v1/jobs/{alices_proj1}").status_code == 403
+
+
+def test_forged_writes_are_refused(run: dict[str, Any], stack: dict[str, Any]) -> None:
+    """A user's forged event and batch, and an agent credential for another node, are
+    refused; nothing they claimed is stored."""
+    url, bobs = stack["url"], run["jobs"]["gpu"]
+    event = json.dumps({"cluster": CLUSTER, "job_id": bobs, "event": "end",
+                        "time": time.time(), "user": "alice", "account": "proj1",
+                        "state": "FAILED", "tags": {"model": "forged"}}).encode()
+    assert _as_user("alice", "POST", url, "/api/v1/jobs/events", event).status_code == 403
+    batch = json.dumps({"schema_version": SCHEMA_VERSION, "cluster": CLUSTER, "node": "n2",
+                        "boot_id": "forged", "seq": 0, "intervals": []}).encode()
+    assert _as_user("alice", "POST", url, "/api/v1/batches", batch).status_code == 403
+    # An agent token of n1 cannot speak for n2.
+    token = _run(sys.executable, "-m", "jobenergy.cli.main", "auth", "token", "--cluster",
+                 CLUSTER, "--node", "n1", env={**os.environ,
+                                                "JOBENERGY_SERVER_DB_URL": stack["pg_url"]})
+    with httpx.Client(base_url=url, timeout=10,
+                      headers={"Authorization": f"Bearer {token.strip()}"}) as n1:
+        refused = n1.post("/api/v1/batches", content=batch,
+                          headers={"Content-Type": "application/json"})
+    assert refused.status_code == 403 and "n2" in refused.json()["detail"], refused.text
+    with httpx.Client(base_url=url, timeout=10, auth=MungeAuth()) as api:
+        job = api.get(f"/api/v1/jobs/{bobs}", params={"cluster": CLUSTER}).json()
+        nodes = api.get("/api/v1/nodes", params={"cluster": CLUSTER}).json()
+    before = run["got"][bobs]
+    assert (job["user"], job["account"], job["state"], job["end"], job["tags"]) == (
+        before["user"], before["account"], before["state"], before["end"], before["tags"])
+    assert job["energy_uj"] == before["energy_uj"]
+    assert not any(r["node"] == "n2" for r in nodes["refusals"]), nodes["refusals"]
+
+
+def test_annotation_attacks_cost_no_job_its_energy(run: dict[str, Any]) -> None:
+    """The attacker's NaN, NUL and flood were refused or capped at the socket; no batch of
+    its node was refused, so its co-located jobs were all measured (and conservation held,
+    test_conservation_per_node_against_the_hardware)."""
+    out_file = run["jobdir"] / f"attacker-{run['jobs']['attack']}.out"
+    answers = json.loads(out_file.read_text().strip().splitlines()[-1])
+    assert not answers["nan"]["ok"] and not answers["nul"]["ok"], answers
+    assert answers["flood_refused"] > 0 and answers["flood_ok"] > 0, answers
+    assert not [r for r in run["node_rows_refusals"] if r["node"] == "n3"], run
+    on_n3 = [raw for raw in run["raw_ids"] if "n3" in run["got"][raw]["nodes"]]
+    assert len(on_n3) >= 4, on_n3
+    for raw in on_n3:
+        assert run["got"][raw]["energy_uj"] > 0 and run["got"][raw]["final"], run["got"][raw]
