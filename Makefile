@@ -41,6 +41,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/agent_bench.py
 	$(PY) bench/ingest_bench.py
+	$(PY) bench/auth_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -134,7 +134,8 @@ class SlurmRoles:
             out = subprocess.run(
                 [self.command, "-nP", "show", "user", "withcoord",
                  "format=user,adminlevel,coordinators"],
-                capture_output=True, text=True, timeout=15, check=True).stdout
+                capture_output=True, encoding="utf-8", errors="replace", timeout=15,
+                check=True).stdout
         except (OSError, subprocess.SubprocessError) as err:
             if not self._warned:
                 logger.warning("cannot read Slurm roles (AdminLevel, coordinators) with %s: "

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 JWT_LEEWAY_S = 30
 #: Longest credential header looked at (a MUNGE credential of our payload is ~250 bytes).
 MAX_CREDENTIAL_CHARS = 8192
+#: Authorization schemes a 401 may name when refusing them (anything else may be a secret).
+_KNOWN_SCHEMES = frozenset({"basic", "digest", "negotiate", "ntlm", "token", "jwt", "dpop"})
 
 
 class AuthError(Exception):
@@ -187,8 +189,11 @@ class Authenticator:
             self._need("jwt")
             return self._jwt(headers.get("x-slurm-user-name", ""), headers["x-slurm-user-token"])
         if authorization:
-            raise AuthError(f"unsupported Authorization scheme {scheme[:20]!r}; this server "
-                            f"accepts {self.challenge()}")
+            # Name only a well-known scheme: a bare secret (a token without "Bearer ") must
+            # not be echoed to the client nor written to the log.
+            shown = f" {scheme!r}" if scheme in _KNOWN_SCHEMES else ""
+            raise AuthError(f"unsupported Authorization scheme{shown}; this server accepts "
+                            f"{self.challenge()}")
         raise AuthError(f"authentication required: send {self.challenge()} credentials")
 
     def _need(self, mechanism: str) -> None:
