@@ -29,8 +29,8 @@ from jobenergy.core.text import printable
 
 logger = logging.getLogger(__name__)
 
-#: Failed authentications one client address may make per second (burst: 20): a flood of
-#: forged credentials must not keep munged busy for everyone.
+#: Failed authentications one client address may make per second (burst: 20) before they
+#: are answered 429 and no longer logged one by one (a flood must not flood the log).
 FAILURES_PER_S = 2.0
 FAILURES_BURST = 20
 
@@ -63,10 +63,6 @@ class Authenticate:
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("unknown", 0))[0]
-        wait_s = self.failures.blocked(f"fail:{client}")
-        if wait_s:
-            await self._too_many(send, wait_s, "too many failed authentications")
-            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         declared = headers.get("content-length", "")
@@ -85,7 +81,13 @@ class Authenticate:
                 self.authenticator.authenticate, scope["method"], target.decode("latin-1"),
                 headers, body)
         except AuthError as err:
-            self.failures.take(f"fail:{client}")
+            # A good credential is never blocked (users share login nodes' addresses with
+            # each other and the controller's with the hooks); failures beyond the limit get
+            # 429 and one log line per limit period instead of a 401 and a line each.
+            wait_s = self.failures.take(f"fail:{client}")
+            if wait_s:
+                await self._too_many(send, wait_s, "too many failed authentications")
+                return
             logger.info("401 %s %s from %s: %s", scope["method"], scope["path"], client,
                         printable(str(err)))
             await _answer(send, 401, str(err), [

@@ -335,6 +335,9 @@ def post_job_event(access: AccessDep, body: BodyDep, session: SessionDep) -> Job
     if not access.service:
         raise forbidden(access, "post job events (the Slurm hooks do: root or SlurmUser)")
     event = parse_body(body, JobEvent)
+    token = access.caller.token
+    if token is not None and token.cluster != event.cluster:
+        raise forbidden(access, f"post job events for cluster {event.cluster}")
     try:
         with session.begin():
             job = apply_job_event(session, event)

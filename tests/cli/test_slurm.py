@@ -310,7 +310,7 @@ def _need_bash_and_curl() -> None:
 def test_hook_keeps_a_valid_event_when_collector_is_down(tmp_path: Path, role: str) -> None:
     _need_bash_and_curl()
     conf = tmp_path / "hooks.env"
-    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
+    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_AUTH=none\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
                     f"JOBENERGY_GPU_MAP_DIR={tmp_path}/gpus\nJOBENERGY_GPU_MAP_LINGER_S=0\n")
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JOBENERGY_HOOK_CONF": str(conf),
@@ -727,7 +727,7 @@ def _run_hook(tmp_path: Path, wrapper: str, sync_cmd: str,
               sync_from: str = "epilog_slurmctld") -> tuple[subprocess.CompletedProcess, Path]:
     """Run a hook wrapper with JOBENERGY_SYNC_CMD; return the process and the syslog file."""
     conf = tmp_path / "hooks.env"
-    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
+    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_AUTH=none\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
                     f"JOBENERGY_GPU_MAP_DIR={tmp_path}/gpus\nJOBENERGY_GPU_MAP_LINGER_S=0\n"
                     f"JOBENERGY_SYNC_CMD={shlex.quote(sync_cmd)}\n"
                     f"JOBENERGY_SYNC_FROM={sync_from}\n")
@@ -819,7 +819,7 @@ def test_hook_files_have_safe_modes_whatever_the_umask(tmp_path: Path) -> None:
     import stat
 
     conf = tmp_path / "hooks.env"
-    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
+    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_AUTH=none\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
                     f"JOBENERGY_GPU_MAP_DIR={tmp_path}/gpus\nJOBENERGY_GPU_MAP_LINGER_S=30\n")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JOBENERGY_HOOK_CONF": str(conf),
            "SLURM_JOB_ID": "42", "SLURMD_NODENAME": "n1", "SLURM_JOB_GPUS": "0",
