@@ -126,6 +126,9 @@ AdminDep = Annotated[Access, Depends(admin_access)]
 def _audited(session: Any, access: Access, cluster: str, action: str, request: Any,
              change: Any) -> ClusterOut:
     """Apply ``change()`` (returns the recomputed hours) and audit it, in one transaction."""
+    token = access.caller.token
+    if token is not None and token.cluster != cluster:
+        raise forbidden(access, f"change the factors of cluster {cluster}")
     conn = session.connection()
     before = ClusterOut(**clusters.describe(conn, cluster)).model_dump(mode="json")
     changed = change()

@@ -137,13 +137,14 @@ def transport_verify(url: str, ca_file: str | Path | None = None,
     if parsed.scheme == "http":
         if not is_loopback(parsed.host) and not allow_insecure:
             raise ConfigError(
-                f"{url}: plain HTTP to a host other than loopback; use https:// (with "
-                "ca_file) or set allow_insecure")
+                f"{url}: plain HTTP to a host other than loopback; use https:// (with the "
+                "site's CA: ca_file, JOBENERGY_CA_FILE) or allow it explicitly "
+                "(allow_insecure, JOBENERGY_ALLOW_INSECURE=1)")
         return False
     if parsed.scheme != "https":
         raise ConfigError(f"{url}: use an http:// or https:// URL")
     if ca_file is None:
-        return True
+        return ssl.create_default_context()  # the system store (httpx alone would use certifi)
     try:
         return ssl.create_default_context(cafile=str(ca_file))
     except (OSError, ssl.SSLError) as err:
