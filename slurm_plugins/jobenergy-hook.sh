@@ -372,10 +372,10 @@ case "$JE_ROLE" in
     # Every job gets a map file (empty without GPUs): it also tells the agent that a job
     # shorter than one sample interval ran here (agent/jobmap.py).
     # Line 1: the GPUs; start=: when the job began here (agent/jobmap.py).
-    # Modes: folder 0755, files 0644, root's, whatever the site's umask. Nobody else may
-    # write them (the agent trusts them); anyone may read them: they hold job ids, GPU ids and
-    # times, which squeue and scontrol show every user anyway.
-    ( umask 022 && mkdir -p "$JOBENERGY_GPU_MAP_DIR" && rm -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
+    # Modes: folder 0700, files 0600, root's, whatever the site's umask: the agent (root)
+    # trusts them, so nobody else may write them, and nobody else needs to read them.
+    ( umask 077 && mkdir -p "$JOBENERGY_GPU_MAP_DIR" && chmod 0700 "$JOBENERGY_GPU_MAP_DIR" \
+      && rm -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
       && printf '%s\nstart=%s\n' "${SLURM_JOB_GPUS:-}" "$(date +%s.%N)" > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
       && mv -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" "$JOBENERGY_GPU_MAP_DIR/$JOB" ) \
       || je_log "cannot write job map in $JOBENERGY_GPU_MAP_DIR"
@@ -383,7 +383,7 @@ case "$JE_ROLE" in
   epilog)
     if [ -e "$JOBENERGY_GPU_MAP_DIR/$JOB" ]; then
       # end=: the job pays until now, not while the file lingers for the agent's next sample.
-      ( umask 022 && rm -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
+      ( umask 077 && rm -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
         && { head -c 4000 "$JOBENERGY_GPU_MAP_DIR/$JOB"; printf 'end=%s\n' "$(date +%s.%N)"; } \
         > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
         && mv -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" "$JOBENERGY_GPU_MAP_DIR/$JOB" )

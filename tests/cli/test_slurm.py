@@ -310,7 +310,8 @@ def _need_bash_and_curl() -> None:
 def test_hook_keeps_a_valid_event_when_collector_is_down(tmp_path: Path, role: str) -> None:
     _need_bash_and_curl()
     conf = tmp_path / "hooks.env"
-    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_AUTH=none\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
+    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_AUTH=none\n"
+                    f"JOBENERGY_OUTBOX={tmp_path}/outbox\n"
                     f"JOBENERGY_GPU_MAP_DIR={tmp_path}/gpus\nJOBENERGY_GPU_MAP_LINGER_S=0\n")
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JOBENERGY_HOOK_CONF": str(conf),
@@ -727,7 +728,8 @@ def _run_hook(tmp_path: Path, wrapper: str, sync_cmd: str,
               sync_from: str = "epilog_slurmctld") -> tuple[subprocess.CompletedProcess, Path]:
     """Run a hook wrapper with JOBENERGY_SYNC_CMD; return the process and the syslog file."""
     conf = tmp_path / "hooks.env"
-    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_AUTH=none\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
+    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_AUTH=none\n"
+                    f"JOBENERGY_OUTBOX={tmp_path}/outbox\n"
                     f"JOBENERGY_GPU_MAP_DIR={tmp_path}/gpus\nJOBENERGY_GPU_MAP_LINGER_S=0\n"
                     f"JOBENERGY_SYNC_CMD={shlex.quote(sync_cmd)}\n"
                     f"JOBENERGY_SYNC_FROM={sync_from}\n")
@@ -812,25 +814,28 @@ def test_periodic_follow_remembers_the_revision_in_the_state_file(tmp_path: Path
 
 
 def test_hook_files_have_safe_modes_whatever_the_umask(tmp_path: Path) -> None:
-    """Outbox 0700 with events 0600 (job names, comments, tags); the job map root's 0755 with
-    files 0644 (job and GPU ids and times, which squeue shows anyone; the agent trusts them,
-    so nobody else may write them). Run with umask 000, the worst a site may set."""
+    """Outbox 0700 with events 0600 (job names, comments, tags); the job map root's 0700 with
+    files 0600 (the agent trusts them: nobody else may write them, nobody else needs them).
+    Run with umask 000, the worst a site may set, over a map folder an older install made
+    0755."""
     _need_bash_and_curl()
     import stat
 
     conf = tmp_path / "hooks.env"
-    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_AUTH=none\nJOBENERGY_OUTBOX={tmp_path}/outbox\n"
+    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_AUTH=none\n"
+                    f"JOBENERGY_OUTBOX={tmp_path}/outbox\n"
                     f"JOBENERGY_GPU_MAP_DIR={tmp_path}/gpus\nJOBENERGY_GPU_MAP_LINGER_S=30\n")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JOBENERGY_HOOK_CONF": str(conf),
            "SLURM_JOB_ID": "42", "SLURMD_NODENAME": "n1", "SLURM_JOB_GPUS": "0",
            "SLURM_JOB_NAME": "secret-project", "SLURM_JOB_NODELIST": "n1"}
+    (tmp_path / "gpus").mkdir(mode=0o755)
     for role in ("prolog", "epilog"):
         script = REPO / "slurm_plugins" / f"{role}.sh"
         subprocess.run(["bash", "-c", 'umask 000 && exec bash "$0"', str(script)], env=env,
                        capture_output=True, timeout=30, check=True)
         modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
                  for p in tmp_path.rglob("*") if p != conf}
-        assert modes["gpus"] == 0o755 and modes["gpus/42"] == 0o644, modes
+        assert modes["gpus"] == 0o700 and modes["gpus/42"] == 0o600, modes
         assert modes["outbox"] == 0o700, modes
         events = {k: v for k, v in modes.items() if k.startswith("outbox/")}
         assert events and set(events.values()) == {0o600}, modes
