@@ -358,7 +358,11 @@ je_sync() {
     JE_STATUS=78
     return 0
   fi
-  setsid -f bash -c "$JOBENERGY_SYNC_CMD" </dev/null >/dev/null 2>&1
+  # The sync talks to the same collector: it gets the hook's transport and credential
+  # settings (a variable set on the command's own line still wins).
+  JOBENERGY_CA_FILE=$JOBENERGY_CA_FILE JOBENERGY_ALLOW_INSECURE=$JOBENERGY_ALLOW_INSECURE \
+    JOBENERGY_TOKEN_FILE=$JOBENERGY_TOKEN_FILE JOBENERGY_MUNGE_SOCKET=$JOBENERGY_MUNGE_SOCKET \
+    setsid -f bash -c "$JOBENERGY_SYNC_CMD" </dev/null >/dev/null 2>&1
 }
 
 je_exit_json() {

@@ -725,10 +725,11 @@ def test_sync_started_with_blocked_signals_stops_on_sigterm(tmp_path: Path) -> N
 
 # -- the hook says when the sync cannot run ----------------------------------------------------
 def _run_hook(tmp_path: Path, wrapper: str, sync_cmd: str,
-              sync_from: str = "epilog_slurmctld") -> tuple[subprocess.CompletedProcess, Path]:
+              sync_from: str = "epilog_slurmctld", extra: str = ""
+              ) -> tuple[subprocess.CompletedProcess, Path]:
     """Run a hook wrapper with JOBENERGY_SYNC_CMD; return the process and the syslog file."""
     conf = tmp_path / "hooks.env"
-    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_AUTH=none\n"
+    conf.write_text(f"JOBENERGY_URL=http://127.0.0.1:9\nJOBENERGY_AUTH=none\n{extra}"
                     f"JOBENERGY_OUTBOX={tmp_path}/outbox\n"
                     f"JOBENERGY_GPU_MAP_DIR={tmp_path}/gpus\nJOBENERGY_GPU_MAP_LINGER_S=0\n"
                     f"JOBENERGY_SYNC_CMD={shlex.quote(sync_cmd)}\n"
@@ -744,6 +745,26 @@ def _run_hook(tmp_path: Path, wrapper: str, sync_cmd: str,
     proc = subprocess.run(["bash", str(REPO / "slurm_plugins" / wrapper)], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
     return proc, syslog
+
+
+def test_the_sync_gets_the_hooks_transport_and_credential_settings(tmp_path: Path) -> None:
+    """JOBENERGY_SYNC_CMD talks to the same collector: it runs with the hook's CA file,
+    insecure switch, token file and MUNGE socket in its environment."""
+    _need_bash_and_curl()
+    seen = tmp_path / "sync-env"
+    extra = (f"JOBENERGY_CA_FILE={tmp_path}/ca.pem\nJOBENERGY_TOKEN_FILE={tmp_path}/t\n"
+             f"JOBENERGY_MUNGE_SOCKET={tmp_path}/m.sock\nJOBENERGY_ALLOW_INSECURE=1\n")
+    proc, _syslog = _run_hook(tmp_path, "epilog_slurmctld.sh",
+                              f"env > {seen}.tmp && mv {seen}.tmp {seen}", extra=extra)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 30
+    while not seen.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    assert env["JOBENERGY_CA_FILE"] == f"{tmp_path}/ca.pem"
+    assert env["JOBENERGY_TOKEN_FILE"] == f"{tmp_path}/t"
+    assert env["JOBENERGY_MUNGE_SOCKET"] == f"{tmp_path}/m.sock"
+    assert env["JOBENERGY_ALLOW_INSECURE"] == "1"
 
 
 @pytest.mark.parametrize("program", ["missing", "not-executable"])
