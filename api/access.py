@@ -110,24 +110,25 @@ def is_visible(scope: Visible, user: str | None, uid: int | None, account: str |
 class SlurmRoles:
     """AdminLevel and coordinated accounts per user, from sacctmgr, cached for ``ttl_s``.
 
-    One ``sacctmgr -nP show user withcoord`` answers for every user; it runs at most once per
-    ``ttl_s`` (a failure is logged once and treated as "no roles" until the next try).
+    One ``sacctmgr -nP show user withcoord`` answers for every user. Only the first lookup
+    waits for it; later, a stale cache is refreshed by one background thread while requests
+    go on with the roles last read, so a slow or hung slurmdbd never holds requests up. When
+    sacctmgr fails, it is logged once and the roles last read stay in force (with none read
+    yet: no Slurm roles, only ``admins``/``admin_group``).
     """
 
     def __init__(self, command: str, ttl_s: float) -> None:
         self.command = command
         self.ttl_s = ttl_s
-        self._lock = threading.Lock()
-        self._fetched_at = -float("inf")
+        self._first = threading.Lock()
+        self._refreshing = threading.Lock()
+        self._fetched_at: float | None = None
         self._levels: dict[str, str] = {}
         self._coordinated: dict[str, frozenset[str]] = {}
         self._warned = False
 
-    def _refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._fetched_at < self.ttl_s:
-            return
-        self._fetched_at = now
+    def _fetch(self) -> None:
+        self._fetched_at = time.monotonic()
         if not self.command:
             return
         try:
@@ -139,7 +140,7 @@ class SlurmRoles:
         except (OSError, subprocess.SubprocessError) as err:
             if not self._warned:
                 logger.warning("cannot read Slurm roles (AdminLevel, coordinators) with %s: "
-                               "%s; only admins/admin_group are admins", self.command, err)
+                               "%s; the roles last read stay in force", self.command, err)
                 self._warned = True
             return
         levels, coordinated = {}, {}
@@ -152,11 +153,23 @@ class SlurmRoles:
         self._levels, self._coordinated = levels, coordinated
         self._warned = False
 
+    def _refresh_in_background(self) -> None:
+        try:
+            self._fetch()
+        finally:
+            self._refreshing.release()
+
     def of(self, user: str) -> tuple[str, frozenset[str]]:
         """Return ``(AdminLevel, coordinated accounts)`` of ``user``."""
-        with self._lock:
-            self._refresh()
-            return self._levels.get(user, "None"), self._coordinated.get(user, frozenset())
+        if self._fetched_at is None:
+            with self._first:
+                if self._fetched_at is None:
+                    self._fetch()
+        elif (time.monotonic() - self._fetched_at >= self.ttl_s
+              and self._refreshing.acquire(blocking=False)):
+            threading.Thread(target=self._refresh_in_background, name="jobenergy-sacctmgr",
+                             daemon=True).start()
+        return self._levels.get(user, "None"), self._coordinated.get(user, frozenset())
 
 
 class Roles:

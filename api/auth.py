@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import pwd
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,10 @@ JWT_LEEWAY_S = 30
 MAX_CREDENTIAL_CHARS = 8192
 #: Authorization schemes a 401 may name when refusing them (anything else may be a secret).
 _KNOWN_SCHEMES = frozenset({"basic", "digest", "negotiate", "ntlm", "token", "jwt", "dpop"})
+
+
+#: What munged's credentials look like (armor prefix, base64, armor suffix).
+_MUNGE_CREDENTIAL = re.compile(r"MUNGE:[A-Za-z0-9+/]+={0,2}:")
 
 
 class AuthError(Exception):
@@ -153,6 +158,10 @@ class Authenticator:
         """Return False when authentication is off (``--auth none``)."""
         return self.mechanisms != ("none",)
 
+    def signs_body(self, headers: dict[str, str]) -> bool:
+        """Return True when the request's credential covers its body (MUNGE)."""
+        return self.enabled and headers.get("authorization", "")[:6].lower() == "munge "
+
     def challenge(self) -> str:
         """Return the ``WWW-Authenticate`` value: the schemes this server accepts."""
         schemes = {"munge": "MUNGE", "token": "Bearer", "jwt": "Slurm-JWT"}
@@ -204,6 +213,9 @@ class Authenticator:
     def _munge(self, method: str, target: str, credential: str, body: bytes) -> Caller:
         if not credential:
             raise AuthError("empty MUNGE credential")
+        if not _MUNGE_CREDENTIAL.fullmatch(credential):
+            # Refused here: garbage must not cost munged (often slurmctld's too) any work.
+            raise AuthError("malformed MUNGE credential (expected MUNGE:<base64>:)")
         try:
             decoded = munge.decode(credential, socket_path=self.munge_socket)
         except munge.MungeError as err:

@@ -65,21 +65,20 @@ class Authenticate:
         client = (scope.get("client") or ("unknown", 0))[0]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.body_limit:
-            await _answer(send, 413, f"request body larger than {self.body_limit} bytes")
-            return
-        body = await self._body(receive)
-        if body is None:
-            await _answer(send, 413, f"request body larger than {self.body_limit} bytes")
-            return
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
+        # Only a MUNGE credential signs the body: every other request is authenticated before
+        # its body is read, so an anonymous client cannot make the server hold 32 MiB.
+        body = None
+        if self.authenticator.signs_body(headers):
+            body = await self._read(headers, receive, send)
+            if body is None:
+                return
         try:
             caller = await run_in_threadpool(
                 self.authenticator.authenticate, scope["method"], target.decode("latin-1"),
-                headers, body)
+                headers, body or b"")
         except AuthError as err:
             # A good credential is never blocked (users share login nodes' addresses with
             # each other and the controller's with the hooks); failures beyond the limit get
@@ -106,6 +105,10 @@ class Authenticate:
                 await self._too_many(send, wait_s, f"rate limit of {self.limiter.per_s:g} "
                                      f"requests/s for {who} exceeded")
                 return
+        if body is None:
+            body = await self._read(headers, receive, send)
+            if body is None:
+                return
         scope.setdefault("state", {})["access"] = access
         delivered = False
 
@@ -117,6 +120,16 @@ class Authenticate:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read(self, headers: dict[str, str], receive: Any, send: Any) -> bytes | None:
+        """Return the body, or answer 413 and return None when it is over the limit."""
+        declared = headers.get("content-length", "")
+        body = None
+        if not (declared.isdigit() and int(declared) > self.body_limit):
+            body = await self._body(receive)
+        if body is None:
+            await _answer(send, 413, f"request body larger than {self.body_limit} bytes")
+        return body
 
     async def _body(self, receive: Any) -> bytes | None:
         """Return the whole body, or None once it grows past the limit."""

@@ -6,12 +6,15 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
+from sqlalchemy import select
 
-from jobenergy.api.access import Access
+from jobenergy.api.access import Access, Visible
 from jobenergy.api.authenticate import get_access
 from jobenergy.api.leaderboards import LEADERBOARD_METRICS, Window, model_leaderboard, summary
+from jobenergy.api.queries import visible_clause
 from jobenergy.api.routes_jobs import parse_time
 from jobenergy.api.schemas import LeaderboardRow, SummaryRow
+from jobenergy.collector.models import Job
 from jobenergy.collector.routes import SessionDep
 
 router = APIRouter(prefix="/api/v1", tags=["leaderboards"])
@@ -64,9 +67,23 @@ def get_summary(
                     end=parse_time(end, "end"), visible=access.scope("usage"))
     rows = summary(session, window, group_by)
     word = {"user": "users", "account": "accounts"}.get(group_by)
-    if word is not None:
-        rows = _merge_hidden(rows, lambda name: access.sees_name(word, name))
+    # Counted over the caller's visible jobs only (usage private), every name is one they may
+    # read in those jobs: nothing to hide. Over everyone's, other users' and accounts' names
+    # are hidden, except the caller's own accounts.
+    if word is not None and window.visible is None:
+        own = own_accounts(session, access) if word == "accounts" else frozenset()
+        rows = _merge_hidden(rows, lambda name: name in own or access.sees_name(word, name))
     return [SummaryRow(**row) for row in rows]
+
+
+def own_accounts(session: SessionDep, access: Access) -> frozenset[str]:
+    """Return the accounts of the caller's own jobs (a user may always see those names)."""
+    if access.reads_all:
+        return frozenset()
+    mine = Visible(access.visible.user, access.visible.uid)
+    return frozenset(a for a in session.scalars(
+        select(Job.account).where(visible_clause(mine), Job.account.is_not(None)).distinct())
+        if a is not None)
 
 
 def _merge_hidden(rows: list[dict[str, Any]], shown: Callable[[str | None], bool]

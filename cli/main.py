@@ -185,6 +185,9 @@ def server(
         raise typer.Exit(2) from err
     uvicorn.run(
         application, host=settings.host, port=settings.port, log_level=log_level.lower(),
+        # Client addresses are the peers' own: X-Forwarded-For from a local user must not
+        # move them (the failed-authentication limit is per address).
+        proxy_headers=False,
         ssl_certfile=str(settings.tls_cert) if settings.tls else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls else None,
     )

@@ -610,7 +610,9 @@ def test_failed_credentials_are_limited_per_client(make_api, sqlite_url, clock, 
         [401] * FAILURES_BURST + [429] * (25 - FAILURES_BURST))
     assert int(responses[-1].headers["retry-after"]) >= 1
     assert "too many failed authentications" in responses[-1].json()["detail"]
-    assert len(decoded) == 25
+    assert decoded == []  # malformed: refused without costing munged anything
+    forged = api.get("/api/v1/jobs", None, headers={"Authorization": "MUNGE MUNGE:AAAA:"})
+    assert forged.status_code == 429 and len(decoded) == 1  # well-formed: munged decides
     assert api.whoami("root")["user"] == "root"
     assert api.whoami("nobody")["user"] == "nobody"
     assert api.get("/api/v1/jobs", None, headers={"Authorization": "MUNGE bogus"}

@@ -436,12 +436,17 @@ def test_attack_token_of_one_cluster_acts_on_another(make_api):
     assert ok(api.get("/api/v1/audit", "root")) == audit
 
 
-@pytest.mark.xfail(strict=True, reason="finding: with private_data accounts, a user's summary "
-                   "by account merges even the accounts of their own jobs into '(others)', "
-                   "names they read in each of those jobs")
 def test_user_sees_own_accounts_in_summary(make_api, make_batch):
+    """With private_data accounts, a user's own accounts are never merged into (others)."""
     api = make_api()
     post_daemons_job(api, make_batch)
     assert ok(api.get("/api/v1/jobs/700", "nobody"))["account"] == "nacct"
     rows = ok(api.get("/api/v1/summary", "nobody", params={"group_by": "account"}))
     assert [row["group"] for row in rows] == ["nacct"]
+    # Usage open, account names private: nobody's own account shown, daemon's merged.
+    api = make_api(private_data="accounts")
+    daemons = post_daemons_job(api, make_batch)
+    rows = {row["group"]: row for row in ok(api.get("/api/v1/summary", "nobody",
+                                                    params={"group_by": "account"}))}
+    assert set(rows) == {"nacct", "(others)"}, rows
+    assert rows["(others)"]["energy_kwh"] == pytest.approx(daemons["energy_kwh"])
