@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, select
 from sqlalchemy import exc as sa_exc
 
-from jobenergy.collector.models import EnergyInterval
+from jobenergy.collector.models import EnergyInterval, NodeProgress
 from jobenergy.collector.plan import Plan
 from jobenergy.collector.sql import IngestRejected
 from jobenergy.core.schema import MAX_INTERVAL_S, Batch
@@ -92,14 +92,27 @@ def check_no_overlap(conn: Connection, batch: Batch) -> None:
 
     A node measures each source once over time; a second agent configured with the same
     node name, or an interval re-sent under another key, would otherwise count twice.
-    Batches may still arrive in any order. Intervals are at most ``MAX_INTERVAL_S`` long
-    (schema), which bounds the index range searched.
+
+    Cost O(batch), whatever the history: the node's high-water marks (``node_progress``,
+    read under the node's lock, which the caller holds) answer for the usual batch, the next
+    one in time (or one wholly before anything stored). Only a batch that reaches back into
+    the stored span (out of order: a retry after a newer batch) is checked row by row, over
+    its own window; intervals are at most ``MAX_INTERVAL_S`` long (schema), which bounds the
+    index range searched.
     """
     spans: dict[str, list[tuple[datetime, datetime]]] = {}
     for interval in batch.intervals:
         for src in interval.sources:
             spans.setdefault(src.source, []).append((interval.start, interval.end))
     if not spans:
+        return
+    marks = conn.execute(
+        select(NodeProgress.first_at, NodeProgress.last_at).where(
+            NodeProgress.cluster == batch.cluster, NodeProgress.node == batch.node)
+    ).first()
+    first_start = min(start for pairs in spans.values() for start, _ in pairs)
+    last_end = max(end for pairs in spans.values() for _, end in pairs)
+    if marks is None or first_start >= marks.last_at or last_end <= marks.first_at:
         return
     lo = batch.intervals[0].start - timedelta(seconds=MAX_INTERVAL_S)
     hi = batch.intervals[-1].end

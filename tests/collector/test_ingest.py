@@ -205,6 +205,28 @@ def test_same_span_under_another_key_is_refused(engine, make_batch):
         assert stored_job_totals(session) == expected_job_totals(make_batch(seq=0))
 
 
+def test_overlap_is_caught_in_order_out_of_order_and_in_a_hole(engine, make_batch):
+    """The node's high-water marks answer for a batch after (or before) everything stored; one
+    reaching into the stored span is checked row by row: a hole is accepted, an overlap is
+    refused wherever it is."""
+    t0 = make_batch().intervals[0].start
+
+    def at(seq: int, offset_s: float, n: int = 3) -> Batch:
+        return make_batch(seq=seq, start=t0 + timedelta(seconds=offset_s), n_intervals=n)
+
+    stored = [at(0, 100), at(1, 130), at(2, 0), at(3, 40)]  # after, before, in the hole
+    for batch in stored:
+        ingest(engine, batch)
+    for seq, offset_s in ((10, 110), (11, 155), (12, 45), (13, 25), (14, -5), (15, 95)):
+        with pytest.raises(IngestRejected, match="overlaps energy already stored"):
+            ingest(engine, at(seq, offset_s))
+    ingest(engine, at(20, 160))  # touching the end: next in time
+    ingest(engine, at(21, 70, n=3))  # exactly filling the rest of the hole [70, 100)
+    with Session(engine) as session:
+        assert stored_job_totals(session) == expected_job_totals(
+            *stored, at(20, 160), at(21, 70))
+
+
 # -- per-step energy ------------------------------------------------------------------------
 
 
