@@ -14,7 +14,6 @@ import json
 import os
 import pwd
 import sys
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -24,37 +23,23 @@ import typer
 from jobenergy.cli.api_client import api_client, error_detail
 from jobenergy.cli.report import DEFAULT_FIELDS, footnotes, parse_fields, render
 from jobenergy.core.errors import JobEnergyError
+from jobenergy.core.slurm_time import SlurmTimeError, parse_slurm_time
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False)
 
 
 def _time_arg(value: str | None) -> str | None:
-    """Accept sacct's time forms: ISO date/time, epoch seconds, ``now``, ``now-Ndays``."""
+    """Return a ``-S``/``-E`` argument in sacct's forms (``core/slurm_time.py``) as ISO 8601.
+
+    Raises:
+        typer.BadParameter: Not one of Slurm's forms (the message names them).
+    """
     if value is None:
         return None
-    text = value.strip()
-    if text.startswith("now"):
-        rest = text[3:]
-        moment = datetime.now(UTC)
-        if rest:
-            sign = -1 if rest[0] == "-" else 1
-            amount = rest[1:]
-            unit_s = 86_400 if amount.endswith("days") else 3_600 if amount.endswith("hours") else 1
-            digits = "".join(ch for ch in amount if ch.isdigit())
-            moment += sign * timedelta(seconds=int(digits or 0) * unit_s)
-        return moment.isoformat()
     try:
-        return datetime.fromtimestamp(float(text), UTC).isoformat()
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError as err:
-        raise typer.BadParameter(
-            f"invalid time {value!r}: use YYYY-MM-DD[THH:MM:SS], epoch seconds or now[-Ndays]"
-        ) from err
-    # A time without a zone is local time, as sacct reads it.
-    return (parsed if parsed.tzinfo else parsed.astimezone()).isoformat()
+        return parse_slurm_time(value).isoformat()
+    except SlurmTimeError as err:
+        raise typer.BadParameter(str(err)) from err
 
 
 def _me() -> str:
@@ -126,6 +111,9 @@ def report(
         params["user"] = user
     elif not jobs and not allusers and os.geteuid() != 0:
         params["user"] = _me()  # sacct shows your own jobs by default
+    if start is None and not jobs:
+        # sacct's default window: since 00:00 today; with -s, the jobs in that state now.
+        start = "now" if state else "today"
     for key, value in (
         ("cluster", cluster),
         ("account", account),
@@ -137,8 +125,12 @@ def report(
         if value:
             params[key] = value
     with api_client(url, timeout_s=30, program="senergy") as http:
-        found = sorted(_get(http, url, "/api/v1/jobs", params)["jobs"], key=_job_order)
+        page = _get(http, url, "/api/v1/jobs", params)
+        found = sorted(page["jobs"], key=_job_order)
         refused = _refused_jobs(http, jobs, found)
+    if page.get("total", len(found)) > len(found):
+        typer.echo(f"senergy: showing {len(found)} of {page['total']} jobs (the API's page "
+                   "limit): narrow the window with -S/-E or the other filters", err=True)
     if as_json:
         typer.echo(json.dumps({"jobs": found}, indent=2))
     else:

@@ -55,6 +55,7 @@ import typer
 
 from jobenergy.cli.api_client import api_client, error_detail
 from jobenergy.core.errors import JobEnergyError
+from jobenergy.core.slurm_time import SlurmTimeError, parse_slurm_time
 
 from .admin_comment import admin_comment_text, format_summary, has_summary
 from .slurmclient import SacctJsonClient, SlurmClient, SlurmError, SlurmJob
@@ -372,7 +373,8 @@ class Syncer:
 
 
 def parse_since(text: str | None) -> datetime | None:
-    """Parse ``--since``: ``90s``/``30m``/``2h``/``1d`` ago, epoch seconds, or ISO 8601."""
+    """Parse ``--since``: ``90s``/``30m``/``2h``/``1d`` ago, or any of Slurm's time forms
+    (``core/slurm_time.py``: ``now-2hours``, ``today``, ``11/20``, ISO 8601), or epoch s."""
     if not text:
         return None
     m = re.fullmatch(r"(\d+)([smhd])", text.strip())
@@ -380,15 +382,9 @@ def parse_since(text: str | None) -> datetime | None:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
         return datetime.now(UTC) - timedelta(seconds=int(m.group(1)) * unit)
     try:
-        return datetime.fromtimestamp(float(text), UTC)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as err:
-        raise typer.BadParameter(
-            f"invalid --since {text!r}: use 30m, 2h, 1d, epoch or ISO") from err
-    return moment if moment.tzinfo else moment.astimezone(UTC)
+        return parse_slurm_time(text, epoch=True)
+    except SlurmTimeError as err:
+        raise typer.BadParameter(f"invalid --since: {err}; or 30m, 2h, 1d") from err
 
 
 def _echo_report(report: SyncReport) -> None:

@@ -158,3 +158,25 @@ def test_report_marks_energy_not_final_and_unmeasured(api, make_batch):
     code, out, _ = senergy_err("--url", api, "-M", "c1", "-j", "3", "--json")
     job = json.loads(out)["jobs"][0]
     assert job["final"] is False and job["quality"]["unmeasured"] is True
+
+
+def test_report_defaults_to_sacct_window_and_reads_sacct_times(api, monkeypatch):
+    """Without -S (and -j) the window starts at 00:00 today, as sacct's; -S takes sacct's
+    forms (MM/DD, now-Nunits, ...) and refuses anything else with a one-line error."""
+    import httpx
+
+    monkeypatch.setenv("JOBENERGY_TOKEN_FILE", "")
+    httpx.post(f"{api}/api/v1/jobs/events", json={
+        "cluster": "c1", "job_id": "1", "event": "end", "time": T0.isoformat(),
+        "state": "COMPLETED"}).raise_for_status()
+    code, out = senergy("--url", api, "-a", "-o", "JobID", "-P", "-n")
+    assert code == 0 and out.split() == ["2"], out  # job 1 ended before today
+    since = T0.astimezone().strftime("%m/%d/%y")
+    code, out = senergy("--url", api, "-a", "-o", "JobID", "-P", "-n", "-S", since)
+    assert code == 0 and out.split() == ["1", "2"], out
+    code, out = senergy("--url", api, "-a", "-o", "JobID", "-P", "-n", "-S", "now-3650days")
+    assert code == 0 and out.split() == ["1", "2"], out
+    code, out = senergy("--url", api, "-j", "1", "-o", "JobID", "-P", "-n")
+    assert code == 0 and out.split() == ["1"], out  # -j: no default window
+    code, _out = senergy("--url", api, "-a", "-S", "nowgarbage")
+    assert code == 2
