@@ -1,8 +1,11 @@
 """sacct-shaped tables of job energy, from the API's job JSON.
 
-Fields are chosen with ``-o`` like sacct's ``--format`` (case-insensitive, optional
-``%WIDTH``). Output is fixed-width with a dashed rule by default, ``|``-separated with
-``--parsable2`` (``-P``), or with a trailing ``|`` with ``--parsable`` (``-p``), as sacct does.
+Fields are chosen with ``-o`` like sacct's ``--format`` (case-insensitive; ``%N`` prints N
+characters right-justified, ``%-N`` left-justified). Output is fixed-width with a dashed rule
+by default, delimited (``|``, or ``--delimiter``) with ``--parsable2`` (``-P``), or with a
+trailing delimiter with ``--parsable`` (``-p``), as sacct does. Text from users (job names,
+tags) never reaches the terminal raw: control characters are escaped. ``NodeList`` is
+compressed as Slurm prints it (``n[1-3]``, python-hostlist).
 
 Energy fields (CPUkWh, DRAMkWh, GPUkWh, TotalkWh, EnergyUJ, FacilitykWh, CO2eKg) of a job that
 no energy source covered (``quality.unmeasured``) read ``unmeasured``, never 0. In the
@@ -15,9 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from jobenergy.core.units import UJ_PER_KWH
+import hostlist
+
+from jobenergy.core.text import printable
+from jobenergy.core.units import UJ_PER_J, UJ_PER_KWH
 
 
 def format_elapsed(seconds: float | None) -> str:
@@ -30,6 +37,35 @@ def format_elapsed(seconds: float | None) -> str:
     minutes, secs = divmod(rest, 60)
     clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
     return f"{days}-{clock}" if days else clock
+
+
+def format_time(value: str | None) -> str:
+    """Format an API time as sacct does: local ``YYYY-MM-DDTHH:MM:SS`` (``Unknown`` if none)."""
+    if not value:
+        return "Unknown"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return printable(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # the API's times are UTC
+    return moment.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def format_joules(value_uj: int | None) -> str:
+    """Return energy in joules with sacct's unit suffixes (``ConsumedEnergy``: 12.34K)."""
+    if value_uj is None:
+        return ""
+    joules = value_uj / UJ_PER_J
+    for suffix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if joules >= scale:
+            return f"{joules / scale:.2f}{suffix}"
+    return str(int(joules))
+
+
+def _nodelist(job: dict[str, Any]) -> str:
+    nodes = job.get("nodes") or sorted(job.get("by_node") or {})
+    return hostlist.collect_hostlist([str(n) for n in nodes]) if nodes else ""
 
 
 def _kwh(value_uj: int | None) -> str:
@@ -86,17 +122,20 @@ FIELDS: dict[str, Field] = {
         Field("JobName", 12, lambda j: j.get("name") or "", right=False),
         Field("State", 10, lambda j: j.get("state") or "", right=False),
         Field("Elapsed", 10, lambda j: format_elapsed(j.get("elapsed_s"))),
-        Field(
-            "NodeList",
-            15,
-            lambda j: ",".join(j.get("nodes") or sorted(j.get("by_node") or {})),
-            right=False,
-        ),
+        Field("NodeList", 15, _nodelist, right=False),
+        Field("NNodes", 8, lambda j: str(len(j.get("nodes") or j.get("by_node") or []))),
+        Field("Start", 19, lambda j: format_time(j.get("start"))),
+        Field("End", 19, lambda j: format_time(j.get("end"))),
+        Field("ExitCode", 8, lambda j: j.get("exit_code") or "", right=False),
         Field("CPUkWh", 11, _component("cpu"), energy=True),
         Field("DRAMkWh", 11, _component("dram"), energy=True),
         Field("GPUkWh", 11, _component("gpu"), energy=True),
         Field("TotalkWh", 11, lambda j: _kwh(j.get("energy_uj")), energy=True),
         Field("EnergyUJ", 16, lambda j: str(j.get("energy_uj", "")), energy=True),
+        # sacct's own names, in joules: ConsumedEnergy with unit suffixes, Raw plain.
+        Field("ConsumedEnergy", 14, lambda j: format_joules(j.get("energy_uj")), energy=True),
+        Field("ConsumedEnergyRaw", 17, lambda j: str(j.get("energy_uj", 0) // UJ_PER_J),
+              energy=True),
         Field("PUE", 5, lambda j: _num(j.get("pue"), 2)),
         Field("FacilitykWh", 11, lambda j: _num(j.get("facility_energy_kwh")), energy=True),
         Field("gCO2ekWh", 8, lambda j: _num(j.get("carbon_intensity_g_per_kwh"), 1)),
@@ -114,25 +153,39 @@ DEFAULT_FIELDS = "JobID,User,Elapsed,CPUkWh,DRAMkWh,GPUkWh,TotalkWh,FacilitykWh,
 
 
 def parse_fields(spec: str) -> list[Field]:
-    """Parse ``-o`` like sacct: ``JobID,User%20,TotalkWh``.
+    """Parse ``-o`` like sacct: ``JobID,User%20,JobName%-30,TotalkWh``.
 
     Raises:
-        ValueError: A field name is unknown (the message lists the valid ones).
+        ValueError: A field name is unknown (the message lists the valid ones) or a width is
+            not a number.
     """
     fields = []
     for item in spec.split(","):
         item = item.strip()
         if not item:
             continue
-        name, _, width = item.partition("%")
+        name, percent, width = item.partition("%")
         base = FIELDS.get(name.lower())
         if base is None:
             valid = " ".join(f.name for f in FIELDS.values())
             raise ValueError(f"invalid field requested: {name!r}; valid fields: {valid}")
-        if width:
-            base = Field(base.name, int(width), base.get, base.right, base.energy)
+        if percent:
+            digits = width[1:] if width.startswith("-") else width
+            if not digits.isdigit() or not 0 < int(digits) <= 1024:
+                raise ValueError(f"invalid width in {item!r}: use {name}%N or {name}%-N")
+            # sacct: %N prints N characters right-justified, %-N left-justified.
+            base = Field(base.name, int(digits), base.get, not width.startswith("-"),
+                         base.energy)
         fields.append(base)
     return fields
+
+
+def helpformat() -> str:
+    """Return the field names, as ``sacct --helpformat`` lists them."""
+    names = [f.name for f in FIELDS.values()]
+    width = max(len(n) for n in names) + 1
+    rows = [names[i:i + 4] for i in range(0, len(names), 4)]
+    return "\n".join("".join(n.ljust(width) for n in row).rstrip() for row in rows)
 
 
 def render(
@@ -166,9 +219,10 @@ def render(
 
 
 def value(field: Field, job: dict[str, Any], *, mark: bool) -> str:
-    """A field's text for ``job``: ``unmeasured`` energy, ``*`` on energy not final (``mark``)."""
+    """A field's text for ``job``: ``unmeasured`` energy, ``*`` on energy not final (``mark``);
+    control characters escaped."""
     if not field.energy:
-        return field.get(job)
+        return printable(field.get(job))
     text = UNMEASURED if is_unmeasured(job) else field.get(job)
     return text + NOT_FINAL_MARK if mark and not is_final(job) else text
 

@@ -22,8 +22,10 @@ import typer
 
 from jobenergy.cli.api_client import api_client, error_detail
 from jobenergy.cli.report import DEFAULT_FIELDS, footnotes, parse_fields, render
+from jobenergy.cli.report import helpformat as format_help
 from jobenergy.core.errors import JobEnergyError
 from jobenergy.core.slurm_time import SlurmTimeError, parse_slurm_time
+from jobenergy.core.version import VERSION
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False)
 
@@ -78,11 +80,21 @@ def report(
     end: Annotated[str | None, typer.Option("--endtime", "-E")] = None,
     allusers: Annotated[bool, typer.Option("--allusers", "-a", help="All users' jobs")] = False,
     fields: Annotated[
-        str, typer.Option("--format", "-o", help="Fields, e.g. JobID,TotalkWh")
+        str, typer.Option("--format", "-o", envvar="SENERGY_FORMAT",
+                          help="Fields, e.g. JobID,JobName%-20,TotalkWh (or $SENERGY_FORMAT)")
     ] = DEFAULT_FIELDS,
     parsable2: Annotated[bool, typer.Option("--parsable2", "-P", help="'|' delimited")] = False,
     parsable: Annotated[
         bool, typer.Option("--parsable", "-p", help="'|' delimited, trailing '|'")
+    ] = False,
+    delimiter: Annotated[
+        str, typer.Option("--delimiter", help="Separator of -p/-P output")
+    ] = "|",
+    helpformat: Annotated[
+        bool, typer.Option("--helpformat", "-e", help="List the fields and exit")
+    ] = False,
+    show_version: Annotated[
+        bool, typer.Option("--version", "-V", help="Print the version and exit")
     ] = False,
     noheader: Annotated[bool, typer.Option("--noheader", "-n")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Job JSON as the API returns it")] = False,
@@ -96,8 +108,17 @@ def report(
     ``*`` in the table (``Final`` field: yes/no); a job no energy counter covered reads
     ``unmeasured``. Both are explained on stderr.
     """
+    if helpformat:
+        typer.echo(format_help())
+        raise typer.Exit(0)
+    if show_version:
+        typer.echo(f"jobenergy {VERSION}")
+        raise typer.Exit(0)
     if not url:
         typer.echo("senergy: no API URL: pass --url or set JOBENERGY_URL", err=True)
+        raise typer.Exit(2)
+    if not delimiter:
+        typer.echo("senergy: --delimiter must not be empty", err=True)
         raise typer.Exit(2)
     try:
         selected = parse_fields(fields)
@@ -134,11 +155,11 @@ def report(
     if as_json:
         typer.echo(json.dumps({"jobs": found}, indent=2))
     else:
-        delimiter = "|" if (parsable2 or parsable) else None
+        separator = delimiter if (parsable2 or parsable) else None
         typer.echo(
-            render(found, selected, delimiter=delimiter, trailing=parsable, header=not noheader)
+            render(found, selected, delimiter=separator, trailing=parsable, header=not noheader)
         )
-        for note in footnotes(found, selected, marked=delimiter is None):
+        for note in footnotes(found, selected, marked=separator is None):
             typer.echo(note, err=True)
     if jobs:
         asked = {j.strip() for j in jobs.split(",") if j.strip()}

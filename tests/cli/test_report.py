@@ -1,0 +1,57 @@
+"""senergy's table: sacct's widths, names, units and safety with users' text."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobenergy.cli.report import helpformat, parse_fields, render
+
+JOB = {
+    "job_id": "1234", "user": "alice", "name": "evil\x1b[2J\nname", "nodes": ["n1", "n2", "n3",
+                                                                             "gpu07"],
+    "energy_uj": 12_345_678_901, "start": "2026-11-20T10:00:00+00:00", "end": None,
+    "exit_code": "0:0", "final": True, "by_component": {"cpu": 12_345_678_901},
+}
+
+
+def test_widths_are_right_justified_with_percent_n_and_left_with_percent_minus_n() -> None:
+    out = render([JOB], parse_fields("JobID%8,User%-8"), header=False)
+    assert out == "    1234 alice   "
+
+
+@pytest.mark.parametrize("spec", ["JobID%x", "JobID%-", "JobID%0", "JobID%-y"])
+def test_bad_widths_are_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match="invalid width"):
+        parse_fields(spec)
+
+
+def test_control_characters_never_reach_the_terminal() -> None:
+    for delimiter in (None, "|"):
+        out = render([JOB], parse_fields("JobName%40"), delimiter=delimiter, header=False)
+        assert "\x1b" not in out and "\n" not in out, out
+        assert "\\x1b[2J\\nname" in out
+
+
+def test_nodelist_compressed_as_slurm_prints_it_and_nnodes() -> None:
+    out = render([JOB], parse_fields("NodeList%30,NNodes"), delimiter="|", header=False)
+    assert out == "gpu07,n[1-3]|4"
+
+
+def test_consumed_energy_in_joules_as_sacct() -> None:
+    out = render([JOB], parse_fields("ConsumedEnergy,ConsumedEnergyRaw"), delimiter="|",
+                 header=False)
+    assert out == "12.35K|12345"
+
+
+def test_times_and_exit_code() -> None:
+    out = render([JOB], parse_fields("End,ExitCode"), delimiter="|", header=False)
+    assert out == "Unknown|0:0"
+    start = render([JOB], parse_fields("Start"), delimiter="|", header=False)
+    assert len(start) == 19 and start[10] == "T"
+
+
+def test_delimiter_and_helpformat() -> None:
+    out = render([JOB], parse_fields("JobID,User"), delimiter=";", trailing=True)
+    assert out.splitlines() == ["JobID;User;", "1234;alice;"]
+    names = helpformat().split()
+    assert "ConsumedEnergy" in names and "NodeList" in names and "Start" in names
