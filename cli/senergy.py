@@ -107,6 +107,9 @@ def report(
     Energy still arriving (job running, or a node not yet reported past its end) is marked
     ``*`` in the table (``Final`` field: yes/no); a job no energy counter covered reads
     ``unmeasured``. Both are explained on stderr.
+
+    Also: ``senergy leaderboard --help`` (energy per model and phase) and ``senergy summary
+    --help`` (totals per user, account, partition, model, phase or cluster).
     """
     if helpformat:
         typer.echo(format_help())
@@ -227,13 +230,31 @@ def get_json(url: str | None, path: str, params: dict[str, str]) -> object:
 SUBCOMMANDS = ("leaderboard", "summary")
 
 
+def _subcommand_first(args: list[str]) -> list[str] | None:
+    """Return ``args`` with a subcommand moved first when only global options (``--url``)
+    come before it (``senergy --url U leaderboard``), else None."""
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token in SUBCOMMANDS:
+            return [token, *args[:i], *args[i + 1:]]
+        if token == "--url":
+            i += 2
+        elif token.startswith("--url="):
+            i += 1
+        else:
+            return None
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: ``senergy [leaderboard|summary] ...``."""
+    """Console-script entry point: ``senergy [--url U] [leaderboard|summary] ...``."""
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in SUBCOMMANDS:
+    reordered = _subcommand_first(args)
+    if reordered is not None:
         from jobenergy.cli.senergy_tables import tables_app
 
-        tables_app(args=args, prog_name="senergy")
+        tables_app(args=reordered, prog_name="senergy")
     else:
         app(args=args, prog_name="senergy")
 

@@ -180,3 +180,12 @@ def test_report_defaults_to_sacct_window_and_reads_sacct_times(api, monkeypatch)
     assert code == 0 and out.split() == ["1"], out  # -j: no default window
     code, _out = senergy("--url", api, "-a", "-S", "nowgarbage")
     assert code == 2
+
+
+def test_subcommands_after_the_url_and_in_the_help(api):
+    code, out = senergy("--url", api, "leaderboard")
+    assert code == 0 and "llama" in out and "bert" in out, out
+    code, out = senergy(f"--url={api}", "summary", "--group-by", "user")
+    assert code == 0 and "alice" in out, out
+    code, out = senergy("--help")
+    assert code == 0 and "senergy leaderboard" in out and "senergy summary" in out, out
