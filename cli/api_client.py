@@ -4,7 +4,8 @@ talks to the API with: this user's credentials and the site's transport rules.
 Credentials (``core/request_auth.user_auth``): ``$JOBENERGY_TOKEN_FILE``, else ``$SLURM_JWT``,
 else MUNGE (``$JOBENERGY_MUNGE_SOCKET``), else ``scontrol token``. Transport: ``https://``
 verified against ``$JOBENERGY_CA_FILE`` (else the system store); plain ``http://`` only to
-loopback unless ``JOBENERGY_ALLOW_INSECURE=1``.
+loopback unless ``JOBENERGY_ALLOW_INSECURE=1``. Each setting also comes from the system file
+(``cli/client_config.py``) when the environment does not give it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import httpx
 import typer
 
+from jobenergy.cli.client_config import client_config
 from jobenergy.core.errors import ConfigError
 from jobenergy.core.munge import DEFAULT_SOCKET
 from jobenergy.core.request_auth import transport_verify, user_auth
@@ -22,9 +24,12 @@ from jobenergy.core.request_auth import transport_verify, user_auth
 def api_client(url: str, *, timeout_s: float, program: str) -> httpx.Client:
     """Return a client for ``url``; print the problem and exit 2 when it cannot be built."""
     try:
-        verify = transport_verify(url, os.environ.get("JOBENERGY_CA_FILE") or None,
-                                  os.environ.get("JOBENERGY_ALLOW_INSECURE") == "1")
-        auth = user_auth(os.environ.get("JOBENERGY_MUNGE_SOCKET") or DEFAULT_SOCKET)
+        config = client_config()
+        verify = transport_verify(
+            url, os.environ.get("JOBENERGY_CA_FILE") or config.ca_file,
+            os.environ.get("JOBENERGY_ALLOW_INSECURE") == "1" or config.allow_insecure)
+        auth = user_auth(os.environ.get("JOBENERGY_MUNGE_SOCKET") or config.munge_socket
+                         or DEFAULT_SOCKET)
     except ConfigError as err:
         typer.echo(f"{program}: {err}", err=True)
         raise typer.Exit(2) from err

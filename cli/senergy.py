@@ -21,6 +21,7 @@ import httpx
 import typer
 
 from jobenergy.cli.api_client import api_client, error_detail
+from jobenergy.cli.client_config import client_config, config_path
 from jobenergy.cli.report import DEFAULT_FIELDS, footnotes, parse_fields, render
 from jobenergy.cli.report import helpformat as format_help
 from jobenergy.core.errors import JobEnergyError
@@ -117,9 +118,7 @@ def report(
     if show_version:
         typer.echo(f"jobenergy {VERSION}")
         raise typer.Exit(0)
-    if not url:
-        typer.echo("senergy: no API URL: pass --url or set JOBENERGY_URL", err=True)
-        raise typer.Exit(2)
+    url, cluster = _from_config(url, cluster)
     if not delimiter:
         typer.echo("senergy: --delimiter must not be empty", err=True)
         raise typer.Exit(2)
@@ -217,11 +216,25 @@ def _get(http: httpx.Client, url: str, path: str, params: dict[str, str]) -> Any
     return resp.json()
 
 
+def _from_config(url: str | None, cluster: str | None) -> tuple[str, str | None]:
+    """Fill the API URL and cluster from the system file (``cli/client_config.py``) when
+    neither an option nor the environment gave them; exit 2 without a URL."""
+    try:
+        config = client_config()
+    except JobEnergyError as err:
+        typer.echo(f"senergy: {err}", err=True)
+        raise typer.Exit(2) from err
+    url = url or config.url
+    if not url:
+        typer.echo(f"senergy: no API URL: pass --url, set JOBENERGY_URL or put url in "
+                   f"{config_path()}", err=True)
+        raise typer.Exit(2)
+    return url, cluster or config.cluster
+
+
 def get_json(url: str | None, path: str, params: dict[str, str]) -> object:
     """GET ``path`` from the API; print the problem and exit 1/2 on failure."""
-    if not url:
-        typer.echo("senergy: no API URL: pass --url or set JOBENERGY_URL", err=True)
-        raise typer.Exit(2)
+    url, _cluster = _from_config(url, None)
     with api_client(url, timeout_s=30, program="senergy") as http:
         return _get(http, url, path, params)
 

@@ -189,3 +189,27 @@ def test_subcommands_after_the_url_and_in_the_help(api):
     assert code == 0 and "alice" in out, out
     code, out = senergy("--help")
     assert code == 0 and "senergy leaderboard" in out and "senergy summary" in out, out
+
+
+def test_system_file_gives_url_and_cluster(api, tmp_path, monkeypatch):
+    """Login-node users need no environment: /etc/jobenergy/jobenergy.toml (here
+    $JOBENERGY_CONFIG) gives url and cluster; options and the environment win over it."""
+    from jobenergy.cli.client_config import client_config
+
+    config = tmp_path / "jobenergy.toml"
+    config.write_text(f'url = "{api}"\ncluster = "nosuch"\nunrelated = 1\n')
+    monkeypatch.setenv("JOBENERGY_CONFIG", str(config))
+    monkeypatch.delenv("JOBENERGY_URL", raising=False)
+    monkeypatch.delenv("JOBENERGY_CLUSTER", raising=False)
+    client_config.cache_clear()
+    try:
+        code, out = senergy("-j", "1", "-o", "JobID", "-P", "-n")
+        assert code == 0 and out.split() == [], out  # cluster "nosuch" from the file
+        code, out = senergy("-j", "1", "-M", "c1", "-o", "JobID", "-P", "-n")
+        assert code == 0 and out.split() == ["1"], out
+        config.write_text("url = [broken\n")
+        client_config.cache_clear()
+        code, _out = senergy("-j", "1")
+        assert code == 2
+    finally:
+        client_config.cache_clear()
