@@ -78,6 +78,36 @@ class RefuseNul:
         await self.app(scope, receive, send)
 
 
+#: Methods a read-only server serves; any other is a write (``ServerSettings.read_only``).
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+READ_ONLY_DETAIL = "read-only replica: send writes to the primary"
+
+
+class RefuseWrites:
+    """ASGI middleware of a read-only server: every write request answers 503.
+
+    Runs before authentication, so nothing is read from the body or the database. 503 rather
+    than 405: the request itself is fine, this server is the wrong one, and an agent or a
+    Slurm hook pointed here by mistake keeps its batch or event and retries (a 4xx would make
+    an agent set the batch aside as refused).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Answer 503 for a method other than GET/HEAD/OPTIONS, else pass the request on."""
+        if scope["type"] == "http" and scope.get("method", "GET") not in READ_METHODS:
+            body = json.dumps({"detail": READ_ONLY_DETAIL}).encode()
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
 def _database_unavailable(request: Request, err: Exception) -> JSONResponse:
     """503 with Retry-After when the database is down, locked or out of connections."""
     logger.warning("database unavailable for %s %s: %s", request.method, request.url.path,
@@ -108,6 +138,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
     CO2e of those clusters are recomputed here. The engine lives in ``app.state.engine`` and is
     disposed when the app shuts down.
 
+    With ``settings.read_only`` (a server on a PostgreSQL streaming replica) nothing is written:
+    no migration, no partitions, no default factors (the primary's server stores them); the
+    schema revision is checked as with ``migrate`` off, and write requests answer 503
+    (:class:`RefuseWrites`).
+
     Args:
         settings: Server settings (database URL, PUE, carbon intensity, body limit).
 
@@ -119,7 +154,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             schema is not at the expected revision.
     """
     mechanisms = resolve_mechanisms(settings)
-    if settings.migrate:
+    if settings.migrate and not settings.read_only:
         upgrade(settings.db_url)
     else:
         try:
@@ -131,16 +166,19 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if problem is not None:
             raise ConfigError(problem)
     engine = make_engine(settings.db_url)
-    if engine.dialect.name == "postgresql":
-        _ensure_partitions(engine)
     synced = True
-    try:
-        with engine.begin() as conn:
-            sync_defaults(conn, settings.pue, settings.carbon_intensity_g_per_kwh)
-    except sa_exc.OperationalError as err:
-        # Database down at start: the first batch stores them (collector/routes.py).
-        logger.warning("cannot store the default PUE/carbon intensity yet: %s", err.orig)
-        synced = False
+    if settings.read_only:
+        logger.info("read-only server: writes are answered 503, nothing is written at start")
+    else:
+        if engine.dialect.name == "postgresql":
+            _ensure_partitions(engine)
+        try:
+            with engine.begin() as conn:
+                sync_defaults(conn, settings.pue, settings.carbon_intensity_g_per_kwh)
+        except sa_exc.OperationalError as err:
+            # Database down at start: the first batch stores them (collector/routes.py).
+            logger.warning("cannot store the default PUE/carbon intensity yet: %s", err.orig)
+            synced = False
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -173,6 +211,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         body_limit=max(settings.max_body_bytes, settings.max_series_bytes),
     )
+    if settings.read_only:
+        app.add_middleware(RefuseWrites)  # before authentication: no body, no database
     app.add_middleware(RefuseNul)  # outermost: runs before authentication
     for unavailable in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
         app.add_exception_handler(unavailable, _database_unavailable)

@@ -97,6 +97,10 @@ class ServerSettings(BaseSettings):
         tls_cert: PEM certificate chain; with ``tls_key``, the server speaks HTTPS.
         tls_key: PEM private key of ``tls_cert``.
         allow_insecure: Allow plain HTTP on an address other than loopback.
+        read_only: Serve reads only, e.g. from a PostgreSQL streaming replica: nothing is
+            written at start (no migration whatever ``migrate`` says, no partitions, no
+            default factors; the schema revision is checked) and every request other than
+            GET/HEAD/OPTIONS is answered 503 (``api/app.py``).
     """
 
     model_config = SettingsConfigDict(env_prefix="JOBENERGY_SERVER_", extra="forbid")
@@ -126,6 +130,7 @@ class ServerSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_insecure: bool = False
+    read_only: bool = False
 
     @field_validator("auth", mode="before")
     @classmethod
