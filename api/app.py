@@ -28,6 +28,7 @@ from jobenergy.collector.partitions import ensure_interval_partitions
 from jobenergy.collector.routes import DB_RETRY_AFTER_S, SessionDep
 from jobenergy.collector.settings import ServerSettings
 from jobenergy.core.errors import ConfigError
+from jobenergy.core.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPI(
         title="jobenergy",
         summary="Per-job energy accounting for Slurm clusters (integer µJ inside).",
-        version="0.1.0",
+        version=VERSION,
         lifespan=lifespan,
     )
     app.state.settings = settings
