@@ -241,33 +241,60 @@ def db_maintain(
     months_ahead: Annotated[
         int, typer.Option("--months-ahead", min=0, help="Months after the current one to prepare")
     ] = 2,
+    retention_days: Annotated[
+        int,
+        typer.Option("--retention-days", min=0,
+                     help="Drop the energy_interval partitions of months that ended more than "
+                          "this many days ago (per-job totals are kept); 0: keep forever"),
+    ] = 30,
 ) -> None:
-    """Daily upkeep: create the coming months' energy_interval partitions (PostgreSQL).
+    """Daily upkeep (PostgreSQL): create the coming months' energy_interval partitions, drop
+    those past the retention.
 
-    Rows already stored in the DEFAULT partition for such a month are moved into it. Nothing
-    to do on SQLite.
+    Rows already stored in the DEFAULT partition for a coming month are moved into it. Months
+    whose end is more than --retention-days ago lose their partition, whole (no row deletes):
+    the per-interval shares go, every total (jobs, nodes, hours, phases, steps) stays, as it is
+    kept at ingest. Old rows in the DEFAULT partition are left there (a warning counts them).
+    Nothing to do on SQLite: one plain table, kept whole.
     """
     _logging("info")
     db = _db_url(db, db_file)
     from sqlalchemy.exc import SQLAlchemyError
 
     from jobenergy.collector.db import make_engine
-    from jobenergy.collector.partitions import ensure_interval_partitions
+    from jobenergy.collector.partitions import drop_expired_partitions, ensure_interval_partitions
 
     try:
         engine = make_engine(db)
+        sqlite = engine.dialect.name == "sqlite"
         try:
             with engine.begin() as conn:
                 created = ensure_interval_partitions(conn, months_ahead=months_ahead)
+            if created:  # committed even if the retention below fails
+                typer.echo(f"partitions created: {', '.join(created)}")
+            with engine.begin() as conn:
+                retention = drop_expired_partitions(conn, retention_days)
         finally:
             engine.dispose()
     except SQLAlchemyError as err:
         typer.echo(f"jobenergy db maintain: cannot maintain {_shown(db)}: {_db_error(err)}",
                    err=True)
         raise typer.Exit(2) from err
-    typer.echo(
-        f"partitions created: {', '.join(created)}" if created else f"nothing to do: {_shown(db)}"
-    )
+    if retention.dropped:
+        assert retention.cut is not None
+        typer.echo(
+            f"partitions dropped (retention {retention_days} days: months ended before "
+            f"{retention.cut:%Y-%m-%d %H:%M} UTC): {', '.join(retention.dropped)}"
+        )
+    if retention.default_rows_before_cut:
+        typer.echo(
+            f"kept {retention.default_rows_before_cut} rows of the DEFAULT partition older "
+            "than the retention (no partition of their month to drop)"
+        )
+    if sqlite:
+        typer.echo(f"nothing to do on SQLite (no partitions, no retention): {_shown(db)}")
+    elif not (created or retention.dropped):
+        typer.echo(f"nothing to do: {_shown(db)}")
 
 
 @app.command()

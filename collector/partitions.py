@@ -4,15 +4,18 @@ On PostgreSQL ``energy_interval`` is RANGE-partitioned on ``start_at`` (revision
 ``0005_partition_intervals``): one partition per UTC month, ``energy_interval_pYYYY_MM``, and
 a DEFAULT partition, ``energy_interval_default``, so that an insert never fails for want of a
 partition. :func:`ensure_interval_partitions` creates the coming months' partitions; it runs at
-server start and daily from ``jobenergy db maintain`` (systemd timer). SQLite keeps one plain
-table and none of this applies.
+server start and daily from ``jobenergy db maintain`` (systemd timer), which also applies the
+retention: :func:`drop_expired_partitions` drops the months that ended more than
+``--retention-days`` ago, whole partitions, never row deletes. SQLite keeps one plain table and
+none of this applies.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, text
 
@@ -154,3 +157,117 @@ def ensure_interval_partitions(
         if create_month_partition(conn, year, month):
             created.append(partition_name(year, month))
     return created
+
+
+#: How long dropping a partition waits for its lock on ``energy_interval`` (DROP takes ACCESS
+#: EXCLUSIVE on the parent; while it waits, ingest queues behind it) before giving up.
+DROP_LOCK_TIMEOUT = "5s"
+
+_MONTHLY_RE = re.compile(rf"^{PARENT}_p(\d{{4}})_(\d{{2}})$")
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """What :func:`drop_expired_partitions` did.
+
+    Attributes:
+        cut: Months that ended before this time were dropped (None: retention off, or nothing
+            partitioned here).
+        dropped: Names of the partitions dropped, oldest first.
+        default_rows_before_cut: Rows of the DEFAULT partition starting before ``cut``: left
+            alone (a row delete is not what retention does), reported.
+    """
+
+    cut: datetime | None
+    dropped: list[str] = field(default_factory=list)
+    default_rows_before_cut: int = 0
+
+
+def _monthly_partitions(conn: Connection) -> list[tuple[int, int, str, str]]:
+    """``(year, month, name, bound)`` of each monthly partition attached to the parent.
+
+    ``bound`` is the partition's bound as PostgreSQL writes it, in UTC (the session's time zone
+    is set to UTC for the query, then put back).
+    """
+    zone = conn.execute(text("SELECT current_setting('TimeZone')")).scalar_one()
+    conn.execute(text("SELECT set_config('TimeZone', 'UTC', true)"))
+    try:
+        rows = conn.execute(
+            text(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(:parent)"
+            ),
+            {"parent": PARENT},
+        ).all()
+    finally:
+        conn.execute(text("SELECT set_config('TimeZone', :zone, true)"), {"zone": zone})
+    found = []
+    for name, bound in rows:
+        match = _MONTHLY_RE.match(name)
+        if match is not None:
+            found.append((int(match[1]), int(match[2]), name, bound))
+    return sorted(found)
+
+
+def drop_expired_partitions(
+    conn: Connection, retention_days: int, now: datetime | None = None
+) -> RetentionResult:
+    """Drop the monthly ``energy_interval`` partitions whose whole month ended more than
+    ``retention_days`` days ago; never delete rows.
+
+    Nothing else depends on those rows: every total (``job``, ``job_energy``,
+    ``job_energy_hour``, ``node_energy``, ``job_node``, ``job_phase``, ``job_step_energy``,
+    ``job_board_part``, ``node_progress``) is added to at ingest from the batch itself
+    (``collector/ingest.py``), and a factor change recomputes from ``job_energy_hour``, not
+    from the intervals; the only reader of ``energy_interval`` is ingest's overlap check
+    (``collector/intervals.py``), for batches that reach back into a node's stored span.
+
+    A partition whose bound is not its name's month (not made by this module) is left alone,
+    with a warning. Rows of the DEFAULT partition older than the cut stay (a warning gives their
+    count): retention drops partitions, it does not delete rows. Dropping takes an ACCESS
+    EXCLUSIVE lock on ``energy_interval`` until the caller commits (batches wait meanwhile); it
+    waits at most :data:`DROP_LOCK_TIMEOUT` for that lock, else fails and the caller rolls back
+    (the next run tries again). Idempotent. A no-op on SQLite, on a PostgreSQL database
+    whose ``energy_interval`` is not partitioned, and with ``retention_days`` 0 (keep forever).
+
+    Args:
+        conn: Connection inside a transaction (``engine.begin()``).
+        retention_days: Days of intervals to keep after their month ends; 0: keep forever.
+        now: The current time (tests); defaults to now.
+
+    Returns:
+        The cut, the partitions dropped and the DEFAULT rows older than the cut.
+    """
+    if retention_days < 0:
+        raise ValueError(f"retention_days must be >= 0, got {retention_days}")
+    if retention_days == 0 or not is_partitioned(conn):
+        return RetentionResult(cut=None)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    cut = now - timedelta(days=retention_days)
+    expired = []
+    for year, month, name, bound in _monthly_partitions(conn):
+        lo, hi = month_bounds(year, month)
+        if bound != f"FOR VALUES FROM ('{lo}') TO ('{hi}')":
+            logger.warning("partition %s has bound %s, not its month's: left alone", name, bound)
+            continue
+        if datetime.fromisoformat(hi) < cut:
+            expired.append(name)
+    if expired:
+        timeout = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
+        conn.execute(text("SELECT set_config('lock_timeout', :t, true)"),
+                     {"t": DROP_LOCK_TIMEOUT})
+        for name in expired:
+            conn.execute(text(f"DROP TABLE {name}"))
+            logger.info("dropped partition %s (its month ended more than %d days ago)", name,
+                        retention_days)
+        conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": timeout})
+    old_default = conn.execute(
+        text(f"SELECT count(*) FROM {DEFAULT_PARTITION} WHERE start_at < :cut"), {"cut": cut}
+    ).scalar_one()
+    if old_default:
+        logger.warning(
+            "%d energy_interval rows in %s start before the retention cut %s: left there (no "
+            "partition of their month to drop)", old_default, DEFAULT_PARTITION,
+            cut.isoformat(timespec="seconds"),
+        )
+    return RetentionResult(cut=cut, dropped=expired, default_rows_before_cut=old_default)

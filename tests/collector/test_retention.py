@@ -1,0 +1,216 @@
+"""Retention by dropping energy_interval's monthly partitions (collector/partitions.py,
+``jobenergy db maintain --retention-days``)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from jobenergy.cli.main import app
+from jobenergy.collector.db import make_engine, upgrade
+from jobenergy.collector.ingest import IngestRejected, ingest_batch
+from jobenergy.collector.partitions import (
+    DEFAULT_PARTITION,
+    drop_expired_partitions,
+    ensure_interval_partitions,
+    partition_name,
+)
+
+pytestmark = pytest.mark.postgres
+
+JAN = datetime(2025, 1, 20, 8, 0, tzinfo=UTC)
+FEB = datetime(2025, 2, 28, 23, 59, 20, tzinfo=UTC)  # its last 2 intervals start in March
+MAR = datetime(2025, 3, 31, 12, 0, tzinfo=UTC)
+APR = datetime(2025, 4, 14, 9, 0, tzinfo=UTC)
+#: 30 days before this is 2025-03-16 10:00: January and February ended before, March did not.
+NOW = datetime(2025, 4, 15, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(pg_fresh_url):
+    upgrade(pg_fresh_url)
+    engine = make_engine(pg_fresh_url)
+    yield engine
+    engine.dispose()
+
+
+def ingest(engine, batch):
+    with Session(engine) as session, session.begin():
+        return ingest_batch(session, batch)
+
+
+def placement(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT tableoid::regclass::text, count(*) FROM energy_interval GROUP BY 1")
+        )
+        return dict(rows.all())
+
+
+def partitions(engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                text(
+                    "SELECT inhrelid::regclass::text FROM pg_inherits "
+                    "WHERE inhparent = 'energy_interval'::regclass"
+                )
+            ).scalars()
+        )
+
+
+def retain(engine, days: int, now: datetime = NOW):
+    with engine.begin() as conn:
+        return drop_expired_partitions(conn, days, now=now)
+
+
+def totals(snapshot: dict) -> dict:
+    """Every table but the intervals themselves."""
+    return {name: rows for name, rows in snapshot.items() if name != "energy_interval"}
+
+
+@pytest.fixture
+def four_months(engine, pg_fresh_url, make_batch):
+    """Partitions January to June 2025, one batch of 6 intervals in each of Jan to Apr (node
+    n1, job 101: 7 rows per interval)."""
+    with engine.begin() as conn:
+        ensure_interval_partitions(conn, months_ahead=5, now=JAN)
+    for seq, start in enumerate((JAN, FEB, MAR, APR)):
+        ingest(engine, make_batch(seq=seq, start=start, n_intervals=6))
+    assert placement(engine) == {
+        partition_name(2025, 1): 6 * 7,
+        partition_name(2025, 2): 4 * 7,
+        partition_name(2025, 3): (2 + 6) * 7,
+        partition_name(2025, 4): 6 * 7,
+    }
+    return engine
+
+
+def test_drops_months_past_retention_keeps_newer_and_totals(four_months, pg_fresh_url,
+                                                             db_snapshot):
+    engine = four_months
+    before = db_snapshot(pg_fresh_url)
+    result = retain(engine, 30)
+    assert result.cut == datetime(2025, 3, 16, 10, 0, tzinfo=UTC)
+    assert result.dropped == [partition_name(2025, 1), partition_name(2025, 2)]
+    assert result.default_rows_before_cut == 0
+    assert placement(engine) == {partition_name(2025, 3): 8 * 7, partition_name(2025, 4): 6 * 7}
+    left = partitions(engine)
+    assert not {partition_name(2025, 1), partition_name(2025, 2)} & left
+    assert {partition_name(2025, m) for m in (3, 4, 5, 6)} | {DEFAULT_PARTITION} <= left
+    after = db_snapshot(pg_fresh_url)
+    # the job, per-node, per-hour, phase, step and progress totals do not change
+    assert totals(after) == totals(before)
+    assert after["job_energy"] and after["job_energy_hour"] and after["job"]
+    kept = [row for row in before["energy_interval"] if row[6] >= datetime(2025, 3, 1, tzinfo=UTC)]
+    assert after["energy_interval"] == kept
+    # idempotent
+    assert retain(engine, 30).dropped == []
+    assert db_snapshot(pg_fresh_url) == after
+
+
+def test_the_month_goes_once_it_ended_more_than_the_retention_ago(four_months):
+    engine = four_months
+    # March ended 2025-04-01 00:00; with 14 days it goes after 2025-04-15 00:00, not before
+    assert retain(engine, 14, now=datetime(2025, 4, 14, 23, 0, tzinfo=UTC)).dropped == [
+        partition_name(2025, 1), partition_name(2025, 2)]
+    assert retain(engine, 14, now=datetime(2025, 4, 15, 0, 1, tzinfo=UTC)).dropped == [
+        partition_name(2025, 3)]
+    assert set(placement(engine)) == {partition_name(2025, 4)}
+
+
+def test_retention_zero_keeps_everything(four_months, pg_fresh_url, db_snapshot):
+    engine = four_months
+    before = db_snapshot(pg_fresh_url)
+    result = retain(engine, 0, now=datetime(2030, 1, 1, tzinfo=UTC))
+    assert result.cut is None and result.dropped == []
+    assert db_snapshot(pg_fresh_url) == before
+
+
+def test_default_partition_rows_are_left_and_counted(engine, make_batch, caplog):
+    # no partition for 2024-07: its rows land in DEFAULT
+    ingest(engine, make_batch(seq=0, start=datetime(2024, 7, 1, tzinfo=UTC), n_intervals=2))
+    with caplog.at_level(logging.WARNING, logger="jobenergy.collector.partitions"):
+        result = retain(engine, 30)
+    assert result.dropped == []
+    assert result.default_rows_before_cut == 2 * 7
+    assert placement(engine) == {DEFAULT_PARTITION: 2 * 7}
+    assert "14 energy_interval rows in energy_interval_default" in caplog.text
+
+
+def test_a_partition_not_of_its_month_is_left_alone(engine, caplog):
+    name = partition_name(2020, 1)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {name} PARTITION OF energy_interval "
+                          "FOR VALUES FROM ('2020-01-15 00:00+00') TO ('2020-02-01 00:00+00')"))
+    with caplog.at_level(logging.WARNING, logger="jobenergy.collector.partitions"):
+        assert retain(engine, 30).dropped == []
+    assert name in partitions(engine)
+    assert "not its month's" in caplog.text
+
+
+def test_not_partitioned_or_sqlite_is_a_no_op(tmp_path):
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            assert drop_expired_partitions(conn, 30).cut is None
+    finally:
+        engine.dispose()
+
+
+def test_negative_retention_is_refused(engine):
+    with pytest.raises(ValueError), engine.begin() as conn:
+        drop_expired_partitions(conn, -1)
+
+
+def test_db_maintain_retention(engine, pg_fresh_url, make_batch, tmp_path):
+    with engine.begin() as conn:
+        ensure_interval_partitions(conn, months_ahead=1, now=JAN)
+    ingest(engine, make_batch(seq=0, start=JAN, n_intervals=3))
+    runner = CliRunner()
+    keep = runner.invoke(app, ["db", "maintain", "--db", pg_fresh_url, "--retention-days", "0"])
+    assert keep.exit_code == 0, keep.output
+    assert "dropped" not in keep.output
+    assert placement(engine) == {partition_name(2025, 1): 3 * 7}
+    result = runner.invoke(app, ["db", "maintain", "--db", pg_fresh_url])  # default: 30 days
+    assert result.exit_code == 0, result.output
+    assert "partitions dropped (retention 30 days" in result.output
+    assert f"{partition_name(2025, 1)}, {partition_name(2025, 2)}" in result.output
+    assert placement(engine) == {}
+    again = runner.invoke(app, ["db", "maintain", "--db", pg_fresh_url, "--retention-days", "30"])
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    bad = runner.invoke(app, ["db", "maintain", "--db", pg_fresh_url, "--retention-days", "-1"])
+    assert bad.exit_code == 2
+    sqlite = f"sqlite:///{tmp_path / 'j.db'}"
+    upgrade(sqlite)
+    out = runner.invoke(app, ["db", "maintain", "--db", sqlite, "--retention-days", "1"]).output
+    assert "nothing to do on SQLite" in out
+
+
+def test_a_retry_of_a_dropped_span_is_still_a_duplicate(four_months, make_batch):
+    retain(four_months, 30)
+    # ingested_batch is kept: the same key is acknowledged, nothing counted twice
+    assert ingest(four_months, make_batch(seq=0, start=JAN, n_intervals=6)).duplicate
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="known gap: once a span's partition is dropped, the overlap check "
+    "(collector/intervals.py) finds no stored rows there, and node_progress only lets batches "
+    "outside [first_at, last_at] through without a look; it never refuses one inside, so the "
+    "span re-sent under another batch key is counted a second time",
+)
+def test_a_dropped_span_resent_under_another_key_is_refused(four_months, make_batch):
+    retain(four_months, 30)
+    try:
+        ingest(four_months, make_batch(seq=0, boot_id="boot-2", start=JAN, n_intervals=6))
+    except IngestRejected:
+        return
+    raise AssertionError("the dropped span was stored a second time")
