@@ -1,22 +1,50 @@
-"""SQL for the read API: lookups and GROUP BY over the ``job_energy``/``node_energy`` totals.
+"""SQL for the read API: job lookups and lists, and GROUP BY over the ``node_energy`` totals.
 
 Nothing here reads ``energy_interval``: the totals are maintained at ingest (DESIGN.md
-decision 8), so a job lookup costs a primary-key range scan however long the job ran.
+decision 8), so a job lookup costs primary-key range scans however long the job ran.
+
+On PostgreSQL a job lookup and a page of jobs are one statement each: the job rows with, per
+row, correlated subqueries that aggregate what the job's JSON is built from (per-source
+totals, nodes seen, the nodes' high-water marks, factor groups, phases, steps, the cluster's
+factors) into JSON arrays (:data:`_DETAIL_SQL`). Other backends read the same with a query per
+table for all the jobs at once (:func:`_details_apart`). Lists page by OFFSET or, without
+scanning the rows skipped, after a cursor (:class:`Cursor`, keyset pagination).
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from jobenergy.api.access import Visible
+from jobenergy.api.factors_view import FactorGroup, factor_groups, phases_for_jobs
+from jobenergy.collector.factors import DEFAULTS
 from jobenergy.collector.models import (
+    BIGINT_MAX,
+    JOB_ID_LEN,
+    NAME_LEN,
     Job,
     JobEnergy,
     JobNode,
@@ -24,6 +52,7 @@ from jobenergy.collector.models import (
     NodeEnergy,
     NodeProgress,
 )
+from jobenergy.core.units import UJ_PER_J, UJ_PER_KWH
 
 
 @dataclass(frozen=True)
@@ -54,9 +83,8 @@ def visible_clause(scope: Visible) -> ColumnElement[bool]:
     return or_(*clauses) if clauses else false()
 
 
-@dataclass(frozen=True)
-class SourceTotal:
-    """One (node, component, source) total of a job."""
+class SourceTotal(NamedTuple):
+    """One (node, component, source) total of a job (a tuple: a page makes thousands)."""
 
     node: str
     component: str
@@ -68,6 +96,62 @@ class SourceTotal:
     covered_s: float
     wraps: int
     resets: int
+
+
+class NodeMark(NamedTuple):
+    """A node's high-water mark: its latest ingested interval end and that interval's sources."""
+
+    last_at: datetime
+    last_sources: int
+
+
+StepTotals = dict[str, dict[str, int]]  # step -> component -> µJ
+
+
+@dataclass(frozen=True)
+class ConfigRow:
+    """The ``cluster_config`` columns that a job's JSON reads (as :func:`load_configs`)."""
+
+    pue: float | None
+    carbon_source: str | None
+    carbon_g_per_kwh: float | None
+    carbon_label: str | None
+
+
+@dataclass
+class JobDetail:
+    """A job's row and everything its JSON is built from (``routes_jobs.job_view``).
+
+    ``configs``: the job's cluster's ``cluster_config`` row and the defaults row, as
+    :func:`jobenergy.collector.factors.load_configs` returns them; None when not fetched
+    with the job (then :class:`~jobenergy.api.factors_view.ClusterLabels` reads them).
+    """
+
+    job: Any  # a Row of the job table's columns (attributes as Job's)
+    totals: list[SourceTotal] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    marks: dict[tuple[str, str], NodeMark] = field(default_factory=dict)
+    groups: list[FactorGroup] = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    steps: StepTotals = field(default_factory=dict)
+    configs: tuple[ConfigRow | None, ConfigRow | None] | None = None
+
+
+def job_nodes(job: Any, totals: Iterable[SourceTotal], seen: set[str]) -> set[str]:
+    """Every node of a job: Slurm's list, the nodes whose agents saw it, those with energy."""
+    return set(job.nodes or []) | seen | {t.node for t in totals}
+
+
+_J = Job.__table__
+
+
+def _order(c: Any) -> tuple[Any, ...]:
+    """The order of job lists over columns ``c``: newest start first, jobs without a start
+    last, then by cluster and id."""
+    return c.start_at.desc().nulls_last(), c.cluster, c.job_id
+
+
+ORDER = _order(_J.c)
 
 
 def _where(filters: JobFilters) -> list[Any]:
@@ -95,46 +179,338 @@ def _where(filters: JobFilters) -> list[Any]:
     return clauses
 
 
-def _page(filters: JobFilters, limit: int, offset: int) -> Select[Any]:
-    return (
-        select(Job)
-        .where(*_where(filters))
-        .order_by(Job.start_at.desc().nulls_last(), Job.cluster, Job.job_id)
-        .limit(limit)
-        .offset(offset)
-    )
-
-
 def count_jobs(session: Session, filters: JobFilters) -> int:
     """Return how many jobs match ``filters``."""
     return session.scalar(select(func.count()).select_from(Job).where(*_where(filters))) or 0
 
 
-def list_jobs(session: Session, filters: JobFilters, limit: int, offset: int) -> list[Job]:
-    """Return one page of jobs, newest start first."""
-    return list(session.scalars(_page(filters, limit, offset)))
+# --- Keyset pagination -------------------------------------------------------------------
 
 
-def find_job(session: Session, job_id: str, cluster: str | None) -> list[Job]:
-    """Return the jobs with ``job_id`` (on ``cluster`` when given): 0, 1 or several."""
-    stmt = select(Job).where(Job.job_id == job_id)
+class BadCursor(ValueError):
+    """An ``after`` cursor that this API did not hand out."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in the job order: the sort key of the last row of a page."""
+
+    start_at: datetime | None
+    cluster: str
+    job_id: str
+
+    _VERSION = 1
+
+    def encode(self) -> str:
+        """Return the opaque text of the cursor (URL-safe base64 of a JSON array)."""
+        start = None if self.start_at is None else self.start_at.astimezone(UTC).isoformat()
+        raw = json.dumps([self._VERSION, start, self.cluster, self.job_id],
+                         separators=(",", ":"), ensure_ascii=False)
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Parse a cursor made by :meth:`encode`.
+
+        Raises:
+            BadCursor: ``text`` is not one.
+        """
+        if len(text) > MAX_CURSOR_LEN or not _CURSOR_CHARS.fullmatch(text):
+            raise BadCursor("not a cursor returned by this API")
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            value = json.loads(raw.decode())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise BadCursor("not a cursor returned by this API") from err
+        if not (isinstance(value, list) and len(value) == 4 and type(value[0]) is int
+                and value[0] == cls._VERSION):
+            raise BadCursor("not a cursor returned by this API")
+        _, start, cluster, job_id = value
+        if not (isinstance(cluster, str) and isinstance(job_id, str)
+                and 0 < len(cluster) <= NAME_LEN and 0 < len(job_id) <= JOB_ID_LEN
+                and "\x00" not in cluster + job_id):
+            raise BadCursor("not a cursor returned by this API")
+        start_at = None
+        if start is not None:
+            if not isinstance(start, str):
+                raise BadCursor("not a cursor returned by this API")
+            try:
+                start_at = datetime.fromisoformat(start)
+            except ValueError as err:
+                raise BadCursor("not a cursor returned by this API") from err
+            if start_at.tzinfo is None or not MIN_TIME <= start_at <= MAX_TIME:
+                raise BadCursor("not a cursor returned by this API")
+            start_at = start_at.astimezone(UTC)
+        return cls(start_at, cluster, job_id)
+
+    @classmethod
+    def of(cls, job: Any) -> Cursor:
+        """Return the cursor just after ``job`` (a row with the job table's columns)."""
+        return cls(job.start_at, job.cluster, job.job_id)
+
+
+#: Longest cursor text: the longest cluster name and job id, 4 UTF-8 bytes a character, fit.
+MAX_CURSOR_LEN = 2048
+_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _page(
+    filters: JobFilters, limit: int, offset: int, after: Cursor | None
+) -> Select[Any]:
+    """The jobs of a page (all the job table's columns), in :data:`ORDER`.
+
+    After a cursor, the rows that follow it are: those with its start and a greater (cluster,
+    job_id), those with an earlier start, those without a start; after a cursor without a
+    start, those without a start and a greater (cluster, job_id). Each part is its own
+    ordered, limited scan with plain conditions, so that an index in :data:`ORDER` (or the
+    planner's estimates) serves each from the cursor on; an OR of them could only be a
+    filter, or be misjudged as a few rows worth sorting.
+    """
+    where = _where(filters)
+    if after is None:
+        return select(_J).where(*where).order_by(*ORDER).limit(limit).offset(offset)
+    key = tuple_(_J.c.cluster, _J.c.job_id) > tuple_(after.cluster, after.job_id)
+    # Within a part the whole ORDER is said, even where start_at is one value or NULL: the
+    # planner then reads the part in an index's order (IS NULL does not make start_at a
+    # constant to it).
+    if after.start_at is None:
+        return (
+            select(_J).where(*where, _J.c.start_at.is_(None), key)
+            .order_by(*ORDER).limit(limit).offset(offset)
+        )
+    enough = min(offset + limit, BIGINT_MAX)  # each part's rows up to the page's last
+    parts = [
+        select(_J).where(*where, *condition).order_by(*ORDER).limit(enough).subquery()
+        for condition in (
+            (_J.c.start_at == after.start_at, key),
+            (_J.c.start_at < after.start_at,),
+            (_J.c.start_at.is_(None),),
+        )
+    ]
+    both = union_all(*(select(part) for part in parts)).subquery()
+    return select(*both.c).order_by(*_order(both.c)).limit(limit).offset(offset)
+
+
+# --- What a job's JSON is built from ------------------------------------------------------
+
+_JE, _JN, _NP = JobEnergy.__table__, JobNode.__table__, NodeProgress.__table__
+_SE = JobStepEnergy.__table__
+
+
+#: What a job's JSON is built from, as correlated subqueries of the job row ``p`` of the
+#: statement they are in (PostgreSQL): each part one JSON array, each read by primary-key
+#: range scans. Timestamps are turned into UTC without zone (ISO 8601 in the JSON). The
+#: marks are those of the nodes of the job (:func:`job_nodes`), a ``= ANY(array)`` index scan.
+#: The SQL is fixed text, so that nothing is built per request.
+_DETAIL_SQL = {
+    "totals": """(SELECT json_agg(json_build_array(
+    e.node, e.component, e.source, e.device_name, e.energy_uj, e.estimated_uj, e.intervals,
+    e.covered_s, e.wraps, e.resets))
+  FROM job_energy e WHERE e.cluster = p.cluster AND e.job_id = p.job_id)""",
+    "seen": """(SELECT json_agg(n.node)
+  FROM job_node n WHERE n.cluster = p.cluster AND n.job_id = p.job_id)""",
+    "marks": """(SELECT json_agg(json_build_array(
+    m.node, timezone('UTC', m.last_at), m.last_sources))
+  FROM node_progress m
+  WHERE m.cluster = p.cluster AND m.node = ANY (ARRAY(
+    SELECT jsonb_array_elements_text(CASE WHEN jsonb_typeof(p.nodes) = 'array' THEN p.nodes END)
+    UNION ALL SELECT n.node FROM job_node n WHERE n.cluster = p.cluster AND n.job_id = p.job_id
+    UNION ALL SELECT e.node FROM job_energy e
+      WHERE e.cluster = p.cluster AND e.job_id = p.job_id)))""",
+    "groups": """(SELECT json_agg(json_build_array(
+    g.pue, g.pue_source, g.carbon_g_per_kwh, g.carbon_source, g.energy_uj, g.facility_uj,
+    g.co2e_ug) ORDER BY g.pue, g.pue_source, g.carbon_g_per_kwh, g.carbon_source)
+  FROM (SELECT h.pue, h.pue_source, h.carbon_g_per_kwh, h.carbon_source,
+               sum(h.energy_uj) AS energy_uj, sum(h.facility_uj) AS facility_uj,
+               sum(h.co2e_ug) AS co2e_ug
+        FROM job_energy_hour h WHERE h.cluster = p.cluster AND h.job_id = p.job_id
+        GROUP BY h.pue, h.pue_source, h.carbon_g_per_kwh, h.carbon_source) g)""",
+    "phases": """(SELECT json_agg(json_build_array(
+    f.phase, f.model, f.energy_uj, f.samples, f.metrics, f.tags, timezone('UTC', f.first_at),
+    timezone('UTC', f.last_at)) ORDER BY f.first_at, f.phase, f.model)
+  FROM job_phase f WHERE f.cluster = p.cluster AND f.job_id = p.job_id)""",
+    "steps": """(SELECT json_agg(json_build_array(s.step, s.component, s.energy_uj))
+  FROM job_step_energy s WHERE s.cluster = p.cluster AND s.job_id = p.job_id)""",
+    "configs": """(SELECT json_agg(json_build_array(
+    c.cluster, c.pue, c.carbon_source, c.carbon_g_per_kwh, c.carbon_label))
+  FROM cluster_config c WHERE c.cluster IN (p.cluster, ''))""",
+}
+_DETAIL_COLUMNS = tuple(
+    literal_column(sql).label(f"detail_{name}") for name, sql in _DETAIL_SQL.items()
+)
+
+
+def _with_details(stmt: Select[Any], order: Callable[[Any], tuple[Any, ...]]) -> Select[Any]:
+    """Return ``stmt`` (rows of the job table's columns) as subquery ``p``, each row with
+    :data:`_DETAIL_SQL`, in ``order`` (PostgreSQL)."""
+    p = stmt.subquery("p")
+    return select(*p.c, *_DETAIL_COLUMNS).order_by(*order(p.c))
+
+
+@cache
+def _lookup_stmt(on_cluster: bool) -> Select[Any]:
+    """The statement of a lookup on PostgreSQL (built once; parameters ``job_id``,
+    ``cluster``)."""
+    stmt = select(_J).where(_J.c.job_id == bindparam("job_id"))
+    if on_cluster:
+        stmt = stmt.where(_J.c.cluster == bindparam("cluster"))
+    return _with_details(stmt, lambda c: (c.cluster,))
+
+
+def _utc(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _phase(
+    phase: str, model: str | None, energy_uj: int, samples: int | None, metrics: Any,
+    tags: Any, first_at: datetime | None, last_at: datetime | None,
+) -> dict[str, Any]:
+    """One phase of a job's JSON (as ``factors_view.phases_for_jobs`` builds it)."""
+    return {
+        "phase": phase,
+        "model": model or None,
+        "energy_uj": energy_uj,
+        "energy_kwh": energy_uj / UJ_PER_KWH,
+        "samples": samples,
+        "j_per_sample": energy_uj / UJ_PER_J / samples if samples else None,
+        "metrics": dict(metrics or {}),
+        "tags": dict(tags or {}),
+        "start": first_at,
+        "end": last_at,
+    }
+
+
+def _detail_of_pg(row: Any) -> JobDetail:
+    """Parse the JSON columns of :data:`_DETAIL_SQL` (numbers exact: JSON integers are
+    Python ints, floats print shortest-exact both ways)."""
+    cluster = row.cluster
+    totals = [
+        SourceTotal(node, component, source, device, int(energy), int(estimated),
+                    int(intervals), float(covered), int(wraps), int(resets))
+        for node, component, source, device, energy, estimated, intervals, covered, wraps,
+        resets in row.detail_totals or ()
+    ]
+    marks = {
+        (cluster, node): NodeMark(_utc(last_at), int(sources))  # type: ignore[arg-type]
+        for node, last_at, sources in row.detail_marks or ()
+    }
+    groups = [
+        FactorGroup(float(pue), pue_source, float(ci), ci_source, int(energy), int(facility),
+                    int(co2e))
+        for pue, pue_source, ci, ci_source, energy, facility, co2e in row.detail_groups or ()
+    ]
+    phases = [
+        _phase(phase, model, int(energy), None if samples is None else int(samples), metrics,
+               tags, _utc(first_at), _utc(last_at))
+        for phase, model, energy, samples, metrics, tags, first_at, last_at
+        in row.detail_phases or ()
+    ]
+    steps: StepTotals = {}
+    for step, component, energy in row.detail_steps or ():
+        steps.setdefault(step, {})[component] = int(energy)
+    configs: dict[str, ConfigRow] = {
+        name: ConfigRow(None if pue is None else float(pue), source,
+                        None if ci is None else float(ci), label)
+        for name, pue, source, ci, label in row.detail_configs or ()
+    }
+    return JobDetail(
+        job=row, totals=totals, seen=set(row.detail_seen or ()), marks=marks, groups=groups,
+        phases=phases, steps=steps, configs=(configs.get(cluster), configs.get(DEFAULTS)),
+    )
+
+
+def _details_apart(session: Session, jobs: Sequence[Any]) -> list[JobDetail]:
+    """Read what the jobs' JSON is built from, a query per table for all of them (the other
+    backends; on PostgreSQL :data:`_DETAIL_SQL` has it in the jobs' own statement)."""
+    if not jobs:
+        return []
+    keys = [(job.cluster, job.job_id) for job in jobs]
+    totals = energy_for_keys(session, keys)
+    seen = seen_nodes(session, keys)
+    marks = node_marks(session, [
+        (job.cluster, node) for job, key in zip(jobs, keys, strict=True)
+        for node in job_nodes(job, totals.get(key, []), seen.get(key, set()))
+    ])
+    groups, phases = factor_groups(session, keys), phases_for_jobs(session, keys)
+    steps = steps_for_keys(session, keys)
+    return [
+        JobDetail(job, totals.get(key, []), seen.get(key, set()), marks, groups.get(key, []),
+                  phases.get(key, []), steps.get(key, {}))
+        for job, key in zip(jobs, keys, strict=True)
+    ]
+
+
+def _combined(session: Session) -> bool:
+    return COMBINED and session.get_bind().dialect.name == "postgresql"
+
+
+#: Read a job and what its JSON is built from in one statement on PostgreSQL (tests turn it
+#: off to compare with the query-per-table path).
+COMBINED = True
+
+
+def lookup_details(session: Session, job_id: str, cluster: str | None) -> list[JobDetail]:
+    """Return the jobs with ``job_id`` (on ``cluster`` when given; 0, 1 or several, by
+    cluster) with what their JSON is built from: one statement on PostgreSQL."""
+    if _combined(session):
+        params = {"job_id": job_id, "cluster": cluster}
+        rows = session.execute(_lookup_stmt(cluster is not None), params)
+        return [_detail_of_pg(row) for row in rows]
+    stmt = select(_J).where(_J.c.job_id == job_id)
     if cluster is not None:
-        stmt = stmt.where(Job.cluster == cluster)
-    return list(session.scalars(stmt.order_by(Job.cluster)))
+        stmt = stmt.where(_J.c.cluster == cluster)
+    return _details_apart(session, list(session.execute(stmt.order_by(_J.c.cluster))))
 
 
-def _energy_select() -> Select[Any]:
-    je = JobEnergy
-    return select(
-        je.cluster, je.job_id, je.node, je.component, je.source,
-        func.max(je.device_name), func.sum(je.energy_uj), func.sum(je.estimated_uj),
-        func.sum(je.intervals), func.sum(je.covered_s), func.sum(je.wraps), func.sum(je.resets),
-    ).group_by(je.cluster, je.job_id, je.node, je.component, je.source)
+def page_details(
+    session: Session, filters: JobFilters, limit: int, offset: int = 0,
+    after: Cursor | None = None,
+) -> tuple[list[JobDetail], bool]:
+    """Return one page of jobs (``limit`` after ``offset`` rows, after ``after``) with what
+    their JSON is built from, and whether more jobs follow. One statement on PostgreSQL."""
+    stmt = _page(filters, limit + 1, offset, after)
+    details = _details(session, stmt, order=_order)
+    return details[:limit], len(details) > limit
 
 
-def _collect(rows: Any) -> dict[tuple[str, str], list[SourceTotal]]:
+def _details(
+    session: Session, stmt: Select[Any], order: Callable[[Any], tuple[Any, ...]]
+) -> list[JobDetail]:
+    if not _combined(session):
+        return _details_apart(session, list(session.execute(stmt)))
+    return [_detail_of_pg(row) for row in session.execute(_with_details(stmt, order))]
+
+
+# --- The query-per-table reads (every backend; PostgreSQL's lookups combine them) ---------
+
+_CHUNK = 1000
+
+
+def _by_keys(
+    session: Session, columns: Sequence[Any], table: Any, keys: Iterable[tuple[str, str]]
+) -> Iterator[Any]:
+    """Yield ``columns`` of the rows of ``table`` whose (cluster, job_id) is in ``keys``
+    (primary-key lookups, a query per 1000 keys)."""
+    ordered = sorted(set(keys))
+    for i in range(0, len(ordered), _CHUNK):
+        stmt = select(*columns).where(
+            tuple_(table.c.cluster, table.c.job_id).in_(ordered[i : i + _CHUNK]))
+        yield from session.execute(stmt)
+
+
+def energy_for_keys(
+    session: Session, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], list[SourceTotal]]:
+    """Return the per-(node, component, source) totals of each job (its ``job_energy`` rows:
+    the primary key is that, so there is one row each)."""
+    je = _JE
     totals: dict[tuple[str, str], list[SourceTotal]] = defaultdict(list)
-    for row in rows:
+    columns = (je.c.cluster, je.c.job_id, je.c.node, je.c.component, je.c.source,
+               je.c.device_name, je.c.energy_uj, je.c.estimated_uj, je.c.intervals,
+               je.c.covered_s, je.c.wraps, je.c.resets)
+    for row in _by_keys(session, columns, je, keys):
         cluster, job_id, node, component, source, device, energy, est, n, cov, wraps, resets = row
         totals[(cluster, job_id)].append(
             SourceTotal(
@@ -146,81 +522,28 @@ def _collect(rows: Any) -> dict[tuple[str, str], list[SourceTotal]]:
     return totals
 
 
-def energy_for_job(session: Session, cluster: str, job_id: str) -> list[SourceTotal]:
-    """Return a job's per-source totals (GROUP BY over its ``job_energy`` rows)."""
-    stmt = _energy_select().where(JobEnergy.cluster == cluster, JobEnergy.job_id == job_id)
-    return _collect(session.execute(stmt)).get((cluster, job_id), [])
-
-
-def energy_for_page(
-    session: Session, filters: JobFilters, limit: int, offset: int
-) -> dict[tuple[str, str], list[SourceTotal]]:
-    """Return per-source totals of every job of one page, in one query (no N+1)."""
-    page = _page(filters, limit, offset).with_only_columns(Job.cluster, Job.job_id).subquery()
-    stmt = _energy_select().join(
-        page, and_(JobEnergy.cluster == page.c.cluster, JobEnergy.job_id == page.c.job_id)
-    )
-    return _collect(session.execute(stmt))
-
-
-StepTotals = dict[str, dict[str, int]]  # step -> component -> µJ
-
-
-def _collect_steps(rows: Any) -> dict[tuple[str, str], StepTotals]:
+def steps_for_keys(
+    session: Session, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], StepTotals]:
+    """Return each job's energy per step and component (its ``job_step_energy`` rows)."""
+    se = _SE
     steps: dict[tuple[str, str], StepTotals] = defaultdict(dict)
-    for cluster, job_id, step, component, energy in rows:
+    columns = (se.c.cluster, se.c.job_id, se.c.step, se.c.component, se.c.energy_uj)
+    for cluster, job_id, step, component, energy in _by_keys(session, columns, se, keys):
         steps[(cluster, job_id)].setdefault(step, {})[component] = int(energy)
     return steps
-
-
-def _steps_select() -> Select[Any]:
-    se = JobStepEnergy
-    return select(se.cluster, se.job_id, se.step, se.component, se.energy_uj)
-
-
-def steps_for_job(session: Session, cluster: str, job_id: str) -> StepTotals:
-    """Return a job's energy per step and component (its ``job_step_energy`` rows)."""
-    stmt = _steps_select().where(JobStepEnergy.cluster == cluster, JobStepEnergy.job_id == job_id)
-    return _collect_steps(session.execute(stmt)).get((cluster, job_id), {})
-
-
-def steps_for_page(
-    session: Session, filters: JobFilters, limit: int, offset: int
-) -> dict[tuple[str, str], StepTotals]:
-    """Return per-step energy of every job of one page, in one query (no N+1)."""
-    page = _page(filters, limit, offset).with_only_columns(Job.cluster, Job.job_id).subquery()
-    stmt = _steps_select().join(
-        page,
-        and_(JobStepEnergy.cluster == page.c.cluster, JobStepEnergy.job_id == page.c.job_id),
-    )
-    return _collect_steps(session.execute(stmt))
-
-
-_CHUNK = 1000
 
 
 def seen_nodes(
     session: Session, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], set[str]]:
     """Return the nodes whose agents saw each job (``job_node``; primary-key lookups)."""
-    keys = sorted(set(keys))
+    jn = _JN
     out: dict[tuple[str, str], set[str]] = defaultdict(set)
-    jn = JobNode
-    for i in range(0, len(keys), _CHUNK):
-        stmt = select(jn.cluster, jn.job_id, jn.node).where(
-            tuple_(jn.cluster, jn.job_id).in_(keys[i : i + _CHUNK])
-        )
-        for cluster, job_id, node in session.execute(stmt):
-            out[(cluster, job_id)].add(node)
+    for cluster, job_id, node in _by_keys(session, (jn.c.cluster, jn.c.job_id, jn.c.node),
+                                          jn, keys):
+        out[(cluster, job_id)].add(node)
     return out
-
-
-@dataclass(frozen=True)
-class NodeMark:
-    """A node's high-water mark: its latest ingested interval end and that interval's sources."""
-
-    last_at: datetime
-    last_sources: int
 
 
 def node_marks(
@@ -229,10 +552,10 @@ def node_marks(
     """Return the ``node_progress`` of each (cluster, node) (primary-key lookups)."""
     pairs = sorted(set(nodes))
     out: dict[tuple[str, str], NodeMark] = {}
-    np = NodeProgress
+    np_ = _NP
     for i in range(0, len(pairs), _CHUNK):
-        stmt = select(np.cluster, np.node, np.last_at, np.last_sources).where(
-            tuple_(np.cluster, np.node).in_(pairs[i : i + _CHUNK])
+        stmt = select(np_.c.cluster, np_.c.node, np_.c.last_at, np_.c.last_sources).where(
+            tuple_(np_.c.cluster, np_.c.node).in_(pairs[i : i + _CHUNK])
         )
         for cluster, node, last_at, sources in session.execute(stmt):
             out[(cluster, node)] = NodeMark(last_at, int(sources))

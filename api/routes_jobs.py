@@ -2,45 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from jobenergy.api.access import Access
 from jobenergy.api.authenticate import get_access
-from jobenergy.api.factors_view import (
-    ClusterLabels,
-    FactorGroup,
-    emissions,
-    factor_groups,
-    phases_for_jobs,
-)
+from jobenergy.api.factors_view import ClusterLabels, FactorGroup, emissions
 from jobenergy.api.queries import (
+    MAX_CURSOR_LEN,
+    BadCursor,
+    Cursor,
+    JobDetail,
     JobFilters,
     NodeMark,
     SourceTotal,
     StepTotals,
     count_jobs,
-    energy_for_job,
-    energy_for_page,
-    find_job,
-    list_jobs,
-    node_marks,
-    seen_nodes,
-    steps_for_job,
-    steps_for_page,
+    job_nodes,
+    lookup_details,
+    page_details,
 )
 from jobenergy.api.schemas import DeviceEnergy, JobList, JobOut, JobQuality, PhaseOut, StepOut
-from jobenergy.collector.models import Job
-from jobenergy.collector.routes import SessionDep
 from jobenergy.collector.steps import OUTSIDE_STEP, step_sort_key
 from jobenergy.core import carbon
 from jobenergy.core.schema import ATTRIBUTED_COMPONENTS, check_time
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
-
-AccessDep = Annotated[Access, Depends(get_access)]
 
 MAX_LIMIT = 10_000
 #: Largest ``offset`` (a signed 64-bit integer in SQL).
@@ -80,13 +74,23 @@ def parse_time(value: str | None, name: str) -> datetime | None:
         raise HTTPException(status_code=422, detail=f"{name}: {err}") from err
 
 
-def job_nodes(job: Job, totals: list[SourceTotal], seen: set[str]) -> set[str]:
-    """Every node of a job: Slurm's list, the nodes whose agents saw it, those with energy."""
-    return set(job.nodes or []) | seen | {t.node for t in totals}
+class DetailLabels(ClusterLabels):
+    """Carbon source labels from the factors read with the jobs (:class:`JobDetail`
+    ``configs``); a cluster's are read from the database only when they were not."""
+
+    def __init__(self, session: Any, details: list[JobDetail]) -> None:
+        """Remember the configs that came with ``details``."""
+        super().__init__(session)
+        self._known = {d.job.cluster: d.configs for d in details if d.configs is not None}
+
+    def configs(self, cluster: str) -> tuple[Any, Any]:
+        """Return the cluster's config row and the defaults row."""
+        known = self._known.get(cluster)
+        return known if known is not None else super().configs(cluster)
 
 
 def job_view(
-    job: Job,
+    job: Any,
     totals: list[SourceTotal],
     groups: list[FactorGroup],
     phases: list[dict[str, Any]],
@@ -95,8 +99,9 @@ def job_view(
     seen: set[str] | None = None,
     marks: dict[tuple[str, str], NodeMark] | None = None,
 ) -> JobOut:
-    """Assemble a job's JSON from its metadata, per-source totals, factor groups, phases,
-    per-step energy, the nodes whose agents saw it and those nodes' high-water marks.
+    """Assemble a job's JSON from its metadata (a ``Job`` or a row of its columns), per-source
+    totals, factor groups, phases, per-step energy, the nodes whose agents saw it and those
+    nodes' high-water marks.
 
     ``final``: the job has ended and every node of it (:func:`job_nodes`; at least one) has
     intervals ingested up to or past its end. ``quality.unmeasured``: the job has no
@@ -227,48 +232,74 @@ def step_view(steps: StepTotals, job_by_component: dict[str, int] | None = None)
     return out
 
 
+@contextmanager
+def read_session(request: Request) -> Iterator[Session]:
+    """Yield a session for a lookup, in autocommit: no BEGIN and ROLLBACK round trips (a
+    lookup is one statement), and psycopg keeps its prepared statements (a ROLLBACK drops
+    them), so PostgreSQL plans a lookup once per connection instead of once per request."""
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+    with factory() as session:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+
+
+@contextmanager
+def list_session(request: Request) -> Iterator[Session]:
+    """Yield a session for a page of jobs: a transaction, committed (psycopg keeps its
+    prepared statements), with JIT off on PostgreSQL. A page's estimated cost (a hundred
+    jobs' parts, and rows per job overestimated when a table's rows of a job lie together)
+    passes ``jit_above_cost``: compiling took 45-80 ms a page, reading it 1-20 ms."""
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+    with factory() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SET LOCAL jit = off"))
+        yield session
+        session.commit()
+
+
+def view_of(detail: JobDetail, labels: ClusterLabels) -> JobOut:
+    """Return the JSON of a job read with :func:`lookup_details` or :func:`page_details`."""
+    return job_view(detail.job, detail.totals, detail.groups, detail.phases, labels,
+                    detail.steps, detail.seen, detail.marks)
+
+
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="One job's energy and emissions")
-def get_job(
+async def get_job(
+    request: Request,
     job_id: str,
-    session: SessionDep,
-    access: AccessDep,
     cluster: Annotated[str | None, Query(description="needed when job_id is on two")] = None,
 ) -> JobOut:
     """Return a job; 404 if unknown, 403 if the caller may not read it (``private_data =
     jobs``: another user's, outside the accounts they coordinate), 409 if the id exists on
     several clusters."""
-    found = find_job(session, job_id, cluster)
-    jobs = [job for job in found if access.sees_job(job.user, job.uid, job.account)]
-    if found and not jobs:
-        raise HTTPException(
-            status_code=403,
-            detail=f"job {job_id} is not visible to {access.caller.describe()}: it belongs to "
-                   "another user (private_data includes jobs)")
-    if not jobs:
-        where = f" on cluster {cluster}" if cluster is not None else ""
-        raise HTTPException(status_code=404, detail=f"job {job_id} not found{where}")
-    if len(jobs) > 1:
-        clusters = ", ".join(job.cluster for job in jobs)
-        raise HTTPException(
-            status_code=409,
-            detail=f"job {job_id} exists on clusters {clusters}: pass ?cluster=",
-        )
-    job = jobs[0]
-    key = (job.cluster, job.job_id)
-    totals = energy_for_job(session, job.cluster, job.job_id)
-    seen = seen_nodes(session, [key]).get(key, set())
-    marks = node_marks(session, [(job.cluster, n) for n in job_nodes(job, totals, seen)])
-    return job_view(
-        job, totals,
-        factor_groups(session, [key]).get(key, []), phases_for_jobs(session, [key]).get(key, []),
-        ClusterLabels(session), steps_for_job(session, job.cluster, job.job_id), seen, marks,
-    )
+    return await run_in_threadpool(lookup_job, request, get_access(request), job_id, cluster)
+
+
+def lookup_job(request: Request, access: Access, job_id: str, cluster: str | None) -> JobOut:
+    """:func:`get_job`, in a worker thread."""
+    with read_session(request) as session:
+        found = lookup_details(session, job_id, cluster)
+        details = [d for d in found if access.sees_job(d.job.user, d.job.uid, d.job.account)]
+        if found and not details:
+            raise HTTPException(
+                status_code=403,
+                detail=f"job {job_id} is not visible to {access.caller.describe()}: it belongs "
+                       "to another user (private_data includes jobs)")
+        if not details:
+            where = f" on cluster {cluster}" if cluster is not None else ""
+            raise HTTPException(status_code=404, detail=f"job {job_id} not found{where}")
+        if len(details) > 1:
+            clusters = ", ".join(d.job.cluster for d in details)
+            raise HTTPException(
+                status_code=409,
+                detail=f"job {job_id} exists on clusters {clusters}: pass ?cluster=",
+            )
+        return view_of(details[0], DetailLabels(session, details))
 
 
 @router.get("/jobs", response_model=JobList, summary="Jobs matching filters, newest first")
-def get_jobs(
-    session: SessionDep,
-    access: AccessDep,
+async def get_jobs(
+    request: Request,
     cluster: str | None = None,
     user: str | None = None,
     account: str | None = None,
@@ -279,9 +310,19 @@ def get_jobs(
     job_id: Annotated[str | None, Query(description="comma-separated job ids")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    after: Annotated[str | None, Query(
+        max_length=MAX_CURSOR_LEN,
+        description="the `next` of the previous page: the jobs that follow it (with the same "
+        "filters), without counting the rows before (offset, if any, then skips from there)",
+    )] = None,
+    count: Annotated[bool, Query(
+        description="false: do not count the matching jobs (with millions of them counting "
+        "costs more than the page); total is then a lower bound and total_exact false",
+    )] = True,
 ) -> JobList:
     """Return one page of jobs overlapping [start, end) with the other filters, among those
-    the caller may read."""
+    the caller may read; ``next`` pages on from its last job (absent on the last page)."""
+    access = get_access(request)
     job_ids = None
     if job_id is not None:
         job_ids = tuple(dict.fromkeys(p.strip() for p in job_id.split(",") if p.strip()))
@@ -290,6 +331,12 @@ def get_jobs(
                 status_code=422,
                 detail=f"job_id: {len(job_ids)} job ids, at most {MAX_JOB_IDS} per request",
             )
+    cursor = None
+    if after is not None:
+        try:
+            cursor = Cursor.decode(after)
+        except BadCursor as err:
+            raise HTTPException(status_code=422, detail=f"after: {err}") from err
     filters = JobFilters(
         cluster=cluster, user=user, account=account, partition=partition, state=state,
         start=parse_time(start, "start"), end=parse_time(end, "end"), job_ids=job_ids,
@@ -300,26 +347,37 @@ def get_jobs(
             status_code=422,
             detail=f"end {filters.end.isoformat()} is before start {filters.start.isoformat()}",
         )
-    jobs = list_jobs(session, filters, limit, offset)
-    totals = energy_for_page(session, filters, limit, offset) if jobs else {}
-    steps = steps_for_page(session, filters, limit, offset) if jobs else {}
-    keys = [(job.cluster, job.job_id) for job in jobs]
-    groups, phases = factor_groups(session, keys), phases_for_jobs(session, keys)
-    seen = seen_nodes(session, keys)
-    marks = node_marks(session, [
-        (job.cluster, node) for job, key in zip(jobs, keys, strict=True)
-        for node in job_nodes(job, totals.get(key, []), seen.get(key, set()))
-    ])
-    labels = ClusterLabels(session)
-    return JobList(
-        jobs=[
-            job_view(
-                job, totals.get(key, []), groups.get(key, []), phases.get(key, []), labels,
-                steps.get(key), seen.get(key, set()), marks,
-            )
-            for job, key in zip(jobs, keys, strict=True)
-        ],
-        total=count_jobs(session, filters),
-        limit=limit,
-        offset=offset,
-    )
+    return await run_in_threadpool(list_page, request, filters, limit, offset, cursor, count)
+
+
+def list_page(
+    request: Request, filters: JobFilters, limit: int, offset: int, cursor: Cursor | None,
+    count: bool = True,
+) -> JobList:
+    """:func:`get_jobs`' reads, in a worker thread.
+
+    ``total`` is counted only when the page does not tell it: a page by offset that is the
+    last one (not empty, or the first) ends the result. With ``count`` false it is not
+    counted at all: ``total`` is then a lower bound (the jobs up to the end of the page when
+    it is not empty, one more when there are more) and ``total_exact`` false.
+    """
+    with list_session(request) as session:
+        details, more = page_details(session, filters, limit, offset, cursor)
+        total_exact = True
+        if cursor is None and not more and (offset == 0 or details):
+            total = offset + len(details)
+        elif count:
+            total = count_jobs(session, filters)
+        else:
+            # A lower bound: a page that is not empty has its offset's rows before it.
+            total = (offset if details else 0) + len(details) + more
+            total_exact = False
+        labels = DetailLabels(session, details)
+        return JobList(
+            jobs=[view_of(detail, labels) for detail in details],
+            total=total,
+            limit=limit,
+            offset=offset,
+            next=Cursor.of(details[-1].job).encode() if more and details else None,
+            total_exact=total_exact,
+        )

@@ -122,6 +122,15 @@ class JobList(BaseModel):
     total: int
     limit: int
     offset: int
+    next: str | None = Field(
+        default=None, exclude_if=lambda value: value is None,
+        description="opaque cursor: pass it as `after` (same filters) for the jobs that follow "
+        "this page; absent on the last page")
+    total_exact: bool = Field(
+        default=True, exclude_if=lambda value: value,
+        description="false (only then present) when the jobs were not counted (count=false): "
+        "total is then a lower bound, the jobs up to the end of this page (when it has any) "
+        "and one more if `next`")
 
 
 class NodeComponentEnergy(BaseModel):

@@ -1,26 +1,44 @@
-"""Job lookup latency with many jobs in PostgreSQL.
+"""Job lookup and job list latency with many jobs in PostgreSQL.
 
-Starts a throwaway PostgreSQL (tests/pgserver.py), loads N jobs (default 100 000) with their
-per-node, per-source ``job_energy`` totals by COPY (as ingest would have left them: 1-4 nodes,
-2 packages + 2 DRAM + 0-8 GPUs per node), serves ``create_app`` with uvicorn on 127.0.0.1 and
-times ``GET /api/v1/jobs/{id}?cluster=`` and a filtered ``GET /api/v1/jobs`` page over HTTP.
-Prints p50/p99; asserts nothing.
+Builds N jobs (default 100 000) in SQL (``bench/jobdb.py``: ``job``, ``job_energy`` 1-4 nodes
+× 2 packages + 2 DRAM + 0/0/4/8 GPUs, ``job_node``, ``job_energy_hour``, ``job_step_energy``,
+``node_progress``) and prints how long that took; serves ``create_app`` with uvicorn (one
+process) on 127.0.0.1 and times over HTTP, one request at a time:
 
-    .venv/bin/python bench/query_bench.py [--jobs 100000] [--lookups 2000]
+- ``GET /api/v1/jobs/{id}`` with and without ``?cluster=``, random jobs of the whole range;
+- ``GET /api/v1/jobs?user=U&limit=100``: the first page (``total`` counted), then deep pages
+  by ``offset`` and, when the server returns ``next``, by ``after`` (the same rows);
+- ``GET /api/v1/jobs?limit=100`` (every job, newest first), and with ``count=false``.
+
+Each line also gives, per request, the CPU time of the API server process and of PostgreSQL
+(the postmaster and its children) and what PostgreSQL read from storage (not the page cache):
+where the time goes, whatever else runs on the machine. Then, with code that has
+``routes_jobs.read_session`` (a lookup in one statement), a lookup is split in-process as its
+worker thread runs it: session and connection, statement, building the answer, JSON. Prints
+p50/p99 (and p99.9 for lookups); asserts nothing.
+
+``--pgdata DIR`` keeps the PostgreSQL cluster in DIR and reuses a database already built
+there for the same N (build once at 10 M jobs, time several versions of the code).
+
+    .venv/bin/python bench/query_bench.py [--jobs 100000] [--lookups 2000] [--lists 200]
+        [--unfiltered 20] [--pgdata DIR] [--rebuild] [--build-only]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import contextlib
+import os
 import random
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import httpx
-from pgload import load_pgserver  # bench/ is sys.path[0] when run as a script
+from jobdb import KeptPgServer, database_size, pg, populate
 from sqlalchemy import text
 
 from jobenergy.collector.db import make_engine, upgrade
@@ -29,89 +47,254 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 USERS = [f"user{u:03d}" for u in range(200)]
 
 
-def populate(db_url: str, n_jobs: int, rng: random.Random) -> int:
-    """COPY ``n_jobs`` jobs and their job_energy rows; return the number of energy rows."""
-    jobs, energy = io.StringIO(), io.StringIO()
-    n_energy = 0
-    for j in range(n_jobs):
-        job_id = str(1_000_000 + j)
-        start = T0 + timedelta(seconds=j * 30)
-        end = start + timedelta(seconds=rng.randint(60, 86_400))
-        n_nodes, n_gpus = rng.randint(1, 4), rng.choice([0, 0, 4, 8])
-        nodes = [f"node{rng.randrange(2000):04d}" for _ in range(n_nodes)]
-        nodes_json = "[" + ",".join(f'"{n}"' for n in nodes) + "]"
-        jobs.write(
-            f"bench\t{job_id}\t{rng.choice(USERS)}\t1000\tacct{j % 50}\tgpu\tjob{j}\t"
-            f"{nodes_json}\t\\N\t\\N\tCOMPLETED\t0\t{{}}\t{start.isoformat()}\t"
-            f"{end.isoformat()}\t{end.isoformat()}\n"
-        )
-        for node in dict.fromkeys(nodes):
-            sources = [
-                ("cpu", "package-0"),
-                ("cpu", "package-1"),
-                ("dram", "package-0/dram"),
-                ("dram", "package-1/dram"),
-            ]
-            sources += [("gpu", f"gpu/GPU-{g}") for g in range(n_gpus)]
-            for component, source in sources:
-                device = "NVIDIA H100 80GB HBM3" if component == "gpu" else "\\N"
-                energy.write(
-                    f"bench\t{job_id}\t{node}\t{component}\t{source}\t"
-                    f"{rng.randrange(10**12)}\t0\t{rng.randrange(10_000)}\t3600.0\t"
-                    f"{start.isoformat()}\t{end.isoformat()}\t0\t0\t{device}\n"
-                )
-                n_energy += 1
+def percentiles(samples_s: list[float], tail: bool = False) -> str:
+    ordered = sorted(samples_s)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+    out = f"p50 {at(0.5):.2f} ms, p99 {at(0.99):.2f} ms"
+    if tail:
+        out += f", p99.9 {at(0.999):.2f} ms"
+    return out + f" (n={len(ordered)})"
+
+
+def built_jobs(db_url: str) -> int | None:
+    """Return the N of the database's completed build, None when there is none."""
     engine = make_engine(db_url)
     try:
-        with engine.begin() as conn:
-            dbapi = conn.connection.dbapi_connection
-            with dbapi.cursor() as cur:
-                with cur.copy(
-                    'COPY job (cluster, job_id, "user", uid, account, partition, name, nodes, '
-                    "gpus, comment, state, exit_code, tags, start_at, end_at, updated_at) "
-                    "FROM STDIN"
-                ) as copy:
-                    copy.write(jobs.getvalue())
-                with cur.copy(
-                    "COPY job_energy (cluster, job_id, node, component, source, energy_uj, "
-                    "estimated_uj, intervals, covered_s, first_at, last_at, wraps, resets, "
-                    "device_name) FROM STDIN"
-                ) as copy:
-                    copy.write(energy.getvalue())
         with engine.connect() as conn:
-            conn.execute(text("ANALYZE"))
+            comment = conn.execute(text(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                "WHERE datname = current_database()")).scalar()
     finally:
         engine.dispose()
-    return n_energy
+    if comment and comment.startswith("jobs="):
+        return int(comment.removeprefix("jobs="))
+    return None
 
 
-def percentiles(samples_s: list[float]) -> str:
-    ordered = sorted(samples_s)
-    p50 = ordered[len(ordered) // 2] * 1000
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
-    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (n={len(ordered)})"
+def build(db_url: str, n_jobs: int, rebuild: bool) -> None:
+    """Migrate, then fill the database unless a build of ``n_jobs`` jobs is there."""
+    begin = time.perf_counter()
+    upgrade(db_url)
+    print(f"migrated to head in {time.perf_counter() - begin:.1f} s", flush=True)
+    if not rebuild and built_jobs(db_url) == n_jobs:
+        print(f"reusing the database of {n_jobs:,} jobs ({database_size(db_url)})")
+        return
+    print(f"building {n_jobs:,} jobs in SQL ...", flush=True)
+    begin = time.perf_counter()
+    steps = populate(db_url, n_jobs, T0)
+    elapsed = time.perf_counter() - begin
+    engine = make_engine(db_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            name = conn.execute(text("SELECT current_database()")).scalar()
+            conn.execute(text(f"COMMENT ON DATABASE \"{name}\" IS 'jobs={n_jobs}'"))
+    finally:
+        engine.dispose()
+    print(f"built {n_jobs:,} jobs in {elapsed:.1f} s ("
+          + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
+          + f"), database {database_size(db_url)}", flush=True)
+
+
+def wait_healthy(client: httpx.Client) -> None:
+    for _ in range(600):
+        try:
+            if client.get("/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    sys.exit("the server did not answer /healthz")
+
+
+def timed_get(client: httpx.Client, path: str, params: dict[str, Any]) -> tuple[float, Any]:
+    begin = time.perf_counter()
+    response = client.get(path, params=params)
+    elapsed = time.perf_counter() - begin
+    response.raise_for_status()
+    return elapsed, response.json()
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _read_bytes(pid: int) -> int:
+    """Bytes a process has had read from storage (not from the page cache)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Meter:
+    """CPU of the API server and of PostgreSQL (the postmaster and its children), and what
+    PostgreSQL read from storage, over a run of requests: where the time goes, whatever else
+    runs on the machine."""
+
+    def __init__(self, server_pid: int, pgdata: Path | None) -> None:
+        self.server_pid = server_pid
+        self.postmaster = None
+        if pgdata is not None:
+            with contextlib.suppress(OSError, ValueError):
+                pid_file = (pgdata / "postmaster.pid").read_text()
+                self.postmaster = int(pid_file.split()[0])
+
+    def _postgres(self) -> list[int]:
+        if self.postmaster is None:
+            return []
+        pids = [self.postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.postmaster:
+                    pids.append(int(stat.parent.name))
+        return pids
+
+    def snapshot(self) -> tuple[float, float, int]:
+        pids = self._postgres()
+        return (_cpu_s(self.server_pid), sum(_cpu_s(p) for p in pids),
+                sum(_read_bytes(p) for p in pids))
+
+    def report(self, before: tuple[float, float, int], n: int) -> str:
+        server, postgres, read = (b - a for a, b in zip(before, self.snapshot(), strict=True))
+        out = f"; per request: API server CPU {server / n * 1000:.2f} ms"
+        if self.postmaster is not None:
+            out += (f", PostgreSQL CPU {postgres / n * 1000:.2f} ms, "
+                    f"read from disk {read / n / 1024:.0f} KiB")
+        return out
+
+
+def bench_http(url: str, args: argparse.Namespace, rng: random.Random, meter: Meter) -> None:
+    def run(label: str, requests: list[tuple[str, dict[str, Any]]], tail: bool = False
+            ) -> list[Any]:
+        before, samples, bodies = meter.snapshot(), [], []
+        for path, params in requests:
+            elapsed, body = timed_get(client, path, params)
+            samples.append(elapsed)
+            bodies.append(body)
+        print(f"{label}: {percentiles(samples, tail)}{meter.report(before, len(requests))}",
+              flush=True)
+        return bodies
+
+    def random_job() -> str:
+        return f"/api/v1/jobs/{1_000_000 + rng.randrange(args.jobs)}"
+
+    with httpx.Client(base_url=url, timeout=600.0) as client:
+        wait_healthy(client)
+        for _ in range(50):  # warm up connections and caches
+            client.get(random_job())
+        run("GET /api/v1/jobs/{id}?cluster=",
+            [(random_job(), {"cluster": "bench"}) for _ in range(args.lookups)], tail=True)
+        run("GET /api/v1/jobs/{id} (no cluster)",
+            [(random_job(), {}) for _ in range(args.lookups)], tail=True)
+
+        per_user = args.jobs // len(USERS)
+        first = run(
+            f"GET /api/v1/jobs?user=U&limit=100, first page (~{per_user:,} matches, total "
+            "counted)", [("/api/v1/jobs", {"user": rng.choice(USERS), "limit": 100})
+                         for _ in range(args.lists)])
+        # Deep pages: the same rows by offset and by the cursor of the row before them.
+        depth = min(per_user // 2, 10_000)
+        deep = [(rng.choice(USERS), rng.randrange(100, max(101, depth)))
+                for _ in range(max(1, args.lists // 4))]
+        by_offset = run(
+            f"GET /api/v1/jobs?user=U&limit=100&offset=100..{depth}",
+            [("/api/v1/jobs", {"user": u, "limit": 100, "offset": o}) for u, o in deep])
+        if any("next" in body for body in first):
+            cursors = [
+                client.get("/api/v1/jobs", params={"user": u, "limit": 1, "offset": o - 1}
+                           ).json()["next"]
+                for u, o in deep
+            ]
+            by_cursor = run(
+                "GET /api/v1/jobs?user=U&limit=100&after=<cursor of the same rows>",
+                [("/api/v1/jobs", {"user": u, "limit": 100, "after": c})
+                 for (u, _), c in zip(deep, cursors, strict=True)])
+            for a, b in zip(by_offset, by_cursor, strict=True):
+                if [j["job_id"] for j in a["jobs"]] != [j["job_id"] for j in b["jobs"]]:
+                    print("  !! a page by cursor differs from the page by offset")
+        run(f"GET /api/v1/jobs?limit=100 (all {args.jobs:,} jobs, newest first)",
+            [("/api/v1/jobs", {"limit": 100}) for _ in range(args.unfiltered)])
+        if any("next" in body for body in first):
+            run("GET /api/v1/jobs?limit=100&count=false (all jobs, not counted)",
+                [("/api/v1/jobs", {"limit": 100, "count": "false"})
+                 for _ in range(args.unfiltered)])
+
+
+def bench_split(db_url: str, args: argparse.Namespace, rng: random.Random) -> None:
+    """Split a lookup in-process, as ``GET /api/v1/jobs/{id}`` runs it in its worker thread:
+    session and connection (the pool's pre-ping), the statement (round trip and parsing),
+    building the answer, its JSON. Only for code that reads a lookup in one statement."""
+    from types import SimpleNamespace
+
+    from sqlalchemy.orm import sessionmaker
+
+    from jobenergy.api import queries, routes_jobs
+    from jobenergy.api.schemas import JobOut
+
+    if not hasattr(routes_jobs, "read_session"):
+        return
+    engine = make_engine(db_url)
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(
+        sessionmaker=sessionmaker(engine, expire_on_commit=False))))
+    parts: dict[str, list[float]] = {
+        "session and connection": [], "statement": [], "building the answer": [], "JSON": []}
+    try:
+        for i in range(args.lookups + 50):
+            job_id = str(1_000_000 + rng.randrange(args.jobs))
+            t0 = time.perf_counter()
+            with routes_jobs.read_session(request) as session:
+                t1 = time.perf_counter()
+                details = queries.lookup_details(session, job_id, "bench")
+                t2 = time.perf_counter()
+                out = routes_jobs.view_of(details[0], routes_jobs.DetailLabels(session, details))
+                t3 = time.perf_counter()
+            JobOut.__pydantic_serializer__.to_json(out)
+            t4 = time.perf_counter()
+            if i >= 50:
+                for samples, seconds in zip(parts.values(), (t1 - t0, t2 - t1, t3 - t2, t4 - t3),
+                                            strict=True):
+                    samples.append(seconds)
+    finally:
+        engine.dispose()
+    print("GET /api/v1/jobs/{id}?cluster= in-process (what its worker thread does):")
+    for name, samples in parts.items():
+        print(f"  {name}: {percentiles(samples, tail=name == 'statement')}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--lookups", type=int, default=2_000)
+    parser.add_argument("--lists", type=int, default=200)
+    parser.add_argument("--unfiltered", type=int, default=20,
+                        help="GET /api/v1/jobs?limit=100 requests")
+    parser.add_argument("--pgdata", type=Path, help="keep the PostgreSQL cluster here")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild a kept database")
+    parser.add_argument("--build-only", action="store_true")
     args = parser.parse_args()
     rng = random.Random(42)
 
-    pg = load_pgserver()
     bindir = pg.find_pg_bin()
     if bindir is None:
         sys.exit(pg.NOT_FOUND_MESSAGE)
-    with pg.PgServer(bindir) as server:
-        db_url = server.create_database("bench_query")
-        upgrade(db_url)
-        begin = time.perf_counter()
-        n_energy = populate(db_url, args.jobs, rng)
-        print(
-            f"loaded {args.jobs:,} jobs, {n_energy:,} job_energy rows in "
-            f"{time.perf_counter() - begin:.1f} s"
-        )
+    server = KeptPgServer(bindir, args.pgdata) if args.pgdata else pg.PgServer(bindir)
+    with server:
+        db_url = server.create_database(f"bench_query_{args.jobs}")
+        build(db_url, args.jobs, args.rebuild)
+        if args.build_only:
+            return
+        print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
         port = pg.free_port()
         code = (
             "import uvicorn\n"
@@ -122,42 +305,12 @@ def main() -> None:
         )
         proc = subprocess.Popen([sys.executable, "-c", code])
         try:
-            url = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=url, timeout=30.0) as client:
-                for _ in range(300):
-                    try:
-                        if client.get("/healthz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        time.sleep(0.1)
-                for _ in range(50):  # warm up connections and caches
-                    client.get(f"/api/v1/jobs/{1_000_000 + rng.randrange(args.jobs)}")
-                for label, params in (
-                    ("with ?cluster=", {"cluster": "bench"}),
-                    ("without cluster", {}),
-                ):
-                    samples = []
-                    for _ in range(args.lookups):
-                        job_id = 1_000_000 + rng.randrange(args.jobs)
-                        begin = time.perf_counter()
-                        response = client.get(f"/api/v1/jobs/{job_id}", params=params)
-                        samples.append(time.perf_counter() - begin)
-                        response.raise_for_status()
-                    print(f"GET /api/v1/jobs/{{id}} {label}: {percentiles(samples)}")
-                samples = []
-                for _ in range(200):
-                    params = {"user": rng.choice(USERS), "limit": 100}
-                    begin = time.perf_counter()
-                    response = client.get("/api/v1/jobs", params=params)
-                    samples.append(time.perf_counter() - begin)
-                    response.raise_for_status()
-                print(
-                    f"GET /api/v1/jobs?user=U&limit=100 (~{args.jobs // len(USERS)} matches, "
-                    f"total counted): {percentiles(samples)}"
-                )
+            meter = Meter(proc.pid, args.pgdata / "data" if args.pgdata else None)
+            bench_http(f"http://127.0.0.1:{port}", args, rng, meter)
         finally:
             proc.terminate()
             proc.wait(10)
+        bench_split(db_url, args, rng)
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ class Job(Base):
 
     __tablename__ = "job"
     __table_args__ = (
-        Index("ix_job_start_at", "start_at"),
+        # ix_job_user_start and ix_job_start_order (job lists' order) follow the class.
         # Summaries by user: a parallel index-only GroupAggregate, no sort, no heap.
         Index(
             "ix_job_user_totals", "user",
@@ -274,6 +274,14 @@ class Job(Base):
     # The job has in-job phase annotations (job_phase rows): leaderboards read its parts from
     # job_board_part instead of this row.
     annotated: Mapped[bool] = mapped_column(Boolean, server_default=false())
+
+
+# Job lists (GET /api/v1/jobs) in their order, for keyset pagination: newest start first, jobs
+# without a start last, then (cluster, job_id); a user's jobs, and every job (or a cluster's).
+# On SQLite the migration leaves out NULLS LAST, which it refuses in an index and which is its
+# order anyway (NULL is lowest); the schema always comes from the migrations.
+Index("ix_job_user_start", Job.user, Job.start_at.desc().nulls_last(), Job.cluster, Job.job_id)
+Index("ix_job_start_order", Job.start_at.desc().nulls_last(), Job.cluster, Job.job_id)
 
 
 class JobEnergyHour(Base):
@@ -471,3 +479,17 @@ class AuditLog(Base):
     cluster: Mapped[str | None] = mapped_column(String(NAME_LEN))
     old_value: Mapped[dict[str, Any] | None]
     new_value: Mapped[dict[str, Any] | None]
+
+
+class IntervalRetention(Base):
+    """Where the retained raw intervals start: ``jobenergy db maintain --retention-days``
+    dropped every ``energy_interval`` partition before ``kept_from`` (PostgreSQL only).
+
+    A batch reaching back before it cannot be checked against what was stored there, so it is
+    refused (``collector/intervals.py``); totals are not affected by the drop.
+    """
+
+    __tablename__ = "interval_retention"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kept_from: Mapped[datetime]
