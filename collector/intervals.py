@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, select
 from sqlalchemy import exc as sa_exc
 
-from jobenergy.collector.models import EnergyInterval, NodeProgress
+from jobenergy.collector.models import EnergyInterval, IntervalRetention, NodeProgress
 from jobenergy.collector.plan import Plan
 from jobenergy.collector.sql import IngestRejected
 from jobenergy.core.schema import MAX_INTERVAL_S, Batch
@@ -114,6 +114,15 @@ def check_no_overlap(conn: Connection, batch: Batch) -> None:
     last_end = max(end for pairs in spans.values() for _, end in pairs)
     if marks is None or first_start >= marks.last_at or last_end <= marks.first_at:
         return
+    retained_from = conn.execute(
+        select(IntervalRetention.kept_from).where(IntervalRetention.name == "energy_interval")
+    ).scalar_one_or_none()
+    if retained_from is not None and first_start < retained_from:
+        raise IngestRejected(
+            f"energy on node {batch.node!r} from {first_start.isoformat()} reaches back before "
+            f"the retained raw intervals ({retained_from.isoformat()}, db maintain "
+            "--retention-days): it cannot be checked against what was stored then"
+        )
     lo = batch.intervals[0].start - timedelta(seconds=MAX_INTERVAL_S)
     hi = batch.intervals[-1].end
     stored = conn.execute(

@@ -17,9 +17,15 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from jobenergy.collector.models import IntervalRetention
 
 logger = logging.getLogger(__name__)
+
+#: The ``interval_retention`` row of the raw intervals.
+RETAINED = "energy_interval"
 
 PARENT = "energy_interval"
 DEFAULT_PARTITION = f"{PARENT}_default"
@@ -209,6 +215,22 @@ def _monthly_partitions(conn: Connection) -> list[tuple[int, int, str, str]]:
     return sorted(found)
 
 
+def record_kept_from(conn: Connection, kept_from: datetime) -> None:
+    """Move the start of the retained raw intervals forward to ``kept_from`` (never back)."""
+    table = IntervalRetention.__table__
+    stmt = pg_insert(table).values(name=RETAINED, kept_from=kept_from)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[table.c.name],
+        set_={"kept_from": func.greatest(table.c.kept_from, stmt.excluded.kept_from)}))
+
+
+def kept_from(conn: Connection) -> datetime | None:
+    """Return when the retained raw intervals start (None: nothing was ever dropped)."""
+    table = IntervalRetention.__table__
+    return conn.execute(select(table.c.kept_from).where(table.c.name == RETAINED)
+                        ).scalar_one_or_none()
+
+
 def drop_expired_partitions(
     conn: Connection, retention_days: int, now: datetime | None = None
 ) -> RetentionResult:
@@ -253,6 +275,11 @@ def drop_expired_partitions(
         if datetime.fromisoformat(hi) < cut:
             expired.append(name)
     if expired:
+        # Batches reaching back before what is kept cannot be checked for double counting
+        # any more: the overlap check refuses them from now on (collector/intervals.py).
+        kept_from = max(datetime.fromisoformat(month_bounds(y, m)[1])
+                        for y, m, name, _bound in _monthly_partitions(conn) if name in expired)
+        record_kept_from(conn, kept_from)
         timeout = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
         conn.execute(text("SELECT set_config('lock_timeout', :t, true)"),
                      {"t": DROP_LOCK_TIMEOUT})
