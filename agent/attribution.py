@@ -32,7 +32,7 @@ splits each job's energy over its steps; no energy is split per step here.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
@@ -154,88 +154,172 @@ def attribute_cpu(
     Returns:
         (energy per job µJ, unattributed µJ); they add up to ``delta_uj`` exactly.
     """
-    if not usage:
-        return {}, delta_uj
-    span_ns = max(0, span_ns)
-
-    def lived(u: JobUsage) -> int:
-        if span_ns == 0 or u.alive_ns is None:
-            return max(1, span_ns)
-        return min(max(0, u.alive_ns), span_ns)
-
-    partial = any(lived(u) < max(1, span_ns) for u in usage.values())
-    if len(usage) == 1 and not partial:
-        (job_id,) = usage
-        return {job_id: delta_uj}, 0
-
-    static_uj = max(0, min(delta_uj, static_uj))
-    dynamic_uj = delta_uj - static_uj
-    full = max(1, span_ns)
-    shares, alone_ns = _split_static(static_uj, usage, lived, ncpus, full)
-
-    jobs_busy_ns = sum(u.cpu_ns for u in usage.values())
-    busy_weights: dict[str, int] = {j: u.cpu_ns for j, u in usage.items()}
-    other_ns = max(0, node_busy_ns - jobs_busy_ns)
-    busy_weights[UNATTRIBUTED] = other_ns
-    if other_ns and any(alone_ns.values()):
-        # The node is a job's while it is alone on it (the exclusive rule): so is the busy
-        # time of no job during that part of the interval (taken as spread evenly over it).
-        own = {j: other_ns * t // full for j, t in alone_ns.items()}
-        busy_weights = {j: u.cpu_ns + own.get(j, 0) for j, u in usage.items()}
-        busy_weights[UNATTRIBUTED] = other_ns - sum(own.values())
-    if sum(busy_weights.values()) == 0:
-        busy_weights = {j: lived(u) for j, u in usage.items()}
-        if sum(busy_weights.values()) == 0:
-            busy_weights = {UNATTRIBUTED: 1}  # nobody lived in it: the node's
-
-    for key, part in split_uj(dynamic_uj, busy_weights).items():
-        shares[key] = shares.get(key, 0) + part
-    unattributed_uj = shares.pop(UNATTRIBUTED, 0)
-    return shares, unattributed_uj
+    split = CpuSplit(usage, node_busy_ns=node_busy_ns, ncpus=ncpus, span_ns=span_ns)
+    return split.split(delta_uj, static_uj)
 
 
-def _split_static(
-    static_uj: int,
-    usage: Mapping[str, JobUsage],
-    lived: Callable[[JobUsage], int],
-    ncpus: int,
-    full_ns: int,
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Split the static energy over the interval's time, segment by segment.
+class _Weights:
+    """Integer weights fixed once, for :func:`jobenergy.core.split.split_uj` of many totals.
 
-    In each stretch of the interval, the static energy of that stretch goes to the one job
-    alive then (alone on the node: all of it), or over the jobs alive then by allocated CPUs
-    (CPUs of no job: ``unattributed``; allocation unknown: evenly), or to ``unattributed``
-    when no job was alive. So jobs that follow each other on a node within one interval each
-    pay the node's static power for their own part of it.
-
-    Returns:
-        (static energy per job and ``UNATTRIBUTED``, ns each job was alone on the node).
+    :meth:`parts` returns what ``split_uj(total, weights)`` returns (floors, then the µJ left
+    over one each to the largest remainders, ties in the weights' order), as a list in the
+    weights' order, without rebuilding the weights for each total.
     """
-    spans = {}
-    for job_id, u in usage.items():
-        start = 0 if u.alive_ns is None else min(max(0, u.alive_from_ns), full_ns)
-        spans[job_id] = (start, min(full_ns, start + lived(u)))
-    cuts = sorted({0, full_ns, *(t for span in spans.values() for t in span)})
-    stretches = [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
-    energies = split_uj(static_uj, {i: b - a for i, (a, b) in enumerate(stretches)})
-    shares: dict[str, int] = {UNATTRIBUTED: 0}
-    alone_ns: dict[str, int] = {}
-    for i, (a, b) in enumerate(stretches):
-        present = [j for j, (lo, hi) in spans.items() if lo <= a and hi >= b]
-        if len(present) == 1:
-            weights = {present[0]: 1}
-            alone_ns[present[0]] = alone_ns.get(present[0], 0) + b - a
-        elif present:
-            weights = {j: usage[j].cpus for j in present}
-            weights[UNATTRIBUTED] = max(0, ncpus - sum(weights.values()))
-            if sum(weights.values()) == 0:
-                weights = dict.fromkeys(present, 1)
-        else:
-            weights = {UNATTRIBUTED: 1}
-        for key, part in split_uj(energies[i], weights).items():
-            shares[key] = shares.get(key, 0) + part
-    return shares, alone_ns
+
+    __slots__ = ("keys", "_weights", "_sum")
+
+    def __init__(self, weights: Mapping[str, int]) -> None:
+        self.keys = list(weights)
+        self._weights = list(weights.values())
+        for key, w in weights.items():
+            if w < 0:
+                raise ValueError(f"weight for {key!r} must be >= 0, got {w}")
+        self._sum = sum(self._weights)
+
+    def parts(self, total_uj: int) -> list[int]:
+        if total_uj < 0:
+            raise ValueError(f"total_uj must be >= 0, got {total_uj}")
+        weights, weight_sum = self._weights, self._sum
+        if weight_sum == 0:
+            if total_uj:
+                raise ValueError("cannot split energy over zero total weight")
+            return [0] * len(weights)
+        if len(weights) == 1:
+            return [total_uj]
+        parts = [total_uj * w // weight_sum for w in weights]
+        left = total_uj - sum(parts)
+        if left:
+            remainders = [total_uj * w % weight_sum for w in weights]
+            # Largest remainder first; sorted() is stable, so ties keep the weights' order.
+            order = sorted(
+                (i for i, w in enumerate(weights) if w), key=remainders.__getitem__, reverse=True
+            )
+            for i in order[:left]:
+                parts[i] += 1
+        return parts
+
+
+class CpuSplit:
+    """The weights of one interval's CPU/DRAM split, for every source of the interval.
+
+    The weights (the jobs' lifetimes, allocations and CPU time, the node's busy time) are the
+    same for every CPU package and DRAM zone of an interval, so they are computed once here
+    and :meth:`split` applies them to each source's delta: the same integer splits as
+    :func:`attribute_cpu` makes per source, in the same order, so the same results.
+
+    Args: as :func:`attribute_cpu`, without the source's energies.
+    """
+
+    __slots__ = ("_busy", "_only", "_stretch_len", "_stretch_weights", "_usage")
+
+    def __init__(
+        self,
+        usage: Mapping[str, JobUsage],
+        *,
+        node_busy_ns: int,
+        ncpus: int,
+        span_ns: int = 0,
+    ) -> None:
+        self._usage = usage
+        self._only: str | None = None
+        self._stretch_len = _Weights({})
+        self._stretch_weights: list[_Weights] = []
+        self._busy = _Weights({})
+        if not usage:
+            return
+        span_ns = max(0, span_ns)
+        full = max(1, span_ns)
+        lived = {
+            j: full if span_ns == 0 or u.alive_ns is None else min(max(0, u.alive_ns), span_ns)
+            for j, u in usage.items()
+        }
+        partial = any(t < full for t in lived.values())
+        if len(usage) == 1 and not partial:
+            (self._only,) = usage
+            return
+        alone_ns = self._static_weights(usage, lived, ncpus, full)
+
+        jobs_busy_ns = sum(u.cpu_ns for u in usage.values())
+        busy_weights: dict[str, int] = {j: u.cpu_ns for j, u in usage.items()}
+        other_ns = max(0, node_busy_ns - jobs_busy_ns)
+        busy_weights[UNATTRIBUTED] = other_ns
+        if other_ns and any(alone_ns.values()):
+            # The node is a job's while it is alone on it (the exclusive rule): so is the busy
+            # time of no job during that part of the interval (taken as spread evenly over it).
+            own = {j: other_ns * t // full for j, t in alone_ns.items()}
+            busy_weights = {j: u.cpu_ns + own.get(j, 0) for j, u in usage.items()}
+            busy_weights[UNATTRIBUTED] = other_ns - sum(own.values())
+        if sum(busy_weights.values()) == 0:
+            busy_weights = dict(lived)
+            if sum(busy_weights.values()) == 0:
+                busy_weights = {UNATTRIBUTED: 1}  # nobody lived in it: the node's
+        self._busy = _Weights(busy_weights)
+
+    def _static_weights(
+        self,
+        usage: Mapping[str, JobUsage],
+        lived: Mapping[str, int],
+        ncpus: int,
+        full_ns: int,
+    ) -> dict[str, int]:
+        """Cut the interval's time into stretches and weigh who pays the static energy.
+
+        In each stretch of the interval, the static energy of that stretch goes to the one
+        job alive then (alone on the node: all of it), or over the jobs alive then by
+        allocated CPUs (CPUs of no job: ``unattributed``; allocation unknown: evenly), or to
+        ``unattributed`` when no job was alive. So jobs that follow each other on a node
+        within one interval each pay the node's static power for their own part of it.
+
+        Returns:
+            The ns each job was alone on the node.
+        """
+        spans = {}
+        for job_id, u in usage.items():
+            start = 0 if u.alive_ns is None else min(max(0, u.alive_from_ns), full_ns)
+            spans[job_id] = (start, min(full_ns, start + lived[job_id]))
+        cuts = sorted({0, full_ns, *(t for span in spans.values() for t in span)})
+        stretches = [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+        self._stretch_len = _Weights({str(i): b - a for i, (a, b) in enumerate(stretches)})
+        alone_ns: dict[str, int] = {}
+        for a, b in stretches:
+            present = [j for j, (lo, hi) in spans.items() if lo <= a and hi >= b]
+            if len(present) == 1:
+                weights = {present[0]: 1}
+                alone_ns[present[0]] = alone_ns.get(present[0], 0) + b - a
+            elif present:
+                weights = {j: usage[j].cpus for j in present}
+                weights[UNATTRIBUTED] = max(0, ncpus - sum(weights.values()))
+                if sum(weights.values()) == 0:
+                    weights = dict.fromkeys(present, 1)
+            else:
+                weights = {UNATTRIBUTED: 1}
+            self._stretch_weights.append(_Weights(weights))
+        return alone_ns
+
+    def split(self, delta_uj: int, static_uj: int) -> tuple[dict[str, int], int]:
+        """Split one source's delta (its static part ``static_uj``, clamped to the delta).
+
+        Returns:
+            (energy per job µJ, unattributed µJ); they add up to ``delta_uj`` exactly.
+        """
+        if not self._usage:
+            return {}, delta_uj
+        if self._only is not None:
+            return {self._only: delta_uj}, 0
+        static_uj = max(0, min(delta_uj, static_uj))
+        dynamic_uj = delta_uj - static_uj
+        # Static: over the stretches by their length, then in each over who was there.
+        energies = self._stretch_len.parts(static_uj)
+        shares: dict[str, int] = {UNATTRIBUTED: 0}
+        get = shares.get
+        for energy_uj, weights in zip(energies, self._stretch_weights, strict=True):
+            for key, part in zip(weights.keys, weights.parts(energy_uj), strict=True):
+                shares[key] = get(key, 0) + part
+        busy = self._busy
+        for key, part in zip(busy.keys, busy.parts(dynamic_uj), strict=True):
+            shares[key] = get(key, 0) + part
+        unattributed_uj = shares.pop(UNATTRIBUTED, 0)
+        return shares, unattributed_uj
 
 
 class StaticFloor:

@@ -2,9 +2,10 @@
 
 One sample reads every counter once (RAPL zones, NVML devices), the Slurm cgroups and
 ``/proc/stat``. Consecutive samples make an interval whose per-source deltas are attributed
-to jobs (CPU/DRAM: :mod:`.attribution`; GPU: :mod:`.gpu.attribution`). Intervals are
-sealed into a batch every ``push_interval_s`` and handed to the spool; the pusher thread
-delivers them.
+to jobs (CPU/DRAM: :mod:`.attribution`; GPU: :mod:`.gpu.attribution`). Consecutive sampled
+intervals are merged, exactly, into stored intervals of up to ``store_interval_s``
+(:mod:`.coalesce`); the stored intervals are sealed into a batch every ``push_interval_s``
+and handed to the spool; the pusher thread delivers them.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import ValidationError
 
 from jobenergy.agent.annotations import AnnotationServer
-from jobenergy.agent.attribution import StaticFloor, attribute_cpu, job_usage
+from jobenergy.agent.attribution import CpuSplit, StaticFloor, job_usage
+from jobenergy.agent.coalesce import Coalescer, StoredInterval
 from jobenergy.agent.continuity import CounterRecord, gap_interval
 from jobenergy.agent.lifetime import alive_spans
 from jobenergy.agent.metrics import AgentMetrics
@@ -27,6 +30,12 @@ from jobenergy.agent.phases import PhaseBook, Segment
 from jobenergy.agent.procstat import read_boot_id
 from jobenergy.agent.pusher import Pusher
 from jobenergy.agent.readings import Reading
+from jobenergy.agent.records import (
+    JobRecord,
+    SampledInterval,
+    SourceSample,
+    check_sampled,
+)
 from jobenergy.agent.sampler import Sample, Sampler
 from jobenergy.agent.settings import AgentSettings
 from jobenergy.agent.spool import Spool, split_by_size, utf8_len
@@ -41,15 +50,14 @@ from jobenergy.core.schema import (
     MAX_STEPS_PER_JOB,
     SCHEMA_VERSION,
     Interval,
-    JobSample,
     PhaseRecord,
-    SourceEnergy,
 )
 
 logger = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
 _MAX_STEP_NAME = 32
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _step_cpu_us(step_cpu_ns: dict[str, int]) -> dict[str, int]:
@@ -90,6 +98,39 @@ def _envelope_bytes(batch: dict) -> int:
     return len(json.dumps({**batch, "seq": 2**62, "intervals": []}).encode()) + 64
 
 
+def _us(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+def _epoch_us(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _gap_record(gap: Interval) -> SampledInterval:
+    """Return a validated gap interval (:mod:`.continuity`) as a sampled interval."""
+    return SampledInterval(
+        start=gap.start,
+        end=gap.end,
+        start_us=_epoch_us(gap.start),
+        end_us=_epoch_us(gap.end),
+        sources=[
+            SourceSample(
+                component=s.component,
+                source=s.source,
+                measured_uj=s.measured_uj,
+                jobs_uj=dict(s.jobs_uj),
+                unattributed_uj=s.unattributed_uj,
+                estimated=s.estimated,
+                wraps=s.wraps,
+                resets=s.resets,
+                device_name=s.device_name,
+            )
+            for s in gap.sources
+        ],
+        gap=True,
+    )
+
+
 class Agent:
     """A node agent bound to its settings; :meth:`run` is the daemon loop."""
 
@@ -116,8 +157,19 @@ class Agent:
         self.phases = PhaseBook()
         self.annotations: AnnotationServer | None = None
         self._prev: Sample | None = None
-        self._pending: list[Interval] = []
+        self._coalescer = Coalescer(
+            _us(settings.store_interval_s), _us(settings.interval_s)
+        )
         self._last_seal_mono_ns = time.monotonic_ns()
+        # Prometheus children per label set: ``labels()`` costs a lock and a lookup each.
+        self._energy_metric: dict[tuple[str, str], Any] = {}
+        self._unattributed_metric: dict[str, Any] = {}
+        self._static_metric: dict[tuple[str, str], Any] = {}
+
+    @property
+    def _pending(self) -> list[SampledInterval]:
+        """The sampled intervals not yet spooled, oldest first (stored or still merging)."""
+        return list(self._coalescer.records())
 
     def take_sample(self) -> Sample:
         """Read every counter, the job cgroups and /proc/stat once."""
@@ -127,8 +179,13 @@ class Agent:
             floor = recorded[0] if recorded is not None else None
         return self.sampler.take(self._prev, floor)
 
-    def attribute(self, prev: Sample, cur: Sample) -> Interval:
-        """Attribute the energy between two samples; conserving per source."""
+    def attribute(self, prev: Sample, cur: Sample) -> SampledInterval:
+        """Attribute the energy between two samples; conserving per source.
+
+        Raises:
+            ValueError: The interval would be refused on the wire (:func:`check_sampled`);
+                nothing is committed, so the next sample covers its energy.
+        """
         interval_ns = cur.mono_ns - prev.mono_ns
         start_ns, end_ns = prev.wall_ns, cur.wall_ns
         job_map = {**prev.job_map, **cur.job_map}  # the later view carries the epilog's end
@@ -149,17 +206,19 @@ class Agent:
             ended=cur.cgroups.ended_ns,
         )
         alive = {j: hi - lo for j, (lo, hi) in spans.items()}
-        usage = {
-            j: replace(u, alive_ns=alive[j], alive_from_ns=spans[j][0]) if j in spans else u
-            for j, u in usage.items()
-        }
+        if spans:
+            usage = {
+                j: replace(u, alive_ns=alive[j], alive_from_ns=spans[j][0]) if j in spans else u
+                for j, u in usage.items()
+            }
         node_busy_ns = 0
         ncpus = 0
         if prev.cpu is not None and cur.cpu is not None:
             node_busy_ns = max(0, cur.cpu.busy_ns - prev.cpu.busy_ns)
             ncpus = cur.cpu.ncpus
-        sources: list[SourceEnergy] = []
+        sources: list[SourceSample] = []
         seen: dict[str, Reading] = {}  # committed to _last_reading once the interval is built
+        split: CpuSplit | None = None  # the jobs' weights: the same for every CPU/DRAM source
         for source, reading in cur.readings.items():
             before = self._last_reading.get(source)
             seen[source] = reading
@@ -169,27 +228,26 @@ class Agent:
             if reading.component == "psys":
                 jobs_uj, unattributed_uj = {}, delta.energy_uj
             else:
-                floor = self._static.setdefault(
-                    source, StaticFloor(self._floors.get(reading.component))
-                )
-                jobs_uj, unattributed_uj = attribute_cpu(
-                    delta.energy_uj,
-                    usage,
-                    node_busy_ns=node_busy_ns,
-                    ncpus=ncpus,
-                    static_uj=floor.static_uj(delta.energy_uj, interval_ns),
-                    span_ns=end_ns - start_ns,
+                floor = self._static.get(source)
+                if floor is None:
+                    floor = self._static[source] = StaticFloor(
+                        self._floors.get(reading.component)
+                    )
+                if split is None:
+                    split = CpuSplit(
+                        usage, node_busy_ns=node_busy_ns, ncpus=ncpus, span_ns=end_ns - start_ns
+                    )
+                jobs_uj, unattributed_uj = split.split(
+                    delta.energy_uj, floor.static_uj(delta.energy_uj, interval_ns)
                 )
                 if floor.power_w is not None:
-                    self.metrics.static_power_w.labels(reading.component, source).set(
-                        floor.power_w
-                    )
+                    self._static_gauge(reading.component, source).set(floor.power_w)
             sources.append(
-                SourceEnergy(
+                SourceSample(
                     component=reading.component,
                     source=source,
                     measured_uj=delta.energy_uj,
-                    jobs_uj={j: e for j, e in jobs_uj.items()},
+                    jobs_uj=jobs_uj,
                     unattributed_uj=unattributed_uj,
                     estimated=reading.estimated,
                     wraps=int(delta.wrapped),
@@ -199,10 +257,10 @@ class Agent:
         if self.gpu is not None and cur.gpu is not None:
             sources.extend(self.gpu.attribute(prev.gpu, cur.gpu, alive, end_ns - start_ns))
         for src in sources:
-            self.metrics.energy_uj.labels(src.component, src.source).inc(src.measured_uj)
-            self.metrics.unattributed_uj.labels(src.component).inc(src.unattributed_uj)
+            self._energy_counter(src.component, src.source).inc(src.measured_uj)
+            self._unattributed_counter(src.component).inc(src.unattributed_uj)
         jobs = [
-            JobSample(
+            JobRecord(
                 job_id=j,
                 uid=u.uid,
                 cpus=u.cpus,
@@ -215,21 +273,56 @@ class Agent:
         ]
         gpu_jobs = {j for s in sources if s.component == "gpu" for j in s.jobs_uj}
         jobs.extend(
-            JobSample(job_id=j, alive_us=alive[j] // 1000 if j in alive else None)
+            JobRecord(job_id=j, alive_us=alive[j] // 1000 if j in alive else None)
             for j in sorted(gpu_jobs - usage.keys())
         )
-        jobs = [self._with_phase(job, prev.wall, cur.wall) for job in jobs]
+        labels = self.phases.labels([job.job_id for job in jobs], prev.wall, cur.wall)
+        for job in jobs:
+            label = labels.get(job.job_id)
+            if label is not None:
+                job.phase, job.model = label
         phases = [
             record
             for job_id, seg in self.phases.pop_finished()
             if (record := self._phase_record(job_id, seg)) is not None
         ]
         self.phases.forget(set(cur.cgroups.jobs), before=prev.wall)
-        interval = Interval(
-            start=prev.wall, end=cur.wall, sources=sources, jobs=jobs, phases=phases
+        interval = SampledInterval(
+            start=prev.wall,
+            end=cur.wall,
+            start_us=start_ns // 1000,
+            end_us=end_ns // 1000,
+            sources=sources,
+            jobs=jobs,
+            phases=phases,
         )
+        check_sampled(interval)  # where the wire Interval was validated before
         self._last_reading.update(seen)
         return interval
+
+    def _energy_counter(self, component: str, source: str) -> Any:
+        child = self._energy_metric.get((component, source))
+        if child is None:
+            child = self._energy_metric[(component, source)] = self.metrics.energy_uj.labels(
+                component, source
+            )
+        return child
+
+    def _unattributed_counter(self, component: str) -> Any:
+        child = self._unattributed_metric.get(component)
+        if child is None:
+            child = self._unattributed_metric[component] = (
+                self.metrics.unattributed_uj.labels(component)
+            )
+        return child
+
+    def _static_gauge(self, component: str, source: str) -> Any:
+        child = self._static_metric.get((component, source))
+        if child is None:
+            child = self._static_metric[(component, source)] = (
+                self.metrics.static_power_w.labels(component, source)
+            )
+        return child
 
     def _phase_record(self, job_id: str, seg: Segment) -> PhaseRecord | None:
         """Return the wire record of a closed phase; None (logged, counted) when invalid.
@@ -257,48 +350,62 @@ class Agent:
             )
             return None
 
-    def _with_phase(self, job: JobSample, start: datetime, end: datetime) -> JobSample:
-        label = self.phases.label(job.job_id, start, end)
-        if label is None:
-            return job
-        return job.model_copy(update={"phase": label[0], "model": label[1]})
+    def _queue(self, interval: SampledInterval) -> None:
+        """Hand a sampled interval to the coalescer, with the counters after it."""
+        interval.counters = dict(self._last_reading)
+        # Read at each interval, as the other [agent] sizes are at each seal.
+        self._coalescer.store_us = _us(self.settings.store_interval_s)
+        self._coalescer.add(interval)
 
     def tick(self) -> None:
-        """Take one sample and queue the interval it closes."""
+        """Take one sample and queue the interval it closes; seal when a batch is due."""
         cur = self.take_sample()
-        if self._prev is None:
-            for source, reading in cur.readings.items():
-                self._last_reading[source] = reading
-            if self.gpu is not None and cur.gpu is not None:
-                self.gpu.attribute(None, cur.gpu)  # the GPUs' baseline readings
-            recorded = self.counter_record.load()
-            if recorded is not None:
-                gap = gap_interval(recorded[0], recorded[1], cur.wall, cur.readings)
-                if gap is not None:
-                    logger.info(
-                        "energy while the agent was down sent as unattributed since=%s",
-                        recorded[0].isoformat(),
-                    )
-                    self._pending.append(gap)
-        elif cur.wall > self._prev.wall:
-            self._pending.append(self.attribute(self._prev, cur))
-        self._prev = cur
-        due_ns = int(self.settings.push_interval_s * 1e9)
-        if self._pending and (
-            time.monotonic_ns() - self._last_seal_mono_ns >= due_ns
-            or len(self._pending) >= self.settings.max_intervals_per_batch
-        ):
-            self.seal()
+        self._coalescer.expire(cur.wall_ns // 1000)
+        try:
+            if self._prev is None:
+                for source, reading in cur.readings.items():
+                    self._last_reading[source] = reading
+                if self.gpu is not None and cur.gpu is not None:
+                    self.gpu.attribute(None, cur.gpu)  # the GPUs' baseline readings
+                recorded = self.counter_record.load()
+                if recorded is not None:
+                    gap = gap_interval(recorded[0], recorded[1], cur.wall, cur.readings)
+                    if gap is not None:
+                        logger.info(
+                            "energy while the agent was down sent as unattributed since=%s",
+                            recorded[0].isoformat(),
+                        )
+                        self._queue(_gap_record(gap))
+            elif cur.wall > self._prev.wall:
+                self._queue(self.attribute(self._prev, cur))
+            self._prev = cur
+        finally:
+            ready = self._coalescer.ready
+            due_ns = int(self.settings.push_interval_s * 1e9)
+            if ready and (
+                time.monotonic_ns() - self._last_seal_mono_ns >= due_ns
+                or ready >= self.settings.max_intervals_per_batch
+            ):
+                self.seal(flush=False)
 
-    def seal(self) -> None:
-        """Write the queued intervals to the spool and wake the pusher.
+    def seal(self, flush: bool = True) -> None:
+        """Write the stored intervals to the spool and wake the pusher.
+
+        Args:
+            flush: Also the stored interval still merging (shutdown; the default). The loop
+                seals only complete ones: one still merging is complete within
+                ``store_interval_s``, and goes with the next batch after.
 
         The intervals are spread over as many batches as it takes for each body to stay
-        within ``max_batch_bytes`` (JSON before gzip), so no batch is ever refused as too
-        large: a refused batch would cost every job of the node its energy.
+        within ``max_batch_bytes`` (JSON before gzip) and ``max_intervals_per_batch``, so no
+        batch is ever refused as too large: a refused batch would cost every job of the node
+        its energy.
         """
         self._last_seal_mono_ns = time.monotonic_ns()
-        if not self._pending:
+        if flush:
+            self._coalescer.close()
+        stored = self._coalescer.complete()  # dropped once spooled: a full disk retries
+        if not stored:
             return
         batch = {
             "schema_version": SCHEMA_VERSION,
@@ -308,23 +415,61 @@ class Agent:
             "agent_version": AGENT_VERSION,
         }
         budget_bytes = self.settings.max_batch_bytes - _envelope_bytes(batch)
-        texts = [self._interval_json(i, budget_bytes) for i in self._pending]
-        if self._prev is not None:
+        texts = [text for group in stored for text in self._stored_json(group, budget_bytes)]
+        # The counters after the last interval spooled: a restart's gap starts there.
+        last = stored[-1].last
+        if last.counters is not None:
+            self.counter_record.save(last.end, last.counters)
+        elif self._prev is not None and self._coalescer.open_since_us is None:
             self.counter_record.save(self._prev.wall, self._last_reading)
+        per_batch = self.settings.max_intervals_per_batch
         for group in split_by_size(texts, budget_bytes):
-            self.spool.seal(batch, {"intervals": "[" + ",".join(group) + "]"})
-        self._pending = []
+            for i in range(0, len(group), per_batch):
+                chunk = group[i : i + per_batch]
+                self.spool.seal(batch, {"intervals": "[" + ",".join(chunk) + "]"})
+        self._coalescer.drop(len(stored))
         self.pusher.notify()
         self.metrics.spool_pending.set(self.spool.pending_count())
         self.metrics.spool_dropped.set(self.spool.dropped_total)
 
-    def _interval_json(self, interval: Interval, budget_bytes: int) -> str:
+    def _stored_json(self, stored: StoredInterval, budget_bytes: int) -> list[str]:
+        """Return a stored interval's JSON, validated by the wire model.
+
+        A merged interval that the wire model refuses (never: the sampled ones were checked)
+        or that is too large for a batch alone is stored as its sampled intervals instead,
+        so coalescing never costs energy or phases that storing them one by one would keep.
+        """
+        merged = len(stored.records) > 1
+        try:
+            interval = Interval.model_validate(stored.wire())
+        except ValidationError as err:
+            if merged:
+                logger.error("merged interval refused by the wire model, stored unmerged: %s", err)
+                return self._unmerged(stored, budget_bytes)
+            logger.error(
+                "interval not sent: invalid for the wire start=%s err=%s",
+                stored.records[0].start.isoformat(),
+                err,
+            )
+            return []
+        text = interval.model_dump_json()
+        if merged and utf8_len(text) >= budget_bytes:
+            return self._unmerged(stored, budget_bytes)
+        return [self._interval_json(interval, budget_bytes, text)]
+
+    def _unmerged(self, stored: StoredInterval, budget_bytes: int) -> list[str]:
+        return [
+            text
+            for record in stored.records
+            for text in self._stored_json(StoredInterval(record), budget_bytes)
+        ]
+
+    def _interval_json(self, interval: Interval, budget_bytes: int, text: str) -> str:
         """Return an interval's JSON; one too large for a batch alone loses its phases.
 
         Never at the defaults (phases per interval are capped far below); with a small
         ``max_batch_bytes`` the energy is kept and the phases, counted and logged, are not.
         """
-        text = interval.model_dump_json()
         if utf8_len(text) < budget_bytes or not interval.phases:
             return text
         self.metrics.phases_dropped.inc(len(interval.phases))

@@ -14,6 +14,11 @@ The map serves three readers, all from one scan per sample: GPU allocation (the 
 jobs shorter than one sample interval that no cgroup scan saw (the names), and the job's
 lifetime inside the boundary intervals it is charged for (``start``/``end``: DESIGN.md
 decision 16, a job pays for the time it existed, not for whole sample intervals).
+
+A file changes twice in a job's life, so :class:`JobMapReader` (the sampler's) reads a file
+again only when its inode, size, mtime or ctime changed; one written within the filesystem's
+timestamp granularity of the read (``_RACY_NS``: a rewrite then could keep all four) is read
+again at the next scan.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +36,9 @@ logger = logging.getLogger(__name__)
 #: A map file is named after the job id (the wire schema's JobId pattern).
 JOB_NAME_RE = re.compile(r"[A-Za-z0-9_.+:\-]{1,64}")
 _MAX_MAP_BYTES = 4096
+#: A file changed this recently when it was read may change again with the same stat
+#: (inode, size, mtime, ctime): timestamps are taken from a coarse clock (a jiffy, ≤ 10 ms).
+_RACY_NS = 50_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +92,12 @@ def parse_job_map(text: str) -> JobMapEntry:
     return JobMapEntry(parse_gpu_ids(first), times.get("start"), times.get("end"))
 
 
-def read_job_map(map_dir: str | Path | None) -> dict[str, JobMapEntry]:
-    """Return every job in the map now (empty when the folder is absent or unset)."""
-    if map_dir is None:
-        return {}
+def _list_map(map_dir: str | Path) -> list[os.DirEntry] | None:
+    """Return the map's job files (None when the folder cannot be listed)."""
     try:
         with os.scandir(map_dir) as it:
-            names = [
-                e.name
+            return [
+                e
                 for e in it
                 if not e.name.startswith(".")  # a hook's temp file before its rename
                 and JOB_NAME_RE.fullmatch(e.name)
@@ -98,18 +105,77 @@ def read_job_map(map_dir: str | Path | None) -> dict[str, JobMapEntry]:
             ]
     except OSError as err:
         logger.debug("cannot list job map dir path=%s error=%s", map_dir, err)
+        return None
+
+
+def _read_entry(path: str) -> JobMapEntry | None:
+    """Read one map file; None when it vanished (the epilog removed it meanwhile)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, _MAX_MAP_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return parse_job_map(data.decode("ascii", "replace"))
+
+
+def read_job_map(map_dir: str | Path | None) -> dict[str, JobMapEntry]:
+    """Return every job in the map now (empty when the folder is absent or unset)."""
+    if map_dir is None:
+        return {}
+    files = _list_map(map_dir)
+    if files is None:
         return {}
     entries: dict[str, JobMapEntry] = {}
-    for name in names:
-        try:
-            fd = os.open(os.path.join(map_dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue  # removed by the epilog meanwhile
-        try:
-            data = os.read(fd, _MAX_MAP_BYTES)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        entries[name] = parse_job_map(data.decode("ascii", "replace"))
+    for e in files:
+        entry = _read_entry(os.path.join(map_dir, e.name))
+        if entry is not None:
+            entries[e.name] = entry
     return entries
+
+
+class JobMapReader:
+    """:func:`read_job_map`, reading only the files that changed since the last scan.
+
+    Args:
+        map_dir: The hooks' map folder, or None (no map: always empty).
+    """
+
+    def __init__(self, map_dir: str | Path | None) -> None:
+        self.map_dir = map_dir
+        # name → ((inode, size, mtime, ctime), entry) of the files read at the last scan.
+        self._cache: dict[str, tuple[tuple[int, int, int, int], JobMapEntry]] = {}
+
+    def read(self) -> dict[str, JobMapEntry]:
+        """Return every job in the map now (what :func:`read_job_map` returns)."""
+        if self.map_dir is None:
+            return {}
+        files = _list_map(self.map_dir)
+        if files is None:
+            self._cache = {}
+            return {}
+        settled_ns = time.time_ns() - _RACY_NS
+        old, cache = self._cache, {}
+        entries: dict[str, JobMapEntry] = {}
+        for e in files:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue  # removed by the epilog meanwhile
+            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            hit = old.get(e.name)
+            if hit is not None and hit[0] == key:
+                entry = hit[1]
+            else:
+                entry = _read_entry(e.path)
+                if entry is None:
+                    continue
+            entries[e.name] = entry
+            if st.st_mtime_ns < settled_ns and st.st_ctime_ns < settled_ns:
+                cache[e.name] = (key, entry)
+        self._cache = cache
+        return entries

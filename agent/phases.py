@@ -119,16 +119,28 @@ class PhaseBook:
 
     def label(self, job_id: str, start: datetime, end: datetime) -> tuple[str, str | None] | None:
         """Return (phase, model) covering most of ``[start, end]`` for the job, or None."""
+        return self.labels([job_id], start, end).get(job_id)
+
+    def labels(
+        self, job_ids: list[str], start: datetime, end: datetime
+    ) -> dict[str, tuple[str, str | None]]:
+        """Return :meth:`label` of each job that has one, under one lock (one per sample)."""
+        if not self._segments:  # no job announced anything: the usual case
+            return {}
+        out: dict[str, tuple[str, str | None]] = {}
         with self._lock:
-            segments = self._segments.get(job_id)
-            if not segments:
-                return None
-            best, best_s = None, 0.0
-            for seg in segments:
-                covered = seg.overlap_s(start, end, end)
-                if covered > best_s:
-                    best, best_s = seg, covered
-            return (best.phase, best.model) if best else None
+            for job_id in job_ids:
+                segments = self._segments.get(job_id)
+                if not segments:
+                    continue
+                best, best_s = None, 0.0
+                for seg in segments:
+                    covered = seg.overlap_s(start, end, end)
+                    if covered > best_s:
+                        best, best_s = seg, covered
+                if best is not None:
+                    out[job_id] = (best.phase, best.model)
+        return out
 
     def pop_finished(self, limit: int = MAX_PHASES_PER_INTERVAL) -> list[tuple[str, Segment]]:
         """Return at most ``limit`` closed segments for the next interval, jobs taking turns.

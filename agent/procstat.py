@@ -74,6 +74,18 @@ def parse_cpu_times(text: str, ticks_per_s: int) -> CpuTimes:
     )
 
 
+def _read_all(path: str) -> bytes:
+    """Read a whole file with plain system calls (no buffered text layer: once a second)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65_536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_cpu_times(procfs_root: str | Path, ticks_per_s: int | None = None) -> CpuTimes:
     """Read node-wide busy and total CPU time from ``<procfs_root>/stat``.
 
@@ -91,8 +103,7 @@ def read_cpu_times(procfs_root: str | Path, ticks_per_s: int | None = None) -> C
         ticks_per_s = os.sysconf("SC_CLK_TCK")
     path = os.path.join(os.fspath(procfs_root), "stat")
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            text = f.read()
+        text = _read_all(path).decode("ascii", "replace")
     except OSError as err:
         raise SensorError(f"cannot read {path}: {err.strerror or err}") from err
     try:

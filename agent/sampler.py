@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobenergy.agent.cgroups import SlurmCgroups
-from jobenergy.agent.jobmap import JobMapEntry, read_job_map
+from jobenergy.agent.jobmap import JobMapEntry, JobMapReader
 from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.procstat import read_cpu_times
 from jobenergy.agent.readings import CgroupSnapshot, CpuTimes, Reading
@@ -50,6 +50,7 @@ class Sampler:
         self.settings = settings
         self.metrics = metrics
         self.cgroups = SlurmCgroups(settings.cgroup_root, node=settings.node)
+        self.job_map = JobMapReader(settings.gpu_map_dir)
         self.rapl: RaplSensor | None = None
         try:
             self.rapl = RaplSensor(settings.sysfs_root)
@@ -108,7 +109,7 @@ class Sampler:
         except (SensorError, OSError) as err:
             errors.append(str(err))
             cpu = None
-        job_map = read_job_map(self.settings.gpu_map_dir)
+        job_map = self.job_map.read()
         gpu = None
         if self.gpu is not None:
             try:

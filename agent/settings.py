@@ -55,6 +55,11 @@ class AgentSettings(BaseSettings):
     cluster: str = "default"
     node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
     interval_s: float = Field(default=1.0, gt=0, le=3600)
+    # Consecutive sampled intervals are merged, exactly, into stored intervals of up to this
+    # long before they are spooled (agent/coalesce.py): the collector stores one row per
+    # source and job per stored interval. At least interval_s (equal: nothing is merged);
+    # when unset and interval_s is longer, interval_s.
+    store_interval_s: float = Field(default=10.0, gt=0, le=3600)
     push_interval_s: float = Field(default=10.0, gt=0, le=86400)
     spool_dir: Path | None = None  # per node: see the class docstring
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
@@ -98,6 +103,17 @@ class AgentSettings(BaseSettings):
                 f"node {value[:80]!r}: use a Slurm node name (letters, digits, '_', '-', '.')"
             )
         return value
+
+    @model_validator(mode="after")
+    def _store_interval(self) -> AgentSettings:
+        if self.store_interval_s < self.interval_s:
+            if "store_interval_s" in self.model_fields_set:
+                raise ValueError(
+                    f"store_interval_s ({self.store_interval_s}) must be at least interval_s "
+                    f"({self.interval_s})"
+                )
+            self.store_interval_s = self.interval_s  # an older config sampling slowly
+        return self
 
     @model_validator(mode="after")
     def _auth_needs(self) -> AgentSettings:

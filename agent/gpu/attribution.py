@@ -36,9 +36,9 @@ from jobenergy.agent.gpu.allocation import GpuAllocation
 from jobenergy.agent.gpu.nvml import NvmlSensor
 from jobenergy.agent.gpu.samples import GpuDeviceSample
 from jobenergy.agent.jobmap import JobMapEntry
+from jobenergy.agent.records import SourceSample
 from jobenergy.core.counters import counter_delta
 from jobenergy.core.errors import SensorUnavailable
-from jobenergy.core.schema import SourceEnergy
 from jobenergy.core.split import split_uj
 
 logger = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ class GpuAccounting:
         cur: GpuSnapshot,
         alive: Mapping[str, int] | None = None,
         span_ns: int = 0,
-    ) -> list[SourceEnergy]:
+    ) -> list[SourceSample]:
         """Return each GPU's energy between two snapshots, attributed to jobs.
 
         A GPU without an energy reading in either snapshot (lost, failed read, new) is left
@@ -341,7 +341,7 @@ class GpuAccounting:
                     delta.energy_uj, prev_state, cur.states[uuid]
                 )
             sources.append(
-                SourceEnergy(
+                SourceSample(
                     component="gpu",
                     source=f"gpu/{uuid}",
                     device_name=dev.name[:128] or None,

@@ -123,6 +123,7 @@ def test_unreadable_zone_carries_energy_to_the_next_interval(agent, node):
 
 
 def test_seal_writes_a_valid_batch_with_increasing_seq(agent, node):
+    agent.settings.store_interval_s = agent.settings.interval_s  # one stored per sampled
     agent.tick()
     for _ in range(3):
         node.add_energy("package-0", 10)
@@ -252,6 +253,7 @@ def test_batches_are_split_below_max_batch_bytes(agent, node):
     # Issue 9: one batch over the collector's body limit is refused whole, costing every job
     # of the node its energy; the agent spreads the intervals over batches instead.
     agent.settings.max_batch_bytes = 4096
+    agent.settings.store_interval_s = agent.settings.interval_s  # one stored per sampled
     for j in range(6):
         node.start_job(str(100 + j), 1000, [j])
     agent.tick()
