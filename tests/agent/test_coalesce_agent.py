@@ -13,6 +13,8 @@ import signal
 import subprocess
 import time
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,16 +226,17 @@ def test_store_interval_settings(tmp_path):
 
 def test_sigterm_spools_the_samples_still_merging(tmp_path):
     """A real agent process: energy of samples not yet stored is sealed on SIGTERM."""
-    from jobenergy.sim.processes import start_agent, write_agent_config
+    from jobenergy.sim.processes import free_port, start_agent, write_agent_config
 
     node = SimNode(tmp_path / "n", "n1", ncpus=4, packages=1)
     spool = tmp_path / "spool"
+    port = free_port()
     cfg = write_agent_config(
         tmp_path / "agent.toml", collector_url="http://127.0.0.1:9", auth="none", cluster="t",
         node="n1", interval_s=0.2, store_interval_s=30.0, push_interval_s=0.2,
         spool_dir=str(spool), sysfs_root=str(node.sysfs_root),
         procfs_root=str(node.procfs_root), cgroup_root=str(node.cgroup_root), nvml="off",
-        gpu_map_dir=str(tmp_path / "map"), annotation_socket="",
+        gpu_map_dir=str(tmp_path / "map"), annotation_socket="", metrics_port=port,
     )
     log = tmp_path / "agent.log"
     proc = start_agent(cfg, log)
@@ -242,10 +245,11 @@ def test_sigterm_spools_the_samples_still_merging(tmp_path):
         while "agent started" not in (log.read_text() if log.exists() else ""):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
-        time.sleep(0.6)  # the first samples (the counters' baseline) are taken
+        # The counters' baseline is taken, then the energy is sampled (held, not spooled).
+        base = _wait_samples(port, 2, proc, log)
         node.add_energy("package-0", 123_456_789)
         node.add_energy("package-0/dram", 4_321)
-        time.sleep(1.0)
+        _wait_samples(port, base + 2, proc, log)
         held = list((spool / "batches").glob("*.json.gz"))
         proc.send_signal(signal.SIGTERM)
         try:
@@ -292,3 +296,23 @@ def test_a_spool_that_cannot_write_keeps_the_stored_intervals(tmp_path, clock, m
     _, intervals = _spooled(tmp_path / "s")
     assert sum(s.measured_uj for i in intervals for s in i.sources if s.source == "package-0") \
         == 12_000
+
+
+def _wait_samples(port: int, at_least: int, proc: Any, log: Path) -> int:
+    """Wait until the agent's own /metrics counts ``at_least`` samples; return the count."""
+    import re
+
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            m = re.search(r"^jobenergy_agent_samples_total ([0-9.e+]+)$", text, re.M)
+            count = int(float(m.group(1))) if m else -1
+        except httpx.HTTPError:
+            count = -1
+        if count >= at_least:
+            return count
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
