@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-live-repeat lint bench system-deps clean
+.PHONY: demo test test-live-repeat lint bench system-deps dist clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 needed, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -43,5 +43,12 @@ bench: $(STAMP)
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/auth_bench.py
 
+# The wheel and sdist for installing elsewhere (deploy/INSTALL.md): each holds the units, the
+# Slurm hooks, the SPANK plugin source and the example configs that `jobenergy setup` installs.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	@ls -l dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -40,6 +40,7 @@ from jobenergy.agent.sampler import Sample, Sampler
 from jobenergy.agent.settings import AgentSettings
 from jobenergy.agent.spool import Spool, split_by_size, utf8_len
 from jobenergy.core.counters import counter_delta
+from jobenergy.core.errors import ConfigError
 from jobenergy.core.request_auth import (
     BearerAuth,
     MungeAuth,
@@ -52,10 +53,12 @@ from jobenergy.core.schema import (
     Interval,
     PhaseRecord,
 )
+from jobenergy.core.version import VERSION
 
 logger = logging.getLogger(__name__)
 
-AGENT_VERSION = "0.1.0"
+#: Reported in every batch: the installed distribution's version (core/version.py).
+AGENT_VERSION = VERSION
 _MAX_STEP_NAME = 32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -136,7 +139,7 @@ class Agent:
 
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
-        self.metrics = AgentMetrics()
+        self.metrics = AgentMetrics(settings.cluster, settings.node)
         self.boot_id = read_boot_id(settings.procfs_root)
         self.sampler = Sampler(settings, self.metrics)
         self.gpu = self.sampler.gpu
@@ -161,9 +164,14 @@ class Agent:
             _us(settings.store_interval_s), _us(settings.interval_s)
         )
         self._last_seal_mono_ns = time.monotonic_ns()
+        self.metrics.watch(
+            spool_dropped=lambda: self.spool.dropped_total,
+            push_failures=lambda: self.pusher.failures_total,
+            batches_sent=lambda: self.pusher.sent_total,
+        )
+        # Read when scraped: acknowledgements empty the spool between two seals.
+        self.metrics.spool_pending.set_function(self.spool.pending_count)
         # Prometheus children per label set: ``labels()`` costs a lock and a lookup each.
-        self._energy_metric: dict[tuple[str, str], Any] = {}
-        self._unattributed_metric: dict[str, Any] = {}
         self._static_metric: dict[tuple[str, str], Any] = {}
 
     @property
@@ -257,8 +265,8 @@ class Agent:
         if self.gpu is not None and cur.gpu is not None:
             sources.extend(self.gpu.attribute(prev.gpu, cur.gpu, alive, end_ns - start_ns))
         for src in sources:
-            self._energy_counter(src.component, src.source).inc(src.measured_uj)
-            self._unattributed_counter(src.component).inc(src.unattributed_uj)
+            self.metrics.add_energy(src.component, src.source, src.measured_uj,
+                                    src.unattributed_uj)
         jobs = [
             JobRecord(
                 job_id=j,
@@ -299,22 +307,6 @@ class Agent:
         check_sampled(interval)  # where the wire Interval was validated before
         self._last_reading.update(seen)
         return interval
-
-    def _energy_counter(self, component: str, source: str) -> Any:
-        child = self._energy_metric.get((component, source))
-        if child is None:
-            child = self._energy_metric[(component, source)] = self.metrics.energy_uj.labels(
-                component, source
-            )
-        return child
-
-    def _unattributed_counter(self, component: str) -> Any:
-        child = self._unattributed_metric.get(component)
-        if child is None:
-            child = self._unattributed_metric[component] = (
-                self.metrics.unattributed_uj.labels(component)
-            )
-        return child
 
     def _static_gauge(self, component: str, source: str) -> Any:
         child = self._static_metric.get((component, source))
@@ -429,8 +421,6 @@ class Agent:
                 self.spool.seal(batch, {"intervals": "[" + ",".join(chunk) + "]"})
         self._coalescer.drop(len(stored))
         self.pusher.notify()
-        self.metrics.spool_pending.set(self.spool.pending_count())
-        self.metrics.spool_dropped.set(self.spool.dropped_total)
 
     def _stored_json(self, stored: StoredInterval, budget_bytes: int) -> list[str]:
         """Return a stored interval's JSON, validated by the wire model.
@@ -492,9 +482,18 @@ class Agent:
 
     # -- daemon -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Sample every ``interval_s`` until ``stop`` is set, then shut down cleanly."""
+        """Sample every ``interval_s`` until ``stop`` is set, then shut down cleanly.
+
+        Raises:
+            ConfigError: The metrics port cannot be listened on (before anything starts).
+        """
         if self.settings.metrics_port is not None:
-            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
+            try:
+                self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
+            except OSError as err:  # in use, or an address this host does not have
+                raise ConfigError(
+                    f"cannot serve metrics on {self.settings.metrics_addr} port "
+                    f"{self.settings.metrics_port}: {err.strerror or err}") from err
         if self.settings.annotation_socket:
             server = AnnotationServer(
                 self.settings.annotation_socket,
@@ -526,7 +525,6 @@ class Agent:
                 self.tick()
             except Exception:  # the daemon's top loop: log and keep sampling
                 logger.exception("sample failed")
-            self.metrics.push_failures.set(self.pusher.failures_total)
             next_ns += interval_ns
             now_ns = time.monotonic_ns()
             if next_ns < now_ns:  # overran (suspended, slow disk): do not burst to catch up

@@ -11,7 +11,9 @@ this batch and retrying cannot help; 409 (its key was stored with other content)
 refusal, never a success. A refused batch is never dropped: it is moved to ``rejected/``
 with the collector's answer, counted in ``jobenergy_agent_batches_rejected_total{reason}``
 (reason = the HTTP status) and logged once, at WARNING (DESIGN.md decision 14). Everything
-else (connection refused, 5xx, timeouts) is retried with exponential backoff and jitter.
+else (connection refused, 5xx, timeouts) is retried with exponential backoff and jitter; a
+failure is logged at WARNING when it starts or its reason changes, its repeats at DEBUG, and
+the first delivery after it at INFO (an outage of hours is two lines, not one per retry).
 """
 
 from __future__ import annotations
@@ -90,6 +92,10 @@ class Pusher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff_s = 0.0
+        # The failure being retried and how many pushes failed in a row: an outage is logged
+        # when it starts (or its reason changes) and when it ends, not at every retry.
+        self._failing: str | None = None
+        self._failed_in_row = 0
 
     def notify(self) -> None:
         """Wake the sender: a new batch was sealed."""
@@ -130,7 +136,13 @@ class Pusher:
             if resp.is_success:
                 self.spool.ack(batch)
                 self.sent_total += 1
+                if self.metrics is not None:
+                    self.metrics.last_push_success.set_to_current_time()
                 self._backoff_s = 0.0
+                if self._failing is not None:
+                    logger.info("push delivered again after failed_pushes=%s",
+                                self._failed_in_row)
+                    self._failing, self._failed_in_row = None, 0
                 continue
             if resp.status_code in _AUTH_4XX:
                 self._failed(f"collector answered HTTP {resp.status_code}: "
@@ -162,7 +174,11 @@ class Pusher:
     def _failed(self, reason: str) -> None:
         self.failures_total += 1
         self._backoff_s = min(self.backoff_max_s, max(self.backoff_initial_s, self._backoff_s * 2))
-        logger.warning("push failed, will retry reason=%s backoff_s=%.1f", reason, self._backoff_s)
+        self._failed_in_row += 1
+        level = logging.DEBUG if reason == self._failing else logging.WARNING
+        self._failing = reason
+        logger.log(level, "push failed, will retry reason=%s backoff_s=%.1f failed_pushes=%s",
+                   reason, self._backoff_s, self._failed_in_row)
 
     def _next_delay_s(self) -> float | None:
         # "Equal jitter": half fixed so retries never spin, half random so a cluster's agents

@@ -114,8 +114,7 @@ class Sampler:
         if self.gpu is not None:
             try:
                 gpu = self.gpu.sample(cgroups.jobs.keys(), job_map, time.time_ns())
-                for reason, count in self.gpu.errors_total.items():
-                    self.metrics.gpu_errors.labels(reason).set(count)
+                self.metrics.set_gpu_errors(self.gpu.errors_total)
             except SensorError as err:
                 errors.append(str(err))
                 self.metrics.sensor_errors.labels("nvml").inc()

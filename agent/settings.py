@@ -11,7 +11,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from jobenergy.core.errors import ConfigError
+from jobenergy.core.errors import ConfigError, settings_error_line
+from jobenergy.core.logs import LogFormat, LogLevel
 
 
 class _TomlTableSource(PydanticBaseSettingsSource):
@@ -93,6 +94,10 @@ class AgentSettings(BaseSettings):
     ca_file: Path | None = None
     # Plain http:// to a collector that is not on loopback carries the token in clear.
     allow_insecure: bool = False
+    # debug, info, warning, error, critical; auto (journal when stderr is the journal, else
+    # text), text, journal or json (core/logs.py).
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
 
     @field_validator("node")
     @classmethod
@@ -151,8 +156,8 @@ class AgentSettings(BaseSettings):
             try:
                 data = tomllib.loads(path.read_text())
             except OSError as err:
-                raise ConfigError(f"cannot read agent config {path}: {err}") from err
-            except tomllib.TOMLDecodeError as err:
+                raise ConfigError(f"cannot read agent config {path}: {err.strerror}") from err
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
                 raise ConfigError(f"agent config {path} is not valid TOML: {err}") from err
             table = data.get("agent")
             if not isinstance(table, dict):
@@ -162,7 +167,7 @@ class AgentSettings(BaseSettings):
         try:
             return cls(**{k: v for k, v in overrides.items() if v is not None})
         except ValidationError as err:
-            raise ConfigError(f"invalid agent settings: {err}") from err
+            raise ConfigError(f"invalid agent settings: {settings_error_line(err)}") from err
         finally:
             _TOML_VALUES.pop(cls, None)
 

@@ -4,7 +4,7 @@
 |---|---|---|
 | agent of node N | MUNGE uid 0 from a host mapped to N, or N's agent token | post N's batches |
 | Slurm hooks | MUNGE uid 0 or SlurmUser, or a hooks token | post job events, read all |
-| user | MUNGE/JWT uid → name | read their own jobs |
+| user | MUNGE/JWT uid → name, a trusted proxy's user header | read their own jobs |
 | coordinator | ``sacctmgr show user withcoord`` (cached) | also their accounts' jobs |
 | operator / admin | AdminLevel, ``admins``, ``admin_group``, root, admin token | read all,
   change factors |
@@ -72,7 +72,7 @@ class Access:
     @property
     def is_user(self) -> bool:
         """Return True when the caller is a person (MUNGE or JWT), not a node or a service."""
-        return self.caller.mechanism in ("munge", "jwt") and not self.reads_all
+        return self.caller.mechanism in ("munge", "jwt", "proxy") and not self.reads_all
 
     def may_post_batch(self, cluster: str, node: str) -> bool:
         """Return True when the caller may post the batches of ``node`` of ``cluster``."""
@@ -195,8 +195,11 @@ class Roles:
             return Access(caller, admin=grant.role == "admin", service=grant.role == "hooks",
                           private_data=private)
         root = caller.uid == 0 or caller.user == "root"
-        service = root or (caller.uid is not None and caller.uid == self._slurm_uid) or (
-            caller.user is not None and caller.user == self.settings.slurm_user)
+        # A web proxy's user reads (and an admin changes factors) but never posts events:
+        # writes from Slurm stay bound to MUNGE, Slurm's JWT and tokens.
+        service = caller.mechanism != "proxy" and (
+            root or (caller.uid is not None and caller.uid == self._slurm_uid)
+            or (caller.user is not None and caller.user == self.settings.slurm_user))
         agent_nodes: frozenset[tuple[str | None, str]] = frozenset()
         if caller.mechanism == "munge" and caller.uid == 0 and caller.host:
             agent_nodes = frozenset((None, node) for node in self.nodes_of_host(caller.host))

@@ -15,15 +15,18 @@ from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import sessionmaker
 
-from jobenergy.api import routes_admin, routes_jobs, routes_leaderboards, routes_nodes
+from jobenergy.api import leaderboards, routes_admin, routes_jobs, routes_leaderboards, routes_nodes
 from jobenergy.api.access import Roles
 from jobenergy.api.auth import Authenticator, resolve_mechanisms
 from jobenergy.api.authenticate import Authenticate
 from jobenergy.api.ratelimit import RateLimiter
+from jobenergy.api.routes_series import router as series_router
+from jobenergy.api.web import pages
+from jobenergy.collector import rollups, routes_clusters, routes_metrics
 from jobenergy.collector import routes as collector_routes
-from jobenergy.collector import routes_clusters
-from jobenergy.collector.clusters import sync_defaults
+from jobenergy.collector.clusters import apply_server_defaults
 from jobenergy.collector.db import make_engine, schema_revision_problem, upgrade
+from jobenergy.collector.metrics import CollectorMetrics, operation_of
 from jobenergy.collector.partitions import ensure_interval_partitions
 from jobenergy.collector.routes import DB_RETRY_AFTER_S, SessionDep
 from jobenergy.collector.settings import ServerSettings
@@ -111,6 +114,8 @@ class RefuseWrites:
 
 def _database_unavailable(request: Request, err: Exception) -> JSONResponse:
     """503 with Retry-After when the database is down, locked or out of connections."""
+    request.app.state.metrics.database_errors.labels(
+        operation_of(request.method, request.url.path)).inc()
     logger.warning("database unavailable for %s %s: %s", request.method, request.url.path,
                    getattr(err, "orig", None) or err)
     return JSONResponse(
@@ -121,6 +126,8 @@ def _database_unavailable(request: Request, err: Exception) -> JSONResponse:
 
 def _database_refused(request: Request, err: Exception) -> JSONResponse:
     """422 for a value the database cannot hold (a safety net: the routes validate first)."""
+    request.app.state.metrics.database_errors.labels(
+        operation_of(request.method, request.url.path)).inc()
     orig = getattr(err, "orig", None) or err
     logger.warning("database refused a value for %s %s: %s", request.method,
                    request.url.path, orig)
@@ -134,10 +141,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     Every ``/api/`` request is authenticated first (``settings.auth``; ``api/authenticate.py``)
     and each route checks what the caller may do (``api/access.py``).
 
-    The server's ``pue``/``carbon_intensity_g_per_kwh`` are stored as the defaults of clusters
-    without their own factors; when they differ from the stored ones, the facility energy and
-    CO2e of those clusters are recomputed here. The engine lives in ``app.state.engine`` and is
-    disposed when the app shuts down.
+    The server's ``pue``/``carbon_intensity_g_per_kwh`` seed the defaults of clusters without
+    their own factors while the database holds no energy; stored defaults are never rewritten
+    by a start (a difference is logged: ``collector/clusters.py: seed_defaults``). The engine
+    lives in ``app.state.engine`` and is disposed when the app shuts down.
 
     With ``settings.read_only`` (a server on a PostgreSQL streaming replica) nothing is written:
     no migration, no partitions, no default factors (the primary's server stores them); the
@@ -175,17 +182,25 @@ def create_app(settings: ServerSettings) -> FastAPI:
             _ensure_partitions(engine)
         try:
             with engine.begin() as conn:
-                sync_defaults(conn, settings.pue, settings.carbon_intensity_g_per_kwh)
+                apply_server_defaults(conn, settings)
         except sa_exc.OperationalError as err:
             # Database down at start: the first batch stores them (collector/routes.py).
             logger.warning("cannot store the default PUE/carbon intensity yet: %s", err.orig)
             synced = False
 
+    refresher = (None if settings.read_only or not settings.rollup_interval_s
+                 else rollups.Refresher(engine, settings.rollup_interval_s,
+                                        leaderboards.all_time_totals))
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if refresher is not None:
+            refresher.start()
         try:
             yield
         finally:
+            if refresher is not None:
+                refresher.stop()
             engine.dispose()
 
     app = FastAPI(
@@ -193,6 +208,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         summary="Per-job energy accounting for Slurm clusters (integer µJ inside).",
         version=VERSION,
         lifespan=lifespan,
+        docs_url=None,  # served from the vendored Swagger UI (api/web/pages.py)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -201,9 +218,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(collector_routes.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_nodes.router)
+    app.include_router(series_router)
     app.include_router(routes_leaderboards.router)
     app.include_router(routes_clusters.router)
     app.include_router(routes_admin.router)
+    app.state.metrics = CollectorMetrics(app.state.sessionmaker)
+    app.state.metrics_networks = routes_metrics.metrics_networks(settings.metrics_allow)
+    app.include_router(routes_metrics.router)  # GET /metrics, outside /api/: no credentials
+    pages.install(app)
     app.state.roles = Roles(settings)
     app.add_middleware(
         Authenticate,
@@ -214,7 +236,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     if settings.read_only:
         app.add_middleware(RefuseWrites)  # before authentication: no body, no database
-    app.add_middleware(RefuseNul)  # outermost: runs before authentication
+    app.add_middleware(RefuseNul)  # runs before authentication
+    app.add_middleware(pages.SecurityHeaders)  # outermost: on every answer, refusals too
     for unavailable in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
         app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(sa_exc.DataError, _database_refused)

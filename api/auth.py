@@ -9,6 +9,11 @@ Mechanisms (``--auth``, any subset of ``munge,jwt,token``; ``none`` alone, loopb
 * ``X-SLURM-USER-NAME`` + ``X-SLURM-USER-TOKEN``: an HS256 JWT signed with Slurm's
   ``jwt_hs256.key``; ``exp`` and ``iat`` required, ``sun`` must name the header's user.
 * ``Authorization: Bearer <token>``: a static token from ``auth_token`` (stored hashed).
+* ``X-Remote-User: <name>`` (``proxy_user_header``): a user whom a site's reverse proxy has
+  authenticated (Kerberos, OIDC, ...), taken only when the TCP peer is one of
+  ``trusted_proxies``; from any other peer the header is ignored. Such a user's rights come
+  from Slurm like a JWT user's, except that they never post events (writes stay with
+  MUNGE, JWT and tokens).
 
 What a caller may then do is decided in ``api/access.py``; this module only establishes who it
 is. Every failure is an :class:`AuthError` with a reason the client is shown (401).
@@ -16,6 +21,7 @@ is. Every failure is an :class:`AuthError` with a reason the client is shown (40
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import pwd
 import re
@@ -41,6 +47,10 @@ MAX_CREDENTIAL_CHARS = 8192
 _KNOWN_SCHEMES = frozenset({"basic", "digest", "negotiate", "ntlm", "token", "jwt", "dpop"})
 
 
+#: User names a trusted proxy may pass on (POSIX portable names, plus ``@`` for realms).
+_PROXY_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,255}")
+
+
 #: What munged's credentials look like (armor prefix, base64, armor suffix).
 _MUNGE_CREDENTIAL = re.compile(r"MUNGE:[A-Za-z0-9+/]+={0,2}:")
 
@@ -54,8 +64,10 @@ class Caller:
     """An authenticated party.
 
     Attributes:
-        mechanism: ``munge``, ``jwt``, ``token`` or ``none`` (no authentication configured).
-        user: User name (MUNGE: from the uid; JWT: ``sun``), None for tokens and unknown uids.
+        mechanism: ``munge``, ``jwt``, ``token``, ``proxy`` (a trusted reverse proxy's user
+            header) or ``none`` (no authentication configured).
+        user: User name (MUNGE: from the uid; JWT: ``sun``; proxy: the header), None for
+            tokens and unknown uids.
         uid: User id (MUNGE; JWT when the name resolves here).
         gid: Primary group id (MUNGE).
         host: The MUNGE credential's encoding host address.
@@ -152,6 +164,21 @@ class Authenticator:
         self.munge_socket = settings.munge_socket
         self.jwt_key = _read_jwt_key(settings.jwt_key) if "jwt" in mechanisms else b""
         self.sessions = sessions
+        self.proxies = tuple(ipaddress.ip_network(n) for n in settings.trusted_proxies)
+        self.proxy_header_name = settings.proxy_user_header
+        self.proxy_header = self.proxy_header_name.lower()
+
+    def from_proxy(self, peer: str | None) -> bool:
+        """Return True when ``peer`` (the TCP peer's address) is a trusted proxy."""
+        if not self.proxies or not peer:
+            return False
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in network for network in self.proxies)
 
     @property
     def enabled(self) -> bool:
@@ -168,7 +195,7 @@ class Authenticator:
         return ", ".join(schemes[m] for m in self.mechanisms if m in schemes)
 
     def authenticate(self, method: str, target: str, headers: dict[str, str],
-                     body: bytes) -> Caller:
+                     body: bytes, peer: str | None = None) -> Caller:
         """Return who sent the request.
 
         Args:
@@ -176,12 +203,16 @@ class Authenticator:
             target: Path and query as received.
             headers: Request headers, names lower-case.
             body: The body as received (before any gzip inflation).
+            peer: The TCP peer's address (``trusted_proxies`` are matched against it).
 
         Raises:
             AuthError: No credential, or one that does not verify.
         """
         if not self.enabled:
             return NO_AUTH
+        proxied = headers.get(self.proxy_header)
+        if proxied is not None and self.from_proxy(peer):
+            return self._proxied(proxied)
         authorization = headers.get("authorization", "")
         scheme, _, credential = authorization.partition(" ")
         scheme = scheme.lower()
@@ -203,6 +234,10 @@ class Authenticator:
             shown = f" {scheme!r}" if scheme in _KNOWN_SCHEMES else ""
             raise AuthError(f"unsupported Authorization scheme{shown}; this server accepts "
                             f"{self.challenge()}")
+        if proxied is not None:
+            # Ignored, not trusted: anyone can send the header; say so to whoever set it up.
+            raise AuthError(f"{self.proxy_header_name} is accepted only from a trusted proxy, not "
+                            f"from {peer}; send {self.challenge()} credentials")
         raise AuthError(f"authentication required: send {self.challenge()} credentials")
 
     def _need(self, mechanism: str) -> None:
@@ -236,6 +271,13 @@ class Authenticator:
         if grant is None:
             raise AuthError("unknown or revoked token")
         return Caller(mechanism="token", token=grant)
+
+    def _proxied(self, user: str) -> Caller:
+        user = user.strip()
+        if not _PROXY_USER.fullmatch(user):
+            raise AuthError(f"the trusted proxy's {self.proxy_header_name} is not a user name")
+        uid, gid = _uid_of_user(user)
+        return Caller(mechanism="proxy", user=user, uid=uid, gid=gid)
 
     def _jwt(self, user: str, token: str) -> Caller:
         if not user:

@@ -8,7 +8,8 @@ route the same body. Routes then decide what the caller may do (403) from
 
 Answers of its own: 401 (no or a bad credential, with ``WWW-Authenticate``), 413 (body over
 the limit), 429 (rate limit, with ``Retry-After``), 503 (database down while looking up a
-token). ``/healthz``, ``/docs`` and ``/openapi.json`` carry no data and are open.
+token). ``/healthz``, ``/docs``, ``/openapi.json``, the web pages and ``/static`` carry no
+data and are open.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Authenticate:
         try:
             caller = await run_in_threadpool(
                 self.authenticator.authenticate, scope["method"], target.decode("latin-1"),
-                headers, body or b"")
+                headers, body or b"", client)
         except AuthError as err:
             # A good credential is never blocked (users share login nodes' addresses with
             # each other and the controller's with the hooks); failures beyond the limit get

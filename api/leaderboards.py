@@ -30,11 +30,9 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Float,
+    Connection,
     Select,
-    and_,
     case,
-    cast,
     false,
     func,
     literal,
@@ -45,8 +43,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from jobenergy.api.access import Visible
-from jobenergy.api.queries import visible_clause
+from jobenergy.api.job_filters import visible_clause
+from jobenergy.collector.board import annotated_part_rows, job_part_rows
 from jobenergy.collector.models import Job, JobBoardPart
+from jobenergy.collector.rollups import fresh_through, total_rows
 from jobenergy.core.units import UJ_PER_J, UJ_PER_KWH
 
 LEADERBOARD_METRICS = (
@@ -115,49 +115,24 @@ def _equals(model: str, column: Any) -> ColumnElement[bool]:
 
 def _job_parts(window: Window, models: ModelFilter = None) -> Select[Any]:
     """Jobs without annotations: one part each, under the job-level model and phase."""
-    with_samples = Job.samples > 0
-    where = [Job.model.is_not(None), Job.annotated == false(), *_where(window)]
+    where = _where(window)
     if models is not None:
         where.append(models(Job.model))
-    return select(
-        Job.model.label("model"), Job.phase.label("phase"), Job.energy_uj.label("energy_uj"),
-        cast(Job.facility_uj, Float).label("facility_uj"),
-        cast(Job.co2e_ug, Float).label("co2e_ug"), Job.gpu_s.label("gpu_s"),
-        case((with_samples, Job.samples)).label("samples"),
-        case((with_samples, Job.energy_uj)).label("sampled_uj"),
-    ).where(*where)
+    return job_part_rows(where)
 
 
 def _board_parts(window: Window, models: ModelFilter = None) -> Select[Any]:
     """Annotated jobs: their ``job_board_part`` rows, with the job's factors prorated."""
     b = JobBoardPart
-    share = cast(b.energy_uj, Float) / func.nullif(Job.energy_uj, 0)
-    with_samples = b.samples > 0
-    where: list[Any] = []
+    part_where: list[Any] = []
     if window.cluster is not None:
-        where.append(b.cluster == window.cluster)
+        part_where.append(b.cluster == window.cluster)
     if window.phase is not None:
-        where.append(b.phase == window.phase)
-    if window.start is not None:
-        where.append(Job.begin_at >= window.start)
-    if window.end is not None:
-        where.append(Job.begin_at < window.end)
-    if window.visible is not None:
-        where.append(visible_clause(window.visible))
+        part_where.append(b.phase == window.phase)
     if models is not None:
-        where.append(models(b.model))
-    return (
-        select(
-            b.model.label("model"), func.nullif(b.phase, "").label("phase"),
-            b.energy_uj.label("energy_uj"),
-            func.coalesce(Job.facility_uj * share, 0.0).label("facility_uj"),
-            func.coalesce(Job.co2e_ug * share, 0.0).label("co2e_ug"), b.gpu_s.label("gpu_s"),
-            case((with_samples, b.samples)).label("samples"),
-            case((with_samples, b.sampled_uj)).label("sampled_uj"),
-        )
-        .join(Job, and_(Job.cluster == b.cluster, Job.job_id == b.job_id))
-        .where(*where)
-    )
+        part_where.append(models(b.model))
+    job_where = _where(Window(start=window.start, end=window.end, visible=window.visible))
+    return annotated_part_rows(job_where, part_where)
 
 
 def _parts(window: Window, models: ModelFilter = None) -> Any:
@@ -270,11 +245,18 @@ def _leaderboard_stmt(session: Session, window: Window, postgres: bool) -> Any:
     )
 
 
-def model_leaderboard(
-    session: Session, window: Window, metric: str, descending: bool, limit: int
-) -> list[dict[str, Any]]:
-    """Return per (model, phase) rows sorted by ``metric`` (None values last)."""
-    postgres = session.get_bind().dialect.name == "postgresql"
+#: Leaderboard sources: ``live`` reads every job; ``rollup`` the all-time leaderboard
+#: materialised by ``collector/rollups.py`` (exact, as of its last computation), for a request
+#: with no start or end from a caller who may count every job; ``auto`` that where it pays:
+#: more than ``ROLLUP_MIN_JOBS`` jobs (PostgreSQL's estimate), else live.
+SOURCES = ("auto", "live", "rollup")
+ROLLUP_MIN_JOBS = 500_000
+
+#: One (model, phase): jobs, energy, facility, CO2e, GPU-s, samples, sampled energy, median µJ.
+Aggregate = tuple[str, str | None, int, int, float, float, float, int | None, int | None, float]
+
+
+def _live_aggregates(session: Session, window: Window, postgres: bool) -> list[Aggregate]:
     if postgres:
         # The sort of the medians stays in memory (the default 4 MB spills 1 M jobs to disk),
         # and JIT compilation costs more than it saves on these sub-second aggregates.
@@ -283,25 +265,82 @@ def model_leaderboard(
         medians = {}
     else:
         medians = _sqlite_medians(session, window)
-    stmt = _leaderboard_stmt(session, window, postgres)
+    rows: list[Aggregate] = []
+    for (model, phase, jobs, energy, facility, co2e, gpu_s, samples, sampled_uj,
+         pg_median) in session.execute(_leaderboard_stmt(session, window, postgres)):
+        median = float(pg_median) if pg_median is not None else medians.get((model, phase), 0.0)
+        rows.append((model, phase, int(jobs), int(energy or 0), float(facility or 0),
+                     float(co2e or 0), float(gpu_s or 0), samples, sampled_uj, median))
+    return rows
+
+
+def all_time_totals(conn: Connection, cluster: str | None) -> list[Aggregate]:
+    """The live leaderboard of ``cluster`` (None: all) over all time, for the roll-up to
+    materialise (``collector/rollups.py``: ``TotalsFn``)."""
+    with Session(bind=conn) as session:
+        return _live_aggregates(session, Window(cluster=cluster),
+                                conn.dialect.name == "postgresql")
+
+
+def _total_aggregates(session: Session, window: Window) -> list[Aggregate]:
+    return [
+        (model, phase or None, int(jobs), int(energy), float(facility), float(co2e),
+         float(gpu_s), samples, sampled, float(median))
+        for model, phase, jobs, energy, facility, co2e, gpu_s, samples, sampled, median
+        in session.execute(total_rows(window.cluster, window.phase))
+    ]
+
+
+def _uses_rollup(session: Session, window: Window, source: str, postgres: bool
+                 ) -> datetime | None:
+    """When the materialised leaderboard answers this request, the time it is as of; None:
+    live (a window, a caller who counts only some jobs, never computed, or a small database
+    under ``auto``)."""
+    if (source == "live" or window.visible is not None or window.start is not None
+            or window.end is not None or (source == "auto" and not postgres)):
+        return None
+    through = fresh_through(session.connection())
+    if through is None or source == "rollup":
+        return through
+    jobs = session.execute(
+        text("SELECT reltuples FROM pg_class WHERE oid = 'job'::regclass")).scalar()
+    return through if (jobs or 0) > ROLLUP_MIN_JOBS else None
+
+
+def model_leaderboard(
+    session: Session, window: Window, metric: str, descending: bool, limit: int,
+    source: str = "live",
+) -> list[dict[str, Any]]:
+    """Return per (model, phase) rows sorted by ``metric`` (None values last).
+
+    Each row says where it comes from (``source``) and, from the materialised leaderboard,
+    the time it is as of (``as_of``).
+    A caller whose counting is restricted (``window.visible``) is always answered live.
+    """
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if window.visible is not None:
+        source = "live"
+    as_of = _uses_rollup(session, window, source, postgres)
+    aggregates = (_live_aggregates(session, window, postgres) if as_of is None
+                  else _total_aggregates(session, window))
     rows = []
     for (model, phase, jobs, energy, facility, co2e, gpu_s, samples, sampled_uj,
-         pg_median) in session.execute(stmt):
-        if pg_median is not None:
-            medians[(model, phase)] = float(pg_median)
-        total_kwh = int(energy or 0) / UJ_PER_KWH
-        gpu_hours = float(gpu_s or 0) / 3600
+         median) in aggregates:
+        total_kwh = energy / UJ_PER_KWH
+        gpu_hours = gpu_s / 3600
         rows.append({
-            "model": model, "phase": phase, "jobs": int(jobs),
+            "model": model, "phase": phase, "jobs": jobs,
             "energy_kwh": total_kwh, "total_energy_kwh": total_kwh,
-            "median_energy_kwh": medians.get((model, phase), 0.0) / UJ_PER_KWH,
+            "median_energy_kwh": median / UJ_PER_KWH,
             "mean_energy_kwh": total_kwh / jobs,
-            "facility_energy_kwh": int(facility or 0) / UJ_PER_KWH,
-            "co2e_kg": int(co2e or 0) / 1e9,
+            "facility_energy_kwh": int(facility) / UJ_PER_KWH,
+            "co2e_kg": int(co2e) / 1e9,
             "gpu_hours": gpu_hours,
             "kwh_per_gpu_hour": total_kwh / gpu_hours if gpu_hours else None,
             "samples": int(samples) if samples else None,
             "j_per_sample": int(sampled_uj) / UJ_PER_J / int(samples) if samples else None,
+            "source": "live" if as_of is None else "rollup",
+            "as_of": as_of,
         })
     known = [r for r in rows if r[metric] is not None]
     known.sort(key=lambda r: (r[metric], r["model"], r["phase"] or ""), reverse=descending)

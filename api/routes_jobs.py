@@ -1,11 +1,11 @@
-"""``GET /api/v1/jobs/{job_id}`` and ``GET /api/v1/jobs``."""
+"""``GET /api/v1/jobs/{job_id}`` and ``GET /api/v1/jobs`` (answers built by ``api/job_view.py``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy import text
@@ -14,222 +14,45 @@ from starlette.concurrency import run_in_threadpool
 
 from jobenergy.api.access import Access
 from jobenergy.api.authenticate import get_access
-from jobenergy.api.factors_view import ClusterLabels, FactorGroup, emissions
-from jobenergy.api.queries import (
-    MAX_CURSOR_LEN,
-    BadCursor,
-    Cursor,
-    JobDetail,
+from jobenergy.api.job_filters import (
+    BadFilter,
     JobFilters,
-    NodeMark,
-    SourceTotal,
-    StepTotals,
-    count_jobs,
-    job_nodes,
-    lookup_details,
-    page_details,
+    job_values,
+    node_values,
+    state_values,
+    values,
 )
-from jobenergy.api.schemas import DeviceEnergy, JobList, JobOut, JobQuality, PhaseOut, StepOut
-from jobenergy.collector.steps import OUTSIDE_STEP, step_sort_key
-from jobenergy.core import carbon
-from jobenergy.core.schema import ATTRIBUTED_COMPONENTS, check_time
+from jobenergy.api.job_lists import MAX_CURSOR_LEN, BadCursor, Cursor, count_jobs, page_details
+from jobenergy.api.job_lookup import lookup_details
+from jobenergy.api.job_view import DetailLabels, view_of
+from jobenergy.api.schemas import JobList, JobOut
+from jobenergy.core.slurm_time import SlurmTimeError, parse_slurm_time
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 MAX_LIMIT = 10_000
 #: Largest ``offset`` (a signed 64-bit integer in SQL).
 MAX_OFFSET = 2**63 - 1
-#: Most job ids one ``GET /api/v1/jobs?job_id=`` may name.
-MAX_JOB_IDS = 10_000
+#: What ``start``/``end`` take (``core/slurm_time.py``).
+TIME_HELP = ("ISO 8601 (UTC unless zoned), epoch s, or sacct's forms: now-2hours, today, "
+             "11/20, ...")
 
 
 def parse_time(value: str | None, name: str) -> datetime | None:
-    """Parse an ISO 8601 time or epoch seconds (naive means UTC), between 1970 and 2100.
+    """Parse a ``start``/``end`` parameter with the one time parser of jobenergy
+    (``core/slurm_time.py``): ISO 8601, epoch seconds, or any of sacct's forms (``now-2hours``,
+    ``today``); a time without a zone is UTC. Between 1970 and 2100.
 
     Raises:
-        HTTPException: 422 naming the parameter when the value is neither, or out of range.
+        HTTPException: 422 naming the parameter when the value is none of them, or out of
+            range.
     """
     if value is None or value == "":
         return None
     try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError as err:
-            raise HTTPException(
-                status_code=422, detail=f"{name}: {value!r} is neither ISO 8601 nor epoch seconds"
-            ) from err
-    else:
-        try:
-            parsed = datetime.fromtimestamp(seconds, tz=UTC)
-        except (ValueError, OverflowError, OSError) as err:
-            raise HTTPException(
-                status_code=422,
-                detail=f"{name}: {value!r} epoch seconds are not between 1970 and 2100",
-            ) from err
-    try:
-        return check_time(parsed)
-    except ValueError as err:
+        return parse_slurm_time(value, epoch=True, tz=UTC)
+    except SlurmTimeError as err:
         raise HTTPException(status_code=422, detail=f"{name}: {err}") from err
-
-
-class DetailLabels(ClusterLabels):
-    """Carbon source labels from the factors read with the jobs (:class:`JobDetail`
-    ``configs``); a cluster's are read from the database only when they were not."""
-
-    def __init__(self, session: Any, details: list[JobDetail]) -> None:
-        """Remember the configs that came with ``details``."""
-        super().__init__(session)
-        self._known = {d.job.cluster: d.configs for d in details if d.configs is not None}
-
-    def configs(self, cluster: str) -> tuple[Any, Any]:
-        """Return the cluster's config row and the defaults row."""
-        known = self._known.get(cluster)
-        return known if known is not None else super().configs(cluster)
-
-
-def job_view(
-    job: Any,
-    totals: list[SourceTotal],
-    groups: list[FactorGroup],
-    phases: list[dict[str, Any]],
-    labels: ClusterLabels,
-    steps: StepTotals | None = None,
-    seen: set[str] | None = None,
-    marks: dict[tuple[str, str], NodeMark] | None = None,
-) -> JobOut:
-    """Assemble a job's JSON from its metadata (a ``Job`` or a row of its columns), per-source
-    totals, factor groups, phases, per-step energy, the nodes whose agents saw it and those
-    nodes' high-water marks.
-
-    ``final``: the job has ended and every node of it (:func:`job_nodes`; at least one) has
-    intervals ingested up to or past its end. ``quality.unmeasured``: the job has no
-    per-source total at all, and a node of it was seen by its agent or has no sources.
-    """
-    seen = seen or set()
-    marks = marks or {}
-    totals = [t for t in totals if t.component in ATTRIBUTED_COMPONENTS]
-    by_component = {"cpu": 0, "dram": 0}
-    by_node: dict[str, dict[str, int]] = {}
-    best_by_node: dict[str, float] = {}
-    devices = []
-    for t in sorted(totals, key=lambda t: (t.node, t.component, t.source)):
-        by_component[t.component] = by_component.get(t.component, 0) + t.energy_uj
-        node = by_node.setdefault(t.node, {})
-        node[t.component] = node.get(t.component, 0) + t.energy_uj
-        best_by_node[t.node] = max(best_by_node.get(t.node, 0.0), t.covered_s)
-        if t.component == "gpu":
-            devices.append(
-                DeviceEnergy(
-                    node=t.node, source=t.source, device_name=t.device_name,
-                    component=t.component, energy_uj=t.energy_uj,
-                )
-            )
-    energy_uj = sum(by_component.values())
-    nodes = job_nodes(job, totals, seen)
-    mark = {node: marks.get((job.cluster, node)) for node in nodes}
-    final = job.end_at is not None and bool(nodes) and all(
-        m is not None and m.last_at >= job.end_at for m in mark.values()
-    )
-    unmeasured_nodes = sorted(
-        node for node in nodes
-        if node not in by_node
-        and (node in seen or (mark[node] is not None and mark[node].last_sources == 0))
-    )
-    elapsed_s = None
-    if job.start_at is not None and job.end_at is not None:
-        elapsed_s = (job.end_at - job.start_at).total_seconds()
-    elif job.start_at is not None and (job.state or "").upper() == "RUNNING":
-        elapsed_s = max(0.0, (datetime.now(UTC) - job.start_at).total_seconds())  # so far
-    # A job is only as well covered as its worst node.
-    covered_s = min(best_by_node.values(), default=0.0)
-    coverage = covered_s / elapsed_s if elapsed_s else None
-    kwh = carbon.energy_kwh(energy_uj)
-    em = emissions(job.cluster, groups, labels)
-    estimated_components = sorted({t.component for t in totals if t.estimated_uj > 0})
-    return JobOut(
-        job_id=job.job_id,
-        cluster=job.cluster,
-        user=job.user,
-        uid=job.uid,
-        account=job.account,
-        partition=job.partition,
-        name=job.name,
-        state=job.state,
-        exit_code=job.exit_code,
-        nodes=list(job.nodes) if job.nodes else sorted(set(by_node) | seen),
-        gpus=job.gpus,
-        start=job.start_at,
-        end=job.end_at,
-        elapsed_s=elapsed_s,
-        final=final,
-        energy_uj=energy_uj,
-        by_component=by_component,
-        by_node=by_node,
-        devices=devices,
-        energy_kwh=kwh,
-        pue=em.pue,
-        pue_source=em.pue_source,
-        facility_uj=em.facility_uj,
-        facility_energy_kwh=em.facility_energy_kwh,
-        carbon_intensity_g_per_kwh=em.carbon_intensity_g_per_kwh,
-        carbon_intensity_fallback=em.carbon_intensity_fallback,
-        carbon_intensity_source=em.carbon_intensity_source,
-        carbon_intensity_sources=em.carbon_intensity_sources,
-        co2e_ug=em.co2e_ug,
-        co2e_kg=em.co2e_kg,
-        model=job.model,
-        phase=job.phase,
-        tags=dict(job.tags or {}),
-        phases=[PhaseOut(**p) for p in phases],
-        steps=step_view(steps or {}, by_component),
-        quality=JobQuality(
-            sources=sorted({t.source for t in totals}),
-            samples=max((t.intervals for t in totals), default=0),
-            covered_s=covered_s,
-            elapsed_s=elapsed_s,
-            coverage=coverage,
-            wraps=sum(t.wraps for t in totals),
-            resets=sum(t.resets for t in totals),
-            estimated_uj=sum(t.estimated_uj for t in totals),
-            estimated_components=estimated_components,
-            unmeasured=not totals and bool(unmeasured_nodes),
-            unmeasured_nodes=unmeasured_nodes,
-        ),
-    )
-
-
-def step_view(steps: StepTotals, job_by_component: dict[str, int] | None = None) -> list[StepOut]:
-    """Return a job's steps (batch, extern, then numbered ascending) with their energy.
-
-    The job's energy that no step carries (intervals without step CPU time, or no step
-    information at all) is the last entry, :data:`OUTSIDE_STEP`, per component
-    ``job − Σ steps``, so that the entries always add up to the job exactly; there is none
-    when nothing is left.
-    """
-    steps = {step: dict(parts) for step, parts in steps.items()}
-    if job_by_component is not None:
-        rest = {
-            c: job_by_component.get(c, 0) - sum(parts.get(c, 0) for parts in steps.values())
-            for c in sorted({*job_by_component, *(c for p in steps.values() for c in p)})
-        }
-        if any(rest.values()):
-            outside = steps.setdefault(OUTSIDE_STEP, {})
-            for component, energy in rest.items():
-                if energy:
-                    outside[component] = outside.get(component, 0) + energy
-    out = []
-    for step in sorted(steps, key=step_sort_key):
-        by_component = {c: steps[step][c] for c in sorted(steps[step])}
-        energy_uj = sum(by_component.values())
-        out.append(
-            StepOut(
-                step=step, energy_uj=energy_uj, energy_kwh=carbon.energy_kwh(energy_uj),
-                by_component=by_component,
-            )
-        )
-    return out
 
 
 @contextmanager
@@ -255,12 +78,6 @@ def list_session(request: Request) -> Iterator[Session]:
             session.execute(text("SET LOCAL jit = off"))
         yield session
         session.commit()
-
-
-def view_of(detail: JobDetail, labels: ClusterLabels) -> JobOut:
-    """Return the JSON of a job read with :func:`lookup_details` or :func:`page_details`."""
-    return job_view(detail.job, detail.totals, detail.groups, detail.phases, labels,
-                    detail.steps, detail.seen, detail.marks)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="One job's energy and emissions")
@@ -297,17 +114,31 @@ def lookup_job(request: Request, access: Access, job_id: str, cluster: str | Non
         return view_of(details[0], DetailLabels(session, details))
 
 
+ListQuery = Annotated[list[str] | None, Query(
+    description="comma-separated and/or repeated; a job matches any of them")]
+
+
 @router.get("/jobs", response_model=JobList, summary="Jobs matching filters, newest first")
 async def get_jobs(
     request: Request,
-    cluster: str | None = None,
-    user: str | None = None,
-    account: str | None = None,
-    partition: str | None = None,
-    state: str | None = None,
-    start: Annotated[str | None, Query(description="ISO 8601 or epoch s")] = None,
-    end: Annotated[str | None, Query(description="ISO 8601 or epoch s")] = None,
-    job_id: Annotated[str | None, Query(description="comma-separated job ids")] = None,
+    cluster: ListQuery = None,
+    user: Annotated[list[str] | None, Query(
+        description="user names, or uids (all digits); comma-separated and/or repeated")] = None,
+    account: ListQuery = None,
+    partition: ListQuery = None,
+    state: Annotated[list[str] | None, Query(
+        description="Slurm states, names or codes as sacct -s takes them (CD, F, CA, TO, "
+        "...); comma-separated and/or repeated")] = None,
+    name: Annotated[list[str] | None, Query(
+        description="job names, exactly (repeated: a name may hold commas)")] = None,
+    nodelist: Annotated[list[str] | None, Query(
+        description="jobs that ran on any of these nodes: hostlist expressions (n[1-4],gpu7)"
+    )] = None,
+    start: Annotated[str | None, Query(description=TIME_HELP)] = None,
+    end: Annotated[str | None, Query(description=TIME_HELP)] = None,
+    job_id: Annotated[list[str] | None, Query(
+        description="job ids as sacct -j takes them: raw ids, 1234_5 (array task), 1234+1 (het "
+        "component); 1234 also selects every task / component of array / het job 1234")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     after: Annotated[str | None, Query(
@@ -321,27 +152,28 @@ async def get_jobs(
     )] = True,
 ) -> JobList:
     """Return one page of jobs overlapping [start, end) with the other filters, among those
-    the caller may read; ``next`` pages on from its last job (absent on the last page)."""
+    the caller may read; ``next`` pages on from its last job (absent on the last page).
+
+    Each list filter takes at most 1000 values (job ids: 10 000; nodes counted expanded).
+    """
     access = get_access(request)
-    job_ids = None
-    if job_id is not None:
-        job_ids = tuple(dict.fromkeys(p.strip() for p in job_id.split(",") if p.strip()))
-        if len(job_ids) > MAX_JOB_IDS:
-            raise HTTPException(
-                status_code=422,
-                detail=f"job_id: {len(job_ids)} job ids, at most {MAX_JOB_IDS} per request",
-            )
     cursor = None
     if after is not None:
         try:
             cursor = Cursor.decode(after)
         except BadCursor as err:
             raise HTTPException(status_code=422, detail=f"after: {err}") from err
-    filters = JobFilters(
-        cluster=cluster, user=user, account=account, partition=partition, state=state,
-        start=parse_time(start, "start"), end=parse_time(end, "end"), job_ids=job_ids,
-        visible=access.scope("jobs"),
-    )
+    try:
+        filters = JobFilters(
+            clusters=values(cluster, "cluster"), users=values(user, "user"),
+            accounts=values(account, "account"), partitions=values(partition, "partition"),
+            states=state_values(state), names=values(name, "name", split=False),
+            nodes=node_values(nodelist), jobs=job_values(job_id),
+            start=parse_time(start, "start"), end=parse_time(end, "end"),
+            visible=access.scope("jobs"),
+        )
+    except BadFilter as err:
+        raise HTTPException(status_code=422, detail=str(err)) from err
     if filters.start is not None and filters.end is not None and filters.end < filters.start:
         raise HTTPException(
             status_code=422,

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from jobenergy.api.access import Access, Visible
 from jobenergy.api.authenticate import get_access
+from jobenergy.api.job_filters import visible_clause
 from jobenergy.api.leaderboards import LEADERBOARD_METRICS, Window, model_leaderboard, summary
-from jobenergy.api.queries import visible_clause
 from jobenergy.api.routes_jobs import parse_time
 from jobenergy.api.schemas import LeaderboardRow, SummaryRow
 from jobenergy.collector.models import Job
@@ -20,7 +20,9 @@ from jobenergy.collector.routes import SessionDep
 router = APIRouter(prefix="/api/v1", tags=["leaderboards"])
 
 Metric = Literal[LEADERBOARD_METRICS]  # type: ignore[valid-type]
-TimeQuery = Annotated[str | None, Query(description="ISO 8601 or epoch s; by job start")]
+TimeQuery = Annotated[str | None, Query(
+    description="ISO 8601 (UTC unless zoned), epoch s or sacct's forms (now-2hours, today); "
+    "by job start")]
 AccessDep = Annotated[Access, Depends(get_access)]
 #: The group a summary shows instead of the names the caller may not see (PrivateData).
 HIDDEN_GROUP = "(others)"
@@ -38,12 +40,16 @@ def get_model_leaderboard(
     metric: Metric = "total_energy_kwh",
     order: Literal["desc", "asc"] = "desc",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    source: Annotated[Literal["auto", "live", "rollup"], Query(
+        description="rollup: with no start or end, the all-time leaderboard materialised in "
+                    "the background (exact, as of as_of), for callers who count every job; "
+                    "auto: that on large databases; live: read every job now")] = "auto",
 ) -> list[LeaderboardRow]:
     """Return one row per (model, phase) of the jobs that started in ``[start, end)``, among
     those the caller may count (``private_data = usage``: their own and their accounts')."""
     window = Window(cluster=cluster, phase=phase, start=parse_time(start, "start"),
                     end=parse_time(end, "end"), visible=access.scope("usage"))
-    rows = model_leaderboard(session, window, metric, order == "desc", limit)
+    rows = model_leaderboard(session, window, metric, order == "desc", limit, source)
     return [LeaderboardRow(**row) for row in rows]
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 
 from jobenergy.api.access import Access
 from jobenergy.api.authenticate import forbidden, get_access
-from jobenergy.api.queries import node_totals
+from jobenergy.api.node_totals import node_totals
 from jobenergy.api.schemas import NodeComponentEnergy, NodeList, NodeRefusals
 from jobenergy.collector.refusals import refusals
 from jobenergy.collector.routes import SessionDep

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -65,10 +66,20 @@ class StepOut(BaseModel):
     by_component: dict[str, int]
 
 
+class SlurmStepOut(BaseModel):
+    """A step of the job as Slurm's accounting lists it (from the Slurm sync)."""
+
+    step: str = Field(description='as sacct prints it after the job id: "batch", "0", "0+1"')
+    name: str | None
+
+
 class JobOut(BaseModel):
     """A job with its energy, facility energy and emissions."""
 
-    job_id: str
+    job_id: str = Field(description="Slurm's raw id (JobIDRaw): what the job is filed under")
+    sacct_job_id: str = Field(
+        description="the id as sacct prints it (JobID): 1234_5 for a task of array 1234, "
+        "1234+1 for component 1 of het job 1234, else job_id")
     cluster: str
     user: str | None
     uid: int | None
@@ -108,6 +119,18 @@ class JobOut(BaseModel):
     phase: str | None
     tags: dict[str, str]
     phases: list[PhaseOut]
+    array_job_id: str | None = None
+    array_task_id: int | None = None
+    het_job_id: str | None = None
+    het_job_offset: int | None = None
+    alloc_tres: str | None = Field(
+        default=None, description="AllocTRES as sacct prints it (from the Slurm sync)")
+    kill_requid: int | None = Field(
+        default=None, description='uid that cancelled the job (sacct: "CANCELLED by <uid>")')
+    slurm_steps: list[SlurmStepOut] = Field(
+        default_factory=list,
+        description="the job's steps as Slurm's accounting lists them, in its order (from the "
+        "Slurm sync; empty when not synced): steps carries their energy by the same name")
     steps: list[StepOut] = Field(
         description="energy per Slurm step, from the step cgroups' CPU time; empty when "
         "unknown. Intervals without step CPU time add to no step: the \"outside\" entry, "
@@ -184,6 +207,11 @@ class LeaderboardRow(BaseModel):
     kwh_per_gpu_hour: float | None
     samples: int | None
     j_per_sample: float | None = Field(description="over the jobs that reported samples")
+    source: Literal["live", "rollup"] = Field(
+        "live", description="live: every job read now; rollup: the all-time leaderboard "
+                            "materialised in the background (exact, as of as_of)")
+    as_of: datetime | None = Field(
+        None, description="rollup: jobs changed after this time are counted as they were")
 
 
 class SummaryRow(BaseModel):

@@ -7,8 +7,11 @@ with ``--annotated-share`` of the jobs of the first ``--annotated-models`` model
 (two ``job_board_part`` rows each: training with samples, inference without),
 VACUUM ANALYZEs (the visibility map lets the covering indexes serve index-only scans), then
 times the SQL behind ``GET /api/v1/leaderboards/models`` and ``GET /api/v1/summary``
-(``jobenergy.api.leaderboards``) through a SQLAlchemy session. Prints p50/p99 per query shape
-and the plans of the unfiltered leaderboard and of the summary by user; asserts nothing.
+(``jobenergy.api.leaderboards``) through a SQLAlchemy session, live, and the all-time
+leaderboards from their materialisation (``collector/rollups.py``, and how long computing it
+takes).
+Prints p50/p99 per query shape and the plans of the unfiltered leaderboard and of the summary
+by user; asserts nothing.
 
     .venv/bin/python bench/leaderboard_bench.py [--jobs 1000000] [--repeat 30]
         [--annotated-models 4] [--annotated-share 0.05]
@@ -29,11 +32,19 @@ from pgload import load_pgserver  # bench/ is sys.path[0] when run as a script
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from jobenergy.api.leaderboards import Window, _leaderboard_stmt, model_leaderboard, summary
+from jobenergy.api.leaderboards import (
+    Window,
+    _leaderboard_stmt,
+    all_time_totals,
+    model_leaderboard,
+    summary,
+)
+from jobenergy.collector import rollups
 from jobenergy.collector.db import make_engine, upgrade
 from jobenergy.collector.models import Job
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+# A year that has ended: the roll-up's refresh looks for jobs changed since its last run.
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
 MODELS = [f"model-{m:02d}" for m in range(40)]
 PHASES = ["training", "inference", "other"]
 USERS = [f"user{u:03d}" for u in range(200)]
@@ -170,11 +181,33 @@ def main() -> None:
             "summary ?group_by=user": lambda s: summary(s, Window(), "user"),
             "summary ?group_by=account (30 days)": lambda s: summary(s, month, "account"),
         }
+        rolled = {
+            "leaderboard, all jobs": Window(),
+            "leaderboard ?phase=inference": Window(phase="inference"),
+            "leaderboard ?phase=training&cluster=c1": Window(phase="training", cluster="c1"),
+        }
         try:
+            begin = time.perf_counter()
+            first = rollups.refresh(engine, all_time_totals)
+            assert first is not None and first.computed
+            print(f"all-time leaderboard materialised in {time.perf_counter() - begin:.1f} s")
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE job SET updated_at = now() WHERE job_id IN "
+                                  "(SELECT job_id FROM job ORDER BY random() LIMIT 1000)"))
+            begin = time.perf_counter()
+            again = rollups.refresh(engine, all_time_totals, every=timedelta(0))
+            assert again is not None and again.computed
+            print(f"recomputed after 1,000 jobs changed in {time.perf_counter() - begin:.1f} s")
             with Session(engine) as session:
                 for label, query in shapes.items():
                     samples = timed(args.repeat, lambda q=query: q(session))
                     print(f"{label}: {percentiles(samples)}")
+                    session.rollback()
+                for label, window in rolled.items():
+                    samples = timed(args.repeat, lambda w=window: model_leaderboard(
+                        session, w, "median_energy_kwh", True, 100, "rollup"))
+                    print(f"{label}, materialised: {percentiles(samples)}")
+                    session.rollback()
                 session.rollback()
                 print_plan(session, "leaderboard, all jobs", _leaderboard_stmt(
                     session, Window(), True))

@@ -239,7 +239,7 @@ def bench_split(db_url: str, args: argparse.Namespace, rng: random.Random) -> No
 
     from sqlalchemy.orm import sessionmaker
 
-    from jobenergy.api import queries, routes_jobs
+    from jobenergy.api import job_lookup, job_view, routes_jobs
     from jobenergy.api.schemas import JobOut
 
     if not hasattr(routes_jobs, "read_session"):
@@ -255,9 +255,9 @@ def bench_split(db_url: str, args: argparse.Namespace, rng: random.Random) -> No
             t0 = time.perf_counter()
             with routes_jobs.read_session(request) as session:
                 t1 = time.perf_counter()
-                details = queries.lookup_details(session, job_id, "bench")
+                details = job_lookup.lookup_details(session, job_id, "bench")
                 t2 = time.perf_counter()
-                out = routes_jobs.view_of(details[0], routes_jobs.DetailLabels(session, details))
+                out = job_view.view_of(details[0], job_view.DetailLabels(session, details))
                 t3 = time.perf_counter()
             JobOut.__pydantic_serializer__.to_json(out)
             t4 = time.perf_counter()

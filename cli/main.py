@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import json
 import signal
 import sys
 import threading
@@ -13,8 +13,11 @@ import typer
 
 from jobenergy.cli.auth import auth_app
 from jobenergy.cli.cluster import cluster_app
+from jobenergy.cli.setup import app as setup_app
 from jobenergy.cli.slurm import app as slurm_app
-from jobenergy.core.errors import JobEnergyError
+from jobenergy.core import logs
+from jobenergy.core.errors import ConfigError, JobEnergyError
+from jobenergy.core.version import VERSION
 
 app = typer.Typer(
     add_completion=False,
@@ -26,6 +29,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(auth_app, name="auth")
 app.add_typer(slurm_app, name="slurm")
+app.add_typer(setup_app, name="setup")
 
 
 def _db_error(err: Exception) -> str:
@@ -34,12 +38,42 @@ def _db_error(err: Exception) -> str:
     return str(orig or err).strip().splitlines()[0]
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"jobenergy {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_show_version, is_eager=True,
+                           help="Print the version and exit")
+    ] = False,
+) -> None:
+    """Energy accounting for every job on a Slurm GPU cluster."""
+
+
+LogLevelOpt = Annotated[
+    str | None,
+    typer.Option("--log-level", show_default=False,
+                 help="debug, info, warning, error or critical (default info)"),
+]
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option("--log-format", show_default=False,
+                 help="auto (journal when stderr is the journal, else text), text, journal "
+                      "or json"),
+]
+
+
+def _logging(level: str | None, fmt: str | None, program: str) -> None:
+    """Configure log output (core/logs.py), or exit 2 with one line on a bad level/format."""
+    try:
+        logs.configure(level or "info", fmt or "auto")
+    except ConfigError as err:
+        typer.echo(f"{program}: {err}", err=True)
+        raise typer.Exit(2) from err
 
 
 @app.command()
@@ -51,23 +85,25 @@ def agent(
     collector_url: Annotated[
         str | None, typer.Option(help="Override [agent] collector_url")
     ] = None,
-    log_level: Annotated[str, typer.Option()] = "info",
+    log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Run the node agent until SIGTERM/SIGINT (then: final sample, flush, exit 0)."""
-    _logging(log_level)
     from jobenergy.agent.daemon import Agent
     from jobenergy.agent.settings import AgentSettings
 
     try:
-        settings = AgentSettings.load(config, node=node, collector_url=collector_url)
+        settings = AgentSettings.load(config, node=node, collector_url=collector_url,
+                                      log_level=log_level, log_format=log_format)
+        logs.configure(settings.log_level, settings.log_format)
         daemon = Agent(settings)
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        daemon.run(stop)
     except JobEnergyError as err:
         typer.echo(f"jobenergy agent: {err}", err=True)
         raise typer.Exit(2) from err
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    daemon.run(stop)
 
 
 DEFAULT_DB = "sqlite:///./jobenergy.db"
@@ -130,10 +166,16 @@ def server(
     ] = None,
     host: Annotated[str | None, _opt("Address to listen on (127.0.0.1)")] = None,
     port: Annotated[int | None, _opt("TCP port (8080)")] = None,
-    pue: Annotated[float | None, _opt("Default PUE (1.0)")] = None,
+    pue: Annotated[
+        float | None,
+        _opt("PUE of clusters without their own (1.0); seeds an empty database only, "
+             "later changes: jobenergy cluster set-pue"),
+    ] = None,
     carbon_intensity: Annotated[
         float | None,
-        _opt("Default g CO2e/kWh (else world average 475, flagged)", "--carbon-intensity"),
+        _opt("g CO2e/kWh of clusters without their own (else world average 475, flagged); "
+             "seeds an empty database only, later changes: jobenergy cluster set-carbon",
+             "--carbon-intensity"),
     ] = None,
     auth: Annotated[
         str | None,
@@ -155,10 +197,18 @@ def server(
     no_migrate: Annotated[
         bool, typer.Option("--no-migrate", help="Do not upgrade the schema")
     ] = False,
-    log_level: Annotated[str, typer.Option()] = "info",
+    log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
+    access_log: Annotated[
+        bool | None, _opt("One log line per HTTP request (off)", "--access-log/--no-access-log")
+    ] = None,
+    show_config: Annotated[
+        bool, typer.Option("--show-config",
+                           help="Print the settings in force (options > environment > config "
+                                "file > defaults; the password masked) as JSON and exit")
+    ] = False,
 ) -> None:
     """Run the collector and the API in one process."""
-    _logging(log_level)
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -176,15 +226,24 @@ def server(
             admin_group=admin_group, private_data=private_data, tls_cert=tls_cert,
             tls_key=tls_key, allow_insecure=allow_insecure,
             migrate=False if no_migrate else None,
+            log_level=log_level, log_format=log_format, access_log=access_log,
         )
         check_transport(settings)
+        if show_config:
+            shown = settings.model_dump(mode="json")
+            shown["db_url"] = _shown(settings.db_url)
+            typer.echo(json.dumps(shown, indent=2, sort_keys=True))
+            return
+        logs.configure(settings.log_level, settings.log_format)
         application = create_app(settings)
     except (JobEnergyError, ValueError, SQLAlchemyError) as err:
         message = _db_error(err) if isinstance(err, SQLAlchemyError) else str(err)
         typer.echo(f"jobenergy server: {message}", err=True)
         raise typer.Exit(2) from err
     uvicorn.run(
-        application, host=settings.host, port=settings.port, log_level=log_level.lower(),
+        application, host=settings.host, port=settings.port, log_level=settings.log_level,
+        # Records go to the root handler of core/logs.py; no per-request line unless asked.
+        log_config=None, access_log=settings.access_log,
         # Client addresses are the peers' own: X-Forwarded-For from a local user must not
         # move them (the failed-authentication limit is per address).
         proxy_headers=False,
@@ -217,9 +276,12 @@ def check_transport(settings: object) -> None:
 
 
 @db_app.command("upgrade")
-def db_upgrade(db: DbOpt = None, db_file: DbFileOpt = None) -> None:
+def db_upgrade(
+    db: DbOpt = None, db_file: DbFileOpt = None, log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
+) -> None:
     """Create or upgrade the schema to the latest revision."""
-    _logging("info")
+    _logging(log_level, log_format, "jobenergy db upgrade")
     db = _db_url(db, db_file)
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -247,9 +309,12 @@ def db_maintain(
                      help="Drop the energy_interval partitions of months that ended more than "
                           "this many days ago (per-job totals are kept); 0: keep forever"),
     ] = 30,
+    log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
 ) -> None:
-    """Daily upkeep (PostgreSQL): create the coming months' energy_interval partitions, drop
-    those past the retention.
+    """Daily upkeep: create the coming months' energy_interval partitions, drop those past the
+    retention (PostgreSQL), and recompute the materialised all-time leaderboard if jobs
+    changed.
 
     Rows already stored in the DEFAULT partition for a coming month are moved into it. Months
     whose end is more than --retention-days ago lose their partition, whole (no row deletes):
@@ -257,10 +322,14 @@ def db_maintain(
     kept at ingest. Old rows in the DEFAULT partition are left there (a warning counts them).
     Nothing to do on SQLite: one plain table, kept whole.
     """
-    _logging("info")
+    _logging(log_level, log_format, "jobenergy db maintain")
     db = _db_url(db, db_file)
+    from datetime import timedelta
+
     from sqlalchemy.exc import SQLAlchemyError
 
+    from jobenergy.api.leaderboards import all_time_totals
+    from jobenergy.collector import rollups
     from jobenergy.collector.db import make_engine
     from jobenergy.collector.partitions import drop_expired_partitions, ensure_interval_partitions
 
@@ -274,6 +343,7 @@ def db_maintain(
                 typer.echo(f"partitions created: {', '.join(created)}")
             with engine.begin() as conn:
                 retention = drop_expired_partitions(conn, retention_days)
+            rolled = rollups.refresh(engine, all_time_totals, every=timedelta(0))
         finally:
             engine.dispose()
     except SQLAlchemyError as err:
@@ -291,6 +361,10 @@ def db_maintain(
             f"kept {retention.default_rows_before_cut} rows of the DEFAULT partition older "
             "than the retention (no partition of their month to drop)"
         )
+    if rolled is None:
+        typer.echo("all-time leaderboard: another process is computing it")
+    elif rolled.computed:
+        typer.echo(f"all-time leaderboard computed in {rolled.seconds:.1f} s")
     if sqlite:
         typer.echo(f"nothing to do on SQLite (no partitions, no retention): {_shown(db)}")
     elif not (created or retention.dropped):
@@ -300,18 +374,33 @@ def db_maintain(
 @app.command()
 def demo(
     keep_running: Annotated[bool, typer.Option("--keep-running", help="Leave the API up")] = False,
-    port: Annotated[int, typer.Option(help="API port (0 = a free one)")] = 0,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="API port (0 = a free one)")
+    ] = 0,
     workdir: Annotated[
-        Path | None, typer.Option(help="Where to put simulated nodes and the DB")
+        Path | None,
+        typer.Option(help="Where to put simulated nodes and the DB (kept; by default a "
+                          "temporary folder, removed at the end)"),
     ] = None,
 ) -> None:
     """Simulate a few nodes with DL jobs, run real agents and the server, print a report."""
-    _logging("warning")
+    _logging("warning", None, "jobenergy demo")
+    import httpx
+
     from jobenergy.sim.demo import run_demo
 
+    def terminate(signum: int, _frame: object) -> None:
+        # As Ctrl-C does: unwind through run_demo's cleanup (agents, server, temporary
+        # folder); a second signal must not cut that cleanup short.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, terminate)
     try:
         run_demo(port=port, keep_running=keep_running, workdir=workdir)
-    except JobEnergyError as err:
+    except (JobEnergyError, httpx.HTTPError, OSError) as err:
         typer.echo(f"jobenergy demo: {err}", err=True)
         raise typer.Exit(1) from err
 

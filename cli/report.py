@@ -17,8 +17,9 @@ keeps numbers plain: the ``Final`` field (``yes``/``no``) says it there.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import hostlist
@@ -52,15 +53,30 @@ def format_time(value: str | None) -> str:
     return moment.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def format_joules(value_uj: int | None) -> str:
-    """Return energy in joules with sacct's unit suffixes (``ConsumedEnergy``: 12.34K)."""
+#: sacct's unit letters (``--units=[KMGTP]``), powers of 1000 for energy.
+UNITS = "KMGTP"
+
+
+def format_joules(value_uj: int | None, units: str | None = None, convert: bool = True) -> str:
+    """Return energy in whole joules as sacct prints ConsumedEnergy (``convert_num_unit``):
+    in the largest unit of 1000 that keeps it at least 1 (``12.35K``, ``2K``, ``870``), in
+    ``units`` (``K``..``P``, sacct ``--units``) when given, plain with ``convert`` false
+    (``--noconvert``)."""
     if value_uj is None:
         return ""
-    joules = value_uj / UJ_PER_J
-    for suffix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if joules >= scale:
-            return f"{joules / scale:.2f}{suffix}"
-    return str(int(joules))
+    joules = value_uj // UJ_PER_J
+    if not convert and units is None:
+        return str(joules)
+    number, power = float(joules), 0
+    if units is not None:
+        power = UNITS.index(units.upper()) + 1
+        number /= 1000**power
+    else:
+        while number >= 1000 and power < len(UNITS):
+            number /= 1000
+            power += 1
+    suffix = UNITS[power - 1] if power else ""
+    return (str(int(number)) if number == int(number) else f"{number:.2f}") + suffix
 
 
 def _nodelist(job: dict[str, Any]) -> str:
@@ -72,19 +88,32 @@ def _kwh(value_uj: int | None) -> str:
     return "" if value_uj is None else f"{value_uj / UJ_PER_KWH:.6f}"
 
 
+def _energy(job: dict[str, Any]) -> int | None:
+    """The row's energy in µJ; None when unknown (a step of a job without step data)."""
+    value = job.get("energy_uj", 0)
+    return None if value is None else int(value)
+
+
 def _num(value: float | None, digits: int = 6) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
 @dataclass(frozen=True)
 class Field:
-    """One report column (``energy``: a job energy field, see the module docstring)."""
+    """One report column (``energy``: a job energy field, see the module docstring).
+
+    ``steps``: meaningful on a step row (``JobID.batch``); the others print empty there, as
+    sacct leaves the job-only fields of steps empty. ``units``: the getter also takes
+    ``--units`` and whether to convert (``--noconvert``), bound by :func:`parse_fields`.
+    """
 
     name: str
     width: int
     get: Callable[[dict[str, Any]], str]
     right: bool = True
     energy: bool = False
+    steps: bool = False
+    units: Callable[[dict[str, Any], str | None, bool], str] | None = None
 
 
 UNMEASURED = "unmeasured"
@@ -108,34 +137,55 @@ def _final(job: dict[str, Any]) -> str:
 
 
 def _component(name: str) -> Callable[[dict[str, Any]], str]:
-    return lambda job: _kwh((job.get("by_component") or {}).get(name, 0))
+    return lambda job: "" if _energy(job) is None else _kwh(
+        (job.get("by_component") or {}).get(name, 0))
+
+
+def _state(job: dict[str, Any]) -> str:
+    """State as sacct prints it: ``CANCELLED by <uid>`` when Slurm said who."""
+    state = job.get("state") or ""
+    if state.upper() == "CANCELLED" and job.get("kill_requid") is not None:
+        return f"{state} by {job['kill_requid']}"
+    return state
+
+
+def _optional(value: Any) -> str:
+    return "" if value is None else str(value)
 
 
 FIELDS: dict[str, Field] = {
     f.name.lower(): f
     for f in (
-        Field("JobID", 12, lambda j: str(j["job_id"]), right=False),
-        Field("Cluster", 10, lambda j: j.get("cluster") or "", right=False),
+        # JobID as sacct prints it (1234_5, 1234+1, 1234.batch); JobIDRaw the raw id.
+        Field("JobID", 12, lambda j: str(j.get("sacct_job_id") or j["job_id"]), right=False,
+              steps=True),
+        Field("JobIDRaw", 12, lambda j: str(j["job_id"]), right=False, steps=True),
+        Field("Cluster", 10, lambda j: j.get("cluster") or "", right=False, steps=True),
         Field("User", 9, lambda j: j.get("user") or "", right=False),
-        Field("Account", 10, lambda j: j.get("account") or "", right=False),
+        Field("Account", 10, lambda j: j.get("account") or "", right=False, steps=True),
         Field("Partition", 10, lambda j: j.get("partition") or "", right=False),
-        Field("JobName", 12, lambda j: j.get("name") or "", right=False),
-        Field("State", 10, lambda j: j.get("state") or "", right=False),
+        Field("JobName", 12, lambda j: j.get("name") or "", right=False, steps=True),
+        Field("State", 10, _state, right=False),
         Field("Elapsed", 10, lambda j: format_elapsed(j.get("elapsed_s"))),
         Field("NodeList", 15, _nodelist, right=False),
         Field("NNodes", 8, lambda j: str(len(j.get("nodes") or j.get("by_node") or []))),
         Field("Start", 19, lambda j: format_time(j.get("start"))),
         Field("End", 19, lambda j: format_time(j.get("end"))),
         Field("ExitCode", 8, lambda j: j.get("exit_code") or "", right=False),
-        Field("CPUkWh", 11, _component("cpu"), energy=True),
-        Field("DRAMkWh", 11, _component("dram"), energy=True),
-        Field("GPUkWh", 11, _component("gpu"), energy=True),
-        Field("TotalkWh", 11, lambda j: _kwh(j.get("energy_uj")), energy=True),
-        Field("EnergyUJ", 16, lambda j: str(j.get("energy_uj", "")), energy=True),
-        # sacct's own names, in joules: ConsumedEnergy with unit suffixes, Raw plain.
-        Field("ConsumedEnergy", 14, lambda j: format_joules(j.get("energy_uj")), energy=True),
-        Field("ConsumedEnergyRaw", 17, lambda j: str(j.get("energy_uj", 0) // UJ_PER_J),
-              energy=True),
+        Field("AllocTRES", 10, lambda j: j.get("alloc_tres") or "", right=False),
+        Field("CPUkWh", 11, _component("cpu"), energy=True, steps=True),
+        Field("DRAMkWh", 11, _component("dram"), energy=True, steps=True),
+        Field("GPUkWh", 11, _component("gpu"), energy=True, steps=True),
+        Field("TotalkWh", 11, lambda j: _kwh(_energy(j)), energy=True, steps=True),
+        Field("EnergyUJ", 16, lambda j: _optional(_energy(j)), energy=True, steps=True),
+        # sacct's own names, in joules: ConsumedEnergy with unit suffixes (--units,
+        # --noconvert), Raw plain.
+        Field("ConsumedEnergy", 14, lambda j: format_joules(_energy(j)), energy=True,
+              steps=True, units=lambda j, units, convert: format_joules(_energy(j), units,
+                                                                        convert)),
+        Field("ConsumedEnergyRaw", 17,
+              lambda j: "" if _energy(j) is None else str(_energy(j) // UJ_PER_J),
+              energy=True, steps=True),
         Field("PUE", 5, lambda j: _num(j.get("pue"), 2)),
         Field("FacilitykWh", 11, lambda j: _num(j.get("facility_energy_kwh")), energy=True),
         Field("gCO2ekWh", 8, lambda j: _num(j.get("carbon_intensity_g_per_kwh"), 1)),
@@ -152,8 +202,9 @@ FIELDS: dict[str, Field] = {
 DEFAULT_FIELDS = "JobID,User,Elapsed,CPUkWh,DRAMkWh,GPUkWh,TotalkWh,FacilitykWh,CO2eKg"
 
 
-def parse_fields(spec: str) -> list[Field]:
-    """Parse ``-o`` like sacct: ``JobID,User%20,JobName%-30,TotalkWh``.
+def parse_fields(spec: str, *, units: str | None = None, convert: bool = True) -> list[Field]:
+    """Parse ``-o`` like sacct: ``JobID,User%20,JobName%-30,TotalkWh``; ``units`` and
+    ``convert`` (``--units``, ``--noconvert``) go to the fields that take them.
 
     Raises:
         ValueError: A field name is unknown (the message lists the valid ones) or a width is
@@ -171,11 +222,12 @@ def parse_fields(spec: str) -> list[Field]:
             raise ValueError(f"invalid field requested: {name!r}; valid fields: {valid}")
         if percent:
             digits = width[1:] if width.startswith("-") else width
-            if not digits.isdigit() or not 0 < int(digits) <= 1024:
+            if not (digits.isascii() and digits.isdigit()) or not 0 < int(digits) <= 1024:
                 raise ValueError(f"invalid width in {item!r}: use {name}%N or {name}%-N")
             # sacct: %N prints N characters right-justified, %-N left-justified.
-            base = Field(base.name, int(digits), base.get, not width.startswith("-"),
-                         base.energy)
+            base = replace(base, width=int(digits), right=not width.startswith("-"))
+        if base.units is not None:
+            base = replace(base, get=partial(base.units, units=units, convert=convert))
         fields.append(base)
     return fields
 
@@ -220,11 +272,13 @@ def render(
 
 def value(field: Field, job: dict[str, Any], *, mark: bool) -> str:
     """A field's text for ``job``: ``unmeasured`` energy, ``*`` on energy not final (``mark``);
-    control characters escaped."""
+    control characters escaped; empty on a step row (``"step"`` set) for job-only fields."""
+    if job.get("step") is not None and not field.steps:
+        return ""
     if not field.energy:
         return printable(field.get(job))
     text = UNMEASURED if is_unmeasured(job) else field.get(job)
-    return text + NOT_FINAL_MARK if mark and not is_final(job) else text
+    return text + NOT_FINAL_MARK if mark and text and not is_final(job) else text
 
 
 def footnotes(jobs: Iterable[dict[str, Any]], fields: list[Field], *, marked: bool) -> list[str]:

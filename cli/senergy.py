@@ -22,9 +22,12 @@ import typer
 
 from jobenergy.cli.api_client import api_client, error_detail
 from jobenergy.cli.client_config import client_config, config_path
-from jobenergy.cli.report import DEFAULT_FIELDS, footnotes, parse_fields, render
+from jobenergy.cli.report import DEFAULT_FIELDS, UNITS, footnotes, parse_fields, render
 from jobenergy.cli.report import helpformat as format_help
+from jobenergy.cli.senergy_rows import job_order, rows, selects
 from jobenergy.core.errors import JobEnergyError
+from jobenergy.core.slurm_jobids import BadJobId, JobSelector, parse_job_selectors
+from jobenergy.core.slurm_states import UnknownState, parse_states
 from jobenergy.core.slurm_time import SlurmTimeError, parse_slurm_time
 from jobenergy.core.version import VERSION
 
@@ -53,37 +56,53 @@ def _me() -> str:
         return os.environ.get("USER", "")
 
 
-def _job_order(job: dict) -> tuple:
-    """Sort key: numeric ids numerically (array/het suffixes after), then the rest."""
-    job_id = str(job["job_id"])
-    head = job_id.split("_")[0].split("+")[0]
-    return (0, int(head), job_id, job.get("cluster") or "") if head.isdigit() else (
-        1, 0, job_id, job.get("cluster") or "")
+def _fail(message: str) -> typer.Exit:
+    """Print one line to stderr; return the exit (2: bad arguments) to raise."""
+    typer.echo(f"senergy: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
 @app.command()
 def report(
-    jobs: Annotated[
-        str | None, typer.Option("--jobs", "-j", help="Job ids, comma separated")
-    ] = None,
-    cluster: Annotated[
-        str | None,
-        typer.Option("--clusters", "-M", envvar="JOBENERGY_CLUSTER",
-                     help="Cluster (default $JOBENERGY_CLUSTER; unset: every cluster)"),
-    ] = None,
-    user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's jobs")] = None,
-    account: Annotated[
-        str | None, typer.Option("--account", "-A", help="Only this account")
-    ] = None,
-    partition: Annotated[str | None, typer.Option("--partition", "-r")] = None,
-    state: Annotated[str | None, typer.Option("--state", "-s")] = None,
+    jobs: Annotated[str | None, typer.Option(
+        "--jobs", "-j", help="job[.step] list: 1234, 1234_5 (array task), 1234+1 (het "
+        "component), 1234.batch; 1234 also every task / component of 1234")] = None,
+    cluster: Annotated[str | None, typer.Option(
+        "--clusters", "-M", envvar="JOBENERGY_CLUSTER",
+        help="Clusters, comma separated, or 'all' (default $JOBENERGY_CLUSTER or the "
+        "configured one; none: every cluster)")] = None,
+    allclusters: Annotated[
+        bool, typer.Option("--allclusters", "-L", help="Jobs of every cluster")] = False,
+    user: Annotated[str | None, typer.Option(
+        "--user", "--uid", "-u", help="Users (names or uids), comma separated")] = None,
+    account: Annotated[str | None, typer.Option(
+        "--accounts", "--account", "-A", help="Accounts, comma separated")] = None,
+    partition: Annotated[str | None, typer.Option(
+        "--partition", "-r", help="Partitions, comma separated")] = None,
+    state: Annotated[str | None, typer.Option(
+        "--state", "-s", help="States, comma separated: CD, F, CA, TO, R, PD, OOM, NF, ... or "
+        "their names, as sacct -s")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Job names, comma separated")] = None,
+    nodelist: Annotated[str | None, typer.Option(
+        "--nodelist", "-N", help="Jobs that ran on any of these nodes (n[1-4],gpu7)")] = None,
     start: Annotated[str | None, typer.Option("--starttime", "-S")] = None,
     end: Annotated[str | None, typer.Option("--endtime", "-E")] = None,
     allusers: Annotated[bool, typer.Option("--allusers", "-a", help="All users' jobs")] = False,
+    allocations: Annotated[bool, typer.Option(
+        "--allocations", "-X", help="Only the jobs' rows, no step rows")] = False,
     fields: Annotated[
         str, typer.Option("--format", "-o", envvar="SENERGY_FORMAT",
                           help="Fields, e.g. JobID,JobName%-20,TotalkWh (or $SENERGY_FORMAT)")
     ] = DEFAULT_FIELDS,
+    units: Annotated[str | None, typer.Option(
+        "--units", help="ConsumedEnergy in this unit: K, M, G, T or P")] = None,
+    noconvert: Annotated[bool, typer.Option(
+        "--noconvert", help="ConsumedEnergy in joules, no unit")] = False,
     parsable2: Annotated[bool, typer.Option("--parsable2", "-P", help="'|' delimited")] = False,
     parsable: Annotated[
         bool, typer.Option("--parsable", "-p", help="'|' delimited, trailing '|'")
@@ -103,7 +122,7 @@ def report(
         str | None, typer.Option("--url", envvar="JOBENERGY_URL", help="jobenergy API")
     ] = None,
 ) -> None:
-    """Show the energy of jobs, like ``sacct``.
+    """Show the energy of jobs, like ``sacct``: a row per job, then a row per step.
 
     Energy still arriving (job running, or a node not yet reported past its end) is marked
     ``*`` in the table (``Final`` field: yes/no); a job no energy counter covered reads
@@ -120,77 +139,90 @@ def report(
         raise typer.Exit(0)
     url, cluster = _from_config(url, cluster)
     if not delimiter:
-        typer.echo("senergy: --delimiter must not be empty", err=True)
-        raise typer.Exit(2)
+        raise _fail("--delimiter must not be empty")
+    if units is not None and (len(units) != 1 or units.upper() not in UNITS):
+        raise _fail(f"invalid --units {units[:16]!r}: use one of {', '.join(UNITS)}")
     try:
-        selected = parse_fields(fields)
-    except ValueError as err:
-        typer.echo(f"senergy: {err}", err=True)
-        raise typer.Exit(2) from err
-    params: dict[str, str] = {"limit": "10000"}
-    if jobs:
-        params["job_id"] = ",".join(j.strip() for j in jobs.split(",") if j.strip())
-    if user:
-        params["user"] = user
-    elif not jobs and not allusers and os.geteuid() != 0:
-        params["user"] = _me()  # sacct shows your own jobs by default
-    if start is None and not jobs:
-        # sacct's default window: since 00:00 today; with -s, the jobs in that state now.
-        start = "now" if state else "today"
-    for key, value in (
-        ("cluster", cluster),
-        ("account", account),
-        ("partition", partition),
-        ("state", state),
-        ("start", _time_arg(start)),
-        ("end", _time_arg(end)),
-    ):
-        if value:
-            params[key] = value
+        selected = parse_fields(fields, units=units, convert=not noconvert)
+        selectors = parse_job_selectors([jobs]) if jobs else None
+        states = parse_states(_split(state)) if state else None
+    except (ValueError, BadJobId, UnknownState) as err:
+        raise _fail(str(err)) from err
+    params = _params(selectors, cluster, allclusters, user, account, partition, states,
+                     name, nodelist, start, end, allusers)
     with api_client(url, timeout_s=30, program="senergy") as http:
         page = _get(http, url, "/api/v1/jobs", params)
-        found = sorted(page["jobs"], key=_job_order)
-        refused = _refused_jobs(http, jobs, found)
+        found = page["jobs"]
+        refused = _refused_jobs(http, selectors, found)
     if page.get("total", len(found)) > len(found):
         typer.echo(f"senergy: showing {len(found)} of {page['total']} jobs (the API's page "
                    "limit): narrow the window with -S/-E or the other filters", err=True)
     if as_json:
-        typer.echo(json.dumps({"jobs": found}, indent=2))
+        typer.echo(json.dumps({"jobs": sorted(found, key=job_order)}, indent=2))
     else:
         separator = delimiter if (parsable2 or parsable) else None
-        typer.echo(
-            render(found, selected, delimiter=separator, trailing=parsable, header=not noheader)
-        )
+        typer.echo(render(rows(found, selectors, allocations), selected, delimiter=separator,
+                          trailing=parsable, header=not noheader))
         for note in footnotes(found, selected, marked=separator is None):
             typer.echo(note, err=True)
-    if jobs:
-        asked = {j.strip() for j in jobs.split(",") if j.strip()}
-        missing = asked - {str(j["job_id"]) for j in found} - set(refused)
-        for job_id in sorted(missing):
-            typer.echo(f"senergy: no energy recorded for job {job_id}", err=True)
-        for job_id, reason in sorted(refused.items()):
-            typer.echo(f"senergy: job {job_id}: {reason}", err=True)
-        if refused:
-            raise typer.Exit(1)
+    for selector in selectors or ():
+        text = selector.api_id + (f".{selector.step}" if selector.step else "")
+        if selector.api_id in refused:
+            typer.echo(f"senergy: job {text}: {refused[selector.api_id]}", err=True)
+        elif not any(selects(selector, job) for job in found):
+            typer.echo(f"senergy: no energy recorded for job {text}", err=True)
+    if refused:
+        raise typer.Exit(1)
+
+
+def _params(selectors: tuple[JobSelector, ...] | None, cluster: str | None, allclusters: bool,
+            user: str | None, account: str | None, partition: str | None,
+            states: tuple[str, ...] | None, name: str | None, nodelist: str | None,
+            start: str | None, end: str | None, allusers: bool) -> list[tuple[str, str]]:
+    """Return the ``GET /api/v1/jobs`` query of sacct's options (repeated keys for names)."""
+    params: list[tuple[str, str]] = [("limit", "10000")]
+    if selectors:
+        params.append(("job_id", ",".join(dict.fromkeys(s.api_id for s in selectors))))
+    if user:
+        params.append(("user", ",".join(_split(user))))
+    elif not selectors and not allusers and os.geteuid() != 0:
+        params.append(("user", _me()))  # sacct shows your own jobs by default
+    clusters = _split(cluster)
+    if clusters and not allclusters and "all" not in (c.lower() for c in clusters):
+        params.append(("cluster", ",".join(clusters)))  # sacct -M all / -L: every cluster
+    for key, value in (("account", account), ("partition", partition)):
+        if _split(value):
+            params.append((key, ",".join(_split(value))))
+    if states:
+        params.append(("state", ",".join(states)))
+    params += [("name", job_name) for job_name in _split(name)]
+    if nodelist and nodelist.strip():
+        params.append(("nodelist", nodelist.strip()))
+    if start is None and not selectors:
+        # sacct's default window: since 00:00 today; with -s, the jobs in that state now.
+        start = "now" if states else "today"
+    for key, value in (("start", _time_arg(start)), ("end", _time_arg(end))):
+        if value:
+            params.append((key, value))
+    return params
 
 
 #: Most missing job ids senergy asks about one by one, to say why they are missing.
 MAX_EXPLAINED = 20
 
 
-def _refused_jobs(http: httpx.Client, jobs: str | None, found: list[dict[str, Any]]
-                  ) -> dict[str, str]:
+def _refused_jobs(http: httpx.Client, selectors: tuple[JobSelector, ...] | None,
+                  found: list[dict[str, Any]]) -> dict[str, str]:
     """Return the asked job ids the API refuses to show this user, with its reason.
 
     A job list leaves out what the caller may not read (PrivateData); asking for the missing
-    ids one by one tells "not yours" (403) from "not known" (404).
+    raw ids one by one tells "not yours" (403) from "not known" (404).
     """
-    if not jobs:
-        return {}
-    asked = [j.strip() for j in jobs.split(",") if j.strip()]
-    have = {str(j["job_id"]) for j in found}
+    missing = [s.api_id for s in selectors or ()
+               if s.task is None and s.offset is None
+               and not any(selects(s, job) for job in found)]
     refused = {}
-    for job_id in [j for j in asked if j not in have][:MAX_EXPLAINED]:
+    for job_id in list(dict.fromkeys(missing))[:MAX_EXPLAINED]:
         try:
             resp = http.get(f"/api/v1/jobs/{quote(job_id, safe='')}")
         except httpx.HTTPError:
@@ -200,7 +232,8 @@ def _refused_jobs(http: httpx.Client, jobs: str | None, found: list[dict[str, An
     return refused
 
 
-def _get(http: httpx.Client, url: str, path: str, params: dict[str, str]) -> Any:
+def _get(http: httpx.Client, url: str, path: str,
+         params: dict[str, str] | list[tuple[str, str]]) -> Any:
     """GET ``path``; print the problem and exit 1 on failure."""
     try:
         resp = http.get(path, params=params)

@@ -54,7 +54,9 @@ import httpx
 import typer
 
 from jobenergy.cli.api_client import api_client, error_detail
-from jobenergy.core.errors import JobEnergyError
+from jobenergy.core import logs
+from jobenergy.core.errors import ConfigError, JobEnergyError
+from jobenergy.core.schema import MAX_SLURM_STEPS
 from jobenergy.core.slurm_time import SlurmTimeError, parse_slurm_time
 
 from .admin_comment import admin_comment_text, format_summary, has_summary
@@ -69,6 +71,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: Factor changes asked for per request (the collector allows up to 10 000).
 FACTOR_CHANGES_PAGE = 1000
+#: What the collector takes (core/schema.JobEvent): longer is left out, not refused.
+MAX_TRES_CHARS = 1024
+MAX_STEP_ID_CHARS = 32
 
 
 def unblock_termination_signals() -> None:
@@ -127,23 +132,40 @@ def energy_final(job: SlurmJob, nodes: list[dict[str, Any]], settle_s: float) ->
 
 
 def job_events(job: SlurmJob, cluster: str) -> list[dict[str, Any]]:
-    """Return the start and end events (POST /api/v1/jobs/events bodies) Slurm supports."""
-    common: dict[str, Any] = {"cluster": cluster, "job_id": job.job_id}
+    """Return the start and end events (POST /api/v1/jobs/events bodies) Slurm supports.
+
+    They are marked ``source = "sacct"``: the collector takes their times, state, exit
+    code, names and nodes over the hooks' (collector/events.py), with the array / het-job
+    ids (as tags), AllocTRES and the steps as sacct lists them.
+    """
+    common: dict[str, Any] = {"cluster": cluster, "job_id": job.job_id, "source": "sacct",
+                              "tags": job.slurm_tags()}
     for key in ("user", "account", "partition", "name", "comment"):
         value = getattr(job, key)
         if value:
             common[key] = value
     if job.nodes:
         common["nodes"] = list(job.nodes)
+    tres = job.alloc_tres
+    if tres and len(tres) <= MAX_TRES_CHARS:
+        common["alloc_tres"] = tres
+    steps = [{"id": step, **({"name": job.step_names[step][:255]}
+                             if job.step_names.get(step) else {})}
+             for step in job.steps if 0 < len(step) <= MAX_STEP_ID_CHARS]
+    if len(steps) > MAX_SLURM_STEPS:
+        logger.warning("job %s: %s steps, the first %s kept", job.job_id, len(steps),
+                       MAX_SLURM_STEPS)
     events = []
     if job.start is not None:
         events.append({**common, "event": "start", "time": job.start.timestamp()})
-    end: dict[str, Any] = {**common, "event": "end", "tags": job.slurm_tags(),
+    end: dict[str, Any] = {**common, "event": "end", "steps": steps[:MAX_SLURM_STEPS],
                            "time": job.end.timestamp() if job.end else None}
     if job.state:
         end["state"] = job.state[:32]
     if job.exit_code:
         end["exit_code"] = job.exit_code
+    if job.kill_requid is not None:
+        end["kill_requid"] = job.kill_requid
     if job.end is not None:
         events.append(end)
     return events
@@ -455,12 +477,19 @@ def sync(
     state: Annotated[Path | None, typer.Option(
         help="Factor revisions already followed (periodic mode; default "
              "/var/lib/jobenergy/slurm-sync-state.json when writable)")] = None,
-    log_level: Annotated[str, typer.Option()] = "warning",
+    log_level: Annotated[
+        str, typer.Option(help="debug, info, warning, error or critical")] = "warning",
+    log_format: Annotated[str, typer.Option(
+        help="auto (journal when stderr is the journal, else text), text, journal or json"
+    )] = "auto",
 ) -> None:
     """Enrich ended jobs from sacct and write their energy into AdminComment."""
     unblock_termination_signals()
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.configure(log_level, log_format)
+    except ConfigError as err:
+        typer.echo(f"jobenergy slurm sync: {err}", err=True)
+        raise typer.Exit(2) from err
     job_ids = [j.strip() for j in (jobs or "").split(",") if j.strip()]
     since_at = None if job_ids else parse_since(since)
     with api_client(url, timeout_s=10.0, program="jobenergy slurm sync") as http:

@@ -61,7 +61,17 @@ class SlurmJob:
     tres_alloc: Mapping[str, int] = field(default_factory=dict)  # "cpu", "mem", "gres/gpu"
     admin_comment: str | None = None
     comment: str | None = None
-    steps: tuple[str, ...] = ()  # "batch", "extern", "0", ...
+    steps: tuple[str, ...] = ()  # "batch", "extern", "0", ... (text sacct's ids and order)
+    step_names: Mapping[str, str] = field(default_factory=dict)  # step id -> its name
+    alloc_tres_text: str | None = None  # AllocTRES as text sacct prints it
+    kill_requid: int | None = None  # who cancelled it (text sacct: "CANCELLED by <uid>")
+
+    @property
+    def alloc_tres(self) -> str | None:
+        """Return AllocTRES as sacct prints it (from text sacct, else built from the JSON)."""
+        if self.alloc_tres_text is not None:
+            return self.alloc_tres_text
+        return format_tres(self.tres_alloc) if self.tres_alloc else None
 
     @property
     def ended(self) -> bool:
@@ -239,10 +249,15 @@ def parse_job(raw: Mapping[str, Any]) -> SlurmJob:
     het_id = _id(het.get("job_id", raw.get("het_job_id")))
     assoc = raw.get("association") if isinstance(raw.get("association"), Mapping) else {}
     steps = []
+    step_names = {}
     for step in raw.get("steps") or []:
-        sid = step.get("step", {}).get("id") if isinstance(step, Mapping) else None
+        info = step.get("step") if isinstance(step, Mapping) else None
+        sid = info.get("id") if isinstance(info, Mapping) else None
         if isinstance(sid, str | int):
             steps.append(str(sid).rsplit(".", 1)[-1])  # 23.02+: "6.batch"
+            name = _text(info.get("name"))
+            if name is not None:
+                step_names[steps[-1]] = name
     nodelist = _text(raw.get("nodes"))
     return SlurmJob(
         job_id=job_id,
@@ -268,6 +283,7 @@ def parse_job(raw: Mapping[str, Any]) -> SlurmJob:
                             else raw.get("admin_comment")),
         comment=_text(comment.get("job") if isinstance(comment, Mapping) else comment),
         steps=tuple(steps),
+        step_names=step_names,
     )
 
 
@@ -297,6 +313,81 @@ def parse_exit_codes(text: str) -> dict[str, str]:
         if len(parts) >= 2 and parts[0].isdigit() and re.fullmatch(r"\d+:\d+", parts[1]):
             codes[parts[0]] = parts[1]
     return codes
+
+
+#: Units of memory TRES counts (MB), as sacct converts them: exact multiples only.
+_MEM_UNITS = "MGTPE"
+
+
+def _mem_text(megabytes: int) -> str:
+    """Return a memory TRES count as sacct prints it (``convert_num_unit``, exact): 500 →
+    ``500M``, 4096 → ``4G``, 1536 → ``1.50G``."""
+    value, unit = float(megabytes), 0
+    while value >= 1024 and int(value) % 512 == 0 and unit < len(_MEM_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    text = str(int(value)) if value == int(value) else f"{value:.2f}"
+    return text + _MEM_UNITS[unit]
+
+
+def format_tres(tres: Mapping[str, int]) -> str:
+    """Return TRES counts as sacct's AllocTRES: by name, memory with units
+    (``billing=4,cpu=4,gres/gpu=1,mem=4G,node=1``)."""
+    return ",".join(
+        f"{name}={_mem_text(count) if name in ('mem', 'bb') else count}"
+        for name, count in sorted(tres.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class SacctDetails:
+    """What only text sacct prints exactly, for one job (``SACCT_DETAILS_FORMAT``)."""
+
+    alloc_tres: str | None = None
+    kill_requid: int | None = None
+    steps: tuple[str, ...] = ()
+    step_names: Mapping[str, str] = field(default_factory=dict)
+
+
+#: ``sacct -n -P`` fields read by :func:`parse_sacct_details` (JobName last: it may hold
+#: the delimiter).
+SACCT_DETAILS_FORMAT = "JobIDRaw,JobID,State,AllocTRES,JobName"
+_DETAIL_RAW = re.compile(r"(\d+)(?:\.(\S+))?")
+_DETAIL_ID = re.compile(r"\d+(?:_\d+|\+\d+)?(?:\.(\S+))?")
+_TRES_TEXT = re.compile(r"(?:[^,=\s]+=[^,=\s]+(?:,[^,=\s]+=[^,=\s]+)*)?")
+_CANCELLED_BY = re.compile(r"CANCELLED by (\d+)")
+
+
+def parse_sacct_details(text: str) -> dict[str, SacctDetails]:
+    """Parse ``sacct -n -P -o JobIDRaw,JobID,State,AllocTRES,JobName`` (steps included) into
+    raw job id → AllocTRES, the uid in "CANCELLED by <uid>", the steps (their ids as sacct
+    prints them after the job's, in its order) and their names.
+
+    Lines that are not of that shape (another format, a job name's line break) are skipped.
+    """
+    jobs: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        parts = line.split("|", 4)
+        if len(parts) != 5:
+            continue
+        raw, shown, state, tres, name = parts
+        m_raw, m_id = _DETAIL_RAW.fullmatch(raw), _DETAIL_ID.fullmatch(shown)
+        if m_raw is None or m_id is None or not _TRES_TEXT.fullmatch(tres):
+            continue
+        job = jobs.setdefault(m_raw.group(1), {"steps": [], "step_names": {}})
+        step = m_id.group(1)
+        if m_raw.group(2) is None and step is None:
+            job["alloc_tres"] = tres or None
+            cancelled = _CANCELLED_BY.fullmatch(state.strip())
+            job["kill_requid"] = int(cancelled.group(1)) if cancelled else None
+        elif step is not None and step not in job["steps"]:
+            job["steps"].append(step)
+            if name:
+                job["step_names"][step] = name
+    return {
+        raw: SacctDetails(job.get("alloc_tres"), job.get("kill_requid"), tuple(job["steps"]),
+                          job["step_names"])
+        for raw, job in jobs.items()
+    }
 
 
 Runner = Callable[[Sequence[str]], str]
@@ -369,6 +460,12 @@ class SacctJsonClient:
                 "-n", "-P", "-X", "-o", "JobIDRaw,ExitCode", **window)))
         except SlurmError:
             codes = {}
+        try:
+            # Steps included (no -X): their ids as sacct prints them (het components, ...).
+            details = parse_sacct_details(self._run(self._sacct(
+                "-n", "-P", "-o", SACCT_DETAILS_FORMAT, **window)))
+        except SlurmError:
+            details = {}
         wanted = set(job_ids)
         out = []
         for job in jobs:
@@ -377,6 +474,11 @@ class SacctJsonClient:
             code = codes.get(job.job_id)
             if code is not None and code != job.exit_code:
                 job = replace(job, exit_code=code)
+            more = details.get(job.job_id)
+            if more is not None:
+                job = replace(job, alloc_tres_text=more.alloc_tres,
+                              kill_requid=more.kill_requid, steps=more.steps or job.steps,
+                              step_names={**job.step_names, **more.step_names})
             out.append(job)
         return out
 

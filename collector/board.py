@@ -25,7 +25,19 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import (
+    Connection,
+    Float,
+    Select,
+    and_,
+    case,
+    cast,
+    delete,
+    false,
+    func,
+    insert,
+    select,
+)
 
 from jobenergy.collector.models import Job, JobBoardPart, JobPhase
 
@@ -110,3 +122,35 @@ def refresh_board(conn: Connection, cluster: str, job_ids: Sequence[str]) -> Non
             ]
     if rows:
         conn.execute(insert(_B), rows)
+
+
+def job_part_rows(where: Sequence[Any]) -> Select[Any]:
+    """The leaderboard parts of jobs without annotations: one per job, under its job-level
+    model and phase (``where``: conditions on ``job``)."""
+    with_samples = Job.samples > 0
+    return select(
+        Job.model.label("model"), Job.phase.label("phase"), Job.energy_uj.label("energy_uj"),
+        cast(Job.facility_uj, Float).label("facility_uj"),
+        cast(Job.co2e_ug, Float).label("co2e_ug"), Job.gpu_s.label("gpu_s"),
+        case((with_samples, Job.samples)).label("samples"),
+        case((with_samples, Job.energy_uj)).label("sampled_uj"),
+    ).where(Job.model.is_not(None), Job.annotated == false(), *where)
+
+
+def annotated_part_rows(job_where: Sequence[Any], part_where: Sequence[Any]) -> Select[Any]:
+    """The ``job_board_part`` rows of annotated jobs, with the job's facility energy and CO2e
+    prorated by energy (``job_where`` on ``job``, ``part_where`` on ``job_board_part``)."""
+    share = cast(_B.energy_uj, Float) / func.nullif(Job.energy_uj, 0)
+    with_samples = _B.samples > 0
+    return (
+        select(
+            _B.model.label("model"), func.nullif(_B.phase, "").label("phase"),
+            _B.energy_uj.label("energy_uj"),
+            func.coalesce(Job.facility_uj * share, 0.0).label("facility_uj"),
+            func.coalesce(Job.co2e_ug * share, 0.0).label("co2e_ug"), _B.gpu_s.label("gpu_s"),
+            case((with_samples, _B.samples)).label("samples"),
+            case((with_samples, _B.sampled_uj)).label("sampled_uj"),
+        )
+        .join(Job, and_(Job.cluster == _B.cluster, Job.job_id == _B.job_id))
+        .where(*job_where, *part_where)
+    )

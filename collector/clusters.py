@@ -7,8 +7,10 @@ the stored factors; on bad input nothing changes.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Connection, delete, func, select
@@ -21,6 +23,11 @@ from jobenergy.collector.sql import dialect_insert, lock_factors
 from jobenergy.core import carbon_data
 from jobenergy.core.carbon import mix_intensity_g_per_kwh
 from jobenergy.core.schema import UtcTime
+
+if TYPE_CHECKING:
+    from jobenergy.collector.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
 
 Factor = Literal["pue", "carbon"]
 MAX_G_PER_KWH = 5_000.0
@@ -216,27 +223,75 @@ def clear_series(conn: Connection, cluster: str, factor: Factor) -> int:
     return recompute(conn, cluster, first, last)
 
 
-def sync_defaults(conn: Connection, pue: float, g_per_kwh: float | None) -> int:
-    """Store the server's defaults; when they changed, recompute every cluster's history."""
+def seed_defaults(
+    conn: Connection, pue: float, g_per_kwh: float | None,
+    given: Collection[str] = ("pue", "carbon"),
+) -> list[str]:
+    """Store the server's default factors where that rewrites nothing; return what was not.
+
+    The defaults (the row of cluster ``""``) hold for every cluster without factors of its
+    own. A server start stores them when the database has none, and replaces them while it
+    holds no energy yet (nothing was computed with them). Once energy is stored they stay:
+    restarting a server with other settings, or none, must never silently rewrite the past.
+    A cluster's factors change through ``jobenergy cluster`` (admin API, audited), which
+    recomputes what they affect.
+
+    Args:
+        conn: Connection in the caller's transaction.
+        pue: The server's PUE setting.
+        g_per_kwh: The server's carbon intensity (None: the world average, flagged).
+        given: Which of ``"pue"`` and ``"carbon"`` the operator set (option, environment or
+            file); the others keep the stored values (built-in ones if none are stored).
+
+    Returns:
+        One ``"PUE 1.2 given, 1.5 stored"`` per given setting that differs from the stored
+        default and was not applied (empty when everything matches or was stored).
+    """
     lock_factors(conn, DEFAULTS)
     _, stored = load_configs(conn, DEFAULTS)
-    if stored is not None and stored.pue == pue and stored.carbon_g_per_kwh == g_per_kwh:
-        return 0
-    _upsert_config(
-        conn,
-        DEFAULTS,
-        {
-            "pue": pue,
-            "carbon_g_per_kwh": g_per_kwh,
-            "carbon_source": None if g_per_kwh is None else "constant",
-        },
-    )
-    clusters = conn.scalars(select(JobEnergyHour.cluster).distinct()).all()
-    changed = 0
-    for cluster in clusters:
-        lock_factors(conn, cluster)  # its factor revisions stay in commit order
-        changed += recompute(conn, cluster)
-    return changed
+    current: dict[str, float | None] = {"pue": 1.0, "carbon": None}
+    if stored is not None:
+        current = {"pue": 1.0 if stored.pue is None else stored.pue,
+                   "carbon": stored.carbon_g_per_kwh}
+    wanted = {"pue": pue, "carbon": g_per_kwh}
+    target = {name: wanted[name] if name in given else value for name, value in current.items()}
+    if stored is not None and target == current:
+        return []
+    if conn.scalar(select(JobEnergyHour.cluster).limit(1)) is None:  # no energy stored yet
+        _upsert_config(conn, DEFAULTS, {
+            "pue": target["pue"],
+            "carbon_g_per_kwh": target["carbon"],
+            "carbon_source": None if target["carbon"] is None else "constant",
+        })
+        return []
+    return [
+        f"{_LABELS[name]} {_shown(name, target[name])} given, {_shown(name, current[name])} "
+        "stored"
+        for name in ("pue", "carbon") if target[name] != current[name]
+    ]
+
+
+_LABELS = {"pue": "PUE", "carbon": "carbon intensity"}
+
+
+def _shown(name: str, value: float | None) -> str:
+    if value is None:
+        return "world average"
+    return f"{value:g} g/kWh" if name == "carbon" else f"{value:g}"
+
+
+def apply_server_defaults(conn: Connection, settings: ServerSettings) -> None:
+    """Seed the default factors from the server's settings (:func:`seed_defaults`) and warn,
+    once, about settings that differ from the stored defaults and were not applied."""
+    given = {name for name, field in (("pue", "pue"),
+                                      ("carbon", "carbon_intensity_g_per_kwh"))
+             if field in settings.model_fields_set}
+    ignored = seed_defaults(conn, settings.pue, settings.carbon_intensity_g_per_kwh, given)
+    if ignored:
+        logger.warning(
+            "server settings not applied: %s: the database holds energy computed with the "
+            "stored defaults, and a server start never rewrites them; change a cluster's "
+            "factors with `jobenergy cluster set-pue|set-carbon` (audited)", "; ".join(ignored))
 
 
 def describe(conn: Connection, cluster: str) -> dict[str, Any]:

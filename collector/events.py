@@ -9,6 +9,11 @@ Each event's ``nodes``, ``gpus`` and ``tags`` are merged with what is stored as 
 without repeats) and capped per job (``MAX_JOB_NODES``, ``MAX_JOB_GPUS``, ``MAX_JOB_TAGS``): an
 event that would take a job past a cap with its own lists or ``tags`` is refused (422, nothing
 changed); tags from the free-text comment only fill the room that is left.
+
+Slurm's accounting is the source of truth (DESIGN.md decision 10): the events of the Slurm
+sync (``jobenergy slurm sync``, ``source = "sacct"``) set start, end, state, exit code, names
+and the node list whatever is stored, with what only sacct knows (AllocTRES, the steps, who
+cancelled, the array / het-job ids); a hook's event after them only fills what is unknown.
 """
 
 from __future__ import annotations
@@ -93,6 +98,30 @@ def _end_state(event: JobEvent) -> str:
     return "COMPLETED" if str(event.exit_code) in ("0", "0:0") else "FAILED"
 
 
+#: The tags that carry Slurm's array and het-job ids (hooks: $SLURM_ARRAY_JOB_ID ...; sync).
+SLURM_ID_TAGS = (("array_job_id", "array_task_id"), ("het_job_id", "het_job_offset"))
+_SLURM_NUMBER = re.compile(r"\d{1,10}")
+
+
+def _apply_slurm_ids(job: Job, event: JobEvent, slurm: bool) -> None:
+    """Set the job's array / het-job ids from the event's tags.
+
+    The sync's (sacct's) event sets both pairs, clearing those sacct does not give: a user can
+    put any tag on a job with the SPANK options, so a hook's ids count only until the sync
+    has told. Only all-digit ids, as Slurm's, are taken.
+    """
+    if not slurm and job.synced_at is not None:
+        return
+    for id_key, sub_key in SLURM_ID_TAGS:
+        main, sub = event.tags.get(id_key), event.tags.get(sub_key)
+        if main and sub and _SLURM_NUMBER.fullmatch(main) and _SLURM_NUMBER.fullmatch(sub):
+            setattr(job, id_key, str(int(main)))
+            setattr(job, sub_key, int(sub))
+        elif slurm:
+            setattr(job, id_key, None)
+            setattr(job, sub_key, None)
+
+
 def apply_job_event(session: Session, event: JobEvent) -> Job:
     """Merge a job start/end event into the ``job`` row, in the caller's transaction.
 
@@ -100,6 +129,11 @@ def apply_job_event(session: Session, event: JobEvent) -> Job:
     event leaves out (None) never erase what is known; tags are merged (stored, then the
     comment's ``key=value`` tokens, then the event's ``tags``). Events may arrive in any order
     and more than once.
+
+    The Slurm sync's events (``source = "sacct"``) are authoritative: they set the times,
+    state, exit code, names and node list whatever is stored, and mark the job
+    (``synced_at``); from then on a hook's event (a node epilog's end arriving late) only
+    fills what is still unknown.
 
     Args:
         session: Session inside an open transaction (not committed here).
@@ -125,8 +159,18 @@ def apply_job_event(session: Session, event: JobEvent) -> Job:
         .with_for_update()
         .execution_options(populate_existing=True)
     ).one()
-    start_at = event.time if event.event == "start" else job.start_at
-    end_at = event.time if event.event == "end" else job.end_at
+    slurm = event.source == "sacct"
+    # Once the Slurm sync has set the job, a hook's event only fills what is still unknown:
+    # a node epilog's end event arriving after the sync must not replace sacct's times.
+    fill_only = job.synced_at is not None and not slurm
+    start_at, end_at = job.start_at, job.end_at
+    if event.event == "start" and not (fill_only and start_at is not None):
+        start_at = event.time
+    if event.event == "end" and not (fill_only and end_at is not None):
+        end_at = event.time
+    if (slurm and job.synced_at is None and event.event == "start" and end_at is not None
+            and end_at < start_at):
+        end_at = None  # a hook's end that sacct's start contradicts: sacct's end follows
     if start_at is not None and end_at is not None and end_at < start_at:
         raise IngestRejected(
             f"job {event.job_id} on cluster {event.cluster}: end {end_at.isoformat()} is "
@@ -137,28 +181,38 @@ def apply_job_event(session: Session, event: JobEvent) -> Job:
         job.begin_at = start_at
     for name in ("user", "uid", "account", "partition", "name", "comment"):
         value = getattr(event, name)
-        if value is not None:
+        if value is not None and not (fill_only and getattr(job, name) is not None):
             setattr(job, name, value)
     # Each node's prolog reports its own GPUs (and may report only its node): merge as sets,
-    # in order, capped per job.
+    # in order, capped per job. Slurm's accounting has the job's whole node list: it replaces.
     for name, cap in _LIST_CAPS.items():
         value = getattr(event, name)
-        if value is not None:
-            merged = list(dict.fromkeys([*(getattr(job, name) or []), *value]))
+        if value is not None and not (fill_only and name == "nodes" and job.nodes):
+            kept = [] if slurm and name == "nodes" else getattr(job, name) or []
+            merged = list(dict.fromkeys([*kept, *value]))
             if len(merged) > cap:
                 raise IngestRejected(
                     f"{name}: job {event.job_id} on cluster {event.cluster} would have "
                     f"{len(merged)} {name}, at most {cap}"
                 )
             setattr(job, name, merged)
-    if event.exit_code is not None:
+    if event.exit_code is not None and not (fill_only and job.exit_code is not None):
         job.exit_code = str(event.exit_code)
-    if event.state is not None:
+    if event.state is not None and not (fill_only and job.state not in (None, "RUNNING")):
         job.state = event.state
     elif event.event == "start" and job.state is None:
         job.state = "RUNNING"
     elif event.event == "end" and job.state in (None, "RUNNING"):
         job.state = _end_state(event)
+    _apply_slurm_ids(job, event, slurm)
+    if event.alloc_tres is not None:
+        job.alloc_tres = event.alloc_tres
+    if event.kill_requid is not None:
+        job.kill_requid = event.kill_requid
+    if event.steps is not None:
+        job.slurm_steps = [step.model_dump(exclude_none=True) for step in event.steps]
+    if slurm:
+        job.synced_at = now
     new_tags = _merge_tags(job, event)
     if new_tags:
         if new_tags.get("model"):

@@ -7,7 +7,8 @@ Resolution, for each factor and UTC hour (DESIGN.md decision 9):
 2. the cluster's own base: PUE constant; carbon ``constant``, ``region`` or ``mix`` (resolved to
    g/kWh when it was set);
 3. the server's defaults (``jobenergy server --pue/--carbon-intensity``, stored as the row of
-   cluster ``""`` so that ingest and recomputation read the same values);
+   cluster ``""`` so that ingest and recomputation read the same values; seeded while the
+   database holds no energy, never rewritten by a later start: ``clusters.seed_defaults``);
 4. PUE 1.0 and the world average 475 g/kWh, the latter flagged ``fallback``.
 """
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
@@ -100,7 +100,9 @@ def refresh_job_totals(conn: Connection, cluster: str, job_ids: list[str]) -> No
         conn.execute(
             update(Job)
             .where(Job.cluster == cluster, Job.job_id == bindparam("b_job_id"))
-            .values(facility_uj=bindparam("b_facility"), co2e_ug=bindparam("b_co2e")),
+            # updated_at: the leaderboard roll-up recomputes the days of changed jobs.
+            .values(facility_uj=bindparam("b_facility"), co2e_ug=bindparam("b_co2e"),
+                    updated_at=datetime.now(UTC)),
             [
                 {"b_job_id": job_id, "b_facility": int(facility), "b_co2e": int(co2e)}
                 for job_id, facility, co2e in sums

@@ -360,7 +360,8 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
                 f"boot_id={batch.boot_id} seq={batch.seq} is already stored with other content "
                 f"(sha256 {stored[:16]}…, this one {digest[:16]}…); nothing stored"
             )
-        logger.info(
+        # A retry after a lost acknowledgement: routine for idempotent transport, not news.
+        logger.debug(
             "duplicate batch cluster=%s node=%s boot_id=%s seq=%s",
             batch.cluster,
             batch.node,

@@ -80,6 +80,8 @@ BIGINT_MAX = 2**63 - 1
 NAME_LEN = 255
 JOB_ID_LEN = 64
 STEP_LEN = 32
+#: Longest AllocTRES text stored (sacct's ``billing=4,cpu=4,gres/gpu=1,mem=4G,node=1``).
+TRES_LEN = 1024
 REASON_LEN = 1024
 
 
@@ -146,6 +148,11 @@ class EnergyInterval(Base):
     __tablename__ = "energy_interval"
     __table_args__ = (
         Index("ix_energy_interval_cluster_node_start_at", "cluster", "node", "start_at"),
+        # A job's power series (api/series_queries.py) reads its intervals in time order; the
+        # node's unattributed rows (job_id NULL, about half) are left out of the index.
+        Index("ix_energy_interval_cluster_job_id_start_at", "cluster", "job_id", "start_at",
+              postgresql_where=text("job_id IS NOT NULL"),
+              sqlite_where=text("job_id IS NOT NULL")),
     )
 
     # On PostgreSQL the table is RANGE-partitioned by month on start_at (revision
@@ -229,6 +236,8 @@ class Job(Base):
             postgresql_include=["energy_uj", "gpu_uj", "facility_uj", "co2e_ug", "gpu_s"],
         ),
         Index("ix_job_job_id", "job_id"),
+        # The materialised leaderboard is recomputed only when jobs changed since (rollups.py).
+        Index("ix_job_updated_at", "updated_at"),
         Index("ix_job_begin_at", "begin_at"),
         Index("ix_job_model", "model", "phase", "begin_at"),
         # The leaderboard's medians: an index-only scan already sorted within each group.
@@ -274,6 +283,21 @@ class Job(Base):
     # The job has in-job phase annotations (job_phase rows): leaderboards read its parts from
     # job_board_part instead of this row.
     annotated: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # Slurm's ids of an array task / het-job component (sacct prints 1234_5 / 1234+1; the row
+    # is filed under the raw id), from the events' tags (hooks and sync).
+    array_job_id: Mapped[str | None] = mapped_column(String(JOB_ID_LEN))
+    array_task_id: Mapped[int | None] = mapped_column(BigInteger)
+    het_job_id: Mapped[str | None] = mapped_column(String(JOB_ID_LEN))
+    het_job_offset: Mapped[int | None] = mapped_column(BigInteger)
+    # From the Slurm sync only (sacct): AllocTRES as sacct prints it, the uid that cancelled
+    # the job (State "CANCELLED by <uid>"), the job's steps ([{"id": "batch", "name": ...}]).
+    alloc_tres: Mapped[str | None] = mapped_column(String(TRES_LEN))
+    kill_requid: Mapped[int | None] = mapped_column(BigInteger)
+    slurm_steps: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonType)
+    # When an event of the Slurm sync (sacct) last set the job's metadata: from then on its
+    # times, state, exit code, nodes and names are Slurm's, and a hook's event only fills
+    # what is still unknown (collector/events.py).
+    synced_at: Mapped[datetime | None]
 
 
 # Job lists (GET /api/v1/jobs) in their order, for keyset pagination: newest start first, jobs
@@ -282,6 +306,9 @@ class Job(Base):
 # order anyway (NULL is lowest); the schema always comes from the migrations.
 Index("ix_job_user_start", Job.user, Job.start_at.desc().nulls_last(), Job.cluster, Job.job_id)
 Index("ix_job_start_order", Job.start_at.desc().nulls_last(), Job.cluster, Job.job_id)
+# sacct -j N: every task of array N, every component of het job N.
+Index("ix_job_array_job_id", Job.array_job_id, Job.array_task_id)
+Index("ix_job_het_job_id", Job.het_job_id, Job.het_job_offset)
 
 
 class JobEnergyHour(Base):
@@ -493,3 +520,34 @@ class IntervalRetention(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     kept_from: Mapped[datetime]
+
+
+class RollupState(Base):
+    """How fresh a materialisation is: jobs changed before ``through`` are in it as they are."""
+
+    __tablename__ = "rollup_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    through: Mapped[datetime]
+    refreshed_at: Mapped[datetime]
+
+
+class RollupBoardTotal(Base):
+    """The model leaderboard over all time, materialised whole (exact medians included): one
+    row per (scope, model, phase); ``scope`` is a cluster, or "" for all clusters together
+    (medians do not add up across clusters). ``phase`` "" for none. See ``collector/rollups.py``.
+    """
+
+    __tablename__ = "rollup_board_total"
+
+    scope: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    energy_uj: Mapped[int] = mapped_column(BigInteger)
+    facility_uj: Mapped[float] = mapped_column(Float)
+    co2e_ug: Mapped[float] = mapped_column(Float)
+    gpu_s: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int | None] = mapped_column(BigInteger)
+    sampled_uj: Mapped[int | None] = mapped_column(BigInteger)
+    median_uj: Mapped[float] = mapped_column(Float)

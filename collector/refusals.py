@@ -46,11 +46,14 @@ def sender_of(body: bytes) -> tuple[str, str]:
 
 def record_refusal(
     factory: sessionmaker[Session], sender: tuple[str, str], status: int, reason: str
-) -> None:
+) -> bool:
     """Count one refused batch of ``sender`` with its status and reason; log it.
 
     Never raises: a database that cannot record it (down, locked) is logged and skipped, so the
     client still gets its 4xx.
+
+    Returns:
+        False when the database could not record it.
     """
     cluster, node = sender
     logger.warning("batch refused cluster=%s node=%s status=%s: %s", cluster or "?",
@@ -79,6 +82,8 @@ def record_refusal(
     except sa_exc.SQLAlchemyError as err:
         logger.warning("cannot record the refusal of a batch of cluster=%s node=%s: %s",
                        cluster, node, getattr(err, "orig", err))
+        return False
+    return True
 
 
 def refusals(session: Session, cluster: str | None) -> list[dict[str, Any]]:

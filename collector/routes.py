@@ -18,6 +18,7 @@ Every 4xx answer to a batch is recorded for its node (``collector/refusals.py``)
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any, TypeVar
@@ -32,9 +33,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobenergy.api.access import Access
 from jobenergy.api.authenticate import forbidden, get_access
-from jobenergy.collector.clusters import sync_defaults
+from jobenergy.collector.clusters import apply_server_defaults
 from jobenergy.collector.events import apply_job_event
 from jobenergy.collector.ingest import BatchConflict, IngestRejected, ingest_batch
+from jobenergy.collector.metrics import CollectorMetrics
 from jobenergy.collector.refusals import UNKNOWN_SENDER, record_refusal, sender_of
 from jobenergy.collector.settings import ServerSettings
 from jobenergy.core.schema import NO_NUL_PATTERN, SCHEMA_VERSION, Batch, JobEvent
@@ -237,9 +239,11 @@ class RefusalsRecorded(APIRoute):
                 return await handler(request)
             except HTTPException as err:
                 if 400 <= err.status_code < 500:
+                    request.app.state.metrics.batches_refused.labels(str(err.status_code)).inc()
                     await _record(request, err.status_code, str(err.detail))
                 raise
             except RequestValidationError as err:
+                request.app.state.metrics.batches_refused.labels("422").inc()
                 await _record(request, 422, str(err.errors()))
                 raise
 
@@ -257,8 +261,9 @@ async def _record(request: Request, status: int, reason: str) -> None:
                        access.caller.describe() if access else "?", "/".join(sender) or "?",
                        status, printable(reason[:300]))
         return
-    await run_in_threadpool(record_refusal, request.app.state.sessionmaker, sender, status,
-                            reason)
+    if not await run_in_threadpool(record_refusal, request.app.state.sessionmaker, sender,
+                                   status, reason):
+        request.app.state.metrics.database_errors.labels("refusal").inc()
 
 
 def post_batch(request: Request, access: AccessDep, body: BodyDep,
@@ -268,6 +273,8 @@ def post_batch(request: Request, access: AccessDep, body: BodyDep,
     A batch whose key is stored with other content answers 409 (nothing stored); one for a
     node the caller is not the agent of, 403.
     """
+    metrics: CollectorMetrics = request.app.state.metrics
+    started = time.perf_counter()  # parsing and validating are part of the cost
     if access.agent_nodes is not None and not access.agent_nodes:
         # Not an agent at all (a user, the hooks): no need to read what it claims.
         raise forbidden(access, "post batches (only the agent of a node does)")
@@ -283,8 +290,7 @@ def post_batch(request: Request, access: AccessDep, body: BodyDep,
         with session.begin():
             if not request.app.state.defaults_synced:
                 settings: ServerSettings = request.app.state.settings
-                sync_defaults(session.connection(), settings.pue,
-                              settings.carbon_intensity_g_per_kwh)
+                apply_server_defaults(session.connection(), settings)
             result = ingest_batch(session, batch)
     except BatchConflict as err:
         raise HTTPException(status_code=409, detail=str(err)) from err
@@ -292,6 +298,7 @@ def post_batch(request: Request, access: AccessDep, body: BodyDep,
         raise _rejected(err) from err
     except (sa_exc.DataError, sa_exc.IntegrityError) as err:
         # e.g. a total pushed past BIGINT by this batch: the whole batch is rolled back.
+        metrics.database_errors.labels("ingest").inc()
         logger.warning("batch rejected by the database node=%s seq=%s: %s",
                        batch.node, batch.seq, err.orig)
         raise HTTPException(
@@ -300,10 +307,14 @@ def post_batch(request: Request, access: AccessDep, body: BodyDep,
     except sa_exc.OperationalError as err:
         # Database down or (SQLite) locked past the busy timeout: the agent keeps the batch
         # in its spool and retries.
+        metrics.database_errors.labels("ingest").inc()
         logger.warning("database unavailable node=%s seq=%s: %s", batch.node, batch.seq,
                        err.orig)
         raise db_unavailable() from err
     request.app.state.defaults_synced = True
+    metrics.ingest_seconds.observe(time.perf_counter() - started)
+    metrics.batches.labels("duplicate" if result.duplicate else "stored").inc()
+    metrics.records.inc(result.records)
     if not result.duplicate:
         logger.debug("stored batch node=%s seq=%s records=%s", batch.node, batch.seq,
                      result.records)

@@ -8,6 +8,7 @@ instantiated at import time: the CLI builds a :class:`ServerSettings` and passes
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +23,8 @@ from pydantic_settings import (
 )
 
 from jobenergy.core.carbon import WORLD_AVERAGE_G_PER_KWH
-from jobenergy.core.errors import ConfigError
+from jobenergy.core.errors import ConfigError, settings_error_line
+from jobenergy.core.logs import LogFormat, LogLevel
 
 #: Default cap on one request body, compressed and decompressed: 32 MiB.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -67,10 +69,17 @@ class ServerSettings(BaseSettings):
             and mapped to psycopg 3).
         host: Address the HTTP server binds to.
         port: TCP port of the HTTP server.
-        pue: Power usage effectiveness of the cluster's facility (>= 1).
-        carbon_intensity_g_per_kwh: Grid carbon intensity, g CO2e/kWh. ``None`` means unknown:
-            the world average is used and reported as a fallback.
+        pue: Power usage effectiveness (>= 1) of clusters without their own. Seeds the
+            stored default while the database holds no energy yet; after that the stored
+            factors stay whatever this says (a difference is logged at start) and change
+            only through ``jobenergy cluster`` (collector/clusters.py: seed_defaults).
+        carbon_intensity_g_per_kwh: Grid carbon intensity, g CO2e/kWh, seeded the same way.
+            ``None`` means unknown: the world average is used and reported as a fallback.
         migrate: Run the Alembic migrations to head when the app starts.
+        log_level: debug, info, warning, error or critical (any case).
+        log_format: auto (journal when stderr is the journal, else text), text, journal or
+            json (core/logs.py).
+        access_log: Log one line per HTTP request (uvicorn's access log; off by default).
         max_body_bytes: Largest accepted request body, checked on the compressed bytes and
             again while decompressing.
         max_series_bytes: Largest series import body (JSON or CSV), checked the same way.
@@ -101,6 +110,19 @@ class ServerSettings(BaseSettings):
             written at start (no migration whatever ``migrate`` says, no partitions, no
             default factors; the schema revision is checked) and every request other than
             GET/HEAD/OPTIONS is answered 503 (``api/app.py``).
+        rollup_interval_s: How often at most the all-time model leaderboard is recomputed
+            while jobs change (``collector/rollups.py``; answers say ``as_of``); 0: never
+            (then ``jobenergy db maintain`` does). Never on a ``read_only`` server.
+        trusted_proxies: Addresses or networks (``10.1.2.3``, ``10.1.0.0/24``) of reverse
+            proxies that authenticate web users themselves: a request whose TCP peer is one
+            of them may name its user in ``proxy_user_header``. Empty (the default): that
+            header is ignored from everyone.
+        proxy_user_header: The header a trusted proxy names the user in (Apache's
+            ``REMOTE_USER`` passed on as ``X-Remote-User``, by default).
+        metrics_allow: Addresses or networks that may scrape ``GET /metrics`` (Prometheus;
+            no credentials, and it holds no job ids or user names: cluster and node names,
+            counts and energy totals). Everyone by default; empty: nobody (403). The peer is
+            the TCP peer: behind a load balancer, that balancer.
     """
 
     model_config = SettingsConfigDict(env_prefix="JOBENERGY_SERVER_", extra="forbid")
@@ -111,6 +133,9 @@ class ServerSettings(BaseSettings):
     pue: float = Field(default=1.0, ge=1.0)
     carbon_intensity_g_per_kwh: float | None = Field(default=None, ge=0.0)
     migrate: bool = True
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
+    access_log: bool = False
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     max_series_bytes: int = Field(default=DEFAULT_MAX_SERIES_BYTES, ge=1024)
     max_series_points: int = Field(default=DEFAULT_MAX_SERIES_POINTS, ge=1, le=1_000_000)
@@ -131,6 +156,26 @@ class ServerSettings(BaseSettings):
     tls_key: Path | None = None
     allow_insecure: bool = False
     read_only: bool = False
+    rollup_interval_s: float = Field(default=300.0, ge=0)
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    proxy_user_header: str = Field(default="X-Remote-User", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    metrics_allow: Annotated[tuple[str, ...], NoDecode] = ("0.0.0.0/0", "::/0")
+
+    @field_validator("db_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        # A malformed URL or an unknown dialect is a settings error, said before anything
+        # starts; the messages never hold the URL (it may hold a password).
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        from jobenergy.collector.db import normalise_url
+
+        try:
+            make_url(normalise_url(value)).get_dialect()
+        except ArgumentError as err:  # NoSuchModuleError is one
+            raise ValueError(f"unusable database URL: {err}") from None
+        return value
 
     @field_validator("auth", mode="before")
     @classmethod
@@ -152,6 +197,39 @@ class ServerSettings(BaseSettings):
             return ()
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(v).strip() for v in items if str(v).strip())
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted_proxies(cls, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        items = value.split(",") if isinstance(value, str) else list(value)
+        networks = []
+        for item in (str(v).strip() for v in items):
+            if not item:
+                continue
+            try:
+                networks.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError as err:
+                raise ValueError(f"trusted proxy {item!r} is not an address or network "
+                                 "(10.1.2.3, 10.1.0.0/24, fd00::/64)") from err
+        return tuple(networks)
+
+    @field_validator("metrics_allow", mode="before")
+    @classmethod
+    def _metrics_allow(cls, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        items = value.split(",") if isinstance(value, str) else list(value)
+        networks = []
+        for item in (str(v).strip() for v in items):
+            if item:
+                try:
+                    networks.append(str(ipaddress.ip_network(item, strict=False)))
+                except ValueError as err:
+                    raise ValueError(f"metrics_allow {item!r} is not an address or network "
+                                     "(10.1.2.3, 10.1.0.0/24, fd00::/64)") from err
+        return tuple(networks)
 
     @classmethod
     def settings_customise_sources(
@@ -183,8 +261,10 @@ class ServerSettings(BaseSettings):
         try:
             return cls(**{k: v for k, v in overrides.items() if v is not None})
         except ValidationError as err:
-            raise ConfigError(f"invalid server settings: {_one_line(err)}") from err
-        except (KeyError, ValueError, SettingsError) as err:  # bad TOML, no [server] table
+            raise ConfigError(f"invalid server settings: {settings_error_line(err)}") from err
+        except KeyError as err:
+            raise ConfigError(f"server config {config_file} has no [server] table") from err
+        except (ValueError, SettingsError) as err:  # bad TOML
             raise ConfigError(f"server config {config_file}: {err}") from err
         finally:
             _TOML_FILE.reset(token)
@@ -205,10 +285,3 @@ class ServerSettings(BaseSettings):
     def carbon_intensity_fallback(self) -> bool:
         """Return True when the world-average fallback is in use."""
         return self.carbon_intensity_g_per_kwh is None
-
-
-def _one_line(err: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
-        for e in err.errors(include_url=False)[:5]
-    )

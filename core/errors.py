@@ -14,6 +14,10 @@ Vendor errors (OSError, pynvml.NVMLError_*) are translated into these at the bou
 with ``raise ... from err``.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class JobEnergyError(Exception):
     """Root of every error raised by jobenergy."""
@@ -33,3 +37,16 @@ class SensorError(JobEnergyError):
 
 class SpoolError(JobEnergyError):
     """The on-disk spool could not be written or read."""
+
+
+def settings_error_line(err: Any, limit: int = 5) -> str:
+    """Return a pydantic ``ValidationError`` of settings as one line:
+    ``key: problem; key: problem`` (an unknown key says so)."""
+    parts = []
+    for item in err.errors(include_url=False)[:limit]:
+        where = ".".join(map(str, item["loc"])) or "value"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown setting")
+        else:
+            parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

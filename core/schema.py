@@ -33,6 +33,8 @@ MAX_STEPS_PER_JOB = 256
 MAX_JOB_NODES = 65_536
 MAX_JOB_GPUS = 1_024
 MAX_JOB_TAGS = 64
+#: Steps of a job that the Slurm sync sends (and the collector keeps).
+MAX_SLURM_STEPS = 4_096
 #: Largest uid: ``uid_t`` is 32 bits.
 MAX_UID = 2**32 - 1
 #: Counts that are summed into BIGINT totals.
@@ -213,8 +215,16 @@ class Batch(WireModel):
         return self
 
 
+class SlurmStep(WireModel):
+    """One step of a job as Slurm's accounting lists it."""
+
+    id: StepName  # as sacct prints it after the job id: "batch", "extern", "0", "0+1"
+    name: Text(255) | None = None  # the step's name ("batch", the command of an srun)
+
+
 class JobEvent(WireModel):
-    """A job start or end, sent by the Slurm prolog/epilog (or the demo's scheduler)."""
+    """A job start or end, sent by the Slurm prolog/epilog (or the demo's scheduler), or by
+    the Slurm sync from sacct (``source = "sacct"``: authoritative, collector/events.py)."""
 
     cluster: Name
     job_id: JobId
@@ -232,3 +242,9 @@ class JobEvent(WireModel):
     state: Text(32) | None = None
     exit_code: Annotated[int, Field(ge=-(2**31), le=2**32 - 1)] | Text(16) | None = None
     tags: dict[Text(64), Text(255)] = Field(default_factory=dict, max_length=MAX_JOB_TAGS)
+    # What only Slurm's accounting knows (the sync sends them): "sacct" marks an event whose
+    # times, state, exit code, nodes and names are Slurm's own.
+    source: Literal["hook", "sacct"] | None = None
+    alloc_tres: Text(1024) | None = None  # AllocTRES as sacct prints it
+    kill_requid: int | None = Field(default=None, ge=0, le=MAX_UID)  # "CANCELLED by <uid>"
+    steps: list[SlurmStep] | None = Field(default=None, max_length=MAX_SLURM_STEPS)

@@ -38,6 +38,8 @@ _DATE = re.compile(
     r"(?:(?P<m1>\d{2})(?P<d1>\d{2})(?P<y1>\d{2})?"
     r"|(?P<m2>\d{1,2})(?P<sep>[./])(?P<d2>\d{1,2})(?:(?P=sep)(?P<y2>\d{2}|\d{4}))?)"
     r"(?:-" + _CLOCK + r")?")
+#: Epoch seconds (``epoch=True``): as the API has always read them, exponents included.
+_EPOCH = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 #: What :class:`SlurmTimeError` lists as accepted.
 FORMS = ("HH:MM[:SS][AM|PM], MMDD[YY][-HH:MM[:SS]], MM.DD[.YY][-HH:MM[:SS]], "
          "MM/DD[/YY][-HH:MM[:SS]], YYYY-MM-DD[THH:MM[:SS]], today, midnight, noon, fika, "
@@ -69,7 +71,8 @@ def parse_slurm_time(text: str, *, now: datetime | None = None, tz: tzinfo | Non
     current = (now or datetime.now(UTC)).astimezone(tz)
     parsed = _parse(raw, current, epoch)
     if parsed is None:
-        raise SlurmTimeError(f"invalid time {text[:64]!r}: use {FORMS}")
+        forms = f"{FORMS}, or epoch seconds" if epoch else FORMS
+        raise SlurmTimeError(f"invalid time {text[:64]!r}: use {forms}")
     if not _EARLIEST <= parsed < _LATEST:
         raise SlurmTimeError(f"time {text[:64]!r} is not between 1970 and 2100")
     return parsed
@@ -90,11 +93,13 @@ def _parse(raw: str, now: datetime, epoch: bool) -> datetime | None:
             return now + delta if m["sign"] == "+" else now - delta
         except OverflowError:  # beyond datetime's range: refused as out of 1970-2100
             return now.replace(year=9999) if m["sign"] == "+" else now.replace(year=1)
-    if epoch and re.fullmatch(r"\d+(\.\d+)?", raw):
+    if epoch and _EPOCH.fullmatch(raw):
+        seconds = float(raw)
         try:
-            return datetime.fromtimestamp(float(raw), UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):  # beyond datetime: out of 1970-2100
+            return datetime.max.replace(tzinfo=UTC) if seconds > 0 else datetime.min.replace(
+                tzinfo=UTC)
     if (m := _HOUR.fullmatch(raw)) is not None:
         clock = _clock(m["h"], m["mi"], m["s"], m["ampm"])
         return None if clock is None else now.replace(

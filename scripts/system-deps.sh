@@ -7,6 +7,11 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v curl >/dev/null 2>&1 || need+=(curl)   # the Slurm hooks post events with curl
 [ -x /usr/sbin/munged ] || need+=(munge)   # tests run a private munged; brings libmunge2
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)   # collectors behind a real load balancer (e2e)
+[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || need+=(chromium chromium-driver)   # web pages (tests/web)
+[ -f /usr/include/slurm/spank.h ] || need+=(libslurm-dev)   # setup builds the SPANK plugin
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)   # units: verify, security
+command -v openssl >/dev/null 2>&1 || need+=(openssl)   # TLS test certificates
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)   # rules, scrape config, dashboards
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing Debian packages: ${need[*]} — install them: sudo apt-get install ${need[*]}" >&2
@@ -16,3 +21,11 @@ echo "installing Debian packages: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}"
+if [[ " ${need[*]} " == *" prometheus "* ]]; then
+  # The package starts a Prometheus on :9090; the tests run their own on free ports.
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  else
+    /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
+fi

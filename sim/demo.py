@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,13 +43,29 @@ def _event(api: str, spec: JobSpec, kind: str, **extra: object) -> None:
 
 
 def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = None) -> None:
-    """Run the demo workload end to end and print the report."""
+    """Run the demo workload end to end and print the report.
+
+    However it ends (done, an error, Ctrl-C, or SIGTERM turned into ``SystemExit`` by the
+    CLI), the agents and the server are stopped and a temporary folder is removed; a
+    ``workdir`` given is kept.
+    """
+    temporary = workdir is None
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="jobenergy-demo-"))
-    work.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+    children: list[subprocess.Popen] = []  # the server first, then the agents
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        _run(work, port or free_port(), keep_running, children)
+    finally:
+        for proc in reversed(children):  # agents first: their last batches reach the server
+            stop(proc)
+        if temporary:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(work: Path, port: int, keep_running: bool, children: list[subprocess.Popen]) -> None:
     api = f"http://127.0.0.1:{port}"
-    print(f"jobenergy demo: working in {work}")
-    server = start_server(
+    print(f"jobenergy demo: working in {work}", flush=True)
+    children.append(start_server(
         f"sqlite:///{work / 'jobenergy.db'}",
         port,
         work / "server.log",
@@ -56,76 +73,77 @@ def run_demo(port: int = 0, keep_running: bool = False, workdir: Path | None = N
         "1.3",
         "--carbon-intensity",
         "55",
-    )
+    ))
     jobs = {spec.job_id: spec for spec in DEMO_JOBS}
     nodes: dict[str, SimNode] = {}
     agents = []
     libnvml_dir = _build_nvml(work)
+    for name in sorted({spec.node for spec in DEMO_JOBS}):
+        gpus = 4 if name.startswith("gpu") and libnvml_dir else 0
+        node = SimNode(work / "nodes" / name, name, ncpus=32, packages=2, gpus=gpus)
+        nodes[name] = node
+        env = {}
+        if libnvml_dir:
+            env = {"LD_LIBRARY_PATH": str(libnvml_dir), STATE_ENV: str(node.nvml_state_path)}
+        config = write_agent_config(
+            work / f"agent-{name}.toml",
+            collector_url=api,
+            auth="none",  # the demo server runs --auth none on loopback
+            cluster=CLUSTER,
+            node=name,
+            interval_s=INTERVAL_S,
+            push_interval_s=2.0,
+            spool_dir=str(work / "spool" / name),
+            sysfs_root=str(node.sysfs_root),
+            procfs_root=str(node.procfs_root),
+            cgroup_root=str(node.cgroup_root),
+            nvml="auto" if gpus else "off",
+            gpu_map_dir=str(work / "gpumap" / name),
+            annotation_socket=str(work / "sock" / f"{name}.sock"),
+        )
+        agent = start_agent(config, work / f"agent-{name}.log", env)
+        children.append(agent)
+        agents.append(agent)
+    print(f"started {len(agents)} agents and the API at {api}; running the workload...",
+          flush=True)
+    _drive(api, nodes, jobs, PowerModel())
+    for proc in agents:
+        stop(proc)
+    resp = httpx.get(
+        f"{api}/api/v1/jobs", params={"cluster": CLUSTER, "limit": 1000}, timeout=10
+    )
+    resp.raise_for_status()
+    found = sorted(resp.json()["jobs"], key=lambda j: j["job_id"])
+    print()
+    print(render(found, parse_fields(DEFAULT_FIELDS + ",Model,Phase")))
+    print()
+    print(f"Web pages: {api}/  (job 1001: {api}/job?id=1001&cluster={CLUSTER})")
+    print(f"API: {api}  (e.g. {api}/api/v1/jobs/1001?cluster={CLUSTER}, {api}/docs)")
+    print()
+    print("Energy per model and phase (senergy leaderboard):", flush=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobenergy.cli.senergy",
+            "leaderboard",
+            "--url",
+            api,
+            "-M",
+            CLUSTER,
+        ],
+        check=False,
+    )
+    print()
+    if not keep_running:
+        print("done: the server stops now (--keep-running leaves it up to explore)")
+        return
+    print(f"try: senergy --url {api} -j 1001,1003 -o JobID,User,GPUkWh,TotalkWh,CO2eKg")
+    print("--keep-running: server stays up; Ctrl-C to stop", flush=True)
     try:
-        for name in sorted({spec.node for spec in DEMO_JOBS}):
-            gpus = 4 if name.startswith("gpu") and libnvml_dir else 0
-            node = SimNode(work / "nodes" / name, name, ncpus=32, packages=2, gpus=gpus)
-            nodes[name] = node
-            env = {}
-            if libnvml_dir:
-                env = {"LD_LIBRARY_PATH": str(libnvml_dir), STATE_ENV: str(node.nvml_state_path)}
-            config = write_agent_config(
-                work / f"agent-{name}.toml",
-                collector_url=api,
-                auth="none",  # the demo server runs --auth none on loopback
-                cluster=CLUSTER,
-                node=name,
-                interval_s=INTERVAL_S,
-                push_interval_s=2.0,
-                spool_dir=str(work / "spool" / name),
-                sysfs_root=str(node.sysfs_root),
-                procfs_root=str(node.procfs_root),
-                cgroup_root=str(node.cgroup_root),
-                nvml="auto" if gpus else "off",
-                gpu_map_dir=str(work / "gpumap" / name),
-                annotation_socket=str(work / "sock" / f"{name}.sock"),
-            )
-            agents.append(start_agent(config, work / f"agent-{name}.log", env))
-        print(f"started {len(agents)} agents and the API at {api}; running the workload...")
-        _drive(api, nodes, jobs, PowerModel())
-        for proc in agents:
-            stop(proc)
-        resp = httpx.get(
-            f"{api}/api/v1/jobs", params={"cluster": CLUSTER, "limit": 1000}, timeout=10
-        )
-        resp.raise_for_status()
-        found = sorted(resp.json()["jobs"], key=lambda j: j["job_id"])
-        print()
-        print(render(found, parse_fields(DEFAULT_FIELDS + ",Model,Phase")))
-        print()
-        print(f"API: {api}  (e.g. {api}/api/v1/jobs/1001?cluster={CLUSTER}, {api}/docs)")
-        print()
-        print("Energy per model and phase (senergy leaderboard):")
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "jobenergy.cli.senergy",
-                "leaderboard",
-                "--url",
-                api,
-                "-M",
-                CLUSTER,
-            ],
-            check=False,
-        )
-        print()
-        print(f"try: senergy --url {api} -j 1001,1003 -o JobID,User,GPUkWh,TotalkWh,CO2eKg")
-        if keep_running:
-            print("--keep-running: server stays up; Ctrl-C to stop")
-            try:
-                server.wait()
-            except KeyboardInterrupt:
-                pass
-    finally:
-        for proc in agents:
-            stop(proc)
-        stop(server)
+        children[0].wait()
+    except KeyboardInterrupt:
+        pass
 
 
 def _build_nvml(work: Path) -> Path | None:

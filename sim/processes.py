@@ -60,16 +60,21 @@ def start_server(
     verify: bool | ssl.SSLContext = (
         ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else False)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise JobEnergyError(f"server exited with {proc.returncode}; see {log_path}")
-        try:
-            if httpx.get(url, timeout=1, verify=verify).is_success:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise JobEnergyError(f"server exited with {proc.returncode}; see {log_path}")
+            try:
+                if httpx.get(url, timeout=1, verify=verify).is_success:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): the caller never gets the child
+        stop(proc)
+        raise
     proc.kill()
+    proc.wait()
     raise JobEnergyError(f"server did not answer on {url} within {timeout_s}s; see {log_path}")
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from jobenergy.agent.daemon import Agent
 from jobenergy.agent.settings import AgentSettings
+from jobenergy.core.version import VERSION
 from jobenergy.sim.node import SimNode
 
 SOURCES = ("package-0", "package-0/dram")
@@ -234,12 +235,21 @@ def test_metrics_are_served_over_http(agent, node):
         port = sock.getsockname()[1]
     agent.metrics.serve(port)
     agent.tick()
-    node.add_energy("package-0", 5)
+    node.add_energy("package-0", 1_234_567)
     agent.tick()
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert "jobenergy_agent_samples_total 2.0" in text
-    measured = 'jobenergy_agent_measured_energy_uj_total{component="cpu",source="package-0"}'
-    assert f"{measured} 5.0" in text
+    # Joules at exposition, from integer µJ: one exact division, no float accumulation.
+    measured = 'jobenergy_agent_measured_energy_joules_total{component="cpu",source="package-0"}'
+    assert f"{measured} 1.234567" in text
+    assert "# TYPE jobenergy_agent_measured_energy_joules_total counter" in text
+    assert "# TYPE jobenergy_agent_unattributed_energy_joules_total counter" in text
+    for counter in ("spool_dropped_batches", "push_failures", "gpu_errors", "batches_sent"):
+        assert f"# TYPE jobenergy_agent_{counter}_total counter" in text
+    assert "jobenergy_agent_spool_dropped_batches_total 0.0" in text
+    assert f'jobenergy_build_info{{version="{VERSION}"}} 1.0' in text
+    assert "jobenergy_agent_last_push_success_timestamp_seconds 0.0" in text
+    assert "_created" not in text
 
 
 def _spooled(agent):

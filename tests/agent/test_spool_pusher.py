@@ -228,3 +228,25 @@ def test_split_by_size_keeps_order_and_each_group_within_budget():
     assert [t for g in groups for t in g] == texts
     assert groups == [["a" * 10, "é" * 10], ["b" * 30, "c" * 5], ["d" * 100]]  # é: 2 bytes
     assert split_by_size([], 10) == []
+
+
+def test_an_outage_is_logged_when_it_starts_changes_and_ends(tmp_path, collector, caplog):
+    """Not a line per retry: an outage of hours would repeat itself every minute."""
+    caplog.set_level(logging.DEBUG, logger="jobenergy.agent.pusher")
+    spool = Spool(tmp_path)
+    spool.seal({"i": 0})
+    collector.statuses = [503, 503, 503, 502]
+    pusher = Pusher(collector.url, spool, backoff_initial_s=0.01)
+    for _ in range(4):
+        assert pusher.push_once() is False
+    assert pusher.push_once() is True
+    pusher.close()
+    logged = [(r.levelname, r.getMessage().split(" backoff_s")[0]) for r in caplog.records
+              if r.name == "jobenergy.agent.pusher"]
+    assert logged == [
+        ("WARNING", "push failed, will retry reason=collector answered HTTP 503"),
+        ("DEBUG", "push failed, will retry reason=collector answered HTTP 503"),
+        ("DEBUG", "push failed, will retry reason=collector answered HTTP 503"),
+        ("WARNING", "push failed, will retry reason=collector answered HTTP 502"),
+        ("INFO", "push delivered again after failed_pushes=4"),
+    ]

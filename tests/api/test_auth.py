@@ -318,8 +318,13 @@ def test_user_reads_only_own_jobs(make_api, db_url, make_batch):
 
     listed = api.get("/api/v1/jobs", "nobody")
     assert job_ids(listed) == ["700"] and listed.json()["total"] == 1
+    # sacct's list filters (issue 11) select within what the caller may read, never beyond.
     for params in ({"user": "daemon"}, {"account": "dacct"}, {"job_id": "701"},
-                   {"job_id": "700,701"}, {"cluster": "c1", "state": "COMPLETED"}):
+                   {"job_id": "700,701"}, {"cluster": "c1", "state": "COMPLETED"},
+                   {"user": ["nobody", "daemon"]}, {"user": str(UIDS["daemon"])},
+                   {"account": "nacct,dacct"}, {"state": "CD,F"}, {"nodelist": "n[1-2]"},
+                   {"nodelist": "n2"}, {"partition": "p"}, {"cluster": "c1,c2"},
+                   {"job_id": ["700", "701.batch"]}):
         response = api.get("/api/v1/jobs", "nobody", params=params)
         assert "701" not in job_ids(response), params
         assert response.json()["total"] == len(job_ids(response))

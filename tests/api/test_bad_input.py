@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobenergy.api.routes_jobs import MAX_JOB_IDS, MAX_OFFSET
+from jobenergy.api.job_filters import MAX_JOB_IDS
+from jobenergy.api.routes_jobs import MAX_OFFSET
 
 BAD_QUERIES = [
     ("/api/v1/jobs", {"start": "0001-01-01"}, 422, ["start", "1970"]),

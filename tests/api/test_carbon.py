@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -170,21 +171,71 @@ def test_bad_input_changes_nothing(client, make_batch, db_url, db_snapshot, meth
     assert db_snapshot(db_url) == before
 
 
-def test_server_flags_are_defaults(make_client, server_settings, make_batch):
-    client = make_client(server_settings.model_copy(update={"pue": 1.5}))
+def _stored(db_snapshot, db_url) -> dict:
+    """Every table but the bookkeeping of background work (``*_state``: when it last ran)."""
+    return {k: v for k, v in db_snapshot(db_url).items() if not k.endswith("_state")}
+
+
+def _defaults_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "jobenergy.collector.clusters" and r.levelno == logging.WARNING]
+
+
+def test_server_flags_seed_an_empty_database(make_client, server_settings, make_batch, caplog):
+    """Flags are the defaults of clusters without their own, stored on the first start and
+    replaced by a later start while no energy is stored (nothing was computed with them)."""
+    make_client(server_settings.model_copy(update={"pue": 1.5}))
+    client = make_client(server_settings.model_copy(
+        update={"pue": 1.2, "carbon_intensity_g_per_kwh": 100.0}))
+    assert _defaults_warnings(caplog) == []
     post_batch(client, one_job(make_batch, power_w=1000.0, interval_s=3600.0))
     client.put("/api/v1/clusters/other/pue", json={"pue": 1.1})
-    assert job(client, "9")["facility_energy_kwh"] == 1.5
-    # Restarting with other defaults recomputes the clusters that use them.
-    again = make_client(server_settings.model_copy(
-        update={"pue": 1.2, "carbon_intensity_g_per_kwh": 100.0}))
-    out = job(again, "9")
+    out = job(client, "9")
     assert out["facility_energy_kwh"] == 1.2 and out["pue_source"] == "default"
     assert out["carbon_intensity_g_per_kwh"] == 100.0
     assert out["co2e_kg"] == pytest.approx(0.12)
-    listed = {c["cluster"]: c for c in again.get("/api/v1/clusters").json()}
+    listed = {c["cluster"]: c for c in client.get("/api/v1/clusters").json()}
     assert listed["other"]["pue"] == {"value": 1.1, "source": "constant", "series": None}
     assert listed["c1"]["carbon"]["source"] == "constant"
+
+
+def test_a_restart_never_rewrites_stored_factors_or_history(
+    make_client, server_settings, make_batch, db_url, db_snapshot, caplog,
+):
+    """A server started again with other flags (here the built-in 1.0 and world average)
+    leaves the stored defaults and every stored total alone, and says so once; without
+    flags it says nothing. Factors change through ``jobenergy cluster`` only."""
+    from jobenergy.collector.settings import ServerSettings
+
+    first = make_client(server_settings.model_copy(
+        update={"pue": 1.3, "carbon_intensity_g_per_kwh": 55.0}))
+    post_batch(first, one_job(make_batch, power_w=1000.0, interval_s=3600.0))
+    before = job(first, "9")
+    assert before["facility_energy_kwh"] == 1.3 and before["co2e_kg"] == pytest.approx(0.0715)
+    stored = _stored(db_snapshot, db_url)
+
+    again = make_client(server_settings)  # pue=1.0, carbon_intensity_g_per_kwh=None given
+    assert _stored(db_snapshot, db_url) == stored
+    assert _defaults_warnings(caplog) == [
+        "server settings not applied: PUE 1 given, 1.3 stored; carbon intensity world "
+        "average given, 55 g/kWh stored: the database holds energy computed with the stored "
+        "defaults, and a server start never rewrites them; change a cluster's factors with "
+        "`jobenergy cluster set-pue|set-carbon` (audited)"]
+    assert job(again, "9") == before
+    # New energy is computed with the stored defaults, and the warning is not repeated.
+    post_batch(again, one_job(make_batch, job_id="10", seq=1, start=T0 + timedelta(hours=1),
+                              power_w=1000.0, interval_s=3600.0))
+    assert job(again, "10")["facility_energy_kwh"] == 1.3
+    assert len(_defaults_warnings(caplog)) == 1
+
+    caplog.clear()
+    make_client(server_settings.model_copy(  # the stored values again: nothing to say
+        update={"pue": 1.3, "carbon_intensity_g_per_kwh": 55.0}))
+    unset = ServerSettings(db_url=db_url, auth="none", migrate=False)
+    assert not {"pue", "carbon_intensity_g_per_kwh"} & unset.model_fields_set
+    settled = _stored(db_snapshot, db_url)
+    make_client(unset)
+    assert _stored(db_snapshot, db_url) == settled and _defaults_warnings(caplog) == []
 
 
 def test_factor_revisions_name_the_hours_each_change_rewrote(client, make_batch):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from jobenergy.api import queries
+from jobenergy.api import job_lookup
 from jobenergy.collector.steps import OUTSIDE_STEP, plan_steps, step_sort_key
 from jobenergy.core.schema import Batch, Interval, JobSample, PhaseRecord
 from jobenergy.core.units import UJ_PER_KWH
@@ -247,7 +247,7 @@ def test_one_statement_reads_what_the_query_per_table_reads(client, scenario, db
     combined = {key: lookup(client, *key) for key in JOBS}
     pages = [client.get("/api/v1/jobs", params={"limit": n, "offset": o}).json()
              for n, o in ((100, 0), (2, 0), (2, 3))]
-    monkeypatch.setattr(queries, "COMBINED", False)
+    monkeypatch.setattr(job_lookup, "COMBINED", False)
     assert {key: lookup(client, *key) for key in JOBS} == combined
     assert [client.get("/api/v1/jobs", params={"limit": n, "offset": o}).json()
             for n, o in ((100, 0), (2, 0), (2, 3))] == pages

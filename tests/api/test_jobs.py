@@ -233,3 +233,94 @@ def test_job_steps(client, make_batch):
     listed = {j["job_id"]: j for j in client.get("/api/v1/jobs").json()["jobs"]}
     assert listed["700"]["steps"] == job["steps"]
     assert listed["701"]["steps"] == other["steps"]
+
+
+def test_sacct_list_filters(client, many_jobs):
+    """sacct's comma lists (or repeated parameters), state codes, job names, node lists and
+    uids select jobs; bad values and over-long lists are a 422 naming the parameter."""
+    def get(params):
+        return client.get("/api/v1/jobs", params=params)
+
+    def expect(pick):
+        return [s["job_id"] for s in reversed(many_jobs) if pick(s)]
+
+    everything = expect(lambda s: True)
+    assert ids(get({"user": "alice,bob"})) == everything
+    assert ids(get([("user", "alice"), ("user", "bob")])) == everything
+    assert ids(get({"cluster": "c1,c2"})) == everything
+    assert ids(get({"account": "chem", "cluster": "c2,c9"})) == expect(
+        lambda s: s["account"] == "chem" and s["cluster"] == "c2")
+    assert ids(get({"state": "F"})) == expect(lambda s: s["state"] == "FAILED")
+    assert ids(get([("state", "cd"), ("state", "failed,TO")])) == everything
+    # Node lists (hostlist expressions): the nodes the agents saw the job on (job_node) and
+    # Slurm's node list of the job.
+    assert ids(get({"nodelist": "n[1-2],n7"})) == ["1007", "1002", "1001"]
+    post_event(client, job_id="1005", event="start", time=many_jobs[5]["start"],
+               nodes=["gpu9"], name="a,b", uid=4242)
+    post_event(client, job_id="1003", event="start", time=many_jobs[3]["start"], name="train")
+    assert ids(get({"nodelist": "gpu[8-9]"})) == ["1005"]
+    assert ids(get({"name": "a,b"})) == ["1005"]  # names are never split: they may hold commas
+    assert ids(get([("name", "train"), ("name", "a,b")])) == ["1005", "1003"]
+    assert ids(get({"user": "4242"})) == ["1005"]  # all digits: a uid too
+
+    for params, words in (
+        ({"state": "CD,XX"}, ["state", "'XX'", "CD COMPLETED", "TO TIMEOUT"]),
+        ({"user": ",".join(f"u{i}" for i in range(1001))}, ["user", "at most 1000"]),
+        ({"nodelist": "n[1-"}, ["nodelist", "not a node list"]),
+        ({"nodelist": "n[1-2000]"}, ["nodelist", "more than 1000"]),
+        ({"job_id": "12 34"}, ["job_id", "invalid job id"]),
+        ({"job_id": "5_[1-20000]"}, ["job_id"]),
+        ({"start": "now-1fortnight"}, ["start", "now[{+|-}count"]),
+    ):
+        response = get(params)
+        assert response.status_code == 422, response.text
+        for word in words:
+            assert word in response.json()["detail"], (params, response.text)
+    # sacct's time forms, and epoch seconds as before.
+    assert ids(get({"start": "now-20000days"})) == everything
+
+
+def test_job_ids_select_array_tasks_het_components_and_steps_like_sacct(client):
+    """Array 40 (tasks 0, 1, 2: raw ids 41, 42, 40), het job 50 (components 0, 1: raw 50, 51),
+    job 60: ``-j`` forms select as sacct's do, and each job says its sacct id."""
+    shapes = {"41": {"array_job_id": "40", "array_task_id": "0"},
+              "42": {"array_job_id": "40", "array_task_id": "1"},
+              "40": {"array_job_id": "40", "array_task_id": "2"},
+              "50": {"het_job_id": "50", "het_job_offset": "0"},
+              "51": {"het_job_id": "50", "het_job_offset": "1"},
+              "60": {}}
+    for i, (job_id, tags) in enumerate(shapes.items()):
+        post_event(client, job_id=job_id, event="start", time=T0 + timedelta(minutes=i),
+                   tags=tags)
+
+    def selected(job_id):
+        return sorted(ids(client.get("/api/v1/jobs", params={"job_id": job_id})), key=int)
+
+    assert selected("40") == ["40", "41", "42"]  # the array: every task
+    assert selected("41") == ["41"]  # a task's raw id: that task
+    assert selected("40_1") == ["42"]
+    assert selected("40_[0-1]") == ["41", "42"]
+    assert selected("50") == ["50", "51"]  # the het leader: every component
+    assert selected("51") == ["51"]
+    assert selected("50+1") == ["51"]
+    assert selected("60.batch,40_2.extern") == ["40", "60"]  # a step: its job
+    assert selected("40_7,99") == []
+    listed = {j["job_id"]: j for j in client.get("/api/v1/jobs").json()["jobs"]}
+    assert {k: v["sacct_job_id"] for k, v in listed.items()} == {
+        "41": "40_0", "42": "40_1", "40": "40_2", "50": "50+0", "51": "50+1", "60": "60"}
+    assert (listed["42"]["array_job_id"], listed["42"]["array_task_id"]) == ("40", 1)
+    assert (listed["51"]["het_job_id"], listed["51"]["het_job_offset"]) == ("50", 1)
+
+
+def test_what_the_sync_knows_is_in_the_job(client):
+    """AllocTRES, who cancelled the job and its steps (from sacct) come back as they went in."""
+    steps = [{"id": "batch", "name": "batch"}, {"id": "extern", "name": "extern"},
+             {"id": "0", "name": "hostname"}]
+    post_event(client, job_id="70", event="end", time=T0, source="sacct", state="CANCELLED",
+               alloc_tres="billing=1,cpu=1,gres/gpu=1,mem=500M,node=1", kill_requid=0,
+               steps=steps)
+    job = client.get("/api/v1/jobs/70").json()
+    assert job["alloc_tres"] == "billing=1,cpu=1,gres/gpu=1,mem=500M,node=1"
+    assert (job["state"], job["kill_requid"]) == ("CANCELLED", 0)
+    assert job["slurm_steps"] == [{"step": s["id"], "name": s["name"]} for s in steps]
+    assert client.get("/api/v1/jobs").json()["jobs"][0]["slurm_steps"] == job["slurm_steps"]

@@ -55,3 +55,44 @@ def test_delimiter_and_helpformat() -> None:
     assert out.splitlines() == ["JobID;User;", "1234;alice;"]
     names = helpformat().split()
     assert "ConsumedEnergy" in names and "NodeList" in names and "Start" in names
+
+
+def test_consumed_energy_units_as_sacct_converts_them() -> None:
+    from jobenergy.cli.report import format_joules
+
+    uj = 1_000_000
+    assert [format_joules(j * uj) for j in (0, 999, 1000, 2000, 12_345, 1_500_000)] == [
+        "0", "999", "1K", "2K", "12.35K", "1.50M"]
+    assert format_joules(12_345 * uj, "M") == "0.01M"
+    assert format_joules(12_345 * uj, "k") == "12.35K"
+    assert format_joules(2_000_000 * uj, "K") == "2000K"
+    assert format_joules(12_345 * uj, convert=False) == "12345"
+    out = render([JOB], parse_fields("ConsumedEnergy", units="M"), delimiter="|", header=False)
+    assert out == "0.01M"
+    out = render([JOB], parse_fields("ConsumedEnergy", convert=False), delimiter="|",
+                 header=False)
+    assert out == "12345"
+
+
+def test_sacct_ids_alloc_tres_and_who_cancelled() -> None:
+    job = {**JOB, "job_id": "41", "sacct_job_id": "40_0", "state": "CANCELLED",
+           "kill_requid": 1000, "alloc_tres": "billing=4,cpu=4,gres/gpu=1,mem=4G,node=1"}
+    out = render([job], parse_fields("JobID,JobIDRaw,State,AllocTRES%50"), delimiter="|",
+                 header=False)
+    assert out == "40_0|41|CANCELLED by 1000|billing=4,cpu=4,gres/gpu=1,mem=4G,node=1"
+    assert render([JOB], parse_fields("JobID,AllocTRES,State"), delimiter="|",
+                  header=False) == "1234||"
+
+
+def test_step_rows_print_only_what_is_known_per_step() -> None:
+    step = {"step": "batch", "job_id": "41.batch", "sacct_job_id": "40_0.batch",
+            "cluster": "c1", "account": "phys", "name": "batch", "energy_uj": 7_200_000_000,
+            "by_component": {"cpu": 7_200_000_000}, "final": False,
+            "quality": {"unmeasured": False}}
+    fields = parse_fields("JobID,JobIDRaw,JobName,User,Account,State,Start,End,ExitCode,"
+                          "NodeList,NNodes,AllocTRES,CPUkWh,EnergyUJ,ConsumedEnergyRaw,CO2eKg")
+    out = render([step], fields, delimiter="|", header=False)
+    assert out == "40_0.batch|41.batch|batch||phys||||||||0.002000|7200000000|7200|"
+    unknown = {**step, "energy_uj": None, "by_component": {}}
+    assert render([unknown], parse_fields("JobID,TotalkWh,EnergyUJ,CPUkWh"), header=False
+                  ).split() == ["40_0.batch"]  # unknown energy: empty, no "*"

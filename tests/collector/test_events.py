@@ -196,3 +196,75 @@ def test_tags_are_capped_per_job(client, db_url, db_snapshot):
     assert len(row["tags"]) == MAX_TAGS
     assert row["tags"]["k0"] == "w" and row["tags"]["model"] == "a" and row["model"] == "a"
     assert "c" not in row["tags"] and "d" not in row["tags"]
+
+
+def sacct_event(kind: str, time: datetime, **fields) -> dict:
+    """An event as ``jobenergy slurm sync`` posts it (from sacct)."""
+    return event(kind, time, source="sacct", **fields)
+
+
+def test_a_late_epilog_end_does_not_overwrite_the_syncs_times(client, db_url, db_snapshot):
+    """Issue 11: the node epilog's end event can arrive after the sync posted sacct's times;
+    sacct's start, end, state, exit code and nodes stay; the epilog only fills the unknown."""
+    assert send(client, event("start", T0 + timedelta(seconds=1), nodes=["n1"])).status_code == 200
+    slurm = {"nodes": ["n1", "n2"], "user": "alice", "alloc_tres": "billing=2,cpu=2,node=2",
+             "tags": {"array_job_id": "40", "array_task_id": "2"}}
+    assert send(client, sacct_event("start", T0, **slurm)).status_code == 200
+    end = sacct_event("end", T0 + timedelta(seconds=60), state="CANCELLED", exit_code="0:15",
+                      kill_requid=1000, steps=[{"id": "batch", "name": "batch"},
+                                               {"id": "0", "name": "hostname"}], **slurm)
+    assert send(client, end).status_code == 200
+    late = event("end", T0 + timedelta(seconds=65), exit_code="0:0", nodes=["n3"],
+                 user="mallory", comment="model=x", tags={"array_job_id": "99",
+                                                          "array_task_id": "9"})
+    response = send(client, late)
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "CANCELLED"
+    row = job_row(db_snapshot, db_url)
+    assert (row["start_at"], row["end_at"]) == (T0, T0 + timedelta(seconds=60))
+    assert (row["state"], row["exit_code"], row["kill_requid"]) == ("CANCELLED", "0:15", 1000)
+    assert row["nodes"] == ["n1", "n2"] and row["user"] == "alice"
+    assert (row["array_job_id"], row["array_task_id"]) == ("40", 2)
+    assert row["alloc_tres"] == "billing=2,cpu=2,node=2"
+    assert row["slurm_steps"] == [{"id": "batch", "name": "batch"},
+                                  {"id": "0", "name": "hostname"}]
+    assert row["synced_at"] is not None
+    assert row["comment"] == "model=x"  # unknown until then: filled
+
+
+def test_the_sync_overwrites_what_the_hooks_said(client, db_url, db_snapshot):
+    """Events from the sync are authoritative whatever came first; a hook's end that
+    contradicts sacct's start gives way to sacct's own end."""
+    assert send(client, event("start", T0 + timedelta(seconds=5), nodes=["n9"],
+                              tags={"array_job_id": "7", "array_task_id": "1"})).status_code == 200
+    assert send(client, event("end", T0 + timedelta(seconds=6), exit_code=1)).status_code == 200
+    assert job_row(db_snapshot, db_url)["state"] == "FAILED"
+    # sacct says the job started at +10 s, after the hooks' end (clocks apart): no 422.
+    assert send(client, sacct_event("start", T0 + timedelta(seconds=10),
+                                    nodes=["n1"])).status_code == 200
+    assert send(client, sacct_event("end", T0 + timedelta(seconds=30), state="COMPLETED",
+                                    exit_code="0:0", nodes=["n1"])).status_code == 200
+    row = job_row(db_snapshot, db_url)
+    assert (row["start_at"], row["end_at"]) == (T0 + timedelta(seconds=10),
+                                                T0 + timedelta(seconds=30))
+    assert (row["state"], row["exit_code"], row["nodes"]) == ("COMPLETED", "0:0", ["n1"])
+    # sacct gave no array ids: the hooks' (a user can set any tag) are cleared.
+    assert (row["array_job_id"], row["array_task_id"]) == (None, None)
+
+
+def test_hooks_alone_keep_their_last_word_and_fill_slurm_ids(client, db_url, db_snapshot):
+    """Without the sync, hooks' events behave as before, and give the array / het ids."""
+    tags = {"het_job_id": "11", "het_job_offset": "1", "array_job_id": "x1", "array_task_id": "2"}
+    assert send(client, event("start", T0, tags=tags)).status_code == 200
+    assert send(client, event("end", T0 + timedelta(seconds=5))).status_code == 200
+    assert send(client, event("end", T0 + timedelta(seconds=7), state="TIMEOUT")).status_code == 200
+    row = job_row(db_snapshot, db_url)
+    assert (row["end_at"], row["state"], row["synced_at"]) == (
+        T0 + timedelta(seconds=7), "TIMEOUT", None)
+    assert (row["het_job_id"], row["het_job_offset"]) == ("11", 1)
+    assert (row["array_job_id"], row["array_task_id"]) == (None, None)  # "x1": not Slurm's
+
+
+def test_an_unknown_source_is_refused(client, db_url, db_snapshot):
+    response = send(client, event("start", T0, source="scontrol"))
+    assert response.status_code == 422 and "source" in response.json()["detail"]

@@ -76,6 +76,13 @@ def test_bare_numbers_are_mmdd_for_people_and_epoch_seconds_for_the_api() -> Non
 def test_out_of_range_is_refused() -> None:
     with pytest.raises(SlurmTimeError, match="1970 and 2100"):
         parse_slurm_time("99999999999", epoch=True)
+    # The API's epoch seconds, as it always read them: signs, exponents, far out of range.
+    for text in ("-1e12", "1e12", "1e999", "-5"):
+        with pytest.raises(SlurmTimeError, match="1970 and 2100"):
+            parse_slurm_time(text, epoch=True)
+    assert parse_slurm_time("1.7e9", epoch=True) == datetime.fromtimestamp(1.7e9, UTC)
+    with pytest.raises(SlurmTimeError, match="or epoch seconds"):
+        parse_slurm_time("yesterday", epoch=True)
     with pytest.raises(SlurmTimeError, match="1970 and 2100"):
         parse_slurm_time("now+999999999weeks")
     with pytest.raises(SlurmTimeError, match="1970 and 2100"):

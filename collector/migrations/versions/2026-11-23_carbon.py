@@ -3,8 +3,8 @@
 Adds the per-job summary columns to ``job``, the ``job_energy_hour``, ``job_phase``,
 ``cluster_config`` and ``factor_point`` tables, and backfills the summary and the hours of the
 jobs already stored (from ``job_energy`` and ``energy_interval``). Facility energy and CO2e of
-the backfilled hours use PUE 1 and the world average; the server recomputes them with its
-defaults when it starts (``collector/clusters.py: sync_defaults``).
+the backfilled hours use PUE 1 and the world average; ``jobenergy cluster set-pue|set-carbon``
+recomputes them (a server start never does: ``collector/clusters.py: seed_defaults``).
 
 Revision ID: 0002_carbon
 Revises: 0001_initial

@@ -1,21 +1,18 @@
-"""SQL for the read API: job lookups and lists, and GROUP BY over the ``node_energy`` totals.
+"""Reading jobs with what their JSON is built from: the job lookup, and the parts of a page.
 
 Nothing here reads ``energy_interval``: the totals are maintained at ingest (DESIGN.md
 decision 8), so a job lookup costs primary-key range scans however long the job ran.
 
-On PostgreSQL a job lookup and a page of jobs are one statement each: the job rows with, per
-row, correlated subqueries that aggregate what the job's JSON is built from (per-source
-totals, nodes seen, the nodes' high-water marks, factor groups, phases, steps, the cluster's
-factors) into JSON arrays (:data:`_DETAIL_SQL`). Other backends read the same with a query per
-table for all the jobs at once (:func:`_details_apart`). Lists page by OFFSET or, without
-scanning the rows skipped, after a cursor (:class:`Cursor`, keyset pagination).
+On PostgreSQL a job lookup is one statement (and so is a page of jobs,
+:mod:`jobenergy.api.job_lists`): the job rows with, per row, correlated subqueries that
+aggregate what the job's JSON is built from (per-source totals, nodes seen, the nodes'
+high-water marks, factor groups, phases, steps, the cluster's factors) into JSON arrays
+(:data:`_DETAIL_SQL`). Other backends read the same with a query per table for all the jobs at
+once (:func:`_details_apart`).
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,64 +20,13 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import (
-    ColumnElement,
-    Select,
-    and_,
-    bindparam,
-    false,
-    func,
-    literal_column,
-    or_,
-    select,
-    tuple_,
-    union_all,
-)
+from sqlalchemy import Select, bindparam, literal_column, select, tuple_
 from sqlalchemy.orm import Session
 
-from jobenergy.api.access import Visible
 from jobenergy.api.factors_view import FactorGroup, factor_groups, phases_for_jobs
 from jobenergy.collector.factors import DEFAULTS
-from jobenergy.collector.models import (
-    BIGINT_MAX,
-    JOB_ID_LEN,
-    NAME_LEN,
-    Job,
-    JobEnergy,
-    JobNode,
-    JobStepEnergy,
-    NodeEnergy,
-    NodeProgress,
-)
+from jobenergy.collector.models import Job, JobEnergy, JobNode, JobStepEnergy, NodeProgress
 from jobenergy.core.units import UJ_PER_J, UJ_PER_KWH
-
-
-@dataclass(frozen=True)
-class JobFilters:
-    """Filters of ``GET /api/v1/jobs``; None means no filter."""
-
-    cluster: str | None = None
-    user: str | None = None
-    account: str | None = None
-    partition: str | None = None
-    state: str | None = None
-    start: datetime | None = None  # jobs still running at or after this time
-    end: datetime | None = None  # jobs started before this time
-    job_ids: tuple[str, ...] | None = None
-    visible: Visible | None = None  # the caller's PrivateData scope (api/access.py)
-
-
-def visible_clause(scope: Visible) -> ColumnElement[bool]:
-    """Return the SQL condition of the jobs in ``scope``: the caller's own (by name or uid)
-    and those of the accounts they coordinate."""
-    clauses: list[ColumnElement[bool]] = []
-    if scope.user is not None:
-        clauses.append(Job.user == scope.user)
-    if scope.uid is not None:
-        clauses.append(Job.uid == scope.uid)
-    if scope.accounts:
-        clauses.append(Job.account.in_(sorted(scope.accounts)))
-    return or_(*clauses) if clauses else false()
 
 
 class SourceTotal(NamedTuple):
@@ -120,7 +66,7 @@ class ConfigRow:
 
 @dataclass
 class JobDetail:
-    """A job's row and everything its JSON is built from (``routes_jobs.job_view``).
+    """A job's row and everything its JSON is built from (``api/job_view.py``).
 
     ``configs``: the job's cluster's ``cluster_config`` row and the defaults row, as
     :func:`jobenergy.collector.factors.load_configs` returns them; None when not fetched
@@ -143,154 +89,6 @@ def job_nodes(job: Any, totals: Iterable[SourceTotal], seen: set[str]) -> set[st
 
 
 _J = Job.__table__
-
-
-def _order(c: Any) -> tuple[Any, ...]:
-    """The order of job lists over columns ``c``: newest start first, jobs without a start
-    last, then by cluster and id."""
-    return c.start_at.desc().nulls_last(), c.cluster, c.job_id
-
-
-ORDER = _order(_J.c)
-
-
-def _where(filters: JobFilters) -> list[Any]:
-    clauses: list[Any] = []
-    if filters.cluster is not None:
-        clauses.append(Job.cluster == filters.cluster)
-    if filters.user is not None:
-        clauses.append(Job.user == filters.user)
-    if filters.account is not None:
-        clauses.append(Job.account == filters.account)
-    if filters.partition is not None:
-        clauses.append(Job.partition == filters.partition)
-    if filters.state is not None:
-        clauses.append(func.upper(Job.state) == filters.state.upper())
-    # Overlap with [start, end): unknown times (no Slurm event yet) do not exclude a job.
-    if filters.start is not None:
-        clauses.append(or_(Job.end_at.is_(None), Job.end_at >= filters.start))
-    if filters.end is not None:
-        # begin_at: the Slurm start, else the first energy seen for the job.
-        clauses.append(or_(Job.begin_at.is_(None), Job.begin_at < filters.end))
-    if filters.job_ids is not None:
-        clauses.append(Job.job_id.in_(filters.job_ids))
-    if filters.visible is not None:
-        clauses.append(visible_clause(filters.visible))
-    return clauses
-
-
-def count_jobs(session: Session, filters: JobFilters) -> int:
-    """Return how many jobs match ``filters``."""
-    return session.scalar(select(func.count()).select_from(Job).where(*_where(filters))) or 0
-
-
-# --- Keyset pagination -------------------------------------------------------------------
-
-
-class BadCursor(ValueError):
-    """An ``after`` cursor that this API did not hand out."""
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """A position in the job order: the sort key of the last row of a page."""
-
-    start_at: datetime | None
-    cluster: str
-    job_id: str
-
-    _VERSION = 1
-
-    def encode(self) -> str:
-        """Return the opaque text of the cursor (URL-safe base64 of a JSON array)."""
-        start = None if self.start_at is None else self.start_at.astimezone(UTC).isoformat()
-        raw = json.dumps([self._VERSION, start, self.cluster, self.job_id],
-                         separators=(",", ":"), ensure_ascii=False)
-        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, text: str) -> Cursor:
-        """Parse a cursor made by :meth:`encode`.
-
-        Raises:
-            BadCursor: ``text`` is not one.
-        """
-        if len(text) > MAX_CURSOR_LEN or not _CURSOR_CHARS.fullmatch(text):
-            raise BadCursor("not a cursor returned by this API")
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            value = json.loads(raw.decode())
-        except (ValueError, UnicodeDecodeError) as err:
-            raise BadCursor("not a cursor returned by this API") from err
-        if not (isinstance(value, list) and len(value) == 4 and type(value[0]) is int
-                and value[0] == cls._VERSION):
-            raise BadCursor("not a cursor returned by this API")
-        _, start, cluster, job_id = value
-        if not (isinstance(cluster, str) and isinstance(job_id, str)
-                and 0 < len(cluster) <= NAME_LEN and 0 < len(job_id) <= JOB_ID_LEN
-                and "\x00" not in cluster + job_id):
-            raise BadCursor("not a cursor returned by this API")
-        start_at = None
-        if start is not None:
-            if not isinstance(start, str):
-                raise BadCursor("not a cursor returned by this API")
-            try:
-                start_at = datetime.fromisoformat(start)
-            except ValueError as err:
-                raise BadCursor("not a cursor returned by this API") from err
-            if start_at.tzinfo is None or not MIN_TIME <= start_at <= MAX_TIME:
-                raise BadCursor("not a cursor returned by this API")
-            start_at = start_at.astimezone(UTC)
-        return cls(start_at, cluster, job_id)
-
-    @classmethod
-    def of(cls, job: Any) -> Cursor:
-        """Return the cursor just after ``job`` (a row with the job table's columns)."""
-        return cls(job.start_at, job.cluster, job.job_id)
-
-
-#: Longest cursor text: the longest cluster name and job id, 4 UTF-8 bytes a character, fit.
-MAX_CURSOR_LEN = 2048
-_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
-MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
-
-
-def _page(
-    filters: JobFilters, limit: int, offset: int, after: Cursor | None
-) -> Select[Any]:
-    """The jobs of a page (all the job table's columns), in :data:`ORDER`.
-
-    After a cursor, the rows that follow it are: those with its start and a greater (cluster,
-    job_id), those with an earlier start, those without a start; after a cursor without a
-    start, those without a start and a greater (cluster, job_id). Each part is its own
-    ordered, limited scan with plain conditions, so that an index in :data:`ORDER` (or the
-    planner's estimates) serves each from the cursor on; an OR of them could only be a
-    filter, or be misjudged as a few rows worth sorting.
-    """
-    where = _where(filters)
-    if after is None:
-        return select(_J).where(*where).order_by(*ORDER).limit(limit).offset(offset)
-    key = tuple_(_J.c.cluster, _J.c.job_id) > tuple_(after.cluster, after.job_id)
-    # Within a part the whole ORDER is said, even where start_at is one value or NULL: the
-    # planner then reads the part in an index's order (IS NULL does not make start_at a
-    # constant to it).
-    if after.start_at is None:
-        return (
-            select(_J).where(*where, _J.c.start_at.is_(None), key)
-            .order_by(*ORDER).limit(limit).offset(offset)
-        )
-    enough = min(offset + limit, BIGINT_MAX)  # each part's rows up to the page's last
-    parts = [
-        select(_J).where(*where, *condition).order_by(*ORDER).limit(enough).subquery()
-        for condition in (
-            (_J.c.start_at == after.start_at, key),
-            (_J.c.start_at < after.start_at,),
-            (_J.c.start_at.is_(None),),
-        )
-    ]
-    both = union_all(*(select(part) for part in parts)).subquery()
-    return select(*both.c).order_by(*_order(both.c)).limit(limit).offset(offset)
 
 
 # --- What a job's JSON is built from ------------------------------------------------------
@@ -464,20 +262,11 @@ def lookup_details(session: Session, job_id: str, cluster: str | None) -> list[J
     return _details_apart(session, list(session.execute(stmt.order_by(_J.c.cluster))))
 
 
-def page_details(
-    session: Session, filters: JobFilters, limit: int, offset: int = 0,
-    after: Cursor | None = None,
-) -> tuple[list[JobDetail], bool]:
-    """Return one page of jobs (``limit`` after ``offset`` rows, after ``after``) with what
-    their JSON is built from, and whether more jobs follow. One statement on PostgreSQL."""
-    stmt = _page(filters, limit + 1, offset, after)
-    details = _details(session, stmt, order=_order)
-    return details[:limit], len(details) > limit
-
-
-def _details(
+def read_details(
     session: Session, stmt: Select[Any], order: Callable[[Any], tuple[Any, ...]]
 ) -> list[JobDetail]:
+    """Return the jobs of ``stmt`` (rows of the job table's columns) with what their JSON is
+    built from, in ``order``: one statement on PostgreSQL."""
     if not _combined(session):
         return _details_apart(session, list(session.execute(stmt)))
     return [_detail_of_pg(row) for row in session.execute(_with_details(stmt, order))]
@@ -559,48 +348,4 @@ def node_marks(
         )
         for cluster, node, last_at, sources in session.execute(stmt):
             out[(cluster, node)] = NodeMark(last_at, int(sources))
-    return out
-
-
-def node_totals(session: Session, cluster: str | None) -> list[dict[str, Any]]:
-    """Return per (cluster, node, component) measured, unattributed and attributed µJ."""
-    ne, je = NodeEnergy, JobEnergy
-    measured = (
-        select(
-            ne.cluster, ne.node, ne.component,
-            func.sum(ne.measured_uj).label("measured_uj"),
-            func.sum(ne.unattributed_uj).label("unattributed_uj"),
-            func.sum(ne.intervals).label("intervals"),
-            func.min(ne.first_at).label("first_at"),
-            func.max(ne.last_at).label("last_at"),
-        )
-        .group_by(ne.cluster, ne.node, ne.component)
-    )
-    attributed = (
-        select(je.cluster, je.node, je.component, func.sum(je.energy_uj).label("attributed_uj"))
-        .group_by(je.cluster, je.node, je.component)
-    )
-    if cluster is not None:
-        measured = measured.where(ne.cluster == cluster)
-        attributed = attributed.where(je.cluster == cluster)
-    m, a = measured.subquery(), attributed.subquery()
-    stmt = (
-        select(
-            m.c.cluster, m.c.node, m.c.component, m.c.measured_uj, m.c.unattributed_uj,
-            func.coalesce(a.c.attributed_uj, 0), m.c.intervals, m.c.first_at, m.c.last_at,
-        )
-        .outerjoin(
-            a,
-            and_(a.c.cluster == m.c.cluster, a.c.node == m.c.node, a.c.component == m.c.component),
-        )
-        .order_by(m.c.cluster, m.c.node, m.c.component)
-    )
-    keys = ("cluster", "node", "component", "measured_uj", "unattributed_uj", "attributed_uj",
-            "intervals", "first_at", "last_at")
-    out = []
-    for row in session.execute(stmt):
-        item = dict(zip(keys, row, strict=True))
-        for key in ("measured_uj", "unattributed_uj", "attributed_uj", "intervals"):
-            item[key] = int(item[key])
-        out.append(item)
     return out

@@ -1,0 +1,165 @@
+"""Job lists (``GET /api/v1/jobs``): their order, and paging by OFFSET or keyset.
+
+The filters are :mod:`jobenergy.api.job_filters`. A page is read with what its jobs' JSON is
+built from (:mod:`jobenergy.api.job_lookup`): one statement on PostgreSQL. Lists page by
+OFFSET or, without scanning the rows skipped, after a cursor (:class:`Cursor`, keyset
+pagination).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select, tuple_, union_all
+from sqlalchemy.orm import Session
+
+from jobenergy.api.job_filters import JobFilters, where
+from jobenergy.api.job_lookup import JobDetail, read_details
+from jobenergy.collector.models import BIGINT_MAX, JOB_ID_LEN, NAME_LEN, Job
+
+_J = Job.__table__
+
+
+def _order(c: Any) -> tuple[Any, ...]:
+    """The order of job lists over columns ``c``: newest start first, jobs without a start
+    last, then by cluster and id."""
+    return c.start_at.desc().nulls_last(), c.cluster, c.job_id
+
+
+ORDER = _order(_J.c)
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def count_jobs(session: Session, filters: JobFilters) -> int:
+    """Return how many jobs match ``filters``."""
+    stmt = select(func.count()).select_from(Job).where(*where(filters, _dialect(session)))
+    return session.scalar(stmt) or 0
+
+
+# --- Keyset pagination -------------------------------------------------------------------
+
+
+class BadCursor(ValueError):
+    """An ``after`` cursor that this API did not hand out."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in the job order: the sort key of the last row of a page."""
+
+    start_at: datetime | None
+    cluster: str
+    job_id: str
+
+    _VERSION = 1
+
+    def encode(self) -> str:
+        """Return the opaque text of the cursor (URL-safe base64 of a JSON array)."""
+        start = None if self.start_at is None else self.start_at.astimezone(UTC).isoformat()
+        raw = json.dumps([self._VERSION, start, self.cluster, self.job_id],
+                         separators=(",", ":"), ensure_ascii=False)
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Parse a cursor made by :meth:`encode`.
+
+        Raises:
+            BadCursor: ``text`` is not one.
+        """
+        if len(text) > MAX_CURSOR_LEN or not _CURSOR_CHARS.fullmatch(text):
+            raise BadCursor("not a cursor returned by this API")
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            value = json.loads(raw.decode())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise BadCursor("not a cursor returned by this API") from err
+        if not (isinstance(value, list) and len(value) == 4 and type(value[0]) is int
+                and value[0] == cls._VERSION):
+            raise BadCursor("not a cursor returned by this API")
+        _, start, cluster, job_id = value
+        if not (isinstance(cluster, str) and isinstance(job_id, str)
+                and 0 < len(cluster) <= NAME_LEN and 0 < len(job_id) <= JOB_ID_LEN
+                and "\x00" not in cluster + job_id):
+            raise BadCursor("not a cursor returned by this API")
+        start_at = None
+        if start is not None:
+            if not isinstance(start, str):
+                raise BadCursor("not a cursor returned by this API")
+            try:
+                start_at = datetime.fromisoformat(start)
+            except ValueError as err:
+                raise BadCursor("not a cursor returned by this API") from err
+            if start_at.tzinfo is None or not MIN_TIME <= start_at <= MAX_TIME:
+                raise BadCursor("not a cursor returned by this API")
+            start_at = start_at.astimezone(UTC)
+        return cls(start_at, cluster, job_id)
+
+    @classmethod
+    def of(cls, job: Any) -> Cursor:
+        """Return the cursor just after ``job`` (a row with the job table's columns)."""
+        return cls(job.start_at, job.cluster, job.job_id)
+
+
+#: Longest cursor text: the longest cluster name and job id, 4 UTF-8 bytes a character, fit.
+MAX_CURSOR_LEN = 2048
+_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _page(
+    filters: JobFilters, dialect: str, limit: int, offset: int, after: Cursor | None
+) -> Select[Any]:
+    """The jobs of a page (all the job table's columns), in :data:`ORDER`.
+
+    After a cursor, the rows that follow it are: those with its start and a greater (cluster,
+    job_id), those with an earlier start, those without a start; after a cursor without a
+    start, those without a start and a greater (cluster, job_id). Each part is its own
+    ordered, limited scan with plain conditions, so that an index in :data:`ORDER` (or the
+    planner's estimates) serves each from the cursor on; an OR of them could only be a
+    filter, or be misjudged as a few rows worth sorting.
+    """
+    conditions = where(filters, dialect)
+    if after is None:
+        return select(_J).where(*conditions).order_by(*ORDER).limit(limit).offset(offset)
+    key = tuple_(_J.c.cluster, _J.c.job_id) > tuple_(after.cluster, after.job_id)
+    # Within a part the whole ORDER is said, even where start_at is one value or NULL: the
+    # planner then reads the part in an index's order (IS NULL does not make start_at a
+    # constant to it).
+    if after.start_at is None:
+        return (
+            select(_J).where(*conditions, _J.c.start_at.is_(None), key)
+            .order_by(*ORDER).limit(limit).offset(offset)
+        )
+    enough = min(offset + limit, BIGINT_MAX)  # each part's rows up to the page's last
+    parts = [
+        select(_J).where(*conditions, *condition).order_by(*ORDER).limit(enough).subquery()
+        for condition in (
+            (_J.c.start_at == after.start_at, key),
+            (_J.c.start_at < after.start_at,),
+            (_J.c.start_at.is_(None),),
+        )
+    ]
+    both = union_all(*(select(part) for part in parts)).subquery()
+    return select(*both.c).order_by(*_order(both.c)).limit(limit).offset(offset)
+
+
+
+def page_details(
+    session: Session, filters: JobFilters, limit: int, offset: int = 0,
+    after: Cursor | None = None,
+) -> tuple[list[JobDetail], bool]:
+    """Return one page of jobs (``limit`` after ``offset`` rows, after ``after``) with what
+    their JSON is built from, and whether more jobs follow. One statement on PostgreSQL."""
+    stmt = _page(filters, _dialect(session), limit + 1, offset, after)
+    details = read_details(session, stmt, order=_order)
+    return details[:limit], len(details) > limit

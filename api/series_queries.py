@@ -1,0 +1,311 @@
+"""SQL of the power series (``api/routes_series.py``): ``energy_interval`` bucketed in the
+database.
+
+One statement per series reads the window's rows through an index range
+(``(cluster, job_id, start_at)`` for a job, ``(cluster, node, start_at)`` for a node or the
+nodes of a cluster; on PostgreSQL the ``start_at`` bounds also prune the monthly partitions)
+and groups them in one pass into two kinds of rows:
+
+- the intervals lying wholly inside one bucket, summed per line and bucket (the bucket is
+  the integer division by the step of the µs since a bucket edge before the window, on both
+  backends): most rows, aggregated where they are;
+- the intervals crossing a bucket edge, summed per line and interval span, which Python splits
+  exactly (:func:`jobenergy.api.power_series.apportion`). Intervals of one line never overlap
+  in time (ingest refuses that), so a line has at most one such interval per bucket edge:
+  at most about :data:`~jobenergy.api.power_series.MAX_POINTS` per line, whatever the history.
+
+Rows starting before the window are found from ``start − MAX_INTERVAL_S`` (the longest
+interval accepted), as the collector's overlap check does, so an interval that reaches into
+the window is never missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.orm import Session
+
+from jobenergy.api.power_series import Lines, epoch_us
+from jobenergy.collector.models import (
+    EnergyInterval,
+    IntervalRetention,
+    Job,
+    JobEnergy,
+    JobEnergyHour,
+    JobPhase,
+    NodeEnergy,
+    NodeProgress,
+    UtcDateTime,
+)
+from jobenergy.collector.partitions import RETAINED
+from jobenergy.core.schema import ATTRIBUTED_COMPONENTS, MAX_INTERVAL_S
+
+_EI = EnergyInterval.__tablename__
+#: µs from ``:base`` (a bucket edge at or before every row read) to a timestamp column, exactly.
+#: PostgreSQL: the interval's epoch as float8 is exact to far below a µs for spans of years
+#: (and several times cheaper per row than EXTRACT's numeric). SQLite stores
+#: ``YYYY-MM-DD HH:MM:SS.ffffff`` (naive UTC, collector/models.py) and its ``strftime('%s')``
+#: rounds fractional seconds, so the whole seconds and the µs are read apart.
+_SINCE_BASE_US = {
+    "postgresql": "CAST(date_part('epoch', {col} - CAST(:{base} AS timestamptz)) * 1000000 "
+                  "AS BIGINT)",
+    "sqlite": ("(CAST(strftime('%s', substr({col}, 1, 19)) AS INTEGER) * 1000000 "
+               "+ CAST(substr({col}, 21, 6) AS INTEGER) - :{base}_us)"),
+}
+
+
+def since_base_sql(dialect: str, column: str, base: str) -> str:
+    """Return SQL for the µs from bind parameter ``base`` (``{base}_us`` on SQLite) to
+    ``column`` on ``dialect``."""
+    return _SINCE_BASE_US[dialect].format(col=column, base=base)
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _time(name: str) -> Any:
+    return bindparam(name, type_=UtcDateTime())
+
+
+def _at(epoch_s: int) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+def fill_lines(session: Session, lines: Lines, keys: Sequence[tuple[str, str]], where: str,
+               params: dict[str, Any], lo: datetime | None = None,
+               expanding: Sequence[str] = (), split_by: Sequence[str] = ()) -> None:
+    """Add to ``lines`` the energy of the ``energy_interval`` rows matching ``where`` that
+    overlap the grid, keyed by the ``keys`` (``(name, SQL expression)`` pairs).
+
+    One GROUP BY (a hash aggregate, in parallel on PostgreSQL): an interval inside one bucket
+    is grouped by its bucket, one crossing an edge by its own span, which Python splits.
+
+    Args:
+        session: The read session.
+        lines: The lines to fill (their grid gives the window).
+        keys: The line key columns, as ``(alias, SQL expression)``.
+        where: SQL condition on ``energy_interval`` (bind parameters in ``params``).
+        params: Values of the bind parameters of ``where``.
+        lo: Earliest ``start_at`` to read (default: the grid's start − ``MAX_INTERVAL_S``).
+        expanding: Names of list parameters (``IN :name``).
+        split_by: Further columns whose rows crossing an edge are split one by one rather
+            than summed first: a node's attributed line split per job share, so that it is
+            the sum of the jobs' lines bucket by bucket.
+    """
+    grid = lines.grid
+    if grid.count == 0:
+        return
+    dialect = _dialect(session)
+    start, end = _at(grid.start_s), _at(grid.end_s)
+    if lo is None:
+        lo = start - timedelta(seconds=MAX_INTERVAL_S)
+    step_us = grid.step_us
+    base_us = epoch_us(lo) // step_us * step_us  # a bucket edge: every row is at or after it
+    base_bucket = base_us // step_us
+    names = ", ".join(alias for alias, _ in keys)
+    apart = "".join(f", {column}" for column in split_by)
+    sql = f"""
+        SELECT {names}, CASE WHEN b_last > b THEN s ELSE b END AS k1,
+               CASE WHEN b_last > b THEN e ELSE -1 END AS k2, SUM(energy_uj) AS energy_uj
+        FROM (
+            SELECT {names}{apart}, energy_uj, s, e, s / :step_us AS b,
+                   (e - 1) / :step_us2 AS b_last
+            FROM (
+                SELECT {", ".join(f"{expr} AS {alias}" for alias, expr in keys)}{apart},
+                       energy_uj, {since_base_sql(dialect, "start_at", "base")} AS s,
+                       {since_base_sql(dialect, "end_at", "base2")} AS e
+                FROM {_EI}
+                WHERE {where} AND start_at >= :lo AND start_at < :hi AND end_at > :ws
+            ) AS r0
+        ) AS r
+        GROUP BY {names}{apart}, k1, k2
+    """
+    times = ["lo", "hi", "ws"]
+    values = {**params, "step_us": step_us, "step_us2": step_us, "lo": lo, "hi": end,
+              "ws": start}
+    if dialect == "postgresql":
+        times += ["base", "base2"]
+        base = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=base_us)
+        values.update(base=base, base2=base)
+        # Compiling a plan for a few hundred thousand rows costs more than it saves.
+        session.execute(text("SET LOCAL jit = off"))
+    else:
+        values.update(base_us=base_us, base2_us=base_us)
+    stmt = text(sql).bindparams(*(_time(name) for name in times),
+                                *(bindparam(n, expanding=True) for n in expanding))
+    rows = session.execute(stmt, values).all()
+    width = len(keys)
+    for row in rows:
+        key = tuple(row[:width])
+        k1, k2, energy = int(row[width]), int(row[width + 1]), int(row[width + 2])
+        if k2 < 0:
+            lines.add_bucket(key, base_bucket + k1, energy)
+        else:
+            lines.add_interval(key, base_us + k1, base_us + k2, energy)
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+
+
+@dataclass(frozen=True)
+class JobSpan:
+    """A job's row (owner, times) and the span of its stored energy."""
+
+    cluster: str
+    job_id: str
+    user: str | None
+    uid: int | None
+    account: str | None
+    start_at: datetime | None
+    end_at: datetime | None
+    first_at: datetime | None  # earliest start of an interval with energy of the job
+    last_at: datetime | None  # latest end of one
+
+
+def find_jobs(session: Session, job_id: str, cluster: str | None) -> list[JobSpan]:
+    """Return the jobs with this id (on ``cluster`` if given), with their energy's span."""
+    je = JobEnergy
+    first = (select(func.min(je.first_at))
+             .where(je.cluster == Job.cluster, je.job_id == Job.job_id).scalar_subquery())
+    last = (select(func.max(je.last_at))
+            .where(je.cluster == Job.cluster, je.job_id == Job.job_id).scalar_subquery())
+    stmt = select(Job.cluster, Job.job_id, Job.user, Job.uid, Job.account, Job.start_at,
+                  Job.end_at, first.label("first_at"), last.label("last_at")).where(
+        Job.job_id == job_id)
+    if cluster is not None:
+        stmt = stmt.where(Job.cluster == cluster)
+    out = []
+    for row in session.execute(stmt.order_by(Job.cluster)):
+        values = list(row)
+        # Aggregates over a UtcDateTime come back untyped (naive text on SQLite).
+        values[7], values[8] = _as_time(values[7]), _as_time(values[8])
+        out.append(JobSpan(*values))
+    return out
+
+
+def _as_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def job_interval_lines(session: Session, job: JobSpan, lines: Lines) -> None:
+    """Fill per (node, component, source) lines of ``job`` from its intervals."""
+    assert job.first_at is not None
+    start = _at(lines.grid.start_s)
+    lo = max(job.first_at, start - timedelta(seconds=MAX_INTERVAL_S))
+    fill_lines(session, lines, [("node", "node"), ("component", "component"),
+                                ("source", "source")],
+               "cluster = :cluster AND job_id = :job_id",
+               {"cluster": job.cluster, "job_id": job.job_id}, lo=lo)
+
+
+def job_line_keys(session: Session, job: JobSpan) -> list[tuple[str, str, str]]:
+    """Return the job's (node, component, source) keys, whether or not in the window."""
+    je = JobEnergy
+    return [tuple(row) for row in session.execute(  # type: ignore[misc]
+        select(je.node, je.component, je.source)
+        .where(je.cluster == job.cluster, je.job_id == job.job_id))]
+
+
+def job_hour_lines(session: Session, job: JobSpan, lines: Lines, key: tuple[object, ...]
+                   ) -> None:
+    """Fill one line of ``job`` from its ``job_energy_hour`` rows (whole hours)."""
+    grid = lines.grid
+    h = JobEnergyHour
+    rows = session.execute(
+        select(h.hour_at, h.energy_uj).where(
+            h.cluster == job.cluster, h.job_id == job.job_id,
+            h.hour_at >= _at(grid.start_s), h.hour_at < _at(grid.end_s)))
+    for hour_at, energy_uj in rows:
+        lines.add_bucket(key, epoch_us(hour_at) // grid.step_us, int(energy_uj))
+    if not lines.by_key:
+        lines.line(key)
+
+
+def job_phases(session: Session, job: JobSpan) -> list[dict[str, Any]]:
+    """Return the job's phases with their first and last interval times, in time order."""
+    p = JobPhase
+    rows = session.execute(
+        select(p.phase, p.model, p.first_at, p.last_at)
+        .where(p.cluster == job.cluster, p.job_id == job.job_id)
+        .order_by(p.first_at, p.phase, p.model))
+    return [{"phase": phase, "model": model or None, "start": first, "end": last}
+            for phase, model, first, last in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes and clusters
+
+
+def node_clusters(session: Session, node: str, cluster: str | None) -> list[str]:
+    """Return the clusters with a node of this name (``cluster`` alone if it has it)."""
+    stmt = select(NodeProgress.cluster).where(NodeProgress.node == node)
+    if cluster is not None:
+        stmt = stmt.where(NodeProgress.cluster == cluster)
+    return list(session.scalars(stmt.order_by(NodeProgress.cluster)))
+
+
+def cluster_nodes(session: Session, cluster: str) -> list[str]:
+    """Return the cluster's nodes that ever sent intervals."""
+    return list(session.scalars(select(NodeProgress.node).where(NodeProgress.cluster == cluster)
+                                .order_by(NodeProgress.node)))
+
+
+def node_components(session: Session, cluster: str, nodes: list[str] | None = None
+                    ) -> list[str]:
+    """Return the components the node (or any of the ``nodes``) ever measured."""
+    ne = NodeEnergy
+    stmt = select(ne.component).where(ne.cluster == cluster).distinct()
+    if nodes is not None:
+        stmt = stmt.where(ne.node.in_(nodes))
+    return sorted(session.scalars(stmt))
+
+
+def node_lines(session: Session, cluster: str, node: str, lines: Lines) -> None:
+    """Fill per (component, unattributed) lines of one node (1: unattributed, 0: jobs').
+
+    The attributed line is split per job share: bucket by bucket, it is the sum of the job
+    series' lines of that node and component.
+    """
+    fill_lines(session, lines, [("component", "component"),
+                                ("unattributed", "CASE WHEN job_id IS NULL THEN 1 ELSE 0 END")],
+               "cluster = :cluster AND node = :node", {"cluster": cluster, "node": node},
+               split_by=("source", "job_id"))
+
+
+def cluster_lines(session: Session, cluster: str, nodes: list[str], lines: Lines) -> None:
+    """Fill per-component lines of the cluster's measured energy (``psys`` left out: it
+    overlaps the CPU package and DRAM domains).
+
+    An interval crossing a bucket edge is split once for all its shares on every node with
+    the same span: each bucket is exact to the line's total, but may differ by a few µJ from
+    the sum of the nodes' buckets (whose shares are split one by one).
+    """
+    if not nodes:
+        return
+    fill_lines(session, lines, [("component", "component")],
+               "cluster = :cluster AND node IN :nodes AND component IN :components",
+               {"cluster": cluster, "nodes": nodes, "components": list(ATTRIBUTED_COMPONENTS)},
+               expanding=("nodes", "components"))
+
+
+def retained_from(session: Session) -> datetime | None:
+    """Return where the retained raw intervals start (None: nothing was dropped)."""
+    value = session.scalar(select(IntervalRetention.kept_from).where(
+        IntervalRetention.name == RETAINED))
+    return _as_time(value)
+
+
+def window_us(start: datetime, end: datetime) -> tuple[int, int]:
+    """Return ``[start, end)`` in epoch µs."""
+    return epoch_us(start), epoch_us(end)
+

@@ -1,0 +1,271 @@
+"""Latency of the power series endpoints over months of raw intervals in PostgreSQL.
+
+Starts a throwaway PostgreSQL (tests/pgserver.py), loads ``--days`` of history for ``--nodes``
+nodes by SQL (``generate_series``: one interval every ``--interval-s`` seconds, off the whole
+second by 3.7 s so that intervals cross bucket edges as agents' do; 2 CPU packages, 2 DRAM
+zones, 8 GPUs per node; each interval's energy shared by the node's current job (3/4) and the
+node's unattributed account), then the totals ingest would keep (``job``, ``job_energy``,
+``node_energy``, ``node_progress``) by GROUP BY over what was loaded. Node 0 runs 1-h jobs back
+to back, node 1 3-day jobs, the others 6-h jobs.
+
+Then times, in-process (FastAPI TestClient over ``create_app``, no network), one request at a
+time, each with the default step (at most 1000 buckets):
+
+- ``GET /api/v1/jobs/{id}/series``: a 1-h job, a 3-day job, and a 1-h zoom into the 3-day job;
+- ``GET /api/v1/nodes/{node}/series``: one node-day;
+- ``GET /api/v1/clusters/{c}/series``: the last 7 days of every node.
+
+Prints p50/p99 per query with the rows it covers, the buckets and lines answered, whether the
+job index was used, and the job index's size. Asserts nothing.
+
+    .venv/bin/python bench/series_bench.py                       # 4 nodes × 8 days, 10-s
+    .venv/bin/python bench/series_bench.py --nodes 16 --days 30  # bigger (a while to load)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi.testclient import TestClient
+from ingest_bench import GPU_NAME, POWER_W, SOURCES, human, pg_tune
+from pgload import load_pgserver  # bench/ is sys.path[0] when run as a script
+from sqlalchemy import Engine, text
+
+from jobenergy.api.app import create_app
+from jobenergy.collector.db import make_engine, upgrade
+from jobenergy.collector.partitions import add_months, create_month_partition
+from jobenergy.collector.settings import ServerSettings
+
+CLUSTER = "bench"
+OFFSET_S = 3.7
+JOB_LEN_S = {0: 3600, 1: 3 * 86400}  # others: 6 h
+DEFAULT_JOB_LEN_S = 6 * 3600
+
+_EI_SQL = """
+INSERT INTO energy_interval
+    (cluster, node, job_id, component, source, start_at, end_at, energy_uj, estimated)
+SELECT :cluster, :node,
+       CASE WHEN v.slot = 0 THEN NULL ELSE
+            (:ni * 1000000 + floor((extract(epoch FROM t) - :origin) / :job_len))::bigint::text
+       END,
+       v.component, v.source, t, t + make_interval(secs => :iv),
+       CASE WHEN v.slot = 1 THEN m.uj * 3 / 4 ELSE m.uj - m.uj * 3 / 4 END, false
+FROM generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz)
+                     - make_interval(secs => :iv), make_interval(secs => :iv)) AS t
+CROSS JOIN LATERAL (VALUES {values}) AS v(component, source, slot, base)
+CROSS JOIN LATERAL (SELECT v.base + (floor(extract(epoch FROM t))::bigint % 13) * 1000 AS uj)
+    AS m
+"""
+
+_TOTALS_SQL = [
+    """INSERT INTO job_energy (cluster, job_id, node, component, source, energy_uj,
+           estimated_uj, intervals, covered_s, first_at, last_at, wraps, resets, device_name)
+       SELECT cluster, job_id, node, component, source, sum(energy_uj), 0, count(*),
+              sum(extract(epoch FROM end_at - start_at)), min(start_at), max(end_at), 0, 0,
+              CASE WHEN component = 'gpu' THEN :gpu_name END
+       FROM energy_interval WHERE job_id IS NOT NULL
+       GROUP BY cluster, job_id, node, component, source""",
+    """INSERT INTO job (cluster, job_id, "user", uid, account, partition, name, nodes, state,
+           start_at, end_at, updated_at, begin_at, energy_uj, gpu_uj, facility_uj, co2e_ug,
+           gpu_s, annotated)
+       SELECT cluster, job_id, 'user' || (job_id::bigint % 37), 1000, 'acct', 'gpu',
+              'train-' || job_id, jsonb_build_array(min(node)), 'COMPLETED', min(first_at),
+              max(last_at), now(), min(first_at), sum(energy_uj),
+              sum(energy_uj) FILTER (WHERE component = 'gpu'), sum(energy_uj), 0,
+              coalesce(sum(covered_s) FILTER (WHERE component = 'gpu'), 0), false
+       FROM job_energy GROUP BY cluster, job_id""",
+    """INSERT INTO node_energy (cluster, node, component, source, measured_uj, unattributed_uj,
+           intervals, first_at, last_at)
+       SELECT cluster, node, component, source, sum(energy_uj),
+              coalesce(sum(energy_uj) FILTER (WHERE job_id IS NULL), 0),
+              count(*) FILTER (WHERE job_id IS NULL), min(start_at), max(end_at)
+       FROM energy_interval GROUP BY cluster, node, component, source""",
+    """INSERT INTO node_progress (cluster, node, first_at, last_at, intervals, last_sources)
+       SELECT cluster, node, min(first_at), max(last_at), max(intervals), count(*)
+       FROM node_energy GROUP BY cluster, node""",
+]
+
+
+def node_name(index: int) -> str:
+    return f"node{index:03d}"
+
+
+def job_len(index: int) -> int:
+    return JOB_LEN_S.get(index, DEFAULT_JOB_LEN_S)
+
+
+def job_at(index: int, origin: datetime, moment: datetime) -> str:
+    """The id of node ``index``'s job running at ``moment``."""
+    return str(index * 1_000_000 + int((moment - origin).total_seconds()) // job_len(index))
+
+
+def _values_sql(interval_s: float) -> str:
+    rows = []
+    for component, source in SOURCES:
+        base = int(POWER_W[component] * interval_s * 1_000_000)
+        rows.extend(f"('{component}', '{source}', {slot}, {base})" for slot in (0, 1))
+    return ", ".join(rows)
+
+
+def load(engine: Engine, nodes: int, days: int, interval_s: float, origin: datetime) -> int:
+    """Insert the history, a node-day per statement; return the rows inserted."""
+    rows = 0
+    sql = text(_EI_SQL.format(values=_values_sql(interval_s)))
+    for index in range(nodes):
+        for day in range(days):
+            lo = origin + timedelta(days=day)
+            with engine.begin() as conn:
+                rows += conn.execute(sql, {
+                    "cluster": CLUSTER, "node": node_name(index), "ni": index,
+                    "origin": origin.timestamp(), "job_len": job_len(index), "iv": interval_s,
+                    "lo": lo, "hi": lo + timedelta(days=1)}).rowcount
+    with engine.begin() as conn:
+        for statement in _TOTALS_SQL:
+            conn.execute(text(statement), {"gpu_name": GPU_NAME})
+    return rows
+
+
+def vacuum(url: str) -> None:
+    engine = make_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("VACUUM (ANALYZE) energy_interval, job, job_energy, node_energy, "
+                              "node_progress"))
+    finally:
+        engine.dispose()
+
+
+def job_index_scans(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes "
+            "WHERE indexrelname LIKE '%job_id_start_at%'")).scalar_one())
+
+
+def job_index_bytes(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT coalesce(sum(pg_relation_size(indexrelid)), 0) FROM pg_stat_user_indexes "
+            "WHERE indexrelname LIKE '%job_id_start_at%'")).scalar_one())
+
+
+def covered_rows(engine: Engine, where: str, params: dict[str, Any]) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM energy_interval WHERE {where}"),
+                                params).scalar_one())
+
+
+def percentiles(samples_s: list[float]) -> str:
+    ordered = sorted(samples_s)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+    return f"p50 {at(0.5):8.1f} ms  p99 {at(0.99):8.1f} ms  (n={len(ordered)})"
+
+
+def timed(client: TestClient, path: str, params: dict[str, str], repeat: int
+          ) -> tuple[list[float], dict[str, Any]]:
+    out: dict[str, Any] = {}
+    samples = []
+    for i in range(repeat + 2):
+        begin = time.perf_counter()
+        response = client.get(path, params=params)
+        elapsed = time.perf_counter() - begin
+        if response.status_code != 200:
+            sys.exit(f"{path} {params}: {response.status_code} {response.text}")
+        out = response.json()
+        if i >= 2:  # two warm-ups: imports, pools, plans, caches
+            samples.append(elapsed)
+    return samples, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--days", type=int, default=8)
+    parser.add_argument("--interval-s", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--shared-buffers", default="512MB")
+    args = parser.parse_args()
+    if args.nodes < 3 or args.days < 8:
+        sys.exit("needs at least 3 nodes and 8 days (a 3-day job whole, a cluster week)")
+    origin = datetime(2026, 10, 1, tzinfo=UTC) + timedelta(seconds=OFFSET_S)
+    end = origin + timedelta(days=args.days)
+    pg = load_pgserver()
+    bindir = pg.find_pg_bin()
+    if bindir is None:
+        sys.exit(pg.NOT_FOUND_MESSAGE)
+    with pg.PgServer(bindir) as server:
+        url = server.create_database("bench")
+        pg_tune(server, url, args.shared_buffers)
+        upgrade(url)
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            year, month = origin.year, origin.month
+            while (year, month) <= (end.year, end.month):
+                create_month_partition(conn, year, month)
+                year, month = add_months(year, month, 1)
+        begin = time.perf_counter()
+        rows = load(engine, args.nodes, args.days, args.interval_s, origin)
+        load_s = time.perf_counter() - begin
+        begin = time.perf_counter()
+        vacuum(url)
+        print(f"history: {args.nodes} nodes × {args.days} days of {args.interval_s:g}-s "
+              f"intervals, {len(SOURCES)} sources, 1 job + unattributed: {rows:,} "
+              f"energy_interval rows loaded with totals in {load_s:.0f} s (VACUUM ANALYZE "
+              f"{time.perf_counter() - begin:.0f} s); job index {human(job_index_bytes(engine))}"
+              f" = {job_index_bytes(engine) / max(rows, 1):.0f} B/row")
+        mid = origin + timedelta(days=args.days // 2, hours=5)
+        one_h = job_at(0, origin, mid)
+        three_d = job_at(1, origin, origin + timedelta(days=4))
+        zoom_lo = origin + timedelta(days=4, hours=12)
+        day_lo = (origin + timedelta(days=args.days // 2)).replace(hour=0, minute=0, second=0,
+                                                                   microsecond=0)
+        week_lo = end - timedelta(days=7)
+        iso = {"day": (day_lo.isoformat(), (day_lo + timedelta(days=1)).isoformat()),
+               "week": (week_lo.isoformat(), end.isoformat()),
+               "zoom": (zoom_lo.isoformat(), (zoom_lo + timedelta(hours=1)).isoformat())}
+        cases = [
+            ("1-h job", f"/api/v1/jobs/{one_h}/series", {},
+             "job_id = :j", {"j": one_h}),
+            ("3-day job", f"/api/v1/jobs/{three_d}/series", {},
+             "job_id = :j", {"j": three_d}),
+            ("3-day job, 1-h zoom", f"/api/v1/jobs/{three_d}/series",
+             {"start": iso["zoom"][0], "end": iso["zoom"][1]},
+             "job_id = :j AND start_at >= :lo AND start_at < :hi",
+             {"j": three_d, "lo": zoom_lo, "hi": zoom_lo + timedelta(hours=1)}),
+            ("node day", f"/api/v1/nodes/{node_name(2)}/series",
+             {"start": iso["day"][0], "end": iso["day"][1]},
+             "node = :n AND start_at >= :lo AND start_at < :hi",
+             {"n": node_name(2), "lo": day_lo, "hi": day_lo + timedelta(days=1)}),
+            ("cluster week", f"/api/v1/clusters/{CLUSTER}/series",
+             {"start": iso["week"][0], "end": iso["week"][1]},
+             "component <> 'psys' AND start_at >= :lo AND start_at < :hi",
+             {"lo": week_lo, "hi": end}),
+        ]
+        settings = ServerSettings(db_url=url, auth="none", migrate=False, pue=1.0,
+                                  carbon_intensity_g_per_kwh=None)
+        print(f"in-process TestClient, one request at a time, default step; {args.repeat} "
+              "timed requests after 2 warm-ups")
+        with TestClient(create_app(settings)) as client:
+            for name, path, params, where, where_params in cases:
+                scans = job_index_scans(engine)
+                samples, out = timed(client, path, params, args.repeat)
+                used = job_index_scans(engine) > scans
+                n_rows = covered_rows(engine, where, where_params)
+                lines = out.get("lines", [])
+                print(f"{name:22s} {percentiles(samples)}  {n_rows:>10,} rows  "
+                      f"step {out['step_s']:>4} s × {len(out['t']):>4} buckets × "
+                      f"{len(lines):>2} lines{'  (job index)' if used else ''}"
+                      f"  mean {statistics.mean(samples) * 1000:.1f} ms")
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""``jobenergy demo`` cleans up on SIGTERM as on Ctrl-C: server, agents, temporary folder."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _descendants(pid: int) -> set[tuple[int, str]]:
+    """Return ``(pid, start time)`` of every process below ``pid`` (the start time tells a
+    reused pid apart)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:  # exited meanwhile
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry))
+    found: set[tuple[int, str]] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            start = _start_time(child)
+            if start is not None:
+                found.add((child, start))
+                todo.append(child)
+    return found
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def test_sigterm_stops_every_child_and_removes_the_temporary_folder(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBENERGY_")}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "jobenergy.cli.main", "demo"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**env, "TMPDIR": str(tmp_path)})
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout],
+                              daemon=True)
+    reader.start()
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not any(line.startswith("started ") for line in output):
+            assert demo.poll() is None, "".join(output)
+            output.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+        work = Path(re.search(r"working in (\S+)", "".join(output)).group(1))
+        assert work.parent == tmp_path and work.is_dir()
+        children = _descendants(demo.pid)
+        assert len(children) >= 2, children  # the server and the agents
+        sent = time.monotonic()
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=60) == 128 + signal.SIGTERM
+        assert time.monotonic() - sent < 30
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    reader.join(timeout=10)
+    left = [(pid, start) for pid, start in children if _start_time(pid) == start]
+    assert left == [], left
+    assert not work.exists()
+    assert list(tmp_path.iterdir()) == []
