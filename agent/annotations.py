@@ -42,7 +42,7 @@ from jobenergy.agent.cgroupfs import ProcJob, job_of_pid, job_owner_uid
 from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.phases import PHASES, PhaseBook, PhaseLimitError
 from jobenergy.core.errors import JobEnergyError
-from jobenergy.core.schema import MAX_COUNT
+from jobenergy.core.limits import MAX_COUNT
 from jobenergy.core.text import printable
 
 logger = logging.getLogger(__name__)

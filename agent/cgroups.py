@@ -53,7 +53,7 @@ from jobenergy.agent.cgroupfs import (
 )
 from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
 from jobenergy.core.errors import ConfigError, SensorError
-from jobenergy.core.schema import MAX_UID
+from jobenergy.core.limits import MAX_UID
 from jobenergy.core.text import printable
 
 logger = logging.getLogger(__name__)

@@ -63,7 +63,7 @@ from typing import Any
 
 from jobenergy.agent.phases import MAX_PHASES_PER_INTERVAL
 from jobenergy.agent.records import JobRecord, SampledInterval
-from jobenergy.core.schema import MAX_JOBS_PER_SOURCE, MAX_STEPS_PER_JOB
+from jobenergy.core.limits import MAX_JOBS_PER_SOURCE, MAX_STEPS_PER_JOB
 
 HOUR_US = 3_600_000_000
 _MAX_WRAPS = 1_000  # SourceEnergy.wraps
@@ -295,7 +295,8 @@ class StoredInterval:
 
     # -- the wire -------------------------------------------------------------------------
     def wire(self) -> dict[str, Any]:
-        """Return the stored interval as the wire ``Interval``'s fields (not yet validated)."""
+        """Return the stored interval as the wire ``Interval``'s fields (checked and written
+        by :func:`.wire.interval_json`)."""
         first, last = self.records[0], self.records[-1]
         if len(self.records) == 1:
             return {
@@ -303,7 +304,7 @@ class StoredInterval:
                 "end": first.end,
                 "sources": [s.wire() for s in first.sources],
                 "jobs": [j.wire() for j in first.jobs],
-                "phases": first.phases,
+                "phases": [p.wire() for p in first.phases],
             }
         assert self._sources is not None and self._jobs is not None
         sources = []
@@ -327,7 +328,7 @@ class StoredInterval:
             "end": last.end,
             "sources": sources,
             "jobs": [job.wire(n) for job in self._jobs.values()],
-            "phases": [p for r in self.records for p in r.phases],
+            "phases": [p.wire() for r in self.records for p in r.phases],
         }
 
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from jobenergy.agent.readings import Reading
+from jobenergy.agent.records import SampledInterval, SourceSample
+from jobenergy.agent.wire import interval_json
 from jobenergy.core.counters import counter_delta
-from jobenergy.core.schema import Interval, SourceEnergy
+from jobenergy.core.limits import check_time
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +75,25 @@ class CounterRecord:
             return None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_us(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
 def gap_interval(
     before_wall: datetime,
     before: dict[str, Reading],
     now_wall: datetime,
     now: dict[str, Reading],
-) -> Interval | None:
-    """Return the energy between a recorded sample and a new one, all unattributed."""
+) -> SampledInterval | None:
+    """Return the energy between a recorded sample and a new one, all unattributed.
+
+    Returns:
+        A gap interval (never merged with others), checked as the wire ``Interval``; None
+        when there is no energy to send or the wire would refuse it.
+    """
     if now_wall <= before_wall:
         return None
     duration_s = (now_wall - before_wall).total_seconds()
@@ -100,10 +112,11 @@ def gap_interval(
             continue
         delta = counter_delta(old.energy_uj, reading.energy_uj, reading.max_range_uj)
         sources.append(
-            SourceEnergy(
+            SourceSample(
                 component=reading.component,
                 source=source,
                 measured_uj=delta.energy_uj,
+                jobs_uj={},
                 unattributed_uj=delta.energy_uj,
                 estimated=reading.estimated,
                 wraps=int(delta.wrapped),
@@ -113,7 +126,13 @@ def gap_interval(
     if not sources:
         return None
     try:
-        return Interval(start=before_wall, end=now_wall, sources=sources)
-    except ValidationError as err:  # e.g. the wall clock stepped back across the restart
+        start, end = check_time(before_wall), check_time(now_wall)
+        interval_json({"start": start, "end": end, "sources": [s.wire() for s in sources],
+                       "jobs": [], "phases": []})
+    except ValueError as err:  # WireError too: e.g. the clock stepped back across the restart
         logger.warning("gap while the agent was down not sent: %s", err)
         return None
+    return SampledInterval(
+        start=start, end=end, start_us=_epoch_us(start), end_us=_epoch_us(end),
+        sources=sources, gap=True,
+    )

@@ -15,10 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from pydantic import ValidationError
 
 from jobenergy.agent.annotations import AnnotationServer
 from jobenergy.agent.attribution import CpuSplit, StaticFloor, job_usage
@@ -32,6 +29,7 @@ from jobenergy.agent.pusher import Pusher
 from jobenergy.agent.readings import Reading
 from jobenergy.agent.records import (
     JobRecord,
+    PhaseSample,
     SampledInterval,
     SourceSample,
     check_sampled,
@@ -39,19 +37,16 @@ from jobenergy.agent.records import (
 from jobenergy.agent.sampler import Sample, Sampler
 from jobenergy.agent.settings import AgentSettings
 from jobenergy.agent.spool import Spool, split_by_size, utf8_len
+from jobenergy.agent.wire import WireError, interval_json, phase_json
 from jobenergy.core.counters import counter_delta
 from jobenergy.core.errors import ConfigError
-from jobenergy.core.request_auth import (
-    BearerAuth,
-    MungeAuth,
+from jobenergy.core.limits import MAX_STEPS_PER_JOB, SCHEMA_VERSION
+from jobenergy.core.signing import (
+    BearerSigner,
+    MungeSigner,
+    Signer,
     read_token_file,
     transport_verify,
-)
-from jobenergy.core.schema import (
-    MAX_STEPS_PER_JOB,
-    SCHEMA_VERSION,
-    Interval,
-    PhaseRecord,
 )
 from jobenergy.core.version import VERSION
 
@@ -60,7 +55,6 @@ logger = logging.getLogger(__name__)
 #: Reported in every batch: the installed distribution's version (core/version.py).
 AGENT_VERSION = VERSION
 _MAX_STEP_NAME = 32
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _step_cpu_us(step_cpu_ns: dict[str, int]) -> dict[str, int]:
@@ -81,17 +75,17 @@ def _step_cpu_us(step_cpu_ns: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def push_auth(settings: AgentSettings) -> MungeAuth | BearerAuth | None:
+def push_auth(settings: AgentSettings) -> Signer | None:
     """Return how the agent signs its pushes (``[agent] auth``).
 
     Raises:
         ConfigError: The token file is unusable (missing, empty, readable by others).
     """
     if settings.auth == "munge":
-        return MungeAuth(settings.munge_socket)
+        return MungeSigner(settings.munge_socket)
     if settings.auth == "token":
         assert settings.token_file is not None  # checked by the settings
-        return BearerAuth(read_token_file(settings.token_file))
+        return BearerSigner(read_token_file(settings.token_file))
     return None
 
 
@@ -103,35 +97,6 @@ def _envelope_bytes(batch: dict) -> int:
 
 def _us(seconds: float) -> int:
     return round(seconds * 1_000_000)
-
-
-def _epoch_us(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def _gap_record(gap: Interval) -> SampledInterval:
-    """Return a validated gap interval (:mod:`.continuity`) as a sampled interval."""
-    return SampledInterval(
-        start=gap.start,
-        end=gap.end,
-        start_us=_epoch_us(gap.start),
-        end_us=_epoch_us(gap.end),
-        sources=[
-            SourceSample(
-                component=s.component,
-                source=s.source,
-                measured_uj=s.measured_uj,
-                jobs_uj=dict(s.jobs_uj),
-                unattributed_uj=s.unattributed_uj,
-                estimated=s.estimated,
-                wraps=s.wraps,
-                resets=s.resets,
-                device_name=s.device_name,
-            )
-            for s in gap.sources
-        ],
-        gap=True,
-    )
 
 
 class Agent:
@@ -146,7 +111,7 @@ class Agent:
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes)
         self.pusher = Pusher(
             settings.collector_url, self.spool, metrics=self.metrics,
-            auth=push_auth(settings),
+            sign=push_auth(settings),
             verify=transport_verify(settings.collector_url, settings.ca_file,
                                     settings.allow_insecure),
         )
@@ -316,31 +281,30 @@ class Agent:
             )
         return child
 
-    def _phase_record(self, job_id: str, seg: Segment) -> PhaseRecord | None:
+    def _phase_record(self, job_id: str, seg: Segment) -> PhaseSample | None:
         """Return the wire record of a closed phase; None (logged, counted) when invalid.
 
         The socket already checks every field, so this never happens; but a record the
         collector would refuse must cost only itself, never the node's batch.
         """
+        assert seg.end is not None  # closed
+        record = PhaseSample(
+            job_id=job_id,
+            phase=seg.phase,
+            model=seg.model,
+            start=seg.start,
+            end=seg.end,
+            samples=seg.samples,
+            metrics=dict(seg.metrics),
+            tags=dict(seg.tags),
+        )
         try:
-            return PhaseRecord(
-                job_id=job_id,
-                phase=seg.phase,
-                model=seg.model,
-                start=seg.start,
-                end=seg.end,
-                samples=seg.samples,
-                metrics=seg.metrics,
-                tags=seg.tags,
-            )
-        except ValidationError as err:
+            phase_json(record.wire())
+        except WireError as err:
             self.metrics.phases_dropped.inc()
-            logger.warning(
-                "phase not sent: invalid for the wire job_id=%s err=%s",
-                job_id,
-                str(err).splitlines()[:3],
-            )
+            logger.warning("phase not sent: invalid for the wire job_id=%s err=%s", job_id, err)
             return None
+        return record
 
     def _queue(self, interval: SampledInterval) -> None:
         """Hand a sampled interval to the coalescer, with the counters after it."""
@@ -367,7 +331,7 @@ class Agent:
                             "energy while the agent was down sent as unattributed since=%s",
                             recorded[0].isoformat(),
                         )
-                        self._queue(_gap_record(gap))
+                        self._queue(gap)
             elif cur.wall > self._prev.wall:
                 self._queue(self.attribute(self._prev, cur))
             self._prev = cur
@@ -423,16 +387,17 @@ class Agent:
         self.pusher.notify()
 
     def _stored_json(self, stored: StoredInterval, budget_bytes: int) -> list[str]:
-        """Return a stored interval's JSON, validated by the wire model.
+        """Return a stored interval's JSON, checked as the wire model does (:mod:`.wire`).
 
         A merged interval that the wire model refuses (never: the sampled ones were checked)
         or that is too large for a batch alone is stored as its sampled intervals instead,
         so coalescing never costs energy or phases that storing them one by one would keep.
         """
         merged = len(stored.records) > 1
+        fields = stored.wire()
         try:
-            interval = Interval.model_validate(stored.wire())
-        except ValidationError as err:
+            text = interval_json(fields)
+        except WireError as err:
             if merged:
                 logger.error("merged interval refused by the wire model, stored unmerged: %s", err)
                 return self._unmerged(stored, budget_bytes)
@@ -442,10 +407,9 @@ class Agent:
                 err,
             )
             return []
-        text = interval.model_dump_json()
         if merged and utf8_len(text) >= budget_bytes:
             return self._unmerged(stored, budget_bytes)
-        return [self._interval_json(interval, budget_bytes, text)]
+        return [self._interval_json(fields, budget_bytes, text)]
 
     def _unmerged(self, stored: StoredInterval, budget_bytes: int) -> list[str]:
         return [
@@ -454,29 +418,30 @@ class Agent:
             for text in self._stored_json(StoredInterval(record), budget_bytes)
         ]
 
-    def _interval_json(self, interval: Interval, budget_bytes: int, text: str) -> str:
+    def _interval_json(self, fields: dict[str, Any], budget_bytes: int, text: str) -> str:
         """Return an interval's JSON; one too large for a batch alone loses its phases.
 
         Never at the defaults (phases per interval are capped far below); with a small
         ``max_batch_bytes`` the energy is kept and the phases, counted and logged, are not.
         """
-        if utf8_len(text) < budget_bytes or not interval.phases:
+        phases = fields["phases"]
+        if utf8_len(text) < budget_bytes or not phases:
             return text
-        self.metrics.phases_dropped.inc(len(interval.phases))
+        self.metrics.phases_dropped.inc(len(phases))
         logger.warning(
             "interval larger than max_batch_bytes=%s: its %s phases are not sent start=%s",
             self.settings.max_batch_bytes,
-            len(interval.phases),
-            interval.start.isoformat(),
+            len(phases),
+            fields["start"].isoformat(),
         )
-        text = interval.model_copy(update={"phases": []}).model_dump_json()
+        text = interval_json({**fields, "phases": []})
         if utf8_len(text) >= budget_bytes:
             logger.error(
                 "interval larger than max_batch_bytes=%s even without phases: sent alone "
                 "bytes=%s start=%s",
                 self.settings.max_batch_bytes,
                 utf8_len(text),
-                interval.start.isoformat(),
+                fields["start"].isoformat(),
             )
         return text
 

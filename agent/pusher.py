@@ -25,12 +25,13 @@ import ssl
 import threading
 import time
 
-import httpx
-
+from jobenergy.agent.httpclient import HttpClient, Response, TransportError
 from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.spool import Spool, SpooledBatch
 from jobenergy.core.munge import MungeError
+from jobenergy.core.signing import Signer
 from jobenergy.core.text import printable
+from jobenergy.core.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _LOGGED_REASON_CHARS = 300
 _KEPT_REASON_CHARS = 2000
 
 
-def refusal_reason(resp: httpx.Response, limit_chars: int) -> str:
+def refusal_reason(resp: Response, limit_chars: int) -> str:
     """Return the collector's reason for a 4xx: its JSON ``detail``, else the body, truncated
     and with control characters escaped (it goes into a log line)."""
     try:
@@ -63,8 +64,9 @@ class Pusher:
         timeout_s: Per-request timeout.
         backoff_initial_s: First retry delay; doubles up to ``backoff_max_s``.
         metrics: The agent's metrics (refused batches are counted there).
-        auth: How requests are signed (``core/request_auth.py``); None: not at all.
-        verify: httpx's ``verify`` (``core/request_auth.transport_verify``).
+        sign: How requests are signed (``core/signing.py``: MUNGE, bearer); None: not at all.
+        verify: How an ``https://`` collector is verified
+            (``core/signing.transport_verify``: a TLS context; False: not at all).
     """
 
     def __init__(
@@ -76,7 +78,7 @@ class Pusher:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 60.0,
         metrics: AgentMetrics | None = None,
-        auth: httpx.Auth | None = None,
+        sign: Signer | None = None,
         verify: bool | ssl.SSLContext = False,
     ) -> None:
         self.url = collector_url.rstrip("/") + "/api/v1/batches"
@@ -87,7 +89,8 @@ class Pusher:
         self.metrics = metrics
         self.sent_total = 0
         self.failures_total = 0
-        self._client = httpx.Client(timeout=timeout_s, auth=auth, verify=verify)
+        self._client = HttpClient(self.url, timeout_s=timeout_s, verify=verify, sign=sign,
+                                  user_agent=f"jobenergy-agent/{VERSION}")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,13 +125,12 @@ class Pusher:
                 timeout_s = max(0.1, min(timeout_s, deadline - time.monotonic()))
             try:
                 resp = self._client.post(
-                    self.url,
-                    content=body,
+                    body,
                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
-                    timeout=timeout_s,
+                    timeout_s=timeout_s,
                 )
-            except httpx.HTTPError as err:
-                self._failed(f"collector unreachable: {err!r}")
+            except TransportError as err:
+                self._failed(f"collector unreachable: {err}")
                 return False
             except MungeError as err:
                 self._failed(f"cannot sign the request: {err}")
@@ -155,7 +157,7 @@ class Pusher:
             return False
         return True
 
-    def _refused(self, batch: SpooledBatch, resp: httpx.Response) -> None:
+    def _refused(self, batch: SpooledBatch, resp: Response) -> None:
         """Keep a refused batch in ``rejected/``, count it and log it, once."""
         status = resp.status_code
         kept_at = self.spool.reject(

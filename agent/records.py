@@ -3,9 +3,10 @@
 The agent samples every ``interval_s`` but stores (and sends) coalesced intervals of up to
 ``store_interval_s`` (:mod:`.coalesce`). Each sampled interval is kept as these slotted
 records, which mirror the wire models field for field (:class:`SourceSample` ↔
-``SourceEnergy``, :class:`JobRecord` ↔ ``JobSample``, :class:`SampledInterval` ↔
-``Interval``) but cost a few µs to build instead of a pydantic validation each (32 jobs:
-~0.6 ms a sample). The wire models validate what is stored, once per stored interval.
+``SourceEnergy``, :class:`JobRecord` ↔ ``JobSample``, :class:`PhaseSample` ↔ ``PhaseRecord``,
+:class:`SampledInterval` ↔ ``Interval``) but cost a few µs to build instead of a pydantic
+validation each (32 jobs: ~0.6 ms a sample). What is stored is checked and written once per
+stored interval by :mod:`.wire`, as the wire models would.
 
 What could fail that validation at run time (not by construction) is checked per sample by
 :func:`check_sampled`, with the schema's own messages: conservation per source, no psys
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from jobenergy.core.schema import MAX_INTERVAL_S, MAX_SOURCE_POWER_W, PhaseRecord
+from jobenergy.core.limits import MAX_INTERVAL_S, MAX_SOURCE_POWER_W
 
 
 @dataclass(slots=True)
@@ -89,6 +90,33 @@ class JobRecord:
     model_dump = wire
 
 
+@dataclass(frozen=True, slots=True)
+class PhaseSample:
+    """A phase a job announced and closed (``PhaseRecord``), checked when it is written."""
+
+    job_id: str
+    phase: str
+    model: str | None
+    start: datetime
+    end: datetime
+    samples: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def wire(self) -> dict[str, Any]:
+        """Return the ``PhaseRecord`` fields as a dict (checked by :mod:`.wire`)."""
+        return {
+            "job_id": self.job_id,
+            "phase": self.phase,
+            "model": self.model,
+            "start": self.start,
+            "end": self.end,
+            "samples": self.samples,
+            "metrics": self.metrics,
+            "tags": self.tags,
+        }
+
+
 @dataclass(slots=True)
 class SampledInterval:
     """One sampled interval (``Interval``), as attribution made it.
@@ -107,7 +135,7 @@ class SampledInterval:
     end_us: int
     sources: list[SourceSample]
     jobs: list[JobRecord] = field(default_factory=list)
-    phases: list[PhaseRecord] = field(default_factory=list)
+    phases: list[PhaseSample] = field(default_factory=list)
     gap: bool = False
     counters: Any = None
 

@@ -9,6 +9,9 @@
 | operator / admin | AdminLevel, ``admins``, ``admin_group``, root, admin token | read all,
   change factors |
 
+With ``munge_cluster`` set, MUNGE agents and hooks post for that cluster only (tokens: for
+their own cluster always). A proxied user is never root.
+
 Reads follow ``private_data`` (Slurm's PrivateData words): ``jobs`` limits a user's job lists
 and lookups to what they may see, ``usage`` their leaderboards and summaries, ``users`` and
 ``accounts`` hide other users' and accounts' names in summaries.
@@ -53,6 +56,8 @@ class Access:
         service: The Slurm hooks' rights: post job events, read all (the sync).
         agent_nodes: Nodes whose batches it may post: ``None`` any (no authentication),
             else ``(cluster or None, node)`` pairs (None: any cluster).
+        events_cluster: The one cluster whose job events it may post (a hooks token's, or
+            ``munge_cluster`` for MUNGE credentials); None: any.
         visible: What it may read of others' jobs when not everything.
         private_data: The server's PrivateData words.
     """
@@ -61,6 +66,7 @@ class Access:
     admin: bool = False
     service: bool = False
     agent_nodes: frozenset[tuple[str | None, str]] | None = frozenset()
+    events_cluster: str | None = None
     visible: Visible = field(default_factory=lambda: Visible(None, None))
     private_data: tuple[str, ...] = ()
 
@@ -193,16 +199,21 @@ class Roles:
                 return Access(caller, agent_nodes=frozenset({(grant.cluster, grant.node)}),
                               private_data=private)
             return Access(caller, admin=grant.role == "admin", service=grant.role == "hooks",
-                          private_data=private)
-        root = caller.uid == 0 or caller.user == "root"
+                          events_cluster=grant.cluster, private_data=private)
+        proxied = caller.mechanism == "proxy"
         # A web proxy's user reads (and an admin changes factors) but never posts events:
-        # writes from Slurm stay bound to MUNGE, Slurm's JWT and tokens.
-        service = caller.mechanism != "proxy" and (
+        # writes from Slurm stay bound to MUNGE, Slurm's JWT and tokens. Nor is it ever root
+        # (api/auth.py refuses uid 0 there): its rights come from Slurm and the settings.
+        root = not proxied and (caller.uid == 0 or caller.user == "root")
+        service = not proxied and (
             root or (caller.uid is not None and caller.uid == self._slurm_uid)
             or (caller.user is not None and caller.user == self.settings.slurm_user))
+        # munged vouches for a uid and a host, not for a cluster: without munge_cluster, root
+        # of any host holding the key may post for its nodes under any cluster name.
+        cluster = self.settings.munge_cluster if caller.mechanism == "munge" else None
         agent_nodes: frozenset[tuple[str | None, str]] = frozenset()
         if caller.mechanism == "munge" and caller.uid == 0 and caller.host:
-            agent_nodes = frozenset((None, node) for node in self.nodes_of_host(caller.host))
+            agent_nodes = frozenset((cluster, node) for node in self.nodes_of_host(caller.host))
         accounts: frozenset[str] = frozenset()
         admin = root
         if caller.user is not None and not root:
@@ -211,7 +222,8 @@ class Roles:
                      or caller.user in self.settings.admins
                      or self._in_admin_group(caller))
         return Access(caller, admin=admin, service=service, agent_nodes=agent_nodes,
-                      visible=Visible(caller.user, caller.uid, accounts), private_data=private)
+                      events_cluster=cluster, visible=Visible(caller.user, caller.uid, accounts),
+                      private_data=private)
 
     def _in_admin_group(self, caller: Caller) -> bool:
         group = self.settings.admin_group

@@ -13,7 +13,8 @@ Mechanisms (``--auth``, any subset of ``munge,jwt,token``; ``none`` alone, loopb
   authenticated (Kerberos, OIDC, ...), taken only when the TCP peer is one of
   ``trusted_proxies``; from any other peer the header is ignored. Such a user's rights come
   from Slurm like a JWT user's, except that they never post events (writes stay with
-  MUNGE, JWT and tokens).
+  MUNGE, JWT and tokens) and are never root's (a name of uid 0 is refused). An empty or
+  ``(null)`` header is no header; several are refused.
 
 What a caller may then do is decided in ``api/access.py``; this module only establishes who it
 is. Every failure is an :class:`AuthError` with a reason the client is shown (401).
@@ -53,6 +54,19 @@ _PROXY_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,255}")
 
 #: What munged's credentials look like (armor prefix, base64, armor suffix).
 _MUNGE_CREDENTIAL = re.compile(r"MUNGE:[A-Za-z0-9+/]+={0,2}:")
+
+
+def _present(value: str | None) -> str | None:
+    """Return a proxy's user header value, or None when it names nobody.
+
+    Only blanks and tabs are trimmed (``str.strip`` would also eat control and non-ASCII
+    spaces, turning ``"\\xa0root\\x1c"`` into ``root``); empty and ``(null)`` (what
+    Apache's ``%{REMOTE_USER}`` gives for an unauthenticated request) are no header.
+    """
+    if value is None:
+        return None
+    value = value.strip(" \t")
+    return None if value in ("", "(null)") else value
 
 
 class AuthError(Exception):
@@ -165,6 +179,12 @@ class Authenticator:
         self.jwt_key = _read_jwt_key(settings.jwt_key) if "jwt" in mechanisms else b""
         self.sessions = sessions
         self.proxies = tuple(ipaddress.ip_network(n) for n in settings.trusted_proxies)
+        for network in self.proxies:
+            if network.is_loopback:
+                logger.warning(
+                    "trusted_proxies holds %s (loopback): every process on this host may name "
+                    "any user in %s; only the proxy may run here", network,
+                    settings.proxy_user_header)
         self.proxy_header_name = settings.proxy_user_header
         self.proxy_header = self.proxy_header_name.lower()
 
@@ -210,7 +230,7 @@ class Authenticator:
         """
         if not self.enabled:
             return NO_AUTH
-        proxied = headers.get(self.proxy_header)
+        proxied = _present(headers.get(self.proxy_header))
         if proxied is not None and self.from_proxy(peer):
             return self._proxied(proxied)
         authorization = headers.get("authorization", "")
@@ -273,10 +293,18 @@ class Authenticator:
         return Caller(mechanism="token", token=grant)
 
     def _proxied(self, user: str) -> Caller:
-        user = user.strip()
+        if "," in user:
+            # Several headers (joined by api/authenticate.py, RFC 9110 5.3): the proxy appended
+            # its own to the client's instead of replacing it; which one is true is unknowable.
+            raise AuthError(f"more than one {self.proxy_header_name} header: the proxy must "
+                            "replace the client's, not add its own")
         if not _PROXY_USER.fullmatch(user):
             raise AuthError(f"the trusted proxy's {self.proxy_header_name} is not a user name")
         uid, gid = _uid_of_user(user)
+        if uid == 0 or user == "root":
+            # A web login is no superuser: root's built-in rights stay with MUNGE credentials.
+            raise AuthError(f"the trusted proxy's {self.proxy_header_name} names {user}, whose "
+                            "uid is 0: a superuser is not taken from a web proxy")
         return Caller(mechanism="proxy", user=user, uid=uid, gid=gid)
 
     def _jwt(self, user: str, token: str) -> Caller:

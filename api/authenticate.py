@@ -6,10 +6,12 @@ the body's SHA-256, establishes the :class:`~jobenergy.api.auth.Caller` and its
 route the same body. Routes then decide what the caller may do (403) from
 ``request.state.access`` (:func:`get_access`).
 
-Answers of its own: 401 (no or a bad credential, with ``WWW-Authenticate``), 413 (body over
-the limit), 429 (rate limit, with ``Retry-After``), 503 (database down while looking up a
-token). ``/healthz``, ``/docs``, ``/openapi.json``, the web pages and ``/static`` carry no
-data and are open.
+Answers of its own: 401 (no or a bad credential, with ``WWW-Authenticate``), 403 (a write
+authenticated by a trusted proxy's user header without same-origin proof, or one a browser
+says is cross-site to a server without authentication: :func:`same_origin`),
+413 (body over the limit), 429 (rate limit, with ``Retry-After``), 503 (database down while
+looking up a token). ``/healthz``, ``/docs``, ``/openapi.json``, the web pages and
+``/static`` carry no data and are open.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import math
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request
 from sqlalchemy import exc as sa_exc
@@ -34,6 +37,9 @@ logger = logging.getLogger(__name__)
 #: are answered 429 and no longer logged one by one (a flood must not flood the log).
 FAILURES_PER_S = 2.0
 FAILURES_BURST = 20
+#: Methods that change nothing (RFC 9110 9.2.1): the only ones a proxy-authenticated caller
+#: may send without showing that this server's own pages sent them.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 async def _answer(send: Any, status: int, detail: str,
@@ -44,6 +50,38 @@ async def _answer(send: Any, status: int, detail: str,
         *(headers or []),
     ]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    """Return the request headers by lower-case name; repeated ones joined by ", ".
+
+    RFC 9110 5.3's combination, so that a repeated credential or user header cannot pass as
+    its last copy: a joined value is no valid credential, and ``api/auth.py`` names the cause.
+    """
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", []):
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+def same_origin(headers: dict[str, str]) -> bool | None:
+    """Return whether a browser says that the request comes from this server's own pages.
+
+    ``Sec-Fetch-Site`` (set by the browser, never by a page) decides when present:
+    ``same-origin``, or ``none`` (the user's own action). Without it (older browsers), an
+    ``Origin`` whose ``host[:port]`` is the request's ``Host`` (scheme aside: a TLS proxy talks
+    plain HTTP to us). None: neither header, so no browser said anything (curl, an agent).
+    """
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site.strip().lower() in ("same-origin", "none")
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    parts = urlsplit(origin.strip())
+    host = headers.get("host", "").strip().lower()
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == host
 
 
 class Authenticate:
@@ -64,8 +102,7 @@ class Authenticate:
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("unknown", 0))[0]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
+        headers = _headers(scope)
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
@@ -98,6 +135,16 @@ class Authenticate:
             await _answer(send, 503, "database unavailable, retry later", [
                 (b"retry-after", b"10")])
             return
+        if scope["method"] not in SAFE_METHODS and caller.mechanism in ("proxy", "none"):
+            # Ambient authority: the browser sends the proxy's SSO session with any request,
+            # even one a page on another site makes, and --auth none asks for nothing. A
+            # proxied write must show that this server's own pages sent it; without
+            # authentication (a loopback demo, whose agents send no Origin), a browser saying
+            # it is cross-site is refused.
+            proof = same_origin(headers)
+            if proof is False or (proof is None and caller.mechanism == "proxy"):
+                await self._cross_site(send, scope, client, caller.describe())
+                return
         access = await run_in_threadpool(self.roles.access, caller)
         if access.is_user:
             who = caller.user or f"uid={caller.uid}"
@@ -147,6 +194,17 @@ class Authenticate:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+    async def _cross_site(self, send: Any, scope: dict[str, Any], client: str,
+                          who: str) -> None:
+        logger.warning("403 %s %s from %s: %s without same-origin proof", scope["method"],
+                       scope["path"], client, who)
+        via = (f"authenticated by the proxy's {self.authenticator.proxy_header_name}"
+               if self.authenticator.enabled else "to a server without authentication")
+        await _answer(send, 403, (
+            f"{who}: a {scope['method']} {via} must come from this server's pages "
+            "(Sec-Fetch-Site: same-origin, or an Origin matching the Host); refused as a "
+            "possible cross-site request"))
 
     @staticmethod
     async def _too_many(send: Any, wait_s: float, detail: str) -> None:

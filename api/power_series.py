@@ -6,7 +6,7 @@ covers ``[b × step, (b + 1) × step)`` seconds since 1970 UTC (like Prometheus'
 steps, but aligned, so that a bucket has the same edges in every request and charts of
 several requests line up). An interval's energy is taken as uniform within the interval and
 goes to the buckets it overlaps in proportion to the overlap in µs, split by largest remainder
-(:func:`jobenergy.core.split.split_uj`), so each line's bucket energies add up to the line's
+(as :func:`jobenergy.core.split.split_uj` does), so each line's bucket energies add up to the line's
 energy exactly (DESIGN.md decisions 1 and 2). With a step of 3600 s this is how ingest splits
 a job's energy over hours (:func:`jobenergy.core.carbon.split_over_hours`), so a job's hourly
 series equals its ``job_energy_hour`` rows.
@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from jobenergy.core.split import split_uj
 from jobenergy.core.units import UJ_PER_J
 
 US_PER_S = 1_000_000
@@ -177,11 +176,20 @@ def apportion(start_us: int, end_us: int, energy_uj: int, step_us: int) -> list[
             else:
                 q2 += 1
         return [(first, q1), (last, q2)]
-    weights = {
-        b: min(end_us, (b + 1) * step_us) - max(start_us, b * step_us)
-        for b in range(first, last + 1)
-    }
-    return list(split_uj(energy_uj, weights).items())
+    # split_uj over the overlaps (they add up to the span), inlined: with a step finer than
+    # the intervals every interval comes here, thousands per request.
+    span = end_us - start_us
+    parts, remainders, given = [], [], 0
+    for i, bucket in enumerate(range(first, last + 1)):
+        weight = min(end_us, (bucket + 1) * step_us) - max(start_us, bucket * step_us)
+        q, r = divmod(energy_uj * weight, span)
+        parts.append([bucket, q])
+        remainders.append((-r, i))
+        given += q
+    if given < energy_uj:
+        for _, i in sorted(remainders)[:energy_uj - given]:
+            parts[i][1] += 1
+    return [(bucket, part) for bucket, part in parts]
 
 
 @dataclass

@@ -67,8 +67,9 @@ router = APIRouter(prefix="/api/v1", tags=["series"])
 
 #: Window of a node or cluster series without start and end: the last day.
 DEFAULT_WINDOW = timedelta(days=1)
-#: Longest window of a node or cluster series (raw intervals are kept 30 days by default).
-MAX_WINDOW = timedelta(days=31)
+#: Longest window read from raw intervals (a week and a day: a request reads at most that many
+#: node-days of rows). Longer: 422 for a node or a cluster, hourly energy for a job.
+MAX_WINDOW = timedelta(days=8)
 
 StepQuery = Annotated[str | None, Query(
     max_length=32, description="bucket width: seconds, or 30s, 5m, 1h, 1d (default: the "
@@ -101,13 +102,14 @@ def _recent_window(start: str | None, end: str | None) -> tuple[datetime, dateti
         ws = we - DEFAULT_WINDOW
     if we - ws > MAX_WINDOW:
         raise HTTPException(status_code=422, detail=f"window of {we - ws} is longer than "
-                                                    f"{MAX_WINDOW.days} days")
+                                                    f"{MAX_WINDOW.days} days (raw intervals)")
     return ws, we
 
 
 def _grid_fields(grid: Grid, kept: datetime | None) -> dict[str, Any]:
     return {
-        "start": iso_z(grid.start_s), "end": iso_z(grid.end_s), "step_s": grid.step_s,
+        "start": iso_z(grid.start_s) if grid.count else None,
+        "end": iso_z(grid.end_s) if grid.count else None, "step_s": grid.step_s,
         "requested_step_s": grid.requested_step_s, "step_raised": grid.step_raised,
         "max_points": MAX_POINTS, "t": grid.times(),
         "retained_from": kept.isoformat().replace("+00:00", "Z") if kept else None,
@@ -151,8 +153,9 @@ def get_job_series(job_id: str, session: SessionDep, access: AccessDep,
 
     Default window: the job's life (its Slurm start and end, widened to its stored energy).
     The lines add up exactly to the job's ``energy_uj`` of ``GET /api/v1/jobs/{job_id}``
-    when the window holds all of it. Once the job's raw intervals are past retention, one
-    line (component ``total``) from the job's hourly energy, with steps of whole hours.
+    when the window holds all of it. Once the job's raw intervals are past retention, or
+    over a window longer than :data:`MAX_WINDOW` (zoom in for detail), one line (component
+    ``total``) from the job's hourly energy, with steps of whole hours.
     """
     step_s = _step(step)
     ws, we = _window(start, end)
@@ -164,8 +167,10 @@ def get_job_series(job_id: str, session: SessionDep, access: AccessDep,
     if ws is not None and we is None:
         we = max(ws, datetime.now(UTC))
     kept = retained_from(session)
-    hourly = (kept is not None and job.first_at is not None and job.first_at < kept
-              and ws is not None and ws < kept)
+    hourly = ws is not None and we is not None and (
+        we - ws > MAX_WINDOW
+        or (kept is not None and job.first_at is not None and job.first_at < kept
+            and ws < kept))
     if ws is None or we is None or we <= ws:
         grid = Grid(step_s=step_s or 1, first=0, count=0, requested_step_s=step_s)
     else:
@@ -205,7 +210,7 @@ def get_node_series(node: str, session: SessionDep, access: AccessDep,
                     start: TimeQuery = None, end: TimeQuery = None) -> NodeSeries:
     """Return per component the node's measured energy per bucket, split into what went to
     jobs (attributed) and what stayed the node's (unattributed); measured = attributed +
-    unattributed in every bucket, exactly. Default window: the last day; at most 31 days.
+    unattributed in every bucket, exactly. Default window: the last day; at most 8 days.
 
     For admins, operators and the Slurm hooks, as ``GET /api/v1/nodes``.
     """
@@ -286,7 +291,8 @@ def get_cluster_series(cluster: str, session: SessionDep, access: AccessDep,
                        step: StepQuery = None, start: TimeQuery = None,
                        end: TimeQuery = None) -> ClusterSeries:
     """Return the measured CPU, DRAM and GPU energy of every node of the cluster per bucket,
-    with the PUE and carbon intensity in force. Default window: the last day; at most 31.
+    with the PUE and carbon intensity in force. Default window: the last day; at most 8
+    days.
 
     Whoever may read everyone's usage (``private_data`` without ``usage``; admins,
     operators, the hooks).

@@ -14,9 +14,10 @@ and groups them in one pass into two kinds of rows:
   in time (ingest refuses that), so a line has at most one such interval per bucket edge:
   at most about :data:`~jobenergy.api.power_series.MAX_POINTS` per line, whatever the history.
 
-Rows starting before the window are found from ``start − MAX_INTERVAL_S`` (the longest
-interval accepted), as the collector's overlap check does, so an interval that reaches into
-the window is never missed.
+Rows starting before the window are read from the earliest start of an interval reaching
+into it: for a job or a node, probed per line (:func:`earliest_reaching`); for a cluster,
+``start − MAX_INTERVAL_S`` (the longest interval accepted), as the collector's overlap check
+does. An interval that reaches into the window is never missed.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import Select, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
-from jobenergy.api.power_series import Lines, epoch_us
+from jobenergy.api.power_series import Lines, apportion, epoch_us
 from jobenergy.collector.models import (
     EnergyInterval,
     IntervalRetention,
@@ -56,6 +57,12 @@ _SINCE_BASE_US = {
     "sqlite": ("(CAST(strftime('%s', substr({col}, 1, 19)) AS INTEGER) * 1000000 "
                "+ CAST(substr({col}, 21, 6) AS INTEGER) - :{base}_us)"),
 }
+
+
+#: ``work_mem`` of a bucketing statement on PostgreSQL (its hash aggregate; per process).
+WORK_MEM = "32MB"
+#: Read rows starting this long before the window without filtering them by their end.
+_FILTER_REACH_AFTER = timedelta(hours=1)
 
 
 def since_base_sql(dialect: str, column: str, base: str) -> str:
@@ -107,11 +114,20 @@ def fill_lines(session: Session, lines: Lines, keys: Sequence[tuple[str, str]], 
     step_us = grid.step_us
     base_us = epoch_us(lo) // step_us * step_us  # a bucket edge: every row is at or after it
     base_bucket = base_us // step_us
+    # Rows ending before the window add nothing (their buckets are outside the grid): worth
+    # filtering out only when many start before it, and the filter misleads the planner's
+    # row estimates (on a job's whole span it is always true).
+    reach = " AND end_at > :ws" if start - lo > _FILTER_REACH_AFTER else ""
     names = ", ".join(alias for alias, _ in keys)
     apart = "".join(f", {column}" for column in split_by)
+    # Only rows crossing an edge are kept apart by the split_by columns.
+    apart_keys = "".join(f", CASE WHEN b_last > b THEN {column} END AS apart_{column}"
+                         for column in split_by)
+    apart_names = "".join(f", apart_{column}" for column in split_by)
     sql = f"""
         SELECT {names}, CASE WHEN b_last > b THEN s ELSE b END AS k1,
-               CASE WHEN b_last > b THEN e ELSE -1 END AS k2, SUM(energy_uj) AS energy_uj
+               CASE WHEN b_last > b THEN e ELSE -1 END AS k2{apart_keys},
+               SUM(energy_uj) AS energy_uj
         FROM (
             SELECT {names}{apart}, energy_uj, s, e, s / :step_us AS b,
                    (e - 1) / :step_us2 AS b_last
@@ -120,33 +136,72 @@ def fill_lines(session: Session, lines: Lines, keys: Sequence[tuple[str, str]], 
                        energy_uj, {since_base_sql(dialect, "start_at", "base")} AS s,
                        {since_base_sql(dialect, "end_at", "base2")} AS e
                 FROM {_EI}
-                WHERE {where} AND start_at >= :lo AND start_at < :hi AND end_at > :ws
+                WHERE {where} AND start_at >= :lo AND start_at < :hi{reach}
             ) AS r0
         ) AS r
-        GROUP BY {names}{apart}, k1, k2
+        GROUP BY {names}, k1, k2{apart_names}
     """
-    times = ["lo", "hi", "ws"]
-    values = {**params, "step_us": step_us, "step_us2": step_us, "lo": lo, "hi": end,
-              "ws": start}
+    times = ["lo", "hi"] + (["ws"] if reach else [])
+    values = {**params, "step_us": step_us, "step_us2": step_us, "lo": lo, "hi": end}
+    if reach:
+        values["ws"] = start
     if dialect == "postgresql":
         times += ["base", "base2"]
         base = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=base_us)
         values.update(base=base, base2=base)
-        # Compiling a plan for a few hundred thousand rows costs more than it saves.
+        # Compiling a plan for a few hundred thousand rows costs more than it saves; and the
+        # groups (at most lines × buckets, plus an edge-crossing interval per line and edge)
+        # fit a hash table in memory, which the planner's coarse estimate of them (the bucket
+        # is an expression) otherwise trades for a sort spilled to disk.
         session.execute(text("SET LOCAL jit = off"))
+        session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     else:
         values.update(base_us=base_us, base2_us=base_us)
     stmt = text(sql).bindparams(*(_time(name) for name in times),
                                 *(bindparam(n, expanding=True) for n in expanding))
     rows = session.execute(stmt, values).all()
-    width = len(keys)
+    width, first, count = len(keys), grid.first, grid.count
+    # Tens of thousands of rows: the loop of Lines.add_bucket/add_interval, inlined.
     for row in rows:
-        key = tuple(row[:width])
-        k1, k2, energy = int(row[width]), int(row[width + 1]), int(row[width + 2])
-        if k2 < 0:
-            lines.add_bucket(key, base_bucket + k1, energy)
-        else:
-            lines.add_interval(key, base_us + k1, base_us + k2, energy)
+        line = lines.line(tuple(row[:width]))
+        energy, covered = line.energy_uj, line.covered
+        k1, k2, energy_uj = int(row[width]), int(row[width + 1]), int(row[-1])
+        parts = ([(base_bucket + k1, energy_uj)] if k2 < 0
+                 else apportion(base_us + k1, base_us + k2, energy_uj, step_us))
+        for bucket, part in parts:
+            index = bucket - first
+            if 0 <= index < count:
+                energy[index] += part
+                covered[index] = True
+
+
+def earliest_reaching(session: Session, start: datetime, match: tuple[Any, ...],
+                      lines: Select[Any]) -> datetime:
+    """Return a lower bound of the start of every interval of ``lines`` reaching ``start``.
+
+    Intervals of one source on one node never overlap in time (ingest refuses that), so of
+    each line only its latest interval starting before ``start`` can reach into the window:
+    one backward index probe per line (``lines``: rows with ``cluster`` and ``source``
+    columns; ``match``: the further conditions tying an interval to a row of it) instead of
+    reading ``MAX_INTERVAL_S`` of rows before the window.
+    """
+    floor = start - timedelta(seconds=MAX_INTERVAL_S)
+    keys = lines.subquery()
+    ei = EnergyInterval
+    latest = (
+        select(func.max(ei.start_at))
+        .where(ei.cluster == keys.c.cluster, ei.source == keys.c.source,
+               *(_rebind(cond, keys) for cond in match),
+               ei.start_at < start, ei.start_at >= floor)
+        .scalar_subquery()
+    )
+    found = _as_time(session.scalar(select(func.min(latest)).select_from(keys)))
+    return start if found is None else found
+
+
+def _rebind(condition: Any, keys: Any) -> Any:
+    """``energy_interval.x == table.y`` with ``table.y`` taken from the subquery ``keys``."""
+    return condition.left == keys.c[condition.right.name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +256,13 @@ def job_interval_lines(session: Session, job: JobSpan, lines: Lines) -> None:
     """Fill per (node, component, source) lines of ``job`` from its intervals."""
     assert job.first_at is not None
     start = _at(lines.grid.start_s)
-    lo = max(job.first_at, start - timedelta(seconds=MAX_INTERVAL_S))
+    lo = job.first_at
+    if start > job.first_at:
+        je = JobEnergy
+        lo = max(lo, earliest_reaching(
+            session, start, (EnergyInterval.job_id == je.job_id, EnergyInterval.node == je.node),
+            select(je.cluster, je.job_id, je.node, je.source)
+            .where(je.cluster == job.cluster, je.job_id == job.job_id)))
     fill_lines(session, lines, [("node", "node"), ("component", "component"),
                                 ("source", "source")],
                "cluster = :cluster AND job_id = :job_id",
@@ -276,10 +337,14 @@ def node_lines(session: Session, cluster: str, node: str, lines: Lines) -> None:
     The attributed line is split per job share: bucket by bucket, it is the sum of the job
     series' lines of that node and component.
     """
+    ne = NodeEnergy
+    lo = earliest_reaching(
+        session, _at(lines.grid.start_s), (EnergyInterval.node == ne.node,),
+        select(ne.cluster, ne.node, ne.source).where(ne.cluster == cluster, ne.node == node))
     fill_lines(session, lines, [("component", "component"),
                                 ("unattributed", "CASE WHEN job_id IS NULL THEN 1 ELSE 0 END")],
                "cluster = :cluster AND node = :node", {"cluster": cluster, "node": node},
-               split_by=("source", "job_id"))
+               lo=lo, split_by=("source", "job_id"))
 
 
 def cluster_lines(session: Session, cluster: str, nodes: list[str], lines: Lines) -> None:

@@ -16,8 +16,9 @@ from pydantic import BaseModel, Field
 class SeriesGrid(BaseModel):
     """The time axis of a series and how its step was chosen."""
 
-    start: str = Field(description="start of the first bucket, ISO 8601 UTC")
-    end: str = Field(description="end of the last bucket, ISO 8601 UTC")
+    start: str | None = Field(description="start of the first bucket, ISO 8601 UTC (null: "
+                              "no bucket, e.g. a job without times nor energy)")
+    end: str | None = Field(description="end of the last bucket, ISO 8601 UTC")
     step_s: int = Field(description="bucket width, s")
     requested_step_s: int | None = Field(description="the step asked for (null: chosen)")
     step_raised: bool = Field(

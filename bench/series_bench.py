@@ -15,8 +15,8 @@ time, each with the default step (at most 1000 buckets):
 - ``GET /api/v1/nodes/{node}/series``: one node-day;
 - ``GET /api/v1/clusters/{c}/series``: the last 7 days of every node.
 
-Prints p50/p99 per query with the rows it covers, the buckets and lines answered, whether the
-job index was used, and the job index's size. Asserts nothing.
+Prints p50/p99 per query with the rows it covers, the buckets and lines answered and the
+indexes its plan reads (EXPLAIN), and the job index's size. Asserts nothing.
 
     .venv/bin/python bench/series_bench.py                       # 4 nodes × 8 days, 10-s
     .venv/bin/python bench/series_bench.py --nodes 16 --days 30  # bigger (a while to load)
@@ -25,6 +25,7 @@ job index was used, and the job index's size. Asserts nothing.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -34,9 +35,10 @@ from typing import Any
 from fastapi.testclient import TestClient
 from ingest_bench import GPU_NAME, POWER_W, SOURCES, human, pg_tune
 from pgload import load_pgserver  # bench/ is sys.path[0] when run as a script
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 
 from jobenergy.api.app import create_app
+from jobenergy.api.series_queries import WORK_MEM
 from jobenergy.collector.db import make_engine, upgrade
 from jobenergy.collector.partitions import add_months, create_month_partition
 from jobenergy.collector.settings import ServerSettings
@@ -140,11 +142,47 @@ def vacuum(url: str) -> None:
         engine.dispose()
 
 
-def job_index_scans(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes "
-            "WHERE indexrelname LIKE '%job_id_start_at%'")).scalar_one())
+class Recorder:
+    """Keeps the bucketing statement a request ran (the one grouping by ``k1``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.statement: tuple[str, Any] | None = None
+        self.durations: list[float] = []
+        self._began = 0.0
+        event.listen(engine, "before_cursor_execute", self._record)
+        event.listen(engine, "after_cursor_execute", self._done)
+
+    def _record(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any,
+                executemany: bool) -> None:
+        if "AS k1" in statement and not statement.startswith("EXPLAIN"):
+            self.statement = (statement, params)
+            self._began = time.perf_counter()
+
+    def _done(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any,
+              executemany: bool) -> None:
+        if "AS k1" in statement and not statement.startswith("EXPLAIN"):
+            self.durations.append(time.perf_counter() - self._began)
+
+    def explain(self, analyze: bool = False) -> str:
+        """Return the recorded statement's plan (run, with ``analyze``)."""
+        assert self.statement is not None
+        statement, params = self.statement
+        prefix = "EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN "
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SET jit = off")  # as the endpoint does (series_queries.py)
+            conn.exec_driver_sql(f"SET work_mem = '{WORK_MEM}'")
+            return "\n".join(r[0] for r in conn.exec_driver_sql(prefix + statement, params))
+
+    def indexes(self) -> str:
+        """Return the indexes the recorded statement's plan reads (EXPLAIN, not run)."""
+        if self.statement is None:
+            return "-"
+        plan = self.explain()
+        names = sorted(set(re.findall(r"(?:Index Scan|Index Only Scan|Bitmap Index Scan)"
+                                      r"(?: Backward)? (?:using|on) (\S+)", plan)))
+        kinds = {re.sub(r"^energy_interval_(p\d{4}_\d{2}|default)_", "", n) for n in names}
+        return ", ".join(sorted(kinds)) or "no index"
 
 
 def job_index_bytes(engine: Engine) -> int:
@@ -192,6 +230,8 @@ def main() -> None:
     parser.add_argument("--interval-s", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--shared-buffers", default="512MB")
+    parser.add_argument("--explain", action="store_true",
+                        help="print each bucketing statement's EXPLAIN (ANALYZE, BUFFERS)")
     args = parser.parse_args()
     if args.nodes < 3 or args.days < 8:
         sys.exit("needs at least 3 nodes and 8 days (a 3-day job whole, a cluster week)")
@@ -253,17 +293,21 @@ def main() -> None:
                                   carbon_intensity_g_per_kwh=None)
         print(f"in-process TestClient, one request at a time, default step; {args.repeat} "
               "timed requests after 2 warm-ups")
-        with TestClient(create_app(settings)) as client:
+        app = create_app(settings)
+        recorder = Recorder(app.state.engine)
+        with TestClient(app) as client:
             for name, path, params, where, where_params in cases:
-                scans = job_index_scans(engine)
+                recorder.statement = None
                 samples, out = timed(client, path, params, args.repeat)
-                used = job_index_scans(engine) > scans
+                sql_s = statistics.median(recorder.durations[-args.repeat:])
                 n_rows = covered_rows(engine, where, where_params)
                 lines = out.get("lines", [])
-                print(f"{name:22s} {percentiles(samples)}  {n_rows:>10,} rows  "
-                      f"step {out['step_s']:>4} s × {len(out['t']):>4} buckets × "
-                      f"{len(lines):>2} lines{'  (job index)' if used else ''}"
-                      f"  mean {statistics.mean(samples) * 1000:.1f} ms")
+                print(f"{name:20s} {percentiles(samples)}  (bucketing statement p50 "
+                      f"{sql_s * 1000:6.1f} ms)  {n_rows:>9,} rows  step "
+                      f"{out['step_s']:>3} s × {len(out['t']):>4} buckets × {len(lines):>2} "
+                      f"lines  [{recorder.indexes()}]")
+                if args.explain:
+                    print(recorder.explain(analyze=True))
         engine.dispose()
 
 

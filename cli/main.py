@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -88,22 +87,17 @@ def agent(
     log_level: LogLevelOpt = None,
     log_format: LogFormatOpt = None,
 ) -> None:
-    """Run the node agent until SIGTERM/SIGINT (then: final sample, flush, exit 0)."""
-    from jobenergy.agent.daemon import Agent
-    from jobenergy.agent.settings import AgentSettings
+    """Run the node agent until SIGTERM/SIGINT (then: final sample, flush, exit 0).
 
-    try:
-        settings = AgentSettings.load(config, node=node, collector_url=collector_url,
-                                      log_level=log_level, log_format=log_format)
-        logs.configure(settings.log_level, settings.log_format)
-        daemon = Agent(settings)
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-        daemon.run(stop)
-    except JobEnergyError as err:
-        typer.echo(f"jobenergy agent: {err}", err=True)
-        raise typer.Exit(2) from err
+    The same as ``jobenergy-agent`` (``agent/main.py``), which the systemd unit runs: that
+    one loads none of the command-line tools.
+    """
+    from jobenergy.agent.main import run
+
+    code = run(config, node=node, collector_url=collector_url, log_level=log_level,
+               log_format=log_format, program="jobenergy agent")
+    if code:
+        raise typer.Exit(code)
 
 
 DEFAULT_DB = "sqlite:///./jobenergy.db"

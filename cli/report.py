@@ -5,7 +5,10 @@ characters right-justified, ``%-N`` left-justified). Output is fixed-width with 
 by default, delimited (``|``, or ``--delimiter``) with ``--parsable2`` (``-P``), or with a
 trailing delimiter with ``--parsable`` (``-p``), as sacct does. Text from users (job names,
 tags) never reaches the terminal raw: control characters are escaped. ``NodeList`` is
-compressed as Slurm prints it (``n[1-3]``, python-hostlist).
+compressed as Slurm prints it (``n[1-3]``, python-hostlist). ``JobID`` is sacct's (``1234_5``,
+``1234+1``, ``1234.batch``), ``JobIDRaw`` the raw id; ``State`` says ``CANCELLED by <uid>``
+when Slurm said who; ``ConsumedEnergy`` follows ``--units``/``--noconvert``. On a step row
+(``senergy_rows.py``) the fields jobenergy does not know per step print empty.
 
 Energy fields (CPUkWh, DRAMkWh, GPUkWh, TotalkWh, EnergyUJ, FacilitykWh, CO2eKg) of a job that
 no energy source covered (``quality.unmeasured``) read ``unmeasured``, never 0. In the

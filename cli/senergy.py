@@ -1,7 +1,8 @@
 """``senergy``: sacct-style energy reports for users.
 
-    senergy -j 1234,1235 -o JobID,User,TotalkWh,CO2eKg -P
-    senergy -u alice -S 2026-11-01 -E 2026-11-30 --json
+    senergy -j 1234,1235_4,1240+1,1250.batch -o JobID,User,TotalkWh,CO2eKg -P
+    senergy -u alice,bob -s CD,F -S 2026-11-01 -E 2026-11-30 -X --json
+    senergy -a -M all -N n[1-8] --name train,eval -o JobID,AllocTRES,ConsumedEnergy --units K
     senergy leaderboard --phase inference --metric j_per_sample --order asc
     senergy summary --group-by account -S 2026-11-01
 
@@ -165,14 +166,25 @@ def report(
                           trailing=parsable, header=not noheader))
         for note in footnotes(found, selected, marked=separator is None):
             typer.echo(note, err=True)
+    _explain_missing(selectors, found, refused)
+    if refused:
+        raise typer.Exit(1)
+
+
+def _explain_missing(selectors: tuple[JobSelector, ...] | None, found: list[dict[str, Any]],
+                     refused: dict[str, str]) -> None:
+    """Say on stderr which asked jobs are not shown, and why when the API told."""
+    lines = []
     for selector in selectors or ():
         text = selector.api_id + (f".{selector.step}" if selector.step else "")
         if selector.api_id in refused:
-            typer.echo(f"senergy: job {text}: {refused[selector.api_id]}", err=True)
+            lines.append(f"senergy: job {text}: {refused[selector.api_id]}")
         elif not any(selects(selector, job) for job in found):
-            typer.echo(f"senergy: no energy recorded for job {text}", err=True)
-    if refused:
-        raise typer.Exit(1)
+            lines.append(f"senergy: no energy recorded for job {text}")
+    for line in lines[:MAX_EXPLAINED]:
+        typer.echo(line, err=True)
+    if len(lines) > MAX_EXPLAINED:
+        typer.echo(f"senergy: ... and {len(lines) - MAX_EXPLAINED} more jobs", err=True)
 
 
 def _params(selectors: tuple[JobSelector, ...] | None, cluster: str | None, allclusters: bool,

@@ -13,6 +13,7 @@ Enabling the services stays a separate, visible step (deploy/INSTALL.md).
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sys
 import sysconfig
@@ -53,12 +54,15 @@ InsecureOpt = Annotated[bool, typer.Option(
 
 
 def _bin_dir(option: Path | None) -> Path:
+    """Return the folder of the jobenergy the units run, checked: it goes into ExecStart= and
+    the hooks' sync command, where a line break or a space would add or split a command."""
     if option is not None:
-        return option
-    argv0 = Path(sys.argv[0])
-    if argv0.name == "jobenergy" and argv0.exists():
-        return argv0.absolute().parent
-    return Path(sysconfig.get_path("scripts"))
+        chosen = option
+    elif (argv0 := Path(sys.argv[0])).name == "jobenergy" and argv0.exists():
+        chosen = argv0.absolute().parent
+    else:
+        chosen = Path(sysconfig.get_path("scripts"))
+    return configs.check_path(chosen, "--bin-dir")
 
 
 def _installer(root: Path | None, force: bool) -> Installer:
@@ -126,6 +130,7 @@ def agent(
     """Compute node: /etc/jobenergy/agent.toml (0600), the spool, jobenergy-agent.service."""
     inst = None
     try:
+        bins = _bin_dir(bin_dir)
         if auth not in ("munge", "token"):
             raise SetupError(f"--auth {auth}: use munge or token")
         text = configs.agent_toml({
@@ -144,7 +149,7 @@ def agent(
         inst.file(f"{ETC}/agent.toml", text, 0o600)
         inst.directory(SPOOL, 0o755)
         inst.directory(f"{SPOOL}/agent", 0o700)
-        _units(inst, ("jobenergy-agent.service",), _bin_dir(bin_dir))
+        _units(inst, ("jobenergy-agent.service",), bins)
     except (JobEnergyError, OSError) as err:
         raise _fail(err, inst) from err
     _finish(inst, ["systemctl enable --now jobenergy-agent"])
@@ -175,6 +180,9 @@ def server(
     admins: Annotated[str | None, typer.Option(help="Admin user names, comma-separated")] = None,
     admin_group: Annotated[str | None, typer.Option(help="Unix group of admins")] = None,
     slurm_user: Annotated[str, typer.Option(help="slurm.conf's SlurmUser")] = "slurm",
+    munge_cluster: Annotated[str | None, typer.Option(
+        help="The cluster whose munge.key this host holds: MUNGE agents and hooks post for "
+             "it only")] = None,
     pue: Annotated[float | None, typer.Option(help="Default PUE (>= 1)")] = None,
     carbon_intensity: Annotated[float | None, typer.Option(
         help="Default grid intensity, g CO2e/kWh")] = None,
@@ -197,6 +205,8 @@ def server(
         if tls_cert is None and not is_loopback(host) and not allow_insecure:
             raise SetupError(f"plain HTTP on {host}: give --tls-cert/--tls-key, listen on a "
                              "loopback address behind a TLS proxy, or --allow-insecure")
+        configs.check_user(slurm_user, "--slurm-user")
+        bins = _bin_dir(bin_dir)
         env_text = configs.server_env(db_url)
         text = configs.server_toml({
             "host": host, "port": port,
@@ -204,6 +214,7 @@ def server(
             "jwt_key": jwt_key,
             "admins": [a.strip() for a in admins.split(",") if a.strip()] if admins else None,
             "admin_group": admin_group, "slurm_user": slurm_user,
+            "munge_cluster": munge_cluster,
             "pue": pue, "carbon_intensity_g_per_kwh": carbon_intensity,
             "tls_cert": tls_cert, "tls_key": tls_key,
             "allow_insecure": allow_insecure or None,
@@ -216,7 +227,7 @@ def server(
         inst.file(f"{ETC}/server.env", env_text, 0o600)
         inst.directory(SERVER_STATE, 0o700, "jobenergy")
         _units(inst, ("jobenergy-server.service", "jobenergy-db-maintain.service",
-                      "jobenergy-db-maintain.timer"), _bin_dir(bin_dir))
+                      "jobenergy-db-maintain.timer"), bins)
     except (JobEnergyError, OSError) as err:
         raise _fail(err, inst) from err
     steps = ["systemctl enable --now jobenergy-server jobenergy-db-maintain.timer"]
@@ -258,22 +269,27 @@ def slurm_hooks(
     inst = None
     try:
         url = configs.check_url(url, allow_insecure)
+        configs.check_user(slurm_user, "--slurm-user")
+        bins = _bin_dir(bin_dir)
+        # Both go into plugstack.conf and the next steps' slurm.conf lines.
+        configs.check_path(Path(slurm_conf_dir), "--slurm-conf-dir")
+        configs.check_path(Path(plugin_dir), "--plugin-dir")
         if auth not in (None, "munge", "token", "none"):
             raise SetupError(f"--auth {auth}: use munge, token or none")
         if auth == "token" and not token_file:
             raise SetupError("--auth token needs --token-file")
-        program = _bin_dir(bin_dir) / "jobenergy"
+        program = bins / "jobenergy"
         transport = {"JOBENERGY_CA_FILE": ca_file,
                      "JOBENERGY_ALLOW_INSECURE": "1" if allow_insecure else None,
                      "JOBENERGY_TOKEN_FILE": token_file}
         hooks_values = {"JOBENERGY_URL": url, "JOBENERGY_CLUSTER": cluster, **transport,
                         "JOBENERGY_AUTH": auth, "JOBENERGY_OUTBOX": f"{SPOOL}/outbox"}
         if sync:
-            if any(c in str(program) + url for c in " '\"$\\&;"):
-                raise SetupError("--sync: the program path and --url must not hold spaces, "
-                                 "quotes or shell characters")
+            # The hook runs it with `bash -c`: every value in it is quoted (and check_url,
+            # check_path already allow no shell character; a quote would stop env_line).
             hooks_values["JOBENERGY_SYNC_CMD"] = (
-                f'{program} slurm sync --url {url} --jobs "$SLURM_JOB_ID" --wait 300')
+                f"{shlex.quote(str(program))} slurm sync --url {shlex.quote(url)} "
+                '--jobs "$SLURM_JOB_ID" --wait 300')
         hooks_text = configs.hooks_env({k: v for k, v in hooks_values.items() if v})
         sync_text = configs.sync_env(
             {k: v for k, v in {"JOBENERGY_URL": url, **transport}.items() if v})
@@ -295,7 +311,7 @@ def slurm_hooks(
             problem = build_spank(inst, slurm_include, plugin_dir, slurm_conf_dir)
         inst.file(f"{ETC}/sync.env", sync_text, 0o644)
         _units(inst, ("jobenergy-slurm-sync.service", "jobenergy-slurm-sync.timer"),
-               _bin_dir(bin_dir), {"\nUser=slurm\n": f"\nUser={slurm_user}\n"})
+               bins, {"\nUser=slurm\n": f"\nUser={slurm_user}\n"})
     except (JobEnergyError, OSError) as err:
         raise _fail(err, inst) from err
     _finish(inst, [

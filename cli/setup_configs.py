@@ -18,6 +18,20 @@ from jobenergy.cli.setup_files import SetupError
 from jobenergy.core.errors import ConfigError
 
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+#: C0 controls, DEL and C1 controls: a line break ends the line (a new variable, or a second
+#: command where the file is sourced), the others hide what the admin reads.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: What a collector URL may hold (written into shell-sourced files and the hooks' sync command):
+#: http(s), a host name or an [IPv6] address, a port, a path of unreserved characters and
+#: percent escapes; no user info, query, fragment, quotes, spaces or shell characters.
+_URL = re.compile(
+    r"(?P<scheme>(?i:https?))://(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?(?P<path>(?:/(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})*)*)")
+#: POSIX portable user names (useradd's default, plus upper case): what systemd's User= and
+#: Slurm's SlurmUser take.
+USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+#: What an installation path may hold (written into systemd units and shell commands).
+_PATH = re.compile(r"/[A-Za-z0-9._+@/-]*")
 
 
 def toml_value(value: Any) -> str:
@@ -39,9 +53,10 @@ def env_line(name: str, value: str) -> str:
     """Return ``NAME='value'``: one line that bash (``.``) and systemd's EnvironmentFile= both
     read back as ``value``, whatever ``&``, ``$``, ``#`` or spaces it holds."""
     assert _ENV_NAME.fullmatch(name)
-    if "'" in value or "\n" in value or "\0" in value:
-        raise SetupError(f"{name}: a value with a quote or a line break cannot be written "
-                         "safely (percent-encode it in a URL: ' is %27)")
+    if "'" in value or _CONTROL.search(value):
+        raise SetupError(f"{name}: a value with a quote or a control character (line break, "
+                         "tab, ...) cannot be written safely (percent-encode it in a URL: ' "
+                         "is %27)")
     return f"{name}='{value}'\n"
 
 
@@ -152,15 +167,35 @@ def sync_env(values: dict[str, str]) -> str:
 
 
 def check_url(url: str, allow_insecure: bool) -> str:
-    """Refuse what every client refuses: no http(s) URL, or plain HTTP off loopback."""
-    from urllib.parse import urlsplit
-
+    """Refuse what every client refuses (no http(s) URL, plain HTTP off loopback) and any
+    character beyond ``scheme://host[:port][/path]`` in safe characters (:data:`_URL`)."""
     from jobenergy.core.request_auth import is_loopback
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not url.lower().startswith(("http://", "https://")):
         raise SetupError(f"--url {url!r} is not an http:// or https:// URL")
-    if parts.scheme == "http" and not allow_insecure and not is_loopback(parts.hostname):
-        raise SetupError(f"--url {url}: plain HTTP to {parts.hostname} carries credentials and "
+    match = _URL.fullmatch(url)
+    if match is None or (match["port"] and not 0 < int(match["port"]) < 65536):
+        raise SetupError(f"--url {url!r}: only http(s)://host[:port][/path], the path in "
+                         "letters, digits, . _ ~ - and %XX escapes")
+    host = match["host"].strip("[]")
+    if match["scheme"].lower() == "http" and not allow_insecure and not is_loopback(host):
+        raise SetupError(f"--url {url}: plain HTTP to {host} carries credentials and "
                          "job data in clear; use https:// (with --ca-file) or --allow-insecure")
     return url.rstrip("/")
+
+
+def check_user(name: str, option: str) -> str:
+    """Return ``name`` when it is a portable user name, else refuse it (one line)."""
+    if not USER_NAME.fullmatch(name):
+        raise SetupError(f"{option} {name!r} is not a user name (letters, digits, _ . -; "
+                         "at most 32)")
+    return name
+
+
+def check_path(path: Path, option: str) -> Path:
+    """Return ``path`` when it is absolute and of plain characters (no space, quote, shell or
+    control character, no ``%`` systemd would expand), else refuse it (one line)."""
+    if not _PATH.fullmatch(str(path)):
+        raise SetupError(f"{option} {str(path)!r}: give an absolute path of letters, digits "
+                         "and . _ + @ - / only")
+    return path

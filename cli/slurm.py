@@ -270,10 +270,11 @@ class Syncer:
 
     def _sync_job(self, job: SlurmJob, cluster: str, report: SyncReport, *,
                   post_events: bool) -> None:
-        if (post_events and not has_summary(job.admin_comment)
-                and (cluster, job.job_id) not in self._enriched
-                and self._post_events(job, cluster, report)):
-            self._enriched.add((cluster, job.job_id))
+        unposted = post_events and not has_summary(job.admin_comment)
+        if unposted and (cluster, job.job_id) not in self._enriched:
+            unposted = False
+            if self._post_events(job, cluster, report):
+                self._enriched.add((cluster, job.job_id))
         if not self.admin_comment or not job.nodes:
             report.skipped.append(job.job_id)
             return
@@ -282,6 +283,10 @@ class Syncer:
                             self.settle_s):
             report.pending.append(job.job_id)
             return
+        if unposted:
+            # Posted by an earlier pass, maybe before slurmdbd had every step record: once
+            # more from this pass's sacct, before the summary makes later passes skip it.
+            self._post_events(job, cluster, report)
         resp = self.http.get(f"/api/v1/jobs/{job.job_id}", params={"cluster": cluster})
         if resp.status_code == 404:
             report.pending.append(job.job_id)

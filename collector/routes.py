@@ -153,10 +153,20 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def require_json(request: Request) -> None:
-    """Refuse a body declared as something else than JSON (415), e.g. a form post."""
+    """Refuse a body declared as something else than JSON (415), e.g. a form post.
+
+    A body without ``Content-Type`` (curl ``--data-binary`` without ``-H``) is parsed as JSON
+    only for a caller with a credential of its own (MUNGE, JWT, token): a page on another site
+    can send such a body (``fetch`` of a ``Blob``), and the browser adds to it a trusted
+    proxy's session (``api/auth.py``), never such a credential.
+    """
     declared = request.headers.get("content-type")
     if declared is None:
-        return  # curl --data-binary without -H: accept, the body is still parsed as JSON
+        access: Access | None = getattr(request.state, "access", None)
+        if access is not None and access.caller.mechanism == "proxy":
+            raise HTTPException(status_code=415,
+                                detail="missing Content-Type: send application/json")
+        return
     media = declared.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise HTTPException(
@@ -285,7 +295,10 @@ def post_batch(request: Request, access: AccessDep, body: BodyDep,
         raise
     request.state.sender = (batch.cluster, batch.node)
     if not access.may_post_batch(batch.cluster, batch.node):
-        raise forbidden(access, f"post batches for node {batch.node} of cluster {batch.cluster}")
+        clusters = sorted({c for c, n in access.agent_nodes or () if c and n == batch.node})
+        only = f" (only of cluster {', '.join(clusters)})" if clusters else ""
+        raise forbidden(access, f"post batches for node {batch.node} of cluster "
+                        f"{batch.cluster}{only}")
     try:
         with session.begin():
             if not request.app.state.defaults_synced:
@@ -346,9 +359,9 @@ def post_job_event(access: AccessDep, body: BodyDep, session: SessionDep) -> Job
     if not access.service:
         raise forbidden(access, "post job events (the Slurm hooks do: root or SlurmUser)")
     event = parse_body(body, JobEvent)
-    token = access.caller.token
-    if token is not None and token.cluster != event.cluster:
-        raise forbidden(access, f"post job events for cluster {event.cluster}")
+    if access.events_cluster is not None and access.events_cluster != event.cluster:
+        raise forbidden(access, f"post job events for cluster {event.cluster} (only for "
+                        f"{access.events_cluster})")
     try:
         with session.begin():
             job = apply_job_event(session, event)

@@ -8,10 +8,10 @@
   ``{"source": "series"}`` or ``{"source": "default"}``.
 - ``PUT  /api/v1/clusters/{cluster}/pue``: ``{"pue": 1.3}`` (null: the server default).
 - ``POST /api/v1/clusters/{cluster}/{carbon|pue}/series``: JSON ``{"points": [{"time", "value"}]}``
-  or CSV (``Content-Type: text/csv``, e.g. an Electricity Maps export; ``?column=`` picks the
-  value column). The body is capped at ``max_series_bytes`` while it arrives and a CSV is parsed
-  row by row up to ``max_series_points`` points (413 beyond either). ``DELETE`` the same path
-  drops the series.
+  (``Content-Type: application/json``) or CSV (``text/csv``, e.g. an Electricity Maps
+  export; ``?column=`` picks the value column); another type or none is 415. The body is
+  capped at ``max_series_bytes`` while it arrives and a CSV is parsed row by row up to
+  ``max_series_points`` points (413 beyond either). ``DELETE`` the same path drops the series.
 - ``GET  /api/v1/clusters/{cluster}/factor-changes?after=N``: the changes that rewrote stored
   facility energy/CO2e after factor revision N (``factors_revision`` in the cluster's answer),
   each with the span of hours it rewrote; ``jobenergy slurm sync`` follows them to rewrite the
@@ -39,7 +39,7 @@ from jobenergy.api.authenticate import forbidden, get_access
 from jobenergy.collector import audit, clusters, factor_changes
 from jobenergy.collector.factors import DEFAULTS
 from jobenergy.collector.models import ClusterConfig, Job
-from jobenergy.collector.routes import BodyDep, SessionDep, parse_body, read_limited
+from jobenergy.collector.routes import BodyDep, JsonDep, SessionDep, parse_body, read_limited
 from jobenergy.collector.settings import ServerSettings
 from jobenergy.core.series import SeriesTooLarge, parse_series_csv, step_intervals
 
@@ -175,7 +175,7 @@ def get_factor_changes(
     )
 
 
-@router.put("/clusters/{cluster}/carbon", response_model=ClusterOut,
+@router.put("/clusters/{cluster}/carbon", response_model=ClusterOut, dependencies=[JsonDep],
             summary="Set a cluster's carbon-intensity source and recompute its CO2e")
 def put_carbon(cluster: ClusterName, access: AdminDep, body: BodyDep,
                session: SessionDep) -> ClusterOut:
@@ -190,7 +190,7 @@ def put_carbon(cluster: ClusterName, access: AdminDep, body: BodyDep,
         raise _bad(err) from err
 
 
-@router.put("/clusters/{cluster}/pue", response_model=ClusterOut,
+@router.put("/clusters/{cluster}/pue", response_model=ClusterOut, dependencies=[JsonDep],
             summary="Set a cluster's constant PUE and recompute its facility energy")
 def put_pue(cluster: ClusterName, access: AdminDep, body: BodyDep,
             session: SessionDep) -> ClusterOut:
@@ -210,12 +210,33 @@ async def read_series_body(request: Request) -> bytes:
 SeriesBodyDep = Annotated[bytes, Depends(read_series_body)]
 
 
-def _steps(request: Request, body: bytes, column: str | None) -> list[Any]:
+#: Media types of a CSV series. Not text/plain: a cross-site ``<form enctype="text/plain">``
+#: sends that without a CORS preflight (api/authenticate.py: ``same_origin``).
+CSV_TYPES = ("text/csv", "application/csv")
+
+
+def series_media(request: Request) -> str:
+    """Return ``csv`` or ``json`` from the import's Content-Type; 415 for another or none."""
+    declared = request.headers.get("content-type")
+    media = (declared or "").split(";", 1)[0].strip().lower()
+    if media in CSV_TYPES:
+        return "csv"
+    if media == "application/json" or media.endswith("+json"):
+        return "json"
+    said = f"unsupported Content-Type {media!r}" if declared is not None else \
+        "missing Content-Type"
+    raise HTTPException(status_code=415,
+                        detail=f"{said}: send text/csv (or application/csv) or application/json")
+
+
+SeriesMediaDep = Annotated[str, Depends(series_media)]
+
+
+def _steps(request: Request, body: bytes, media: str, column: str | None) -> list[Any]:
     settings: ServerSettings = request.app.state.settings
     max_points = settings.max_series_points
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
-        if content_type in ("text/csv", "text/plain", "application/csv"):
+        if media == "csv":
             # Decoded and parsed row by row: no second copy of the whole text, no list of rows.
             text = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline="")
             points = parse_series_csv(text, column, max_points)
@@ -238,12 +259,13 @@ def post_series(
     factor: Literal["carbon", "pue"],
     access: AdminDep,
     request: Request,
+    media: SeriesMediaDep,
     body: SeriesBodyDep,
     session: SessionDep,
     column: str | None = None,
 ) -> ClusterOut:
     """Store a series (each point holds until the next) and recompute the span it covers."""
-    steps = _steps(request, body, column)
+    steps = _steps(request, body, media, column)
     try:
         with session.begin():
             return _audited(

@@ -40,6 +40,8 @@ AUTH_MECHANISMS = ("munge", "jwt", "token", "none")
 #: like Slurm's own default.
 PRIVATE_DATA_WORDS = ("jobs", "usage", "users", "accounts")
 DEFAULT_MUNGE_SOCKET = "/run/munge/munge.socket.2"
+#: Widest ``trusted_proxies`` network per IP version: proxies are a few known hosts.
+MIN_PROXY_PREFIX = {4: 8, 6: 16}
 #: The system config file ``jobenergy server`` reads when present (``--config`` overrides).
 DEFAULT_CONFIG_FILE = Path("/etc/jobenergy/server.toml")
 
@@ -97,6 +99,11 @@ class ServerSettings(BaseSettings):
             every job (``jobenergy slurm sync``), as root's may.
         nodes: ``[server.nodes]``: host (name or address) -> the Slurm nodes its root may post
             batches for. Without an entry, a host may post for its own short hostname.
+        munge_cluster: The Slurm cluster whose ``munge.key`` this server's munged holds:
+            MUNGE agents (root) and hooks (root, SlurmUser) may post batches and job events
+            for this cluster only (403 naming it otherwise). None (the default): for any
+            cluster name, so root on any host holding the key may post its nodes' batches
+            under another cluster's name. Tokens are bound to their own cluster regardless.
         private_data: Slurm's PrivateData words this server applies to users' reads.
         sacctmgr: The ``sacctmgr`` command (coordinators and AdminLevel); empty: do not ask.
         slurm_roles_ttl_s: How long coordinators and AdminLevels from sacctmgr are cached.
@@ -116,7 +123,10 @@ class ServerSettings(BaseSettings):
         trusted_proxies: Addresses or networks (``10.1.2.3``, ``10.1.0.0/24``) of reverse
             proxies that authenticate web users themselves: a request whose TCP peer is one
             of them may name its user in ``proxy_user_header``. Empty (the default): that
-            header is ignored from everyone.
+            header is ignored from everyone. A network with host bits set (``10.0.0.6/24``)
+            is refused, as is one wider than /8 (IPv4) or /16 (IPv6): it would trust
+            strangers. A loopback entry is logged at start (every local process could name
+            any user).
         proxy_user_header: The header a trusted proxy names the user in (Apache's
             ``REMOTE_USER`` passed on as ``X-Remote-User``, by default).
         metrics_allow: Addresses or networks that may scrape ``GET /metrics`` (Prometheus;
@@ -147,6 +157,8 @@ class ServerSettings(BaseSettings):
     admin_group: str | None = None
     slurm_user: str = "slurm"
     nodes: dict[str, list[str]] = Field(default_factory=dict)
+    munge_cluster: str | None = Field(default=None, min_length=1, max_length=255,
+                                      pattern=r"^[^\x00/]+$")
     private_data: Annotated[tuple[str, ...], NoDecode] = PRIVATE_DATA_WORDS
     sacctmgr: str = "sacctmgr"
     slurm_roles_ttl_s: float = Field(default=300.0, ge=0)
@@ -209,10 +221,20 @@ class ServerSettings(BaseSettings):
             if not item:
                 continue
             try:
-                networks.append(str(ipaddress.ip_network(item, strict=False)))
+                network = ipaddress.ip_network(item, strict=False)
             except ValueError as err:
                 raise ValueError(f"trusted proxy {item!r} is not an address or network "
                                  "(10.1.2.3, 10.1.0.0/24, fd00::/64)") from err
+            address = ipaddress.ip_address(item.partition("/")[0])
+            if address != network.network_address:
+                # 10.0.0.6/0 is a typo for 10.0.0.6, not a wish to trust everyone.
+                raise ValueError(f"trusted proxy {item!r} has host bits set: give the proxy's "
+                                 f"address alone ({address}) or a network by its first address")
+            widest = MIN_PROXY_PREFIX[network.version]
+            if network.prefixlen < widest:
+                raise ValueError(f"trusted proxy {item!r} is wider than /{widest}: every "
+                                 "address in it could name any user; list the proxies")
+            networks.append(str(network))
         return tuple(networks)
 
     @field_validator("metrics_allow", mode="before")

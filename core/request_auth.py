@@ -1,65 +1,50 @@
-"""How clients prove who they are to the jobenergy server (README "Security model").
+"""How command-line clients prove who they are to the jobenergy server, with httpx.
 
-Three mechanisms, the identities a Slurm site already has:
-
-* ``Authorization: MUNGE <credential>``: the credential's payload is :func:`munge_payload`, so
-  it is bound to one request (method, target, SHA-256 of the body as sent); munged refuses a
-  replay within the credential's TTL. Agents sign when they push, not when they spool, so a
-  batch delivered after a long outage still authenticates.
-* ``X-SLURM-USER-NAME`` + ``X-SLURM-USER-TOKEN``: a Slurm HS256 JWT (``scontrol token``), the
-  headers slurmrestd takes.
-* ``Authorization: Bearer <token>``: a static token from ``jobenergy auth token``.
-
-This module is the one definition of the signed payload (the server checks the same bytes,
-``api/auth.py``) and of the transport rule: plain HTTP only to a loopback address unless the
-operator sets ``allow_insecure``.
+The credentials, the signed payload and the transport rule are defined once, without any HTTP
+library, in :mod:`jobenergy.core.signing` (the node agent signs its pushes with the same
+functions, ``agent/httpclient.py``); this module adapts them to ``httpx.Auth`` and picks a
+user's credentials (:func:`user_auth`). The names of :mod:`.signing` that callers used from
+here are re-exported.
 """
 
 from __future__ import annotations
 
 import getpass
-import hashlib
-import ipaddress
 import os
-import ssl
-import stat
 import subprocess
 from collections.abc import Generator
-from pathlib import Path
 
 import httpx
 
 from jobenergy.core import munge
-from jobenergy.core.errors import ConfigError
+from jobenergy.core.signing import (
+    PAYLOAD_TAG,
+    bearer_headers,
+    is_loopback,
+    munge_headers,
+    munge_payload,
+    read_token_file,
+    slurm_jwt_headers,
+    transport_verify,
+)
 
-#: First word of every signed payload: a credential made for something else never matches.
-PAYLOAD_TAG = "jobenergy-v1"
-
-
-def munge_payload(method: str, target: str, body: bytes) -> bytes:
-    """Return what a MUNGE credential signs for one request.
-
-    Args:
-        method: HTTP method.
-        target: Path and query as sent on the request line (``/api/v1/jobs?user=a``).
-        body: The body bytes as sent (gzip-compressed when the request is).
-    """
-    digest = hashlib.sha256(body).hexdigest()
-    return f"{PAYLOAD_TAG} {method.upper()} {target} {digest}".encode()
-
-
-def is_loopback(host: str) -> bool:
-    """Return True when ``host`` (an address or ``localhost``) is on the loopback interface."""
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+__all__ = [
+    "PAYLOAD_TAG",
+    "BearerAuth",
+    "MungeAuth",
+    "SlurmJwtAuth",
+    "is_loopback",
+    "munge_payload",
+    "read_token_file",
+    "slurm_jwt_from_scontrol",
+    "transport_verify",
+    "user_auth",
+    "user_name",
+]
 
 
 class MungeAuth(httpx.Auth):
-    """Signs each request with a fresh MUNGE credential bound to it."""
+    """Signs each request with a fresh MUNGE credential bound to it (:func:`munge_headers`)."""
 
     requires_request_body = True
 
@@ -68,10 +53,9 @@ class MungeAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Add ``Authorization: MUNGE <credential>``."""
-        payload = munge_payload(request.method, request.url.raw_path.decode("ascii"),
-                                request.content)
-        credential = munge.encode(payload, socket_path=self.socket_path)
-        request.headers["Authorization"] = f"MUNGE {credential}"
+        request.headers.update(munge_headers(
+            request.method, request.url.raw_path.decode("ascii"), request.content,
+            self.socket_path))
         yield request
 
 
@@ -83,7 +67,7 @@ class BearerAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Add ``Authorization: Bearer <token>``."""
-        request.headers["Authorization"] = f"Bearer {self.token}"
+        request.headers.update(bearer_headers(self.token))
         yield request
 
 
@@ -96,59 +80,8 @@ class SlurmJwtAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Add ``X-SLURM-USER-NAME`` and ``X-SLURM-USER-TOKEN``."""
-        request.headers["X-SLURM-USER-NAME"] = self.user
-        request.headers["X-SLURM-USER-TOKEN"] = self.token
+        request.headers.update(slurm_jwt_headers(self.user, self.token))
         yield request
-
-
-def read_token_file(path: str | Path) -> str:
-    """Return the token in ``path``, refusing a file others may read (as ssh does its keys).
-
-    Raises:
-        ConfigError: Unreadable, empty, or readable by group or others.
-    """
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text().strip()
-    except OSError as err:
-        raise ConfigError(f"cannot read token file {path}: {err.strerror}") from err
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"token file {path} is readable by others (mode "
-                          f"{stat.S_IMODE(mode):04o}): chmod 600 it")
-    if not text:
-        raise ConfigError(f"token file {path} is empty")
-    return text.splitlines()[0].strip()
-
-
-def transport_verify(url: str, ca_file: str | Path | None = None,
-                     allow_insecure: bool = False) -> bool | ssl.SSLContext:
-    """Return httpx's ``verify`` for ``url``, after checking the transport rule.
-
-    Plain HTTP carries node tokens and job data in clear: allowed to loopback only, unless the
-    operator sets ``allow_insecure``. For ``https://``, the site's CA file when given, else the
-    system store. No TLS context is built for ``http://`` (loading the CA store costs ~3 MB).
-
-    Raises:
-        ConfigError: Plain HTTP to another host without ``allow_insecure``, or an unreadable
-            CA file.
-    """
-    parsed = httpx.URL(url)
-    if parsed.scheme == "http":
-        if not is_loopback(parsed.host) and not allow_insecure:
-            raise ConfigError(
-                f"{url}: plain HTTP to a host other than loopback; use https:// (with the "
-                "site's CA: ca_file, JOBENERGY_CA_FILE) or allow it explicitly "
-                "(allow_insecure, JOBENERGY_ALLOW_INSECURE=1)")
-        return False
-    if parsed.scheme != "https":
-        raise ConfigError(f"{url}: use an http:// or https:// URL")
-    if ca_file is None:
-        return ssl.create_default_context()  # the system store (httpx alone would use certifi)
-    try:
-        return ssl.create_default_context(cafile=str(ca_file))
-    except (OSError, ssl.SSLError) as err:
-        raise ConfigError(f"cannot load CA file {ca_file}: {err}") from err
 
 
 def user_name() -> str:

@@ -7,46 +7,46 @@ integer µJ; times are epoch seconds (floats) or ISO 8601 strings.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+from jobenergy.core.limits import (  # noqa: F401 - the contract's limits, re-exported
+    ATTRIBUTED_COMPONENTS,
+    JOB_ID_PATTERN,
+    MAX_ALIVE_US,
+    MAX_COUNT,
+    MAX_DEVICE_NAME,
+    MAX_ENERGY_UJ,
+    MAX_INTERVAL_S,
+    MAX_INTERVALS_PER_BATCH,
+    MAX_JOB_GPUS,
+    MAX_JOB_ID,
+    MAX_JOB_NODES,
+    MAX_JOB_TAGS,
+    MAX_JOBS_PER_SOURCE,
+    MAX_KEY,
+    MAX_NAME,
+    MAX_PHASE_ITEMS,
+    MAX_SLURM_STEPS,
+    MAX_SOURCE_POWER_W,
+    MAX_SOURCES_PER_INTERVAL,
+    MAX_STEP_NAME,
+    MAX_STEPS_PER_JOB,
+    MAX_UID,
+    MAX_WRAPS,
+    NO_NUL_PATTERN,
+    SCHEMA_VERSION,
+    TIME_MAX,
+    TIME_MIN,
+    check_time,
+)
 
-#: Components a source can belong to. ``psys`` (RAPL platform domain) overlaps the package
-#: and DRAM domains: it is recorded per node for cross-checks and never attributed to a job.
+#: Components a source can belong to (``limits.COMPONENTS``). ``psys`` (RAPL platform
+#: domain) overlaps the package and DRAM domains: it is recorded per node for cross-checks
+#: and never attributed to a job.
 Component = Literal["cpu", "dram", "gpu", "psys"]
-ATTRIBUTED_COMPONENTS: tuple[str, ...] = ("cpu", "dram", "gpu")
-
-#: Upper bound on one source's average power. Anything above is a corrupt reading or a
-#: mis-handled counter wrap (one RAPL range is ~262 kJ), not energy.
-MAX_SOURCE_POWER_W = 50_000
-MAX_INTERVALS_PER_BATCH = 10_000
-#: Longest interval accepted: agents sample at most hourly; the collector's overlap check
-#: relies on this bound.
-MAX_INTERVAL_S = 86_400
-MAX_SOURCES_PER_INTERVAL = 256
-MAX_JOBS_PER_SOURCE = 4_096
-MAX_STEPS_PER_JOB = 256
-#: Per job, after merging every event's lists and tags as sets (``collector/events.py``).
-MAX_JOB_NODES = 65_536
-MAX_JOB_GPUS = 1_024
-MAX_JOB_TAGS = 64
-#: Steps of a job that the Slurm sync sends (and the collector keeps).
-MAX_SLURM_STEPS = 4_096
-#: Largest uid: ``uid_t`` is 32 bits.
-MAX_UID = 2**32 - 1
-#: Counts that are summed into BIGINT totals.
-MAX_COUNT = 10**15
-
-#: Times accepted anywhere (wire, query parameters, series): [1970-01-01, 2100-01-01) UTC.
-TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
-TIME_MAX = datetime(2100, 1, 1, tzinfo=UTC)
-
-#: Text may not hold NUL: PostgreSQL refuses it in text and JSON. Rendered by the collector as
-#: "must not contain NUL characters" (``collector/routes.py: format_validation_error``).
-NO_NUL_PATTERN = r"^[^\x00]*$"
 
 
 def Text(max_length: int, min_length: int = 0) -> Any:
@@ -56,29 +56,10 @@ def Text(max_length: int, min_length: int = 0) -> Any:
     ]
 
 
-EnergyUJ = Annotated[int, Field(ge=0, le=10**18, strict=True)]
-JobId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+:\-]+$")]
-Name = Text(255, min_length=1)
-StepName = Text(32, min_length=1)
-
-
-def check_time(value: datetime) -> datetime:
-    """Return ``value`` in UTC (naive means UTC) when it lies in [1970, 2100).
-
-    Raises:
-        ValueError: The time is outside [``TIME_MIN``, ``TIME_MAX``) (or cannot be converted
-            to UTC at all, e.g. year 9999 at UTC-14).
-    """
-    try:
-        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError:
-        utc = None
-    if utc is None or not TIME_MIN <= utc < TIME_MAX:
-        raise ValueError(
-            f"{value.isoformat()} is not between {TIME_MIN:%Y-%m-%d} and "
-            f"{TIME_MAX:%Y-%m-%d} UTC"
-        )
-    return utc
+EnergyUJ = Annotated[int, Field(ge=0, le=MAX_ENERGY_UJ, strict=True)]
+JobId = Annotated[str, Field(min_length=1, max_length=MAX_JOB_ID, pattern=JOB_ID_PATTERN)]
+Name = Text(MAX_NAME, min_length=1)
+StepName = Text(MAX_STEP_NAME, min_length=1)
 
 
 #: Slurm and our agents speak UTC epoch seconds: naive times are UTC; only 1970..2100.
@@ -100,13 +81,13 @@ class SourceEnergy(WireModel):
 
     component: Component
     source: Name  # e.g. "package-0", "package-0/dram", "gpu/GPU-5e0b..."
-    device_name: Text(128) | None = None  # e.g. "NVIDIA H100 80GB HBM3"
+    device_name: Text(MAX_DEVICE_NAME) | None = None  # e.g. "NVIDIA H100 80GB HBM3"
     measured_uj: EnergyUJ
     jobs_uj: dict[JobId, EnergyUJ] = Field(default_factory=dict, max_length=MAX_JOBS_PER_SOURCE)
     unattributed_uj: EnergyUJ
     estimated: bool = False  # power integrated over time instead of a hardware energy counter
-    wraps: int = Field(default=0, ge=0, le=1_000)
-    resets: int = Field(default=0, ge=0, le=1_000)
+    wraps: int = Field(default=0, ge=0, le=MAX_WRAPS)
+    resets: int = Field(default=0, ge=0, le=MAX_WRAPS)
 
     @model_validator(mode="after")
     def _conserved(self) -> SourceEnergy:
@@ -122,7 +103,7 @@ class SourceEnergy(WireModel):
 
 
 Phase = Literal["training", "inference", "other"]
-ShortText = Text(255)
+ShortText = Text(MAX_NAME)
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -132,12 +113,12 @@ class JobSample(WireModel):
     job_id: JobId
     uid: int | None = Field(default=None, ge=0, le=MAX_UID)
     cpus: int | None = Field(default=None, ge=0, le=MAX_COUNT)  # allocated CPUs (cpuset)
-    cpu_time_us: int = Field(default=0, ge=0, le=10**18)
+    cpu_time_us: int = Field(default=0, ge=0, le=MAX_ENERGY_UJ)
     ended: bool = False  # the job's cgroup vanished during this interval
-    step_ids: list[Text(32)] = Field(default_factory=list, max_length=MAX_STEPS_PER_JOB)
+    step_ids: list[Text(MAX_STEP_NAME)] = Field(default_factory=list, max_length=MAX_STEPS_PER_JOB)
     # CPU time each Slurm step ("batch", "extern", "0", ...) used during the interval, µs,
     # from the step cgroups; the collector splits the job's energy over its steps by it.
-    step_cpu_us: dict[StepName, Annotated[int, Field(ge=0, le=10**18, strict=True)]] = Field(
+    step_cpu_us: dict[StepName, Annotated[int, Field(ge=0, le=MAX_ENERGY_UJ, strict=True)]] = Field(
         default_factory=dict, max_length=MAX_STEPS_PER_JOB
     )
     # The phase the job announced (jobenergy.client) covering most of the interval.
@@ -145,7 +126,7 @@ class JobSample(WireModel):
     model: ShortText | None = None
     # How long the job existed inside the interval, µs, when it started or ended within it
     # (its energy there is prorated: DESIGN.md decision 16); None: all of the interval.
-    alive_us: int | None = Field(default=None, ge=0, le=86_400_000_000)
+    alive_us: int | None = Field(default=None, ge=0, le=MAX_ALIVE_US)
 
 
 class PhaseRecord(WireModel):
@@ -157,8 +138,9 @@ class PhaseRecord(WireModel):
     start: UtcTime
     end: UtcTime
     samples: int | None = Field(default=None, ge=0, le=MAX_COUNT)
-    metrics: dict[Text(64), FiniteFloat] = Field(default_factory=dict, max_length=64)
-    tags: dict[Text(64), ShortText] = Field(default_factory=dict, max_length=64)
+    metrics: dict[Text(MAX_KEY), FiniteFloat] = Field(default_factory=dict,
+                                                   max_length=MAX_PHASE_ITEMS)
+    tags: dict[Text(MAX_KEY), ShortText] = Field(default_factory=dict, max_length=MAX_PHASE_ITEMS)
 
 
 class Interval(WireModel):

@@ -27,7 +27,8 @@ _SELECTOR = re.compile(
     r"(?:\.(?P<step>batch|extern|interactive|\d{1,10}(?:\+\d{1,10})?))?",
     re.I,
 )
-#: Other job ids (not Slurm's numbers, e.g. a demo scheduler's): taken as they are.
+#: Other job ids (not starting with a digit, unlike Slurm's; e.g. a demo scheduler's): taken
+#: as they are.
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.+:\-]{1,64}")
 _NAMED_STEPS = {"interactive": 0, "batch": 1, "extern": 2}
 
@@ -101,7 +102,7 @@ def parse_job_selectors(values: list[str] | tuple[str, ...]) -> tuple[JobSelecto
         for text in split_list(value):
             m = _SELECTOR.fullmatch(text)
             if m is None:
-                if "[" in text or not _PLAIN_ID.fullmatch(text):
+                if text[0].isdigit() or not _PLAIN_ID.fullmatch(text):
                     raise BadJobId(
                         f"invalid job id {text[:64]!r}: use JOBID[.STEP], ARRAYID_TASK[.STEP] "
                         "or HETID+OFFSET[.STEP], comma separated")

@@ -58,9 +58,12 @@ API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 class SecurityHeaders:
-    """ASGI middleware: ``nosniff`` on every answer; CSP, no framing, no referrer on pages.
+    """ASGI middleware: ``nosniff`` on every answer; CSP, no framing, no referrer on pages;
+    ``Cache-Control: no-store`` on ``/api/`` answers.
 
-    A route that sets its own ``Content-Security-Policy`` (``/docs``) keeps it.
+    API answers hold who may read what (jobs, users, accounts): no browser or shared cache
+    may keep them for the next user of the machine or the proxy. A route that sets its own
+    ``Content-Security-Policy`` (``/docs``) or ``Cache-Control`` keeps it.
     """
 
     def __init__(self, app: Any) -> None:
@@ -72,7 +75,8 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        data = path.startswith("/api/") or path == "/openapi.json"
+        api = path.startswith("/api/")
+        data = api or path == "/openapi.json"
 
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -84,6 +88,8 @@ class SecurityHeaders:
                     (b"x-frame-options", b"DENY"),
                     (b"referrer-policy", b"no-referrer"),
                 ]
+                if api:
+                    extra.append((b"cache-control", b"no-store"))
                 headers += [(k, v) for k, v in extra if k not in present]
                 message = {**message, "headers": headers}
             await send(message)

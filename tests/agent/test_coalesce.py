@@ -15,8 +15,15 @@ from hypothesis import strategies as st
 
 from jobenergy.agent.coalesce import HOUR_US, Coalescer
 from jobenergy.agent.phases import MAX_PHASES_PER_INTERVAL
-from jobenergy.agent.records import JobRecord, SampledInterval, SourceSample, check_sampled
-from jobenergy.core.schema import Batch, Interval, PhaseRecord
+from jobenergy.agent.records import (
+    JobRecord,
+    PhaseSample,
+    SampledInterval,
+    SourceSample,
+    check_sampled,
+)
+from jobenergy.agent.wire import interval_json
+from jobenergy.core.schema import Batch, Interval
 
 S = 1_000_000  # µs
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -32,7 +39,13 @@ def stored(records: list[SampledInterval], store_s: float, sample_s: float = 1.0
     for rec in records:
         coalescer.add(rec)
     coalescer.close()
-    return [Interval.model_validate(group.wire()) for group in coalescer.take()]
+    out = []
+    for group in coalescer.take():
+        text = interval_json(group.wire())  # what the agent sends
+        interval = Interval.model_validate(group.wire())
+        assert interval.model_dump_json() == text  # the wire model's own bytes
+        out.append(interval)
+    return out
 
 
 # -- building sampled intervals -------------------------------------------------------------
@@ -138,7 +151,7 @@ def timelines(draw) -> list[SampledInterval]:
         with_shares = {j for s in sources for j in s.jobs_uj}
         jobs += [JobRecord(job_id=j) for j in sorted(with_shares - {r.job_id for r in jobs})]
         phases = [
-            PhaseRecord(job_id=j, phase="training", model="m", start=_at(start - 5 * S),
+            PhaseSample(job_id=j, phase="training", model="m", start=_at(start - 5 * S),
                         end=_at(start), samples=draw(st.integers(0, 100)))
             for j in present
             if draw(st.integers(0, 10 * calm - 1)) == 0

@@ -252,6 +252,31 @@ def test_root_posts_batches_for_its_mapped_nodes_only(make_api, sqlite_url, make
     assert api.get("/api/v1/jobs", "root").json()["total"] == 1  # job 101 of n1, no job 9
 
 
+def test_munge_cluster_binds_munge_agents_and_hooks_to_it(make_api, sqlite_url, make_batch):
+    """munged vouches for a uid and a host, not a cluster: root of n1 in another cluster (the
+    same key) may not post n1's batches or job events under this cluster's name."""
+    open_api = make_api(sqlite_url)  # munge_cluster unset: any cluster name, as before
+    assert open_api.post_batch(make_batch(cluster="c9", node="n1", jobs={"9": 1})
+                               ).status_code == 200
+    api = make_api(sqlite_url, munge_cluster="c1")
+    assert api.whoami("root")["agent_nodes"] == ["c1/n1", "c1/n2"]
+    assert api.post_batch(make_batch(cluster="c1", node="n1")).status_code == 200
+    response = api.post_batch(make_batch(cluster="c2", node="n1", jobs={"8": 1}))
+    assert response.status_code == 403, response.text
+    assert response.json()["detail"] == (
+        "munge:root(uid=0)@127.0.0.1 may not post batches for node n1 of cluster c2 (only of "
+        "cluster c1)")
+    assert api.post_event(job_id="10", cluster="c1").status_code == 200
+    response = api.post_event(job_id="11", cluster="c2")
+    assert response.status_code == 403, response.text
+    assert response.json()["detail"].endswith("post job events for cluster c2 (only for c1)")
+    # Tokens keep their own cluster, whatever munge_cluster says.
+    token_api = make_api(sqlite_url, auth="munge,token", munge_cluster="c2")
+    hooks = BearerAuth(issue_token(sqlite_url, "--role", "hooks"))
+    assert token_api.post_event(hooks, job_id="12", cluster="c1").status_code == 200
+    assert token_api.post_event(hooks, job_id="13", cluster="c2").status_code == 403
+
+
 def test_munge_replay_is_refused(make_api, sqlite_url):
     api = make_api(sqlite_url)
     credential = munge.encode(munge_payload("GET", "/api/v1/whoami", b""),

@@ -9,6 +9,7 @@ node totals of ``GET /api/v1/nodes``. Then bounds, retention, factors, access an
 from __future__ import annotations
 
 import itertools
+import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -291,12 +292,18 @@ def one_job(cluster: str, starts_s: list[int], length_s: int = 10, job_id: str =
 def test_a_long_job_has_at_most_max_points(client):
     post_batch(client, one_job("long", [0, 40 * 86400]))
     out = get(client, "/api/v1/jobs/7/series")
+    # Over more than 8 days: the job's hourly energy, one line.
+    assert out["resolution"] == "hour" and len(out["lines"]) == 1
     assert len(out["t"]) <= MAX_POINTS and out["step_s"] == 3600 and not out["step_raised"]
     assert sum(out["lines"][0]["bucket_energy_uj"]) == 2 * (10 * 10**8 - 5)
     assert sum(p is not None for p in out["lines"][0]["power_w"]) == 2
     fine = get(client, "/api/v1/jobs/7/series", step="1")
     assert fine["step_s"] == 3600 and fine["step_raised"] and fine["requested_step_s"] == 1
     assert get(client, "/api/v1/jobs/7/series", step="1d")["step_s"] == 86400
+    # Zoomed in: per source from the intervals again.
+    zoom = get(client, "/api/v1/jobs/7/series", start=(T0 + timedelta(days=39)).isoformat())
+    assert zoom["resolution"] == "interval" and zoom["lines"][0]["source"] == "gpu/a"
+    assert zoom["energy_uj"] == 10 * 10**8 - 5 and len(zoom["t"]) <= MAX_POINTS
 
 
 def test_after_retention_the_job_is_hourly(client, db_url):
@@ -368,7 +375,9 @@ def post_batch(client: Any, batch: Batch) -> None:
     ("/api/v1/jobs/7/series", {"start": "2026-11-23T11:00:00Z",
                                "end": "2026-11-23T10:00:00Z"}, 422, "not after"),
     ("/api/v1/nodes/n1/series", {"start": "2026-01-01T00:00:00Z",
-                                 "end": "2026-03-01T00:00:00Z"}, 422, "longer than"),
+                                 "end": "2026-01-09T00:00:01Z"}, 422, "longer than"),
+    ("/api/v1/clusters/bad/series", {"start": "2026-01-01T00:00:00Z",
+                                     "end": "2026-03-01T00:00:00Z"}, 422, "longer than"),
     ("/api/v1/clusters/bad/series", {"step": "1w2"}, 422, "step"),
     ("/api/v1/jobs/8/series", {}, 404, "not found"),
     ("/api/v1/jobs/7/series", {"cluster": "other"}, 404, "not found"),
@@ -422,7 +431,6 @@ def jwt_api(db_url, make_client, tmp_path: Path) -> Any:
         overrides = {} if private_data is None else {"private_data": private_data}
         reader = make_client(ServerSettings(db_url=db_url, auth="jwt", jwt_key=key,
                                             migrate=False, sacctmgr="", **overrides))
-        import time
         now = int(time.time())
         token = pyjwt.encode({"sun": user, "iat": now, "exp": now + 600}, b"k" * 64,
                              algorithm="HS256")
@@ -433,17 +441,14 @@ def jwt_api(db_url, make_client, tmp_path: Path) -> Any:
 
 def one_batch_intervals() -> list[Interval]:
     """One interval of n1 where jobs 700 and 701 share the CPU and the GPU."""
-    intervals = []
-    start = T0
     srcs = []
     for component, source in SOURCES[:2]:
         parts = split_uj(10**9, {"700": 1, "701": 2, None: 1})
         rest = parts.pop(None)
         srcs.append(SourceEnergy(component=component, source=source, measured_uj=10**9,
                                  jobs_uj=parts, unattributed_uj=rest))
-    intervals.append(Interval(start=start, end=start + timedelta(seconds=10), sources=srcs,
-                              jobs=[JobSample(job_id="700"), JobSample(job_id="701")]))
-    return intervals
+    return [Interval(start=T0, end=T0 + timedelta(seconds=10), sources=srcs,
+                     jobs=[JobSample(job_id="700"), JobSample(job_id="701")])]
 
 
 def test_access_follows_the_job_lookup(jwt_api):
@@ -468,3 +473,13 @@ def test_access_follows_the_job_lookup(jwt_api):
     assert reader.get("/api/v1/clusters/c1/series", params=window, auth=nobody).status_code == 200
     assert reader.get("/api/v1/nodes/n1/series", params=window, auth=nobody).status_code == 403
     assert reader.get("/api/v1/jobs/701/series", auth=nobody).status_code == 403
+
+
+def test_a_job_without_energy_has_empty_lines(client):
+    for event, at in (("start", T0), ("end", T0 + timedelta(minutes=10))):
+        response = client.post("/api/v1/jobs/events", json={
+            "cluster": "c1", "job_id": "9", "event": event, "time": at.isoformat()})
+        assert response.status_code == 200, response.text
+    out = get(client, "/api/v1/jobs/9/series")
+    assert out["lines"] == [] and out["energy_uj"] == 0 and out["step_s"] == 1
+    assert len(out["t"]) == 601 and out["start"] == "2026-11-23T10:00:00Z"

@@ -108,3 +108,26 @@ def test_api_answers_are_not_documents(web):
     refused = web.get("/api/v1/jobs?cluster=%00")
     assert refused.status_code == 400
     assert refused.headers["x-content-type-options"] == "nosniff"
+
+
+def test_api_answers_are_never_cached(web, make_client, tmp_path):
+    """Who may read what: no browser or shared cache keeps it for the next user."""
+    from jobenergy.collector.settings import ServerSettings
+
+    for path in ("/api/v1/whoami", "/api/v1/jobs", "/api/v1/jobs?cluster=%00"):
+        assert web.get(path).headers["cache-control"] == "no-store", path
+    secured = make_client(ServerSettings(db_url=web.app.state.settings.db_url, auth="token",
+                                         migrate=False))
+    refused = secured.get("/api/v1/jobs")
+    assert refused.status_code == 401 and refused.headers["cache-control"] == "no-store"
+    # The pages are static: revalidated, not forbidden.
+    assert web.get("/").headers["cache-control"] == "no-cache"
+
+
+def test_the_pages_scripts_only_read():
+    """The pages send GETs only (JE.api): no write of theirs needs a Content-Type or meets
+    the proxy's same-origin check (api/authenticate.py)."""
+    for script in OWN_JS:
+        text = script.read_text()
+        assert not re.search(r"method\s*:|XMLHttpRequest|sendBeacon|\.submit\(", text), (
+            script.name)

@@ -87,7 +87,7 @@ def _check_server(root: Path) -> None:
     settings = ServerSettings.load(etc / "server.toml", db_url=db_url)
     assert (settings.host, settings.port, settings.tls) == ("0.0.0.0", 8443, True)
     assert settings.auth == ("munge", "token") and settings.admins == ("hpcadmin",)
-    assert settings.slurm_user == "slurm"
+    assert settings.slurm_user == "slurm" and settings.munge_cluster == "mycluster"
 
 
 def _check_agent(root: Path) -> None:
@@ -233,6 +233,23 @@ def test_own_file_is_updated_for_new_flags_and_its_mode_restored(tmp_path):
     (["server", "--pue", "0.5"], "pue"),
     (["server", "--auth", "kerberos"], "kerberos"),
     (["slurm-hooks", "--url", URL, "--auth", "kerberos"], "kerberos"),
+    # A flag that would add a line to a unit, a config or the hooks' environment, or a
+    # command to the hooks' `bash -c` sync (the reviewer's repro: a backquoted --url).
+    (["slurm-hooks", "--url", URL + "/`touch\t/tmp/PWNED`", "--sync"], "--url"),
+    (["slurm-hooks", "--url", URL + "/x|id", "--sync"], "--url"),
+    (["slurm-hooks", "--url", URL + "/$(id)>x", "--sync"], "--url"),
+    (["agent", "--url", "https://u:p@c.example", "--cluster", "c"], "--url"),
+    (["slurm-hooks", "--url", URL, "--slurm-user", "slurm\nExecStartPre=/tmp/x"],
+     "--slurm-user"),
+    (["server", "--slurm-user", "slurm bin"], "--slurm-user"),
+    (["agent", "--url", URL, "--cluster", "c", "--bin-dir", "/opt/je\nExecStartPre=/tmp/x"],
+     "--bin-dir"),
+    (["server", "--bin-dir", "opt/jobenergy/bin"], "--bin-dir"),
+    (["slurm-hooks", "--url", URL, "--sync", "--bin-dir", "/opt/a`id>x`"], "--bin-dir"),
+    (["slurm-hooks", "--url", URL, "--plugin-dir", "/usr/lib\nrequired /tmp/evil.so"],
+     "--plugin-dir"),
+    (["slurm-hooks", "--url", URL, "--cluster", "c1\rJOBENERGY_AUTH=none"],
+     "control character"),
 ])
 def test_bad_flags_get_one_line_and_change_nothing(args, says, tmp_path):
     out = run_setup(["setup", *args, "--root", str(tmp_path / "root")])
@@ -240,6 +257,35 @@ def test_bad_flags_get_one_line_and_change_nothing(args, says, tmp_path):
     assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith("jobenergy setup: ")
     assert says in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "root").exists()
+
+
+def test_the_sync_command_passes_each_value_as_one_word(tmp_path):
+    """The hook runs JOBENERGY_SYNC_CMD with `bash -c` (slurm_plugins/jobenergy-hook.sh):
+    sourced and run so, it calls the program with exactly these arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    program = bin_dir / "jobenergy"
+    program.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "argv"}\n')
+    program.chmod(0o755)
+    url = "https://c.example:8443/je%20x"
+    out = run_setup(["setup", "slurm-hooks", "--url", url, "--sync", "--no-spank",
+                     "--bin-dir", str(bin_dir), "--root", str(tmp_path / "root")])
+    assert out.returncode == 0, out.stdout + out.stderr
+    env = tmp_path / "root/etc/jobenergy/slurm-hooks.env"
+    subprocess.run(["bash", "-c", '. "$1"; SLURM_JOB_ID=42 bash -c "$JOBENERGY_SYNC_CMD"',
+                    "_", str(env)], check=True, timeout=30)
+    assert (tmp_path / "argv").read_text().splitlines() == [
+        "slurm", "sync", "--url", url, "--jobs", "42", "--wait", "300"]
+
+
+@pytest.mark.parametrize("value", ["a\tb", "a\rb", "a\x1bb", "a\x85b", "a'b", "a\nB=c"])
+def test_env_files_take_no_control_characters_nor_quotes(value):
+    from jobenergy.cli.setup_configs import env_line
+    from jobenergy.cli.setup_files import SetupError
+
+    with pytest.raises(SetupError, match="quote or a control character"):
+        env_line("JOBENERGY_CLUSTER", value)
+    assert env_line("JOBENERGY_CLUSTER", "c1 & $x #y") == "JOBENERGY_CLUSTER='c1 & $x #y'\n"
 
 
 def test_missing_spank_headers_are_named_and_the_rest_installed(tmp_path):

@@ -192,6 +192,81 @@ def test_job_events_are_valid_wire_events() -> None:
     assert [e["event"] for e in job_events(_job(start=None), "c1")] == ["end"]
 
 
+def test_job_events_carry_what_only_sacct_knows() -> None:
+    """The sync's events are marked authoritative (collector/events.py) and carry the
+    array ids on both events, AllocTRES, who cancelled the job and its steps."""
+    job = _job(state="CANCELLED", kill_requid=1000, steps=("batch", "extern", "0"),
+               step_names={"batch": "batch", "0": "x" * 300}, tres_alloc={"cpu": 2, "mem": 4096})
+    start, end = (JobEvent.model_validate(e) for e in job_events(job, "c1"))
+    assert start.source == end.source == "sacct"
+    assert start.tags == end.tags == {"array_job_id": "5", "array_task_id": "2"}
+    assert start.alloc_tres == end.alloc_tres == "cpu=2,mem=4G"  # built from the JSON
+    assert (end.state, end.kill_requid) == ("CANCELLED", 1000)
+    assert [(s.id, s.name) for s in end.steps] == [("batch", "batch"), ("extern", None),
+                                                    ("0", "x" * 255)]
+    text = replace(job, alloc_tres_text="billing=2,cpu=2,mem=4G,node=1")
+    assert job_events(text, "c1")[1]["alloc_tres"] == "billing=2,cpu=2,mem=4G,node=1"
+
+
+#: What ``sacct -n -P -o JobIDRaw,JobID,State,AllocTRES,JobName`` prints (steps included) for
+#: jobs of the 22.05 fixture: hand-written after it (not captured); a job name with the
+#: delimiter, a line broken by a job name's newline, a pending array remainder.
+SACCT_DETAILS = """\
+5|5_2|COMPLETED|billing=1,cpu=1,mem=500M,node=1|arr
+5.batch|5_2.batch|COMPLETED|cpu=1,mem=500M,node=1|batch
+5.extern|5_2.extern|COMPLETED|billing=1,cpu=1,mem=500M,node=1|extern
+8|8|CANCELLED by 0|billing=1,cpu=1,mem=500M,node=1|can|cel
+8.batch|8.batch|CANCELLED|cpu=1,mem=500M,node=1|batch
+12|11+1|COMPLETED|billing=1,cpu=1,gres/gpu:a100=1,mem=1.50G,node=1|het
+continued name|x|y|z|w
+12.extern|11+1.extern|COMPLETED|billing=1,cpu=1,mem=500M,node=1|extern
+12.0|11+1.0|COMPLETED|cpu=1,mem=500M,node=1|true
+13|13_[4-9]|PENDING||arr
+"""
+
+
+def test_sacct_details_give_alloc_tres_steps_and_who_cancelled() -> None:
+    from jobenergy.cli.slurmclient import parse_sacct_details
+
+    got = parse_sacct_details(SACCT_DETAILS)
+    assert got["5"].alloc_tres == "billing=1,cpu=1,mem=500M,node=1"
+    assert (got["5"].steps, got["5"].kill_requid) == (("batch", "extern"), None)
+    assert (got["8"].kill_requid, got["8"].steps) == (0, ("batch",))
+    assert got["12"].alloc_tres == "billing=1,cpu=1,gres/gpu:a100=1,mem=1.50G,node=1"
+    assert got["12"].steps == ("extern", "0") and got["12"].step_names["0"] == "true"
+    assert "13" not in got  # a pending remainder is no job of its own
+    # Another format (the exit codes' text) is no detail at all.
+    assert parse_sacct_details((FIXTURES / "sacct-22.05-exitcodes.txt").read_text()) == {}
+
+
+def test_tres_are_formatted_as_sacct_prints_alloc_tres() -> None:
+    from jobenergy.cli.slurmclient import format_tres
+
+    assert format_tres({"node": 1, "mem": 4096, "cpu": 4, "gres/gpu": 1, "billing": 4}) == (
+        "billing=4,cpu=4,gres/gpu=1,mem=4G,node=1")
+    assert [format_tres({"mem": m}) for m in (500, 1024, 1536, 1000, 2 * 1024**2)] == [
+        "mem=500M", "mem=1G", "mem=1.50G", "mem=1000M", "mem=2T"]
+
+
+def test_sacct_client_reads_the_details_with_the_json() -> None:
+    answers = {"--json": SACCT_2205.read_text(), "JobIDRaw,ExitCode": "",
+               "JobIDRaw,JobID,State,AllocTRES,JobName": SACCT_DETAILS}
+
+    def runner(argv: Sequence[str]) -> str:
+        assert "-X" not in argv or "JobIDRaw,ExitCode" in argv  # the details have steps
+        return next(v for k, v in answers.items() if k in argv)
+
+    jobs = _by_id(SacctJsonClient(runner).jobs(job_ids=["5", "8", "12"]))
+    assert jobs["5"].alloc_tres == "billing=1,cpu=1,mem=500M,node=1"
+    assert jobs["12"].steps == ("extern", "0") and jobs["8"].kill_requid == 0
+    # Without the text, the JSON's steps and TRES.
+    answers["JobIDRaw,JobID,State,AllocTRES,JobName"] = ""
+    jobs = _by_id(SacctJsonClient(runner).jobs(job_ids=["6"]))
+    assert jobs["6"].steps == ("batch", "extern", "0")
+    assert jobs["6"].step_names == {"batch": "batch", "extern": "extern", "0": "hostname"}
+    assert jobs["6"].alloc_tres == "billing=2,cpu=2,gres/gpu=2,mem=1000M,node=2"
+
+
 class FakeSlurm:
     """SlurmClient double: records AdminComment writes and keeps them, as slurmdbd does.
 
@@ -277,6 +352,23 @@ def test_sync_posts_events_then_writes_admin_comment_once_final() -> None:
     done = FakeSlurm([_job(admin_comment=slurm.comments["5_2"])])
     report = Syncer(late, done, settle_s=5).run_once(job_ids=["6"], since=None)
     assert report.done == ["6"] and not done.comments
+
+
+def test_events_are_posted_again_from_the_pass_that_finds_the_energy_final() -> None:
+    """slurmdbd may not have every step record at the first pass (EpilogSlurmctld runs as
+    the job ends): the pass that writes the summary posts sacct's view once more."""
+    job = _job()
+    seen: list[dict[str, Any]] = []
+    syncer = Syncer(_collector(job.end + timedelta(seconds=1), seen), FakeSlurm([job]),
+                    settle_s=5)
+    assert syncer.run_once(job_ids=["6"], since=None).pending == ["6"]
+    assert syncer.run_once(job_ids=["6"], since=None).pending == ["6"]  # nothing new: quiet
+    syncer.slurm = FakeSlurm([replace(job, steps=("batch", "extern"))])
+    syncer.http = _collector(job.end + timedelta(seconds=10), seen)
+    report = syncer.run_once(job_ids=["6"], since=None)
+    assert report.comments and report.events_sent == 2
+    assert [(e["event"], len(e.get("steps", []))) for e in seen] == [
+        ("start", 0), ("end", 0), ("start", 0), ("end", 2)]
 
 
 def test_flush_outbox_delivers_in_order_and_keeps_on_outage(tmp_path: Path) -> None:

@@ -132,3 +132,43 @@ def test_presence_and_board_backfill(fresh_url):
         }
     finally:
         engine.dispose()
+
+
+def test_slurm_ids_backfill_from_the_tags(fresh_url):
+    """Revision 0014 fills the array / het-job ids of stored jobs from their tags (digits
+    only, both of a pair)."""
+    from datetime import UTC, datetime
+
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import insert, select
+
+    from jobenergy.collector.db import alembic_config
+    from jobenergy.collector.models import Job
+
+    script = ScriptDirectory.from_config(alembic_config(fresh_url))
+    upgrade(fresh_url, script.get_revision("0014_job_slurm_ids").down_revision)
+    tags = {
+        "41": {"array_job_id": "40", "array_task_id": "0", "model": "m"},
+        "51": {"het_job_id": "50", "het_job_offset": "1"},
+        "52": {"het_job_id": "50"},  # no offset: no id of its own
+        "53": {"array_job_id": "x1", "array_task_id": "2"},  # a user's tag, not Slurm's
+        "54": {"array_job_id": "12345678901", "array_task_id": "1"},  # 11 digits
+        "60": None,
+    }
+    engine = make_engine(fresh_url)
+    try:
+        with engine.begin() as conn:
+            for job_id, value in tags.items():
+                conn.execute(insert(Job.__table__).values(
+                    cluster="c1", job_id=job_id, updated_at=datetime(2026, 11, 23, tzinfo=UTC),
+                    tags=value))
+        upgrade(fresh_url)
+        with engine.connect() as conn:
+            got = {r.job_id: (r.array_job_id, r.array_task_id, r.het_job_id, r.het_job_offset)
+                   for r in conn.execute(select(Job.job_id, Job.array_job_id, Job.array_task_id,
+                                                Job.het_job_id, Job.het_job_offset))}
+    finally:
+        engine.dispose()
+    none = (None, None, None, None)
+    assert got == {"41": ("40", 0, None, None), "51": (None, None, "50", 1), "52": none,
+                   "53": none, "54": none, "60": none}

@@ -27,7 +27,8 @@ def test_job_selectors_in_sacct_forms() -> None:
     assert JobSelector("5", task=2).api_id == "5_2" and JobSelector("5", offset=0).api_id == "5+0"
 
 
-@pytest.mark.parametrize("text", ["12 34", "5_[3-1]", "5_[a]", "5_[1-", "x[1]", "é"])
+@pytest.mark.parametrize(
+    "text", ["12 34", "5_[3-1]", "5_[a]", "5_[1-", "x[1]", "é", "40_x", "1.foo"])
 def test_bad_job_ids_are_refused_naming_them(text: str) -> None:
     with pytest.raises(BadJobId):
         parse_job_selectors([text])

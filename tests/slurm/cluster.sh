@@ -156,19 +156,14 @@ CONF
 }
 
 install_jobenergy() {
-  make -s -C "$REPO/slurm_plugins" install install-plugstack >/tmp/cluster-make.log 2>&1 \
-    || { cat /tmp/cluster-make.log; die "building the SPANK plugin failed"; }
-  mkdir -p /etc/jobenergy /var/spool/jobenergy/outbox
-  chown slurm:slurm /var/spool/jobenergy/outbox; chmod 0700 /var/spool/jobenergy/outbox
-  if [ ! -e /etc/jobenergy/slurm-hooks.env ]; then
-    cat > /etc/jobenergy/slurm-hooks.env <<CONF
-# jobenergy hook settings for the test cluster (tests/slurm/cluster.sh; the live test rewrites it)
-JOBENERGY_URL=${JOBENERGY_HOOK_URL:-http://127.0.0.1:8080}
-JOBENERGY_CLUSTER=$CLUSTER
-JOBENERGY_GPU_MAP_DIR=/run/jobenergy/gpus/\${SLURMD_NODENAME:-ctld}
-JOBENERGY_OUTBOX=/var/spool/jobenergy/outbox
-CONF
-  fi
+  # As deploy/INSTALL.md installs a controller and compute node: one `jobenergy setup
+  # slurm-hooks` (hook scripts, outbox, SPANK plugin and its plugstack line). --force: the
+  # live test rewrites slurm-hooks.env for its own server, and this puts the shipped one back.
+  local jobenergy=${JOBENERGY:-$REPO/.venv/bin/jobenergy}
+  [ -x "$jobenergy" ] || die "$jobenergy missing: run make test (or set JOBENERGY)"
+  "$jobenergy" setup slurm-hooks --force --url "${JOBENERGY_HOOK_URL:-http://127.0.0.1:8080}" \
+    --cluster "$CLUSTER" --slurm-user slurm >/tmp/cluster-setup.log 2>&1 \
+    || { cat /tmp/cluster-setup.log; die "jobenergy setup slurm-hooks failed"; }
 }
 
 start_db() {

@@ -54,6 +54,8 @@ HOOK_ENV = Path("/etc/jobenergy/slurm-hooks.env")
 # A system-wide install, as an admin makes it: SlurmUser cannot run a venv under /root.
 SYSTEM_VENV = Path("/opt/jobenergy-live")
 INTERVAL_S = 1.0
+#: The time a job's energy may be off by at its two ends on a saturated rig (see below).
+EDGE_LAG_S = 0.25
 BURN = "timeout {s} sh -c 'while :; do :; done'; true"
 BIN = Path(sys.executable).parent
 DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
@@ -507,8 +509,9 @@ def test_every_job_is_measured_and_described(run: dict[str, Any], stack: dict[st
                                              capsys: pytest.CaptureFixture) -> None:
     jobs, got, raw_ids = run["jobs"], run["got"], run["raw_ids"]
     env = {**os.environ, "JOBENERGY_URL": stack["url"]}
-    senergy = _run(str(BIN / "senergy"), "-j", ",".join(raw_ids), "-o",
-                   "JobID,User,JobName,State,EnergyUJ,TotalkWh,GPUkWh,Model,Phase", "-P", env=env)
+    senergy = _run(str(BIN / "senergy"), "-X", "-j", ",".join(raw_ids), "-o",
+                   "JobIDRaw,User,JobName,State,EnergyUJ,TotalkWh,GPUkWh,Model,Phase", "-P",
+                   env=env)
     lines = {line.split("|")[0]: line.split("|") for line in senergy.splitlines()[1:]}
     for raw in raw_ids:
         assert got[raw]["energy_uj"] > 0 and got[raw]["final"], (raw, got[raw])
@@ -569,6 +572,63 @@ def test_admin_comment_is_each_jobs_own(run: dict[str, Any]) -> None:
     assert het[0] != het[1], het
 
 
+#: The fields senergy shares with sacct, compared value for value (issue 11).
+GOLDEN_FIELDS = ("JobID,JobName,User,Account,Partition,State,Start,End,NNodes,NodeList,"
+                 "ExitCode,AllocTRES")
+
+
+def _parsable(*argv: str, env: dict[str, str] | None = None) -> list[list[str]]:
+    """Rows of a ``-P`` table (header first), each split on ``|``."""
+    return [line.split("|") for line in _run(*argv, env=env).splitlines() if line]
+
+
+def _by_job(rows: list[list[str]]) -> dict[str, list[str]]:
+    """JobID column of a table with step rows, grouped: job → its step rows, in order."""
+    jobs: dict[str, list[str]] = {}
+    for (job_id, *_rest) in rows:
+        if "." in job_id:
+            jobs[job_id.split(".", 1)[0]].append(job_id)
+        else:
+            jobs.setdefault(job_id, [])
+    return jobs
+
+
+def test_senergy_prints_what_sacct_prints(run: dict[str, Any], stack: dict[str, Any]) -> None:
+    """For every live job, ``senergy -P -X -j ... -o <fields sacct has>`` prints what
+    ``sacct`` prints, field by field (array tasks as 40_2, het components as 11+1, State
+    "CANCELLED by 0", AllocTRES); without -X, the same step rows (JobID.batch, ...)."""
+    env = {**os.environ, "JOBENERGY_URL": stack["url"]}
+    ids = ",".join(run["raw_ids"])
+    senergy = str(BIN / "senergy")
+    ours = _parsable(senergy, "-P", "-X", "-j", ids, "-o", GOLDEN_FIELDS, env=env)
+    theirs = _parsable("sacct", "-P", "-X", "-j", ids, "-o", GOLDEN_FIELDS)
+    assert ours[0] == theirs[0] == GOLDEN_FIELDS.split(","), (ours[0], theirs[0])
+    names = theirs[0]
+    ours_by_id = {row[0]: row for row in ours[1:]}
+    theirs_by_id = {row[0]: row for row in theirs[1:]}
+    assert len(ours_by_id) == len(ours) - 1 and len(theirs_by_id) == len(theirs) - 1
+    assert sorted(ours_by_id) == sorted(theirs_by_id), (ours, theirs)
+    differences = [
+        f"{job_id} {name}: senergy {mine!r} != sacct {slurm!r}"
+        for job_id, row in theirs_by_id.items()
+        for name, mine, slurm in zip(names, ours_by_id[job_id], row, strict=True)
+        if mine != slurm
+    ]
+    assert not differences, "\n".join(differences)
+
+    # An array id selects every task, a het leader every component, as in sacct.
+    parents = f"{run['jobs']['array']},{run['jobs']['het']}"
+    assert sorted(r[0] for r in _parsable(
+        senergy, "-P", "-n", "-X", "-j", parents, "-o", "JobID", env=env)) == sorted(
+        r[0] for r in _parsable("sacct", "-P", "-n", "-X", "-j", parents, "-o", "JobID"))
+
+    # Step rows: the same steps of each job, in sacct's order.
+    ours_steps = _by_job(_parsable(senergy, "-P", "-n", "-j", ids, "-o", "JobID", env=env))
+    theirs_steps = _by_job(_parsable("sacct", "-P", "-n", "-j", ids, "-o", "JobID"))
+    assert ours_steps == theirs_steps, (ours_steps, theirs_steps)
+    assert any(steps for steps in theirs_steps.values())  # batch / extern / 0 rows compared
+
+
 def test_conservation_per_node_against_the_hardware(run: dict[str, Any],
                                                     stack: dict[str, Any]) -> None:
     ledger = run["ledger"]
@@ -602,9 +662,9 @@ def test_a_job_pays_for_the_time_it_existed(run: dict[str, Any], stack: dict[str
                                             capsys: pytest.CaptureFixture) -> None:
     """Exclusive jobs of >= 3 s pay what the hardware drew during their cgroup's life (the
     emulator's ledger): typically within ±2 % (the median deviation must stay under 1 %),
-    each within ±4 %: on this rig 4 nodes' jobs saturate 2 cores, and the emulator's counters
-    then advance late by up to a tick, moving energy between a job's first or last interval
-    and the rest. Before jobs paid for their life, 3-5 s jobs paid +7 to +23 %."""
+    each within ±4 % or ``EDGE_LAG_S`` of its life: on this rig 4 nodes' jobs saturate 2
+    cores, and the emulator's counters then advance late by up to a tick, moving energy
+    between a job's first or last interval and the rest. Before jobs paid for their life, 3-5 s jobs paid +7 to +23 %."""
     ledger, got = run["ledger"], run["got"]
     checked = {}
     for node in NODES:
@@ -627,7 +687,10 @@ def test_a_job_pays_for_the_time_it_existed(run: dict[str, Any], stack: dict[str
         print("\nexclusive jobs, charged vs the ledger over their life: " + ", ".join(
             f"{k}={d:+.2%} ({s:.1f} s)" for k, (d, s) in sorted(checked.items())))
     assert len([k for k in checked if "/gpu" not in k]) >= 3, checked  # cpu + array tasks
-    bad = {k: v for k, v in checked.items() if abs(v[0]) > 0.04}
+    # Each within 4 %, or within what a quarter of a second of the job's life weighs (the
+    # counters' lag at both ends when 4 nodes' burners saturate the 2 cores: a tick each,
+    # plus the emulator waiting for a core): a 5-s job, 4.9 %.
+    bad = {k: v for k, v in checked.items() if abs(v[0]) > max(0.04, EDGE_LAG_S / v[1])}
     assert not bad, bad
     deviations = sorted(abs(d) for d, _s in checked.values())
     assert deviations[len(deviations) // 2] <= 0.01, checked
@@ -745,7 +808,7 @@ def test_users_read_only_what_slurm_lets_them(run: dict[str, Any], stack: dict[s
     assert (got[bobs]["user"], got[alices_proj2]["account"]) == ("bob", "proj2")
     assert (got[alices_proj1]["user"], got[alices_proj1]["account"]) == ("alice", "proj1")
     senergy = [str(stack["sysbin"] / "senergy"), "--url", url, "-o", "JobID,User,EnergyUJ",
-               "-P", "-n", "-j"]
+               "-P", "-n", "-X", "-j"]
     mine = _run("runuser", "-u", "alice", "--", *senergy, alices_proj2)
     assert mine.strip() == f"{alices_proj2}|alice|{got[alices_proj2]['energy_uj']}"
     theirs = subprocess.run(["runuser", "-u", "alice", "--", *senergy, bobs],
