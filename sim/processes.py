@@ -95,14 +95,15 @@ def write_agent_config(path: Path, **values: object) -> Path:
 def start_agent(
     config: Path, log_path: Path, env: dict[str, str] | None = None, nice: int = 0
 ) -> subprocess.Popen:
-    """Start ``jobenergy agent --config FILE`` with extra environment.
+    """Start ``jobenergy-agent --config FILE`` with extra environment.
 
-    ``nice``: the priority change the shipped systemd unit gives it (``Nice=-5``, root only),
-    so that jobs burning every CPU do not delay its samples.
+    The agent's own entry point (``python -m jobenergy.agent``), as the shipped systemd unit
+    runs it; ``nice``: the priority change that unit gives it (``Nice=-5``, root only), so
+    that jobs burning every CPU do not delay its samples.
     """
     log = open(log_path, "ab")  # noqa: SIM115
     return subprocess.Popen(
-        _cli("agent", "--config", str(config)),
+        [sys.executable, "-m", "jobenergy.agent", "--config", str(config)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},

@@ -664,7 +664,8 @@ def test_a_job_pays_for_the_time_it_existed(run: dict[str, Any], stack: dict[str
     emulator's ledger): typically within ±2 % (the median deviation must stay under 1 %),
     each within ±4 % or ``EDGE_LAG_S`` of its life: on this rig 4 nodes' jobs saturate 2
     cores, and the emulator's counters then advance late by up to a tick, moving energy
-    between a job's first or last interval and the rest. Before jobs paid for their life, 3-5 s jobs paid +7 to +23 %."""
+    between a job's first or last interval and the rest. Before jobs paid for their life,
+    3-5 s jobs paid +7 to +23 %."""
     ledger, got = run["ledger"], run["got"]
     checked = {}
     for node in NODES:
