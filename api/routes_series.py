@@ -7,6 +7,12 @@ smallest of 1 s, 5 s, 10 s, 15 s, 30 s, 1 min, 2 min, 5 min, ... that fits; a fi
 raised to it and the answer says so) with exact integer µJ per bucket
 (``api/power_series.py``, ``api/series_queries.py``).
 
+A node's or a cluster's series is read from the raw intervals for steps under an hour, and
+from the per-node hourly energy (``node_energy_hour``, ``resolution: "hour"``) for steps of
+whole hours, by default over windows longer than :data:`HOURLY_AFTER`, over windows longer
+than :data:`MAX_WINDOW` and before the raw intervals' retention: up to
+:data:`MAX_HOURLY_WINDOW`, whatever the retention.
+
 Who may read: a job's series as the job (``GET /api/v1/jobs/{job_id}``: 403 for another
 user's job under ``private_data = jobs``); a node's, as ``GET /api/v1/nodes`` (admins,
 operators, the hooks); a cluster's, whoever may read everyone's usage (``private_data``
@@ -37,6 +43,7 @@ from jobenergy.api.power_series import (
 from jobenergy.api.routes_jobs import parse_time
 from jobenergy.api.series_queries import (
     JobSpan,
+    cluster_hour_lines,
     cluster_lines,
     cluster_nodes,
     find_jobs,
@@ -46,6 +53,7 @@ from jobenergy.api.series_queries import (
     job_phases,
     node_clusters,
     node_components,
+    node_hour_lines,
     node_lines,
     retained_from,
 )
@@ -68,8 +76,15 @@ router = APIRouter(prefix="/api/v1", tags=["series"])
 #: Window of a node or cluster series without start and end: the last day.
 DEFAULT_WINDOW = timedelta(days=1)
 #: Longest window read from raw intervals (a week and a day: a request reads at most that many
-#: node-days of rows). Longer: 422 for a node or a cluster, hourly energy for a job.
+#: node-days of rows). Longer: hourly energy (a node, a cluster, a job).
 MAX_WINDOW = timedelta(days=8)
+#: A node or cluster window longer than this is read hourly unless the step asks otherwise
+#: (the default step is then 5 min or more: whole hours show the same shape for a fraction of
+#: the rows read).
+HOURLY_AFTER = timedelta(days=2)
+#: Longest node or cluster window (hourly data: at most nodes × this many hours of rows).
+MAX_HOURLY_WINDOW = timedelta(days=400)
+HOUR_S = 3600
 
 StepQuery = Annotated[str | None, Query(
     max_length=32, description="bucket width: seconds, or 30s, 5m, 1h, 1d (default: the "
@@ -93,17 +108,31 @@ def _window(start: str | None, end: str | None) -> tuple[datetime | None, dateti
     return ws, we
 
 
-def _recent_window(start: str | None, end: str | None) -> tuple[datetime, datetime]:
-    """A node or cluster window: default the last day; at most :data:`MAX_WINDOW`."""
+def _recent_window(start: str | None, end: str | None, step_s: int | None,
+                   kept: datetime | None) -> tuple[datetime, datetime, bool]:
+    """A node or cluster window (default: the last day; at most :data:`MAX_HOURLY_WINDOW`)
+    and whether to read it hourly.
+
+    Hourly: a step of whole hours, or none over more than :data:`HOURLY_AFTER`; a window
+    longer than :data:`MAX_WINDOW`, a step longer than it (a bucket is read whole, however
+    little of it the window covers: a step is at most ``MAX_STEP_S``, under
+    :data:`MAX_HOURLY_WINDOW`) or a window reaching back before the retained raw intervals,
+    whatever the step (raised to whole hours).
+    """
     ws, we = _window(start, end)
     if we is None:
         we = ws + DEFAULT_WINDOW if ws is not None else datetime.now(UTC)
     if ws is None:
         ws = we - DEFAULT_WINDOW
-    if we - ws > MAX_WINDOW:
-        raise HTTPException(status_code=422, detail=f"window of {we - ws} is longer than "
-                                                    f"{MAX_WINDOW.days} days (raw intervals)")
-    return ws, we
+    span = we - ws
+    if span > MAX_HOURLY_WINDOW:
+        raise HTTPException(status_code=422, detail=f"window of {span} is longer than "
+                                                    f"{MAX_HOURLY_WINDOW.days} days")
+    hourly = (span > MAX_WINDOW or (kept is not None and ws < kept)
+              or (step_s is None and span > HOURLY_AFTER)
+              or (step_s is not None and (step_s % HOUR_S == 0
+                                          or step_s > MAX_WINDOW.total_seconds())))
+    return ws, we, hourly
 
 
 def _grid_fields(grid: Grid, kept: datetime | None) -> dict[str, Any]:
@@ -210,14 +239,17 @@ def get_node_series(node: str, session: SessionDep, access: AccessDep,
                     start: TimeQuery = None, end: TimeQuery = None) -> NodeSeries:
     """Return per component the node's measured energy per bucket, split into what went to
     jobs (attributed) and what stayed the node's (unattributed); measured = attributed +
-    unattributed in every bucket, exactly. Default window: the last day; at most 8 days.
+    unattributed in every bucket, exactly. Default window: the last day; at most 400 days,
+    read from hourly energy for steps of whole hours (over more than 2 days by default, over
+    more than 8 days or before the raw intervals' retention always).
 
     For admins, operators and the Slurm hooks, as ``GET /api/v1/nodes``.
     """
     if not access.reads_all:
         raise forbidden(access, "read per-node series (admins and operators do)")
     step_s = _step(step)
-    ws, we = _recent_window(start, end)
+    kept = retained_from(session)
+    ws, we, hourly = _recent_window(start, end, step_s, kept)
     clusters = node_clusters(session, node, cluster)
     if not clusters:
         where = f" on cluster {cluster}" if cluster is not None else ""
@@ -225,9 +257,12 @@ def get_node_series(node: str, session: SessionDep, access: AccessDep,
     if len(clusters) > 1:
         raise HTTPException(status_code=409, detail=f"node {node} exists on clusters "
                                                     f"{', '.join(clusters)}: pass ?cluster=")
-    grid = make_grid(epoch_us(ws), epoch_us(we), step_s)
+    grid = make_grid(epoch_us(ws), epoch_us(we), step_s, HOUR_S if hourly else 1)
     lines = Lines(grid)
-    node_lines(session, clusters[0], node, lines)
+    if hourly:
+        node_hour_lines(session, clusters[0], node, lines)
+    else:
+        node_lines(session, clusters[0], node, lines)
     out = []
     components = {str(key[0]) for key in lines.by_key}
     for component in sorted(components.union(node_components(session, clusters[0], [node]))):
@@ -236,12 +271,15 @@ def get_node_series(node: str, session: SessionDep, access: AccessDep,
         measured = Line(grid.count)
         measured.merge(attributed)
         measured.merge(unattributed)
+        # Where the node measured, its parts are 0 W rather than gaps (hourly rows hold
+        # both parts of every hour measured, whether or not any share was stored).
+        attributed.covered = unattributed.covered = measured.covered
         for kind, line in (("measured", measured), ("attributed", attributed),
                            ("unattributed", unattributed)):
             out.append(NodeSeriesLine(kind=kind, component=component,  # type: ignore[arg-type]
                                       **_line(line, grid)))
     return NodeSeries(cluster=clusters[0], node=node, lines=out,
-                      **_grid_fields(grid, retained_from(session)))
+                      resolution="hour" if hourly else "interval", **_grid_fields(grid, kept))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +329,8 @@ def get_cluster_series(cluster: str, session: SessionDep, access: AccessDep,
                        step: StepQuery = None, start: TimeQuery = None,
                        end: TimeQuery = None) -> ClusterSeries:
     """Return the measured CPU, DRAM and GPU energy of every node of the cluster per bucket,
-    with the PUE and carbon intensity in force. Default window: the last day; at most 8
-    days.
+    with the PUE and carbon intensity in force. Default window: the last day; at most 400
+    days, read from hourly energy as a node's series is.
 
     Whoever may read everyone's usage (``private_data`` without ``usage``; admins,
     operators, the hooks).
@@ -301,14 +339,18 @@ def get_cluster_series(cluster: str, session: SessionDep, access: AccessDep,
         raise forbidden(access, "read a cluster's series (everyone's usage: private_data "
                                 "includes usage)")
     step_s = _step(step)
-    ws, we = _recent_window(start, end)
+    kept = retained_from(session)
+    ws, we, hourly = _recent_window(start, end, step_s, kept)
     nodes = cluster_nodes(session, cluster)
     if not nodes:
         raise HTTPException(status_code=404, detail=f"no node of cluster {cluster} has sent "
                                                     "anything")
-    grid = make_grid(epoch_us(ws), epoch_us(we), step_s)
+    grid = make_grid(epoch_us(ws), epoch_us(we), step_s, HOUR_S if hourly else 1)
     lines = Lines(grid)
-    cluster_lines(session, cluster, nodes, lines)
+    if hourly:
+        cluster_hour_lines(session, cluster, lines)
+    else:
+        cluster_lines(session, cluster, nodes, lines)
     for component in node_components(session, cluster):
         if component in ATTRIBUTED_COMPONENTS:
             lines.line((component,))
@@ -328,5 +370,5 @@ def get_cluster_series(cluster: str, session: SessionDep, access: AccessDep,
         pue=pues, carbon_g_per_kwh=carbons,
         lines=[ClusterSeriesLine(component=str(key[0]), **_line(line, grid))
                for key, line in sorted(lines.by_key.items(), key=lambda i: str(i[0][0]))],
-        **_grid_fields(grid, retained_from(session)))
+        resolution="hour" if hourly else "interval", **_grid_fields(grid, kept))
 

@@ -1,5 +1,5 @@
 """SQL of the power series (``api/routes_series.py``): ``energy_interval`` bucketed in the
-database.
+database, or the hourly tables (``job_energy_hour``, ``node_energy_hour``) read whole.
 
 One statement per series reads the window's rows through an index range
 (``(cluster, job_id, start_at)`` for a job, ``(cluster, node, start_at)`` for a node or the
@@ -18,6 +18,12 @@ Rows starting before the window are read from the earliest start of an interval 
 into it: for a job or a node, probed per line (:func:`earliest_reaching`); for a cluster,
 ``start − MAX_INTERVAL_S`` (the longest interval accepted), as the collector's overlap check
 does. An interval that reaches into the window is never missed.
+
+Hourly data (steps of whole hours) is split at ingest as :func:`fill_lines` splits rows (each
+stored share alone, by largest remainder over the overlap): a node's hourly series equals its
+raw-interval series at the same step, bucket by bucket. A cluster's sums its nodes' hours;
+from raw intervals, an interval crossing a bucket edge is split once for all its shares, so
+the two may differ by a few µJ per bucket (never in total).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from jobenergy.collector.models import (
     JobEnergyHour,
     JobPhase,
     NodeEnergy,
+    NodeEnergyHour,
     NodeProgress,
     UtcDateTime,
 )
@@ -361,6 +368,36 @@ def cluster_lines(session: Session, cluster: str, nodes: list[str], lines: Lines
                "cluster = :cluster AND node IN :nodes AND component IN :components",
                {"cluster": cluster, "nodes": nodes, "components": list(ATTRIBUTED_COMPONENTS)},
                expanding=("nodes", "components"))
+
+
+def node_hour_lines(session: Session, cluster: str, node: str, lines: Lines) -> None:
+    """Fill the lines of :func:`node_lines` from the node's ``node_energy_hour`` rows (the
+    grid's step: whole hours)."""
+    grid = lines.grid
+    h = NodeEnergyHour
+    rows = session.execute(
+        select(h.component, h.hour_at, h.measured_uj, h.unattributed_uj).where(
+            h.cluster == cluster, h.node == node, h.hour_at >= _at(grid.start_s),
+            h.hour_at < _at(grid.end_s)))
+    for component, hour_at, measured_uj, unattributed_uj in rows:
+        bucket = epoch_us(hour_at) // grid.step_us
+        lines.add_bucket((component, 0), bucket, int(measured_uj) - int(unattributed_uj))
+        lines.add_bucket((component, 1), bucket, int(unattributed_uj))
+
+
+def cluster_hour_lines(session: Session, cluster: str, lines: Lines) -> None:
+    """Fill the lines of :func:`cluster_lines` from ``node_energy_hour``: one GROUP BY over
+    the cluster's nodes per (component, hour) through ``(cluster, hour_at)`` (the grid's
+    step: whole hours)."""
+    grid = lines.grid
+    h = NodeEnergyHour
+    rows = session.execute(
+        select(h.component, h.hour_at, func.sum(h.measured_uj)).where(
+            h.cluster == cluster, h.component.in_(ATTRIBUTED_COMPONENTS),
+            h.hour_at >= _at(grid.start_s), h.hour_at < _at(grid.end_s))
+        .group_by(h.component, h.hour_at))
+    for component, hour_at, measured_uj in rows:
+        lines.add_bucket((component,), epoch_us(hour_at) // grid.step_us, int(measured_uj))
 
 
 def retained_from(session: Session) -> datetime | None:

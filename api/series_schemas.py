@@ -3,7 +3,8 @@
 Every series has the same time axis: ``t`` holds each bucket's start (epoch seconds), buckets
 are ``step_s`` wide and ``[start, end)`` is the whole grid (ISO 8601, ``Z``). Energies are
 integer µJ per bucket and add up exactly to the line's ``energy_uj``; ``power_w`` is each
-bucket's mean power (energy / step), ``null`` where no interval covered the bucket.
+bucket's mean power (energy / step), ``null`` where no interval covered the bucket (for a
+node's attributed and unattributed lines: where the node measured nothing).
 """
 
 from __future__ import annotations
@@ -78,7 +79,10 @@ class NodeSeries(SeriesGrid):
 
     cluster: str
     node: str
-    resolution: Literal["interval"] = "interval"
+    resolution: Literal["interval", "hour"] = Field(
+        description="interval: from the raw intervals; hour: from the node's hourly energy "
+        "(steps of whole hours: by default over more than 2 days, always over more than 8 "
+        "days or before the raw intervals' retention)")
     lines: list[NodeSeriesLine]
 
 
@@ -96,7 +100,9 @@ class ClusterSeries(SeriesGrid):
     GPU; ``psys`` overlaps them and is left out), with the factors in force."""
 
     cluster: str
-    resolution: Literal["interval"] = "interval"
+    resolution: Literal["interval", "hour"] = Field(
+        description="interval: from the raw intervals; hour: the sum of the nodes' hourly "
+        "energy (as for a node's series)")
     nodes: int = Field(description="nodes of the cluster that ever sent intervals")
     energy_uj: int
     bucket_energy_uj: list[int]

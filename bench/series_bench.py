@@ -5,18 +5,24 @@ nodes by SQL (``generate_series``: one interval every ``--interval-s`` seconds, 
 second by 3.7 s so that intervals cross bucket edges as agents' do; 2 CPU packages, 2 DRAM
 zones, 8 GPUs per node; each interval's energy shared by the node's current job (3/4) and the
 node's unattributed account), then the totals ingest would keep (``job``, ``job_energy``,
-``node_energy``, ``node_progress``) by GROUP BY over what was loaded. Node 0 runs 1-h jobs back
-to back, node 1 3-day jobs, the others 6-h jobs.
+``node_energy``, ``node_progress``) by GROUP BY over what was loaded, and ``node_energy_hour``
+by the backfill of its migration (``collector/node_hours.py``: what ingest would have written).
+Node 0 runs 1-h jobs back to back, node 1 3-day jobs, the others 6-h jobs.
 
 Then times, in-process (FastAPI TestClient over ``create_app``, no network), one request at a
-time, each with the default step (at most 1000 buckets):
+time, at most 1000 buckets each:
 
-- ``GET /api/v1/jobs/{id}/series``: a 1-h job, a 3-day job, and a 1-h zoom into the 3-day job;
-- ``GET /api/v1/nodes/{node}/series``: one node-day;
-- ``GET /api/v1/clusters/{c}/series``: the last 7 days of every node.
+- ``GET /api/v1/jobs/{id}/series``: a 1-h job, a 3-day job, and a 1-h zoom into the 3-day job
+  (default step, raw intervals);
+- ``GET /api/v1/nodes/{node}/series``: one node-day (default step: raw intervals) and one
+  node-week (default step: whole hours, ``node_energy_hour``);
+- ``GET /api/v1/clusters/{c}/series``: the last 7 days of every node from the raw intervals
+  (``step=900``, the default before hourly data), the same with the default step (whole
+  hours), and the last 30 days (or all loaded, if fewer) at ``step=1h``.
 
-Prints p50/p99 per query with the rows it covers, the buckets and lines answered and the
-indexes its plan reads (EXPLAIN), and the job index's size. Asserts nothing.
+Prints p50/p99 per query with the rows it covers (raw intervals or hours), the buckets and
+lines answered and the indexes its plan reads (EXPLAIN), and the job index's size. Asserts
+nothing.
 
     .venv/bin/python bench/series_bench.py                       # 4 nodes × 8 days, 10-s
     .venv/bin/python bench/series_bench.py --nodes 16 --days 30  # bigger (a while to load)
@@ -40,6 +46,7 @@ from sqlalchemy import Engine, event, text
 from jobenergy.api.app import create_app
 from jobenergy.api.series_queries import WORK_MEM
 from jobenergy.collector.db import make_engine, upgrade
+from jobenergy.collector.node_hours import backfill
 from jobenergy.collector.partitions import add_months, create_month_partition
 from jobenergy.collector.settings import ServerSettings
 
@@ -132,18 +139,33 @@ def load(engine: Engine, nodes: int, days: int, interval_s: float, origin: datet
     return rows
 
 
+def load_hours(engine: Engine) -> tuple[int, float]:
+    """Fill node_energy_hour from the loaded intervals; return its rows and the seconds."""
+    begin = time.perf_counter()
+    with engine.begin() as conn:
+        hours = backfill(conn)
+    return hours, time.perf_counter() - begin
+
+
 def vacuum(url: str) -> None:
     engine = make_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             conn.execute(text("VACUUM (ANALYZE) energy_interval, job, job_energy, node_energy, "
-                              "node_progress"))
+                              "node_energy_hour, node_progress"))
     finally:
         engine.dispose()
 
 
+def _bucketing(statement: str) -> bool:
+    """The statement of a series that reads the rows: raw intervals (grouped by ``k1``) or
+    hours."""
+    return (("AS k1" in statement or "FROM node_energy_hour" in statement)
+            and not statement.startswith("EXPLAIN"))
+
+
 class Recorder:
-    """Keeps the bucketing statement a request ran (the one grouping by ``k1``)."""
+    """Keeps the bucketing statement a request ran (:func:`_bucketing`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -155,13 +177,13 @@ class Recorder:
 
     def _record(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any,
                 executemany: bool) -> None:
-        if "AS k1" in statement and not statement.startswith("EXPLAIN"):
+        if _bucketing(statement):
             self.statement = (statement, params)
             self._began = time.perf_counter()
 
     def _done(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any,
               executemany: bool) -> None:
-        if "AS k1" in statement and not statement.startswith("EXPLAIN"):
+        if _bucketing(statement):
             self.durations.append(time.perf_counter() - self._began)
 
     def explain(self, analyze: bool = False) -> str:
@@ -192,9 +214,9 @@ def job_index_bytes(engine: Engine) -> int:
             "WHERE indexrelname LIKE '%job_id_start_at%'")).scalar_one())
 
 
-def covered_rows(engine: Engine, where: str, params: dict[str, Any]) -> int:
+def covered_rows(engine: Engine, table: str, where: str, params: dict[str, Any]) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(text(f"SELECT count(*) FROM energy_interval WHERE {where}"),
+        return int(conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}"),
                                 params).scalar_one())
 
 
@@ -254,13 +276,16 @@ def main() -> None:
         begin = time.perf_counter()
         rows = load(engine, args.nodes, args.days, args.interval_s, origin)
         load_s = time.perf_counter() - begin
+        hours, hours_s = load_hours(engine)
         begin = time.perf_counter()
         vacuum(url)
         print(f"history: {args.nodes} nodes × {args.days} days of {args.interval_s:g}-s "
               f"intervals, {len(SOURCES)} sources, 1 job + unattributed: {rows:,} "
-              f"energy_interval rows loaded with totals in {load_s:.0f} s (VACUUM ANALYZE "
-              f"{time.perf_counter() - begin:.0f} s); job index {human(job_index_bytes(engine))}"
-              f" = {job_index_bytes(engine) / max(rows, 1):.0f} B/row")
+              f"energy_interval rows loaded with totals in {load_s:.0f} s, {hours:,} "
+              f"node_energy_hour rows by the migration's backfill in {hours_s:.1f} s (VACUUM "
+              f"ANALYZE {time.perf_counter() - begin:.0f} s); job index "
+              f"{human(job_index_bytes(engine))} = {job_index_bytes(engine) / max(rows, 1):.0f}"
+              " B/row")
         mid = origin + timedelta(days=args.days // 2, hours=5)
         one_h = job_at(0, origin, mid)
         three_d = job_at(1, origin, origin + timedelta(days=4))
@@ -268,44 +293,62 @@ def main() -> None:
         day_lo = (origin + timedelta(days=args.days // 2)).replace(hour=0, minute=0, second=0,
                                                                    microsecond=0)
         week_lo = end - timedelta(days=7)
+        month_days = min(30, args.days)
+        month_lo = end - timedelta(days=month_days)
         iso = {"day": (day_lo.isoformat(), (day_lo + timedelta(days=1)).isoformat()),
                "week": (week_lo.isoformat(), end.isoformat()),
+               "month": (month_lo.isoformat(), end.isoformat()),
                "zoom": (zoom_lo.isoformat(), (zoom_lo + timedelta(hours=1)).isoformat())}
+        ei, neh = "energy_interval", "node_energy_hour"
+        # Hours read: those starting in the window widened to whole hours.
+        week_h = {"lo": week_lo.replace(minute=0, second=0, microsecond=0), "hi": end}
+        month_h = {"lo": month_lo.replace(minute=0, second=0, microsecond=0), "hi": end}
         cases = [
             ("1-h job", f"/api/v1/jobs/{one_h}/series", {},
-             "job_id = :j", {"j": one_h}),
+             ei, "job_id = :j", {"j": one_h}),
             ("3-day job", f"/api/v1/jobs/{three_d}/series", {},
-             "job_id = :j", {"j": three_d}),
+             ei, "job_id = :j", {"j": three_d}),
             ("3-day job, 1-h zoom", f"/api/v1/jobs/{three_d}/series",
              {"start": iso["zoom"][0], "end": iso["zoom"][1]},
-             "job_id = :j AND start_at >= :lo AND start_at < :hi",
+             ei, "job_id = :j AND start_at >= :lo AND start_at < :hi",
              {"j": three_d, "lo": zoom_lo, "hi": zoom_lo + timedelta(hours=1)}),
             ("node day", f"/api/v1/nodes/{node_name(2)}/series",
              {"start": iso["day"][0], "end": iso["day"][1]},
-             "node = :n AND start_at >= :lo AND start_at < :hi",
+             ei, "node = :n AND start_at >= :lo AND start_at < :hi",
              {"n": node_name(2), "lo": day_lo, "hi": day_lo + timedelta(days=1)}),
+            ("node week, hourly", f"/api/v1/nodes/{node_name(2)}/series",
+             {"start": iso["week"][0], "end": iso["week"][1]},
+             neh, "node = :n AND hour_at >= :lo AND hour_at < :hi",
+             {"n": node_name(2), **week_h}),
+            ("cluster week, raw", f"/api/v1/clusters/{CLUSTER}/series",
+             {"start": iso["week"][0], "end": iso["week"][1], "step": "900"},
+             ei, "component <> 'psys' AND start_at >= :lo AND start_at < :hi",
+             {"lo": week_lo, "hi": end}),
             ("cluster week", f"/api/v1/clusters/{CLUSTER}/series",
              {"start": iso["week"][0], "end": iso["week"][1]},
-             "component <> 'psys' AND start_at >= :lo AND start_at < :hi",
-             {"lo": week_lo, "hi": end}),
+             neh, "component <> 'psys' AND hour_at >= :lo AND hour_at < :hi", week_h),
+            (f"cluster {month_days} d, 1 h", f"/api/v1/clusters/{CLUSTER}/series",
+             {"start": iso["month"][0], "end": iso["month"][1], "step": "1h"},
+             neh, "component <> 'psys' AND hour_at >= :lo AND hour_at < :hi", month_h),
         ]
         settings = ServerSettings(db_url=url, auth="none", migrate=False, pue=1.0,
                                   carbon_intensity_g_per_kwh=None)
-        print(f"in-process TestClient, one request at a time, default step; {args.repeat} "
-              "timed requests after 2 warm-ups")
+        print(f"in-process TestClient, one request at a time; {args.repeat} timed requests "
+              "after 2 warm-ups")
         app = create_app(settings)
         recorder = Recorder(app.state.engine)
         with TestClient(app) as client:
-            for name, path, params, where, where_params in cases:
+            for name, path, params, table, where, where_params in cases:
                 recorder.statement = None
                 samples, out = timed(client, path, params, args.repeat)
                 sql_s = statistics.median(recorder.durations[-args.repeat:])
-                n_rows = covered_rows(engine, where, where_params)
+                n_rows = covered_rows(engine, table, where, where_params)
                 lines = out.get("lines", [])
+                kind = "hours" if table == neh else "rows"
                 print(f"{name:20s} {percentiles(samples)}  (bucketing statement p50 "
-                      f"{sql_s * 1000:6.1f} ms)  {n_rows:>9,} rows  step "
-                      f"{out['step_s']:>3} s × {len(out['t']):>4} buckets × {len(lines):>2} "
-                      f"lines  [{recorder.indexes()}]")
+                      f"{sql_s * 1000:6.1f} ms)  {n_rows:>9,} {kind:5s} {out['resolution']:8s}"
+                      f" step {out['step_s']:>4} s × {len(out['t']):>4} buckets × "
+                      f"{len(lines):>2} lines  [{recorder.indexes()}]")
                 if args.explain:
                     print(recorder.explain(analyze=True))
         engine.dispose()

@@ -4,6 +4,7 @@ One batch is one transaction (the caller's): its key goes into ``ingested_batch`
 into ``energy_interval`` (COPY on PostgreSQL, executemany on SQLite) and its per-key sums
 into the ``job`` summary and the ``job_energy`` / ``node_energy`` totals by upsert, its
 per-job hours into ``job_energy_hour`` (with facility energy and CO2e, ``collector/hours.py``),
+its per-node hours into ``node_energy_hour`` (``collector/node_hours.py``),
 its phases into ``job_phase`` and its per-step energy into ``job_step_energy``
 (``collector/steps.py``); the node's high-water mark into ``node_progress``, the jobs its agent
 saw (with or without energy sources) into ``job_node``, and the leaderboard parts of annotated
@@ -40,6 +41,7 @@ from jobenergy.collector.models import (
     NodeEnergy,
     NodeProgress,
 )
+from jobenergy.collector.node_hours import add_node_hours
 from jobenergy.collector.phases import write_phases
 from jobenergy.collector.plan import Plan, plan_batch
 from jobenergy.collector.sql import (
@@ -385,6 +387,7 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
         _upsert_job_energy(conn, batch, plan)
     if plan.node_totals:
         _upsert_node_energy(conn, batch, plan)
+        add_node_hours(conn, batch.cluster, batch.node, plan.node_hours)
     if plan.progress is not None:
         _upsert_progress(conn, batch, plan)
     if plan.job_nodes:

@@ -10,6 +10,9 @@ Tables (singular lower_snake, ``*_at`` timestamps in UTC):
 - ``job_energy``: per (cluster, job, node, component, source) totals maintained at ingest,
   so a job lookup never scans ``energy_interval`` (decision 8).
 - ``node_energy``: per (cluster, node, component, source) measured/unattributed totals.
+- ``node_energy_hour``: per (cluster, node, UTC hour, component) measured/unattributed µJ,
+  each interval's shares split over the hours exactly (``collector/node_hours.py``): node and
+  cluster series of whole hours, kept for ever like the other totals.
 - ``job``: Slurm metadata, from job events and from what batches know, plus the per-job summary
   (energy, GPU energy, facility µJ, CO2e µg, GPU-seconds, samples, model, phase) maintained at
   ingest, so leaderboards and summaries are GROUP BY over one row per job.
@@ -222,6 +225,38 @@ class NodeEnergy(Base):
     intervals: Mapped[int] = mapped_column(BigInteger)
     first_at: Mapped[datetime]
     last_at: Mapped[datetime]
+
+
+class NodeEnergyHour(Base):
+    """A node's measured and unattributed energy of one component in one UTC hour.
+
+    Added to at ingest in the batch's transaction (``collector/node_hours.py``): every share
+    of an interval (each job's, the node's own) is split over the hours it overlaps by
+    largest remainder, as ``job_energy_hour`` is; so ``Σ hours`` is the node's
+    ``node_energy`` total of the component, exactly, and an hour's attributed part
+    (``measured_uj − unattributed_uj``) is the sum of the node's job shares' parts.
+    """
+
+    __tablename__ = "node_energy_hour"
+    __table_args__ = (
+        CheckConstraint(
+            f"measured_uj >= 0 AND measured_uj <= {BIGINT_MAX}", name="measured_uj_range"
+        ),
+        CheckConstraint(
+            f"unattributed_uj >= 0 AND unattributed_uj <= {BIGINT_MAX}",
+            name="unattributed_uj_range",
+        ),
+        # A cluster's hours over every node (the primary key serves one node's).
+        Index("ix_node_energy_hour_cluster_hour_at", "cluster", "hour_at",
+              postgresql_include=["component", "measured_uj"]),
+    )
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    node: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    hour_at: Mapped[datetime] = mapped_column(primary_key=True)
+    component: Mapped[str] = mapped_column(String(8), primary_key=True)
+    measured_uj: Mapped[int] = mapped_column(BigInteger)
+    unattributed_uj: Mapped[int] = mapped_column(BigInteger)
 
 
 class Job(Base):

@@ -238,11 +238,13 @@ def drop_expired_partitions(
     ``retention_days`` days ago; never delete rows.
 
     Nothing else depends on those rows: every total (``job``, ``job_energy``,
-    ``job_energy_hour``, ``node_energy``, ``job_node``, ``job_phase``, ``job_step_energy``,
-    ``job_board_part``, ``node_progress``) is added to at ingest from the batch itself
-    (``collector/ingest.py``), and a factor change recomputes from ``job_energy_hour``, not
-    from the intervals; the only reader of ``energy_interval`` is ingest's overlap check
-    (``collector/intervals.py``), for batches that reach back into a node's stored span.
+    ``job_energy_hour``, ``node_energy``, ``node_energy_hour``, ``job_node``, ``job_phase``,
+    ``job_step_energy``, ``job_board_part``, ``node_progress``) is added to at ingest from the
+    batch itself (``collector/ingest.py``), and a factor change recomputes from
+    ``job_energy_hour``, not from the intervals; the readers of ``energy_interval`` are
+    ingest's overlap check (``collector/intervals.py``), for batches that reach back into a
+    node's stored span, and the series endpoints, which answer from the hourly tables before
+    the retained span (``api/routes_series.py``).
 
     A partition whose bound is not its name's month (not made by this module) is left alone,
     with a warning. Rows of the DEFAULT partition older than the cut stay (a warning gives their

@@ -1,6 +1,9 @@
 """A batch flattened into rows and per-key sums in Python, before any database work.
 
-Each total is then upserted once per batch (``collector/ingest.py``).
+Each total is then upserted once per batch (``collector/ingest.py``). The hourly parts (a job's,
+a node's) split every stored share over the UTC hours alone, by
+:func:`jobenergy.core.carbon.split_over_hours`: a series of whole hours read from them is the
+one the raw intervals give (``api/series_queries.py`` splits each row alone too).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any
 
 from jobenergy.collector.models import BIGINT_MAX
 from jobenergy.collector.sql import IngestRejected
-from jobenergy.core.carbon import split_over_hours
+from jobenergy.core.carbon import HOUR, hour_floor, split_over_hours
 from jobenergy.core.schema import Batch, PhaseRecord
 
 
@@ -44,6 +47,8 @@ class Plan:
     jobs: dict[str, JobSummary] = field(default_factory=dict)
     # (job_id, UTC hour) -> µJ
     job_hours: dict[tuple[str, datetime], int] = field(default_factory=dict)
+    # (component, UTC hour) -> [measured, unattributed]: each share split over the hours alone
+    node_hours: dict[tuple[str, datetime], list[int]] = field(default_factory=dict)
     # (job_id, phase, model or "") -> [energy_uj, intervals, first, last, gpu_s]
     phase_energy: dict[tuple[str, str, str], list[Any]] = field(default_factory=dict)
     phase_records: list[PhaseRecord] = field(default_factory=list)
@@ -67,12 +72,14 @@ def plan_batch(batch: Batch) -> Plan:
         IngestRejected: A total of this batch alone is above the 64-bit range.
     """
     plan = Plan()
-    rows, job_totals, node_totals, hours = (
-        plan.rows, plan.job_totals, plan.node_totals, plan.job_hours
+    rows, job_totals, node_totals, hours, node_hours = (
+        plan.rows, plan.job_totals, plan.node_totals, plan.job_hours, plan.node_hours
     )
     for index, interval in enumerate(batch.intervals):
         start, end = interval.start, interval.end
         duration_s = (end - start).total_seconds()
+        first_hour = hour_floor(start)
+        crosses_hour = end > first_hour + HOUR
         if plan.progress is None:
             plan.progress = [start, end, 0, 0]
         plan.progress[2] += 1
@@ -148,6 +155,12 @@ def plan_batch(batch: Batch) -> Plan:
                     summary.begin_at = start
                 for hour, part in split_over_hours(start, end, energy_uj).items():
                     hours[(job_id, hour)] = hours.get((job_id, hour), 0) + part
+                    if crosses_hour:
+                        acc = node_hours.get((component, hour))
+                        if acc is None:
+                            node_hours[(component, hour)] = [part, 0]
+                        else:
+                            acc[0] += part
                 phase = phase_of.get(job_id)
                 if phase is not None:
                     pkey = (job_id, *phase)
@@ -160,6 +173,24 @@ def plan_batch(batch: Batch) -> Plan:
             # that its measurement is on record.
             if src.unattributed_uj or not src.jobs_uj:
                 rows.append((None, component, source, index, src.unattributed_uj, estimated))
+            # Inside one hour, the shares' parts add up to the measured µJ (the schema checks
+            # conservation); across an edge each stored share is split alone (above and here),
+            # as the series splits each stored row (api/series_queries.py).
+            if not crosses_hour:
+                acc = node_hours.get((component, first_hour))
+                if acc is None:
+                    node_hours[(component, first_hour)] = [src.measured_uj, src.unattributed_uj]
+                else:
+                    acc[0] += src.measured_uj
+                    acc[1] += src.unattributed_uj
+            elif src.unattributed_uj or not src.jobs_uj:
+                for hour, part in split_over_hours(start, end, src.unattributed_uj).items():
+                    acc = node_hours.get((component, hour))
+                    if acc is None:
+                        node_hours[(component, hour)] = [part, part]
+                    else:
+                        acc[0] += part
+                        acc[1] += part
         for pkey, energy_uj in interval_phase_uj.items():
             gpu_s = interval_phase_gpu_s.get(pkey, 0.0)
             acc = plan.phase_energy.get(pkey)

@@ -16,12 +16,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
 
-from jobenergy.api.power_series import MAX_POINTS, US_PER_S, epoch_us, make_grid, parse_step
-from jobenergy.collector.models import IntervalRetention, JobEnergyHour
+from jobenergy.api.power_series import (
+    MAX_POINTS,
+    US_PER_S,
+    Line,
+    Lines,
+    epoch_us,
+    make_grid,
+    parse_step,
+)
+from jobenergy.api.series_queries import node_hour_lines, node_lines
+from jobenergy.collector.models import (
+    IntervalRetention,
+    JobEnergyHour,
+    NodeEnergy,
+    NodeEnergyHour,
+)
 from jobenergy.core.schema import Batch, Interval, JobSample, SourceEnergy
 from jobenergy.core.split import split_uj
 
@@ -92,10 +107,10 @@ def scenario_specs(draw: Any) -> dict[str, Any]:
     return nodes
 
 
-def build(spec: dict[str, Any], cluster: str) -> Scenario:
+def build(spec: dict[str, Any], cluster: str, t0: datetime = T0) -> Scenario:
     scenario = Scenario(cluster)
     for node, (offset, intervals) in spec.items():
-        t = epoch_us(T0) + offset
+        t = epoch_us(t0) + offset
         made = []
         for gap, length, sources in intervals:
             start, end = t + gap, t + gap + length
@@ -204,18 +219,25 @@ def test_series_are_energy_exact(client, spec, step, cut):
     for line in out["lines"]:
         check_line(line, expected[(line["node"], line["component"], line["source"])], grid)
 
-    # The node: measured = attributed + unattributed, bucket by bucket, each exact.
+    # The node: measured = attributed + unattributed, bucket by bucket, each exact (hourly
+    # data for steps of whole hours: the same buckets, split at ingest).
     out = get(client, "/api/v1/nodes/n1/series", cluster=cluster, step=step, **window)
     grid = check_grid(out)
+    assert out["resolution"] == ("hour" if out["step_s"] % 3600 == 0 else "interval")
     lines = {(line["kind"], line["component"]): line for line in out["lines"]}
     assert {c for _, c in lines} == {c for c, _ in SOURCES}
     for component, source in SOURCES:
         keys = [k for k in scenario.shares if k[:3] == ("n1", component, source)]
         attributed = [s for k in keys if k[3] is not None for s in scenario.shares[k]]
         unattributed = scenario.shares[("n1", component, source, None)]
-        check_line(lines[("unattributed", component)], unattributed, grid)
-        a_energy, _ = reference(attributed, *grid)
-        assert lines[("attributed", component)]["bucket_energy_uj"] == a_energy
+        # Both parts are 0 W, not gaps, wherever the node measured.
+        _, measured_covered = reference(attributed + unattributed, *grid)
+        for kind, shares in (("attributed", attributed), ("unattributed", unattributed)):
+            energy, _ = reference(shares, *grid)
+            assert lines[(kind, component)]["bucket_energy_uj"] == energy
+            assert lines[(kind, component)]["power_w"] == [
+                e / (grid[2] * 1_000_000) if c else None
+                for e, c in zip(energy, measured_covered, strict=True)]
         measured = lines[("measured", component)]
         assert measured["bucket_energy_uj"] == [
             x + y for x, y in zip(lines[("attributed", component)]["bucket_energy_uj"],
@@ -237,15 +259,22 @@ def test_series_are_energy_exact(client, spec, step, cut):
     # The cluster: CPU and GPU of both nodes (psys overlaps them and is left out).
     out = get(client, f"/api/v1/clusters/{cluster}/series", step=step, **everything)
     grid = check_grid(out)
-    # Each interval split once for all its shares (the same span on a node and component).
-    spans: dict[tuple[str, int, int], int] = defaultdict(int)
-    for key, shares in scenario.shares.items():
-        if key[1] != "psys":
-            for start, end, uj in shares:
-                spans[(key[1], start, end)] += uj
-    energy = [sum(col) for col in zip(*(reference(
-        [(s, e, uj) for (c, s, e), uj in spans.items() if c == component], *grid)[0]
-        for component in ("cpu", "gpu")), strict=True)]
+    if out["resolution"] == "hour":
+        # The nodes' hours: each share split alone.
+        energy = [sum(col) for col in zip(*(
+            reference(shares, *grid)[0] for key, shares in scenario.shares.items()
+            if key[1] != "psys"), strict=True)]
+    else:
+        # Each interval split once for all its shares (the same span on a node and
+        # component).
+        spans: dict[tuple[str, int, int], int] = defaultdict(int)
+        for key, shares in scenario.shares.items():
+            if key[1] != "psys":
+                for start, end, uj in shares:
+                    spans[(key[1], start, end)] += uj
+        energy = [sum(col) for col in zip(*(reference(
+            [(s, e, uj) for (c, s, e), uj in spans.items() if c == component], *grid)[0]
+            for component in ("cpu", "gpu")), strict=True)]
     assert out["bucket_energy_uj"] == energy
     assert out["energy_uj"] == sum(totals[k] for k in totals if k[1] != "psys")
     assert out["pue"] == [1.0] * grid[1] and out["carbon_g_per_kwh"] == [475.0] * grid[1]
@@ -254,10 +283,7 @@ def test_series_are_energy_exact(client, spec, step, cut):
 
 def test_hourly_buckets_are_the_jobs_hours(client, db_url):
     """With 1-h steps a job's buckets are its job_energy_hour rows (the same split)."""
-    spec = {"n1": (0, [(0, 2_400_000_000, [(10**9, (1, 0, 1))] * 3),
-                       (5, 5_000_000_001, [(7 * 10**9 + 3, (2, 1, 1))] * 3)]),
-            "n2": (17, [(0, 5_500_000_000, [(3 * 10**9 + 1, (1, 0, 1))] * 3)])}
-    scenario = build(spec, "hours")
+    scenario = build(LONG_SPEC, "hours")
     post(client, scenario)
     out = get(client, "/api/v1/jobs/101/series", cluster="hours", step="3600")
     summed = [sum(col) for col in zip(*(line["bucket_energy_uj"] for line in out["lines"]),
@@ -269,6 +295,136 @@ def test_hourly_buckets_are_the_jobs_hours(client, db_url):
     hours = {epoch_us(hour) // US_PER_S: energy for hour, energy in rows}
     assert dict(zip(out["t"], summed, strict=True)) == {t: hours.get(t, 0) for t in out["t"]}
     assert len(hours) >= 3
+
+
+#: Intervals of 40 min to 1.5 h: every one crosses an hour edge.
+LONG_SPEC = {"n1": (0, [(0, 2_400_000_000, [(10**9, (1, 0, 1))] * 3),
+                        (5, 5_000_000_001, [(7 * 10**9 + 3, (2, 1, 1))] * 3),
+                        (0, 3_599_999_999, [(0, (1, 1, 0)), (5, (0, 1, 0)), (1, (1, 0, 0))])]),
+             "n2": (17, [(0, 5_500_000_000, [(3 * 10**9 + 1, (1, 0, 1))] * 3)])}
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, database=None,
+          phases=(Phase.explicit, Phase.generate),
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@example(spec=LONG_SPEC, shift_us=0)
+@example(spec=LONG_SPEC, shift_us=3600 * US_PER_S - 123_457)
+@given(spec=scenario_specs(), shift_us=st.integers(0, 3600 * US_PER_S - 1))
+def test_hourly_node_series_is_the_raw_one(client, spec, shift_us):
+    """A node's series from node_energy_hour is, bucket by bucket, the one its raw intervals
+    give at a 1-h step; the hours add up to node_energy; a cluster's hours to its nodes'."""
+    scenario = build(spec, f"c{next(_clusters)}", T0 + timedelta(microseconds=shift_us))
+    post(client, scenario)
+    cluster = scenario.cluster
+    span_lo, span_hi = scenario.span_us()
+    grid = make_grid(span_lo, span_hi, 3600)
+    everything = {"start": _time(span_lo).isoformat(), "end": _time(span_hi).isoformat()}
+    measured_by_node = {}
+    with Session(client.app.state.engine) as session:
+        for node in ("n1", "n2"):
+            raw, hourly = Lines(grid), Lines(grid)
+            node_lines(session, cluster, node, raw)
+            node_hour_lines(session, cluster, node, hourly)
+            for component in {str(k[0]) for k in raw.by_key} | {str(k[0]) for k in
+                                                                   hourly.by_key}:
+                covered = {}
+                for lines, name in ((raw, "raw"), (hourly, "hourly")):
+                    parts = [lines.by_key.get((component, u)) or Line(grid.count)
+                             for u in (0, 1)]
+                    measured = Line(grid.count)
+                    for part in parts:
+                        measured.merge(part)
+                    covered[name] = (measured.covered, [p.energy_uj for p in parts])
+                assert covered["raw"] == covered["hourly"], (node, component)
+            # Through the endpoint: hourly data, the same buckets.
+            out = get(client, f"/api/v1/nodes/{node}/series", cluster=cluster, step="1h",
+                      **everything)
+            assert out["resolution"] == "hour" and check_grid(out) == (grid.first, grid.count,
+                                                                       3600)
+            got = {(line["kind"], line["component"]): line["bucket_energy_uj"]
+                   for line in out["lines"]}
+            for (component, unattributed), line in raw.by_key.items():
+                kind = "unattributed" if unattributed else "attributed"
+                assert got[(kind, component)] == line.energy_uj
+            measured_by_node[node] = {c: e for (k, c), e in got.items() if k == "measured"}
+            # Σ hours == the node's totals, per component, measured and unattributed.
+            h = NodeEnergyHour
+            hours = session.execute(
+                select(h.component, func.sum(h.measured_uj), func.sum(h.unattributed_uj))
+                .where(h.cluster == cluster, h.node == node).group_by(h.component)).all()
+            ne = NodeEnergy
+            totals = session.execute(
+                select(ne.component, func.sum(ne.measured_uj), func.sum(ne.unattributed_uj))
+                .where(ne.cluster == cluster, ne.node == node).group_by(ne.component)).all()
+            assert sorted((c, int(m), int(u)) for c, m, u in hours) == sorted(
+                (c, int(m), int(u)) for c, m, u in totals)
+    out = get(client, f"/api/v1/clusters/{cluster}/series", step="1h", **everything)
+    assert out["resolution"] == "hour"
+    assert out["bucket_energy_uj"] == [
+        sum(col) for col in zip(*(energy for lines in measured_by_node.values()
+                                  for component, energy in lines.items()
+                                  if component != "psys"), strict=True)]
+
+
+def test_long_windows_are_hourly(client):
+    """Over more than 2 days a node's or cluster's default step is whole hours (hourly
+    data); a finer step keeps the raw intervals up to 8 days; beyond, hourly up to 400 days."""
+    post_batch(client, one_job("long", [*range(0, 3 * 3600, 10), 20 * 86400]))
+    total = sum(r["measured_uj"] for r in get(client, "/api/v1/nodes", cluster="long")["nodes"])
+    assert total == 1081 * 10 * 10**8
+
+    def series(path: str, days: float, **params: Any) -> dict[str, Any]:
+        window = {"start": (T0 - timedelta(hours=1)).isoformat(),
+                  "end": (T0 - timedelta(hours=1) + timedelta(days=days)).isoformat()}
+        return get(client, path, **window, **params)
+
+    for path in ("/api/v1/nodes/n1/series", "/api/v1/clusters/long/series"):
+        day = series(path, 1)
+        assert (day["resolution"], day["step_s"]) == ("interval", 120)
+        three = series(path, 3)
+        assert (three["resolution"], three["step_s"]) == ("hour", 3600)
+        assert series(path, 3, step="15m")["resolution"] == "interval"
+        assert series(path, 3, step="2h")["step_s"] == 7200
+        month = series(path, 30)
+        assert (month["resolution"], month["step_s"], month["step_raised"]) == ("hour", 3600,
+                                                                                False)
+        fine = series(path, 30, step="60")
+        assert (fine["resolution"], fine["step_s"], fine["step_raised"]) == ("hour", 3600,
+                                                                             True)
+        year = series(path, 400)
+        assert year["resolution"] == "hour" and len(year["t"]) <= MAX_POINTS
+        assert year["step_s"] % 3600 == 0 and not year["step_raised"]
+        for out in (three, month, fine, year):
+            lines = [line for line in out["lines"] if line.get("kind", "measured") == "measured"]
+            assert sum(line["energy_uj"] for line in lines) == (
+                total if out is not three else 1080 * 10 * 10**8)
+        assert sum(e for line in month["lines"] for e in line["bucket_energy_uj"]
+                   if line.get("kind", "measured") == "measured") == total
+        # A bucket longer than 8 days is read hourly, whole (at most a year of hours).
+        wide = get(client, path, step="366d", start="now-1hour")
+        assert (wide["resolution"], wide["step_s"]) == ("hour", 366 * 86400)
+        assert len(wide["t"]) in (1, 2)
+        odd = get(client, path, step=str(9 * 86400 + 1), start="now-1hour")
+        assert odd["resolution"] == "hour" and odd["step_s"] % 3600 == 0 and odd["step_raised"]
+    assert month["nodes"] == 1 and len(month["pue"]) == len(month["t"])
+
+
+def test_before_retention_nodes_and_clusters_are_hourly(client):
+    post_batch(client, one_job("old", [0, 10, 4000, 7300], length_s=10))
+    window = {"start": T0.isoformat(), "end": (T0 + timedelta(hours=2, minutes=50)).isoformat()}
+    before = get(client, "/api/v1/clusters/old/series", step="60", **window)
+    assert before["resolution"] == "interval" and before["energy_uj"] == 4 * 10**9
+    with client.app.state.engine.begin() as conn:
+        conn.execute(insert(IntervalRetention).values(name="energy_interval",
+                                                      kept_from=T0 + timedelta(days=1)))
+    for path in ("/api/v1/clusters/old/series", "/api/v1/nodes/n1/series"):
+        out = get(client, path, step="60", **window)
+        assert (out["resolution"], out["step_s"], out["step_raised"]) == ("hour", 3600, True)
+        assert out["retained_from"] == (T0 + timedelta(days=1)).isoformat().replace(
+            "+00:00", "Z")
+        [measured] = [line for line in out["lines"] if line.get("kind", "measured") ==
+                      "measured"]
+        assert measured["bucket_energy_uj"] == [2 * 10**9, 10**9, 10**9]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,11 +530,13 @@ def post_batch(client: Any, batch: Batch) -> None:
     ("/api/v1/jobs/7/series", {"end": "1e30"}, 422, "end"),
     ("/api/v1/jobs/7/series", {"start": "2026-11-23T11:00:00Z",
                                "end": "2026-11-23T10:00:00Z"}, 422, "not after"),
-    ("/api/v1/nodes/n1/series", {"start": "2026-01-01T00:00:00Z",
-                                 "end": "2026-01-09T00:00:01Z"}, 422, "longer than"),
-    ("/api/v1/clusters/bad/series", {"start": "2026-01-01T00:00:00Z",
+    # Over 400 days (hourly data: at most nodes × that many hours of rows).
+    ("/api/v1/nodes/n1/series", {"start": "2025-01-01T00:00:00Z",
+                                 "end": "2026-02-05T00:00:01Z"}, 422, "longer than"),
+    ("/api/v1/clusters/bad/series", {"start": "2025-01-01T00:00:00Z",
                                      "end": "2026-03-01T00:00:00Z"}, 422, "longer than"),
     ("/api/v1/clusters/bad/series", {"step": "1w2"}, 422, "step"),
+    ("/api/v1/nodes/n1/series", {"step": "367d"}, 422, "step"),
     ("/api/v1/jobs/8/series", {}, 404, "not found"),
     ("/api/v1/jobs/7/series", {"cluster": "other"}, 404, "not found"),
     ("/api/v1/nodes/n9/series", {}, 404, "n9"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,9 +19,12 @@ from jobenergy.collector.models import (
     IngestedBatch,
     Job,
     JobEnergy,
+    JobEnergyHour,
     JobStepEnergy,
     NodeEnergy,
+    NodeEnergyHour,
 )
+from jobenergy.core.carbon import split_over_hours
 from jobenergy.core.schema import Batch
 
 
@@ -193,6 +196,9 @@ def test_totals_equal_sum_of_ingested_shares(engine, make_batch, weights, unattr
                 )
             )
             assert ne.measured_uj == ne.unattributed_uj + int(attributed)
+        # The node's hours add up to its totals per component.
+        assert stored_node_hour_sums(session, cluster) == node_totals_per_component(
+            session, cluster)
 
 
 def test_same_span_under_another_key_is_refused(engine, make_batch):
@@ -318,3 +324,83 @@ def test_a_job_covers_only_the_part_of_an_interval_it_lived(engine, make_batch):
         assert rows
         for row in rows:
             assert row.covered_s == pytest.approx(4.0 + 15.0 + 6.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# node_energy_hour
+
+
+def expected_node_hours(*batches: Batch) -> dict[tuple[str, str, datetime], list[int]]:
+    """Each stored share (every job's; the node's own when stored) split over the UTC hours
+    alone, summed per (node, component, hour): [measured, unattributed]."""
+    hours: dict[tuple[str, str, datetime], list[int]] = {}
+    for batch in batches:
+        for iv in batch.intervals:
+            for src in iv.sources:
+                shares = [(uj, False) for uj in src.jobs_uj.values()]
+                if src.unattributed_uj or not src.jobs_uj:
+                    shares.append((src.unattributed_uj, True))
+                for uj, own in shares:
+                    for hour, part in split_over_hours(iv.start, iv.end, uj).items():
+                        acc = hours.setdefault((batch.node, src.component, hour), [0, 0])
+                        acc[0] += part
+                        acc[1] += part if own else 0
+    return hours
+
+
+def stored_node_hours(session: Session, cluster: str = "c1"
+                      ) -> dict[tuple[str, str, datetime], list[int]]:
+    h = NodeEnergyHour
+    return {(r.node, r.component, r.hour_at): [r.measured_uj, r.unattributed_uj]
+            for r in session.scalars(select(h).where(h.cluster == cluster))}
+
+
+def stored_node_hour_sums(session: Session, cluster: str) -> dict[tuple[str, str], list[int]]:
+    sums: dict[tuple[str, str], list[int]] = {}
+    for (node, component, _hour), (measured, unattributed) in stored_node_hours(
+            session, cluster).items():
+        acc = sums.setdefault((node, component), [0, 0])
+        acc[0] += measured
+        acc[1] += unattributed
+    return sums
+
+
+def node_totals_per_component(session: Session, cluster: str) -> dict[tuple[str, str], list[int]]:
+    sums: dict[tuple[str, str], list[int]] = {}
+    for ne in session.scalars(select(NodeEnergy).where(NodeEnergy.cluster == cluster)):
+        acc = sums.setdefault((ne.node, ne.component), [0, 0])
+        acc[0] += ne.measured_uj
+        acc[1] += ne.unattributed_uj
+    return sums
+
+
+def test_node_hours_split_every_share_exactly(engine, make_batch):
+    """Intervals of 25 min from 10:50:00.3: most cross an hour edge; each share (jobs', the
+    node's) is split alone, the batches' parts add up in the same rows, and the hours add up
+    to node_energy and, attributed, to the jobs' hours."""
+    start = make_batch().intervals[0].start + timedelta(minutes=50, microseconds=300_000)
+    batches = [
+        make_batch(seq=0, start=start, interval_s=1500, n_intervals=3,
+                   jobs={"101": 3, "102": 1}),
+        # Unattributed weight 0: no row of the node's own where the jobs take everything.
+        make_batch(seq=1, start=start + timedelta(seconds=4500), interval_s=1500,
+                   n_intervals=2, jobs={"101": 1}, unattributed_weight=0),
+        make_batch(node="n2", seq=0, start=start, interval_s=10.0, n_intervals=4, jobs={}),
+    ]
+    for batch in batches:
+        ingest(engine, batch)
+    ingest(engine, batches[0])  # a retry adds nothing
+    with Session(engine) as session:
+        stored = stored_node_hours(session)
+        assert stored == expected_node_hours(*batches)
+        assert len({hour for _, _, hour in stored}) == 3  # 10:50:00.3 to 12:55:00.3
+        assert stored_node_hour_sums(session, "c1") == node_totals_per_component(session, "c1")
+        # n1's attributed part of each hour is the sum of its jobs' hours (one node).
+        job_hours = Counter()
+        for row in session.scalars(select(JobEnergyHour)):
+            job_hours[row.hour_at] += row.energy_uj
+        attributed = Counter()
+        for (node, _component, hour), (measured, unattributed) in stored.items():
+            if node == "n1":
+                attributed[hour] += measured - unattributed
+        assert attributed == job_hours

@@ -172,3 +172,57 @@ def test_slurm_ids_backfill_from_the_tags(fresh_url):
     none = (None, None, None, None)
     assert got == {"41": ("40", 0, None, None), "51": (None, None, "50", 1), "52": none,
                    "53": none, "54": none, "60": none}
+
+
+def test_node_energy_hour_backfill_is_what_ingest_writes(fresh_url, make_batch):
+    """Revision 0015 rebuilds node_energy_hour from energy_interval: the same rows ingest
+    wrote (rows inside an hour summed in SQL, those crossing an edge split in Python), even
+    with a session time zone off UTC by half an hour."""
+    from datetime import timedelta
+
+    from alembic import command
+    from sqlalchemy import select, text
+    from sqlalchemy.orm import Session
+
+    from jobenergy.collector.db import alembic_config
+    from jobenergy.collector.ingest import ingest_batch
+    from jobenergy.collector.models import NodeEnergyHour
+
+    upgrade(fresh_url)
+    engine = make_engine(fresh_url)
+    try:
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                name = conn.execute(text("SELECT current_database()")).scalar_one()
+                conn.execute(text(f"ALTER DATABASE \"{name}\" SET TimeZone = 'Asia/Kolkata'"))
+                conn.commit()
+            engine.dispose()
+        start = make_batch().intervals[0].start + timedelta(minutes=50, microseconds=300_007)
+        batches = [
+            make_batch(seq=0, start=start, interval_s=1500, n_intervals=3,
+                       jobs={"101": 3, "102": 1}),
+            make_batch(seq=1, start=start + timedelta(seconds=4500), interval_s=1500,
+                       n_intervals=2, jobs={"101": 1}, unattributed_weight=0),
+            make_batch(node="n2", seq=0, start=start, interval_s=10.0, n_intervals=400),
+            make_batch(cluster="c2", seq=0, start=start - timedelta(days=40),
+                       interval_s=86_399.5, n_intervals=2, jobs={"7": 1}),
+        ]
+        for batch in batches:
+            with Session(engine) as session, session.begin():
+                ingest_batch(session, batch)
+
+        def hours() -> list[tuple]:
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(
+                    select(NodeEnergyHour).order_by(*NodeEnergyHour.__table__.primary_key))]
+
+        ingested = hours()
+        assert len(ingested) > 2 * 4 + 5 * 4  # c2: two days of hours for each component
+        with engine.begin() as conn:
+            cfg = alembic_config(fresh_url)
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0014_job_slurm_ids")
+        upgrade(fresh_url)
+        assert hours() == ingested
+    finally:
+        engine.dispose()

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -209,3 +209,59 @@ def test_a_dropped_span_resent_under_another_key_is_refused(four_months, make_ba
     retain(four_months, 30)
     with pytest.raises(IngestRejected, match="before the retained raw intervals"):
         ingest(four_months, make_batch(seq=0, boot_id="boot-2", start=JAN, n_intervals=6))
+
+
+def test_series_of_a_dropped_span_answer_from_hours(four_months, pg_fresh_url, make_batch,
+                                                    make_client):
+    """After retention dropped January and February, the cluster's and the node's series
+    over them still answer, from node_energy_hour, with what the raw intervals gave."""
+    from jobenergy.collector.settings import ServerSettings
+
+    client = make_client(ServerSettings(db_url=pg_fresh_url, auth="none", migrate=False,
+                                        pue=1.0, carbon_intensity_g_per_kwh=None))
+
+    def series(path: str, start: datetime, end: datetime, **params: str) -> dict:
+        response = client.get(path, params={"start": start.isoformat(),
+                                            "end": end.isoformat(), **params})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def measured(batch, components=("cpu", "dram", "gpu")) -> int:
+        return sum(s.measured_uj for iv in batch.intervals for s in iv.sources
+                   if s.component in components)
+
+    jan, feb = (make_batch(seq=0, start=JAN, n_intervals=6),
+                make_batch(seq=1, start=FEB, n_intervals=6))
+    cluster, node = "/api/v1/clusters/c1/series", "/api/v1/nodes/n1/series"
+    hour = (JAN.replace(minute=0), JAN.replace(minute=0) + timedelta(hours=1))
+    feb_hour = FEB.replace(minute=0, second=0)
+    edge = (feb_hour, feb_hour + timedelta(hours=2))
+    raw = series(cluster, *hour)
+    assert raw["resolution"] == "interval" and raw["energy_uj"] == measured(jan)
+    hourly = {span: (series(cluster, *span, step="1h"), series(node, *span, step="1h"))
+              for span in (hour, edge)}
+    assert retain(four_months, 30).dropped == [partition_name(2025, 1),
+                                               partition_name(2025, 2)]
+    for span, (cluster_before, node_before) in hourly.items():
+        for path, before in ((cluster, cluster_before), (node, node_before)):
+            after = series(path, *span)  # default step: raised to whole hours
+            assert after["resolution"] == "hour" and after["retained_from"] == (
+                "2025-03-01T00:00:00Z")
+            assert {k: v for k, v in after.items() if k not in ("requested_step_s",
+                                                                 "retained_from")} == {
+                k: v for k, v in before.items() if k not in ("requested_step_s",
+                                                             "retained_from")}
+    assert series(cluster, *hour)["energy_uj"] == measured(jan)
+    # February 28 23:00 to March 1 01:00: the last 40 s of February and 20 s of March.
+    assert series(cluster, *edge)["bucket_energy_uj"] == [
+        measured(feb) - sum(s.measured_uj for iv in feb.intervals[4:] for s in iv.sources
+                            if s.component != "psys"),
+        sum(s.measured_uj for iv in feb.intervals[4:] for s in iv.sources
+            if s.component != "psys")]
+    # The whole span, two months back: 54 days, hourly.
+    whole = series(cluster, datetime(2025, 1, 15, tzinfo=UTC), datetime(2025, 3, 10, tzinfo=UTC))
+    assert whole["resolution"] == "hour" and whole["energy_uj"] == measured(jan) + measured(feb)
+    node_lines = {(line["kind"], line["component"]): line["energy_uj"]
+                  for line in series(node, datetime(2025, 1, 15, tzinfo=UTC),
+                                     datetime(2025, 3, 10, tzinfo=UTC))["lines"]}
+    assert node_lines[("measured", "psys")] == node_lines[("unattributed", "psys")] > 0
