@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from operator import add
 
 from jobenergy.agent.readings import CgroupSnapshot, JobCgroup
 from jobenergy.core.split import split_uj
@@ -41,7 +42,7 @@ from jobenergy.core.split import split_uj
 UNATTRIBUTED = ""  # key for the node's own account inside split weights
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per job per sample (readings.py)
 class JobUsage:
     """One job's share basis for an interval.
 
@@ -166,7 +167,7 @@ class _Weights:
     weights' order, without rebuilding the weights for each total.
     """
 
-    __slots__ = ("keys", "_weights", "_sum")
+    __slots__ = ("keys", "_nonzero", "_weights", "_sum")
 
     def __init__(self, weights: Mapping[str, int]) -> None:
         self.keys = list(weights)
@@ -175,6 +176,7 @@ class _Weights:
             if w < 0:
                 raise ValueError(f"weight for {key!r} must be >= 0, got {w}")
         self._sum = sum(self._weights)
+        self._nonzero = [i for i, w in enumerate(self._weights) if w]
 
     def parts(self, total_uj: int) -> list[int]:
         if total_uj < 0:
@@ -191,12 +193,13 @@ class _Weights:
         if left:
             remainders = [total_uj * w % weight_sum for w in weights]
             # Largest remainder first; sorted() is stable, so ties keep the weights' order.
-            order = sorted(
-                (i for i, w in enumerate(weights) if w), key=remainders.__getitem__, reverse=True
-            )
+            order = sorted(self._nonzero, key=remainders.__getitem__, reverse=True)
             for i in order[:left]:
                 parts[i] += 1
         return parts
+
+
+_NO_WEIGHTS = _Weights({})  # never changed: shared by the splits without weights
 
 
 class CpuSplit:
@@ -210,7 +213,7 @@ class CpuSplit:
     Args: as :func:`attribute_cpu`, without the source's energies.
     """
 
-    __slots__ = ("_busy", "_only", "_stretch_len", "_stretch_weights", "_usage")
+    __slots__ = ("_aligned", "_busy", "_only", "_stretch_len", "_stretch_weights", "_usage")
 
     def __init__(
         self,
@@ -222,9 +225,10 @@ class CpuSplit:
     ) -> None:
         self._usage = usage
         self._only: str | None = None
-        self._stretch_len = _Weights({})
+        self._stretch_len = _NO_WEIGHTS
         self._stretch_weights: list[_Weights] = []
-        self._busy = _Weights({})
+        self._busy = _NO_WEIGHTS
+        self._aligned = False
         if not usage:
             return
         span_ns = max(0, span_ns)
@@ -254,6 +258,11 @@ class CpuSplit:
             if sum(busy_weights.values()) == 0:
                 busy_weights = {UNATTRIBUTED: 1}  # nobody lived in it: the node's
         self._busy = _Weights(busy_weights)
+        # The usual interval: every job there all along, one stretch weighed over the same
+        # keys in the same order as the busy time (split() then adds the two part lists).
+        self._aligned = (
+            len(self._stretch_weights) == 1 and self._stretch_weights[0].keys == self._busy.keys
+        )
 
     def _static_weights(
         self,
@@ -308,6 +317,11 @@ class CpuSplit:
             return {self._only: delta_uj}, 0
         static_uj = max(0, min(delta_uj, static_uj))
         dynamic_uj = delta_uj - static_uj
+        if self._aligned:  # the same sums, in the same key order, as the loops below
+            (weights,) = self._stretch_weights
+            shares = dict(zip(weights.keys, map(
+                add, weights.parts(static_uj), self._busy.parts(dynamic_uj)), strict=True))
+            return shares, shares.pop(UNATTRIBUTED, 0)
         # Static: over the stretches by their length, then in each over who was there.
         energies = self._stretch_len.parts(static_uj)
         shares: dict[str, int] = {UNATTRIBUTED: 0}

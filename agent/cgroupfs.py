@@ -239,7 +239,7 @@ def job_owner_uid(cgroup_root: str | Path, job: ProcJob) -> int | None:
     return None
 
 
-def read_text(path: str) -> str:
+def read_bytes(path: str) -> bytes:
     """Read a small cgroup/proc file; one ``read`` call suffices below 64 KiB."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -251,7 +251,25 @@ def read_text(path: str) -> str:
             data = b"".join(chunks)
     finally:
         os.close(fd)
-    return data.decode("ascii", "replace")
+    return data
+
+
+def read_text(path: str) -> str:
+    """Read a small cgroup/proc file as text (ASCII; other bytes replaced)."""
+    return read_bytes(path).decode("ascii", "replace")
+
+
+def _read_failed(path: str, err: OSError) -> Exception:
+    if err.errno in VANISHED_ERRNOS:
+        return Vanished(path)
+    return SensorError(f"cannot read {printable(path)}: {err.strerror or err}")
+
+
+def _parsed(path: str, text: str, parse: Callable[[str], T]) -> T:
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise SensorError(f"garbage in {printable(path)}: {err}") from err
 
 
 def read_parsed(path: str, parse: Callable[[str], T]) -> T:
@@ -259,13 +277,8 @@ def read_parsed(path: str, parse: Callable[[str], T]) -> T:
     try:
         text = read_text(path)
     except OSError as err:
-        if err.errno in VANISHED_ERRNOS:
-            raise Vanished(path) from err
-        raise SensorError(f"cannot read {printable(path)}: {err.strerror or err}") from err
-    try:
-        return parse(text)
-    except ValueError as err:
-        raise SensorError(f"garbage in {printable(path)}: {err}") from err
+        raise _read_failed(path, err) from err
+    return _parsed(path, text, parse)
 
 
 def list_names(path: str) -> list[str]:
@@ -308,14 +321,35 @@ def list_steps(job_path: str) -> tuple[str, ...]:
     return tuple(steps[:MAX_STEPS])
 
 
+# The two below are read for every job and step at every sample: the usual content is parsed
+# from the bytes, anything else by the text parsers (same values, same errors).
+
 def usage_v1(path: str) -> int:
     """Return a v1 cpuacct cgroup's cumulative CPU time, ns (``cpuacct.usage``)."""
-    return read_parsed(f"{path}/cpuacct.usage", parse_ns)
+    file = path + "/cpuacct.usage"
+    try:
+        data = read_bytes(file)
+    except OSError as err:
+        raise _read_failed(file, err) from err
+    value = data.strip()
+    if value.isdigit():
+        return int(value)
+    return _parsed(file, data.decode("ascii", "replace"), parse_ns)
 
 
 def usage_v2(path: str) -> int:
     """Return a v2 cgroup's cumulative CPU time, ns (``cpu.stat`` usage_usec × 1000)."""
-    return read_parsed(f"{path}/cpu.stat", parse_usage_usec) * _NS_PER_US
+    file = path + "/cpu.stat"
+    try:
+        data = read_bytes(file)
+    except OSError as err:
+        raise _read_failed(file, err) from err
+    if data.startswith(b"usage_usec "):  # the first line, as the kernel writes it
+        end = data.find(b"\n")
+        value = data[11:end if end >= 0 else len(data)].strip()
+        if value.isdigit():
+            return int(value) * _NS_PER_US
+    return _parsed(file, data.decode("ascii", "replace"), parse_usage_usec) * _NS_PER_US
 
 
 def cpus_v1(cpuset_path: str) -> frozenset[int]:

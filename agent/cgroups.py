@@ -188,6 +188,7 @@ class SlurmCgroups:
         root_usage_ns = read_parsed(f"{slurm_dir}/cpuacct.usage", parse_ns)
         cpuset_dir = os.path.join(self._root, "cpuset", os.path.basename(slurm_dir))
         jobs: dict[str, JobCgroup] = {}
+        stable_cpus = self._cpus_stable
         for uid_name in list_names(slurm_dir):
             uid_m = UID_RE.match(uid_name)
             if uid_m is None:
@@ -197,6 +198,8 @@ class SlurmCgroups:
                 job_names = list_names(uid_path)
             except Vanished:
                 continue
+            uid_value = int(uid_m[1])
+            uid = uid_value if uid_value <= MAX_UID else None
             for job_name in job_names:
                 if not job_name.startswith("job_"):
                     continue
@@ -211,16 +214,14 @@ class SlurmCgroups:
                 except Vanished:
                     logger.debug("job cgroup vanished while read job_id=%s", m[1])
                     continue
-                cpus_path = f"{cpuset_dir}/{uid_name}/{job_name}/cpuset.cpus"
+                cpus = stable_cpus.get(job_path)
+                if cpus is None:
+                    cpus = self._cached_cpus(
+                        job_path, f"{cpuset_dir}/{uid_name}/{job_name}/cpuset.cpus", cpus_v1
+                    )
                 jobs[m[1]] = JobCgroup(
-                    job_id=m[1],
-                    uid=uid if (uid := int(uid_m[1])) <= MAX_UID else None,
-                    cpu_usage_ns=usage_ns,
-                    cpus=self._cached_cpus(job_path, cpus_path, cpus_v1),
-                    steps=steps,
-                    path=job_path,
-                    step_usage_ns=self._step_usage(job_path, steps, usage_v1),
-                    born_ns=self._born_ns(job_path, steps),
+                    m[1], uid, usage_ns, cpus, steps, job_path,
+                    self._step_usage(job_path, steps, usage_v1), self._born_ns(job_path, steps),
                 )
         ended_ns = self._forget_ended(jobs, slurm_dir)
         return CgroupSnapshot(
@@ -277,15 +278,18 @@ class SlurmCgroups:
         job folder and its step folders, read when the agent first sees the job (DESIGN.md
         decision 16: its first interval charges it only from then on).
         """
-        if job_path not in self._born:
-            times = []
-            for path in (job_path, *(f"{job_path}/step_{step}" for step in steps)):
-                try:
-                    times.append(os.stat(path).st_ctime_ns)
-                except OSError:
-                    continue
-            self._born[job_path] = min(times) if times else None
-        return self._born[job_path]
+        try:
+            return self._born[job_path]
+        except KeyError:
+            pass
+        times = []
+        for path in (job_path, *(f"{job_path}/step_{step}" for step in steps)):
+            try:
+                times.append(os.stat(path).st_ctime_ns)
+            except OSError:
+                continue
+        born = self._born[job_path] = min(times) if times else None
+        return born
 
     def _forget_ended(self, jobs: dict[str, JobCgroup], slurm_dir: str) -> dict[str, int]:
         """Drop the caches of job folders that are gone; return when each vanished, epoch ns.
@@ -295,6 +299,9 @@ class SlurmCgroups:
         first sample after, is the job's end unless the parent changed again since (another
         job made or removed there): never earlier than the end, at worst this sample's time.
         """
+        seen = self._seen_paths
+        if len(seen) == len(jobs) and all(seen.get(j) == cg.path for j, cg in jobs.items()):
+            return {}  # the same folders as before: nothing ended, nothing to forget
         live = {job.path for job in jobs.values()}
         ended_ns: dict[str, int] = {}
         for job_id, path in self._seen_paths.items():

@@ -261,7 +261,7 @@ class StoredInterval:
                 if (job.job_id in merged) != (job.job_id in now):
                     return False
             # The collector's per-step split must not change (module doc).
-            merged_steps = mine.steps | steps
+            merged_steps = mine.steps if steps <= mine.steps else mine.steps | steps
             if (
                 mine.active + int(bool(steps) or energy_pos) > 1
                 and merged_steps

@@ -20,7 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
-PHASES = ("training", "inference", "other")
+from jobenergy.core.limits import PHASES
+
 #: Segments held per job: open, closed and waiting to be sent, or still labelling.
 MAX_SEGMENTS_PER_JOB = 64
 #: Closed phases sent per interval, over all jobs (each at most ~130 KiB of JSON: one

@@ -154,8 +154,8 @@ class Spool:
 
         Args:
             batch_fields: The batch as JSON-ready dict, without ``seq``.
-            raw_json_fields: Members already serialised to JSON text (the intervals, which
-                pydantic serialises several times faster than ``json.dumps`` of dicts).
+            raw_json_fields: Members already serialised to JSON text (the intervals, written
+                once by ``agent/wire.py``).
 
         Returns:
             The spooled batch.

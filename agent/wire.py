@@ -143,6 +143,89 @@ def _dict(value: Any, where: str, high: int) -> None:
         raise _fail(where, f"{len(value)} items, at most {high}")
 
 
+# Fast checks: True when valid (the usual case, no message built); on False the detailed
+# checks below find the problem and say it. ``ids``: job ids already found valid.
+
+def _text_ok(value: Any, high: int, low: int = 0) -> bool:
+    if type(value) is not str or not low <= len(value) <= high or "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _id_ok(value: Any, ids: set[str]) -> bool:
+    if value in ids:
+        return True
+    if type(value) is str and 1 <= len(value) <= MAX_JOB_ID and _JOB_ID_RE.fullmatch(value):
+        ids.add(value)
+        return True
+    return False
+
+
+def _source_ok(src: Any, ids: set[str]) -> bool:
+    if type(src) is not dict or tuple(src) != SOURCE_FIELDS:
+        return False
+    (component, source, device_name, measured, shares, unattributed, estimated, wraps,
+     resets) = src.values()
+    if (
+        type(component) is not str or component not in COMPONENTS
+        or not _text_ok(source, MAX_NAME, 1)
+        or (device_name is not None and not _text_ok(device_name, MAX_DEVICE_NAME))
+        or type(measured) is not int or not 0 <= measured <= MAX_ENERGY_UJ
+        or type(unattributed) is not int or not 0 <= unattributed <= MAX_ENERGY_UJ
+        or type(estimated) is not bool
+        or type(wraps) is not int or not 0 <= wraps <= MAX_WRAPS
+        or type(resets) is not int or not 0 <= resets <= MAX_WRAPS
+        or type(shares) is not dict or len(shares) > MAX_JOBS_PER_SOURCE
+    ):
+        return False
+    attributed = 0
+    for job_id, energy_uj in shares.items():
+        if job_id not in ids and not _id_ok(job_id, ids):
+            return False
+        if type(energy_uj) is not int or not 0 <= energy_uj <= MAX_ENERGY_UJ:
+            return False
+        attributed += energy_uj
+    return attributed + unattributed == measured and not (component == "psys" and shares)
+
+
+def _job_ok(job: Any, ids: set[str]) -> bool:
+    if type(job) is not dict or tuple(job) != JOB_FIELDS:
+        return False
+    job_id, uid, cpus, cpu_time_us, ended, step_ids, steps, phase, model, alive_us = (
+        job.values())
+    if (
+        not _id_ok(job_id, ids)
+        or (uid is not None and (type(uid) is not int or not 0 <= uid <= MAX_UID))
+        or (cpus is not None and (type(cpus) is not int or not 0 <= cpus <= MAX_COUNT))
+        or type(cpu_time_us) is not int or not 0 <= cpu_time_us <= MAX_ENERGY_UJ
+        or type(ended) is not bool
+        or type(step_ids) is not list or len(step_ids) > MAX_STEPS_PER_JOB
+        or type(steps) is not dict or len(steps) > MAX_STEPS_PER_JOB
+        or (phase is not None and (type(phase) is not str or phase not in PHASES))
+        or (model is not None and not _text_ok(model, MAX_NAME))
+        or (alive_us is not None
+            and (type(alive_us) is not int or not 0 <= alive_us <= MAX_ALIVE_US))
+    ):
+        return False
+    for step in step_ids:
+        if not _text_ok(step, MAX_STEP_NAME):
+            return False
+    for step, cpu_us in steps.items():
+        if not _text_ok(step, MAX_STEP_NAME, 1) or type(cpu_us) is not int or not (
+            0 <= cpu_us <= MAX_ENERGY_UJ
+        ):
+            return False
+    return True
+
+
+# Detailed checks: raise WireError naming the field and the problem.
+
 def _check_source(src: Any, where: str) -> None:
     _fields(src, SOURCE_FIELDS, where)
     if src["component"] not in COMPONENTS or type(src["component"]) is not str:
@@ -155,8 +238,7 @@ def _check_source(src: Any, where: str) -> None:
     attributed = 0
     for job_id, energy_uj in shares.items():
         _job_id(job_id, f"{where}.jobs_uj")
-        if type(energy_uj) is not int or not 0 <= energy_uj <= MAX_ENERGY_UJ:
-            _int(energy_uj, f"{where}.jobs_uj.{job_id}", MAX_ENERGY_UJ)
+        _int(energy_uj, f"{where}.jobs_uj.{job_id}", MAX_ENERGY_UJ)
         attributed += energy_uj
     _int(src["unattributed_uj"], f"{where}.unattributed_uj", MAX_ENERGY_UJ)
     _bool(src["estimated"], f"{where}.estimated")
@@ -168,6 +250,7 @@ def _check_source(src: Any, where: str) -> None:
                            f"{src['measured_uj']} µJ")
     if src["component"] == "psys" and shares:
         raise _fail(where, "psys energy overlaps cpu/dram and is never attributed to jobs")
+    raise _fail(where, "invalid")  # not reached: _source_ok and this agree
 
 
 def _check_job(job: Any, where: str) -> None:
@@ -191,6 +274,7 @@ def _check_job(job: Any, where: str) -> None:
         raise _fail(f"{where}.phase", f"not one of {', '.join(PHASES)}: {phase!r}")
     _opt_text(job["model"], f"{where}.model", MAX_NAME)
     _opt_int(job["alive_us"], f"{where}.alive_us", MAX_ALIVE_US)
+    raise _fail(where, "invalid")  # not reached: _job_ok and this agree
 
 
 def _time(value: Any, where: str) -> datetime:
@@ -272,10 +356,13 @@ def interval_json(fields: dict[str, Any]) -> str:
     _list(sources, "sources", MAX_SOURCES_PER_INTERVAL)
     _list(jobs, "jobs", MAX_JOBS_PER_SOURCE)
     _list(phases, "phases", MAX_JOBS_PER_SOURCE)
+    ids: set[str] = set()
     for i, src in enumerate(sources):
-        _check_source(src, f"sources.{i}")
+        if not _source_ok(src, ids):
+            _check_source(src, f"sources.{i}")
     for i, job in enumerate(jobs):
-        _check_job(job, f"jobs.{i}")
+        if not _job_ok(job, ids):
+            _check_job(job, f"jobs.{i}")
     phase_texts = [_phase_json(rec, f"phases.{i}") for i, rec in enumerate(phases)]
     # Interval._sane, with the same float arithmetic.
     duration_s = (end - start).total_seconds()

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 _OUTSIDE = ""  # participant key for processes outside any job (never a valid job id)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per GPU per sample (agent/readings.py)
 class ProcessState:
     """A GPU process as attribution sees it.
 
@@ -61,7 +61,7 @@ class ProcessState:
     gpu_instance: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per GPU per sample (agent/readings.py)
 class DeviceState:
     """Who used one GPU at one sample.
 
@@ -330,7 +330,9 @@ class GpuAccounting:
                     dev.energy_uj,
                 )
             prev_state = prev.states.get(uuid) if prev else None
-            floor = self._floors.setdefault(uuid, StaticFloor(self._static_power_w))
+            floor = self._floors.get(uuid)
+            if floor is None:
+                floor = self._floors[uuid] = StaticFloor(self._static_power_w)
             static_uj = floor.static_uj(delta.energy_uj, cur.time_ns - before_ns)
             if alive and span_ns > 0:
                 jobs, unattributed = attribute_over_time(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per GPU per sample (agent/readings.py)
 class GpuProcess:
     """A compute process NVML lists on a GPU.
 
@@ -21,7 +21,7 @@ class GpuProcess:
     gpu_instance: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per GPU per sample (agent/readings.py)
 class GpuDeviceSample:
     """One GPU at one sample.
 

@@ -1,8 +1,9 @@
 """The sample loop's faster paths give what the straightforward code gave.
 
-* :class:`CpuSplit` (the CPU/DRAM weights computed once per interval, applied per source) and
-  ``_Weights.parts`` against the per-source ``attribute_cpu`` of before (kept here verbatim
-  as the reference) and ``core.split.split_uj``;
+* :class:`CpuSplit` (the CPU/DRAM weights computed once per interval, applied per source,
+  with a shortcut when every job was there all along) and ``_Weights.parts`` against the
+  per-source ``attribute_cpu`` of before (kept here verbatim as the reference) and
+  ``core.split.split_uj``;
 * :class:`JobMapReader` (re-reads only changed files) against ``read_job_map``.
 """
 
@@ -106,10 +107,11 @@ SPAN = 1_000_000_000
 
 
 @st.composite
-def usages(draw) -> dict[str, JobUsage]:
+def usages(draw, whole: bool = False) -> dict[str, JobUsage]:
+    """Jobs of an interval; ``whole``: every one there all along (``CpuSplit``'s usual case)."""
     out = {}
     for j in draw(st.lists(st.sampled_from("123456789"), unique=True, max_size=7)):
-        alive = draw(st.one_of(st.none(), st.integers(0, SPAN)))
+        alive = None if whole else draw(st.one_of(st.none(), st.integers(0, SPAN)))
         out[j] = JobUsage(
             cpu_ns=draw(st.sampled_from([0, 1, 10**6, 3 * 10**8, draw(st.integers(0, 10**9))])),
             cpus=draw(st.integers(0, 8)),
@@ -121,7 +123,7 @@ def usages(draw) -> dict[str, JobUsage]:
 
 @settings(max_examples=500, deadline=None)
 @given(
-    usage=usages(),
+    usage=st.one_of(usages(), usages(whole=True)),
     node_busy_ns=st.integers(0, 8 * 10**9),
     ncpus=st.integers(0, 16),
     span_ns=st.sampled_from([0, 1, SPAN, SPAN - 1]),
@@ -142,6 +144,17 @@ def test_cpu_split_is_the_per_source_split_of_before(usage, node_busy_ns, ncpus,
             delta_uj, usage, node_busy_ns=node_busy_ns, ncpus=ncpus, static_uj=static_uj,
             span_ns=span_ns,
         ) == want
+
+
+def test_cpu_split_takes_its_shortcut_for_jobs_there_all_along():
+    usage = {j: JobUsage(cpu_ns=10**8 * n, cpus=2) for n, j in enumerate("312", 1)}
+    split = CpuSplit(usage, node_busy_ns=10**9, ncpus=16, span_ns=SPAN)
+    assert split._aligned
+    for delta_uj, static_uj in [(10**6 + 7, 3 * 10**5), (5, 9), (0, 0)]:
+        want = reference_attribute_cpu(delta_uj, usage, node_busy_ns=10**9, ncpus=16,
+                                       static_uj=static_uj, span_ns=SPAN)
+        got = split.split(delta_uj, static_uj)
+        assert (list(got[0].items()), got[1]) == (list(want[0].items()), want[1])
 
 
 @settings(max_examples=500, deadline=None)
