@@ -21,8 +21,10 @@ Printed per configuration: CPU ms per sample (mean over every tick, sealing incl
 the ticks that do not seal), the process's RSS (VmRSS) and peak (VmHWM) at the end, and the
 sampled vs stored intervals.
 
-``--real`` also starts the real ``jobenergy agent`` process (the CLI, as systemd runs it) on
-the node for ``--real-s`` seconds at ``interval_s`` = 0.2 and reports its VmRSS.
+``--real`` also starts the real agent process (``jobenergy-agent``, as its systemd unit runs
+it: ``jobenergy.sim.processes.start_agent``) on the node for ``--real-s`` seconds at
+``interval_s`` = 0.2 (http:// collector, no /metrics, no annotation socket) and reports its
+VmRSS.
 
     .venv/bin/python bench/agent_scale_bench.py [--jobs 8,32,128,512] [--gpus 0,8]
         [--samples 300] [--repeat 3] [--store-interval-s 10] [--steps 1] [--idle-every 0]
@@ -222,7 +224,7 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def real_rss(args: argparse.Namespace, jobs_n: int) -> float:
-    """Return the VmRSS (MB) of a real ``jobenergy agent`` process on a node of N jobs."""
+    """Return the VmRSS (MB) of a real agent process (``jobenergy-agent``) on a node of N jobs."""
     from jobenergy.sim.node import SimNode
     from jobenergy.sim.processes import start_agent, stop, write_agent_config
 
@@ -310,7 +312,7 @@ def main() -> None:
     if args.real:
         for jobs_n in [int(j) for j in args.jobs.split(",")]:
             rss = statistics.median(real_rss(args, jobs_n) for _ in range(args.repeat))
-            print(f"real `jobenergy agent` process, {jobs_n} jobs, no GPUs: VmRSS {rss:.1f} MB "
+            print(f"real `jobenergy-agent` process, {jobs_n} jobs, no GPUs: VmRSS {rss:.1f} MB "
                   f"(after {args.real_s:.0f} s at interval_s=0.2)")
 
 
