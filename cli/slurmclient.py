@@ -152,6 +152,22 @@ def _text(value: Any) -> str | None:
     return text if text else None
 
 
+#: What slurmdbd (accounting_storage_mysql) stores as the name of a job whose record reached
+#: it before the job's name did. Seen on 22.05: ``sacct`` prints a cancelled job as
+#: ``allocation|CANCELLED`` for a second or two, then its real name.
+SLURMDBD_PLACEHOLDER_NAME = "allocation"
+
+
+def _job_name(value: Any) -> str | None:
+    """Return the job's name, or None where sacct gives slurmdbd's placeholder.
+
+    The sync's events are authoritative: a placeholder would overwrite the name the hooks
+    reported. A job its user really named "allocation" keeps that name from the hooks.
+    """
+    name = _text(value)
+    return None if name == SLURMDBD_PLACEHOLDER_NAME else name
+
+
 def _time(value: Any) -> datetime | None:
     seconds = number(value)
     return datetime.fromtimestamp(seconds, UTC) if seconds else None
@@ -262,7 +278,7 @@ def parse_job(raw: Mapping[str, Any]) -> SlurmJob:
     return SlurmJob(
         job_id=job_id,
         cluster=_text(raw.get("cluster")),
-        name=_text(raw.get("name")),
+        name=_job_name(raw.get("name")),
         user=_text(raw.get("user") or raw.get("user_name") or assoc.get("user")),
         account=_text(raw.get("account")),
         partition=_text(raw.get("partition")),

@@ -208,6 +208,20 @@ def test_job_events_carry_what_only_sacct_knows() -> None:
     assert job_events(text, "c1")[1]["alloc_tres"] == "billing=2,cpu=2,mem=4G,node=1"
 
 
+def test_slurmdbd_placeholder_name_never_reaches_the_events() -> None:
+    """For a second or two after a job ends, 22.05's sacct can print it as
+    ``allocation|CANCELLED`` (slurmdbd's record got the end before the name; seen on the
+    live cluster with a job whose AdminComment was set while it ran). The sync's events are
+    authoritative, so that placeholder must not overwrite the name the hooks reported."""
+    data = json.loads(SACCT_2205.read_text())
+    first = data["jobs"][0]
+    data["jobs"] = [{**first, "name": "allocation"}, {**first, "name": "real-name"}]
+    placeholder, named = parse_jobs_json(json.dumps(data))
+    assert placeholder.name is None and named.name == "real-name"
+    assert all("name" not in e for e in job_events(placeholder, "c1"))
+    assert {e["name"] for e in job_events(named, "c1")} == {"real-name"}
+
+
 #: What ``sacct -n -P -o JobIDRaw,JobID,State,AllocTRES,JobName`` prints (steps included) for
 #: jobs of the 22.05 fixture: hand-written after it (not captured); a job name with the
 #: delimiter, a line broken by a job name's newline, a pending array remainder.
