@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import hostlist
+
 from jobenergy.core.errors import JobEnergyError
 
 
@@ -201,37 +203,18 @@ def exit_code_text(value: Any) -> str | None:
     return f"{(n >> 8) & 0xFF}:{n & 0x7F}"
 
 
-_HOSTLIST = re.compile(r"([^,\[]*)(\[[^\]]*\])?([^,\[]*)")
-
-
 def expand_hostlist(text: str | None) -> tuple[str, ...]:
-    """Expand a Slurm hostlist (``n[1-3,5],gpu[01-02]``) into node names, in order.
+    """Expand a Slurm hostlist (``n[1-3,5],gpu[01-02]``) into node names, in Slurm's order.
 
-    Only one bracket group per name is supported (what Slurm prints for our node names);
-    anything else is returned as it is.
+    python-hostlist does the expansion (the one senergy compresses with); a list it cannot
+    parse is kept as one name rather than lost. Slurm's placeholders mean no nodes.
     """
     if not text or text in ("None assigned", "(null)"):
         return ()
-    names: list[str] = []
-    pos = 0
-    while pos < len(text):
-        m = _HOSTLIST.match(text, pos)
-        if m is None or m.end() == pos:
-            break
-        prefix, ranges, suffix = m.group(1), m.group(2), m.group(3)
-        if ranges:
-            for part in ranges[1:-1].split(","):
-                lo, dash, hi = part.partition("-")
-                if lo.isdigit() and (not dash or hi.isdigit()):
-                    width = len(lo)
-                    for i in range(int(lo), int(hi if dash else lo) + 1):
-                        names.append(f"{prefix}{i:0{width}d}{suffix}")
-                else:
-                    names.append(f"{prefix}{part}{suffix}")
-        elif prefix or suffix:
-            names.append(prefix + suffix)
-        pos = m.end() + 1  # skip the comma
-    return tuple(names)
+    try:
+        return tuple(hostlist.expand_hostlist(text))
+    except hostlist.BadHostlist:
+        return (text,)
 
 
 def _tres(items: Any) -> dict[str, int]:

@@ -141,6 +141,9 @@ def test_bad_json_is_a_slurm_error(text: str) -> None:
     ("rack[1-2]-x", ("rack1-x", "rack2-x")),
     ("None assigned", ()),
     ("", ()),
+    ("n[1-2],gpu[1-2]-ib", ("n1", "n2", "gpu1-ib", "gpu2-ib")),
+    ("x[1-2]y[3-4]", ("x1y3", "x1y4", "x2y3", "x2y4")),  # two groups, as Slurm allows
+    ("n[1-", ("n[1-",)),  # unparsable: kept as one name, not lost
 ])
 def test_expand_hostlist(text: str, names: tuple[str, ...]) -> None:
     assert expand_hostlist(text) == names
