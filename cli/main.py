@@ -115,6 +115,14 @@ DbFileOpt = Annotated[
 ]
 
 
+ServerConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="JOBENERGY_SERVER_CONFIG",
+                 help=f"TOML file with [server] whose db_url is used when --db/--db-file are "
+                      f"not given (default {DEFAULT_SERVER_CONFIG} if present)"),
+]
+
+
 def _db_url(db: str | None, db_file: Path | None) -> str:
     """Return the database URL from ``--db-file``, else ``--db``/the environment, else the
     embedded SQLite default."""
@@ -130,6 +138,27 @@ def _db_url(db: str | None, db_file: Path | None) -> str:
             raise typer.Exit(2)
         return url
     return db or DEFAULT_DB
+
+
+def _server_db_url(db: str | None, db_file: Path | None, config: Path | None,
+                   program: str) -> str:
+    """Return the database the server would use: ``--db-file``/``--db``/the environment,
+    else the server config's ``db_url`` (``--config``, else /etc/jobenergy/server.toml when
+    present), else the embedded default. ``db upgrade``/``db maintain`` thus act on the
+    server's database, not on a stray ./jobenergy.db."""
+    if db or db_file:
+        return _db_url(db, db_file)
+    from jobenergy.collector.settings import DEFAULT_CONFIG_FILE, ServerSettings
+
+    if config is None and DEFAULT_CONFIG_FILE.exists():
+        config = DEFAULT_CONFIG_FILE
+    if config is None:
+        return DEFAULT_DB
+    try:
+        return ServerSettings.load(config).db_url
+    except JobEnergyError as err:
+        typer.echo(f"{program}: {err}", err=True)
+        raise typer.Exit(2) from err
 
 
 def _shown(url: str) -> str:
@@ -271,12 +300,12 @@ def check_transport(settings: object) -> None:
 
 @db_app.command("upgrade")
 def db_upgrade(
-    db: DbOpt = None, db_file: DbFileOpt = None, log_level: LogLevelOpt = None,
-    log_format: LogFormatOpt = None,
+    db: DbOpt = None, db_file: DbFileOpt = None, config: ServerConfigOpt = None,
+    log_level: LogLevelOpt = None, log_format: LogFormatOpt = None,
 ) -> None:
     """Create or upgrade the schema to the latest revision."""
     _logging(log_level, log_format, "jobenergy db upgrade")
-    db = _db_url(db, db_file)
+    db = _server_db_url(db, db_file, config, "jobenergy db upgrade")
     from sqlalchemy.exc import SQLAlchemyError
 
     from jobenergy.collector.db import upgrade
@@ -294,6 +323,7 @@ def db_upgrade(
 def db_maintain(
     db: DbOpt = None,
     db_file: DbFileOpt = None,
+    config: ServerConfigOpt = None,
     months_ahead: Annotated[
         int, typer.Option("--months-ahead", min=0, help="Months after the current one to prepare")
     ] = 2,
@@ -317,7 +347,7 @@ def db_maintain(
     Nothing to do on SQLite: one plain table, kept whole.
     """
     _logging(log_level, log_format, "jobenergy db maintain")
-    db = _db_url(db, db_file)
+    db = _server_db_url(db, db_file, config, "jobenergy db maintain")
     from datetime import timedelta
 
     from sqlalchemy.exc import SQLAlchemyError

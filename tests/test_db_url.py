@@ -38,3 +38,20 @@ def test_a_password_is_never_printed(tmp_path: Path) -> None:
         "JOBENERGY_SERVER_DB_URL": f"postgresql+psycopg://u:{secret}@127.0.0.1:9/x"})
     assert proc.returncode == 2
     assert secret not in proc.stdout + proc.stderr and "***" in proc.stderr
+
+
+def test_db_commands_use_the_server_config(tmp_path: Path) -> None:
+    """``db upgrade``/``db maintain`` act on the database the server's config names (as
+    ``jobenergy server --config`` does), not on an embedded default in the working folder."""
+    db_path = tmp_path / "from-config.db"
+    config = tmp_path / "server.toml"
+    config.write_text(f'[server]\ndb_url = "sqlite:///{db_path}"\n')
+    for command in ("upgrade", "maintain"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "jobenergy.cli.main", "db", command, "--config", str(config)],
+            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    assert db_path.exists() and not (tmp_path / "jobenergy.db").exists()
+    config.write_text("[server]\ndb_url = 42\n")
+    proc = _jobenergy("db", "upgrade", "--config", str(config))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "db_url" in proc.stderr
