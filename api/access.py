@@ -9,8 +9,9 @@
 | operator / admin | AdminLevel, ``admins``, ``admin_group``, root, admin token | read all,
   change factors |
 
-With ``munge_cluster`` set, MUNGE agents and hooks post for that cluster only (tokens: for
-their own cluster always). A proxied user is never root.
+With ``munge_cluster`` set, MUNGE agents and hooks post for that cluster only; Slurm JWT
+callers for ``jwt_cluster`` (default: ``munge_cluster``); tokens for their own cluster
+always. A proxied user is never root.
 
 Reads follow ``private_data`` (Slurm's PrivateData words): ``jobs`` limits a user's job lists
 and lookups to what they may see, ``usage`` their leaderboards and summaries, ``users`` and
@@ -209,8 +210,12 @@ class Roles:
             root or (caller.uid is not None and caller.uid == self._slurm_uid)
             or (caller.user is not None and caller.user == self.settings.slurm_user))
         # munged vouches for a uid and a host, not for a cluster: without munge_cluster, root
-        # of any host holding the key may post for its nodes under any cluster name.
-        cluster = self.settings.munge_cluster if caller.mechanism == "munge" else None
+        # of any host holding the key may post for its nodes under any cluster name. Slurm's
+        # JWT key is one cluster's too (jwt_hs256.key): a SlurmUser token from `scontrol
+        # token` speaks for that cluster only (jwt_cluster, else munge_cluster).
+        cluster = {"munge": self.settings.munge_cluster,
+                   "jwt": self.settings.jwt_cluster or self.settings.munge_cluster,
+                   }.get(caller.mechanism)
         agent_nodes: frozenset[tuple[str | None, str]] = frozenset()
         if caller.mechanism == "munge" and caller.uid == 0 and caller.host:
             agent_nodes = frozenset((cluster, node) for node in self.nodes_of_host(caller.host))

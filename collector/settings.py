@@ -104,6 +104,8 @@ class ServerSettings(BaseSettings):
             for this cluster only (403 naming it otherwise). None (the default): for any
             cluster name, so root on any host holding the key may post its nodes' batches
             under another cluster's name. Tokens are bound to their own cluster regardless.
+        jwt_cluster: The Slurm cluster whose ``jwt_hs256.key`` is ``jwt_key``: SlurmUser's
+            JWTs may post job events for this cluster only. None: ``munge_cluster``.
         private_data: Slurm's PrivateData words this server applies to users' reads.
         sacctmgr: The ``sacctmgr`` command (coordinators and AdminLevel); empty: do not ask.
         slurm_roles_ttl_s: How long coordinators and AdminLevels from sacctmgr are cached.
@@ -159,6 +161,8 @@ class ServerSettings(BaseSettings):
     nodes: dict[str, list[str]] = Field(default_factory=dict)
     munge_cluster: str | None = Field(default=None, min_length=1, max_length=255,
                                       pattern=r"^[^\x00/]+$")
+    jwt_cluster: str | None = Field(default=None, min_length=1, max_length=255,
+                                    pattern=r"^[^\x00/]+$")
     private_data: Annotated[tuple[str, ...], NoDecode] = PRIVATE_DATA_WORDS
     sacctmgr: str = "sacctmgr"
     slurm_roles_ttl_s: float = Field(default=300.0, ge=0)

@@ -277,6 +277,24 @@ def test_munge_cluster_binds_munge_agents_and_hooks_to_it(make_api, sqlite_url, 
     assert token_api.post_event(hooks, job_id="13", cluster="c2").status_code == 403
 
 
+def test_a_slurm_user_jwt_posts_events_for_its_cluster_only(make_api, sqlite_url, jwt_key):
+    """Slurm's JWT key is one cluster's, as its munge.key is: SlurmUser's `scontrol token`
+    may post job events for that cluster (jwt_cluster, else munge_cluster) and no other."""
+    path, key = jwt_key
+    auth = SlurmJwtAuth("nobody", slurm_jwt(key, "nobody"))
+    api = make_api(sqlite_url, auth="munge,jwt", jwt_key=path, slurm_user="nobody",
+                   munge_cluster="c1")
+    assert api.post_event(auth, job_id="20", cluster="c1").status_code == 200
+    response = api.post_event(auth, job_id="21", cluster="c2")
+    assert response.status_code == 403, response.text
+    assert response.json()["detail"].endswith("post job events for cluster c2 (only for c1)")
+    own = make_api(sqlite_url, auth="munge,jwt", jwt_key=path, slurm_user="nobody",
+                   munge_cluster="c1", jwt_cluster="c2")
+    assert own.post_event(auth, job_id="22", cluster="c2").status_code == 200
+    assert own.post_event(auth, job_id="23", cluster="c1").status_code == 403
+    assert own.post_event("root", job_id="24", cluster="c1").status_code == 200  # MUNGE: c1
+
+
 def test_munge_replay_is_refused(make_api, sqlite_url):
     api = make_api(sqlite_url)
     credential = munge.encode(munge_payload("GET", "/api/v1/whoami", b""),
