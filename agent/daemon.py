@@ -19,14 +19,17 @@ from typing import Any
 
 from jobenergy.agent.annotations import AnnotationServer
 from jobenergy.agent.attribution import CpuSplit, StaticFloor, job_usage
+from jobenergy.agent.bmc_poller import BmcPoller
 from jobenergy.agent.coalesce import Coalescer, StoredInterval
 from jobenergy.agent.continuity import CounterRecord, gap_interval
+from jobenergy.agent.energy_limits import EnergyLimits
 from jobenergy.agent.lifetime import alive_spans
 from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.phases import PhaseBook, Segment
 from jobenergy.agent.procstat import read_boot_id
 from jobenergy.agent.pusher import Pusher
 from jobenergy.agent.readings import Reading
+from jobenergy.agent.reconcile import Reconciler
 from jobenergy.agent.records import (
     JobRecord,
     PhaseSample,
@@ -35,6 +38,7 @@ from jobenergy.agent.records import (
     check_sampled,
 )
 from jobenergy.agent.sampler import Sample, Sampler
+from jobenergy.agent.sensors.bmc_config import bmc_sensor
 from jobenergy.agent.settings import AgentSettings
 from jobenergy.agent.spool import Spool, split_by_size, utf8_len
 from jobenergy.agent.wire import WireError, interval_json, phase_json
@@ -123,6 +127,22 @@ class Agent:
         self._last_reading: dict[str, Reading] = {}
         self.counter_record = CounterRecord(settings.spool_dir, self.boot_id)
         self.phases = PhaseBook()
+        # The node's wall power (bmc = redfish|ipmi): read in its own thread, reconciled here.
+        sensor = bmc_sensor(settings)
+        self.bmc = None if sensor is None else BmcPoller(sensor, settings.bmc_interval_s,
+                                                         self.metrics)
+        self.reconciler = None if sensor is None else Reconciler(settings.bmc_other_policy)
+        if self.reconciler is not None:
+            reconciler = self.reconciler
+            self.metrics.totals.add(
+                "jobenergy_agent_bmc_flagged_windows",
+                "BMC windows whose energy was below the RAPL + GPU sum (nothing taken from jobs)",
+                lambda: reconciler.flagged_total)
+        assert settings.limit_dir is not None  # per-node default
+        self.energy_limits = EnergyLimits(
+            settings.limit_dir, settings.scancel_path, policy=settings.limit_policy,
+            warn_fraction=settings.limit_warn_fraction,
+            warn_signal=settings.limit_warn_signal, registry=self.metrics.registry)
         self.annotations: AnnotationServer | None = None
         self._prev: Sample | None = None
         self._coalescer = Coalescer(
@@ -150,7 +170,10 @@ class Agent:
         if self._prev is None:
             recorded = self.counter_record.load()
             floor = recorded[0] if recorded is not None else None
-        return self.sampler.take(self._prev, floor)
+        sample = self.sampler.take(self._prev, floor)
+        if self.bmc is not None:
+            sample.bmc = self.bmc.latest()  # never waits on the BMC: its thread reads it
+        return sample
 
     def attribute(self, prev: Sample, cur: Sample) -> SampledInterval:
         """Attribute the energy between two samples; conserving per source.
@@ -260,6 +283,9 @@ class Agent:
             if (record := self._phase_record(job_id, seg)) is not None
         ]
         self.phases.forget(set(cur.cgroups.jobs), before=prev.wall)
+        if self.reconciler is not None:
+            sources.extend(self.reconciler.add(
+                sources, jobs, cur.bmc, span_us=(end_ns - start_ns) // 1000, ncpus=ncpus))
         interval = SampledInterval(
             start=prev.wall,
             end=cur.wall,
@@ -271,6 +297,8 @@ class Agent:
         )
         check_sampled(interval)  # where the wire Interval was validated before
         self._last_reading.update(seen)
+        if self.reconciler is not None:
+            self.reconciler.commit()
         return interval
 
     def _static_gauge(self, component: str, source: str) -> Any:
@@ -317,6 +345,7 @@ class Agent:
         """Take one sample and queue the interval it closes; seal when a batch is due."""
         cur = self.take_sample()
         self._coalescer.expire(cur.wall_ns // 1000)
+        closed: SampledInterval | None = None
         try:
             if self._prev is None:
                 for source, reading in cur.readings.items():
@@ -333,8 +362,11 @@ class Agent:
                         )
                         self._queue(gap)
             elif cur.wall > self._prev.wall:
-                self._queue(self.attribute(self._prev, cur))
+                closed = self.attribute(self._prev, cur)
+                self._queue(closed)
             self._prev = cur
+            if closed is not None:  # after _prev moved on: a failure here re-counts nothing
+                self.energy_limits.observe(cur.job_map, closed)
         finally:
             ready = self._coalescer.ready
             due_ns = int(self.settings.push_interval_s * 1e9)
@@ -475,6 +507,8 @@ class Agent:
                     "annotation socket off path=%s err=%s", self.settings.annotation_socket, err
                 )
         self.pusher.start()
+        if self.bmc is not None:
+            self.bmc.start()
         interval_ns = int(self.settings.interval_s * 1e9)
         next_ns = time.monotonic_ns()
         logger.info(
@@ -505,10 +539,13 @@ class Agent:
         """
         if self.annotations is not None:
             self.annotations.stop()
+        if self.bmc is not None:
+            self.bmc.stop(join_timeout_s=self.settings.bmc_timeout_s + 1)
         try:
             self.tick()
         except Exception:
             logger.exception("final sample failed")
+        self.energy_limits.wait_idle(5.0)  # a signal decided (and recorded) still goes out
         try:
             self.seal()
         except Exception:

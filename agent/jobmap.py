@@ -5,6 +5,8 @@ cannot write it)::
 
     0,1                       the job's SLURM_JOB_GPUS (empty line for a CPU job)
     start=1796196766.600592   when the prolog ran, epoch seconds
+    energy_limit_uj=9000000000  the job's --energy-limit, µJ (only jobs with one)
+    nodes=2                     the job's node count, over which the limit is shared
 
 and the epilog rewrites it with ``end=<epoch seconds>`` appended, then removes it a few
 seconds later (longer than one sample interval, so the next sample still sees it). A file
@@ -49,11 +51,15 @@ class JobMapEntry:
         gpus: GPU ids (minor numbers) Slurm gave the job on this node.
         start_ns: When the prolog ran, epoch ns; None if the hook did not say.
         end_ns: When the epilog ran (the job had ended), epoch ns; None while it runs.
+        energy_limit_uj: The job's energy limit (all its nodes), µJ; None: no limit.
+        nodes: The job's node count (the prolog's), None when the hook did not say.
     """
 
     gpus: frozenset[int] = frozenset()
     start_ns: int | None = None
     end_ns: int | None = None
+    energy_limit_uj: int | None = None
+    nodes: int | None = None
 
     def ended_by(self, wall_ns: int) -> bool:
         """True when the epilog said the job ended at or before ``wall_ns``."""
@@ -81,15 +87,33 @@ def _epoch_ns(text: str) -> int | None:
     return int(value * 1e9)
 
 
+def _count(text: str, most: int) -> int | None:
+    """Return a positive integer of at most ``most``, or None for anything else."""
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        return None
+    value = int(text)
+    return value if 0 < value <= most else None
+
+
+#: 1 GWh, the SPANK plugin's bound on --energy-limit.
+MAX_ENERGY_LIMIT_UJ = 3_600_000_000_000_000_000
+
+
 def parse_job_map(text: str) -> JobMapEntry:
-    """Parse one map file: GPU ids on the first line, then ``start=``/``end=`` lines."""
+    """Parse one map file: GPU ids on the first line, then ``key=value`` lines."""
     first, _, rest = text.partition("\n")
     times: dict[str, int | None] = {}
+    counts: dict[str, int | None] = {}
     for line in rest.splitlines():
         key, sep, value = line.strip().partition("=")
         if sep and key in ("start", "end"):
             times[key] = _epoch_ns(value.strip())
-    return JobMapEntry(parse_gpu_ids(first), times.get("start"), times.get("end"))
+        elif sep and key == "energy_limit_uj":
+            counts[key] = _count(value.strip(), MAX_ENERGY_LIMIT_UJ)
+        elif sep and key == "nodes":
+            counts[key] = _count(value.strip(), 1_000_000)
+    return JobMapEntry(parse_gpu_ids(first), times.get("start"), times.get("end"),
+                       counts.get("energy_limit_uj"), counts.get("nodes"))
 
 
 def _list_map(map_dir: str | Path) -> list[os.DirEntry] | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from jobenergy.core.limits import MAX_INTERVAL_S, MAX_SOURCE_POWER_W
+from jobenergy.core.limits import BMC_NOT_ATTRIBUTED, MAX_INTERVAL_S, MAX_SOURCE_POWER_W
 
 
 @dataclass(slots=True)
@@ -168,6 +168,8 @@ def check_sampled(interval: SampledInterval) -> None:
             )
         if src.component == "psys" and src.jobs_uj:
             raise ValueError("psys energy overlaps cpu/dram and is never attributed to jobs")
+        if src.component == "bmc" and src.jobs_uj:
+            raise ValueError(BMC_NOT_ATTRIBUTED)
         if src.measured_uj > limit_uj:
             raise ValueError(
                 f"absurd energy for source {src.source!r}: {src.measured_uj} µJ in "

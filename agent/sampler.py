@@ -36,6 +36,7 @@ class Sample:
     gpu: Any = None  # jobenergy.agent.gpu.GpuSnapshot when NVML is on
     errors: list[str] = field(default_factory=list)
     job_map: dict[str, JobMapEntry] = field(default_factory=dict)  # the hooks' (gpu_map_dir)
+    bmc: Any = None  # jobenergy.agent.bmc_poller.BmcSnapshot, the BMC's latest (bmc on)
 
     @property
     def wall_ns(self) -> int:

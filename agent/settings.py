@@ -33,6 +33,8 @@ class _TomlTableSource(PydanticBaseSettingsSource):
 DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 _NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+#: Signals a job may be warned with (scancel --signal names).
+_WARN_SIGNALS = ("USR1", "USR2", "HUP", "INT", "TERM", "CONT", "URG", "ALRM")
 
 
 class AgentSettings(BaseSettings):
@@ -44,6 +46,7 @@ class AgentSettings(BaseSettings):
 
     * ``spool_dir``         ``/var/spool/jobenergy/agent/<node>``
     * ``gpu_map_dir``       ``/run/jobenergy/gpus/<node>`` (the hooks' default too)
+    * ``limit_dir``         ``/run/jobenergy/limits/<node>`` (the hooks' default too)
     * ``annotation_socket`` ``/run/jobenergy/<node>/agent.sock`` (``jobenergy.client``
       finds it from ``$SLURMD_NODENAME``, which Slurm sets in every job)
 
@@ -94,10 +97,33 @@ class AgentSettings(BaseSettings):
     ca_file: Path | None = None
     # Plain http:// to a collector that is not on loopback carries the token in clear.
     allow_insecure: bool = False
+    # Per-job energy limits (--energy-limit, agent/energy_limits.py): what was done per job,
+    # read by the node epilog; the signal at limit_warn_fraction of the limit; at 100 %:
+    # cancel (scancel --signal=TERM --full, then scancel) or warn (the signal again).
+    limit_dir: Path | None = None  # per node
+    scancel_path: str = "/usr/bin/scancel"
+    limit_policy: Literal["cancel", "warn"] = "cancel"
+    limit_warn_fraction: float = Field(default=0.9, gt=0, le=1)
+    limit_warn_signal: str = "USR1"
     # debug, info, warning, error, critical; auto (journal when stderr is the journal, else
     # text), text, journal or json (core/logs.py).
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
+    # The node's wall power from its BMC (agent/reconcile.py): off, redfish (bmc_url
+    # https://host[:port]) or ipmi (bmc_url lanplus://host[:port], lan://host[:port] or
+    # open:// for the in-band driver). Credentials: bmc_credentials_file holds one line
+    # "user:password", mode 0600; they never go on a command line or into a log.
+    bmc: Literal["off", "redfish", "ipmi"] = "off"
+    bmc_url: str | None = None
+    bmc_credentials_file: Path | None = None
+    bmc_ca_file: Path | None = None  # CA bundle to verify an https:// BMC with
+    bmc_interval_s: float = Field(default=5.0, ge=0.5, le=3600)
+    bmc_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    bmc_chassis: str | None = None  # Redfish chassis id; the first member when unset
+    bmc_ipmi_cipher_suite: int = Field(default=17, ge=0, le=255)
+    # How the BMC's energy beyond cpu + dram + gpu ("other") is split over jobs: by their
+    # measured energy in the window, or by allocated CPUs x time.
+    bmc_other_policy: Literal["measured", "allocated"] = "measured"
 
     @field_validator("node")
     @classmethod
@@ -109,6 +135,24 @@ class AgentSettings(BaseSettings):
             )
         return value
 
+    @field_validator("limit_warn_signal")
+    @classmethod
+    def _signal_name(cls, value: str) -> str:
+        # Goes to scancel --signal: a name Slurm knows, never text of the config's choosing.
+        name = value.upper().removeprefix("SIG")
+        if name not in _WARN_SIGNALS:
+            raise ValueError(f"limit_warn_signal {value[:40]!r}: use one of "
+                             f"{', '.join(_WARN_SIGNALS)}")
+        return name
+
+    @field_validator("scancel_path")
+    @classmethod
+    def _absolute_scancel(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"scancel_path {value[:80]!r}: give an absolute path (the agent "
+                             "runs as root: no PATH lookup)")
+        return value
+
     @model_validator(mode="after")
     def _store_interval(self) -> AgentSettings:
         if self.store_interval_s < self.interval_s:
@@ -118,6 +162,12 @@ class AgentSettings(BaseSettings):
                     f"({self.interval_s})"
                 )
             self.store_interval_s = self.interval_s  # an older config sampling slowly
+        return self
+
+    @model_validator(mode="after")
+    def _bmc_needs(self) -> AgentSettings:
+        if self.bmc != "off" and not self.bmc_url:
+            raise ValueError(f"bmc = \"{self.bmc}\" needs bmc_url")
         return self
 
     @model_validator(mode="after")
@@ -134,6 +184,8 @@ class AgentSettings(BaseSettings):
             self.gpu_map_dir = Path("/run/jobenergy/gpus") / self.node
         if self.annotation_socket is None:
             self.annotation_socket = default_socket(self.node)
+        if self.limit_dir is None:
+            self.limit_dir = Path("/run/jobenergy/limits") / self.node
         return self
 
     @classmethod

@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from jobenergy.core.limits import (
+    BMC_NOT_ATTRIBUTED,
     COMPONENTS,
     JOB_ID_PATTERN,
     MAX_ALIVE_US,
@@ -48,6 +49,7 @@ from jobenergy.core.limits import (
     MAX_STEPS_PER_JOB,
     MAX_UID,
     MAX_WRAPS,
+    NODE_ONLY_COMPONENTS,
     PHASES,
     check_time,
 )
@@ -191,7 +193,8 @@ def _source_ok(src: Any, ids: set[str]) -> bool:
         if type(energy_uj) is not int or not 0 <= energy_uj <= MAX_ENERGY_UJ:
             return False
         attributed += energy_uj
-    return attributed + unattributed == measured and not (component == "psys" and shares)
+    return attributed + unattributed == measured and not (
+        shares and component in NODE_ONLY_COMPONENTS)
 
 
 def _job_ok(job: Any, ids: set[str]) -> bool:
@@ -250,6 +253,8 @@ def _check_source(src: Any, where: str) -> None:
                            f"{src['measured_uj']} µJ")
     if src["component"] == "psys" and shares:
         raise _fail(where, "psys energy overlaps cpu/dram and is never attributed to jobs")
+    if src["component"] == "bmc" and shares:
+        raise _fail(where, BMC_NOT_ATTRIBUTED)
     raise _fail(where, "invalid")  # not reached: _source_ok and this agree
 
 

@@ -15,14 +15,21 @@ from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import sessionmaker
 
-from jobenergy.api import leaderboards, routes_admin, routes_jobs, routes_leaderboards, routes_nodes
+from jobenergy.api import (
+    leaderboards,
+    routes_admin,
+    routes_budgets,
+    routes_jobs,
+    routes_leaderboards,
+    routes_nodes,
+)
 from jobenergy.api.access import Roles
 from jobenergy.api.auth import Authenticator, resolve_mechanisms
 from jobenergy.api.authenticate import Authenticate
 from jobenergy.api.ratelimit import RateLimiter
 from jobenergy.api.routes_series import router as series_router
 from jobenergy.api.web import pages
-from jobenergy.collector import rollups, routes_clusters, routes_metrics
+from jobenergy.collector import budget_writer, rollups, routes_clusters, routes_metrics
 from jobenergy.collector import routes as collector_routes
 from jobenergy.collector.clusters import apply_server_defaults
 from jobenergy.collector.db import make_engine, schema_revision_problem, upgrade
@@ -192,15 +199,21 @@ def create_app(settings: ServerSettings) -> FastAPI:
                  else rollups.Refresher(engine, settings.rollup_interval_s,
                                         leaderboards.all_time_totals))
 
+    state_writer = (None if settings.read_only or settings.budget_state_file is None
+                    else budget_writer.StateWriter(
+                        engine, settings.budget_state_file, settings.budget_state_interval_s,
+                        settings.budget_state_cluster))
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if refresher is not None:
-            refresher.start()
+        background = [w for w in (refresher, state_writer) if w is not None]
+        for worker in background:
+            worker.start()
         try:
             yield
         finally:
-            if refresher is not None:
-                refresher.stop()
+            for worker in background:
+                worker.stop()
             engine.dispose()
 
     app = FastAPI(
@@ -222,6 +235,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(routes_leaderboards.router)
     app.include_router(routes_clusters.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_budgets.router)
     app.state.metrics = CollectorMetrics(app.state.sessionmaker)
     app.state.metrics_networks = routes_metrics.metrics_networks(settings.metrics_allow)
     app.include_router(routes_metrics.router)  # GET /metrics, outside /api/: no credentials

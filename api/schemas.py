@@ -224,3 +224,22 @@ class SummaryRow(BaseModel):
     facility_energy_kwh: float
     co2e_kg: float
     gpu_hours: float
+
+
+class NodeReconciliation(BaseModel):
+    """A node's wall energy (BMC) against its counters over a period (agent/reconcile.py)."""
+
+    cluster: str
+    node: str
+    start: datetime
+    end: datetime
+    bmc_uj: int = Field(description="the BMC's energy of the node, µJ")
+    bmc_kwh: float
+    measured_uj: int = Field(description="cpu + dram + gpu (RAPL and GPU counters), µJ")
+    measured_kwh: float
+    other_uj: int = Field(description="BMC energy beyond cpu + dram + gpu, attributed to jobs")
+    other_kwh: float
+    ratio: float | None = Field(description="bmc_uj / measured_uj (None without both)")
+    flagged_intervals: int = Field(
+        description="stored intervals with a BMC figure below the measured sum")
+    covered: bool = Field(description="a BMC reported for this node in the period")

@@ -5,8 +5,10 @@ AdminComment is one free-text field that several tools share: Princeton's jobsta
 
 * Our summary is one segment: ``energy_kwh=V gpu_kwh=V facility_kwh=V co2e_kg=V`` (V plain
   decimals, never an exponent) or, for a job no energy source measured,
-  ``energy=unmeasured``. It is appended after the other content with one space, or stands
-  alone when there is none.
+  ``energy=unmeasured``, followed by ``limit=cancelled`` (or ``exceeded``, ``warned``) for
+  a job the node agent acted on at its ``--energy-limit`` (the job's ``energy_limit_*``
+  tags). It is appended after the other content with one space, or stands alone when there
+  is none.
 * Replacing it removes exactly that segment and the one space written before it, wherever
   it is (another tool may have appended after it): every other byte, whitespace and
   newlines included, stays as it was.
@@ -32,6 +34,10 @@ from jobenergy.core.units import UJ_PER_KWH
 SUMMARY_KEYS = ("energy_kwh", "gpu_kwh", "facility_kwh", "co2e_kg")
 UNMEASURED = "energy=unmeasured"
 JOBSTATS_PREFIX = "JS1:"
+#: What the agent did at the job's energy limit, strongest first: (tag, AdminComment value).
+LIMIT_ACTIONS = (("energy_limit_cancelled_uj", "cancelled"),
+                 ("energy_limit_exceeded_uj", "exceeded"),
+                 ("energy_limit_warned_uj", "warned"))
 
 _VALUE = r"[0-9.]+"
 #: One segment of ours: after the start or the space we put, before whitespace or the end.
@@ -39,7 +45,7 @@ _SEGMENT = re.compile(
     r"(?<![^ ])(?:"
     + " ".join(f"{key}={_VALUE}" for key in SUMMARY_KEYS)
     + "|" + re.escape(UNMEASURED)
-    + r")(?!\S)"
+    + r")(?: limit=(?:" + "|".join(value for _tag, value in LIMIT_ACTIONS) + r"))?(?!\S)"
 )
 
 
@@ -56,10 +62,18 @@ def is_unmeasured(job: dict[str, Any]) -> bool:
     return quality.get("sources") == [] and int(job.get("energy_uj") or 0) == 0
 
 
+def limit_action(job: dict[str, Any]) -> str | None:
+    """Return what the agent did at the job's energy limit (``cancelled`` ...), or None."""
+    tags = job.get("tags") or {}
+    return next((value for tag, value in LIMIT_ACTIONS if tag in tags), None)
+
+
 def format_summary(job: dict[str, Any]) -> str:
     """Return our AdminComment segment for a ``GET /api/v1/jobs/{id}`` answer."""
+    action = limit_action(job)
+    suffix = f" limit={action}" if action else ""
     if is_unmeasured(job):
-        return UNMEASURED
+        return UNMEASURED + suffix
     gpu_uj = int((job.get("by_component") or {}).get("gpu") or 0)
     values = (
         float(job.get("energy_kwh") or 0.0),
@@ -67,7 +81,8 @@ def format_summary(job: dict[str, Any]) -> str:
         float(job.get("facility_energy_kwh") or 0.0),
         float(job.get("co2e_kg") or 0.0),
     )
-    return " ".join(f"{k}={_kwh_text(v)}" for k, v in zip(SUMMARY_KEYS, values, strict=True))
+    return " ".join(f"{k}={_kwh_text(v)}"
+                    for k, v in zip(SUMMARY_KEYS, values, strict=True)) + suffix
 
 
 def _kwh_text(value: float) -> str:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from jobenergy.cli.auth import auth_app
+from jobenergy.cli.budget import budget_app
 from jobenergy.cli.cluster import cluster_app
 from jobenergy.cli.setup import app as setup_app
 from jobenergy.cli.slurm import app as slurm_app
@@ -29,6 +30,7 @@ app.add_typer(cluster_app, name="cluster")
 app.add_typer(auth_app, name="auth")
 app.add_typer(slurm_app, name="slurm")
 app.add_typer(setup_app, name="setup")
+app.add_typer(budget_app, name="budget")
 
 
 def _db_error(err: Exception) -> str:

@@ -5,6 +5,7 @@
     senergy -a -M all -N n[1-8] --name train,eval -o JobID,AllocTRES,ConsumedEnergy --units K
     senergy leaderboard --phase inference --metric j_per_sample --order asc
     senergy summary --group-by account -S 2026-11-01
+    senergy budget
 
 Talks to the jobenergy API at ``--url`` (default ``$JOBENERGY_URL``).
 """
@@ -131,6 +132,7 @@ def report(
 
     Also: ``senergy leaderboard --help`` (energy per model and phase) and ``senergy summary
     --help`` (totals per user, account, partition, model, phase or cluster).
+    ``senergy budget``: your energy budgets.
     """
     if helpformat:
         typer.echo(format_help())
@@ -285,7 +287,7 @@ def get_json(url: str | None, path: str, params: dict[str, str]) -> object:
 
 
 #: Subcommands; anything else is the sacct-style report (``senergy -j ...`` stays as it was).
-SUBCOMMANDS = ("leaderboard", "summary")
+SUBCOMMANDS = ("leaderboard", "summary", "budget")
 
 
 def _subcommand_first(args: list[str]) -> list[str] | None:
@@ -306,7 +308,7 @@ def _subcommand_first(args: list[str]) -> list[str] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: ``senergy [--url U] [leaderboard|summary] ...``."""
+    """Console-script entry point: ``senergy [--url U] [leaderboard|summary|budget] ...``."""
     args = sys.argv[1:] if argv is None else argv
     reordered = _subcommand_first(args)
     if reordered is not None:

@@ -6,6 +6,7 @@
                         [-P] [--json] [--url URL]
     senergy summary [--group-by user|account|partition|model|phase|cluster] [-M CLUSTER]
                     [--phase P] [-S START] [-E END] [-P] [--json] [--url URL]
+    senergy budget [-M CLUSTER] [--json] [--url URL]
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import typer
 
 from jobenergy.cli.report import LEADERBOARD_FIELDS, SUMMARY_FIELDS, render
 from jobenergy.cli.senergy import _time_arg, get_json
+from jobenergy.cli.senergy_budget import budget
 
 tables_app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=False)
+tables_app.command("budget")(budget)
 
 UrlOpt = Annotated[
     str | None, typer.Option("--url", envvar="JOBENERGY_URL", help="jobenergy API")

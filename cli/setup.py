@@ -261,10 +261,12 @@ def slurm_hooks(
         False),
     root: RootOpt = None, force: ForceOpt = False, bin_dir: BinOpt = None,
 ) -> None:
-    """Every Slurm host: hooks, slurm-hooks.env, outbox, SPANK plugin, sync units.
+    """Every Slurm host: hooks, slurm-hooks.env, outbox, SPANK plugin, sync units, and the
+    budget submit script (job_submit.lua) with its state-file units.
 
     The SPANK plugin is built here against slurm/spank.h and added to plugstack.conf.d; the
-    jobenergy-slurm-sync units are installed everywhere and enabled on the controller only.
+    jobenergy-slurm-sync and jobenergy-budget-state units are installed everywhere and
+    enabled on the controller only. slurm.conf is not edited: the next steps say what to add.
     """
     inst = None
     try:
@@ -309,8 +311,13 @@ def slurm_hooks(
                       "(--no-spank: no --energy-* job options on this host)")
         else:
             problem = build_spank(inst, slurm_include, plugin_dir, slurm_conf_dir)
+        # Energy budgets at submission: slurmctld loads job_submit.lua from slurm.conf's
+        # folder; it reads the state the jobenergy-budget-state timer writes.
+        inst.file(f"{slurm_conf_dir.rstrip('/')}/job_submit.lua",
+                  (files("jobenergy.slurm_plugins") / "job_submit.lua").read_text(), 0o644)
         inst.file(f"{ETC}/sync.env", sync_text, 0o644)
-        _units(inst, ("jobenergy-slurm-sync.service", "jobenergy-slurm-sync.timer"),
+        _units(inst, ("jobenergy-slurm-sync.service", "jobenergy-slurm-sync.timer",
+                      "jobenergy-budget-state.service", "jobenergy-budget-state.timer"),
                bins, {"\nUser=slurm\n": f"\nUser={slurm_user}\n"})
     except (JobEnergyError, OSError) as err:
         raise _fail(err, inst) from err
@@ -320,6 +327,9 @@ def slurm_hooks(
         f"EpilogSlurmctld={hook_dir}/epilog_slurmctld.sh PrologFlags=Alloc,Contain "
         "(the rest: slurm.conf.snippet); then restart slurmctld and every slurmd",
         "on the controller: systemctl enable --now jobenergy-slurm-sync.timer",
+        f"energy budgets at submission: slurm.conf needs JobSubmitPlugins=lua (it loads "
+        f"{slurm_conf_dir.rstrip('/')}/job_submit.lua); on the controller: systemctl enable "
+        "--now jobenergy-budget-state.timer, then scontrol reconfigure",
     ], problem)
 
 

@@ -33,6 +33,8 @@ from jobenergy.core.schema import MAX_JOB_GPUS, MAX_JOB_NODES, MAX_JOB_TAGS, Job
 PHASES = ("training", "inference", "other")
 MAX_TAGS = MAX_JOB_TAGS
 _LIST_CAPS = {"nodes": MAX_JOB_NODES, "gpus": MAX_JOB_GPUS}
+#: Tags only the hooks set (slurm_plugins/jobenergy-hook.sh drops them from --energy-tag).
+RESERVED_TAG_PREFIX = "energy_limit"
 
 
 def comment_tags(comment: str | None) -> dict[str, str]:
@@ -40,7 +42,9 @@ def comment_tags(comment: str | None) -> dict[str, str]:
 
     Tokens are separated by spaces, commas or semicolons; quotes group words
     (``note="two words"``); ``model``/``phase`` keys are case-insensitive; keys are at most 64
-    characters, values 255.
+    characters, values 255. ``energy_limit*`` keys are left out: they record the job's
+    ``--energy-limit`` and what the node agent did at it (the hooks send them), which the
+    job's owner must not be able to write.
     """
     if not comment:
         return {}
@@ -59,6 +63,8 @@ def comment_tags(comment: str | None) -> dict[str, str]:
         value = value.strip()
         if key == "phase":
             value = value.lower()
+        if key.lower().startswith(RESERVED_TAG_PREFIX):
+            continue
         if sep and key and len(key) <= 64 and len(tags) < MAX_TAGS:
             tags[key] = value[:255]
     return tags

@@ -40,6 +40,9 @@ Tables (singular lower_snake, ``*_at`` timestamps in UTC):
   one role (an agent of one node, the Slurm hooks, an admin).
 - ``audit_log``: who changed what and when (factor changes, tokens issued and revoked), with
   the old and new values.
+- ``budget``: energy budgets of a user, an account or a user in an account, per day, week,
+  month or fixed range, in facility µJ or mg CO2e, with their submit and running policies
+  (``collector/budget_usage.py`` computes what they used).
 """
 
 from __future__ import annotations
@@ -586,3 +589,68 @@ class RollupBoardTotal(Base):
     samples: Mapped[int | None] = mapped_column(BigInteger)
     sampled_uj: Mapped[int | None] = mapped_column(BigInteger)
     median_uj: Mapped[float] = mapped_column(Float)
+
+
+#: Budget scopes, periods, units and policies (the ``budget`` table's CHECKs and the API's).
+BUDGET_SCOPES = ("user", "account", "account_user")
+BUDGET_PERIODS = ("day", "week", "month", "range")
+BUDGET_UNITS = ("kwh", "kg_co2e")
+SUBMIT_POLICIES = ("warn", "deny")
+RUNNING_POLICIES = ("none", "warn", "cancel")
+ACCOUNT_LEN = 64  # job.account's and job.user's length
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Budget(Base):
+    """An energy budget: a limit on the facility energy (or CO2e) of matching jobs per period.
+
+    ``account``/``user`` are ``""`` where the scope does not name one (so the unique index of
+    recurring budgets holds; NULLs would never collide). The limit is an integer in the unit's
+    inner form: ``limit_uj`` (facility µJ) for ``kwh``, ``limit_mg`` (mg CO2e) for
+    ``kg_co2e``; the other is NULL. ``start_at``/``end_at`` bound a ``range`` budget (whole UTC
+    hours, since usage is summed from ``job_energy_hour``) and are NULL otherwise.
+    ``running_policy`` is for the agent's runtime enforcement; submission reads
+    ``submit_policy``.
+    """
+
+    __tablename__ = "budget"
+    __table_args__ = (
+        CheckConstraint(_in("scope", BUDGET_SCOPES), name="scope"),
+        CheckConstraint(_in("period", BUDGET_PERIODS), name="period"),
+        CheckConstraint(_in("unit", BUDGET_UNITS), name="unit"),
+        CheckConstraint(_in("submit_policy", SUBMIT_POLICIES), name="submit_policy"),
+        CheckConstraint(_in("running_policy", RUNNING_POLICIES), name="running_policy"),
+        CheckConstraint(
+            f"(unit = 'kwh' AND limit_uj > 0 AND limit_uj <= {BIGINT_MAX} AND limit_mg IS NULL)"
+            f" OR (unit = 'kg_co2e' AND limit_mg > 0 AND limit_mg <= {BIGINT_MAX}"
+            " AND limit_uj IS NULL)", name="limit_of_unit"),
+        CheckConstraint(
+            "(period = 'range' AND start_at IS NOT NULL AND end_at IS NOT NULL"
+            " AND start_at < end_at) OR (period <> 'range' AND start_at IS NULL"
+            " AND end_at IS NULL)", name="range_bounds"),
+        # One recurring budget per (cluster, scope, who, period, unit): `budget set` updates it.
+        Index("ix_budget_recurring", "cluster", "scope", "account", "user", "period", "unit",
+              unique=True, sqlite_where=text("period <> 'range'"),
+              postgresql_where=text("period <> 'range'")),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, Identity(always=False), primary_key=True)
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN))
+    scope: Mapped[str] = mapped_column(String(16))
+    account: Mapped[str] = mapped_column(String(ACCOUNT_LEN))
+    user: Mapped[str] = mapped_column(String(ACCOUNT_LEN))
+    period: Mapped[str] = mapped_column(String(8))
+    start_at: Mapped[datetime | None]
+    end_at: Mapped[datetime | None]
+    unit: Mapped[str] = mapped_column(String(8))
+    limit_uj: Mapped[int | None] = mapped_column(BigInteger)
+    limit_mg: Mapped[int | None] = mapped_column(BigInteger)
+    submit_policy: Mapped[str] = mapped_column(String(8))
+    running_policy: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(NAME_LEN))
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(NAME_LEN))

@@ -131,6 +131,14 @@ class ServerSettings(BaseSettings):
             any user).
         proxy_user_header: The header a trusted proxy names the user in (Apache's
             ``REMOTE_USER`` passed on as ``X-Remote-User``, by default).
+        budget_state_file: Where this server keeps the budget state file of the Slurm
+            submit script (``slurm_plugins/job_submit.lua``), on a collector that runs on
+            the Slurm controller: written atomically (0644) every
+            ``budget_state_interval_s``. None (the default): not written here (the
+            ``jobenergy budget write-state`` timer does it). Never on a ``read_only`` server.
+            The folder must be writable by the server's user (``ReadWritePaths=``).
+        budget_state_interval_s: How often that file is rewritten.
+        budget_state_cluster: Write only this cluster's budgets (None: every cluster's).
         metrics_allow: Addresses or networks that may scrape ``GET /metrics`` (Prometheus;
             no credentials, and it holds no job ids or user names: cluster and node names,
             counts and energy totals). Everyone by default; empty: nobody (403). The peer is
@@ -176,6 +184,10 @@ class ServerSettings(BaseSettings):
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     proxy_user_header: str = Field(default="X-Remote-User", pattern=r"^[A-Za-z0-9-]{1,64}$")
     metrics_allow: Annotated[tuple[str, ...], NoDecode] = ("0.0.0.0/0", "::/0")
+    budget_state_file: Path | None = None
+    budget_state_interval_s: float = Field(default=60.0, gt=0)
+    budget_state_cluster: str | None = Field(default=None, min_length=1, max_length=255,
+                                             pattern=r"^[^\x00/]+$")
 
     @field_validator("db_url")
     @classmethod

@@ -14,8 +14,15 @@ SCHEMA_VERSION = 1
 
 #: Components a source can belong to. ``psys`` (RAPL platform domain) overlaps the package
 #: and DRAM domains: it is recorded per node for cross-checks and never attributed to a job.
-COMPONENTS: tuple[str, ...] = ("cpu", "dram", "gpu", "psys")
-ATTRIBUTED_COMPONENTS: tuple[str, ...] = ("cpu", "dram", "gpu")
+#: ``bmc`` is the node's wall energy from its BMC (agent/reconcile.py), recorded per node and
+#: never attributed either; ``other`` is what the BMC saw beyond cpu + dram + gpu (fans, NICs,
+#: disks, power-supply losses), estimated and attributed by the declared policy.
+COMPONENTS: tuple[str, ...] = ("cpu", "dram", "gpu", "psys", "bmc", "other")
+ATTRIBUTED_COMPONENTS: tuple[str, ...] = ("cpu", "dram", "gpu", "other")
+#: Components recorded per node only: a share of them for a job is refused.
+NODE_ONLY_COMPONENTS: tuple[str, ...] = ("psys", "bmc")
+#: The refusal of a job share of the BMC's own figure (its ``other`` part is what jobs get).
+BMC_NOT_ATTRIBUTED = "bmc energy is the node's wall figure and is never attributed to jobs"
 #: Phases a job can announce.
 PHASES: tuple[str, ...] = ("training", "inference", "other")
 

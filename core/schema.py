@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from jobenergy.core.limits import (  # noqa: F401 - the contract's limits, re-exported
     ATTRIBUTED_COMPONENTS,
+    BMC_NOT_ATTRIBUTED,
     JOB_ID_PATTERN,
     MAX_ALIVE_US,
     MAX_COUNT,
@@ -37,6 +38,7 @@ from jobenergy.core.limits import (  # noqa: F401 - the contract's limits, re-ex
     MAX_UID,
     MAX_WRAPS,
     NO_NUL_PATTERN,
+    NODE_ONLY_COMPONENTS,
     SCHEMA_VERSION,
     TIME_MAX,
     TIME_MIN,
@@ -46,7 +48,7 @@ from jobenergy.core.limits import (  # noqa: F401 - the contract's limits, re-ex
 #: Components a source can belong to (``limits.COMPONENTS``). ``psys`` (RAPL platform
 #: domain) overlaps the package and DRAM domains: it is recorded per node for cross-checks
 #: and never attributed to a job.
-Component = Literal["cpu", "dram", "gpu", "psys"]
+Component = Literal["cpu", "dram", "gpu", "psys", "bmc", "other"]
 
 
 def Text(max_length: int, min_length: int = 0) -> Any:
@@ -99,6 +101,8 @@ class SourceEnergy(WireModel):
             )
         if self.component == "psys" and self.jobs_uj:
             raise ValueError("psys energy overlaps cpu/dram and is never attributed to jobs")
+        if self.component == "bmc" and self.jobs_uj:
+            raise ValueError(BMC_NOT_ATTRIBUTED)
         return self
 
 

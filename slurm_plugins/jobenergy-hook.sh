@@ -3,9 +3,12 @@
 # epilog_slurmctld), called by the thin prolog.sh/epilog.sh/... wrappers under `timeout`.
 #
 #   prolog            (node, root)  write <gpu_map_dir>/<job_id> = SLURM_JOB_GPUS (empty for
-#                                   CPU jobs) and start=<now> for the agent; send a start
-#                                   event with the GPUs
-#   epilog            (node, root)  add end=<now> to the map; send an end event; remove the
+#                                   CPU jobs), start=<now> and, for a job with
+#                                   --energy-limit, energy_limit_uj= and nodes= for the agent;
+#                                   send a start event with the GPUs
+#   epilog            (node, root)  add end=<now> to the map; send an end event (with what
+#                                   the agent did at the job's energy limit on this node:
+#                                   <limit_dir>/<job_id>, agent/energy_limits.py); remove the
 #                                   map a few seconds later
 #                                   (JOBENERGY_GPU_MAP_LINGER_S, longer than the agent's
 #                                   interval_s: its next sample must still see it)
@@ -47,7 +50,7 @@
 #   JOBENERGY_ALLOW_INSECURE    1: allow plain http:// to a host other than loopback
 #                               (127.0.0.0/8, ::1, localhost); otherwise such posts are
 #                               refused and the event kept
-#   JOBENERGY_GPU_MAP_DIR, JOBENERGY_OUTBOX, JOBENERGY_CURL_TIMEOUT_S,
+#   JOBENERGY_GPU_MAP_DIR, JOBENERGY_LIMIT_DIR (the agents' limit_dir), JOBENERGY_OUTBOX, JOBENERGY_CURL_TIMEOUT_S,
 #   JOBENERGY_GPU_MAP_LINGER_S, JOBENERGY_FLUSH_MAX, JOBENERGY_SYNC_CMD, JOBENERGY_SYNC_FROM
 #   JOBENERGY_CURL              the curl program (default: curl in PATH); for tests and
 #                               packaging
@@ -64,6 +67,7 @@ JE_CONF=${JOBENERGY_HOOK_CONF:-/etc/jobenergy/slurm-hooks.env}  # users cannot s
 JOBENERGY_URL=http://127.0.0.1:8080
 JOBENERGY_CLUSTER=
 JOBENERGY_GPU_MAP_DIR=/run/jobenergy/gpus/${SLURMD_NODENAME:-$(hostname -s)}  # the agent's per-node default
+JOBENERGY_LIMIT_DIR=/run/jobenergy/limits/${SLURMD_NODENAME:-$(hostname -s)}  # the agent's limit_dir default
 JOBENERGY_OUTBOX=/var/spool/jobenergy/outbox
 JOBENERGY_CURL_TIMEOUT_S=3
 JOBENERGY_GPU_MAP_LINGER_S=3
@@ -100,15 +104,50 @@ je_list() {
   printf '[%s]' "$out"
 }
 
-# Tags: SPANK options (--energy-model/--energy-phase/--energy-tag) and Slurm array/het ids.
+# The job's --energy-limit in µJ (SPANK_ENERGY_LIMIT_UJ), when it is one: users' clients
+# set SPANK_* variables, so only digits within the plugin's bounds (1 J .. 1 GWh) count.
+je_limit_uj() {
+  local v=${SPANK_ENERGY_LIMIT_UJ:-}
+  # 19 digits on both sides: string order is numeric order (bash's integers would wrap).
+  # shellcheck disable=SC2071
+  [[ "$v" =~ ^[1-9][0-9]{6,18}$ ]] && { (( ${#v} < 19 )) || [[ "$v" < 3600000000000000001 ]]; } \
+    && printf '%s' "$v"
+}
+
+# What this node's agent did at the job's energy limit (<limit_dir>/<job>, root's, 0600:
+# warned_uj= / exceeded_uj= / cancelled_uj=, the job's energy here when it acted), as tags.
+je_limit_tags() {
+  local f=$JOBENERGY_LIMIT_DIR/$JOB line k v out="" action=""
+  [ -f "$f" ] && [ ! -L "$f" ] || return 0
+  while IFS= read -r line; do
+    k=${line%%=*}; v=${line#*=}
+    case "$k" in warned_uj|exceeded_uj|cancelled_uj) ;; *) continue ;; esac
+    [[ "$v" =~ ^[0-9]{1,19}$ ]] || continue
+    out+=",\"energy_limit_$k\":\"$v\""
+    action=${k%_uj}   # the file lists them in order: the last is the strongest
+  done < <(head -c 4000 -- "$f")
+  [ -n "$action" ] && out+=",\"energy_limit_action\":\"$action\""
+  printf '%s' "${out#,}"
+}
+
+# Tags: SPANK options (--energy-model/--energy-phase/--energy-tag/--energy-limit), Slurm
+# array/het ids, and on a node's epilog what the agent did at the energy limit.
 je_tags() {
-  local out="" kv k v
+  local out="" kv k v limit
   local IFS=';'
   for kv in ${SPANK_ENERGY_TAGS:-}; do
     k=${kv%%=*}; v=${kv#*=}
+    # energy_limit_* tags are the agent's and the plugin's record: users cannot forge them.
+    [[ "$k" == energy_limit* ]] && continue
     [ -n "$k" ] && [ "$k" != "$kv" ] && out+="${out:+,}$(je_str "$k"):$(je_str "$v")"
   done
   unset IFS
+  limit=$(je_limit_uj)
+  [ -n "$limit" ] && out+="${out:+,}\"energy_limit_uj\":\"$limit\""
+  if [ "$JE_ROLE" = epilog ]; then
+    kv=$(je_limit_tags)
+    [ -n "$kv" ] && out+="${out:+,}$kv"
+  fi
   [ -n "${SPANK_ENERGY_MODEL:-}" ] && out+="${out:+,}\"model\":$(je_str "$SPANK_ENERGY_MODEL")"
   [ -n "${SPANK_ENERGY_PHASE:-}" ] && out+="${out:+,}\"phase\":$(je_str "$SPANK_ENERGY_PHASE")"
   [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && out+="${out:+,}\"array_job_id\":$(je_str "$SLURM_ARRAY_JOB_ID")"
@@ -378,9 +417,16 @@ case "$JE_ROLE" in
     # Line 1: the GPUs; start=: when the job began here (agent/jobmap.py).
     # Modes: folder 0700, files 0600, root's, whatever the site's umask: the agent (root)
     # trusts them, so nobody else may write them, and nobody else needs to read them.
+    # energy_limit_uj= and nodes=: the job's --energy-limit, which each node's agent
+    # enforces as its even share (agent/energy_limits.py).
+    JE_LIMIT=$(je_limit_uj)
+    if [ -n "$JE_LIMIT" ]; then
+      JE_NODES=$(timeout 2 scontrol show hostnames "${SLURM_JOB_NODELIST:-${SLURM_NODELIST:-}}" 2>/dev/null | wc -l)
+      JE_LIMIT=$(printf 'energy_limit_uj=%s\nnodes=%s\n' "$JE_LIMIT" "$(( JE_NODES > 0 ? JE_NODES : 1 ))")
+    fi
     ( umask 077 && mkdir -p "$JOBENERGY_GPU_MAP_DIR" && chmod 0700 "$JOBENERGY_GPU_MAP_DIR" \
       && rm -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
-      && printf '%s\nstart=%s\n' "${SLURM_JOB_GPUS:-}" "$(date +%s.%N)" > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
+      && printf '%s\nstart=%s\n%s' "${SLURM_JOB_GPUS:-}" "$(date +%s.%N)" "${JE_LIMIT:+$JE_LIMIT$'\n'}" > "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" \
       && mv -f "$JOBENERGY_GPU_MAP_DIR/.$JOB.tmp" "$JOBENERGY_GPU_MAP_DIR/$JOB" ) \
       || je_log "cannot write job map in $JOBENERGY_GPU_MAP_DIR"
     je_send "$(je_event start "$(je_gpu_json)")" ;;

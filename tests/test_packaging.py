@@ -66,6 +66,7 @@ ROLE_FILES = [
     "jobenergy/slurm_plugins/epilog.sh",
     "jobenergy/slurm_plugins/prolog_slurmctld.sh",
     "jobenergy/slurm_plugins/epilog_slurmctld.sh",
+    "jobenergy/slurm_plugins/job_submit.lua",
     "jobenergy/deploy/INSTALL.md",
     "jobenergy/deploy/agent.toml.example",
     "jobenergy/deploy/server.toml.example",

@@ -89,7 +89,7 @@ _FLOAT = st.one_of(
 @st.composite
 def _source(draw, name: str, jobs: list[str]) -> dict:
     component = draw(st.sampled_from(limits.COMPONENTS))
-    holders = [] if component == "psys" else draw(
+    holders = [] if component in limits.NODE_ONLY_COMPONENTS else draw(
         st.lists(st.sampled_from(jobs), max_size=4, unique=True))
     shares = {j: draw(_int(10**17)) for j in holders}
     unattributed = draw(_int(10**17))
@@ -239,7 +239,7 @@ def broken(draw, fields: dict) -> dict:
     if kind == "source" and draw(st.integers(0, 5)) == 0:
         rec["measured_uj"] = rec["measured_uj"] + 1 if type(rec["measured_uj"]) is int else 0
     if kind == "source" and draw(st.integers(0, 5)) == 0 and isinstance(rec["jobs_uj"], dict):
-        rec["component"] = "psys"
+        rec["component"] = draw(st.sampled_from(limits.NODE_ONLY_COMPONENTS))
     return out
 
 

@@ -116,6 +116,17 @@ def _check_hooks(root: Path, sync: bool) -> None:
         assert hook.read_text().startswith("#!/bin/bash\n# jobenergy-setup: sha256=")
         subprocess.run(["bash", "-n", str(hook)], check=True)
     assert _mode(root / "var/spool/jobenergy/outbox") == 0o700
+    # The budget submit script, where slurmctld looks for it; the marker line setup adds
+    # first is a '#' line, which Lua's loadfile skips.
+    submit = root / "etc/slurm/job_submit.lua"
+    assert _mode(submit) == 0o644
+    assert submit.read_text().startswith("# jobenergy-setup: sha256=")
+    if shutil.which("lua5.1"):
+        out = subprocess.run(["lua5.1", "-e", "slurm = {SUCCESS = 0}", "-e",
+                              f"assert(loadfile('{submit}'))()", "-e",
+                              "assert(type(slurm_job_submit) == 'function')"],
+                             capture_output=True, text=True, check=False)
+        assert out.returncode == 0, out.stderr
     plugin = root / "usr/local/lib/slurm/spank_jobenergy.so"
     assert plugin.read_bytes()[:4] == b"\x7fELF" and b"slurm_spank_init" in plugin.read_bytes()
     stack = (root / "etc/slurm/plugstack.conf.d/jobenergy.conf").read_text()

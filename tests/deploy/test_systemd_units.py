@@ -47,9 +47,11 @@ def _service(name: str) -> dict[str, list[str]]:
 
 
 def test_every_unit_is_checked():
-    assert SERVICES == ["jobenergy-agent.service", "jobenergy-db-maintain.service",
-                        "jobenergy-server.service", "jobenergy-slurm-sync.service"]
-    assert TIMERS == ["jobenergy-db-maintain.timer", "jobenergy-slurm-sync.timer"]
+    assert SERVICES == ["jobenergy-agent.service", "jobenergy-budget-state.service",
+                        "jobenergy-db-maintain.service", "jobenergy-server.service",
+                        "jobenergy-slurm-sync.service"]
+    assert TIMERS == ["jobenergy-budget-state.timer", "jobenergy-db-maintain.timer",
+                      "jobenergy-slurm-sync.timer"]
 
 
 @pytest.mark.parametrize("unit", SERVICES)
@@ -114,6 +116,12 @@ def test_state_folders_are_created_by_the_units():
     sync = _service("jobenergy-slurm-sync.service")
     assert sync["StateDirectory"] == ["jobenergy"]
     assert sync["ReadWritePaths"] == ["-/var/spool/jobenergy/outbox"]
+    # The budget state goes where job_submit.lua reads it, in the folder the unit makes.
+    budget = _service("jobenergy-budget-state.service")
+    assert budget["StateDirectory"] == ["jobenergy"]
+    assert budget["ExecStart"][0].endswith("--out /var/lib/jobenergy/budget.state")
+    lua = (UNITS.parents[1] / "slurm_plugins" / "job_submit.lua").read_text()
+    assert 'local STATE_FILE = "/var/lib/jobenergy/budget.state"' in lua
 
 
 def test_server_is_started_once_healthz_answers():

@@ -1,0 +1,124 @@
+"""What each budget has used in its current period, from the stored per-job hourly figures.
+
+Usage is the facility energy (PUE-adjusted, ``facility_uj``) or the CO2e (``co2e_ug``) of the
+matching jobs' hours in ``job_energy_hour`` within the period (``core/budgets.py``), so it is
+the same figure, priced with the same factors, as each job's own (``collector/hours.py``); a
+factor change re-prices the hours and the budgets with them. A job matches by its ``user`` and
+``account`` in ``job`` (from Slurm's events): energy of a job whose metadata has not arrived
+yet counts once it has.
+
+Cost: one GROUP BY (user, account) per distinct (cluster, period window), over that window's
+job hours (index ``(cluster, hour_at)``, then the job row by primary key), however many
+budgets share the window; a month of a large cluster is one range scan of its job hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, select
+
+from jobenergy.collector.models import Budget, Job, JobEnergyHour
+from jobenergy.core.budget_state import StateEntry
+from jobenergy.core.budgets import Window, current_window, limit_inner, projected
+
+#: (user, account) of jobs → (facility µJ, CO2e µg) used in one window.
+Usage = dict[tuple[str | None, str | None], tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """A budget and where it stands now.
+
+    Attributes:
+        budget: The ``budget`` row's columns.
+        window: The period counted now.
+        used: Usage so far in the inner unit (facility µJ for ``kwh``, µg for ``kg_co2e``).
+        limit: The limit in the same unit.
+        projected: Usage at the period's end at the rate so far (None before it starts).
+        active: The period has started and not ended (a range outside its bounds is not).
+    """
+
+    budget: dict[str, Any]
+    window: Window
+    used: int
+    limit: int
+    projected: int | None
+    active: bool
+
+    @property
+    def over(self) -> bool:
+        """Return True once usage reached the limit."""
+        return self.used >= self.limit
+
+
+def load(conn: Connection, cluster: str | None = None, budget_id: int | None = None
+         ) -> list[dict[str, Any]]:
+    """Return every budget (of one cluster; the one with ``budget_id``), by id."""
+    stmt = select(Budget.__table__).order_by(Budget.id)
+    if cluster is not None:
+        stmt = stmt.where(Budget.cluster == cluster)
+    if budget_id is not None:
+        stmt = stmt.where(Budget.id == budget_id)
+    return [dict(row._mapping) for row in conn.execute(stmt)]
+
+
+def window_usage(conn: Connection, cluster: str, window: Window) -> Usage:
+    """Return the facility µJ and CO2e µg of each (user, account) of ``cluster``'s jobs in
+    ``window`` (UTC hours ``start <= hour_at < end``)."""
+    h = JobEnergyHour
+    stmt = (
+        select(Job.user, Job.account, func.sum(h.facility_uj), func.sum(h.co2e_ug))
+        .select_from(h)
+        .join(Job, and_(Job.cluster == h.cluster, Job.job_id == h.job_id))
+        .where(h.cluster == cluster, h.hour_at >= window.start, h.hour_at < window.end)
+        .group_by(Job.user, Job.account)
+    )
+    return {(user, account): (int(facility or 0), int(co2e or 0))
+            for user, account, facility, co2e in conn.execute(stmt)}
+
+
+def matches(budget: dict[str, Any], user: str | None, account: str | None) -> bool:
+    """Return True when a job of ``user`` in ``account`` counts against ``budget``."""
+    if budget["scope"] in ("user", "account_user") and user != budget["user"]:
+        return False
+    return budget["scope"] == "user" or account == budget["account"]
+
+
+def statuses(conn: Connection, budgets: Iterable[dict[str, Any]], now: datetime
+             ) -> list[BudgetStatus]:
+    """Return each budget's status at ``now``, one usage query per distinct window."""
+    usages: dict[tuple[str, datetime, datetime], Usage] = {}
+    out = []
+    for budget in budgets:
+        window = current_window(budget["period"], now, budget["start_at"], budget["end_at"])
+        key = (budget["cluster"], window.start, window.end)
+        if key not in usages:
+            usages[key] = window_usage(conn, budget["cluster"], window)
+        column = 0 if budget["unit"] == "kwh" else 1
+        used = sum(values[column] for (user, account), values in usages[key].items()
+                   if matches(budget, user, account))
+        out.append(BudgetStatus(
+            budget=budget, window=window, used=used,
+            limit=limit_inner(budget["unit"], budget["limit_uj"], budget["limit_mg"]),
+            projected=projected(used, window, now),
+            active=window.start <= now < window.end))
+    return out
+
+
+def state_entry(status: BudgetStatus) -> StateEntry:
+    """Return one budget as the state file holds it (``resets_at``: the window's end)."""
+    b = status.budget
+    return StateEntry(
+        id=b["id"], scope=b["scope"], account=b["account"], user=b["user"],
+        policy=b["submit_policy"], unit=b["unit"], period=b["period"], used=status.used,
+        limit=status.limit, resets_at=int(status.window.end.timestamp()))
+
+
+def state_entries(conn: Connection, now: datetime, cluster: str | None = None
+                  ) -> list[StateEntry]:
+    """Return the budgets whose period is under way at ``now``, as the state file holds them."""
+    return [state_entry(s) for s in statuses(conn, load(conn, cluster), now) if s.active]
