@@ -143,6 +143,8 @@ class Agent:
             settings.limit_dir, settings.scancel_path, policy=settings.limit_policy,
             warn_fraction=settings.limit_warn_fraction,
             warn_signal=settings.limit_warn_signal, registry=self.metrics.registry)
+        # The collector's answers name the running jobs a budget applies to (warn, cancel).
+        self.pusher.on_accepted = self.energy_limits.budget_answer
         self.annotations: AnnotationServer | None = None
         self._prev: Sample | None = None
         self._coalescer = Coalescer(

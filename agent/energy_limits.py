@@ -18,13 +18,27 @@ share of the limit here:
   then ``scancel``, which ends the job as CANCELLED after Slurm's KillWait; ``warn`` sends
   the warning signal once more (the limit is reached) and lets the job run.
 
-Each action is taken at most once per job and node. What was done is written to
+**Budgets** (``running_policy`` warn|cancel of ``jobenergy budget set``) are decided by the
+collector, which sees every node's jobs: its answer to a batch names the batch's running jobs
+under a budget at 90 % (``warn``) or 100 % (``exceeded`` under ``warn``, ``cancel``), parsed
+strictly by :mod:`.budget_actions`. :meth:`EnergyLimits.budget_answer` queues them (the
+pusher's thread); the next :meth:`EnergyLimits.observe` (the sampling thread, which owns every
+record) takes those whose job is in this node's map and not ended, with the same signals,
+records and ``scancel`` worker as a job's own limit; an action naming any other job is
+ignored and counted. Each record then also holds ``budget_id=``: the budget that took the
+job's latest action (actions only grow stronger, so the strongest: the epilog's
+``energy_limit_action``). The job's energy recorded for a budget action is what this agent
+counted of it on this node since the agent started (a job without ``--energy-limit`` has no
+record before it).
+
+Each action is taken at most once per job and node, whoever asks for it. What was done is written to
 ``<limit_dir>/<job_id>`` (root's, 0600) *before* ``scancel`` runs, so an agent restart
 neither repeats a signal nor forgets the energy counted so far (written at least every
 ``_PERSIST_EVERY_S``; energy of the agent's own downtime is the node's unattributed, as
 everywhere). The node epilog reads that file into the job's end event (tags
 ``energy_limit_warned_uj``, ``energy_limit_exceeded_uj``, ``energy_limit_cancelled_uj``: the
-job's energy on this node when the agent acted; ``energy_limit_action``), which is how the
+job's energy on this node when the agent acted; ``energy_limit_action``;
+``energy_limit_budget_id`` when a budget took it), which is how the
 reason reaches the job's API record and, through ``jobenergy slurm sync``, its
 AdminComment. The file is removed once the job has left the map (the epilog has run).
 
@@ -40,7 +54,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import subprocess
 import threading
 import time
@@ -50,15 +63,19 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
-from jobenergy.agent.jobmap import JobMapEntry
+from jobenergy.agent.budget_actions import ACTIONS, BudgetAction, parse_budget_actions
+from jobenergy.agent.jobmap import SLURM_JOB_ID_RE, JobMapEntry
 from jobenergy.agent.records import SampledInterval
 
 logger = logging.getLogger(__name__)
 
-#: Slurm job ids are digits (array tasks and het components have ids of their own): the only
-#: names that reach scancel's argv.
-SLURM_JOB_ID_RE = re.compile(r"[1-9][0-9]{0,9}")
-_RECORD_KEYS = ("limit_uj", "energy_uj", "warned_uj", "exceeded_uj", "cancelled_uj")
+__all__ = ["SLURM_JOB_ID_RE", "EnergyLimits", "LimitRecord", "parse_record"]
+
+#: The record's keys in the order written: the epilog takes the last action key as the job's.
+_RECORD_KEYS = ("limit_uj", "energy_uj", "budget_id", "warned_uj", "exceeded_uj",
+                "cancelled_uj")
+#: Action strength (budget actions queued between two intervals: the strongest is kept).
+_STRENGTH = {action: n for n, action in enumerate(ACTIONS)}
 #: How often a limited job's running energy is written to its file (actions: at once).
 _PERSIST_EVERY_S = 5.0
 #: A job missing from the map this long is forgotten (a map read that failed once must not
@@ -72,15 +89,18 @@ class LimitRecord:
     """One limited job on this node.
 
     Attributes:
-        limit_uj: This node's share of the job's limit, µJ.
+        limit_uj: This node's share of the job's limit, µJ (None: no ``--energy-limit``, a
+            budget acted on the job).
         energy_uj: The job's energy on this node so far, µJ.
+        budget_id: The budget that took the latest action (None: the job's own limit did).
         warned_uj: Its energy when the warning signal was sent (None: not yet).
         exceeded_uj: When the limit was reached under the ``warn`` policy.
         cancelled_uj: When the job was cancelled.
     """
 
-    limit_uj: int
+    limit_uj: int | None = None
     energy_uj: int = 0
+    budget_id: int | None = None
     warned_uj: int | None = None
     exceeded_uj: int | None = None
     cancelled_uj: int | None = None
@@ -92,14 +112,15 @@ class LimitRecord:
 
 
 def parse_record(text: str) -> LimitRecord | None:
-    """Parse a record file; None when it holds no valid ``limit_uj``."""
+    """Parse a record file; None when it holds neither a valid ``limit_uj`` nor ``budget_id``."""
     values: dict[str, int] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and key in _RECORD_KEYS and value.isascii() and value.isdigit() and len(value) < 20:
             values[key] = int(value)
-    if not values.get("limit_uj"):
+    if not values.get("limit_uj") and not values.get("budget_id"):
         return None
+    values["limit_uj"] = values.get("limit_uj") or None
     return LimitRecord(**values)
 
 
@@ -144,6 +165,11 @@ class EnergyLimits:
         self._records: dict[str, LimitRecord] = {}
         self._written_at: dict[str, float] = {}
         self._missing_since: dict[str, float] = {}
+        # Energy of this node's jobs without a record, so a budget action can record it.
+        self._seen_uj: dict[str, int] = {}
+        # Budget actions from the pusher's thread, taken by the next observe(): job -> action.
+        self._budget_lock = threading.Lock()
+        self._budget_pending: dict[str, BudgetAction] = {}
         self._loaded = False
         self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -156,8 +182,20 @@ class EnergyLimits:
             "jobenergy_agent_energy_limit_scancel_failures",
             "scancel runs for energy limits that failed (non-zero exit, timeout, not found)",
             registry=registry)
-        for action in ("warn", "exceeded", "cancel"):
+        self.budget_actions = Counter(
+            "jobenergy_agent_budget_actions",
+            "Of those, the actions a budget's running policy took (the collector's answer)",
+            ["action"], registry=registry)
+        self.budget_actions_ignored = Counter(
+            "jobenergy_agent_budget_actions_ignored",
+            "Budget actions not taken: not_running (the job is not in this node's map, or "
+            "ended), invalid (the answer's entry failed the checks)",
+            ["reason"], registry=registry)
+        for action in ACTIONS:
             self.actions.labels(action)
+            self.budget_actions.labels(action)
+        for reason in ("not_running", "invalid"):
+            self.budget_actions_ignored.labels(reason)
 
     # -- tracking ----------------------------------------------------------------------
     def observe(self, job_map: Mapping[str, JobMapEntry], interval: SampledInterval) -> None:
@@ -170,36 +208,37 @@ class EnergyLimits:
         if not self._loaded:
             self._load()
         now = time.monotonic()
-        limited = {j: e for j, e in job_map.items() if e.energy_limit_uj is not None}
-        if not limited and not self._records:
-            return
         energy_uj: dict[str, int] = {}
         for src in interval.sources:
             for job_id, uj in src.jobs_uj.items():
-                if job_id in limited:
-                    energy_uj[job_id] = energy_uj.get(job_id, 0) + uj
-        for job_id, entry in limited.items():
+                energy_uj[job_id] = energy_uj.get(job_id, 0) + uj
+        for job_id, entry in job_map.items():
             self._missing_since.pop(job_id, None)
             record = self._records.get(job_id)
-            if record is None:
-                assert entry.energy_limit_uj is not None
+            if record is None and entry.energy_limit_uj is not None:
                 record = self._records[job_id] = LimitRecord(
-                    node_share_uj(entry.energy_limit_uj, entry.nodes))
+                    node_share_uj(entry.energy_limit_uj, entry.nodes),
+                    energy_uj=self._seen_uj.pop(job_id, 0))
                 logger.info("energy limit tracked job_id=%s limit_uj=%s node_share_uj=%s",
                             job_id, entry.energy_limit_uj, record.limit_uj)
+            if record is None:
+                self._seen_uj[job_id] = self._seen_uj.get(job_id, 0) + energy_uj.get(job_id, 0)
+                continue
             record.energy_uj += energy_uj.get(job_id, 0)
             # After the epilog the job is over: nothing left to signal.
             acted = self._act(job_id, record) if entry.end_ns is None else False
             if acted or now - self._written_at.get(job_id, -1e18) >= _PERSIST_EVERY_S:
                 self._write(job_id, record, now)
-        for job_id in list(self._records):
-            if job_id not in limited:
-                since = self._missing_since.setdefault(job_id, now)
-                if now - since >= _FORGET_AFTER_S:
-                    self._forget(job_id)
+        self._take_budget_actions(job_map, now)
+        for job_id in [j for j in (*self._records, *self._seen_uj) if j not in job_map]:
+            since = self._missing_since.setdefault(job_id, now)
+            if now - since >= _FORGET_AFTER_S:
+                self._forget(job_id)
 
     def _act(self, job_id: str, record: LimitRecord) -> bool:
         """Take the actions due for ``record``; return True when one was taken."""
+        if record.limit_uj is None or record.cancelled_uj is not None:
+            return False  # no limit of its own; or cancelled (by a budget): nothing more
         due: list[str] = []
         # In integers: fraction in millionths, so a 1 GWh limit's threshold is exact too.
         warn_at_uj = record.limit_uj * round(self.warn_fraction * 1_000_000) // 1_000_000
@@ -213,6 +252,8 @@ class EnergyLimits:
             elif self.policy == "warn" and record.exceeded_uj is None:
                 record.exceeded_uj = record.energy_uj
                 due.append("exceeded")
+        if due:
+            record.budget_id = None  # the job's own limit took the latest action
         for action in due:
             logger.warning(
                 "energy limit action=%s job_id=%s energy_uj=%s node_limit_uj=%s",
@@ -220,6 +261,67 @@ class EnergyLimits:
             self.actions.labels(action).inc()
             self._submit(job_id, action)
         return bool(due)
+
+    # -- budgets (the collector's answers) ---------------------------------------------
+    def budget_answer(self, body: bytes) -> None:
+        """Queue the budget actions of a collector's answer to a batch (any thread)."""
+        actions, problems = parse_budget_actions(body)
+        for problem in problems:
+            logger.warning("budget action refused: %s", problem)
+        if problems:
+            self.budget_actions_ignored.labels("invalid").inc(len(problems))
+        if not actions:
+            return
+        with self._budget_lock:
+            for action in actions:
+                queued = self._budget_pending.get(action.job_id)
+                if queued is None or _STRENGTH[action.action] >= _STRENGTH[queued.action]:
+                    self._budget_pending[action.job_id] = action
+
+    def _take_budget_actions(self, job_map: Mapping[str, JobMapEntry], now: float) -> None:
+        """Take the queued budget actions of jobs running on this node; ignore the others."""
+        if not self._budget_pending:  # read without the lock: a miss waits one interval
+            return
+        with self._budget_lock:
+            pending, self._budget_pending = self._budget_pending, {}
+        for job_id, action in sorted(pending.items()):
+            entry = job_map.get(job_id)
+            if entry is None or entry.end_ns is not None:
+                logger.info("budget action ignored: job_id=%s is not running on this node "
+                            "action=%s budget_id=%s", job_id, action.action, action.budget_id)
+                self.budget_actions_ignored.labels("not_running").inc()
+                continue
+            record = self._records.get(job_id)
+            if record is None:
+                record = self._records[job_id] = LimitRecord(
+                    energy_uj=self._seen_uj.pop(job_id, 0))
+            if self._act_budget(job_id, record, action):
+                self._write(job_id, record, now)
+
+    def _act_budget(self, job_id: str, record: LimitRecord, action: BudgetAction) -> bool:
+        """Take a budget's action unless the job had it (or a stronger one); True if taken."""
+        energy = record.energy_uj
+        if record.cancelled_uj is not None:
+            return False
+        if action.action == "cancel":
+            record.cancelled_uj = energy
+        elif action.action == "exceeded" and record.exceeded_uj is None:
+            # One signal says both "nearly" and "reached": the 90 % one was never sent.
+            record.warned_uj = energy if record.warned_uj is None else record.warned_uj
+            record.exceeded_uj = energy
+        elif action.action == "warn" and record.warned_uj is None:
+            record.warned_uj = energy
+        else:
+            return False
+        record.budget_id = action.budget_id
+        logger.warning(
+            "budget action=%s job_id=%s budget_id=%s used_inner=%s limit_inner=%s unit=%s "
+            "energy_uj=%s", action.action, job_id, action.budget_id, action.used_inner,
+            action.limit_inner, action.unit, energy)
+        self.actions.labels(action.action).inc()
+        self.budget_actions.labels(action.action).inc()
+        self._submit(job_id, action.action)
+        return True
 
     # -- records on disk ---------------------------------------------------------------
     def _load(self) -> None:
@@ -262,7 +364,10 @@ class EnergyLimits:
             logger.error("cannot write energy limit record path=%s err=%s", path, err)
 
     def _forget(self, job_id: str) -> None:
-        self._records.pop(job_id, None)
+        self._seen_uj.pop(job_id, None)
+        if self._records.pop(job_id, None) is None:
+            self._missing_since.pop(job_id, None)
+            return  # never had a record: no file
         self._written_at.pop(job_id, None)
         self._missing_since.pop(job_id, None)
         try:

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: A map file is named after the job id (the wire schema's JobId pattern).
 JOB_NAME_RE = re.compile(r"[A-Za-z0-9_.+:\-]{1,64}")
+#: Slurm job ids are digits (array tasks and het components have ids of their own): the only
+#: names that reach scancel's argv (agent/energy_limits.py, agent/budget_actions.py).
+SLURM_JOB_ID_RE = re.compile(r"[1-9][0-9]{0,9}")
 _MAX_MAP_BYTES = 4096
 #: A file changed this recently when it was read may change again with the same stat
 #: (inode, size, mtime, ctime): timestamps are taken from a coarse clock (a jiffy, ≤ 10 ms).

@@ -14,6 +14,10 @@ with the collector's answer, counted in ``jobenergy_agent_batches_rejected_total
 else (connection refused, 5xx, timeouts) is retried with exponential backoff and jitter; a
 failure is logged at WARNING when it starts or its reason changes, its repeats at DEBUG, and
 the first delivery after it at INFO (an outage of hours is two lines, not one per retry).
+
+The body of each 2xx answer goes to ``on_accepted`` (the agent's budget actions,
+``agent/energy_limits.py``), after the batch left the spool: an error there is logged and
+never costs a delivery.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import random
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 from jobenergy.agent.httpclient import HttpClient, Response, TransportError
 from jobenergy.agent.metrics import AgentMetrics
@@ -67,6 +72,7 @@ class Pusher:
         sign: How requests are signed (``core/signing.py``: MUNGE, bearer); None: not at all.
         verify: How an ``https://`` collector is verified
             (``core/signing.transport_verify``: a TLS context; False: not at all).
+        on_accepted: Called with the body of each 2xx answer (in the sender's thread).
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class Pusher:
         metrics: AgentMetrics | None = None,
         sign: Signer | None = None,
         verify: bool | ssl.SSLContext = False,
+        on_accepted: Callable[[bytes], None] | None = None,
     ) -> None:
         self.url = collector_url.rstrip("/") + "/api/v1/batches"
         self.spool = spool
@@ -87,6 +94,7 @@ class Pusher:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.metrics = metrics
+        self.on_accepted = on_accepted
         self.sent_total = 0
         self.failures_total = 0
         self._client = HttpClient(self.url, timeout_s=timeout_s, verify=verify, sign=sign,
@@ -145,6 +153,7 @@ class Pusher:
                     logger.info("push delivered again after failed_pushes=%s",
                                 self._failed_in_row)
                     self._failing, self._failed_in_row = None, 0
+                self._accepted(resp)
                 continue
             if resp.status_code in _AUTH_4XX:
                 self._failed(f"collector answered HTTP {resp.status_code}: "
@@ -156,6 +165,14 @@ class Pusher:
             self._failed(f"collector answered HTTP {resp.status_code}")
             return False
         return True
+
+    def _accepted(self, resp: Response) -> None:
+        if self.on_accepted is None:
+            return
+        try:
+            self.on_accepted(resp.content)
+        except Exception:  # a bug there must not stop deliveries
+            logger.exception("the collector's answer could not be handled")
 
     def _refused(self, batch: SpooledBatch, resp: Response) -> None:
         """Keep a refused batch in ``rejected/``, count it and log it, once."""

@@ -31,6 +31,7 @@ from jobenergy.api.routes_series import router as series_router
 from jobenergy.api.web import pages
 from jobenergy.collector import budget_writer, rollups, routes_clusters, routes_metrics
 from jobenergy.collector import routes as collector_routes
+from jobenergy.collector.budget_running import RunningBudgets
 from jobenergy.collector.clusters import apply_server_defaults
 from jobenergy.collector.db import make_engine, schema_revision_problem, upgrade
 from jobenergy.collector.metrics import CollectorMetrics, operation_of
@@ -199,14 +200,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
                  else rollups.Refresher(engine, settings.rollup_interval_s,
                                         leaderboards.all_time_totals))
 
-    state_writer = (None if settings.read_only or settings.budget_state_file is None
-                    else budget_writer.StateWriter(
-                        engine, settings.budget_state_file, settings.budget_state_interval_s,
-                        settings.budget_state_cluster))
+    # Budgets: the running jobs' view (answered with each batch) and, where configured, the
+    # submit script's state file, recomputed together (collector/budget_writer.py).
+    running_budgets = RunningBudgets()
+    budget_refresher = (None if settings.read_only
+                        else budget_writer.BudgetRefresher(
+                            engine, running_budgets, settings.budget_state_interval_s,
+                            settings.budget_state_file, settings.budget_state_cluster))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        background = [w for w in (refresher, state_writer) if w is not None]
+        background = [w for w in (refresher, budget_refresher) if w is not None]
         for worker in background:
             worker.start()
         try:
@@ -227,6 +231,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.defaults_synced = synced
+    app.state.running_budgets = running_budgets
     app.state.sessionmaker = sessionmaker(engine, expire_on_commit=False)
     app.include_router(collector_routes.router)
     app.include_router(routes_jobs.router)

@@ -7,8 +7,9 @@ AdminComment is one free-text field that several tools share: Princeton's jobsta
   decimals, never an exponent) or, for a job no energy source measured,
   ``energy=unmeasured``, followed by ``limit=cancelled`` (or ``exceeded``, ``warned``) for
   a job the node agent acted on at its ``--energy-limit`` (the job's ``energy_limit_*``
-  tags). It is appended after the other content with one space, or stands alone when there
-  is none.
+  tags), then ``budget_id=7`` when a budget's running policy took that action instead
+  (``energy_limit_budget_id``). It is appended after the other content with one space, or
+  stands alone when there is none.
 * Replacing it removes exactly that segment and the one space written before it, wherever
   it is (another tool may have appended after it): every other byte, whitespace and
   newlines included, stays as it was.
@@ -45,7 +46,8 @@ _SEGMENT = re.compile(
     r"(?<![^ ])(?:"
     + " ".join(f"{key}={_VALUE}" for key in SUMMARY_KEYS)
     + "|" + re.escape(UNMEASURED)
-    + r")(?: limit=(?:" + "|".join(value for _tag, value in LIMIT_ACTIONS) + r"))?(?!\S)"
+    + r")(?: limit=(?:" + "|".join(value for _tag, value in LIMIT_ACTIONS)
+    + r")(?: budget_id=[0-9]{1,19})?)?(?!\S)"
 )
 
 
@@ -72,6 +74,9 @@ def format_summary(job: dict[str, Any]) -> str:
     """Return our AdminComment segment for a ``GET /api/v1/jobs/{id}`` answer."""
     action = limit_action(job)
     suffix = f" limit={action}" if action else ""
+    budget_id = str((job.get("tags") or {}).get("energy_limit_budget_id") or "")
+    if action and budget_id.isascii() and budget_id.isdigit() and len(budget_id) <= 19:
+        suffix += f" budget_id={budget_id}"  # only digits: the segment stays recognisable
     if is_unmeasured(job):
         return UNMEASURED + suffix
     gpu_uj = int((job.get("by_component") or {}).get("gpu") or 0)

@@ -11,8 +11,10 @@
 The scope follows from the names given: ``--user`` alone, ``--account`` alone, or both (that
 user's jobs in that account). Limits are facility energy (Wh, kWh, MWh, GWh) or CO2e (g, kg,
 t); periods are UTC (``core/budgets.py``). ``--policy`` is what the submit script does over
-budget (``deny``, the default, or ``warn``); ``--running`` what the agent does to running
-jobs (``none``, ``warn``, ``cancel``). ``--url`` defaults to ``$JOBENERGY_URL``.
+budget (``deny``, the default, or ``warn``); ``--running`` what the agents do to its running
+jobs (``none``; ``warn``: the warning signal at 90 % and 100 %; ``cancel``: the signal at
+90 %, cancelled at 100 %; ``collector/budget_running.py``). ``--url`` defaults to
+``$JOBENERGY_URL``.
 """
 
 from __future__ import annotations

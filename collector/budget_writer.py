@@ -1,71 +1,102 @@
-"""The server's own writer of the budget state file (``budget_state_file``).
+"""The server's budget loop: the budget state file and the budgets enforced on running jobs.
 
-Where the collector runs on the Slurm controller, it keeps ``job_submit.lua``'s state file
-current itself, every ``budget_state_interval_s``, instead of the ``jobenergy budget
-write-state`` timer. A database error leaves the last file in place: it grows stale and the
-submit script then fails open (and logs it), which is the intended degradation.
+Every ``budget_state_interval_s`` the server computes each budget's usage once and
+
+* keeps the running jobs' view current (``collector/budget_running.py``: the budgets with a
+  running policy at or past 90 %, answered to the agents with their batches);
+* where the collector runs on the Slurm controller (``budget_state_file``), writes
+  ``job_submit.lua``'s state file itself, instead of the ``jobenergy budget write-state``
+  timer.
+
+A database error leaves the last file and the last view in place: the file grows stale and
+the submit script then fails open (and logs it), which is the intended degradation; batches
+cannot be stored meanwhile either (503), so the stale view answers none.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from jobenergy.collector.budget_usage import state_entries
+from jobenergy.collector.budget_running import RunningBudgets
+from jobenergy.collector.budget_usage import load, state_entry, statuses
 from jobenergy.core.budget_state import write_state
 from jobenergy.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
-def write_once(engine: Engine, path: Path, cluster: str | None) -> int:
-    """Write the state file from the database now; return how many budgets it holds.
+def refresh_once(engine: Engine, running: RunningBudgets, path: Path | None,
+                 cluster: str | None) -> int:
+    """Recompute the running jobs' view and, with ``path``, write the state file; return how
+    many budgets were computed.
+
+    Usage is summed once for both: every budget's when the file is written, else only those
+    with a running policy (none: one small read of the budget table).
 
     Raises:
-        SQLAlchemyError: The database could not be read (nothing written).
-        ConfigError: The file could not be written.
+        SQLAlchemyError: The database could not be read (nothing changed).
+        ConfigError: The file could not be written (the view was updated).
     """
+    started = time.monotonic()
     now = datetime.now(UTC)
     with engine.connect() as conn:
-        entries = state_entries(conn, now, cluster)
-    for problem in write_state(path, entries, int(now.timestamp())):
-        logger.warning("budget state %s: %s", path, problem)
-    return len(entries)
+        budgets = load(conn)
+        if path is None:
+            budgets = [b for b in budgets if b["running_policy"] != "none"]
+        computed = statuses(conn, budgets, now)
+    running.update(computed, started)
+    if path is not None:
+        entries = [state_entry(s) for s in computed
+                   if s.active and (cluster is None or s.budget["cluster"] == cluster)]
+        for problem in write_state(path, entries, int(now.timestamp())):
+            logger.warning("budget state %s: %s", path, problem)
+    return len(computed)
 
 
-class StateWriter:
-    """Runs :func:`write_once` every ``interval_s`` in a daemon thread until :meth:`stop`."""
+class BudgetRefresher:
+    """Runs :func:`refresh_once` every ``interval_s`` in a daemon thread until :meth:`stop`.
 
-    def __init__(self, engine: Engine, path: Path, interval_s: float,
-                 cluster: str | None) -> None:
+    Args:
+        engine: The server's database.
+        running: The view the batch answers read (``app.state.running_budgets``).
+        interval_s: Seconds between two refreshes.
+        path: The state file to write (None: none here).
+        cluster: Write only this cluster's budgets into the file (the view holds all).
+    """
+
+    def __init__(self, engine: Engine, running: RunningBudgets, interval_s: float,
+                 path: Path | None = None, cluster: str | None = None) -> None:
         self._engine = engine
+        self._running = running
         self._path = path
         self._interval_s = interval_s
         self._cluster = cluster
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="jobenergy-budget-state",
+        self._thread = threading.Thread(target=self._run, name="jobenergy-budgets",
                                         daemon=True)
 
     def start(self) -> None:
-        """Start writing: once right away, then every ``interval_s``."""
+        """Start refreshing: once right away, then every ``interval_s``."""
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop after the write under way, if any."""
+        """Stop after the refresh under way, if any."""
         self._stop.set()
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                write_once(self._engine, self._path, self._cluster)
+                refresh_once(self._engine, self._running, self._path, self._cluster)
             except SQLAlchemyError as err:
-                logger.warning("budget state %s not refreshed: %s", self._path,
+                logger.warning("budgets not refreshed (state file %s): %s", self._path,
                                str(getattr(err, "orig", None) or err).splitlines()[0])
             except ConfigError as err:
                 logger.error("%s", err)

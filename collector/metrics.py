@@ -52,7 +52,7 @@ DB_METRICS_MAX_AGE_S = 5.0
 REFUSAL_STATUSES = ("400", "403", "409", "413", "415", "422")
 #: Where database errors are counted: a batch, a job event, recording a refusal, any other
 #: read or write request, and this module's own queries.
-DB_OPERATIONS = ("ingest", "event", "refusal", "read", "write", "metrics")
+DB_OPERATIONS = ("ingest", "event", "refusal", "read", "write", "metrics", "budget_actions")
 #: Ingest latency buckets, seconds (a batch of 10 s of one node takes milliseconds).
 INGEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobenergy.api.access import Access
 from jobenergy.api.authenticate import forbidden, get_access
+from jobenergy.collector.budget_running import BudgetAction, batch_actions, batch_job_ids
 from jobenergy.collector.clusters import apply_server_defaults
 from jobenergy.collector.events import apply_job_event
 from jobenergy.collector.ingest import BatchConflict, IngestRejected, ingest_batch
@@ -206,10 +207,16 @@ def parse_body(body: bytes, model: type[ModelT]) -> ModelT:
 
 
 class IngestResponse(BaseModel):
-    """Answer to a batch: ``duplicate`` true when it was already stored (nothing written)."""
+    """Answer to a batch: ``duplicate`` true when it was already stored (nothing written).
+
+    ``budget_actions``: what the node's agent must do to its running jobs under a budget's
+    ``running_policy`` (``collector/budget_running.py``); empty when nothing is due. Agents
+    that predate it ignore it, and agents ignore its absence (older collectors).
+    """
 
     duplicate: bool
     records: int
+    budget_actions: list[BudgetAction] = []
 
 
 class JobEventResponse(BaseModel):
@@ -331,7 +338,32 @@ def post_batch(request: Request, access: AccessDep, body: BodyDep,
     if not result.duplicate:
         logger.debug("stored batch node=%s seq=%s records=%s", batch.node, batch.seq,
                      result.records)
-    return IngestResponse(duplicate=result.duplicate, records=result.records)
+    return IngestResponse(duplicate=result.duplicate, records=result.records,
+                          budget_actions=_budget_actions(request, session, batch))
+
+
+def _budget_actions(request: Request, session: Session, batch: Batch) -> list[BudgetAction]:
+    """Return the budget actions due for the batch's running jobs (after it was committed).
+
+    A duplicate gets them too: its jobs may still run, and the agent takes each action once.
+    A database error here costs the actions of this answer, never the stored batch.
+    """
+    hot = request.app.state.running_budgets.hot(batch.cluster)
+    if not hot:
+        return []
+    try:
+        with session.begin():
+            actions = batch_actions(session.connection(), batch.cluster, batch_job_ids(batch),
+                                    hot)
+    except sa_exc.SQLAlchemyError as err:
+        request.app.state.metrics.database_errors.labels("budget_actions").inc()
+        logger.warning("budget actions not computed node=%s seq=%s: %s", batch.node,
+                       batch.seq, getattr(err, "orig", None) or err)
+        return []
+    for action in actions:
+        logger.info("budget action=%s job_id=%s budget_id=%s node=%s", action.action,
+                    action.job_id, action.budget_id, batch.node)
+    return actions
 
 
 router.add_api_route(

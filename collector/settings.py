@@ -137,7 +137,10 @@ class ServerSettings(BaseSettings):
             ``budget_state_interval_s``. None (the default): not written here (the
             ``jobenergy budget write-state`` timer does it). Never on a ``read_only`` server.
             The folder must be writable by the server's user (``ReadWritePaths=``).
-        budget_state_interval_s: How often that file is rewritten.
+        budget_state_interval_s: How often that file is rewritten, and how often the usage
+            of the budgets enforced on running jobs (``running_policy`` warn|cancel) is
+            recomputed for the agents' batch answers (``collector/budget_running.py``): a
+            budget is enforced within this plus the agents' push interval.
         budget_state_cluster: Write only this cluster's budgets (None: every cluster's).
         metrics_allow: Addresses or networks that may scrape ``GET /metrics`` (Prometheus;
             no credentials, and it holds no job ids or user names: cluster and node names,

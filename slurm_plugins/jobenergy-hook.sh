@@ -115,18 +115,21 @@ je_limit_uj() {
 }
 
 # What this node's agent did at the job's energy limit (<limit_dir>/<job>, root's, 0600:
-# warned_uj= / exceeded_uj= / cancelled_uj=, the job's energy here when it acted), as tags.
+# warned_uj= / exceeded_uj= / cancelled_uj=, the job's energy here when it acted; budget_id=
+# when a budget's running policy, not the job's --energy-limit, took the last action), as tags.
 je_limit_tags() {
-  local f=$JOBENERGY_LIMIT_DIR/$JOB line k v out="" action=""
+  local f=$JOBENERGY_LIMIT_DIR/$JOB line k v out="" action="" budget=""
   [ -f "$f" ] && [ ! -L "$f" ] || return 0
   while IFS= read -r line; do
     k=${line%%=*}; v=${line#*=}
-    case "$k" in warned_uj|exceeded_uj|cancelled_uj) ;; *) continue ;; esac
+    case "$k" in warned_uj|exceeded_uj|cancelled_uj|budget_id) ;; *) continue ;; esac
     [[ "$v" =~ ^[0-9]{1,19}$ ]] || continue
+    if [ "$k" = budget_id ]; then budget=$v; continue; fi
     out+=",\"energy_limit_$k\":\"$v\""
     action=${k%_uj}   # the file lists them in order: the last is the strongest
   done < <(head -c 4000 -- "$f")
   [ -n "$action" ] && out+=",\"energy_limit_action\":\"$action\""
+  [ -n "$action" ] && [ -n "$budget" ] && out+=",\"energy_limit_budget_id\":\"$budget\""
   printf '%s' "${out#,}"
 }
 

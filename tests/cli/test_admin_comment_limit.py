@@ -36,3 +36,16 @@ def test_a_segment_with_the_reason_is_replaced_whole_and_other_content_kept():
 
 def test_users_cannot_write_the_reason_through_their_job_comment():
     assert comment_tags("model=x energy_limit_cancelled_uj=1 Energy_Limit_uj=5") == {"model": "x"}
+
+
+def test_a_budgets_action_names_the_budget_and_is_replaced_whole():
+    tags = {"energy_limit_cancelled_uj": "5", "energy_limit_budget_id": "12"}
+    summary = format_summary({**JOB, "tags": tags})
+    assert summary.endswith(" co2e_kg=0.1 limit=cancelled budget_id=12")
+    assert strip_summary(f"note {summary}") == "note"
+    assert admin_comment_text(f"note {summary}", summary) == (f"note {summary}", True)
+    # Only digits are written (the segment must stay recognisable); no action: no budget.
+    odd = format_summary({**JOB, "tags": {**tags, "energy_limit_budget_id": "1 x"}})
+    assert odd.endswith("limit=cancelled")
+    assert format_summary({**JOB, "tags": {"energy_limit_budget_id": "12"}}).endswith("=0.1")
+    assert comment_tags("energy_limit_budget_id=3 model=m") == {"model": "m"}

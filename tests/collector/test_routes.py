@@ -32,7 +32,7 @@ def test_post_batch_then_duplicate(client, make_batch, db_url, db_snapshot):
     )
     response = post(client, batch.model_dump_json().encode())
     assert response.status_code == 200, response.text
-    assert response.json() == {"duplicate": False, "records": expected_rows}
+    assert response.json() == {"duplicate": False, "records": expected_rows, "budget_actions": []}
     before = db_snapshot(db_url)
     again = post(client, batch.model_dump_json().encode())
     assert again.status_code == 200

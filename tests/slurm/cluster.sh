@@ -73,12 +73,6 @@ start_munge() {
   munge -n | unmunge >/dev/null || die "munge does not work"
 }
 
-# Submit-time budgets: job_submit.lua (installed next to slurm.conf by `jobenergy setup
-# slurm-hooks`), once the checkout ships it; slurmctld would not start without the script.
-job_submit_line() {
-  [ -f "$REPO/slurm_plugins/job_submit.lua" ] && echo "JobSubmitPlugins=lua" || true
-}
-
 write_config() {
   local hw realmem node_mem
   hw=$(slurmd -C | head -1 | sed 's/^NodeName=[^ ]* //; s/ RealMemory=.*//')
@@ -125,7 +119,8 @@ Prolog=/etc/slurm/jobenergy/prolog.sh
 Epilog=/etc/slurm/jobenergy/epilog.sh
 PrologSlurmctld=/etc/slurm/jobenergy/prolog_slurmctld.sh
 EpilogSlurmctld=/etc/slurm/jobenergy/epilog_slurmctld.sh
-$(job_submit_line)
+# Submit-time budgets: /etc/slurm/job_submit.lua, from `jobenergy setup slurm-hooks`.
+JobSubmitPlugins=lua
 GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
