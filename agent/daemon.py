@@ -138,6 +138,11 @@ class Agent:
                 "jobenergy_agent_bmc_flagged_windows",
                 "BMC windows whose energy was below the RAPL + GPU sum (nothing taken from jobs)",
                 lambda: reconciler.flagged_total)
+            # Progress an operator (or a test) can wait on: each closed window is reconciled.
+            self.metrics.totals.add(
+                "jobenergy_agent_bmc_windows",
+                "BMC windows closed and reconciled (other = BMC - measured), flagged included",
+                lambda: reconciler.windows_total)
         assert settings.limit_dir is not None  # per-node default
         self.energy_limits = EnergyLimits(
             settings.limit_dir, settings.scancel_path, policy=settings.limit_policy,

@@ -66,6 +66,7 @@ class _State:
     backlog: dict[str, SourceSample]
     estimated: bool = False  # the BMC's figure is integrated power
     flagged: int = 0  # windows flagged so far
+    windows: int = 0  # windows closed so far (flagged included)
 
 
 class Reconciler:
@@ -104,7 +105,7 @@ class Reconciler:
             dict(old.window.job_cpu_us), old.window.node_cpu_us,
         )
         state = _State(window, old.last_total_uj, old.last_seq, dict(old.backlog),
-                       old.estimated, old.flagged)
+                       old.estimated, old.flagged, old.windows)
         self._staged = state
         for src in sources:
             if src.component not in MEASURED_COMPONENTS:
@@ -120,8 +121,10 @@ class Reconciler:
                 window.job_cpu_us[job.job_id] = (
                     window.job_cpu_us.get(job.job_id, 0) + job.cpus * alive_us)
         if bmc is not None and bmc.seq != state.last_seq:
-            if state.last_total_uj is not None and self._close(state, bmc):
-                state.flagged += 1
+            if state.last_total_uj is not None:
+                state.windows += 1
+                if self._close(state, bmc):
+                    state.flagged += 1
             # The first answer is the baseline: what was measured before it is not compared.
             state.window = _Window()
             state.last_total_uj, state.last_seq = bmc.total_uj, bmc.seq
@@ -139,6 +142,11 @@ class Reconciler:
     def flagged_total(self) -> int:
         """BMC windows so far whose figure was below the measured sum."""
         return self._state.flagged
+
+    @property
+    def windows_total(self) -> int:
+        """BMC windows closed so far (flagged ones included)."""
+        return self._state.windows
 
     @property
     def started(self) -> bool:

@@ -100,6 +100,9 @@ def job_view(
     kwh = carbon.energy_kwh(energy_uj)
     em = emissions(job.cluster, groups, labels)
     estimated_components = sorted({t.component for t in totals if t.estimated_uj > 0})
+    # Reconciled where the job got a share of a BMC's `other` (agent/reconcile.py gives no
+    # job a row for a flagged window), on every node it has energy on.
+    bmc_nodes = sorted({t.node for t in totals if t.component == "other" and t.energy_uj})
     return JobOut(
         job_id=job.job_id,
         sacct_job_id=sacct_job_id(job.job_id, job.array_job_id, job.array_task_id,
@@ -157,6 +160,8 @@ def job_view(
             estimated_components=estimated_components,
             unmeasured=not totals and bool(unmeasured_nodes),
             unmeasured_nodes=unmeasured_nodes,
+            bmc_reconciled=bool(bmc_nodes) and set(bmc_nodes) >= set(by_node),
+            bmc_nodes=bmc_nodes,
         ),
     )
 

@@ -39,6 +39,16 @@ class JobQuality(BaseModel):
         default_factory=list,
         description="nodes of the job where no source covered it: its agent saw the job but "
         "gave it no energy share, or the node's latest interval had no sources")
+    bmc_reconciled: bool = Field(
+        default=False,
+        description="a BMC reconciled the job on every node where it has energy: it holds a "
+        "share of each one's `other` (wall energy beyond cpu + dram + gpu), so energy_uj is "
+        "its share of the nodes' wall energy. Derived from the job's own totals (no extra "
+        "read): a node whose BMC windows were all flagged (below the measured sum) or whose "
+        "`other` was exactly 0 does not count")
+    bmc_nodes: list[str] = Field(
+        default_factory=list,
+        description="nodes of the job where it holds a share of the BMC's `other`")
 
 
 class PhaseOut(BaseModel):

@@ -10,8 +10,8 @@ compressed as Slurm prints it (``n[1-3]``, python-hostlist). ``JobID`` is sacct'
 when Slurm said who; ``ConsumedEnergy`` follows ``--units``/``--noconvert``. On a step row
 (``senergy_rows.py``) the fields jobenergy does not know per step print empty.
 
-Energy fields (CPUkWh, DRAMkWh, GPUkWh, TotalkWh, EnergyUJ, FacilitykWh, CO2eKg) of a job that
-no energy source covered (``quality.unmeasured``) read ``unmeasured``, never 0. In the
+Energy fields (CPUkWh, DRAMkWh, GPUkWh, OtherkWh, TotalkWh, EnergyUJ, FacilitykWh, CO2eKg) of a
+job that no energy source covered (``quality.unmeasured``) read ``unmeasured``, never 0. In the
 fixed-width table, the energy fields of a job whose energy is not final (``final`` false: still
 running, or a node's agent has not reported past its end) end with ``*``; delimited output
 keeps numbers plain: the ``Final`` field (``yes``/``no``) says it there.
@@ -179,6 +179,9 @@ FIELDS: dict[str, Field] = {
         Field("CPUkWh", 11, _component("cpu"), energy=True, steps=True),
         Field("DRAMkWh", 11, _component("dram"), energy=True, steps=True),
         Field("GPUkWh", 11, _component("gpu"), energy=True, steps=True),
+        # The job's share of what its nodes' BMCs saw beyond cpu + dram + gpu (fans, NICs,
+        # power supplies: agent/reconcile.py); 0 where no BMC reconciled it (quality says).
+        Field("OtherkWh", 11, _component("other"), energy=True, steps=True),
         Field("TotalkWh", 11, lambda j: _kwh(_energy(j)), energy=True, steps=True),
         Field("EnergyUJ", 16, lambda j: _optional(_energy(j)), energy=True, steps=True),
         # sacct's own names, in joules: ConsumedEnergy with unit suffixes (--units,

@@ -82,10 +82,16 @@ def window_usage(conn: Connection, cluster: str, window: Window) -> Usage:
 
 
 def matches(budget: dict[str, Any], user: str | None, account: str | None) -> bool:
-    """Return True when a job of ``user`` in ``account`` counts against ``budget``."""
+    """Return True when a job of ``user`` in ``account`` counts against ``budget``.
+
+    Accounts compare without regard to case, as Slurm's association lookup does (a job
+    submitted with ``-A PHYSICS`` runs in, and is charged to, account ``physics``); user
+    names are case-sensitive, as Unix's are.
+    """
     if budget["scope"] in ("user", "account_user") and user != budget["user"]:
         return False
-    return budget["scope"] == "user" or account == budget["account"]
+    return budget["scope"] == "user" or (
+        account is not None and account.lower() == str(budget["account"]).lower())
 
 
 def statuses(conn: Connection, budgets: Iterable[dict[str, Any]], now: datetime

@@ -80,8 +80,9 @@ def parse_limit(text: str) -> Limit:
                           f"use {units}")
     value = int(inner.to_integral_value(rounding=ROUND_HALF_UP))
     if value <= 0 or value > _MAX_INNER:
-        raise BudgetError(f"limit {text[:40]!r}: must be above zero and below "
-                          f"{'2.5e6 GWh' if kind == 'kwh' else '9.2e9 t'}")
+        # 2^63-1 µJ is 2562 MWh; 2^63-1 mg is 9.2e9 t.
+        raise BudgetError(f"limit {text[:40]!r}: must be above zero and at most "
+                          f"{'2562 MWh' if kind == 'kwh' else '9.2e9 t'}")
     return Limit(kind, limit_uj=value) if kind == "kwh" else Limit(kind, limit_mg=value)
 
 
@@ -145,13 +146,25 @@ def current_window(period: str, now: datetime, start_at: datetime | None = None,
     raise BudgetError(f"period {period[:16]!r}: use day, week, month or range")
 
 
+#: A range's bounds lie in [1970, 9999] UTC: the state file's unix seconds, and the calendar
+#: every database and Lua's ``os.date`` handle.
+RANGE_FIRST = datetime(1970, 1, 1, tzinfo=UTC)
+RANGE_LAST = datetime(9999, 12, 31, tzinfo=UTC)
+
+
 def check_range(start_at: datetime, end_at: datetime) -> tuple[datetime, datetime]:
-    """Return a range's bounds in UTC, checked: whole hours (usage is kept per UTC hour).
+    """Return a range's bounds in UTC, checked: whole hours (usage is kept per UTC hour),
+    within [``RANGE_FIRST``, ``RANGE_LAST``].
 
     Raises:
-        BudgetError: Not whole hours, or the end not after the start.
+        BudgetError: Not whole hours, outside those years, or the end not after the start.
     """
-    start, end = _utc(start_at), _utc(end_at)
+    try:
+        start, end = _utc(start_at), _utc(end_at)
+    except OverflowError as err:  # e.g. 0001-01-01T00:00+01:00 is in year 0 in UTC
+        raise BudgetError("range start and end must lie between 1970 and 9999 UTC") from err
+    if not RANGE_FIRST <= start <= RANGE_LAST or not RANGE_FIRST <= end <= RANGE_LAST:
+        raise BudgetError("range start and end must lie between 1970 and 9999 UTC")
     for name, moment in (("start", start), ("end", end)):
         if (moment.minute, moment.second, moment.microsecond) != (0, 0, 0):
             raise BudgetError(f"range {name} {moment.isoformat()}: must be a whole UTC hour "

@@ -36,13 +36,23 @@ tree ``<cgroup_root>/cpuacct/slurm_<node>/``) it writes, ``--hz`` times a second
     (``cgroup.procs`` under ``cpuacct`` and ``devices`` ``slurm_<node>/uid_*/job_*``), made
     before the NVML state lists the pid and removed once the pid left them, so the agent
     reads ``<pid>/environ`` and ``<pid>/cgroup`` there.
+* The node's wall power, what its BMC reports (agent/reconcile.py)::
+
+      wall W = package W + dram W + Σ GPU W + overhead_w
+
+  ``overhead_w`` (``--overhead-w``) stands for what only the BMC sees: fans, NICs, disks,
+  power-supply losses. Each tick hands it to ``wall_power(node, W)`` (a test binds
+  ``IpmiSimBmc.set_power_w`` of :mod:`jobenergy.sim.bmc.ipmi`); with ``--bmc-power-files`` it
+  is written, whole watts, to ``DIR/<node>/bmc/power_w``: the power file of
+  ``IpmiSimBmc(DIR/<node>/bmc)``. While held the node stands still: 0 W.
 * ``DIR/ledger.json``: the exact energy, integer µJ, added per node and source since start
   (``{"nodes": {"n1": {"package-0": ..., "package-0/dram": ..., "gpu/GPU-...": ...}}}``), so
   a test can check that Σ jobs + unattributed equals what the hardware produced;
   ``job_cpu_ns`` (node → job id → the last ``cpuacct.usage`` seen of the job's cgroup, ns);
   ``job_life_energy_uj`` (node → job id → the node's package + DRAM energy while the job's
   cgroup existed, µJ), ``job_life_gpu_uj`` (the same for the GPUs in its processes'
-  ``SLURM_JOB_GPUS``) and ``job_life_s`` (node → job id → [birth, death] epoch seconds; death
+  ``SLURM_JOB_GPUS``), ``wall_uj`` (node → the exact wall energy, µJ: what a BMC would count)
+  and ``job_life_s`` (node → job id → [birth, death] epoch seconds; death
   null while alive): an independent measure of what a job alone on its node should pay.
   Birth and death are the kernel's: the earliest ctime of the job's folder and its step
   folders when first seen (mkdir sets it), and its parent's ctime when first found gone
@@ -63,6 +73,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -86,6 +97,8 @@ class PowerModel:
     dram_per_cpu_w: float = 1.5
     gpu_idle_w: float = 60.0
     gpu_max_w: float = 400.0
+    #: Fans, NICs, disks, PSU losses: in the wall power only (what a BMC adds to the counters).
+    overhead_w: float = 0.0
 
 
 def read_host_busy_ns(procfs_root: Path) -> int:
@@ -185,6 +198,8 @@ class EmulatedNode:
     job_dirs: dict[str, Path] = field(default_factory=dict)
     gpus_found: set[str] = field(default_factory=set)  # GPUs just learnt: back-charge from birth
     job_life_gpu_uj: dict[str, float] = field(default_factory=dict)
+    wall_w: float = 0.0  # the wall power of the latest tick (0 while held)
+    wall_uj: int = 0  # exact wall energy since start (fractions carried in ``carry``)
 
     def add_life_energy(
         self,
@@ -255,6 +270,13 @@ class EmulatedNode:
         self.carry[source] = exact - energy_uj
         self.counters_uj[source] = (self.counters_uj[source] + energy_uj) % RAPL_MAX_RANGE_UJ
         self.added_uj[source] += energy_uj
+
+    def add_wall(self, power_w: float, dt_s: float) -> None:
+        """Add ``power_w × dt_s`` to the wall energy (µJ, fractions carried over)."""
+        exact = power_w * dt_s * 1e6 + self.carry.get("wall", 0.0)
+        energy_uj = int(exact)
+        self.carry["wall"] = exact - energy_uj
+        self.wall_uj += energy_uj
 
     def add_gpu(self, index: int, power_w: float, dt_s: float) -> None:
         """Advance a GPU's total energy (mJ, NVML's unit; fractions carried over)."""
@@ -340,6 +362,9 @@ class HardwareEmulator:
         cgroup_root: Where the cgroup v1 controllers are mounted.
         procfs_root: Where procfs is mounted.
         model: Power model.
+        host_share: Each node's share of the host's busy time outside Slurm.
+        wall_power: Called every tick with each node's wall power, W (module docstring).
+        bmc_power_files: Also write it, whole watts, to ``<root>/<node>/bmc/power_w``.
     """
 
     def __init__(
@@ -352,8 +377,12 @@ class HardwareEmulator:
         procfs_root: str | Path = "/proc",
         model: PowerModel | None = None,
         host_share: float | None = None,
+        wall_power: Callable[[str, float], None] | None = None,
+        bmc_power_files: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.wall_power = wall_power
+        self.bmc_power_files = bmc_power_files
         # Each node's share of the host's busy time outside Slurm (its "OS activity").
         self.host_share = 1 / max(1, len(nodes)) if host_share is None else host_share
         self.cgroup_root = Path(cgroup_root)
@@ -500,13 +529,17 @@ class HardwareEmulator:
                 node.add("package-0/dram", dram_w, dt_s)
                 for i in range(node.gpus):
                     node.add_gpu(i, gpu_w[i], dt_s)
+                node.wall_w = pkg_w + dram_w + sum(gpu_w) + m.overhead_w
+                node.add_wall(node.wall_w, dt_s)
                 node.add_life_energy(
                     live, gone, pkg_w + dram_w, gpu_w, self._last_wall, now_wall, m.gpu_idle_w
                 )
             else:
+                node.wall_w = 0.0  # held (or the first tick): the node draws nothing yet
                 node.add_life_energy(
                     live, gone, 0.0, [0.0] * node.gpus, self._last_wall, now_wall
                 )
+            self._report_wall(node)
             node.write_counters()
             devices = [
                 SimDevice(
@@ -529,6 +562,13 @@ class HardwareEmulator:
         self._last_all_slurm_ns = all_slurm
         self.ticks += 1
 
+    def _report_wall(self, node: EmulatedNode) -> None:
+        """Hand the node's wall power to its BMC: the callback, the power file, or both."""
+        if self.wall_power is not None:
+            self.wall_power(node.name, node.wall_w)
+        if self.bmc_power_files:  # DCMI reports whole watts
+            write_atomic(node.root / "bmc" / "power_w", f"{round(node.wall_w)}\n")
+
     def write_ledger(self) -> None:
         """Write the exact energy added per node and source (integer µJ)."""
         data = {
@@ -544,6 +584,7 @@ class HardwareEmulator:
             "job_life_gpu_uj": {
                 n.name: {j: int(e) for j, e in n.job_life_gpu_uj.items()} for n in self.nodes
             },
+            "wall_uj": {n.name: n.wall_uj for n in self.nodes},
         }
         write_atomic(self.ledger_path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
@@ -575,6 +616,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-share", type=float, default=None,
                         help="each node's share of the host's non-Slurm busy time "
                              "(default 1/nodes)")
+    parser.add_argument("--overhead-w", type=float, default=0.0,
+                        help="wall power beyond the counters (fans, PSU losses), W")
+    parser.add_argument("--bmc-power-files", action="store_true",
+                        help="write each node's wall power to ROOT/<node>/bmc/power_w")
     parser.add_argument("--nice", type=int, default=0,
                         help="priority change (root: negative keeps the 'hardware' on time)")
     args = parser.parse_args(argv)
@@ -591,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         cgroup_root=args.cgroup_root,
         procfs_root=args.procfs_root,
         host_share=args.host_share,
+        model=PowerModel(overhead_w=args.overhead_w),
+        bmc_power_files=args.bmc_power_files,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

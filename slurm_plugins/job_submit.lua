@@ -20,7 +20,8 @@ stop the scheduler.
 The job's user: job_desc.user_name, else the state file's uid line for job_desc.user_id
 (or submit_uid); no name, no user budget. Its account: job_desc.account (-A), else
 job_desc.default_account (the user's DefaultAccount, from slurmctld's association cache),
-else unknown: then only the user's own budgets apply (logged at debug level).
+else unknown: then only the user's own budgets apply (logged at debug level). Accounts
+compare without regard to case, as Slurm's association lookup does; an empty -A is none.
 
 Lua 5.1 (Debian's job_submit_lua.so links liblua5.1), no library beyond the base ones.
 --]]
@@ -36,6 +37,14 @@ local PERIOD_WORD = { day = "daily", week = "weekly", month = "monthly", range =
 local function log(level, text)
 	-- The text goes in as an argument, never as the format: names hold no '%' tricks.
 	level("jobenergy budget: %s", text)
+end
+
+-- A number as the writer prints it ("512.300000"), else nil.
+local function decimal(text)
+	if type(text) ~= "string" or not string.find(text, "^%d+%.%d+$") or #text > 40 then
+		return nil
+	end
+	return tonumber(text)
 end
 
 -- Return the budgets and uid names of the state file, or nil and why it cannot be used.
@@ -68,7 +77,9 @@ local function read_state(now)
 			t[#t + 1] = token
 		end
 		if t[1] == "budget" then
-			local used, limit = tonumber(t[7]), tonumber(t[8])
+			-- Only the writer's own decimals: tonumber alone would take "0x10", "1e999",
+			-- "inf" and "nan" (a NaN is never >= anything: a budget silently off).
+			local used, limit = decimal(t[7]), decimal(t[8])
 			if #t < 10 or not used or not limit then
 				return nil, STATE_FILE .. " line " .. i .. " is garbled"
 			end
@@ -84,15 +95,27 @@ local function read_state(now)
 	return { budgets = budgets, names = names }
 end
 
+-- Slurm matches accounts without regard to case (assoc_mgr's xstrcasecmp): "-A PHYSICS"
+-- runs in account physics, so it must meet physics' budgets. ``account`` is lower case.
 local function matches(b, user, account)
 	if b.scope == "user" then
 		return user ~= nil and b.user == user
 	elseif b.scope == "account" then
-		return account ~= nil and b.account == account
+		return account ~= nil and string.lower(b.account) == account
 	elseif b.scope == "account_user" then
-		return user ~= nil and account ~= nil and b.user == user and b.account == account
+		return user ~= nil and account ~= nil and b.user == user
+			and string.lower(b.account) == account
 	end
 	return false
+end
+
+-- A job's name field: a non-empty string, else nil ("-A ''" is no account: Slurm then uses
+-- the default one, and so must the check).
+local function name(value)
+	if type(value) ~= "string" or value == "" then
+		return nil
+	end
+	return value
 end
 
 local function number_text(text)
@@ -133,8 +156,11 @@ local function check(job_desc, submit_uid)
 		return slurm.SUCCESS
 	end
 	local uid = job_desc.user_id or submit_uid
-	local user = job_desc.user_name or state.names[tostring(uid)]
-	local account = job_desc.account or job_desc.default_account
+	local user = name(job_desc.user_name) or state.names[tostring(uid)]
+	local account = name(job_desc.account) or name(job_desc.default_account)
+	if account then
+		account = string.lower(account)
+	end
 	if account == nil and slurm.log_debug then
 		log(slurm.log_debug, "no account known for uid " .. tostring(uid)
 			.. ": only user budgets apply")

@@ -136,13 +136,19 @@ je_limit_tags() {
 # Tags: SPANK options (--energy-model/--energy-phase/--energy-tag/--energy-limit), Slurm
 # array/het ids, and on a node's epilog what the agent did at the energy limit.
 je_tags() {
-  local out="" kv k v limit
+  local out="" kv k qk v limit
   local IFS=';'
   for kv in ${SPANK_ENERGY_TAGS:-}; do
     k=${kv%%=*}; v=${kv#*=}
-    # energy_limit_* tags are the agent's and the plugin's record: users cannot forge them.
-    [[ "$k" == energy_limit* ]] && continue
-    [ -n "$k" ] && [ "$k" != "$kv" ] && out+="${out:+,}$(je_str "$k"):$(je_str "$v")"
+    if [ -z "$k" ] || [ "$k" = "$kv" ]; then continue; fi
+    # energy_limit_* tags are the agent's and the plugin's record, the array / het ids
+    # Slurm's: users cannot forge them. Checked on the key as sent (je_str drops control
+    # bytes and invalid UTF-8, so "energy\x01_limit..." must not pass as something else).
+    qk=$(je_str "$k")
+    case "${qk,,}" in
+      '"energy_limit'*|'"array_job_id"'|'"array_task_id"'|'"het_job_id"'|'"het_job_offset"') continue ;;
+    esac
+    out+="${out:+,}$qk:$(je_str "$v")"
   done
   unset IFS
   limit=$(je_limit_uj)

@@ -15,6 +15,7 @@ fixtures import it lazily.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -127,9 +128,9 @@ def make_munged() -> Iterator[Callable[..., Any]]:
         server.stop()
 
 
-@pytest.fixture
-def pg_fresh_url(pg_url: str) -> Iterator[str]:
-    """Yield the URL of a new, empty PostgreSQL database, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_database(pg_url: str) -> Iterator[str]:
+    """Create a new, empty PostgreSQL database on ``pg_url``'s server; yield its URL; drop it."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -143,6 +144,21 @@ def pg_fresh_url(pg_url: str) -> Iterator[str]:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@pytest.fixture
+def pg_fresh_url(pg_url: str) -> Iterator[str]:
+    """Yield the URL of a new, empty PostgreSQL database, dropped afterwards."""
+    with fresh_database(pg_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def pg_module_url(pg_url: str) -> Iterator[str]:
+    """Yield the URL of a new, empty PostgreSQL database for one test module (the live Slurm
+    modules: each stack's jobs and energy must not show in another's)."""
+    with fresh_database(pg_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -59,7 +59,10 @@ def checked_watts(value: object, what: str) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BmcError(f"{what}: not a number: {str(value)[:40]!r}")
-    watts = float(value)
+    try:
+        watts = float(value)
+    except OverflowError as err:  # a JSON integer beyond a double (300+ digits)
+        raise BmcError(f"{what}: {str(value)[:20]}... W is not a power") from err
     if not math.isfinite(watts) or not 0 <= watts <= MAX_BMC_POWER_W:
         raise BmcError(f"{what}: {watts!r} W is not between 0 and {MAX_BMC_POWER_W} W")
     return watts

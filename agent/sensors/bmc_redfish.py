@@ -17,7 +17,11 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
+import socket
 import ssl
+import threading
+import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -25,6 +29,12 @@ from jobenergy.agent.sensors.bmc import BmcError, BmcReading, checked_kwh_uj, ch
 
 #: Largest answer read (a Chassis or Power document is a few KiB).
 MAX_ANSWER_BYTES = 1 << 20
+#: One GET, connection to last byte, takes at most this many times ``timeout_s``: the socket
+#: timeout bounds each read only, and a BMC sending a byte at a time would renew it forever.
+_WHOLE_GET_TIMEOUTS = 2
+#: An ``@odata.id`` is printable ASCII (a non-ASCII one is percent-encoded): nothing that
+#: could write escape sequences or other lines into the agent's log.
+_ODATA_PATH = re.compile(r"/redfish/v1/[!-~]{0,1012}")
 
 
 class RedfishBmc:
@@ -123,13 +133,39 @@ class RedfishBmc:
         headers = {"Accept": "application/json", "OData-Version": "4.0"}
         if self._auth is not None:
             headers["Authorization"] = self._auth
+        limit_s = self._timeout_s * _WHOLE_GET_TIMEOUTS
+        expired = threading.Event()
+
+        def cut() -> None:  # the whole GET took too long: end the reads blocked on it
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(limit_s, cut)
+        watchdog.daemon = True
+        started = time.monotonic()
         try:
+            watchdog.start()
             conn.request("GET", path, headers=headers)
             answer = conn.getresponse()
-            body = answer.read(MAX_ANSWER_BYTES + 1)
+            body = b""
+            while len(body) <= MAX_ANSWER_BYTES:
+                chunk = answer.read1(MAX_ANSWER_BYTES + 1 - len(body))
+                if not chunk or expired.is_set():
+                    break
+                body += chunk
+            if expired.is_set() or time.monotonic() - started > limit_s:
+                raise TimeoutError(f"no whole answer in {limit_s:g} s")
         except (OSError, http.client.HTTPException, ValueError) as err:
-            raise BmcError(f"Redfish GET {path}: {type(err).__name__}: {err}") from err
+            why = TimeoutError(f"no whole answer in {limit_s:g} s") if expired.is_set() \
+                else err
+            raise BmcError(f"Redfish GET {path}: {type(why).__name__}: {why}") from err
         finally:
+            watchdog.cancel()
             conn.close()
         if answer.status != 200:
             raise BmcError(f"Redfish GET {path}: HTTP {answer.status}")
@@ -148,7 +184,7 @@ def _odata_id(link: object, what: str) -> str:
     path = link.get("@odata.id") if isinstance(link, dict) else None
     if not isinstance(path, str) or not path.startswith("/redfish/v1/") or len(path) > 1024:
         raise BmcError(f"Redfish {what}: no usable @odata.id")
-    if any(c in path for c in "\r\n ?#") or ".." in path:
+    if not _ODATA_PATH.fullmatch(path) or any(c in path for c in "?#") or ".." in path:
         raise BmcError(f"Redfish {what}: unsafe @odata.id")
     return path
 

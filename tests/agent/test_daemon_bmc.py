@@ -74,6 +74,7 @@ def test_wall_power_above_the_counters_becomes_other_for_the_job(tmp_path, bmc):
         # Windows close at ticks 4, 5 and 6: samples 3..6 fall in them (tick 2 took the baseline)
         assert measured_in_windows == 20_000_000
         assert sum(s.jobs_uj.get("5", 0) for s in other) == other_uj
+        assert agent.reconciler.windows_total == 3
         assert all(s.estimated for s in other)
         for rec in agent._pending:  # what goes on the wire is what the collector accepts
             fields = {"start": rec.start, "end": rec.end,
@@ -100,6 +101,7 @@ def test_bmc_below_the_counters_is_flagged_and_costs_the_job_nothing(tmp_path, b
         assert any(s.source == "bmc/flagged" for s in sources)
         assert sum(s.measured_uj for s in sources if s.component == "other") == 0
         assert agent.reconciler.flagged_total == 1
+        assert agent.reconciler.windows_total == 1
     finally:
         agent.pusher.close()
 

@@ -60,3 +60,33 @@ def test_the_bmc_figure_is_refused_as_a_job_share(client):
     response = client.post("/api/v1/batches", json=body)
     assert response.status_code == 422
     assert "never attributed" in response.text
+
+
+def _post(client, node, intervals):
+    batch = Batch(schema_version=1, cluster="c1", node=node, boot_id="b", seq=0,
+                  intervals=intervals)
+    response = client.post("/api/v1/batches", content=batch.model_dump_json())
+    assert response.status_code == 200, response.text
+
+
+def test_a_jobs_quality_says_whether_a_bmc_reconciled_it(client):
+    _post(client, "n1", [_interval(0, [
+        _src("cpu", "package-0", {"42": 3_000}, 0),
+        _src("bmc", "bmc", {}, 4_000, estimated=True),
+        _src("other", "bmc/other", {"42": 1_000}, 0, estimated=True)])])
+    job = client.get("/api/v1/jobs/42", params={"cluster": "c1"}).json()
+    assert job["by_component"]["other"] == 1_000 and job["energy_uj"] == 4_000
+    assert job["quality"]["bmc_reconciled"] and job["quality"]["bmc_nodes"] == ["n1"]
+    # A second node without a BMC: the job's energy there is not the wall's.
+    _post(client, "n2", [_interval(0, [_src("cpu", "package-0", {"42": 500}, 0)])])
+    job = client.get("/api/v1/jobs/42", params={"cluster": "c1"}).json()
+    assert not job["quality"]["bmc_reconciled"] and job["quality"]["bmc_nodes"] == ["n1"]
+
+
+def test_a_job_on_flagged_windows_only_is_not_reconciled(client):
+    _post(client, "n1", [_interval(0, [
+        _src("cpu", "package-0", {"42": 3_000}, 0),
+        _src("bmc", "bmc/flagged", {}, 2_000, estimated=True),
+        _src("other", "bmc/other", {}, 0, estimated=True)])])
+    quality = client.get("/api/v1/jobs/42", params={"cluster": "c1"}).json()["quality"]
+    assert not quality["bmc_reconciled"] and quality["bmc_nodes"] == []

@@ -56,3 +56,17 @@ def test_a_jobs_own_limit_has_no_budget_tag_and_garbage_is_skipped(tmp_path):
     tags = _epilog(tmp_path, "limit_uj=10\nenergy_uj=9\nbudget_id=1;2\nwarned_uj=9\n",
                    spank_tags="energy_limit_action=cancelled")
     assert tags == {"energy_limit_warned_uj": "9", "energy_limit_action": "warned"}
+
+
+@pytest.mark.parametrize("forged", [
+    "energy\x01_limit_cancelled_uj=123",  # a control byte je_str drops
+    "energy\xff_limit_action=cancelled",  # invalid UTF-8 it drops
+    "ENERGY_LIMIT_action=cancelled",
+    "array_job_id=5", "array_task_id=2", "het_job_id=5", "het_job_offset=1",  # Slurm's ids
+])
+def test_reserved_tag_keys_cannot_be_smuggled_past_the_filter(tmp_path, forged):
+    """The hook checks a user's key as it will be sent, not as typed: a key that only becomes
+    ``energy_limit_*`` (or one of Slurm's array / het-job id keys) once cleaned is dropped."""
+    raw = forged.encode("latin-1").decode("utf-8", "surrogateescape")
+    tags = _epilog(tmp_path, "energy_uj=1\n", spank_tags=f"{raw};note=x")
+    assert tags == {"note": "x"}

@@ -96,3 +96,13 @@ def test_step_rows_print_only_what_is_known_per_step() -> None:
     unknown = {**step, "energy_uj": None, "by_component": {}}
     assert render([unknown], parse_fields("JobID,TotalkWh,EnergyUJ,CPUkWh"), header=False
                   ).split() == ["40_0.batch"]  # unknown energy: empty, no "*"
+
+
+def test_other_kwh_is_the_jobs_bmc_other_share_and_0_without_a_bmc() -> None:
+    reconciled = {**JOB, "by_component": {"cpu": 1_000, "other": 7_200_000_000_000}}
+    fields = parse_fields("JobID,OtherkWh")
+    assert render([reconciled], fields, delimiter="|", header=False) == "1234|2.000000"
+    assert render([JOB], fields, delimiter="|", header=False) == "1234|0.000000"
+    unmeasured = {**JOB, "quality": {"unmeasured": True}}
+    assert render([unmeasured], fields, delimiter="|", header=False) == "1234|unmeasured"
+    assert "OtherkWh" in helpformat().split()

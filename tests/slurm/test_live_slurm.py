@@ -51,6 +51,7 @@ CLUSTER_SH = HERE / "cluster.sh"
 CLUSTER = "testcluster"
 NODES = ["n1", "n2", "n3", "n4"]
 HOOK_ENV = Path("/etc/jobenergy/slurm-hooks.env")
+OUTBOX = Path("/var/spool/jobenergy/outbox")  # the hooks' undelivered events
 # A system-wide install, as an admin makes it: SlurmUser cannot run a venv under /root.
 SYSTEM_VENV = Path("/opt/jobenergy-live")
 INTERVAL_S = 1.0
@@ -129,9 +130,10 @@ def slurm_cluster() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def stack(slurm_cluster: None, pg_url: str, request: pytest.FixtureRequest
+def stack(slurm_cluster: None, pg_module_url: str, request: pytest.FixtureRequest
           ) -> Iterator[dict[str, Any]]:
-    """Start server, emulator and 4 agents; yield their handles; stop them at the end."""
+    """Start server, emulator and 4 agents on a database of this module's own; yield their
+    handles; stop them at the end."""
     from jobenergy.sim.nvml.build import BuildError, build_libnvml
     from jobenergy.sim.processes import (
         free_port,
@@ -158,6 +160,7 @@ def stack(slurm_cluster: None, pg_url: str, request: pytest.FixtureRequest
         f'"{host_addr}" = {json.dumps(NODES)}\n')
     # bob coordinates proj2: he may read alice's proj2 jobs, not her proj1 ones.
     _run("sacctmgr", "-i", "add", "coordinator", "account=proj2", "names=bob", check=False)
+    pg_url = pg_module_url
     server = start_server(pg_url, port, work / "server.log", "--config", str(server_toml),
                           auth="munge,token")
     procs: list[subprocess.Popen] = []
@@ -166,6 +169,10 @@ def stack(slurm_cluster: None, pg_url: str, request: pytest.FixtureRequest
     sync_dir.mkdir()
     emu_root: Path | None = None
     shutil.chown(sync_dir, "slurm", "slurm")
+    # Events an earlier stack's hooks could not deliver (its server was gone) are for a
+    # database that no longer exists: they must not land in this one.
+    for leftover in OUTBOX.glob("*.json"):
+        leftover.unlink(missing_ok=True)
     try:
         # The hooks read this at every run. The automatic sync runs where a site runs it:
         # EpilogSlurmctld, as SlurmUser, from the system-wide install.
@@ -174,7 +181,7 @@ def stack(slurm_cluster: None, pg_url: str, request: pytest.FixtureRequest
                 f">> {sync_dir}/sync.log 2>&1")
         HOOK_ENV.write_text(
             f"JOBENERGY_URL={url}\nJOBENERGY_CLUSTER={CLUSTER}\n"
-            "JOBENERGY_OUTBOX=/var/spool/jobenergy/outbox\n"
+            f"JOBENERGY_OUTBOX={OUTBOX}\n"
             f"JOBENERGY_SYNC_CMD='{sync}'\nJOBENERGY_SYNC_FROM=epilog_slurmctld\n")
         # The emulated hardware lives on tmpfs, as sysfs does: its counters must advance on
         # time (a tick there costs a fifth of one on disk), or they lag the agents' reads.
@@ -231,6 +238,13 @@ def stack(slurm_cluster: None, pg_url: str, request: pytest.FixtureRequest
                "emu_proc": procs[0], "nvml": nvml, "stop": stop, "ports": ports,
                "sysbin": sysbin, "sync_dir": sync_dir, "pg_url": pg_url}
     finally:
+        # Every job's epilogs done (a job stays in squeue, COMPLETING, until they are), so
+        # none of this stack's events reaches the next stack's server late.
+        try:
+            _wait("every job to leave the cluster",
+                  lambda: not _run("squeue", "-h", "-o", "%i", check=False).strip(), 120, 0.5)
+        except AssertionError as err:
+            print(f"live slurm: {err}", file=sys.stderr)
         for proc in reversed(procs):
             stop(proc)
         stop(server)

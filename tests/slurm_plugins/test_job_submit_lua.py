@@ -35,7 +35,11 @@ slurm = { SUCCESS = 0, ERROR = -1, log_info = recorder("info"),
           log_error = recorder("error"), log_user = recorder("user"),
           log_debug = recorder("debug") }
 local script, user_name, user_id, account, default_account, submit_uid = unpack(arg)
-local function opt(v) if v == "" then return nil end return v end
+local function opt(v)
+  if v == "" then return nil elseif v == "<empty>" then return "" end
+  if string.sub(v, 1, 7) == "<long>:" then return string.rep(string.sub(v, 8), 20000) end
+  return v
+end
 assert(loadfile(script))()
 local job_desc = { user_name = opt(user_name), user_id = tonumber(opt(user_id) or ""),
                    account = opt(account), default_account = opt(default_account) }
@@ -198,3 +202,50 @@ def test_names_that_could_forge_lines_never_reach_the_file(tmp_path, run_submit)
     assert "mallory" not in text and "phys ics" not in text
     assert [line.split()[0] for line in text.splitlines()[1:]] == ["generated"]
     assert run_submit(path, user_name="alice", account="physics")[0] == SUCCESS
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks: what a user controls at submission (-A, the job's name fields) and a state file
+# whose numbers are not the writer's.
+
+def test_an_account_in_other_case_meets_the_accounts_budget(tmp_path, run_submit):
+    # Slurm's association lookup ignores case: "-A PHYSICS" runs (and is charged) in physics.
+    path = state(tmp_path, entry(), entry(id_=8, scope="account_user", account="chem",
+                                         user="alice"))
+    assert run_submit(path, user_name="bob", account="PHYSICS")[0] == ERROR
+    assert run_submit(path, user_name="bob", account="Physics")[0] == ERROR
+    assert run_submit(path, user_name="alice", account="CHEM")[0] == ERROR
+    assert run_submit(path, user_name="bob", account="chem")[0] == SUCCESS
+
+
+def test_an_empty_account_is_none_and_the_default_account_counts(tmp_path, run_submit):
+    path = state(tmp_path, entry())
+    rc, _ = run_submit(path, user_name="bob", account="<empty>", default_account="physics")
+    assert rc == ERROR
+    rc, logs = run_submit(path, user_name="<empty>", user_id="1000", account="<empty>")
+    assert rc == SUCCESS and not [m for k, m in logs if k == "error"]
+
+
+@pytest.mark.parametrize("account", [
+    "%s%s%s%n", "physics\nbudget account x - deny kWh 9.0 1.0 - 1 day", "(.-)%d*[",
+    "<long>:physics", "\u00e9\u202e", "physics%z"])
+def test_hostile_account_names_neither_error_nor_refuse(tmp_path, run_submit, account):
+    path = state(tmp_path, entry(account="other"))
+    rc, logs = run_submit(path, user_name="%s%n", account=account)
+    assert rc == SUCCESS
+    assert not [m for kind, m in logs if kind in ("error", "user")], logs
+
+
+@pytest.mark.parametrize("used, limit", [
+    ("nan", "1.000000"), ("inf", "1.000000"), ("0x10", "1.000000"), ("1e999", "1.0"),
+    ("2.000000", "nan"), ("-1.000000", "1.000000"), ("2", "1")])
+def test_numbers_not_written_by_the_writer_make_the_state_garbled(tmp_path, run_submit, used,
+                                                                 limit):
+    path = tmp_path / "budget.state"
+    path.write_text(f"# jobenergy budget state v1\ngenerated {int(time.time())}\n"
+                    f"budget account physics - deny kWh {used} {limit} - 7 day\n")
+    rc, logs = run_submit(path, user_name="alice", account="physics")
+    assert rc == SUCCESS
+    assert [m for kind, m in logs if kind == "error"] == [
+        f"jobenergy budget: {path} line 3 is garbled; job accepted without a budget check "
+        "(fail open)"], logs

@@ -69,3 +69,31 @@ def test_garbage_negative_and_absurd_values_are_refused(parse):
            "1,5kWh", "2.5 kW", "2.5  kWh", "1000.1MWh", "2.5kWh; rm", "1.0000000001kWh",
            "9999999999999J"]
     assert parse(*bad) == ["refused"] * len(bad)
+
+
+def test_hostile_values_are_refused_without_overflow(tmp_path):
+    """Hex, exponents, NaN, whole-number and fraction overflows, very long strings and
+    non-ASCII digits: all refused, under AddressSanitizer/UBSan and in a non-C locale."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None or not Path("/usr/include/slurm/spank.h").exists():
+        pytest.skip("needs gcc and slurm/spank.h (libslurm-dev: scripts/system-deps.sh)")
+    (tmp_path / "harness.c").write_text(HARNESS.replace("SOURCE", str(SOURCE)))
+    exe = tmp_path / "harness"
+    built = subprocess.run(
+        [cc, "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+         "-Wall", "-Wno-unused-parameter", "-o", str(exe), str(tmp_path / "harness.c")],
+        capture_output=True, text=True, check=False)
+    if built.returncode != 0:
+        pytest.skip(f"no sanitizers here: {built.stderr[-300:]}")
+    bad = ["1e999", "1e999kWh", "0x10kWh", "0X10J", "nan", "NaNkWh", "infkWh", "inf",
+           "9" * 13 + "J", "1." + "9" * 10 + "kWh", "9" * 5000 + "kWh", "1" + "0" * 4096,
+           "1kWh\n", "1kWh ", " 1kWh", "1\tkWh", "\u0661kWh", "1kWh\u00a0", "1kwhh",
+           "999999999999.999999999MWh", "1000000000000kJ", "1GWh", "1mWhx", "1" * 20000]
+    out = subprocess.run([str(exe), *bad], capture_output=True, text=True, check=False,
+                         env={"LC_ALL": "tr_TR.UTF-8", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["refused"] * len(bad)
+    # The largest that fits (12 whole digits, 9 decimals) is exact, not wrapped.
+    top = subprocess.run([str(exe), "999.999999999MWh", "999999999999.999999999J"],
+                         capture_output=True, text=True, check=True)
+    assert top.stdout.split() == ["3599999999996400000", "1000000000000000000"]
