@@ -342,3 +342,20 @@ def _snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
 def db_snapshot() -> Callable[[str], dict[str, list[tuple[Any, ...]]]]:
     """Return ``snapshot(url)``: every collector table's rows, to compare before/after."""
     return _snapshot
+
+
+@pytest.fixture(scope="module")
+def ipmi_bmc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real BMC for the module: Debian openipmi's ipmi_sim on loopback (LAN), reading 0 W
+    until the test sets its power (``set_power_w``). Missing tools fail in CI, naming them."""
+    from jobenergy.sim.bmc import ipmi as ipmi_emu
+
+    missing = ipmi_emu.missing_parts()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"missing {', '.join(missing)}: {ipmi_emu.NOT_FOUND_MESSAGE}")
+        pytest.skip(ipmi_emu.NOT_FOUND_MESSAGE)
+    emu = ipmi_emu.IpmiSimBmc(tmp_path_factory.mktemp("ipmi_bmc"), power_w=0)
+    emu.start()
+    yield emu
+    emu.stop()

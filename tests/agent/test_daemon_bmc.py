@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from jobenergy.agent.daemon import Agent
@@ -14,17 +12,9 @@ from jobenergy.sim.bmc import ipmi as ipmi_emu
 from jobenergy.sim.node import SimNode
 
 
-@pytest.fixture(scope="module")
-def bmc(tmp_path_factory):
-    missing = ipmi_emu.missing_parts()
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"missing {', '.join(missing)}: {ipmi_emu.NOT_FOUND_MESSAGE}")
-        pytest.skip(ipmi_emu.NOT_FOUND_MESSAGE)
-    emu = ipmi_emu.IpmiSimBmc(tmp_path_factory.mktemp("ipmi_bmc"), power_w=0)
-    emu.start()
-    yield emu
-    emu.stop()
+@pytest.fixture
+def bmc(ipmi_bmc):
+    return ipmi_bmc
 
 
 def _agent(tmp_path, bmc, node, **extra):

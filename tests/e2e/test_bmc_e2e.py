@@ -21,7 +21,6 @@ the emulator's tick around each step. So, from the scenario alone:
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -76,17 +75,9 @@ def _metric(port: int, name: str) -> float:
     return -1
 
 
-@pytest.fixture(scope="module")
-def bmc(tmp_path_factory):
-    missing = ipmi_emu.missing_parts()
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"missing {', '.join(missing)}: {ipmi_emu.NOT_FOUND_MESSAGE}")
-        pytest.skip(ipmi_emu.NOT_FOUND_MESSAGE)
-    emu = ipmi_emu.IpmiSimBmc(tmp_path_factory.mktemp("ipmi_bmc"), power_w=0)
-    emu.start()
-    yield emu
-    emu.stop()
+@pytest.fixture
+def bmc(ipmi_bmc):
+    return ipmi_bmc
 
 
 class Hardware:

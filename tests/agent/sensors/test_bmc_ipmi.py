@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from jobenergy.agent.bmc_poller import BmcPoller
@@ -13,17 +11,11 @@ from jobenergy.agent.sensors.bmc_ipmi import IpmiDcmiBmc, parse_dcmi_power
 from jobenergy.sim.bmc import ipmi as ipmi_emu
 
 
-@pytest.fixture(scope="module")
-def bmc(tmp_path_factory):
-    missing = ipmi_emu.missing_parts()
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"missing {', '.join(missing)}: {ipmi_emu.NOT_FOUND_MESSAGE}")
-        pytest.skip(ipmi_emu.NOT_FOUND_MESSAGE)
-    emu = ipmi_emu.IpmiSimBmc(tmp_path_factory.mktemp("ipmi_bmc"), power_w=250)
-    emu.start()
-    yield emu
-    emu.stop()
+@pytest.fixture
+def bmc(ipmi_bmc):
+    """The module's ipmi_sim BMC, reading 250 W."""
+    ipmi_bmc.set_power_w(250)
+    return ipmi_bmc
 
 
 def _sensor(emu, interface="lanplus", password=ipmi_emu.PASSWORD, timeout_s=3.0):
