@@ -125,6 +125,14 @@ def agent(
     allow_insecure: InsecureOpt = False,
     metrics_addr: Annotated[str, typer.Option(help="Address of the agent's /metrics")] = "0.0.0.0",
     metrics_port: Annotated[int, typer.Option(help="Port of /metrics (0: off)")] = 9815,
+    bmc: Annotated[str, typer.Option(
+        help="The node's wall power: off, ipmi or redfish (README: BMC reconciliation)")] = "off",
+    bmc_url: Annotated[str | None, typer.Option(
+        help="lanplus://host[:port], lan://host, open:// (in-band) or https://host")] = None,
+    bmc_credentials_file: Annotated[str | None, typer.Option(
+        help="0600 file of one line user:password (never on the command line)")] = None,
+    bmc_ca_file: Annotated[str | None, typer.Option(
+        help="CA bundle of an https:// BMC")] = None,
     root: RootOpt = None, force: ForceOpt = False, bin_dir: BinOpt = None,
 ) -> None:
     """Compute node: /etc/jobenergy/agent.toml (0600), the spool, jobenergy-agent.service."""
@@ -143,6 +151,8 @@ def agent(
             "allow_insecure": allow_insecure or None,
             "metrics_addr": metrics_addr if metrics_port else None,
             "metrics_port": metrics_port or None,
+            **({"bmc": bmc, "bmc_url": bmc_url, "bmc_credentials_file": bmc_credentials_file,
+                "bmc_ca_file": bmc_ca_file} if bmc != "off" else {}),
         })
         inst = _installer(root, force)
         inst.directory(ETC, 0o755)

@@ -341,3 +341,26 @@ def test_wait_server_waits_for_the_tls_server_to_answer(tmp_path):
         assert out.stdout == f"server ready: https://127.0.0.1:{port}/healthz\n"
     finally:
         stop(server)
+
+
+def test_setup_agent_configures_the_bmc(tmp_path: Path) -> None:
+    """`--bmc ipmi|redfish` writes the agent's BMC keys (checked by AgentSettings: a BMC
+    without its URL, or an unknown kind, fails setup in one line, before anything is written);
+    without it the config has no BMC key at all."""
+    from jobenergy.agent.settings import AgentSettings
+
+    base = ["setup", "agent", "--url", URL, "--cluster", "mycluster", "--node", "n1"]
+    proc = run_setup([*base, "--bmc", "ipmi", "--bmc-url", "lanplus://10.0.0.5",
+                      "--bmc-credentials-file", "/etc/jobenergy/bmc.cred",
+                      "--root", str(tmp_path / "a")])
+    assert proc.returncode == 0, proc.stderr
+    settings = AgentSettings.load(tmp_path / "a/etc/jobenergy/agent.toml")
+    assert (settings.bmc, settings.bmc_url) == ("ipmi", "lanplus://10.0.0.5")
+    assert settings.bmc_credentials_file == Path("/etc/jobenergy/bmc.cred")
+    for extra, word in ((["--bmc", "redfish"], "bmc_url"), (["--bmc", "psu"], "bmc")):
+        proc = run_setup([*base, *extra, "--root", str(tmp_path / "b")])
+        assert proc.returncode == 2 and word in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and not (tmp_path / "b/etc").exists()
+    proc = run_setup([*base, "--root", str(tmp_path / "c")])
+    assert proc.returncode == 0 and "bmc" not in (
+        tmp_path / "c/etc/jobenergy/agent.toml").read_text()
