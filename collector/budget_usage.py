@@ -94,19 +94,49 @@ def matches(budget: dict[str, Any], user: str | None, account: str | None) -> bo
         account is not None and account.lower() == str(budget["account"]).lower())
 
 
+class _WindowTotals:
+    """One window's usage summed by user, by account (lower case: ``matches``) and by pair,
+    so each budget's figure is one lookup: 300 budgets over 10,000 (user, account) pairs
+    cost 10,000 additions, not 3 million ``matches`` calls."""
+
+    def __init__(self, usage: Usage) -> None:
+        self.by_user: dict[str | None, list[int]] = {}
+        self.by_account: dict[str, list[int]] = {}
+        self.by_pair: dict[tuple[str | None, str], list[int]] = {}
+        for (user, account), values in usage.items():
+            targets = [self.by_user.setdefault(user, [0, 0])]
+            if account is not None:
+                acct = account.lower()
+                targets.append(self.by_account.setdefault(acct, [0, 0]))
+                targets.append(self.by_pair.setdefault((user, acct), [0, 0]))
+            for total in targets:
+                total[0] += values[0]
+                total[1] += values[1]
+
+    def used(self, budget: dict[str, Any], column: int) -> int:
+        """Return what the jobs ``matches`` counts for ``budget`` used (column 0: facility µJ,
+        1: CO2e µg)."""
+        scope, account = budget["scope"], str(budget["account"]).lower()
+        if scope == "user":
+            total = self.by_user.get(budget["user"])
+        elif scope == "account":
+            total = self.by_account.get(account)
+        else:
+            total = self.by_pair.get((budget["user"], account))
+        return total[column] if total else 0
+
+
 def statuses(conn: Connection, budgets: Iterable[dict[str, Any]], now: datetime
              ) -> list[BudgetStatus]:
     """Return each budget's status at ``now``, one usage query per distinct window."""
-    usages: dict[tuple[str, datetime, datetime], Usage] = {}
+    windows: dict[tuple[str, datetime, datetime], _WindowTotals] = {}
     out = []
     for budget in budgets:
         window = current_window(budget["period"], now, budget["start_at"], budget["end_at"])
         key = (budget["cluster"], window.start, window.end)
-        if key not in usages:
-            usages[key] = window_usage(conn, budget["cluster"], window)
-        column = 0 if budget["unit"] == "kwh" else 1
-        used = sum(values[column] for (user, account), values in usages[key].items()
-                   if matches(budget, user, account))
+        if key not in windows:
+            windows[key] = _WindowTotals(window_usage(conn, budget["cluster"], window))
+        used = windows[key].used(budget, 0 if budget["unit"] == "kwh" else 1)
         out.append(BudgetStatus(
             budget=budget, window=window, used=used,
             limit=limit_inner(budget["unit"], budget["limit_uj"], budget["limit_mg"]),
