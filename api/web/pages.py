@@ -1,5 +1,5 @@
-"""The pages (``/``, ``/job``, ``/leaderboards``, ``/usage``, ``/cluster``), ``/static``,
-``/docs`` from the vendored Swagger UI, and the security headers of every answer.
+"""The pages (``/``, ``/job``, ``/leaderboards``, ``/usage``, ``/budgets``, ``/cluster``),
+``/static``, ``/docs`` from the vendored Swagger UI, and the security headers of every answer.
 
 The pages are static files: their scripts read the API with the credentials the user signed
 in with (or none, on a demo server with ``--auth none``), so who sees what is the API's read
@@ -32,6 +32,7 @@ PAGES = {
     "/job": "job.html",
     "/leaderboards": "leaderboards.html",
     "/usage": "usage.html",
+    "/budgets": "budgets.html",
     "/cluster": "cluster.html",
 }
 SWAGGER = "/static/vendor/swagger-ui"

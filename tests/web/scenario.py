@@ -12,7 +12,8 @@ Job 9001's name is markup (``<img src=x onerror=...>``): a page that injected it
 would run it. Intervals are 10 s; on each node a job gets 3/4 of each source's energy, the
 node's unattributed account the rest. The work starts at 10:59, so it straddles an hour: the
 cluster's PUE and carbon intensity series (:data:`FACTORS`) change at 11:00 (job 9001 runs
-wholly in the first hour, 9003 in the second).
+wholly in the first hour, 9003 in the second). :data:`BUDGETS` (set by :func:`post_budgets`)
+are budgets over these jobs, for the budgets page.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class Expected:
         default_factory=lambda: defaultdict(int))
     phase_uj: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     intervals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: (job, UTC hour) -> µJ: what the hour's PUE and carbon intensity price
+    job_hour_uj: dict[tuple[str, datetime], int] = field(
+        default_factory=lambda: defaultdict(int))
 
     def kwh(self, job_id: str) -> float:
         return self.job_uj[job_id] / 3.6e12
@@ -98,6 +102,21 @@ class Expected:
 
     def account_kwh(self, account: str) -> float:
         return sum(self.job_uj[j.job_id] for j in JOBS if j.account == account) / 3.6e12
+
+    def facility_kwh(self, job_id: str) -> float:
+        """The job's facility energy: each hour's energy times that hour's PUE."""
+        return sum(uj * factor("pue", hour) for (job, hour), uj in self.job_hour_uj.items()
+                   if job == job_id) / 3.6e12
+
+    def co2e_kg(self, job_id: str) -> float:
+        """The job's CO2e: each hour's facility energy times that hour's g/kWh."""
+        return sum(uj * factor("pue", hour) * factor("carbon", hour) / 1000
+                   for (job, hour), uj in self.job_hour_uj.items() if job == job_id) / 3.6e12
+
+
+def factor(name: str, hour: datetime) -> float:
+    """Return the value of :data:`FACTORS` ``name`` in force at ``hour``."""
+    return [v for t, v in FACTORS[name] if t <= hour][-1]
 
 
 def _at(s: int) -> datetime:
@@ -131,6 +150,8 @@ def batches(expected: Expected) -> list[Batch]:
                 expected.node_attributed_uj[node, component] += measured - unattributed
                 if job:
                     expected.job_uj[job.job_id] += parts[job.job_id]
+                    hour = _at(s).replace(minute=0, second=0)
+                    expected.job_hour_uj[job.job_id, hour] += parts[job.job_id]
                     expected.job_component_uj[job.job_id, component] += parts[job.job_id]
             expected.intervals[node] += 1
             samples, records = [], []
@@ -192,3 +213,42 @@ def post(url: str, hooks: dict[str, str] | None = None,
             client.post("/api/v1/jobs/events", json=_event(job, "end"),
                         headers=hooks or {}).raise_for_status()
     return expected
+
+
+#: Budgets for the budgets page: (body of PUT /api/v1/budgets less the cluster, the jobs that
+#: count). Ranges from the scenario's day to a whole UTC hour 30 days after the tests start:
+#: under way whenever they run.
+RANGE_END = (datetime.now(UTC) + timedelta(days=30)).replace(minute=0, second=0, microsecond=0)
+BUDGET_RANGE = {"period": "range", "start": "2026-11-23T00:00:00Z",
+                "end": RANGE_END.strftime("%Y-%m-%dT%H:%M:%SZ")}
+#: A name that is markup (a Slurm name has no spaces, so ``<img/src=x/...>``).
+MARKUP_ACCOUNT = "<img/src=x/onerror=window.__xss=2>"
+BUDGETS = (
+    # alice: 9001 and 9003, ~23.3 Wh of 25 Wh (93 %: amber).
+    ({"scope": "user", "user": "alice", **BUDGET_RANGE, "limit": "25Wh",
+      "submit_policy": "warn", "running_policy": "warn"}, ("9001", "9003")),
+    # physics: 9002 and 9003, ~15.2 Wh of 15 Wh (over: red).
+    ({"scope": "account", "account": "physics", **BUDGET_RANGE, "limit": "15Wh",
+      "submit_policy": "deny", "running_policy": "cancel"}, ("9002", "9003")),
+    # =1+2: 9001's CO2e, ~2.6 g of 20 g.
+    ({"scope": "account", "account": FORMULA_ACCOUNT, **BUDGET_RANGE, "limit": "20g",
+      "submit_policy": "deny", "running_policy": "none"}, ("9001",)),
+    # bob this month: no job (they ran in November 2026).
+    ({"scope": "user", "user": "bob", "period": "month", "limit": "1kWh",
+      "submit_policy": "deny", "running_policy": "none"}, ()),
+    # Nobody's but the admins': carol in an account named with markup.
+    ({"scope": "account_user", "account": MARKUP_ACCOUNT, "user": "carol", "period": "week",
+      "limit": "2kgCO2e", "submit_policy": "warn", "running_policy": "cancel"}, ()),
+)
+
+
+def post_budgets(url: str, admin: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Set :data:`BUDGETS` on the server at ``url``; return them as the API answers."""
+    out = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for body, _ in BUDGETS:
+            resp = client.put("/api/v1/budgets", json={"cluster": CLUSTER, **body},
+                              headers=admin or {})
+            resp.raise_for_status()
+            out.append(resp.json()["budget"])
+    return out

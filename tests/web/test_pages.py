@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -220,6 +221,113 @@ def test_usage_per_user_and_account_with_csv(browser, site, scenario):
     assert saved[0].read_bytes().decode("utf-8") == text
     browser.check_requests()
     browser.screenshot("usage-per-account")
+
+
+BUDGET_CARDS = """
+    return [...document.querySelectorAll('#budgets section[data-budget]')].map(s => {
+      const bar = s.querySelector('.budget-bar');
+      const mark = s.querySelector('.budget-projection');
+      const tick = s.querySelector('.budget-limit');
+      const left = (e) => e ? (e.getBoundingClientRect().left - bar.getBoundingClientRect().left
+        - bar.clientLeft) / bar.clientWidth : null;
+      return Object.assign(Object.fromEntries([...s.querySelectorAll('[data-field]')].map(
+        e => [e.dataset.field, e.textContent])), {
+        id: Number(s.dataset.budget), level: s.dataset.level, scale: Number(bar.dataset.scale),
+        fill: s.querySelector('.budget-fill').getBoundingClientRect().width / bar.clientWidth,
+        fill_color: getComputedStyle(s.querySelector('.budget-fill')).backgroundColor,
+        marker: mark ? left(mark) + 1 / bar.clientWidth : null,
+        limit_tick: tick ? left(tick) + 1 / bar.clientWidth : null});
+    });"""
+
+
+def budget_cards(browser: Any) -> dict[int, dict[str, Any]]:
+    """Return each budget card of /budgets: its texts (by data-field) and bar geometry."""
+    return {card["id"]: card for card in browser.js(BUDGET_CARDS)}
+
+
+def show(x: float) -> str:
+    """Return ``x`` as ``JE.fmt`` shows it, 0 and round numbers below 1 included
+    (``toPrecision(3)`` keeps trailing zeros: 0.025 is ``0.0250``)."""
+    return "0" if x == 0 else f"{x:#.3g}" if 1e-4 <= abs(x) < 1 else fmt(x)
+
+
+def iso_z(value: str) -> str:
+    """Return an API time as the pages show it (``JE.time``: ``YYYY-MM-DD HH:MM:SSZ``)."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def test_budgets_page_shows_each_budget_as_a_bar(browser, site, scenario):
+    url, expected = site
+    budgets = {b["id"]: b for b in scenario.post_budgets(url)}
+    browser.open("/budgets")
+    cards = budget_cards(browser)
+    assert sorted(cards) == sorted(budgets)  # the demo's caller is an admin: all of them
+    assert browser.text("#budgets-count") == f"{len(budgets)} budgets"
+    assert browser.text("header nav a[aria-current=page]") == "Budgets"
+    levels = {}
+    for (body, jobs), b in zip(scenario.BUDGETS, budgets.values(), strict=True):
+        card = cards[b["id"]]
+        # Used: the counted jobs' facility energy (kWh budgets) or CO2e, as the scenario
+        # prices each hour (PUE 1.5 / 1.2, 200 / 300 g/kWh, changing at 11:00).
+        kwh = b["unit"] == "kWh"
+        used = sum(expected.facility_kwh(j) if kwh else expected.co2e_kg(j) for j in jobs)
+        # CO2e is kept in whole µg per job hour.
+        assert b["used"] == (approx(used) if kwh else pytest.approx(used, abs=2e-9))
+        used = b["used"]
+        unit = "kWh" if kwh else "kg CO2e"
+        limit = b["limit"]
+        percent = 100 * used / limit
+        assert b["percent"] == pytest.approx(percent, rel=1e-9)
+        assert card["percent"] == f"{percent:.1f} %"
+        assert card["used"] == f"{show(used)} of {show(limit)} {unit} used"
+        remaining = max(0.0, limit - used)
+        text = f"{show(remaining)} {unit}" + (
+            f" (over the limit by {show(used - limit)} {unit})" if used > limit else "")
+        assert card["remaining"] == text
+        levels[body.get("user") or body["account"]] = card["level"]
+        assert card["level"] == ("over" if percent >= 100 else "near" if percent >= 90
+                                 else "ok")
+        # The bar: scale the limit (or up to twice it, to show use or projection past it).
+        proj = b["projection_percent"]
+        scale = min(200, max(100, percent, proj or 0))
+        assert card["scale"] == pytest.approx(scale, rel=1e-6)
+        assert card["fill"] == pytest.approx(min(percent, scale) / scale, abs=0.01)
+        if scale > 100:
+            assert card["limit_tick"] == pytest.approx(100 / scale, abs=0.01)
+        else:
+            assert card["limit_tick"] is None
+        assert card["marker"] == pytest.approx(min(proj, scale) / scale, abs=0.01)
+        assert card["projection"] == (f"{show(b['projection'])} {unit} ({proj:.1f} % of the "
+                                      "limit) at the current rate")
+        assert card["submit_policy"].startswith(body["submit_policy"] + ": ")
+        assert card["running_policy"].startswith(body["running_policy"] + ": ")
+        if b["resets_at"] is None:
+            assert card["period"] == (f"range: {iso_z(b['period_start'])} – "
+                                      f"{iso_z(b['period_end'])} (under way)")
+            assert card["resets"] == ("never: a range, it ends "
+                                      f"{scenario.RANGE_END:%Y-%m-%d %H:%M:%S}Z")
+        else:
+            assert card["resets"] == iso_z(b["resets_at"])
+            assert card["period"].startswith(f"{b['period']}: {iso_z(b['period_start'])} – ")
+    assert levels == {"alice": "near", "physics": "over", scenario.FORMULA_ACCOUNT: "ok",
+                      "bob": "ok", "carol": "ok"}
+    # The month budget resets at the start of next month (UTC).
+    month = next(b for b in budgets.values() if b["period"] == "month")
+    now = datetime.now(UTC)
+    first = (now.replace(day=28) + timedelta(days=4)).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0)
+    assert cards[month["id"]]["resets"] == first.strftime("%Y-%m-%d %H:%M:%SZ")
+    # Colours change at 90 % and 100 %.
+    colors = {lv: c["fill_color"] for c in cards.values() for lv in [c["level"]]}
+    assert len(set(colors.values())) == 3
+    # Names are text: the account named with markup made no element, ran nothing.
+    markup = next(b for b in budgets.values() if b["scope"] == "account_user")
+    assert cards[markup["id"]]["title"] == f"user carol in account {scenario.MARKUP_ACCOUNT}"
+    assert browser.js("return document.querySelectorAll('main img').length") == 0
+    assert browser.js("return window.__xss === undefined")
+    browser.check_requests()
+    browser.screenshot("budgets")
 
 
 def test_cluster_page_shows_energy_per_node_and_factors(browser, site, scenario):

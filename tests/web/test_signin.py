@@ -154,3 +154,34 @@ def test_a_jobenergy_token_and_a_bad_one(secured: dict[str, Any], make_browser: 
         "this JWT names no user (sun): type the user name")
     assert browser.js("return JE.parseCredential('a.b.c', 'carol')") == {
         "kind": "jwt", "user": "carol", "token": "a.b.c"}
+
+
+def test_a_user_sees_only_the_budgets_that_apply_to_them(
+        secured: dict[str, Any], make_browser: Any, scenario: ModuleType) -> None:
+    import httpx
+
+    admin = {"Authorization": f"Bearer {secured['admin']}"}
+    budgets = {b["id"]: b for b in scenario.post_budgets(secured["url"], admin=admin)}
+    browser = make_browser(secured["url"])
+    browser.open("/budgets", state="signin")
+    token = scontrol_token(secured["key"], "bob")
+    before = sign_in(browser, token)
+    browser.settle(renders=before)
+    # Bob's own budget and his account's (he ran a job in physics); not alice's, nor the
+    # accounts he has no job in: what the API answers him.
+    shown = browser.js("return [...document.querySelectorAll('#budgets [data-budget]')]"
+                       ".map(s => s.querySelector('[data-field=title]').textContent)")
+    assert sorted(shown) == ["account physics", "user bob"]
+    jwt_headers = {"X-SLURM-USER-NAME": "bob",
+                   "X-SLURM-USER-TOKEN": token.removeprefix("SLURM_JWT=")}
+    api = httpx.get(f"{secured['url']}/api/v1/budgets", headers=jwt_headers).json()
+    ids = browser.js("return [...document.querySelectorAll('#budgets [data-budget]')]"
+                     ".map(s => Number(s.dataset.budget))")
+    assert ids == [b["id"] for b in api] and len(budgets) == 5
+    physics = next(b for b in api if b["account"] == "physics")
+    assert browser.js("return document.querySelector(`[data-budget='${arguments[0]}'] "
+                      "[data-field=percent]`).textContent", physics["id"]) == (
+        f"{physics['percent']:.1f} %")
+    assert browser.text("#budgets-count") == "2 budgets"
+    browser.check_requests(allow_console=(UNAUTHORIZED,))
+    browser.screenshot("signin-jwt-budgets")

@@ -15,6 +15,7 @@
     ["jobs", "/", "Jobs"],
     ["leaderboards", "/leaderboards", "Leaderboards"],
     ["usage", "/usage", "Usage"],
+    ["budgets", "/budgets", "Budgets"],
     ["cluster", "/cluster", "Cluster"],
     ["docs", "/docs", "API"],
   ];
