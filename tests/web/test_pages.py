@@ -106,6 +106,12 @@ def test_job_page_shows_energy_power_phases_and_steps(browser, site, scenario):
     assert stats["energy"] == f"{fmt(expected.kwh('9001'))} kWh"
     assert stats["facility"].endswith(" kWh") and stats["co2e"].endswith(" kg CO2e")
     assert stats["coverage"] == "100.0 %"
+    quality = browser.js("const d = document.querySelectorAll('#job-quality dt, #job-quality dd');"
+                         "const o = {}; for (let i = 0; i < d.length; i += 2) "
+                         "o[d[i].textContent] = d[i + 1].textContent; return o;")
+    # No BMC in this scenario, no --energy-limit: the page says so rather than leaving a gap.
+    assert job["quality"]["bmc_reconciled"] is False
+    assert (quality["BMC reconciled"], quality["Energy limit"]) == ("no", "none")
     # Energy per component and per GPU: the scenario's sums.
     rows = browser.table("#components-table")
     got = {(r["component"][0], r["source"][0]): r["kwh"][1] for r in rows}

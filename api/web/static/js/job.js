@@ -50,6 +50,15 @@
     document.getElementById("job-warnings").textContent = warnings.join(" ");
   }
 
+  // What the agent did about an energy limit or budget (tags only the hooks can set).
+  function limitText(tags) {
+    const parts = [];
+    if (tags.energy_limit_uj) parts.push(`${JE.fmt(kwhOf(Number(tags.energy_limit_uj)))} kWh`);
+    if (tags.energy_limit_action) parts.push(tags.energy_limit_action);
+    if (tags.energy_limit_budget_id) parts.push(`budget ${tags.energy_limit_budget_id}`);
+    return parts.length ? parts.join(", ") : "none";
+  }
+
   function showMeta(job) {
     const q = job.quality;
     const tags = Object.entries(job.tags || {}).map(([k, v]) => `${k}=${v}`).join(", ");
@@ -70,6 +79,9 @@
       ["Estimated", q.estimated_uj ? `${JE.fmt(kwhOf(q.estimated_uj))} kWh` : "none"],
       ["PUE", `${job.pue.toFixed(3)} (${job.pue_source})`],
       ["Carbon intensity", job.carbon_intensity_sources.join("; ")],
+      ["BMC reconciled", q.bmc_reconciled
+        ? `yes (${(q.bmc_nodes || []).join(", ")})` : "no"],
+      ["Energy limit", limitText(job.tags || {})],
     ]);
   }
 
