@@ -7,6 +7,11 @@ smallest of 1 s, 5 s, 10 s, 15 s, 30 s, 1 min, 2 min, 5 min, ... that fits; a fi
 raised to it and the answer says so) with exact integer µJ per bucket
 (``api/power_series.py``, ``api/series_queries.py``).
 
+A job's series is read from the raw intervals, and, for the part of its life before the raw
+intervals' retention, from its minutes (``job_energy_minute``, rolled up just before
+retention drops a month; ``resolution: "minute"``, steps of whole minutes), seamlessly: the
+lines (per node, component and source) are the same and add up to the job's energy exactly.
+
 A node's or a cluster's series is read from the raw intervals for steps under an hour, and
 from the per-node hourly energy (``node_energy_hour``, ``resolution: "hour"``) for steps of
 whole hours, by default over windows longer than :data:`HOURLY_AFTER`, over windows longer
@@ -50,7 +55,9 @@ from jobenergy.api.series_queries import (
     job_hour_lines,
     job_interval_lines,
     job_line_keys,
+    job_minute_lines,
     job_phases,
+    minute_marks,
     node_clusters,
     node_components,
     node_hour_lines,
@@ -69,7 +76,7 @@ from jobenergy.api.series_schemas import (
 from jobenergy.collector.factors import ClusterFactors, load_factors
 from jobenergy.collector.routes import AccessDep, SessionDep
 from jobenergy.core.carbon import HOUR, hour_floor
-from jobenergy.core.schema import ATTRIBUTED_COMPONENTS
+from jobenergy.core.schema import ATTRIBUTED_COMPONENTS, MAX_INTERVAL_S
 
 router = APIRouter(prefix="/api/v1", tags=["series"])
 
@@ -85,6 +92,7 @@ HOURLY_AFTER = timedelta(days=2)
 #: Longest node or cluster window (hourly data: at most nodes × this many hours of rows).
 MAX_HOURLY_WINDOW = timedelta(days=400)
 HOUR_S = 3600
+MINUTE_S = 60
 
 StepQuery = Annotated[str | None, Query(
     max_length=32, description="bucket width: seconds, or 30s, 5m, 1h, 1d (default: the "
@@ -182,9 +190,13 @@ def get_job_series(job_id: str, session: SessionDep, access: AccessDep,
 
     Default window: the job's life (its Slurm start and end, widened to its stored energy).
     The lines add up exactly to the job's ``energy_uj`` of ``GET /api/v1/jobs/{job_id}``
-    when the window holds all of it. Once the job's raw intervals are past retention, or
-    over a window longer than :data:`MAX_WINDOW` (zoom in for detail), one line (component
-    ``total``) from the job's hourly energy, with steps of whole hours.
+    when the window holds all of it. Before ``retained_from`` (raw intervals past retention,
+    by default 30 days after their month) the same lines come from the job's per-minute
+    energy, so the step there is at least a minute (``resolution: "minute"``; a finer step is
+    raised); after it, from the raw intervals, in the same buckets. Over a window longer than
+    :data:`MAX_WINDOW` (zoom in for detail), or for a job whose intervals were dropped before
+    per-minute energy was kept (revision 0017), one line (component ``total``) from the
+    job's hourly energy, with steps of whole hours.
     """
     step_s = _step(step)
     ws, we = _window(start, end)
@@ -196,14 +208,23 @@ def get_job_series(job_id: str, session: SessionDep, access: AccessDep,
     if ws is not None and we is None:
         we = max(ws, datetime.now(UTC))
     kept = retained_from(session)
-    hourly = ws is not None and we is not None and (
-        we - ws > MAX_WINDOW
-        or (kept is not None and job.first_at is not None and job.first_at < kept
-            and ws < kept))
+    minutes_from, through = minute_marks(session)
+    hourly = minutely = False
+    if ws is not None and we is not None and job.first_at is not None:
+        # Minutes exist from minutes_from on; raw intervals from kept on. A job with energy in
+        # neither (dropped before minutes were kept) is read from its hours.
+        lost_before = minutes_from if minutes_from is not None else (
+            kept if through is None else None)
+        hourly = we - ws > MAX_WINDOW or (
+            lost_before is not None and job.first_at < lost_before and ws < lost_before)
+        # The last interval rolled up may reach past `through` (its tail is a minute row).
+        minutely = not hourly and through is not None and job.first_at < through and (
+            ws < through + timedelta(seconds=MAX_INTERVAL_S))
     if ws is None or we is None or we <= ws:
         grid = Grid(step_s=step_s or 1, first=0, count=0, requested_step_s=step_s)
     else:
-        grid = make_grid(epoch_us(ws), epoch_us(we), step_s, 3600 if hourly else 1)
+        grid = make_grid(epoch_us(ws), epoch_us(we), step_s,
+                         HOUR_S if hourly else MINUTE_S if minutely else 1)
     lines = Lines(grid)
     if job.first_at is not None and grid.count:
         if hourly:
@@ -211,12 +232,17 @@ def get_job_series(job_id: str, session: SessionDep, access: AccessDep,
         else:
             for key in job_line_keys(session, job):  # every line, even one empty here
                 lines.line(key)
-            job_interval_lines(session, job, lines)
+            if minutely:
+                job_minute_lines(session, job, lines)
+            # The intervals rolled up (start before `through`) are in the minutes, whether or
+            # not their partition is dropped yet.
+            job_interval_lines(session, job, lines, raw_from=through)
     out = [JobSeriesLine(node=key[0], component=key[1], source=key[2],  # type: ignore[arg-type]
                          **_line(line, grid)) for key, line in sorted(
                lines.by_key.items(), key=lambda item: tuple(str(k) for k in item[0]))]
     return JobSeries(
-        cluster=job.cluster, job_id=job.job_id, resolution="hour" if hourly else "interval",
+        cluster=job.cluster, job_id=job.job_id,
+        resolution="hour" if hourly else "minute" if minutely else "interval",
         energy_uj=sum(line.energy_uj for line in out), lines=out,
         phases=[SeriesPhase(phase=p["phase"], model=p["model"], start=_iso(p["start"]),
                             end=_iso(p["end"])) for p in job_phases(session, job)],

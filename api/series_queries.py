@@ -1,5 +1,6 @@
 """SQL of the power series (``api/routes_series.py``): ``energy_interval`` bucketed in the
-database, or the hourly tables (``job_energy_hour``, ``node_energy_hour``) read whole.
+database, or the hourly tables (``job_energy_hour``, ``node_energy_hour``) read whole, or a
+job's minutes (``job_energy_minute``, rolled up before retention) bucketed in the database.
 
 One statement per series reads the window's rows through an index range
 (``(cluster, job_id, start_at)`` for a job, ``(cluster, node, start_at)`` for a node or the
@@ -37,12 +38,14 @@ from sqlalchemy import Select, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from jobenergy.api.power_series import Lines, apportion, epoch_us
+from jobenergy.collector.job_minutes import MINUTES_FROM, ROLLED_THROUGH
 from jobenergy.collector.models import (
     EnergyInterval,
     IntervalRetention,
     Job,
     JobEnergy,
     JobEnergyHour,
+    JobEnergyMinute,
     JobPhase,
     NodeEnergy,
     NodeEnergyHour,
@@ -259,12 +262,16 @@ def _as_time(value: Any) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def job_interval_lines(session: Session, job: JobSpan, lines: Lines) -> None:
-    """Fill per (node, component, source) lines of ``job`` from its intervals."""
+def job_interval_lines(session: Session, job: JobSpan, lines: Lines,
+                       raw_from: datetime | None = None) -> None:
+    """Fill per (node, component, source) lines of ``job`` from its intervals (those starting
+    at or after ``raw_from`` only: the earlier ones are in its minutes)."""
     assert job.first_at is not None
     start = _at(lines.grid.start_s)
-    lo = job.first_at
-    if start > job.first_at:
+    lo = job.first_at if raw_from is None else max(job.first_at, raw_from)
+    if lo >= _at(lines.grid.end_s):
+        return
+    if start > lo:
         je = JobEnergy
         lo = max(lo, earliest_reaching(
             session, start, (EnergyInterval.job_id == je.job_id, EnergyInterval.node == je.node),
@@ -274,6 +281,51 @@ def job_interval_lines(session: Session, job: JobSpan, lines: Lines) -> None:
                                 ("source", "source")],
                "cluster = :cluster AND job_id = :job_id",
                {"cluster": job.cluster, "job_id": job.job_id}, lo=lo)
+
+
+def job_minute_lines(session: Session, job: JobSpan, lines: Lines) -> None:
+    """Fill per (node, component, source) lines of ``job`` from its ``job_energy_minute``
+    rows: one GROUP BY per line and bucket through the key ``(cluster, job_id, minute_at)``.
+
+    The grid's step is whole minutes and its edges are minute edges, so each minute lies in
+    one bucket: no split, the buckets add up to the minutes exactly.
+    """
+    grid = lines.grid
+    if grid.count == 0:
+        return
+    assert grid.step_s % 60 == 0, grid.step_s
+    dialect = _dialect(session)
+    base_us = grid.start_s * 1_000_000  # a bucket edge at or before every minute read
+    sql = f"""
+        SELECT node, component, source,
+               {since_base_sql(dialect, "minute_at", "base")} / :step_us AS b,
+               SUM(energy_uj) AS energy_uj
+        FROM {JobEnergyMinute.__tablename__}
+        WHERE cluster = :cluster AND job_id = :job_id AND minute_at >= :lo AND minute_at < :hi
+        GROUP BY node, component, source, b
+    """
+    times = ["lo", "hi"]
+    values: dict[str, Any] = {"cluster": job.cluster, "job_id": job.job_id,
+                              "step_us": grid.step_us, "lo": _at(grid.start_s),
+                              "hi": _at(grid.end_s)}
+    if dialect == "postgresql":
+        times.append("base")
+        values["base"] = _at(grid.start_s)
+    else:
+        values["base_us"] = base_us
+    stmt = text(sql).bindparams(*(_time(name) for name in times))
+    for node, component, source, bucket, energy_uj in session.execute(stmt, values):
+        lines.add_bucket((node, component, source), grid.first + int(bucket), int(energy_uj))
+
+
+def minute_marks(session: Session) -> tuple[datetime | None, datetime | None]:
+    """Return ``(from, through)`` of the job minute series: the raw intervals starting before
+    ``through`` are in ``job_energy_minute`` (None: none rolled up), those before ``from``
+    were dropped before it existed (None: none)."""
+    rows = dict(session.execute(select(IntervalRetention.name, IntervalRetention.kept_from)
+                                .where(IntervalRetention.name.in_([MINUTES_FROM,
+                                                                   ROLLED_THROUGH]))).all())
+    return _as_time(rows.get(MINUTES_FROM)), _as_time(rows.get(ROLLED_THROUGH))
 
 
 def job_line_keys(session: Session, job: JobSpan) -> list[tuple[str, str, str]]:

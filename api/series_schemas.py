@@ -56,9 +56,11 @@ class JobSeries(SeriesGrid):
 
     cluster: str
     job_id: str
-    resolution: Literal["interval", "hour"] = Field(
-        description="interval: from the raw intervals, per node and source; hour: the raw "
-        "intervals are past retention, one line from the job's hourly energy")
+    resolution: Literal["interval", "minute", "hour"] = Field(
+        description="interval: from the raw intervals, per node and source; minute: the "
+        "same lines, before retained_from from the job's per-minute energy (steps of whole "
+        "minutes) and after it from the raw intervals; hour: a window over 8 days, or "
+        "intervals dropped before minutes were kept: one line from the job's hourly energy")
     energy_uj: int = Field(description="sum of the lines")
     lines: list[JobSeriesLine]
     phases: list[SeriesPhase]

@@ -333,7 +333,8 @@ def db_maintain(
         int,
         typer.Option("--retention-days", min=0,
                      help="Drop the energy_interval partitions of months that ended more than "
-                          "this many days ago (per-job totals are kept); 0: keep forever"),
+                          "this many days ago (per-job totals, hours and minutes are kept); "
+                          "0: keep forever"),
     ] = 30,
     log_level: LogLevelOpt = None,
     log_format: LogFormatOpt = None,
@@ -345,7 +346,9 @@ def db_maintain(
     Rows already stored in the DEFAULT partition for a coming month are moved into it. Months
     whose end is more than --retention-days ago lose their partition, whole (no row deletes):
     the per-interval shares go, every total (jobs, nodes, hours, phases, steps) stays, as it is
-    kept at ingest. Old rows in the DEFAULT partition are left there (a warning counts them).
+    kept at ingest, and each job's curve stays per minute (rolled up into job_energy_minute
+    in the same transaction, just before the drop). Old rows in the DEFAULT partition are left
+    there (a warning counts them).
     Nothing to do on SQLite: one plain table, kept whole.
     """
     _logging(log_level, log_format, "jobenergy db maintain")
@@ -382,6 +385,8 @@ def db_maintain(
             f"partitions dropped (retention {retention_days} days: months ended before "
             f"{retention.cut:%Y-%m-%d %H:%M} UTC): {', '.join(retention.dropped)}"
         )
+        typer.echo(f"job minute series kept for them: {retention.minute_rows} rows upserted "
+                   "into job_energy_minute")
     if retention.default_rows_before_cut:
         typer.echo(
             f"kept {retention.default_rows_before_cut} rows of the DEFAULT partition older "

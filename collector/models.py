@@ -18,6 +18,9 @@ Tables (singular lower_snake, ``*_at`` timestamps in UTC):
   ingest, so leaderboards and summaries are GROUP BY over one row per job.
 - ``job_energy_hour``: a job's IT energy per UTC hour with the factors in force then and the
   facility µJ / CO2e µg they give; recomputed when a cluster's factors change.
+- ``job_energy_minute``: a job's energy per (node, component, source, UTC minute), rolled up
+  from the raw intervals by ``jobenergy db maintain`` just before retention drops them
+  (``collector/job_minutes.py``): the job's power series before ``interval_retention``.
 - ``job_phase``: energy per job × announced phase × model, with the closed phase records'
   samples and metrics.
 - ``job_step_energy``: per (cluster, job, Slurm step, component) energy, the job's energy of
@@ -62,6 +65,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     false,
@@ -365,6 +369,34 @@ class JobEnergyHour(Base):
     carbon_g_per_kwh: Mapped[float] = mapped_column(Float)
     pue_source: Mapped[str] = mapped_column(String(32))
     carbon_source: Mapped[str] = mapped_column(String(32))
+
+
+class JobEnergyMinute(Base):
+    """A job's energy of one source on one node in one UTC minute, kept after the raw
+    intervals are dropped (``collector/job_minutes.py``).
+
+    Written only by the roll-up of a month's ``energy_interval`` partition before retention
+    drops it (never at ingest): each job share split over the minutes it overlaps by largest
+    remainder, so a job's minutes add up to its ``job_energy`` exactly. The key is the read
+    order of a job's series (a job's window of minutes is one index range); the fixed-width
+    columns come first so that no alignment padding follows the names.
+    """
+
+    __tablename__ = "job_energy_minute"
+    __table_args__ = (
+        PrimaryKeyConstraint("cluster", "job_id", "minute_at", "node", "component", "source"),
+        CheckConstraint(f"energy_uj >= 0 AND energy_uj <= {BIGINT_MAX}", name="energy_uj_range"),
+    )
+
+    minute_at: Mapped[datetime]
+    energy_uj: Mapped[int] = mapped_column(BigInteger)
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN))
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LEN))
+    node: Mapped[str] = mapped_column(String(NAME_LEN))
+    component: Mapped[str] = mapped_column(String(8))
+    source: Mapped[str] = mapped_column(String(NAME_LEN))
+    # True when any of the minute's energy was estimated (power polling, DESIGN.md decision 3).
+    estimated: Mapped[bool] = mapped_column(Boolean)
 
 
 class JobPhase(Base):

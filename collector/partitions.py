@@ -6,8 +6,9 @@ a DEFAULT partition, ``energy_interval_default``, so that an insert never fails 
 partition. :func:`ensure_interval_partitions` creates the coming months' partitions; it runs at
 server start and daily from ``jobenergy db maintain`` (systemd timer), which also applies the
 retention: :func:`drop_expired_partitions` drops the months that ended more than
-``--retention-days`` ago, whole partitions, never row deletes. SQLite keeps one plain table and
-none of this applies.
+``--retention-days`` ago, whole partitions, never row deletes, after rolling each up into the
+per-job minute series in the same transaction (``collector/job_minutes.py``). SQLite keeps one
+plain table and none of this applies.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from jobenergy.collector.job_minutes import roll_up_partition
 from jobenergy.collector.models import IntervalRetention
 
 logger = logging.getLogger(__name__)
@@ -182,11 +184,14 @@ class RetentionResult:
         dropped: Names of the partitions dropped, oldest first.
         default_rows_before_cut: Rows of the DEFAULT partition starting before ``cut``: left
             alone (a row delete is not what retention does), reported.
+        minute_rows: Rows upserted into ``job_energy_minute`` by the roll-up of the dropped
+            partitions (0 for those rolled up before, by :func:`roll_up_expired`).
     """
 
     cut: datetime | None
     dropped: list[str] = field(default_factory=list)
     default_rows_before_cut: int = 0
+    minute_rows: int = 0
 
 
 def _monthly_partitions(conn: Connection) -> list[tuple[int, int, str, str]]:
@@ -231,6 +236,51 @@ def kept_from(conn: Connection) -> datetime | None:
                         ).scalar_one_or_none()
 
 
+def _expired(conn: Connection, cut: datetime) -> list[tuple[str, datetime]]:
+    """``(name, month end)`` of the monthly partitions whose month ended before ``cut``,
+    oldest first (a partition whose bound is not its name's month is left out, warned)."""
+    expired = []
+    for year, month, name, bound in _monthly_partitions(conn):
+        lo, hi = month_bounds(year, month)
+        if bound != f"FOR VALUES FROM ('{lo}') TO ('{hi}')":
+            logger.warning("partition %s has bound %s, not its month's: left alone", name, bound)
+            continue
+        if datetime.fromisoformat(hi) < cut:
+            expired.append((name, datetime.fromisoformat(hi)))
+    return expired
+
+
+def _with_lock_timeout(conn: Connection) -> str:
+    """Wait at most :data:`DROP_LOCK_TIMEOUT` for locks until put back; return the old value."""
+    timeout = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
+    conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": DROP_LOCK_TIMEOUT})
+    return str(timeout)
+
+
+def roll_up_expired(conn: Connection, retention_days: int, now: datetime | None = None
+                    ) -> tuple[list[str], int]:
+    """Roll the partitions that retention would drop up into ``job_energy_minute`` without
+    dropping them: the first step of :func:`drop_expired_partitions`, alone (which does both
+    in one transaction). Months already rolled up are skipped, so a later drop counts nothing
+    twice.
+
+    Returns:
+        The partitions rolled up now, and the minute rows upserted.
+    """
+    if retention_days <= 0 or not is_partitioned(conn):
+        return [], 0
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    timeout = _with_lock_timeout(conn)
+    rolled, rows = [], 0
+    for name, month_end in _expired(conn, now - timedelta(days=retention_days)):
+        written = roll_up_partition(conn, name, month_end)
+        if written:
+            rolled.append(name)
+            rows += written
+    conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": timeout})
+    return rolled, rows
+
+
 def drop_expired_partitions(
     conn: Connection, retention_days: int, now: datetime | None = None
 ) -> RetentionResult:
@@ -243,8 +293,10 @@ def drop_expired_partitions(
     batch itself (``collector/ingest.py``), and a factor change recomputes from
     ``job_energy_hour``, not from the intervals; the readers of ``energy_interval`` are
     ingest's overlap check (``collector/intervals.py``), for batches that reach back into a
-    node's stored span, and the series endpoints, which answer from the hourly tables before
-    the retained span (``api/routes_series.py``).
+    node's stored span, and the series endpoints, which answer before the retained span from
+    the hourly tables (nodes, clusters) and from ``job_energy_minute`` (jobs): each expired
+    partition is rolled up into it first, in this transaction (``collector/job_minutes.py``;
+    a month rolled up before is not added again).
 
     A partition whose bound is not its name's month (not made by this module) is left alone,
     with a warning. Rows of the DEFAULT partition older than the cut stay (a warning gives their
@@ -268,24 +320,18 @@ def drop_expired_partitions(
         return RetentionResult(cut=None)
     now = (now or datetime.now(UTC)).astimezone(UTC)
     cut = now - timedelta(days=retention_days)
-    expired = []
-    for year, month, name, bound in _monthly_partitions(conn):
-        lo, hi = month_bounds(year, month)
-        if bound != f"FOR VALUES FROM ('{lo}') TO ('{hi}')":
-            logger.warning("partition %s has bound %s, not its month's: left alone", name, bound)
-            continue
-        if datetime.fromisoformat(hi) < cut:
-            expired.append(name)
+    expired = _expired(conn, cut)
+    minute_rows = 0
     if expired:
+        timeout = _with_lock_timeout(conn)
+        # The job minute series first, in this transaction: a crash loses neither the month's
+        # curve nor its raw rows, and a month rolled up before is skipped.
+        for name, month_end in expired:
+            minute_rows += roll_up_partition(conn, name, month_end)
         # Batches reaching back before what is kept cannot be checked for double counting
         # any more: the overlap check refuses them from now on (collector/intervals.py).
-        kept_from = max(datetime.fromisoformat(month_bounds(y, m)[1])
-                        for y, m, name, _bound in _monthly_partitions(conn) if name in expired)
-        record_kept_from(conn, kept_from)
-        timeout = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
-        conn.execute(text("SELECT set_config('lock_timeout', :t, true)"),
-                     {"t": DROP_LOCK_TIMEOUT})
-        for name in expired:
+        record_kept_from(conn, max(month_end for _name, month_end in expired))
+        for name, _month_end in expired:
             conn.execute(text(f"DROP TABLE {name}"))
             logger.info("dropped partition %s (its month ended more than %d days ago)", name,
                         retention_days)
@@ -299,4 +345,5 @@ def drop_expired_partitions(
             "partition of their month to drop)", old_default, DEFAULT_PARTITION,
             cut.isoformat(timespec="seconds"),
         )
-    return RetentionResult(cut=cut, dropped=expired, default_rows_before_cut=old_default)
+    return RetentionResult(cut=cut, dropped=[name for name, _end in expired],
+                           default_rows_before_cut=old_default, minute_rows=minute_rows)

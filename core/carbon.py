@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
-from jobenergy.core.split import split_uj
+from jobenergy.core.split import split_over_periods
 from jobenergy.core.units import UJ_PER_KWH
 
 #: World average carbon intensity of electricity used when nothing better is known, g CO2e/kWh
@@ -106,18 +106,9 @@ def split_over_hours(start: datetime, end: datetime, energy_uj: int) -> dict[dat
     """Split an interval's energy over the UTC hours it overlaps, by overlap (exact µJ).
 
     Energy is assumed uniform within the interval; the parts add up to ``energy_uj`` exactly
-    (largest remainder over the overlap in µs).
+    (largest remainder over the overlap in µs: :func:`jobenergy.core.split.split_over_periods`).
     """
-    first = hour_floor(start)
-    if end <= first + HOUR:
-        return {first: energy_uj}
-    weights: dict[datetime, int] = {}
-    hour = first
-    while hour < end:
-        lo, hi = max(start, hour), min(end, hour + HOUR)
-        weights[hour] = (hi - lo) // timedelta(microseconds=1)
-        hour += HOUR
-    return split_uj(energy_uj, weights)
+    return split_over_periods(start, end, energy_uj, HOUR)
 
 
 def step_mean(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -51,3 +52,37 @@ def split_uj(total_uj: int, weights: Mapping[K, int]) -> dict[K, int]:
     for _, _, key in remainders[:left]:
         parts[key] += 1
     return parts
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def period_floor(moment: datetime, period: timedelta) -> datetime:
+    """Return the start of the ``period``-wide UTC slot holding ``moment`` (slots aligned to
+    the epoch: whole minutes, whole hours)."""
+    moment = moment.astimezone(UTC)
+    return moment - (moment - _EPOCH) % period
+
+
+def split_over_periods(start: datetime, end: datetime, energy_uj: int,
+                       period: timedelta) -> dict[datetime, int]:
+    """Split an interval's energy over the epoch-aligned ``period`` slots it overlaps.
+
+    Energy is taken as uniform within ``[start, end)``: each slot's weight is its overlap in
+    µs, and :func:`split_uj` makes the parts add up to ``energy_uj`` exactly. The one split of
+    time for every resolution kept (hours at ingest, minutes at retention), so that a job's
+    minutes add up to its hours and its totals.
+
+    Returns:
+        Energy per slot start (UTC), µJ; one slot when the interval lies inside it.
+    """
+    first = period_floor(start, period)
+    if end <= first + period:
+        return {first: energy_uj}
+    weights: dict[datetime, int] = {}
+    slot = first
+    while slot < end:
+        weights[slot] = (min(end, slot + period) - max(start, slot)) // _US
+        slot += period
+    return split_uj(energy_uj, weights)

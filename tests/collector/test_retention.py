@@ -70,9 +70,10 @@ def retain(engine, days: int, now: datetime = NOW):
 
 
 def totals(snapshot: dict) -> dict:
-    """Every table but the intervals themselves and the record of where they start."""
+    """Every table but the intervals themselves, the record of where they start and the job
+    minutes rolled up from them (tests/collector/test_job_minutes.py)."""
     return {name: rows for name, rows in snapshot.items()
-            if name not in ("energy_interval", "interval_retention")}
+            if name not in ("energy_interval", "interval_retention", "job_energy_minute")}
 
 
 @pytest.fixture
@@ -108,7 +109,9 @@ def test_drops_months_past_retention_keeps_newer_and_totals(four_months, pg_fres
     # the job, per-node, per-hour, phase, step and progress totals do not change
     assert totals(after) == totals(before)
     assert after["interval_retention"] == [
-        ("energy_interval", datetime(2025, 3, 1, tzinfo=UTC))]
+        ("energy_interval", datetime(2025, 3, 1, tzinfo=UTC)),
+        ("job_energy_minute", datetime(2025, 3, 1, tzinfo=UTC))]
+    assert before["job_energy_minute"] == [] and after["job_energy_minute"]
     assert after["job_energy"] and after["job_energy_hour"] and after["job"]
     kept = [row for row in before["energy_interval"] if row[6] >= datetime(2025, 3, 1, tzinfo=UTC)]
     assert after["energy_interval"] == kept
