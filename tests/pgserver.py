@@ -150,14 +150,17 @@ class PgServer:
         """Wait until this replica has replayed all WAL its primary had written when called.
 
         Polls ``pg_last_wal_replay_lsn()`` here against the primary's
-        ``pg_current_wal_lsn()`` (read once, at the call).
+        ``pg_current_wal_insert_lsn()`` (read once, at the call). Not ``pg_current_wal_lsn()``:
+        that is the *write* position, and with ``synchronous_commit=off`` (as these servers run)
+        a commit the client has already seen can still sit in WAL buffers past it, so the replica
+        "caught up" without it (a flaky CI failure).
 
         Raises:
             PgServerError: Not a replica, not in recovery, or not caught up in time.
         """
         if self.primary is None:
             raise PgServerError("wait_for_replay: this server is not a replica")
-        target = self.primary.query("SELECT pg_current_wal_lsn()")
+        target = self.primary.query("SELECT pg_current_wal_insert_lsn()")
         deadline = time.monotonic() + timeout_s
         state = ""
         while True:
