@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 #: Re-list a job's step folders every this many snapshots.
 STEPS_EVERY = 10
+_UNSEEN = object()  # a job folder not in the birth cache (None there: birth unknown)
 
 
 class SlurmCgroups:
@@ -189,6 +190,7 @@ class SlurmCgroups:
         cpuset_dir = os.path.join(self._root, "cpuset", os.path.basename(slurm_dir))
         jobs: dict[str, JobCgroup] = {}
         stable_cpus = self._cpus_stable
+        born = self._born
         for uid_name in list_names(slurm_dir):
             uid_m = UID_RE.match(uid_name)
             if uid_m is None:
@@ -219,10 +221,12 @@ class SlurmCgroups:
                     cpus = self._cached_cpus(
                         job_path, f"{cpuset_dir}/{uid_name}/{job_name}/cpuset.cpus", cpus_v1
                     )
-                jobs[m[1]] = JobCgroup(
-                    m[1], uid, usage_ns, cpus, steps, job_path,
-                    self._step_usage(job_path, steps, usage_v1), self._born_ns(job_path, steps),
-                )
+                step_usage = self._step_usage(job_path, steps, usage_v1)
+                born_ns = born.get(job_path, _UNSEEN)  # a method call per job only when new
+                if born_ns is _UNSEEN:
+                    born_ns = self._born_ns(job_path, steps)
+                jobs[m[1]] = JobCgroup(m[1], uid, usage_ns, cpus, steps, job_path, step_usage,
+                                       born_ns)
         ended_ns = self._forget_ended(jobs, slurm_dir)
         return CgroupSnapshot(
             version=1, jobs=jobs, root_usage_ns=root_usage_ns, ended_ns=ended_ns

@@ -212,8 +212,10 @@ class EnergyLimits:
         for src in interval.sources:
             for job_id, uj in src.jobs_uj.items():
                 energy_uj[job_id] = energy_uj.get(job_id, 0) + uj
+        missing = self._missing_since
         for job_id, entry in job_map.items():
-            self._missing_since.pop(job_id, None)
+            if missing:  # usually empty: no pop per job and sample
+                missing.pop(job_id, None)
             record = self._records.get(job_id)
             if record is None and entry.energy_limit_uj is not None:
                 record = self._records[job_id] = LimitRecord(
@@ -230,6 +232,8 @@ class EnergyLimits:
             if acted or now - self._written_at.get(job_id, -1e18) >= _PERSIST_EVERY_S:
                 self._write(job_id, record, now)
         self._take_budget_actions(job_map, now)
+        if self._records.keys() <= job_map.keys() and self._seen_uj.keys() <= job_map.keys():
+            return  # every tracked job is still in the map (set tests in C, not a loop)
         for job_id in [j for j in (*self._records, *self._seen_uj) if j not in job_map]:
             since = self._missing_since.setdefault(job_id, now)
             if now - since >= _FORGET_AFTER_S:

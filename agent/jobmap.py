@@ -30,6 +30,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,15 +120,21 @@ def parse_job_map(text: str) -> JobMapEntry:
                        counts.get("energy_limit_uj"), counts.get("nodes"))
 
 
-def _list_map(map_dir: str | Path) -> list[os.DirEntry] | None:
-    """Return the map's job files (None when the folder cannot be listed)."""
+def _list_map(map_dir: str | Path, known: Container[str] = ()) -> list[os.DirEntry] | None:
+    """Return the map's job files (None when the folder cannot be listed).
+
+    Names in ``known`` passed the name checks before (they depend on the name only).
+    """
     try:
         with os.scandir(map_dir) as it:
             return [
                 e
                 for e in it
-                if not e.name.startswith(".")  # a hook's temp file before its rename
-                and JOB_NAME_RE.fullmatch(e.name)
+                if (
+                    e.name in known
+                    or not e.name.startswith(".")  # a hook's temp file before its rename
+                    and JOB_NAME_RE.fullmatch(e.name)
+                )
                 and e.is_file(follow_symlinks=False)
             ]
     except OSError as err:
@@ -181,7 +188,7 @@ class JobMapReader:
         """Return every job in the map now (what :func:`read_job_map` returns)."""
         if self.map_dir is None:
             return {}
-        files = _list_map(self.map_dir)
+        files = _list_map(self.map_dir, self._cache)
         if files is None:
             self._cache = {}
             return {}

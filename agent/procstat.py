@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from jobenergy.agent.readings import CpuTimes
@@ -26,6 +27,13 @@ NS_PER_S = 1_000_000_000
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal
 _IDLE_FIELDS = (3, 4)  # idle iowait
 _MIN_FIELDS = 4  # user nice system idle: present on every kernel
+# The line loop below costs ~0.35 µs per ``cpuN`` line, every sample (50-100 µs on a 128-256
+# CPU node): ASCII text with only "\n" line breaks (the kernel's) is scanned by these instead,
+# which find the same lines that ``splitlines`` and the loop would.
+_ODD_BREAKS = "\r\v\f\x1c\x1d\x1e"  # splitlines' other ASCII breaks (one find each: fast)
+# Over "\n" + text, each line is "\n" + line: a literal prefix, which re finds fast.
+_AGGREGATE = re.compile(r"\ncpu(?: ([^\n]*))?(?![^\n])")  # head "cpu": the line's rest
+_PER_CPU = re.compile(r"\ncpu[0-9]+(?![^ \n])")  # head "cpu<N>"
 
 
 def parse_cpu_times(text: str, ticks_per_s: int) -> CpuTimes:
@@ -46,6 +54,8 @@ def parse_cpu_times(text: str, ticks_per_s: int) -> CpuTimes:
     """
     if ticks_per_s <= 0:
         raise ValueError(f"ticks_per_s must be > 0, got {ticks_per_s}")
+    if text.isascii() and not any(c in text for c in _ODD_BREAKS):
+        return _cpu_times(*_scan(text), ticks_per_s)
     fields: list[int] | None = None
     ncpus = 0
     for line in text.splitlines():
@@ -60,6 +70,23 @@ def parse_cpu_times(text: str, ticks_per_s: int) -> CpuTimes:
                     raise ValueError(f"non-integer field in cpu line {line[:80]!r}") from err
         elif head[3:].isdigit():
             ncpus += 1
+    return _cpu_times(fields, ncpus, ticks_per_s)
+
+
+def _scan(text: str) -> tuple[list[int] | None, int]:
+    """Return the aggregate line's fields and the ``cpuN`` line count (text split at "\\n")."""
+    text = "\n" + text
+    m = _AGGREGATE.search(text)
+    fields = None
+    if m is not None:
+        try:
+            fields = [int(v) for v in (m[1] or "").split()]
+        except ValueError as err:
+            raise ValueError(f"non-integer field in cpu line {m[0][1:81]!r}") from err
+    return fields, len(_PER_CPU.findall(text))
+
+
+def _cpu_times(fields: list[int] | None, ncpus: int, ticks_per_s: int) -> CpuTimes:
     if fields is None:
         raise ValueError("no aggregate 'cpu ' line")
     if len(fields) < _MIN_FIELDS or any(v < 0 for v in fields):

@@ -278,7 +278,9 @@ def main() -> None:
         f"{args.store_interval_s}; {args.steps} busy step(s) per job"
         f"{f', each job idle one sample in {args.idle_every}' if args.idle_every else ''}; "
         f"{args.samples} timed samples after {args.warmup}; "
-        f"median of {args.repeat} fresh processes"
+        f"median of {args.repeat} fresh processes; load average at start "
+        f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (CPU time is the process's own, "
+        "but a busy machine still slows it: repeat to check)"
     )
     print(f"{'jobs':>5} {'gpus':>4} {'ms/sample':>10} {'p50 plain':>10} {'p50 seal':>9} "
           f"{'RSS MB':>7} {'peak MB':>8} {'stored/sampled':>15}")
@@ -309,6 +311,7 @@ def main() -> None:
                 f"{int(med('stored')):>7}/{int(med('sampled'))}",
                 flush=True,
             )
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
     if args.real:
         for jobs_n in [int(j) for j in args.jobs.split(",")]:
             rss = statistics.median(real_rss(args, jobs_n) for _ in range(args.repeat))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
 
+from jobenergy.agent import procstat
 from jobenergy.agent.procstat import parse_cpu_times, read_boot_id, read_cpu_times
 from jobenergy.agent.readings import CpuTimes
 from jobenergy.core.errors import SensorError
@@ -113,3 +115,22 @@ def test_bad_boot_id_raises(make_proc, content: str) -> None:
 def test_missing_boot_id_raises(make_proc) -> None:
     with pytest.raises(SensorError, match=r"cannot read .*sys/kernel/random/boot_id"):
         read_boot_id(make_proc())
+
+
+def _outcome(text: str) -> CpuTimes | str:
+    try:
+        return parse_cpu_times(text, 100)
+    except ValueError as err:
+        return str(err)
+
+
+def test_scan_finds_what_the_line_loop_finds(monkeypatch) -> None:
+    """Kernel-shaped text is scanned, other text goes through the line loop: same results."""
+    pieces = ["cpu", "cpu ", "cpu0", "cpu12 ", " ", "\n", "\t", "1", "-1", "x", "7 ", "cpu  ",
+              "\r", "١", "_", "\ufffd", "\ncpu ", "cpu1\n"]
+    rng = random.Random(10)
+    texts = [PROC_STAT, PROC_STAT.replace("\n", "\r\n"), "cpu\n", "cpu  1 2 3 4\ncpu7"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 14))) for _ in range(3000)]
+    scanned = [_outcome(text) for text in texts]
+    monkeypatch.setattr(procstat, "_ODD_BREAKS", "".join(set("".join(pieces))))  # loop only
+    assert [_outcome(text) for text in texts] == scanned
