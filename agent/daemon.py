@@ -344,8 +344,10 @@ class Agent:
     def _queue(self, interval: SampledInterval) -> None:
         """Hand a sampled interval to the coalescer, with the counters after it."""
         interval.counters = dict(self._last_reading)
-        # Read at each interval, as the other [agent] sizes are at each seal.
-        self._coalescer.store_us = _us(self.settings.store_interval_s)
+        # Read at each interval, as the other [agent] sizes are at each seal. A budget's close
+        # watch (agent/energy_limits.py) stores every sampled interval.
+        self._coalescer.store_us = _us(self.settings.interval_s if self.energy_limits.watching
+                                       else self.settings.store_interval_s)
         self._coalescer.add(interval)
 
     def tick(self) -> None:
@@ -376,7 +378,9 @@ class Agent:
                 self.energy_limits.observe(cur.job_map, closed)
         finally:
             ready = self._coalescer.ready
-            due_ns = int(self.settings.push_interval_s * 1e9)
+            # On a budget's close watch every sampled interval goes out as it closes.
+            due_ns = (0 if self.energy_limits.watching
+                      else int(self.settings.push_interval_s * 1e9))
             if ready and (
                 time.monotonic_ns() - self._last_seal_mono_ns >= due_ns
                 or ready >= self.settings.max_intervals_per_batch

@@ -31,6 +31,14 @@ job's latest action (actions only grow stronger, so the strongest: the epilog's
 counted of it on this node since the agent started (a job without ``--energy-limit`` has no
 record before it).
 
+**Close watch.** The collector sees a job's energy only once its stored interval (up to
+``store_interval_s``, 10 s) is sealed and pushed, and answers only pushes, so a budget would
+be enforced up to two store intervals late. From a budget's warning to its cancel or
+``exceeded``, while such a job runs here, :attr:`EnergyLimits.watching` is True and the
+daemon stores and pushes every sampled interval (``interval_s``): enforcement then lags by a
+push, one ``budget_state_interval_s`` and a push, not by two store intervals. It costs rows
+only between 90 % and 100 % of a budget.
+
 Each action is taken at most once per job and node, whoever asks for it. What was done is written to
 ``<limit_dir>/<job_id>`` (root's, 0600) *before* ``scancel`` runs, so an agent restart
 neither repeats a signal nor forgets the energy counted so far (written at least every
@@ -171,6 +179,8 @@ class EnergyLimits:
         self._budget_lock = threading.Lock()
         self._budget_pending: dict[str, BudgetAction] = {}
         self._loaded = False
+        #: A budget warned a job running here and has not yet cancelled it (module doc).
+        self.watching = False
         self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
         self._worker: threading.Thread | None = None
         self.actions = Counter(
@@ -232,12 +242,28 @@ class EnergyLimits:
             if acted or now - self._written_at.get(job_id, -1e18) >= _PERSIST_EVERY_S:
                 self._write(job_id, record, now)
         self._take_budget_actions(job_map, now)
+        self._watch(job_map)
         if self._records.keys() <= job_map.keys() and self._seen_uj.keys() <= job_map.keys():
             return  # every tracked job is still in the map (set tests in C, not a loop)
         for job_id in [j for j in (*self._records, *self._seen_uj) if j not in job_map]:
             since = self._missing_since.setdefault(job_id, now)
             if now - since >= _FORGET_AFTER_S:
                 self._forget(job_id)
+
+    def _watch(self, job_map: Mapping[str, JobMapEntry]) -> None:
+        """Set :attr:`watching`: a job running here is warned by a budget, not yet past it."""
+        watching = False
+        for job_id, record in self._records.items():
+            if (record.budget_id is not None and record.warned_uj is not None
+                    and record.exceeded_uj is None and record.cancelled_uj is None):
+                entry = job_map.get(job_id)
+                if entry is not None and entry.end_ns is None:
+                    watching = True
+                    break
+        if watching != self.watching:
+            logger.info("budget close watch %s: every sampled interval stored and pushed",
+                        "on" if watching else "off")
+            self.watching = watching
 
     def _act(self, job_id: str, record: LimitRecord) -> bool:
         """Take the actions due for ``record``; return True when one was taken."""

@@ -227,3 +227,76 @@ def test_a_budget_cancels_a_job_through_a_real_collector(tmp_path, scancel, db_u
             agent.pusher.close()
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_budget_warning_puts_the_node_on_close_watch_until_it_acts(tmp_path, scancel):
+    """From a budget's warning to its cancel (or ``exceeded``), while the job runs here, the
+    agent watches closely: every sampled interval stored and pushed (the daemon)."""
+    limits = EnergyLimits(tmp_path / "limits", str(scancel))
+    running = {"42": JobMapEntry()}
+    _tick(limits, running, {"42": 1})
+    assert not limits.watching
+    limits.budget_answer(_answer(GOOD))
+    _tick(limits, running, {"42": 1})
+    assert limits.watching
+    _tick(limits, {"42": JobMapEntry(end_ns=1)}, {"42": 1})  # the epilog ran
+    assert not limits.watching
+    _tick(limits, running, {"42": 1})
+    assert limits.watching
+    limits.budget_answer(_answer({**GOOD, "action": "cancel"}))
+    _tick(limits, running, {"42": 1})
+    assert not limits.watching  # cancelled: nothing more to decide
+    # Exceeded under a warn budget: the job runs on, unwatched. A job's own limit: the agent
+    # decides it alone, every interval, so no watch.
+    other = EnergyLimits(tmp_path / "other", str(scancel))
+    other.budget_answer(_answer(GOOD))
+    _tick(other, running, {"42": 1})
+    assert other.watching
+    other.budget_answer(_answer({**GOOD, "action": "exceeded"}))
+    _tick(other, running, {"42": 1})
+    assert not other.watching
+    own = EnergyLimits(tmp_path / "own", str(scancel))
+    _tick(own, {"42": JobMapEntry(energy_limit_uj=10, nodes=1)}, {"42": 9})
+    assert not own.watching
+
+
+def test_on_close_watch_the_agent_seals_every_sampled_interval(tmp_path, scancel):
+    """A real agent with 10 s stored intervals and hourly pushes: nothing is sealed while
+    it merges; once a budget warned one of its jobs, each tick seals its own interval."""
+    from jobenergy.agent.daemon import Agent
+    from jobenergy.agent.settings import AgentSettings
+    from jobenergy.sim.node import SimNode
+
+    node = SimNode(tmp_path / "n", "n1", ncpus=4, packages=1)
+    settings = AgentSettings(
+        collector_url="http://127.0.0.1:9", auth="none", cluster="t", node="n1",
+        interval_s=1, store_interval_s=10, push_interval_s=3600,
+        spool_dir=tmp_path / "spool", sysfs_root=node.sysfs_root,
+        procfs_root=node.procfs_root, cgroup_root=node.cgroup_root, nvml="off",
+        gpu_map_dir=tmp_path / "jobmap", limit_dir=tmp_path / "limits",
+        scancel_path=str(scancel), cpu_static_power_w=0, dram_static_power_w=0)
+    agent = Agent(settings)
+    try:
+        (tmp_path / "jobmap").mkdir()
+        (tmp_path / "jobmap" / "5").write_text("\nstart=1.0\n")
+        node.start_job("5", 1000, [0, 1])
+
+        def tick() -> None:
+            node.add_cpu_time("5", 1_000_000_000, 1_000_000_000)
+            node.add_energy("package-0", 6_000_000)
+            agent.tick()
+
+        agent.tick()  # baseline
+        agent.seal(flush=False)  # the first seal is due at once (nothing stored yet)
+        for _ in range(3):
+            tick()
+        assert agent.spool.pending_count() == 0  # merging into one 10 s interval
+        agent.energy_limits.budget_answer(_answer({**GOOD, "job_id": "5"}))
+        tick()  # takes the warning: watch from the next interval
+        assert agent.energy_limits.watching
+        sealed = agent.spool.pending_count()
+        for k in range(1, 4):
+            tick()
+            assert agent.spool.pending_count() == sealed + k
+    finally:
+        agent.pusher.close()

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
+from jobenergy.agent.settings import AgentSettings
 from jobenergy.core.request_auth import MungeAuth
 from jobenergy.sim.hwemu import PowerModel
 
@@ -216,3 +217,73 @@ def test_a_job_over_a_deny_budget_is_refused_at_submission(
         assert missing.returncode == 0, missing.stderr
     finally:
         STATE_FILE.unlink(missing_ok=True)
+
+
+# -- while running: a budget whose running policy cancels -----------------------------------
+#: How long bob's burner may run on his budget: one busy CPU's power (as _limit_wh) this long.
+BUDGET_AFTER_S = 12.0
+#: The live server's budget_state_interval_s (test_live_slurm's server.toml).
+BUDGET_REFRESH_S = 2.0
+#: The live agents' push_interval_s (test_live_slurm's agent.toml).
+PUSH_INTERVAL_S = 1.0
+#: Their store_interval_s: the agent's default (the live agent.toml leaves it).
+STORE_INTERVAL_S = AgentSettings.model_fields["store_interval_s"].default
+
+
+def test_a_running_job_is_cancelled_when_its_budget_runs_out(
+        stack: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
+    """A month budget of bob's with ``--running cancel``: his running job is cancelled once
+    the collector counts the budget spent (energy stored, usage refreshed every 2 s), by his
+    node's agent, with the budget named in the job's record and AdminComment."""
+    m = PowerModel()
+    watts = m.cpu_idle_w + m.cpu_per_cpu_w + m.dram_idle_w + m.dram_per_cpu_w
+    limit_wh = f"{watts * BUDGET_AFTER_S / 3600:.4f}Wh"
+    out = _jobenergy(stack, "budget", "set", "--cluster", live.CLUSTER, "--user", "bob",
+                     "--period", "month", "--limit", limit_wh, "--policy", "warn",
+                     "--running", "cancel")
+    budget_id = re.match(r"budget (\d+) ", out).group(1)
+    jobdir = stack["work"] / "budget-jobs"
+    jobdir.mkdir()
+    jobdir.chmod(0o1777)
+    script = jobdir / "burn.sh"
+    script.write_text(LIMITED_SCRIPT.format(jobdir=jobdir))
+    script.chmod(0o755)
+    # n2 alone (the GPUs stay unallocated): all n2's package and DRAM energy is bob's.
+    job = live._submit("bob", "-J", "over-budget", "-w", "n2", "-o",
+                       str(jobdir / "%x-%j.out"), str(script), cwd=jobdir)
+    row = live._wait("bob's job to be cancelled over his budget", lambda: live._ended([job]),
+                     240, 0.5)[job]
+    assert row["state"].startswith("CANCELLED"), row
+
+    def synced() -> dict[str, Any] | None:
+        got = live._sacct([job])[job]
+        return got if live._summary_of(got["admin"]) else None
+
+    row = live._wait("EpilogSlurmctld's sync to write the AdminComment", synced, 150, 1)
+    assert live._summary_of(row["admin"]).endswith(f" limit=cancelled budget_id={budget_id}"), row
+    with httpx.Client(base_url=stack["url"], timeout=10, auth=MungeAuth()) as api:
+        record = api.get(f"/api/v1/jobs/{job}", params={"cluster": live.CLUSTER}).json()
+        budgets = {str(b["id"]): b for b in api.get("/api/v1/budgets").json()}
+    tags = record["tags"]
+    assert (tags.get("energy_limit_action"), tags.get("energy_limit_budget_id")) == (
+        "cancelled", budget_id), tags
+    # Spent, but not by much. The budget (12 s of the burner) is spent before its 90 %
+    # warning could put n2's agent on close watch (agent/energy_limits.py), so from the
+    # moment it was spent to the job's end lie at most: the rest of that stored interval,
+    # its push, one usage refresh, the next stored interval and its push (whose answer
+    # carries the cancel), the agent's next sample and scancel's round trip to the cgroup's
+    # end (an interval, one more for a rig that samples late), all at the burner's power;
+    # PUE is 1 here.
+    limit_uj = round(watts * BUDGET_AFTER_S * 1e6)
+    late_s = (2 * STORE_INTERVAL_S + 2 * PUSH_INTERVAL_S + BUDGET_REFRESH_S
+              + 2 * live.INTERVAL_S)
+    assert limit_uj <= record["energy_uj"] <= limit_uj + watts * late_s * 1e6, (
+        record["energy_uj"], limit_uj)
+    used = budgets[budget_id]
+    assert used["used_inner"] >= used["limit_inner"], used
+    with capsys.disabled():
+        past_s = (record["energy_uj"] - limit_uj) / 1e6 / watts
+        print(f"\nbudget {budget_id} of {limit_wh} = {limit_uj} µJ (running cancel): job {job} "
+              f"charged {record['energy_uj']} µJ ({past_s:+.2f}"
+              f" s of its power past the limit; bound {late_s:.0f} s); AdminComment: "
+              f"{row['admin']}")

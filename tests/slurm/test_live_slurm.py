@@ -156,7 +156,9 @@ def stack(slurm_cluster: None, pg_module_url: str, request: pytest.FixtureReques
     host_addr = munge.decode(munge.encode(b"")).addr
     server_toml = work / "server.toml"
     server_toml.write_text(
-        "[server]\nslurm_roles_ttl_s = 1\n[server.nodes]\n"
+        # Budgets' usage recomputed every 2 s (60 s by default): running-policy tests wait
+        # on it.
+        "[server]\nslurm_roles_ttl_s = 1\nbudget_state_interval_s = 2\n[server.nodes]\n"
         f'"{host_addr}" = {json.dumps(NODES)}\n')
     # bob coordinates proj2: he may read alice's proj2 jobs, not her proj1 ones.
     _run("sacctmgr", "-i", "add", "coordinator", "account=proj2", "names=bob", check=False)
