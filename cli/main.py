@@ -348,7 +348,9 @@ def db_maintain(
     the per-interval shares go, every total (jobs, nodes, hours, phases, steps) stays, as it is
     kept at ingest, and each job's curve stays per minute (rolled up into job_energy_minute
     in the same transaction, just before the drop). Old rows in the DEFAULT partition are left
-    there (a warning counts them).
+    there (a warning counts them). The keys of batches received over a day before the
+    retained intervals start are then deleted, in chunks: a retry that old is refused as
+    overlapping or too old instead of acknowledged, and is never counted twice.
     Nothing to do on SQLite: one plain table, kept whole.
     """
     _logging(log_level, log_format, "jobenergy db maintain")
@@ -359,6 +361,7 @@ def db_maintain(
 
     from jobenergy.api.leaderboards import all_time_totals
     from jobenergy.collector import rollups
+    from jobenergy.collector.batch_keys import prune_batch_keys
     from jobenergy.collector.db import make_engine
     from jobenergy.collector.partitions import drop_expired_partitions, ensure_interval_partitions
 
@@ -372,6 +375,8 @@ def db_maintain(
                 typer.echo(f"partitions created: {', '.join(created)}")
             with engine.begin() as conn:
                 retention = drop_expired_partitions(conn, retention_days)
+            keys_pruned, keys_cut = (prune_batch_keys(engine) if retention_days
+                                     else (0, None))
             rolled = rollups.refresh(engine, all_time_totals, every=timedelta(0))
         finally:
             engine.dispose()
@@ -387,6 +392,10 @@ def db_maintain(
         )
         typer.echo(f"job minute series kept for them: {retention.minute_rows} rows upserted "
                    "into job_energy_minute")
+    if keys_pruned:
+        assert keys_cut is not None
+        typer.echo(f"batch keys pruned: {keys_pruned} (batches received before "
+                   f"{keys_cut:%Y-%m-%d %H:%M} UTC, a day before the retained intervals)")
     if retention.default_rows_before_cut:
         typer.echo(
             f"kept {retention.default_rows_before_cut} rows of the DEFAULT partition older "
@@ -398,7 +407,7 @@ def db_maintain(
         typer.echo(f"all-time leaderboard computed in {rolled.seconds:.1f} s")
     if sqlite:
         typer.echo(f"nothing to do on SQLite (no partitions, no retention): {_shown(db)}")
-    elif not (created or retention.dropped):
+    elif not (created or retention.dropped or keys_pruned):
         typer.echo(f"nothing to do: {_shown(db)}")
 
 

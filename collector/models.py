@@ -137,6 +137,9 @@ class IngestedBatch(Base):
     """One stored batch; its key makes a retried batch a no-op."""
 
     __tablename__ = "ingested_batch"
+    # db maintain prunes the keys of batches received before the retained raw intervals by
+    # range (collector/batch_keys.py).
+    __table_args__ = (Index("ix_ingested_batch_received_at", "received_at"),)
 
     cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
     node: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)

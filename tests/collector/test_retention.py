@@ -268,3 +268,56 @@ def test_series_of_a_dropped_span_answer_from_hours(four_months, pg_fresh_url, m
                   for line in series(node, datetime(2025, 1, 15, tzinfo=UTC),
                                      datetime(2025, 3, 10, tzinfo=UTC))["lines"]}
     assert node_lines[("measured", "psys")] == node_lines[("unattributed", "psys")] > 0
+
+
+def _received(engine, seq: int, at: datetime) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE ingested_batch SET received_at = :at WHERE seq = :seq"),
+                     {"at": at, "seq": seq})
+
+
+def _keys(engine) -> list[int]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(text("SELECT seq FROM ingested_batch")).scalars())
+
+
+def test_batch_keys_older_than_the_retained_intervals_are_pruned_never_recounted(
+        four_months, pg_fresh_url, make_batch, db_snapshot):
+    """Keys of batches received over a day before the retained intervals go (in chunks); a
+    retry of a pruned batch is refused, as overlapping or too old, never counted again."""
+    from jobenergy.collector.batch_keys import KEY_MARGIN, prune_batch_keys
+
+    engine = four_months
+    assert prune_batch_keys(engine) == (0, None)  # nothing retained yet: nothing to prune
+    retain(engine, 30)  # the raw intervals now start on 1 March
+    kept_from = datetime(2025, 3, 1, tzinfo=UTC)
+    _received(engine, 0, JAN + timedelta(hours=1))
+    _received(engine, 1, kept_from - KEY_MARGIN + timedelta(hours=12))  # within the margin
+    _received(engine, 2, kept_from - KEY_MARGIN - timedelta(seconds=1))
+    before = db_snapshot(pg_fresh_url)
+    assert prune_batch_keys(engine, chunk_rows=1) == (2, kept_from - KEY_MARGIN)
+    assert _keys(engine) == [1, 3]
+    assert prune_batch_keys(engine) == (0, kept_from - KEY_MARGIN)
+    # January's retry reaches back before the retained intervals; March's (seq 2) overlaps
+    # what is stored; February's key is kept: a duplicate as before.
+    with pytest.raises(IngestRejected, match="before the retained raw intervals"):
+        ingest(engine, make_batch(seq=0, start=JAN, n_intervals=6))
+    with pytest.raises(IngestRejected, match="overlaps energy already stored"):
+        ingest(engine, make_batch(seq=2, start=MAR, n_intervals=6))
+    assert ingest(engine, make_batch(seq=1, start=FEB, n_intervals=6)).duplicate
+    after = db_snapshot(pg_fresh_url)
+    assert {k: v for k, v in after.items() if k != "ingested_batch"} == {
+        k: v for k, v in before.items() if k != "ingested_batch"}
+
+
+def test_db_maintain_prunes_old_batch_keys(engine, pg_fresh_url, make_batch):
+    with engine.begin() as conn:
+        ensure_interval_partitions(conn, months_ahead=1, now=JAN)
+    ingest(engine, make_batch(seq=0, start=JAN, n_intervals=3))
+    ingest(engine, make_batch(seq=1, start=JAN + timedelta(minutes=5), n_intervals=3))
+    _received(engine, 0, JAN + timedelta(hours=1))
+    result = CliRunner().invoke(app, ["db", "maintain", "--db", pg_fresh_url])
+    assert result.exit_code == 0, result.output
+    assert "batch keys pruned: 1 (batches received before 2025-02-28 00:00 UTC" in (
+        result.output)
+    assert _keys(engine) == [1]
