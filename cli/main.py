@@ -413,7 +413,12 @@ def db_maintain(
 
 @app.command()
 def demo(
-    keep_running: Annotated[bool, typer.Option("--keep-running", help="Leave the API up")] = False,
+    keep_running: Annotated[
+        bool | None,
+        typer.Option("--keep-running/--no-keep-running",
+                     help="Leave the API and its web pages up until Ctrl-C (default: on a "
+                          "terminal, yes; otherwise, as in scripts and CI, stop at the end)"),
+    ] = None,
     port: Annotated[
         int, typer.Option(min=0, max=65535, help="API port (0 = a free one)")
     ] = 0,
@@ -439,6 +444,8 @@ def demo(
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, terminate)
     try:
+        if keep_running is None:  # a person at a terminal came to look at the pages
+            keep_running = sys.stdin.isatty() and sys.stdout.isatty()
         run_demo(port=port, keep_running=keep_running, workdir=workdir)
     except (JobEnergyError, httpx.HTTPError, OSError) as err:
         typer.echo(f"jobenergy demo: {err}", err=True)

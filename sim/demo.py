@@ -139,7 +139,9 @@ def _run(work: Path, port: int, keep_running: bool, children: list[subprocess.Po
         print("done: the server stops now (--keep-running leaves it up to explore)")
         return
     print(f"try: senergy --url {api} -j 1001,1003 -o JobID,User,GPUkWh,TotalkWh,CO2eKg")
-    print("--keep-running: server stays up; Ctrl-C to stop", flush=True)
+    print(f"Open {api}/job?id=1001&cluster={CLUSTER} for job 1001's power curve, "
+          f"{api}/leaderboards for the charts.")
+    print("The server stays up; Ctrl-C stops it.", flush=True)
     try:
         children[0].wait()
     except KeyboardInterrupt:

@@ -76,3 +76,45 @@ def test_sigterm_stops_every_child_and_removes_the_temporary_folder(tmp_path: Pa
     assert left == [], left
     assert not work.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_prints_a_job_page_that_shows_its_power_curve(tmp_path: Path) -> None:
+    """``--keep-running`` (a terminal's default): the URL printed last opens job 1001's page,
+    and the series that page draws is there; the server stays up until SIGTERM."""
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBENERGY_")}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "jobenergy.cli.main", "demo", "--keep-running"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**env, "TMPDIR": str(tmp_path)})
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout],
+                              daemon=True)
+    reader.start()
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not any(line.startswith("The server stays up") for line in output):
+            assert demo.poll() is None, "".join(output)
+            output.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+        page = re.search(r"^Open (\S+/job\?id=1001&cluster=(\S+)) ", "".join(output), re.M)
+        assert page is not None, "".join(output)
+        url, cluster = page.group(1), page.group(2)
+        html = httpx.get(url, timeout=10)
+        assert html.status_code == 200 and "<html" in html.text.lower()
+        base = url.split("/job?")[0]
+        series = httpx.get(f"{base}/api/v1/jobs/1001/series", params={"cluster": cluster},
+                           timeout=10).json()
+        job = httpx.get(f"{base}/api/v1/jobs/1001", params={"cluster": cluster},
+                        timeout=10).json()
+        assert series["lines"] and job["energy_uj"] > 0
+        assert series["energy_uj"] == job["energy_uj"]  # the curve integrates to the job
+        assert demo.poll() is None  # still serving
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    reader.join(timeout=10)
