@@ -42,6 +42,8 @@ bench: $(STAMP)
 	$(PY) bench/agent_bench.py
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/auth_bench.py
+	$(PY) bench/series_bench.py
+	$(PY) bench/budget_bench.py
 
 # The wheel and sdist for installing elsewhere (deploy/INSTALL.md): each holds the units, the
 # Slurm hooks, the SPANK plugin source and the example configs that `jobenergy setup` installs.
