@@ -185,6 +185,9 @@ def test_leaderboards_put_training_and_inference_side_by_side(browser, site):
     browser.change("phase", "training")
     assert browser.chart("kwh")["labels"] == ["training"]
     assert len(browser.table("#board-table")) == 2
+    # The scenario's jobs ran on 23 November 2026: none in the last 7 days.
+    browser.change("period", "7d")
+    assert browser.text("#board-table") == "no jobs with a model tag in this period"
     browser.check_requests()
 
 
@@ -227,6 +230,13 @@ def test_usage_per_user_and_account_with_csv(browser, site, scenario):
     assert saved[0].read_bytes().decode("utf-8") == text
     browser.check_requests()
     browser.screenshot("usage-per-account")
+    # Every job ran in partition gpu: one row holding all of it.
+    browser.change("group_by", "partition")
+    rows = by(browser.table("#usage-table"), "group")
+    assert list(rows) == ["gpu"]
+    assert rows["gpu"]["energy_kwh"][1] == approx(
+        expected.user_kwh("alice") + expected.user_kwh("bob"))
+    browser.check_requests()
 
 
 BUDGET_CARDS = """
