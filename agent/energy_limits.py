@@ -37,7 +37,11 @@ be enforced up to two store intervals late. From a budget's warning to its cance
 ``exceeded``, while such a job runs here, :attr:`EnergyLimits.watching` is True and the
 daemon stores and pushes every sampled interval (``interval_s``): enforcement then lags by a
 push, one ``budget_state_interval_s`` and a push, not by two store intervals. It costs rows
-only between 90 % and 100 % of a budget.
+only between 90 % and 100 % of a budget, and only while the collector keeps saying so: each
+answer naming the job's warning renews a lease of :data:`WATCH_LEASE_S`, an answer without it
+(the budget raised, deleted or reset) ends it, and so does silence (a collector outage, when
+watching helps nobody and would fill the spool ten times faster). A restarted agent watches
+again once an answer names the job.
 
 Each action is taken at most once per job and node, whoever asks for it. What was done is written to
 ``<limit_dir>/<job_id>`` (root's, 0600) *before* ``scancel`` runs, so an agent restart
@@ -90,6 +94,8 @@ _PERSIST_EVERY_S = 5.0
 #: reset a job's count and signal it again).
 _FORGET_AFTER_S = 60.0
 _SCANCEL_TIMEOUT_S = 30.0
+#: How long one answer naming a job's budget warning keeps the close watch on (module doc).
+WATCH_LEASE_S = 30.0
 
 
 @dataclass(slots=True)
@@ -178,6 +184,8 @@ class EnergyLimits:
         # Budget actions from the pusher's thread, taken by the next observe(): job -> action.
         self._budget_lock = threading.Lock()
         self._budget_pending: dict[str, BudgetAction] = {}
+        # Jobs the collector's latest answer named with a warning -> monotonic lease end.
+        self._watch_leases: dict[str, float] = {}
         self._loaded = False
         #: A budget warned a job running here and has not yet cancelled it (module doc).
         self.watching = False
@@ -251,13 +259,19 @@ class EnergyLimits:
                 self._forget(job_id)
 
     def _watch(self, job_map: Mapping[str, JobMapEntry]) -> None:
-        """Set :attr:`watching`: a job running here is warned by a budget, not yet past it."""
+        """Set :attr:`watching`: a job running here is warned by a budget, not yet past it,
+        and the collector's answers still say so (its lease holds)."""
         watching = False
-        for job_id, record in self._records.items():
-            if (record.budget_id is not None and record.warned_uj is not None
-                    and record.exceeded_uj is None and record.cancelled_uj is None):
+        leases = self._watch_leases  # replaced whole by budget_answer, never changed in place
+        if leases:
+            now = time.monotonic()
+            for job_id, lease_end in leases.items():
+                record = self._records.get(job_id)
                 entry = job_map.get(job_id)
-                if entry is not None and entry.end_ns is None:
+                if (lease_end > now and record is not None and record.budget_id is not None
+                        and record.warned_uj is not None and record.exceeded_uj is None
+                        and record.cancelled_uj is None and entry is not None
+                        and entry.end_ns is None):
                     watching = True
                     break
         if watching != self.watching:
@@ -300,9 +314,11 @@ class EnergyLimits:
             logger.warning("budget action refused: %s", problem)
         if problems:
             self.budget_actions_ignored.labels("invalid").inc(len(problems))
-        if not actions:
-            return
+        lease_end = time.monotonic() + WATCH_LEASE_S
         with self._budget_lock:
+            # Every answer names all of the batch's jobs a budget warns: one left out is no
+            # longer warned (module doc, close watch).
+            self._watch_leases = {a.job_id: lease_end for a in actions if a.action == "warn"}
             for action in actions:
                 queued = self._budget_pending.get(action.job_id)
                 if queued is None or _STRENGTH[action.action] >= _STRENGTH[queued.action]:

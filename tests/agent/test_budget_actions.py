@@ -260,6 +260,37 @@ def test_a_budget_warning_puts_the_node_on_close_watch_until_it_acts(tmp_path, s
     assert not own.watching
 
 
+def test_close_watch_lasts_only_while_the_collector_repeats_the_warning(
+        tmp_path, scancel, monkeypatch):
+    """A lease: an answer without the job's warning (budget raised, deleted, reset) ends the
+    watch, and so does silence (an outage); a restarted agent watches once named again."""
+    from jobenergy.agent import energy_limits
+
+    limits = EnergyLimits(tmp_path / "limits", str(scancel))
+    running = {"42": JobMapEntry()}
+    limits.budget_answer(_answer(GOOD))
+    _tick(limits, running, {"42": 1})
+    assert limits.watching
+    limits.budget_answer(_answer({**GOOD, "job_id": "43"}))  # 42's budget cooled
+    _tick(limits, running, {"42": 1})
+    assert not limits.watching
+    limits.budget_answer(b"<html>proxy error</html>")
+    limits.budget_answer(_answer(GOOD))
+    _tick(limits, running, {"42": 1})
+    assert limits.watching  # warned already: no second signal, but watched again
+    assert _calls(scancel) == [["--signal=USR1", "--full", "42"]]
+    restarted = EnergyLimits(tmp_path / "limits", str(scancel))
+    _tick(restarted, running, {"42": 1})
+    assert not restarted.watching  # the record resumes; the lease waits for an answer
+    restarted.budget_answer(_answer(GOOD))
+    _tick(restarted, running, {"42": 1})
+    assert restarted.watching
+    monkeypatch.setattr(energy_limits, "WATCH_LEASE_S", 0.0)
+    restarted.budget_answer(_answer(GOOD))  # then silence: the lease runs out
+    _tick(restarted, running, {"42": 1})
+    assert not restarted.watching
+
+
 def test_on_close_watch_the_agent_seals_every_sampled_interval(tmp_path, scancel):
     """A real agent with 10 s stored intervals and hourly pushes: nothing is sealed while
     it merges; once a budget warned one of its jobs, each tick seals its own interval."""
