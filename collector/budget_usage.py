@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from jobenergy.collector.models import Budget, Job, JobEnergyHour
 from jobenergy.core.budget_state import StateEntry
@@ -74,7 +74,12 @@ def window_usage(conn: Connection, cluster: str, window: Window) -> Usage:
         select(Job.user, Job.account, func.sum(h.facility_uj), func.sum(h.co2e_ug))
         .select_from(h)
         .join(Job, and_(Job.cluster == h.cluster, Job.job_id == h.job_id))
-        .where(h.cluster == cluster, h.hour_at >= window.start, h.hour_at < window.end)
+        .where(h.cluster == cluster, h.hour_at >= window.start, h.hour_at < window.end,
+               # Hours after an ended job's end are another job's: Slurm reuses ids (MaxJobId
+               # wraps, a controller restarted from scratch), and the old row keeps its user,
+               # so the new job's energy must not spend the old owner's budget (and get that
+               # user's running jobs cancelled).
+               or_(Job.end_at.is_(None), h.hour_at <= Job.end_at))
         .group_by(Job.user, Job.account)
     )
     return {(user, account): (int(facility or 0), int(co2e or 0))

@@ -18,6 +18,7 @@ cancelled, the array / het-job ids); a hook's event after them only fills what i
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 from datetime import UTC, datetime
@@ -29,6 +30,8 @@ from jobenergy.collector.board import refresh_board
 from jobenergy.collector.models import Job
 from jobenergy.collector.sql import IngestRejected, dialect_insert
 from jobenergy.core.schema import MAX_JOB_GPUS, MAX_JOB_NODES, MAX_JOB_TAGS, JobEvent
+
+logger = logging.getLogger(__name__)
 
 PHASES = ("training", "inference", "other")
 MAX_TAGS = MAX_JOB_TAGS
@@ -169,6 +172,15 @@ def apply_job_event(session: Session, event: JobEvent) -> Job:
     # Once the Slurm sync has set the job, a hook's event only fills what is still unknown:
     # a node epilog's end event arriving after the sync must not replace sacct's times.
     fill_only = job.synced_at is not None and not slurm
+    if (event.event == "start" and not slurm and job.end_at is not None
+            and event.time > job.end_at and event.user is not None
+            and job.user not in (None, event.user)):
+        # Job ids are the key; Slurm reuses them (MaxJobId wraps, a controller started from
+        # scratch). The row keeps its owner; budgets count no energy after its end.
+        logger.warning("job %s on cluster %s: start of user %r after %r's job of that id "
+                       "ended (%s): Slurm reused the id? The stored job keeps its owner",
+                       event.job_id, event.cluster, event.user, job.user,
+                       job.end_at.isoformat())
     start_at, end_at = job.start_at, job.end_at
     if event.event == "start" and not (fill_only and start_at is not None):
         start_at = event.time

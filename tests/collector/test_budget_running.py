@@ -134,3 +134,32 @@ def test_an_older_refresh_never_replaces_a_newer_view():
     assert running.update([], started=2.0)
     assert not running.update([], started=1.0)
     assert running.hot("c1") == () and WARN_PPM == 900_000 and hot_budgets([]) == {}
+
+
+def test_a_reused_job_id_does_not_spend_the_old_owners_budget(seeded, make_batch, caplog):
+    """Slurm reuses job ids (MaxJobId wraps): alice's job 1 ended, synced; a later job 1 is
+    bob's, but the row stays alice's. Its energy must not spend alice's budget, or her other
+    running job (3) would be cancelled for bob's consumption."""
+    end = T0 + timedelta(minutes=5)
+    r = seeded.post("/api/v1/jobs/events", json={
+        "cluster": "c1", "job_id": "1", "event": "end", "time": end.isoformat(),
+        "state": "COMPLETED", "exit_code": 0, "source": "sacct", "user": "alice",
+        "account": "physics"})
+    assert r.status_code == 200, r.text
+    budget = put(seeded, scope="user", user="alice", limit="2.5kWh", running_policy="cancel")
+    refresh(seeded)
+    before = used_of(seeded, budget["id"])
+    # Bob's job 1, days later: its prolog's start (logged: the id was reused), then two
+    # hours at 1 kW on n3 (alice's budget would be spent).
+    r = seeded.post("/api/v1/jobs/events", json={
+        "cluster": "c1", "job_id": "1", "event": "start",
+        "time": (T0 + timedelta(days=3)).isoformat(), "user": "bob", "account": "physics"})
+    assert r.status_code == 200, r.text
+    assert "Slurm reused the id?" in caplog.text
+    later = make_batch(node="n3", seq=7, jobs={"1": 1}, unattributed_weight=0, sources=CPU,
+                       power_w=1000.0, interval_s=3600.0, n_intervals=2,
+                       start=T0 + timedelta(days=3))
+    assert seeded.post("/api/v1/batches", content=later.model_dump_json()).status_code == 200
+    refresh(seeded)
+    assert used_of(seeded, budget["id"]) == before
+    assert push(seeded, make_batch, "n2", {"3": 1}) == []
