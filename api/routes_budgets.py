@@ -23,6 +23,7 @@ from jobenergy.api.authenticate import forbidden, get_access
 from jobenergy.api.budget_view import BudgetIn, BudgetOut, budget_out, visible
 from jobenergy.collector import budget_store, budget_usage
 from jobenergy.collector.routes import BodyDep, JsonDep, SessionDep, parse_body
+from jobenergy.core.budget_wire import StateBudget, StateOut
 
 router = APIRouter(prefix="/api/v1", tags=["budgets"])
 
@@ -36,28 +37,6 @@ class BudgetSetOut(BaseModel):
 
     created: bool
     budget: BudgetOut
-
-
-class StateBudget(BaseModel):
-    """One budget of the state file: ``used``/``limit`` in µJ (``kwh``) or µg (``kg_co2e``)."""
-
-    id: int
-    scope: str
-    account: str
-    user: str
-    policy: str
-    unit: str
-    period: str
-    used: int
-    limit: int
-    resets_at: int | None
-
-
-class StateOut(BaseModel):
-    """The budgets under way at ``generated`` (unix seconds)."""
-
-    generated: int
-    budgets: list[StateBudget]
 
 
 def _admin(access: Access, what: str) -> None:

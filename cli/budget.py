@@ -26,10 +26,11 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from jobenergy.cli.api_client import api_client, error_detail
 from jobenergy.core.budget_state import StateEntry, is_token, write_state
+from jobenergy.core.budget_wire import StateOut
 from jobenergy.core.budgets import BudgetError, check_range, parse_limit
 from jobenergy.core.errors import JobEnergyError
 
@@ -186,26 +187,6 @@ def delete(budget_id: Annotated[int, typer.Argument(help="The budget's ID (list 
     typer.echo(f"budget {budget['id']} deleted: {_who(budget)}")
 
 
-class _StateBudget(BaseModel):
-    """One budget of ``GET /api/v1/budgets/state``, typed (ints stay ints in the file)."""
-
-    id: int
-    scope: str
-    account: str
-    user: str
-    policy: str
-    unit: str
-    period: str
-    used: int
-    limit: int
-    resets_at: int | None
-
-
-class _StateAnswer(BaseModel):
-    generated: int
-    budgets: list[_StateBudget]
-
-
 @budget_app.command("write-state")
 def write_state_file(
     out: Annotated[Path, typer.Option("--out", help="The state file job_submit.lua reads")],
@@ -221,7 +202,7 @@ def write_state_file(
     answer = _call(url, "GET", "/api/v1/budgets/state",
                    params={"cluster": cluster} if cluster else {})
     try:
-        state = _StateAnswer.model_validate(answer)
+        state = StateOut.model_validate(answer)
         entries = [StateEntry(**b.model_dump()) for b in state.budgets]
     except (ValidationError, TypeError) as err:
         raise _fail(f"unexpected budget state from {url}: {str(err).splitlines()[0]}", 1) \

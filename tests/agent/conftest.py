@@ -4,6 +4,9 @@
 ``collector/steps.py``), the oracle of the coalescing tests. The collector is imported only
 by the tests that use it (skipped where the server stack is not installed).
 
+``scancel``: a fake ``scancel`` executable that records each call's argv (energy limits and
+budget actions run it by absolute path).
+
 ``clock``: the agent's clock (``time`` and ``datetime.now`` of the modules that read it),
 moved only by the test: samples one simulated second apart, in a few milliseconds.
 """
@@ -11,9 +14,11 @@ moved only by the test: samples one simulated second apart, in a few millisecond
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +119,29 @@ def derived() -> Callable[[list], dict]:
         }
 
     return derive
+
+
+class FakeScancel:
+    """An executable ``scancel`` script that appends each call's argv (tab-separated) to a
+    log; ``str()`` is its path."""
+
+    def __init__(self, root: Path) -> None:
+        self.log = root / "scancel.calls"
+        self.path = root / "bin" / "scancel"
+        self.path.parent.mkdir()
+        self.path.write_text(f'#!/bin/sh\n(IFS="\t"; printf "%s\\n" "$*") >> "{self.log}"\n')
+        self.path.chmod(self.path.stat().st_mode | stat.S_IXUSR)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def calls(self) -> list[list[str]]:
+        """Each call's arguments, in order."""
+        if not self.log.exists():
+            return []
+        return [line.split("\t") for line in self.log.read_text().splitlines()]
+
+
+@pytest.fixture
+def scancel(tmp_path: Path) -> FakeScancel:
+    return FakeScancel(tmp_path)

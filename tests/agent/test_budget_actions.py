@@ -8,13 +8,9 @@ test_energy_limits.py); the last test runs a real collector over HTTP and a real
 from __future__ import annotations
 
 import json
-import stat
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-import pytest
 
 from jobenergy.agent.budget_actions import MAX_ACTIONS, BudgetAction, parse_budget_actions
 from jobenergy.agent.energy_limits import EnergyLimits, parse_record
@@ -24,21 +20,6 @@ from jobenergy.agent.records import SampledInterval, SourceSample
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 GOOD = {"job_id": "42", "action": "warn", "budget_id": 7, "used_inner": 95, "limit_inner": 100,
         "unit": "kwh"}
-
-
-@pytest.fixture
-def scancel(tmp_path: Path) -> Path:
-    log = tmp_path / "scancel.calls"
-    script = tmp_path / "bin" / "scancel"
-    script.parent.mkdir()
-    script.write_text(f'#!/bin/sh\n(IFS="\t"; printf "%s\\n" "$*") >> "{log}"\n')
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return script
-
-
-def _calls(scancel: Path) -> list[list[str]]:
-    log = scancel.parent.parent / "scancel.calls"
-    return [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def _answer(*actions: dict) -> bytes:
@@ -87,17 +68,17 @@ def test_a_budget_warns_once_then_cancels_once_and_records_why(tmp_path, scancel
     job_map = {"42": JobMapEntry(), "43": JobMapEntry()}  # no --energy-limit
     _tick(limits, job_map, {"42": 5_000_000, "43": 1})
     limits.budget_answer(_answer(GOOD))
-    assert _calls(scancel) == []  # taken by the sampling thread, at the next interval
+    assert scancel.calls() == []  # taken by the sampling thread, at the next interval
     _tick(limits, job_map, {"42": 1_000_000})
-    assert _calls(scancel) == [["--signal=USR1", "--full", "42"]]
+    assert scancel.calls() == [["--signal=USR1", "--full", "42"]]
     limits.budget_answer(_answer(GOOD))  # every answer repeats it: taken once
     _tick(limits, job_map, {"42": 1_000_000})
-    assert len(_calls(scancel)) == 1
+    assert len(scancel.calls()) == 1
     # Two answers between two intervals: the strongest action is kept.
     limits.budget_answer(_answer({**GOOD, "action": "cancel", "budget_id": 8}))
     limits.budget_answer(_answer(GOOD))
     _tick(limits, job_map, {"42": 1_000_000})
-    assert _calls(scancel)[1:] == [["--signal=TERM", "--full", "42"], ["42"]]
+    assert scancel.calls()[1:] == [["--signal=TERM", "--full", "42"], ["42"]]
     text = (tmp_path / "limits" / "42").read_text()
     record = parse_record(text)
     assert record is not None and record.limit_uj is None and record.budget_id == 8
@@ -112,7 +93,7 @@ def test_a_budget_warns_once_then_cancels_once_and_records_why(tmp_path, scancel
     again = EnergyLimits(tmp_path / "limits", str(scancel))
     again.budget_answer(_answer({**GOOD, "action": "cancel"}))
     _tick(again, job_map, {"42": 1})
-    assert len(_calls(scancel)) == 3
+    assert len(scancel.calls()) == 3
 
 
 def test_exceeded_under_a_warn_budget_signals_once_and_lets_the_job_run(tmp_path, scancel):
@@ -122,7 +103,7 @@ def test_exceeded_under_a_warn_budget_signals_once_and_lets_the_job_run(tmp_path
     _tick(limits, job_map, {"42": 3})
     limits.budget_answer(_answer(GOOD, {**GOOD, "action": "exceeded"}))
     _tick(limits, job_map, {"42": 3})
-    assert _calls(scancel) == [["--signal=USR2", "--full", "42"]]
+    assert scancel.calls() == [["--signal=USR2", "--full", "42"]]
     record = parse_record((tmp_path / "limits" / "42").read_text())
     assert record is not None and (record.warned_uj, record.exceeded_uj) == (3, 3)
     assert record.cancelled_uj is None
@@ -135,7 +116,7 @@ def test_only_jobs_running_on_this_node_are_acted_on(tmp_path, scancel):
                                    for j in ("41", "44"))))
     limits.budget_answer(_answer({**GOOD, "job_id": "1;reboot", "action": "cancel"}))
     _tick(limits, job_map, {"42": 1})
-    assert _calls(scancel) == []
+    assert scancel.calls() == []
     assert _count(limits.budget_actions_ignored, "not_running") == 2
     assert _count(limits.budget_actions_ignored, "invalid") == 1
     assert not any((tmp_path / "limits").glob("4*"))
@@ -148,7 +129,7 @@ def test_a_jobs_own_limit_after_a_budget_warning_takes_the_record_back(tmp_path,
     _tick(limits, job_map, {"42": 10})
     assert parse_record((tmp_path / "limits" / "42").read_text()).budget_id == 7
     _tick(limits, job_map, {"42": 95})  # 105 % of its own limit: cancelled for that
-    assert _calls(scancel) == [["--signal=USR1", "--full", "42"],
+    assert scancel.calls() == [["--signal=USR1", "--full", "42"],
                                ["--signal=TERM", "--full", "42"], ["42"]]
     record = parse_record((tmp_path / "limits" / "42").read_text())
     assert record.budget_id is None and record.cancelled_uj == 105
@@ -215,10 +196,10 @@ def test_a_budget_cancels_a_job_through_a_real_collector(tmp_path, scancel, db_u
             agent.tick()
         agent.seal()
         assert agent.pusher.push_once()  # the answer names job 5 (alice's), not bob's 6
-        assert _calls(scancel) == []
+        assert scancel.calls() == []
         agent.tick()  # the sampling thread takes it
         assert agent.energy_limits.wait_idle(10)
-        assert _calls(scancel) == [["--signal=TERM", "--full", "5"], ["5"]]
+        assert scancel.calls() == [["--signal=TERM", "--full", "5"], ["5"]]
         record = parse_record((tmp_path / "limits" / "5").read_text())
         assert record is not None and record.budget_id == 1 and record.cancelled_uj == 6_000_000
         assert not (tmp_path / "limits" / "6").exists()
@@ -278,7 +259,7 @@ def test_close_watch_lasts_only_while_the_collector_repeats_the_warning(
     limits.budget_answer(_answer(GOOD))
     _tick(limits, running, {"42": 1})
     assert limits.watching  # warned already: no second signal, but watched again
-    assert _calls(scancel) == [["--signal=USR1", "--full", "42"]]
+    assert scancel.calls() == [["--signal=USR1", "--full", "42"]]
     restarted = EnergyLimits(tmp_path / "limits", str(scancel))
     _tick(restarted, running, {"42": 1})
     assert not restarted.watching  # the record resumes; the lease waits for an answer

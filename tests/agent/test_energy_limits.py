@@ -23,23 +23,7 @@ from jobenergy.sim.node import SimNode
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture
-def scancel(tmp_path: Path) -> Path:
-    """A fake scancel that records each call's argv (one line, fields tab-separated)."""
-    log = tmp_path / "scancel.calls"
-    script = tmp_path / "bin" / "scancel"
-    script.parent.mkdir()
-    script.write_text(f'#!/bin/sh\n(IFS="\t"; printf "%s\\n" "$*") >> "{log}"\n')
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return script
-
-
-def _calls(scancel: Path) -> list[list[str]]:
-    log = scancel.parent.parent / "scancel.calls"
-    return [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
-
-
-def _limits(tmp_path: Path, scancel: Path, **kw) -> EnergyLimits:
+def _limits(tmp_path: Path, scancel: object, **kw) -> EnergyLimits:
     return EnergyLimits(tmp_path / "limits", str(scancel), **kw)
 
 
@@ -63,16 +47,16 @@ LIMITED = {"42": JobMapEntry(energy_limit_uj=1_000_000_000, nodes=1)}
 def test_warned_once_at_90_percent_then_cancelled_once_at_the_limit(tmp_path, scancel):
     limits = _limits(tmp_path, scancel)
     _run(limits, LIMITED, _interval({"42": 400_000_000}), _interval({"42": 400_000_000}))
-    assert _calls(scancel) == []  # 80 %
+    assert scancel.calls() == []  # 80 %
     # 90 %: CPU and GPU energy both count.
     _run(limits, LIMITED, _interval({"42": 50_000_000}, {"42": 50_000_000}))
-    assert _calls(scancel) == [["--signal=USR1", "--full", "42"]]
+    assert scancel.calls() == [["--signal=USR1", "--full", "42"]]
     _run(limits, LIMITED, _interval({"42": 50_000_000}))  # 95 %: nothing new
-    assert len(_calls(scancel)) == 1
+    assert len(scancel.calls()) == 1
     _run(limits, LIMITED, _interval({"42": 60_000_000}))  # 101 %
-    assert _calls(scancel)[1:] == [["--signal=TERM", "--full", "42"], ["42"]]
+    assert scancel.calls()[1:] == [["--signal=TERM", "--full", "42"], ["42"]]
     _run(limits, LIMITED, _interval({"42": 60_000_000}), _interval({"42": 1}))
-    assert len(_calls(scancel)) == 3  # never twice
+    assert len(scancel.calls()) == 3  # never twice
     record = parse_record((tmp_path / "limits" / "42").read_text())
     assert record is not None
     assert (record.warned_uj, record.cancelled_uj) == (900_000_000, 1_010_000_000)
@@ -88,13 +72,13 @@ def test_warned_once_at_90_percent_then_cancelled_once_at_the_limit(tmp_path, sc
 def test_a_jump_past_the_limit_cancels_without_a_warning_first(tmp_path, scancel):
     limits = _limits(tmp_path, scancel)
     _run(limits, LIMITED, _interval({"42": 2_000_000_000}))
-    assert _calls(scancel) == [["--signal=TERM", "--full", "42"], ["42"]]
+    assert scancel.calls() == [["--signal=TERM", "--full", "42"], ["42"]]
 
 
 def test_warn_policy_signals_at_90_and_100_percent_and_lets_the_job_run(tmp_path, scancel):
     limits = _limits(tmp_path, scancel, policy="warn", warn_signal="USR2", warn_fraction=0.5)
     _run(limits, LIMITED, *[_interval({"42": 300_000_000})] * 6)
-    assert _calls(scancel) == [["--signal=USR2", "--full", "42"]] * 2
+    assert scancel.calls() == [["--signal=USR2", "--full", "42"]] * 2
     record = parse_record((tmp_path / "limits" / "42").read_text())
     assert record is not None and record.exceeded_uj == 1_200_000_000
     assert record.cancelled_uj is None
@@ -105,9 +89,9 @@ def test_a_multi_node_job_gets_an_even_share_per_node(tmp_path, scancel):
     limits = _limits(tmp_path, scancel)
     two = {"7": JobMapEntry(energy_limit_uj=1_000_000_000, nodes=2)}
     _run(limits, two, _interval({"7": 449_999_999}))
-    assert _calls(scancel) == []
+    assert scancel.calls() == []
     _run(limits, two, _interval({"7": 1}))  # 450 000 000 = 90 % of this node's half
-    assert _calls(scancel) == [["--signal=USR1", "--full", "7"]]
+    assert scancel.calls() == [["--signal=USR1", "--full", "7"]]
 
 
 def test_only_limited_jobs_in_the_map_are_signalled(tmp_path, scancel):
@@ -119,19 +103,19 @@ def test_only_limited_jobs_in_the_map_are_signalled(tmp_path, scancel):
     }
     _run(limits, job_map, _interval({"42": 10**12, "43": 10**12, "1;reboot": 10**12,
                                      "44": 10**12}))
-    assert _calls(scancel) == []
+    assert scancel.calls() == []
     assert limits.scancel_failures._value.get() == 1  # the bad id's cancel: refused
 
 
 def test_a_restarted_agent_resumes_and_never_signals_again(tmp_path, scancel):
     first = _limits(tmp_path, scancel)
     _run(first, LIMITED, _interval({"42": 950_000_000}))
-    assert len(_calls(scancel)) == 1
+    assert len(scancel.calls()) == 1
     second = _limits(tmp_path, scancel)  # a new agent over the same limit_dir
     _run(second, LIMITED, _interval({"42": 10_000_000}))
-    assert len(_calls(scancel)) == 1  # resumed at 960 000 000: warned already
+    assert len(scancel.calls()) == 1  # resumed at 960 000 000: warned already
     _run(second, LIMITED, _interval({"42": 40_000_000}))
-    assert _calls(scancel)[1:] == [["--signal=TERM", "--full", "42"], ["42"]]
+    assert scancel.calls()[1:] == [["--signal=TERM", "--full", "42"], ["42"]]
 
 
 def test_a_failing_scancel_is_counted_not_retried(tmp_path):
@@ -179,7 +163,7 @@ def test_the_agent_cancels_a_job_at_its_limit_from_the_prolog_map(tmp_path, scan
             agent.tick()
         assert agent.energy_limits.wait_idle(10)
         # 18 J (90 %) after the third interval, 24 J (past 20 J) after the fourth.
-        assert _calls(scancel) == [["--signal=USR1", "--full", "5"],
+        assert scancel.calls() == [["--signal=USR1", "--full", "5"],
                                    ["--signal=TERM", "--full", "5"], ["5"]]
         assert "cancelled_uj=24000000" in (tmp_path / "limits" / "5").read_text()
     finally:

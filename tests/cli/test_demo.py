@@ -43,23 +43,35 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def test_sigterm_stops_every_child_and_removes_the_temporary_folder(tmp_path: Path) -> None:
+def _start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, queue.Queue[str]]:
+    """Start ``jobenergy demo`` in ``tmp_path`` (its TMPDIR); return it and its output lines."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBENERGY_")}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "jobenergy.cli.main", "demo"],
+        [sys.executable, "-m", "jobenergy.cli.main", "demo", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         env={**env, "TMPDIR": str(tmp_path)})
     lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout],
-                              daemon=True)
-    reader.start()
+    threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout],
+                     daemon=True).start()
+    return demo, lines
+
+
+def _read_until(demo: subprocess.Popen, lines: queue.Queue[str], prefix: str,
+                timeout_s: float) -> str:
+    """Return the demo's output up to and with the first line starting with ``prefix``."""
     output: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while not any(line.startswith(prefix) for line in output):
+        assert demo.poll() is None, "".join(output)
+        output.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+    return "".join(output)
+
+
+def test_sigterm_stops_every_child_and_removes_the_temporary_folder(tmp_path: Path) -> None:
+    demo, lines = _start_demo(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while not any(line.startswith("started ") for line in output):
-            assert demo.poll() is None, "".join(output)
-            output.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
-        work = Path(re.search(r"working in (\S+)", "".join(output)).group(1))
+        output = _read_until(demo, lines, "started ", 120)
+        work = Path(re.search(r"working in (\S+)", output).group(1))
         assert work.parent == tmp_path and work.is_dir()
         children = _descendants(demo.pid)
         assert len(children) >= 2, children  # the server and the agents
@@ -71,7 +83,6 @@ def test_sigterm_stops_every_child_and_removes_the_temporary_folder(tmp_path: Pa
         if demo.poll() is None:
             demo.kill()
             demo.wait()
-    reader.join(timeout=10)
     left = [(pid, start) for pid, start in children if _start_time(pid) == start]
     assert left == [], left
     assert not work.exists()
@@ -83,23 +94,11 @@ def test_the_demo_prints_a_job_page_that_shows_its_power_curve(tmp_path: Path) -
     and the series that page draws is there; the server stays up until SIGTERM."""
     import httpx
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBENERGY_")}
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "jobenergy.cli.main", "demo", "--keep-running"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-        env={**env, "TMPDIR": str(tmp_path)})
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout],
-                              daemon=True)
-    reader.start()
-    output: list[str] = []
+    demo, lines = _start_demo(tmp_path, "--keep-running")
     try:
-        deadline = time.monotonic() + 180
-        while not any(line.startswith("The server stays up") for line in output):
-            assert demo.poll() is None, "".join(output)
-            output.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
-        page = re.search(r"^Open (\S+/job\?id=1001&cluster=(\S+)) ", "".join(output), re.M)
-        assert page is not None, "".join(output)
+        output = _read_until(demo, lines, "The server stays up", 180)
+        page = re.search(r"^Open (\S+/job\?id=1001&cluster=(\S+)) ", output, re.M)
+        assert page is not None, output
         url, cluster = page.group(1), page.group(2)
         html = httpx.get(url, timeout=10)
         assert html.status_code == 200 and "<html" in html.text.lower()
@@ -117,4 +116,3 @@ def test_the_demo_prints_a_job_page_that_shows_its_power_curve(tmp_path: Path) -
         if demo.poll() is None:
             demo.kill()
             demo.wait()
-    reader.join(timeout=10)
