@@ -198,7 +198,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     refresher = (None if settings.read_only or not settings.rollup_interval_s
                  else rollups.Refresher(engine, settings.rollup_interval_s,
-                                        leaderboards.all_time_totals))
+                                        leaderboards.all_time_totals,
+                                        leaderboards.window_totals))
 
     # Budgets: the running jobs' view (answered with each batch) and, where configured, the
     # submit script's state file, recomputed together (collector/budget_writer.py).

@@ -23,8 +23,8 @@ selected by ``begin_at`` (start time, or first energy when Slurm sent no start) 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -46,7 +46,13 @@ from jobenergy.api.access import Visible
 from jobenergy.api.job_filters import visible_clause
 from jobenergy.collector.board import annotated_part_rows, job_part_rows
 from jobenergy.collector.models import Job, JobBoardPart
-from jobenergy.collector.rollups import fresh_through, total_rows
+from jobenergy.collector.rollups import (
+    PERIODS,
+    STATE,
+    WINDOW_STATE,
+    fresh_through,
+    total_rows,
+)
 from jobenergy.core.units import UJ_PER_J, UJ_PER_KWH
 
 LEADERBOARD_METRICS = (
@@ -68,6 +74,9 @@ class Window:
     start: datetime | None = None
     end: datetime | None = None
     visible: Visible | None = None  # the caller's PrivateData=usage scope (api/access.py)
+    #: A rolling window (``collector/rollups.py`` PERIODS: the last 24h, 7d, 30d), instead of
+    #: start and end: answered from its materialisation where that applies, else live.
+    period: str | None = None
 
 
 def _where(window: Window) -> list[ColumnElement[bool]]:
@@ -282,24 +291,34 @@ def all_time_totals(conn: Connection, cluster: str | None) -> list[Aggregate]:
                                 conn.dialect.name == "postgresql")
 
 
+def window_totals(conn: Connection, cluster: str | None, start: datetime, end: datetime
+                  ) -> list[Aggregate]:
+    """The live leaderboard of ``cluster`` (None: all) over the jobs that started in
+    ``[start, end)``, for the rolling windows' roll-up (``WindowTotalsFn``)."""
+    with Session(bind=conn) as session:
+        return _live_aggregates(session, Window(cluster=cluster, start=start, end=end),
+                                conn.dialect.name == "postgresql")
+
+
 def _total_aggregates(session: Session, window: Window) -> list[Aggregate]:
     return [
         (model, phase or None, int(jobs), int(energy), float(facility), float(co2e),
          float(gpu_s), samples, sampled, float(median))
         for model, phase, jobs, energy, facility, co2e, gpu_s, samples, sampled, median
-        in session.execute(total_rows(window.cluster, window.phase))
+        in session.execute(total_rows(window.cluster, window.phase, window.period))
     ]
 
 
 def _uses_rollup(session: Session, window: Window, source: str, postgres: bool
                  ) -> datetime | None:
-    """When the materialised leaderboard answers this request, the time it is as of; None:
-    live (a window, a caller who counts only some jobs, never computed, or a small database
-    under ``auto``)."""
+    """When the materialised leaderboard answers this request, the time it is as of (for a
+    rolling window: where it ends); None: live (start or end given, a caller who counts only
+    some jobs, never computed, or a small database under ``auto``)."""
     if (source == "live" or window.visible is not None or window.start is not None
             or window.end is not None or (source == "auto" and not postgres)):
         return None
-    through = fresh_through(session.connection())
+    through = fresh_through(session.connection(),
+                            WINDOW_STATE if window.period is not None else STATE)
     if through is None or source == "rollup":
         return through
     jobs = session.execute(
@@ -321,6 +340,8 @@ def model_leaderboard(
     if window.visible is not None:
         source = "live"
     as_of = _uses_rollup(session, window, source, postgres)
+    if as_of is None and window.period is not None:  # live: the period up to now
+        window = replace(window, start=datetime.now(UTC) - PERIODS[window.period])
     aggregates = (_live_aggregates(session, window, postgres) if as_of is None
                   else _total_aggregates(session, window))
     rows = []

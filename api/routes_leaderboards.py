@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from sqlalchemy import select
 
 from jobenergy.api.access import Access, Visible
@@ -15,11 +15,13 @@ from jobenergy.api.leaderboards import LEADERBOARD_METRICS, Window, model_leader
 from jobenergy.api.routes_jobs import parse_time
 from jobenergy.api.schemas import LeaderboardRow, SummaryRow
 from jobenergy.collector.models import Job
+from jobenergy.collector.rollups import PERIODS
 from jobenergy.collector.routes import SessionDep
 
 router = APIRouter(prefix="/api/v1", tags=["leaderboards"])
 
 Metric = Literal[LEADERBOARD_METRICS]  # type: ignore[valid-type]
+Period = Literal[tuple(PERIODS)]  # type: ignore[valid-type]
 TimeQuery = Annotated[str | None, Query(
     description="ISO 8601 (UTC unless zoned), epoch s or sacct's forms (now-2hours, today); "
     "by job start")]
@@ -40,15 +42,23 @@ def get_model_leaderboard(
     metric: Metric = "total_energy_kwh",
     order: Literal["desc", "asc"] = "desc",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    period: Annotated[Period | None, Query(
+        description="the jobs that started in the last 24 h, 7 d or 30 d (instead of start "
+                    "and end); from the materialised window where source allows, which ends "
+                    "at as_of")] = None,
     source: Annotated[Literal["auto", "live", "rollup"], Query(
-        description="rollup: with no start or end, the all-time leaderboard materialised in "
-                    "the background (exact, as of as_of), for callers who count every job; "
-                    "auto: that on large databases; live: read every job now")] = "auto",
+        description="rollup: with no start or end, the all-time (or period) leaderboard "
+                    "materialised in the background (exact, as of as_of), for callers who "
+                    "count every job; auto: that on large databases; live: read every job "
+                    "now")] = "auto",
 ) -> list[LeaderboardRow]:
-    """Return one row per (model, phase) of the jobs that started in ``[start, end)``, among
-    those the caller may count (``private_data = usage``: their own and their accounts')."""
+    """Return one row per (model, phase) of the jobs that started in ``[start, end)`` (or in
+    the last ``period``), among those the caller may count (``private_data = usage``: their
+    own and their accounts')."""
+    if period is not None and (start is not None or end is not None):
+        raise HTTPException(422, f"period={period} or start/end, not both")
     window = Window(cluster=cluster, phase=phase, start=parse_time(start, "start"),
-                    end=parse_time(end, "end"), visible=access.scope("usage"))
+                    end=parse_time(end, "end"), visible=access.scope("usage"), period=period)
     rows = model_leaderboard(session, window, metric, order == "desc", limit, source)
     return [LeaderboardRow(**row) for row in rows]
 

@@ -359,7 +359,7 @@ def db_maintain(
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from jobenergy.api.leaderboards import all_time_totals
+    from jobenergy.api.leaderboards import all_time_totals, window_totals
     from jobenergy.collector import rollups
     from jobenergy.collector.batch_keys import prune_batch_keys
     from jobenergy.collector.db import make_engine
@@ -377,7 +377,8 @@ def db_maintain(
                 retention = drop_expired_partitions(conn, retention_days)
             keys_pruned, keys_cut = (prune_batch_keys(engine) if retention_days
                                      else (0, None))
-            rolled = rollups.refresh(engine, all_time_totals, every=timedelta(0))
+            rolled = rollups.refresh(engine, all_time_totals, every=timedelta(0),
+                                     window_totals=window_totals)
         finally:
             engine.dispose()
     except SQLAlchemyError as err:
@@ -403,8 +404,10 @@ def db_maintain(
         )
     if rolled is None:
         typer.echo("all-time leaderboard: another process is computing it")
-    elif rolled.computed:
-        typer.echo(f"all-time leaderboard computed in {rolled.seconds:.1f} s")
+    elif rolled.computed or rolled.windows:
+        which = " and ".join(name for name, done in (
+            ("all-time", rolled.computed), ("24h/7d/30d", rolled.windows)) if done)
+        typer.echo(f"{which} leaderboards computed in {rolled.seconds:.1f} s")
     if sqlite:
         typer.echo(f"nothing to do on SQLite (no partitions, no retention): {_shown(db)}")
     elif not (created or retention.dropped or keys_pruned):

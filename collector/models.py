@@ -605,7 +605,20 @@ class RollupState(Base):
     refreshed_at: Mapped[datetime]
 
 
-class RollupBoardTotal(Base):
+class _BoardRow:
+    """The figures of one (model, phase) row of a materialised leaderboard."""
+
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    energy_uj: Mapped[int] = mapped_column(BigInteger)
+    facility_uj: Mapped[float] = mapped_column(Float)
+    co2e_ug: Mapped[float] = mapped_column(Float)
+    gpu_s: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int | None] = mapped_column(BigInteger)
+    sampled_uj: Mapped[int | None] = mapped_column(BigInteger)
+    median_uj: Mapped[float] = mapped_column(Float)
+
+
+class RollupBoardTotal(_BoardRow, Base):
     """The model leaderboard over all time, materialised whole (exact medians included): one
     row per (scope, model, phase); ``scope`` is a cluster, or "" for all clusters together
     (medians do not add up across clusters). ``phase`` "" for none. See ``collector/rollups.py``.
@@ -616,14 +629,19 @@ class RollupBoardTotal(Base):
     scope: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
     model: Mapped[str] = mapped_column(String(255), primary_key=True)
     phase: Mapped[str] = mapped_column(String(16), primary_key=True)
-    jobs: Mapped[int] = mapped_column(BigInteger)
-    energy_uj: Mapped[int] = mapped_column(BigInteger)
-    facility_uj: Mapped[float] = mapped_column(Float)
-    co2e_ug: Mapped[float] = mapped_column(Float)
-    gpu_s: Mapped[float] = mapped_column(Float)
-    samples: Mapped[int | None] = mapped_column(BigInteger)
-    sampled_uj: Mapped[int | None] = mapped_column(BigInteger)
-    median_uj: Mapped[float] = mapped_column(Float)
+
+
+class RollupBoardWindow(_BoardRow, Base):
+    """The model leaderboard over the last ``period`` (``24h``, ``7d``, ``30d``: jobs that
+    started in ``[through - period, through)`` of its ``rollup_state`` row), materialised as
+    :class:`RollupBoardTotal` is, per (period, scope, model, phase)."""
+
+    __tablename__ = "rollup_board_window"
+
+    period: Mapped[str] = mapped_column(String(8), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16), primary_key=True)
 
 
 #: Budget scopes, periods, units and policies (the ``budget`` table's CHECKs and the API's).

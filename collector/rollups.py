@@ -13,7 +13,11 @@ computed, at most every ``every``. The server runs it in the background
 lets one of several collectors do it at a time, and readers see the previous leaderboard until
 the new one commits.
 
-A leaderboard over a time window is not materialised: its median is over the window's jobs
+The rolling windows pages ask for (the last 24 h, 7 d and 30 d: :data:`PERIODS`) are
+materialised the same way into ``rollup_board_window``, over the jobs that started in
+``[through - period, through)``; as time moves jobs leave them even when none changes, so
+they are recomputed every ``every`` whatever changed (the all-time leaderboard only when jobs
+changed). An arbitrary window is not materialised: its median is over the window's jobs
 (measured figures in ``bench/leaderboard_bench.py``). A per-day roll-up with energy buckets was
 tried: one (cluster, model, phase, day) holds a few dozen jobs, so its bucket rows were as many
 as the jobs themselves and read no faster than the jobs' covering index.
@@ -31,13 +35,17 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Select, delete, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from jobenergy.collector.models import Job, RollupBoardTotal, RollupState
+from jobenergy.collector.models import Job, RollupBoardTotal, RollupBoardWindow, RollupState
 from jobenergy.collector.sql import dialect_insert
 
 logger = logging.getLogger(__name__)
 
 #: ``rollup_state`` row of the all-time leaderboard.
 STATE = "board_total"
+#: ``rollup_state`` row of the rolling windows: ``through`` is where they end.
+WINDOW_STATE = "board_window"
+#: The rolling windows materialised: the ``period`` of ``GET /api/v1/leaderboards/models``.
+PERIODS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 #: How often at most the leaderboard is recomputed: each time reads every job once.
 DEFAULT_EVERY = timedelta(minutes=10)
 #: Changed jobs are looked for from this long before the last computation started: a
@@ -50,6 +58,8 @@ _LOCK_KEY = 0x6A6F62726F6C6C
 #: or None): jobs, energy µJ, facility µJ, CO2e µg, GPU-s, samples, sampled µJ, median µJ.
 #: ``api/leaderboards.py`` has it; the collector does not import the API.
 TotalsFn = Callable[[Connection, str | None], Sequence[tuple[Any, ...]]]
+#: The same over the jobs that started in ``[start, end)``.
+WindowTotalsFn = Callable[[Connection, str | None, datetime, datetime], Sequence[tuple[Any, ...]]]
 
 
 @dataclass(frozen=True)
@@ -58,17 +68,19 @@ class RefreshResult:
 
     computed: bool
     seconds: float
+    windows: bool = False  #: the rolling windows were recomputed
 
 
 def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def fresh_through(conn: Connection) -> datetime | None:
-    """Jobs changed before this time are counted in the materialised leaderboard as they are
-    now; None: never computed."""
+def fresh_through(conn: Connection, name: str = STATE) -> datetime | None:
+    """Jobs changed before this time are counted in the materialised leaderboard (``name``:
+    :data:`STATE`, or :data:`WINDOW_STATE`, whose windows also end there) as they are now;
+    None: never computed."""
     through = conn.execute(
-        select(RollupState.through).where(RollupState.name == STATE)).scalar_one_or_none()
+        select(RollupState.through).where(RollupState.name == name)).scalar_one_or_none()
     return None if through is None else _as_utc(through)
 
 
@@ -83,35 +95,51 @@ def _due(conn: Connection, started: datetime, every: timedelta) -> bool:
     return changed is not None
 
 
+def _row(aggregate: Sequence[Any], scope: str | None) -> dict[str, Any]:
+    (model, phase, jobs, energy, facility, co2e, gpu_s, samples, sampled, median) = aggregate
+    return {"scope": scope or "", "model": model, "phase": phase or "", "jobs": jobs,
+            "energy_uj": energy, "facility_uj": facility, "co2e_ug": co2e, "gpu_s": gpu_s,
+            "samples": samples, "sampled_uj": sampled, "median_uj": median}
+
+
+def _replace(conn: Connection, table: Any, rows: list[dict[str, Any]], state: str,
+             started: datetime) -> None:
+    """Replace ``table``'s rows and mark them computed from ``started`` (one transaction)."""
+    conn.execute(delete(table))
+    if rows:
+        conn.execute(insert(table), rows)
+    now = datetime.now(UTC)
+    conn.execute(
+        dialect_insert(conn)(RollupState)
+        .values(name=state, through=started, refreshed_at=now)
+        .on_conflict_do_update(index_elements=[RollupState.name],
+                               set_={"through": started, "refreshed_at": now})
+    )
+
+
+def _scopes(conn: Connection) -> list[str | None]:
+    return [None, *sorted(conn.execute(select(Job.cluster).distinct()).scalars())]
+
+
 def _compute(engine: Engine, totals: TotalsFn, started: datetime) -> None:
     with engine.begin() as conn:
-        rows = []
-        clusters = conn.execute(select(Job.cluster).distinct()).scalars().all()
-        for scope in (None, *sorted(clusters)):
-            for (model, phase, jobs, energy, facility, co2e, gpu_s, samples, sampled,
-                 median) in totals(conn, scope):
-                rows.append({
-                    "scope": scope or "", "model": model, "phase": phase or "", "jobs": jobs,
-                    "energy_uj": energy, "facility_uj": facility, "co2e_ug": co2e,
-                    "gpu_s": gpu_s, "samples": samples, "sampled_uj": sampled,
-                    "median_uj": median,
-                })
-        conn.execute(delete(RollupBoardTotal))
-        if rows:
-            conn.execute(insert(RollupBoardTotal), rows)
-        now = datetime.now(UTC)
-        conn.execute(
-            dialect_insert(conn)(RollupState)
-            .values(name=STATE, through=started, refreshed_at=now)
-            .on_conflict_do_update(index_elements=[RollupState.name],
-                                   set_={"through": started, "refreshed_at": now})
-        )
+        rows = [_row(agg, scope) for scope in _scopes(conn) for agg in totals(conn, scope)]
+        _replace(conn, RollupBoardTotal, rows, STATE, started)
 
 
-def refresh(engine: Engine, totals: TotalsFn, every: timedelta = DEFAULT_EVERY
-            ) -> RefreshResult | None:
+def _compute_windows(engine: Engine, totals: WindowTotalsFn, started: datetime) -> None:
+    with engine.begin() as conn:
+        rows = [{**_row(agg, scope), "period": period}
+                for period, length in PERIODS.items() for scope in _scopes(conn)
+                for agg in totals(conn, scope, started - length, started)]
+        _replace(conn, RollupBoardWindow, rows, WINDOW_STATE, started)
+
+
+def refresh(engine: Engine, totals: TotalsFn, every: timedelta = DEFAULT_EVERY,
+            window_totals: WindowTotalsFn | None = None) -> RefreshResult | None:
     """Recompute the all-time leaderboard if jobs changed since it was computed and that was
-    ``every`` ago or more; None when another process is at it."""
+    ``every`` ago or more, and (with ``window_totals``) the rolling windows once they are
+    ``every`` old; None when another process is at it."""
     started = datetime.now(UTC)
     postgres = engine.dialect.name == "postgresql"
     with engine.connect() as lock_conn:
@@ -121,22 +149,32 @@ def refresh(engine: Engine, totals: TotalsFn, every: timedelta = DEFAULT_EVERY
         try:
             with engine.connect() as conn:
                 due = _due(conn, started, every)
+                ends = fresh_through(conn, WINDOW_STATE)
+            windows = window_totals is not None and (ends is None or started - ends >= every)
             if due:
                 _compute(engine, totals, started)
+            if windows:
+                assert window_totals is not None
+                _compute_windows(engine, window_totals, started)
         finally:
             if postgres:
                 lock_conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
                 lock_conn.commit()
     seconds = (datetime.now(UTC) - started).total_seconds()
-    if due:
-        logger.debug("all-time leaderboard recomputed in %.2f s", seconds)
-    return RefreshResult(computed=due, seconds=seconds)
+    if due or windows:
+        logger.debug("leaderboards recomputed in %.2f s (all time: %s, windows: %s)", seconds,
+                     due, windows)
+    return RefreshResult(computed=due, seconds=seconds, windows=windows)
 
 
-def total_rows(cluster: str | None, phase: str | None) -> Select[Any]:
-    """SQL: the materialised leaderboard's rows of one cluster (None: all), of one phase."""
-    t = RollupBoardTotal
+def total_rows(cluster: str | None, phase: str | None, period: str | None = None
+               ) -> Select[Any]:
+    """SQL: the materialised leaderboard's rows of one cluster (None: all), of one phase, over
+    all time or (``period``) one of the rolling windows."""
+    t: Any = RollupBoardTotal if period is None else RollupBoardWindow
     where = [t.scope == (cluster or "")]
+    if period is not None:
+        where.append(t.period == period)
     if phase is not None:
         where.append(t.phase == phase)
     return select(t.model, t.phase, t.jobs, t.energy_uj, t.facility_uj, t.co2e_ug, t.gpu_s,
@@ -146,10 +184,12 @@ def total_rows(cluster: str | None, phase: str | None) -> Select[Any]:
 class Refresher:
     """Runs :func:`refresh` every ``interval_s`` in a daemon thread until :meth:`stop`."""
 
-    def __init__(self, engine: Engine, interval_s: float, totals: TotalsFn) -> None:
+    def __init__(self, engine: Engine, interval_s: float, totals: TotalsFn,
+                 window_totals: WindowTotalsFn | None = None) -> None:
         self._engine = engine
         self._interval_s = interval_s
         self._totals = totals
+        self._window_totals = window_totals
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jobenergy-rollup", daemon=True)
 
@@ -167,7 +207,7 @@ class Refresher:
         every = timedelta(seconds=self._interval_s)
         while not self._stop.is_set():
             try:
-                refresh(self._engine, self._totals, every)
+                refresh(self._engine, self._totals, every, self._window_totals)
             except SQLAlchemyError as err:
                 # The database is down or busy: the leaderboard goes stale and says so (as_of).
                 logger.warning("all-time leaderboard not refreshed: %s",

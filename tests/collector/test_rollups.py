@@ -142,3 +142,75 @@ def test_api_says_where_the_leaderboard_comes_from(client):
     assert rows.status_code == 200 and rows.json() == []
     bad = client.get("/api/v1/leaderboards/models", params={"source": "cache"})
     assert bad.status_code == 422
+
+
+def _recent_fleet(session, rng: random.Random, now: datetime, n: int = 300) -> None:
+    """``n`` jobs started over the last 40 days (2 clusters, 3 models, 3 phases)."""
+    from jobenergy.collector.models import Job
+
+    for i in range(n):
+        begin = now - timedelta(minutes=rng.randrange(1, 40 * 24 * 60))
+        energy = rng.randrange(10**6, 10**13)
+        session.add(Job(
+            cluster=("c1", "c2")[i % 2], job_id=f"r{i}", model=rng.choice(MODELS),
+            phase=rng.choice(PHASES), energy_uj=energy, facility_uj=int(energy * 1.3),
+            co2e_ug=energy // 7, gpu_s=rng.random() * 1000, samples=rng.randrange(1, 10**6),
+            begin_at=begin, start_at=begin, updated_at=now - timedelta(days=41)))
+    session.commit()
+
+
+def test_rolling_windows_are_the_live_leaderboards_of_their_span(db_url):
+    """24h/7d/30d materialised: each is the live leaderboard of ``[as_of - period, as_of)``
+    exactly, recomputed once ``every`` old even when no job changed (jobs age out)."""
+    from sqlalchemy.orm import Session
+
+    from jobenergy.api.leaderboards import Window, all_time_totals, window_totals
+    from jobenergy.collector import rollups
+    from jobenergy.collector.db import make_engine
+
+    engine = make_engine(db_url)
+    try:
+        with Session(engine) as session:
+            _recent_fleet(session, random.Random(3), datetime.now(UTC))
+            # Never computed: a period asked from the roll-up is answered live.
+            live_now = _board(session, Window(period="7d"), "rollup")
+            assert live_now and all(r["source"] == "live" for r in live_now.values())
+        result = rollups.refresh(engine, all_time_totals, window_totals=window_totals)
+        assert result is not None and result.computed and result.windows
+        with Session(engine) as session:
+            counts = {}
+            for period, length in rollups.PERIODS.items():
+                for cluster in (None, "c1", "c2"):
+                    for phase in (None, "training"):
+                        rolled = _board(session, Window(cluster=cluster, phase=phase,
+                                                        period=period), "rollup")
+                        as_of = {r["as_of"] for r in rolled.values()}
+                        assert len(as_of) <= 1
+                        end = as_of.pop() if as_of else None
+                        if end is None:  # nothing started in it: no rows either way
+                            assert not _board(session, Window(
+                                cluster=cluster, phase=phase, period=period), "live")
+                            continue
+                        live = _board(session, Window(cluster=cluster, phase=phase,
+                                                      start=end - length, end=end), "live")
+                        _same(live, rolled)
+                counts[period] = sum(r["jobs"] for r in _board(
+                    session, Window(period=period), "rollup").values())
+            assert 0 < counts["24h"] < counts["7d"] < counts["30d"] < 300
+        # Nothing changed and not yet due: neither is recomputed; due: the windows are.
+        again = rollups.refresh(engine, all_time_totals, window_totals=window_totals)
+        assert again is not None and not again.computed and not again.windows
+        aged = rollups.refresh(engine, all_time_totals, every=timedelta(0),
+                               window_totals=window_totals)
+        assert aged is not None and not aged.computed and aged.windows
+    finally:
+        engine.dispose()
+
+
+def test_api_period_leaderboard(client):
+    """``period`` is one of the windows, not with start or end; answered live until computed."""
+    ok = client.get("/api/v1/leaderboards/models", params={"period": "7d", "source": "rollup"})
+    assert ok.status_code == 200 and ok.json() == []
+    for params in ({"period": "7d", "start": "now-1days"}, {"period": "2w"}):
+        bad = client.get("/api/v1/leaderboards/models", params=params)
+        assert bad.status_code == 422, (params, bad.text)

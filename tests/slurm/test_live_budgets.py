@@ -271,12 +271,12 @@ def test_a_running_job_is_cancelled_when_its_budget_runs_out(
     # warning could put n2's agent on close watch (agent/energy_limits.py), so from the
     # moment it was spent to the job's end lie at most: the rest of that stored interval,
     # its push, one usage refresh, the next stored interval and its push (whose answer
-    # carries the cancel), the agent's next sample and scancel's round trip to the cgroup's
-    # end (an interval, one more for a rig that samples late), all at the burner's power;
-    # PUE is 1 here.
+    # carries the cancel), the agent's next sample and scancel's round trip through
+    # slurmctld to the cgroup's end (an interval, two more for a loaded rig: 20.4 s was seen
+    # in CI against 22 s for an idle one), all at the burner's power; PUE is 1 here.
     limit_uj = round(watts * BUDGET_AFTER_S * 1e6)
     late_s = (2 * STORE_INTERVAL_S + 2 * PUSH_INTERVAL_S + BUDGET_REFRESH_S
-              + 2 * live.INTERVAL_S)
+              + 3 * live.INTERVAL_S)
     assert limit_uj <= record["energy_uj"] <= limit_uj + watts * late_s * 1e6, (
         record["energy_uj"], limit_uj)
     used = budgets[budget_id]

@@ -185,9 +185,14 @@ def test_leaderboards_put_training_and_inference_side_by_side(browser, site):
     browser.change("phase", "training")
     assert browser.chart("kwh")["labels"] == ["training"]
     assert len(browser.table("#board-table")) == 2
-    # The scenario's jobs ran on 23 November 2026: none in the last 7 days.
+    assert browser.text("#board-source") == "Computed now."  # a small database: live
+    # The scenario's jobs ran on 23 November 2026: none in the last 7 days. The page asks
+    # for the rolling window by name (the server may answer it from its materialisation).
     browser.change("period", "7d")
     assert browser.text("#board-table") == "no jobs with a model tag in this period"
+    asked = browser.js("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert any("/api/v1/leaderboards/models?" in url and "period=7d" in url
+               and "start=" not in url for url in asked), asked
     browser.check_requests()
 
 
