@@ -218,10 +218,11 @@ class LeaderboardRow(BaseModel):
     samples: int | None
     j_per_sample: float | None = Field(description="over the jobs that reported samples")
     source: Literal["live", "rollup"] = Field(
-        "live", description="live: every job read now; rollup: the all-time leaderboard "
-                            "materialised in the background (exact, as of as_of)")
+        "live", description="live: every job read now; rollup: the all-time (or period) "
+                            "leaderboard materialised in the background (exact, as of as_of)")
     as_of: datetime | None = Field(
-        None, description="rollup: jobs changed after this time are counted as they were")
+        None, description="rollup: jobs changed after this time are counted as they were; "
+                          "with period, the window ends here")
 
 
 class SummaryRow(BaseModel):
