@@ -49,8 +49,10 @@ from jobenergy.collector.models import Job, JobBoardPart
 from jobenergy.collector.rollups import (
     PERIODS,
     STATE,
+    SUMMARY_STATE,
     WINDOW_STATE,
     fresh_through,
+    summary_rows,
     total_rows,
 )
 from jobenergy.core.units import UJ_PER_J, UJ_PER_KWH
@@ -309,16 +311,18 @@ def _total_aggregates(session: Session, window: Window) -> list[Aggregate]:
     ]
 
 
-def _uses_rollup(session: Session, window: Window, source: str, postgres: bool
-                 ) -> datetime | None:
-    """When the materialised leaderboard answers this request, the time it is as of (for a
-    rolling window: where it ends); None: live (start or end given, a caller who counts only
-    some jobs, never computed, or a small database under ``auto``)."""
+def _uses_rollup(session: Session, window: Window, source: str, postgres: bool,
+                 state: str | None = None) -> datetime | None:
+    """When the materialised leaderboard (or ``state``'s materialisation) answers this
+    request, the time it is as of (for a rolling window: where it ends); None: live (start or
+    end given, a caller who counts only some jobs, never computed, or a small database under
+    ``auto``)."""
     if (source == "live" or window.visible is not None or window.start is not None
             or window.end is not None or (source == "auto" and not postgres)):
         return None
-    through = fresh_through(session.connection(),
-                            WINDOW_STATE if window.period is not None else STATE)
+    if state is None:
+        state = WINDOW_STATE if window.period is not None else STATE
+    through = fresh_through(session.connection(), state)
     if through is None or source == "rollup":
         return through
     jobs = session.execute(
@@ -368,8 +372,38 @@ def model_leaderboard(
     return (known + [r for r in rows if r[metric] is None])[:limit]
 
 
+def summary_answer(session: Session, window: Window, group_by: str, source: str = "live"
+                   ) -> tuple[list[dict[str, Any]], datetime | None]:
+    """Return the summary's rows and, when they come from the materialisation
+    (``collector/rollups.py``: all time, or a rolling ``window.period``), its ``as_of``;
+    otherwise computed now (None), as the leaderboard chooses (``SOURCES``)."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    as_of = _uses_rollup(session, window, source, postgres, SUMMARY_STATE)
+    if as_of is None:
+        if window.period is not None:  # live: the period up to now
+            window = replace(window, start=datetime.now(UTC) - PERIODS[window.period])
+        return summary(session, window, group_by), None
+    stmt = summary_rows(window.period or "", window.cluster, window.phase, group_by)
+    return [_summary_row(*row) for row in session.execute(stmt)], as_of
+
+
+def _exact(value: Any) -> int | float:
+    """A SQL sum as a number: integers stay exact (live sums), floats (materialised) as is."""
+    return value if isinstance(value, float) else int(value or 0)
+
+
+def _summary_row(group: str | None, jobs: int, energy: Any, gpu: Any, facility: Any,
+                 co2e: Any, gpu_s: Any) -> dict[str, Any]:
+    return {
+        "group": group, "jobs": int(jobs), "energy_kwh": _exact(energy) / UJ_PER_KWH,
+        "gpu_energy_kwh": _exact(gpu) / UJ_PER_KWH,
+        "facility_energy_kwh": _exact(facility) / UJ_PER_KWH,
+        "co2e_kg": _exact(co2e) / 1e9, "gpu_hours": float(gpu_s or 0) / 3600,
+    }
+
+
 def summary(session: Session, window: Window, group_by: str) -> list[dict[str, Any]]:
-    """Return totals per ``group_by`` value, largest energy first."""
+    """Return totals per ``group_by`` value, largest energy first, computed now."""
     column = GROUPS[group_by]
     if session.get_bind().dialect.name == "postgresql":
         # The job table and its indexes are cached (or on SSD): at the default random_page_cost
@@ -385,12 +419,4 @@ def summary(session: Session, window: Window, group_by: str) -> list[dict[str, A
         .group_by(column)
         .order_by(func.sum(Job.energy_uj).desc(), column)
     )
-    return [
-        {
-            "group": group, "jobs": int(jobs), "energy_kwh": int(energy or 0) / UJ_PER_KWH,
-            "gpu_energy_kwh": int(gpu or 0) / UJ_PER_KWH,
-            "facility_energy_kwh": int(facility or 0) / UJ_PER_KWH,
-            "co2e_kg": int(co2e or 0) / 1e9, "gpu_hours": float(gpu_s or 0) / 3600,
-        }
-        for group, jobs, energy, gpu, facility, co2e, gpu_s in session.execute(stmt)
-    ]
+    return [_summary_row(*row) for row in session.execute(stmt)]

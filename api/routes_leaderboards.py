@@ -11,7 +11,12 @@ from sqlalchemy import select
 from jobenergy.api.access import Access, Visible
 from jobenergy.api.authenticate import get_access
 from jobenergy.api.job_filters import visible_clause
-from jobenergy.api.leaderboards import LEADERBOARD_METRICS, Window, model_leaderboard, summary
+from jobenergy.api.leaderboards import (
+    LEADERBOARD_METRICS,
+    Window,
+    model_leaderboard,
+    summary_answer,
+)
 from jobenergy.api.routes_jobs import parse_time
 from jobenergy.api.schemas import LeaderboardRow, SummaryRow
 from jobenergy.collector.models import Job
@@ -26,6 +31,13 @@ TimeQuery = Annotated[str | None, Query(
     description="ISO 8601 (UTC unless zoned), epoch s or sacct's forms (now-2hours, today); "
     "by job start")]
 AccessDep = Annotated[Access, Depends(get_access)]
+PeriodQuery = Annotated[Period | None, Query(
+    description="the jobs that started in the last 24 h, 7 d or 30 d (instead of start and "
+                "end); from the materialised window where source allows, which ends at as_of")]
+SourceQuery = Annotated[Literal["auto", "live", "rollup"], Query(
+    description="rollup: with no start or end, the all-time (or period) figures materialised "
+                "in the background (exact, as of as_of), for callers who count every job; "
+                "auto: that on large databases; live: read every job now")]
 #: The group a summary shows instead of the names the caller may not see (PrivateData).
 HIDDEN_GROUP = "(others)"
 
@@ -42,15 +54,8 @@ def get_model_leaderboard(
     metric: Metric = "total_energy_kwh",
     order: Literal["desc", "asc"] = "desc",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    period: Annotated[Period | None, Query(
-        description="the jobs that started in the last 24 h, 7 d or 30 d (instead of start "
-                    "and end); from the materialised window where source allows, which ends "
-                    "at as_of")] = None,
-    source: Annotated[Literal["auto", "live", "rollup"], Query(
-        description="rollup: with no start or end, the all-time (or period) leaderboard "
-                    "materialised in the background (exact, as of as_of), for callers who "
-                    "count every job; auto: that on large databases; live: read every job "
-                    "now")] = "auto",
+    period: PeriodQuery = None,
+    source: SourceQuery = "auto",
 ) -> list[LeaderboardRow]:
     """Return one row per (model, phase) of the jobs that started in ``[start, end)`` (or in
     the last ``period``), among those the caller may count (``private_data = usage``: their
@@ -72,16 +77,21 @@ def get_summary(
     phase: Literal["training", "inference", "other"] | None = None,
     start: TimeQuery = None,
     end: TimeQuery = None,
+    period: PeriodQuery = None,
+    source: SourceQuery = "auto",
 ) -> list[SummaryRow]:
-    """Return totals per group of the jobs that started in ``[start, end)``.
+    """Return totals per group of the jobs that started in ``[start, end)`` (or in the last
+    ``period``).
 
     PrivateData: with ``usage``, a user's summary counts only the jobs they may read; with
     ``users`` (``accounts``), other users' (accounts') names are merged into one group,
     ``(others)``.
     """
+    if period is not None and (start is not None or end is not None):
+        raise HTTPException(422, f"period={period} or start/end, not both")
     window = Window(cluster=cluster, phase=phase, start=parse_time(start, "start"),
-                    end=parse_time(end, "end"), visible=access.scope("usage"))
-    rows = summary(session, window, group_by)
+                    end=parse_time(end, "end"), visible=access.scope("usage"), period=period)
+    rows, as_of = summary_answer(session, window, group_by, source)
     word = {"user": "users", "account": "accounts"}.get(group_by)
     # Counted over the caller's visible jobs only (usage private), every name is one they may
     # read in those jobs: nothing to hide. Over everyone's, other users' and accounts' names
@@ -89,7 +99,8 @@ def get_summary(
     if word is not None and window.visible is None:
         own = own_accounts(session, access) if word == "accounts" else frozenset()
         rows = _merge_hidden(rows, lambda name: name in own or access.sees_name(word, name))
-    return [SummaryRow(**row) for row in rows]
+    return [SummaryRow(**row, source="live" if as_of is None else "rollup", as_of=as_of)
+            for row in rows]
 
 
 def own_accounts(session: SessionDep, access: Access) -> frozenset[str]:

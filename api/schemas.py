@@ -235,6 +235,12 @@ class SummaryRow(BaseModel):
     facility_energy_kwh: float
     co2e_kg: float
     gpu_hours: float
+    source: Literal["live", "rollup"] = Field(
+        "live", description="live: every job read now; rollup: materialised in the "
+                            "background (all time, or a period), as of as_of")
+    as_of: datetime | None = Field(
+        None, description="rollup: jobs changed after this time are counted as they were; "
+                          "with period, the window ends here")
 
 
 class NodeReconciliation(BaseModel):

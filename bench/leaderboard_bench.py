@@ -38,6 +38,7 @@ from jobenergy.api.leaderboards import (
     all_time_totals,
     model_leaderboard,
     summary,
+    summary_answer,
     window_totals,
 )
 from jobenergy.collector import rollups
@@ -206,7 +207,8 @@ def main() -> None:
             windows = rollups.refresh(engine, all_time_totals, every=timedelta(0),
                                       window_totals=window_totals)
             assert windows is not None and windows.windows
-            print(f"24h/7d/30d leaderboards materialised in {time.perf_counter() - begin:.1f} s "
+            print(f"24h/7d/30d leaderboards and the summaries materialised in "
+                  f"{time.perf_counter() - begin:.1f} s "
                   f"(all time recomputed too: {windows.computed})")
             for period in rollups.PERIODS:
                 rolled[f"leaderboard ?period={period}"] = Window(period=period)
@@ -221,6 +223,14 @@ def main() -> None:
                 for label, window in rolled.items():
                     samples = timed(args.repeat, lambda w=window: model_leaderboard(
                         session, w, "median_energy_kwh", True, 100, "rollup"))
+                    print(f"{label}, materialised: {percentiles(samples)}")
+                    session.rollback()
+                for label, window in (("summary ?group_by=user", Window()),
+                                      ("summary ?group_by=account&period=30d",
+                                       Window(period="30d"))):
+                    group_by = label.split("group_by=")[1].split("&")[0]
+                    samples = timed(args.repeat, lambda w=window, g=group_by: summary_answer(
+                        session, w, g, "rollup"))
                     print(f"{label}, materialised: {percentiles(samples)}")
                     session.rollback()
                 session.rollback()

@@ -644,6 +644,30 @@ class RollupBoardWindow(_BoardRow, Base):
     phase: Mapped[str] = mapped_column(String(16), primary_key=True)
 
 
+class RollupSummary(Base):
+    """Energy totals per group (``GET /api/v1/summary``), materialised: one row per (period,
+    scope, phase, group_by, group); ``period`` "" for all time, else a rolling window ending
+    at its ``rollup_state`` row's ``through``; ``scope`` a cluster or "" for all; ``phase``
+    "" for every phase. Sums are floats (they report kWh; a cluster's total may pass 2**63
+    µJ). See ``collector/rollups.py``."""
+
+    __tablename__ = "rollup_summary"
+    __table_args__ = (Index("ix_rollup_summary_lookup", "period", "scope", "phase", "group_by"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, Identity(always=False), primary_key=True)
+    period: Mapped[str] = mapped_column(String(8))
+    scope: Mapped[str] = mapped_column(String(NAME_LEN))
+    phase: Mapped[str] = mapped_column(String(16))
+    group_by: Mapped[str] = mapped_column(String(16))
+    group: Mapped[str | None] = mapped_column(String(255))
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    energy_uj: Mapped[float] = mapped_column(Float)
+    gpu_uj: Mapped[float] = mapped_column(Float)
+    facility_uj: Mapped[float] = mapped_column(Float)
+    co2e_ug: Mapped[float] = mapped_column(Float)
+    gpu_s: Mapped[float] = mapped_column(Float)
+
+
 #: Budget scopes, periods, units and policies (the ``budget`` table's CHECKs and the API's).
 BUDGET_SCOPES = ("user", "account", "account_user")
 BUDGET_PERIODS = ("day", "week", "month", "range")

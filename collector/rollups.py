@@ -17,7 +17,10 @@ The rolling windows pages ask for (the last 24 h, 7 d and 30 d: :data:`PERIODS`)
 materialised the same way into ``rollup_board_window``, over the jobs that started in
 ``[through - period, through)``; as time moves jobs leave them even when none changes, so
 they are recomputed every ``every`` whatever changed (the all-time leaderboard only when jobs
-changed). An arbitrary window is not materialised: its median is over the window's jobs
+changed). So are the summaries (``GET /api/v1/summary``: sums per user, account, partition,
+model, phase or cluster) over all time and those windows, into ``rollup_summary``: per span
+and group, one GROUP BY (cluster, phase, group), added up per scope and phase filter here.
+An arbitrary window is not materialised: its median is over the window's jobs
 (measured figures in ``bench/leaderboard_bench.py``). A per-day roll-up with energy buckets was
 tried: one (cluster, model, phase, day) holds a few dozen jobs, so its bucket rows were as many
 as the jobs themselves and read no faster than the jobs' covering index.
@@ -32,10 +35,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, insert, select, text
+from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from jobenergy.collector.models import Job, RollupBoardTotal, RollupBoardWindow, RollupState
+from jobenergy.collector.models import (
+    Job,
+    RollupBoardTotal,
+    RollupBoardWindow,
+    RollupState,
+    RollupSummary,
+)
 from jobenergy.collector.sql import dialect_insert
 
 logger = logging.getLogger(__name__)
@@ -46,6 +55,12 @@ STATE = "board_total"
 WINDOW_STATE = "board_window"
 #: The rolling windows materialised: the ``period`` of ``GET /api/v1/leaderboards/models``.
 PERIODS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+#: ``rollup_state`` row of the summaries (all time and the rolling windows, which end there).
+SUMMARY_STATE = "summary"
+#: What a summary groups by (``GET /api/v1/summary?group_by=``), as ``job`` columns.
+SUMMARY_GROUPS = ("user", "account", "partition", "model", "phase", "cluster")
+#: Phases a summary may be filtered by ("": every phase, the jobs without one too).
+SUMMARY_PHASES = ("training", "inference", "other")
 #: How often at most the leaderboard is recomputed: each time reads every job once.
 DEFAULT_EVERY = timedelta(minutes=10)
 #: Changed jobs are looked for from this long before the last computation started: a
@@ -135,6 +150,52 @@ def _compute_windows(engine: Engine, totals: WindowTotalsFn, started: datetime) 
         _replace(conn, RollupBoardWindow, rows, WINDOW_STATE, started)
 
 
+def _summary_rows(conn: Connection, period: str, start: datetime | None, end: datetime
+                  ) -> list[dict[str, Any]]:
+    """The summaries of ``period`` ("" all time): per ``group_by``, one GROUP BY (cluster,
+    phase, group), then each scope ("" and the cluster) and phase filter ("" and the phase)
+    added up here, over rows as many as the groups (not the jobs)."""
+    out: list[dict[str, Any]] = []
+    for group_by in SUMMARY_GROUPS:
+        column = getattr(Job, group_by)
+        keys = [Job.cluster, Job.phase, column]
+        stmt = select(*keys, func.count(), func.sum(Job.energy_uj), func.sum(Job.gpu_uj),
+                      func.sum(Job.facility_uj), func.sum(Job.co2e_ug), func.sum(Job.gpu_s))
+        if start is not None:
+            stmt = stmt.where(Job.begin_at >= start, Job.begin_at < end)
+        totals: dict[tuple[str, str, str | None], list[float]] = {}
+        for cluster, phase, group, *sums in conn.execute(stmt.group_by(*keys)):
+            figures = [float(v or 0) for v in sums]
+            for scope in ("", cluster):
+                for phase_key in (("", phase) if phase in SUMMARY_PHASES else ("",)):
+                    total = totals.setdefault((scope, phase_key, group), [0.0] * 6)
+                    for k, v in enumerate(figures):
+                        total[k] += v
+        out += [{"period": period, "scope": scope, "phase": phase, "group_by": group_by,
+                 "group": group, "jobs": int(t[0]), "energy_uj": t[1], "gpu_uj": t[2],
+                 "facility_uj": t[3], "co2e_ug": t[4], "gpu_s": t[5]}
+                for (scope, phase, group), t in totals.items()]
+    return out
+
+
+def _compute_summaries(engine: Engine, started: datetime) -> None:
+    with engine.begin() as conn:
+        rows = _summary_rows(conn, "", None, None)
+        for period, length in PERIODS.items():
+            rows += _summary_rows(conn, period, started - length, started)
+        _replace(conn, RollupSummary, rows, SUMMARY_STATE, started)
+
+
+def summary_rows(period: str, cluster: str | None, phase: str | None, group_by: str
+                 ) -> Select[Any]:
+    """SQL: one materialised summary, largest energy first (as the live one)."""
+    t = RollupSummary
+    return (select(t.group, t.jobs, t.energy_uj, t.gpu_uj, t.facility_uj, t.co2e_ug, t.gpu_s)
+            .where(t.period == period, t.scope == (cluster or ""), t.phase == (phase or ""),
+                   t.group_by == group_by)
+            .order_by(t.energy_uj.desc(), t.group))
+
+
 def refresh(engine: Engine, totals: TotalsFn, every: timedelta = DEFAULT_EVERY,
             window_totals: WindowTotalsFn | None = None) -> RefreshResult | None:
     """Recompute the all-time leaderboard if jobs changed since it was computed and that was
@@ -156,6 +217,8 @@ def refresh(engine: Engine, totals: TotalsFn, every: timedelta = DEFAULT_EVERY,
             if windows:
                 assert window_totals is not None
                 _compute_windows(engine, window_totals, started)
+                # Sums age out of their windows as the leaderboards do: same schedule.
+                _compute_summaries(engine, started)
         finally:
             if postgres:
                 lock_conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})

@@ -292,6 +292,19 @@
     return { start: span ? new Date(Date.now() - span * 1000).toISOString() : null, end: null };
   };
 
+  /** The rolling windows the server keeps materialised (GET ...?period=). */
+  const ROLLING = ["24h", "7d", "30d"];
+
+  /** The API's span parameters: a materialised rolling window by name (answered in
+   * milliseconds on a large database, as of as_of), any other span by start and end. */
+  JE.spanParams = function (values) {
+    if (!values.from && !values.to && ROLLING.includes(values.period)) {
+      return { start: null, end: null, period: values.period };
+    }
+    const win = JE.window(values);
+    return { start: win.start, end: win.end, period: null };
+  };
+
   /** Fill a <select name=cluster> with the clusters the API knows ("" first when allowed). */
   JE.fillClusters = async function (select, withAll) {
     const clusters = await JE.api("/api/v1/clusters");

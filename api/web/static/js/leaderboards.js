@@ -26,17 +26,12 @@
     { key: "kwh_per_gpu_hour", label: "kWh per GPU hour", num: true },
   ];
 
-  const ROLLING = ["24h", "7d", "30d"];
-
   async function load(form) {
     const v = JE.values(form);
-    // The server keeps the last 24 h, 7 d and 30 d materialised (answered in milliseconds on
-    // a large database, as of as_of): ask for those by name, other spans by start and end.
-    const rolling = !v.from && !v.to && ROLLING.includes(v.period);
-    const win = rolling ? { start: null, end: null } : JE.window(v);
+    const span = JE.spanParams(v);
     const rows = await JE.api("/api/v1/leaderboards/models", {
-      cluster: v.cluster, phase: v.phase, start: win.start, end: win.end,
-      period: rolling ? v.period : null, metric: "total_energy_kwh", limit: 1000,
+      cluster: v.cluster, phase: v.phase, start: span.start, end: span.end,
+      period: span.period, metric: "total_energy_kwh", limit: 1000,
     });
     const models = [...new Set(rows.map((r) => r.model))].sort();
     const phases = PHASES.filter((p) => rows.some((r) => (r.phase || "other") === p));

@@ -21,8 +21,10 @@
   async function load(form) {
     const v = JE.values(form);
     const win = JE.window(v);
+    const span = JE.spanParams(v);
     const rows = await JE.api("/api/v1/summary", {
-      group_by: v.group_by, cluster: v.cluster, phase: v.phase, start: win.start, end: win.end,
+      group_by: v.group_by, cluster: v.cluster, phase: v.phase, start: span.start,
+      end: span.end, period: span.period,
     });
     const cols = columns(v.group_by);
     current = { rows, columns: cols, groupBy: v.group_by, window: win };
