@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -201,6 +201,15 @@ class NodeList(BaseModel):
         default_factory=list, description="per (cluster, node) with refused batches")
 
 
+#: Where a leaderboard's or summary's figures come from (collector/rollups.py).
+Source = Annotated[Literal["live", "rollup"], Field(
+    description="live: every job read now; rollup: materialised in the background (all "
+                "time, or a period), exact as of as_of")]
+AsOf = Annotated[datetime | None, Field(
+    description="rollup: jobs changed after this time are counted as they were; with "
+                "period, the window ends here")]
+
+
 class LeaderboardRow(BaseModel):
     """One (model, phase) of the model leaderboard."""
 
@@ -217,12 +226,8 @@ class LeaderboardRow(BaseModel):
     kwh_per_gpu_hour: float | None
     samples: int | None
     j_per_sample: float | None = Field(description="over the jobs that reported samples")
-    source: Literal["live", "rollup"] = Field(
-        "live", description="live: every job read now; rollup: the all-time (or period) "
-                            "leaderboard materialised in the background (exact, as of as_of)")
-    as_of: datetime | None = Field(
-        None, description="rollup: jobs changed after this time are counted as they were; "
-                          "with period, the window ends here")
+    source: Source = "live"
+    as_of: AsOf = None
 
 
 class SummaryRow(BaseModel):
@@ -235,12 +240,8 @@ class SummaryRow(BaseModel):
     facility_energy_kwh: float
     co2e_kg: float
     gpu_hours: float
-    source: Literal["live", "rollup"] = Field(
-        "live", description="live: every job read now; rollup: materialised in the "
-                            "background (all time, or a period), as of as_of")
-    as_of: datetime | None = Field(
-        None, description="rollup: jobs changed after this time are counted as they were; "
-                          "with period, the window ends here")
+    source: Source = "live"
+    as_of: AsOf = None
 
 
 class NodeReconciliation(BaseModel):

@@ -10,7 +10,8 @@ are :mod:`test_live_slurm`'s ``stack`` fixture (loaded from its file, not copied
 * a job submitted with a value that is not an energy is refused by sbatch;
 * a job whose account is over a ``deny`` budget is refused at submission by
   ``job_submit.lua`` (a ``warn`` budget accepts; a stale or missing state file fails open);
-  skipped while the checkout has no ``slurm_plugins/job_submit.lua``.
+* a running job of a user whose budget's running policy is ``cancel`` is cancelled once the
+  collector counts the budget spent, within a bound derived from the agents' intervals.
 
 Every wait is on a condition. Deselect with ``-m "not slurm"``.
 """
@@ -77,15 +78,22 @@ def _limit_wh() -> str:
     return f"{watts * LIMIT_AFTER_S / 3600:.4f}Wh"
 
 
+def _burner(stack: dict[str, Any], name: str) -> tuple[Path, Path]:
+    """Write LIMITED_SCRIPT into a new world-writable folder ``name`` of the stack's work
+    dir (the job writes its trap file there as its user); return the folder and script."""
+    jobdir = stack["work"] / name
+    jobdir.mkdir()
+    jobdir.chmod(0o1777)
+    script = jobdir / "burn.sh"
+    script.write_text(LIMITED_SCRIPT.format(jobdir=jobdir))
+    script.chmod(0o755)
+    return jobdir, script
+
+
 @pytest.fixture(scope="module")
 def limited(stack: dict[str, Any]) -> dict[str, Any]:
     """Run one job to its energy limit on n1; return its API record, sacct row and ledger."""
-    jobdir = stack["work"] / "limit-jobs"
-    jobdir.mkdir()
-    jobdir.chmod(0o1777)
-    script = jobdir / "limited.sh"
-    script.write_text(LIMITED_SCRIPT.format(jobdir=jobdir))
-    script.chmod(0o755)
+    jobdir, script = _burner(stack, "limit-jobs")
     limit = _limit_wh()
     # Not --exclusive: that would give it n1's GPUs too (idle, 60 W each). Alone on n1, it
     # is charged all of n1's package and DRAM energy, which is the ledger's job_life figure.
@@ -188,8 +196,7 @@ def _sbatch(user: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_a_job_over_a_deny_budget_is_refused_at_submission(
         limited: dict[str, Any], stack: dict[str, Any]) -> None:
-    if not SUBMIT_LUA.exists():
-        pytest.skip(f"{SUBMIT_LUA} is not written yet (submit-time budgets)")
+    assert SUBMIT_LUA.exists(), f"{SUBMIT_LUA} is missing from the checkout"
     cwd = stack["work"]
     # The limited job charged proj1 (alice's default account) with energy this month: a
     # budget of one µkWh is spent. alice's own warn budget is spent likewise.
@@ -242,12 +249,7 @@ def test_a_running_job_is_cancelled_when_its_budget_runs_out(
                      "--period", "month", "--limit", limit_wh, "--policy", "warn",
                      "--running", "cancel")
     budget_id = re.match(r"budget (\d+) ", out).group(1)
-    jobdir = stack["work"] / "budget-jobs"
-    jobdir.mkdir()
-    jobdir.chmod(0o1777)
-    script = jobdir / "burn.sh"
-    script.write_text(LIMITED_SCRIPT.format(jobdir=jobdir))
-    script.chmod(0o755)
+    jobdir, script = _burner(stack, "budget-jobs")
     # n2 alone (the GPUs stay unallocated): all n2's package and DRAM energy is bob's.
     job = live._submit("bob", "-J", "over-budget", "-w", "n2", "-o",
                        str(jobdir / "%x-%j.out"), str(script), cwd=jobdir)
