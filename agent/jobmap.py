@@ -20,7 +20,11 @@ decision 16, a job pays for the time it existed, not for whole sample intervals)
 A file changes twice in a job's life, so :class:`JobMapReader` (the sampler's) reads a file
 again only when its inode, size, mtime or ctime changed; one written within the filesystem's
 timestamp granularity of the read (``_RACY_NS``: a rewrite then could keep all four) is read
-again at the next scan.
+again at the next scan. The hooks write every file by renaming a temporary one into place
+(and remove it with ``rm``), so any change to the map changes the folder's own mtime: while
+the folder's inode, mtime and ctime stay as they were at a scan whose files were all settled,
+the scan is not repeated (one ``stat`` per sample instead of one per job). The folder is the
+hooks' own (root, 0755 or stricter): nobody else edits a file in place.
 """
 
 from __future__ import annotations
@@ -183,14 +187,25 @@ class JobMapReader:
         self.map_dir = map_dir
         # name → ((inode, size, mtime, ctime), entry) of the files read at the last scan.
         self._cache: dict[str, tuple[tuple[int, int, int, int], JobMapEntry]] = {}
+        # The folder's (inode, mtime, ctime) at the last scan when that scan's folder and
+        # files were all settled, and its answer: returned again while the folder is unchanged.
+        self._dir_key: tuple[int, int, int] | None = None
+        self._entries: dict[str, JobMapEntry] = {}
 
     def read(self) -> dict[str, JobMapEntry]:
         """Return every job in the map now (what :func:`read_job_map` returns)."""
         if self.map_dir is None:
             return {}
+        try:
+            dst = os.stat(self.map_dir)
+            dir_key: tuple[int, int, int] | None = (dst.st_ino, dst.st_mtime_ns, dst.st_ctime_ns)
+        except OSError:
+            dir_key = None
+        if dir_key is not None and dir_key == self._dir_key:
+            return dict(self._entries)
         files = _list_map(self.map_dir, self._cache)
         if files is None:
-            self._cache = {}
+            self._cache, self._dir_key = {}, None
             return {}
         settled_ns = time.time_ns() - _RACY_NS
         old, cache = self._cache, {}
@@ -212,4 +227,10 @@ class JobMapReader:
             if st.st_mtime_ns < settled_ns and st.st_ctime_ns < settled_ns:
                 cache[e.name] = (key, entry)
         self._cache = cache
+        settled = (
+            dir_key is not None and dir_key[1] < settled_ns and dir_key[2] < settled_ns
+            and len(cache) == len(entries) == len(files)
+        )
+        self._dir_key = dir_key if settled else None
+        self._entries = dict(entries) if settled else {}
         return entries

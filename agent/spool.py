@@ -5,7 +5,10 @@ deleted only after the collector acknowledged it, so an agent or collector resta
 data but never loses or doubles it. File names are the zero-padded sequence number, so the
 directory listing is the delivery order. The sequence number survives restarts in
 ``state.json``: the collector de-duplicates on (cluster, node, boot_id, seq), and reusing a
-number would make it drop new data as a duplicate.
+number would make it drop new data as a duplicate. The state reserves numbers in blocks of
+:data:`SEQ_BLOCK` (written once per block, not once per batch: two fewer fsyncs per seal); a
+restart starts after the reserved block, so it skips numbers, never reuses one. The
+collector needs no consecutive numbers: they are keys, not a count.
 
 When the spool exceeds ``max_bytes`` the oldest batches are dropped (logged at ERROR and
 counted): a node cut off from the collector for days must not fill its disk.
@@ -32,6 +35,8 @@ logger = logging.getLogger(__name__)
 _SUFFIX = ".json.gz"
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+#: Sequence numbers reserved per write of ``state.json``: a restart skips at most this many.
+SEQ_BLOCK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +111,16 @@ class Spool:
     Args:
         spool_dir: Folder owned by the agent; created if missing.
         max_bytes: Size cap of the pending batches.
+        seq_block: Sequence numbers reserved per write of ``state.json``.
     """
 
-    def __init__(self, spool_dir: str | Path, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, spool_dir: str | Path, max_bytes: int = 256 * 1024 * 1024,
+                 seq_block: int = SEQ_BLOCK) -> None:
         self.dir = Path(spool_dir)
         self.batches_dir = self.dir / "batches"
         self.rejected_dir = self.dir / "rejected"
         self.max_bytes = max_bytes
+        self.seq_block = max(1, seq_block)
         self.dropped_total = 0
         self.rejected_total = 0
         try:
@@ -121,6 +129,7 @@ class Spool:
         except OSError as err:
             raise SpoolError(f"cannot create spool folder {self.dir}: {err}") from err
         self._next_seq = self._load_next_seq()
+        self._reserved_seq = self._next_seq  # numbers below it are covered by state.json
 
     # -- sequence numbers -------------------------------------------------------------
     def _load_next_seq(self) -> int:
@@ -143,8 +152,13 @@ class Spool:
             state_seq = time.time_ns() // 1000
         return max(state_seq, file_seq)
 
-    def _save_next_seq(self) -> None:
-        write_private(self.dir / "state.json", json.dumps({"next_seq": self._next_seq}).encode())
+    def _reserve(self, seq: int) -> None:
+        """Make sure ``state.json`` covers ``seq``: a restart then starts above it."""
+        if seq < self._reserved_seq:
+            return
+        reserved = seq + self.seq_block
+        write_private(self.dir / "state.json", json.dumps({"next_seq": reserved}).encode())
+        self._reserved_seq = reserved
 
     # -- batches ----------------------------------------------------------------------
     def seal(
@@ -169,9 +183,9 @@ class Spool:
         payload = gzip.compress(text.encode(), compresslevel=1)
         path = self.batches_dir / f"{seq:020d}{_SUFFIX}"
         try:
+            # State first: a crash in between skips seq numbers, never reuses one.
+            self._reserve(seq)
             self._next_seq = seq + 1
-            # State first: a crash in between skips a seq number, never reuses one.
-            self._save_next_seq()
             write_private(path, payload)
         except OSError as err:
             raise SpoolError(f"cannot write batch seq={seq} to {path}: {err}") from err

@@ -199,7 +199,7 @@ def test_job_map_reader_reads_only_what_changed(tmp_path, monkeypatch):
     assert reader.read() == want
     assert reads == []  # nothing changed: nothing read
     # The epilog's atomic rewrite, an in-place rewrite of the same size, a new and a
-    # removed file are all seen at the next scan.
+    # removed file are all seen at the next scan (the folder changed: it is scanned).
     (tmp_path / ".1.tmp").write_text("0,1\nstart=100\nend=150\n")
     os.replace(tmp_path / ".1.tmp", tmp_path / "1")
     (tmp_path / "2").write_text("\nstart=201\n")  # in place, same size: a new mtime
@@ -212,6 +212,48 @@ def test_job_map_reader_reads_only_what_changed(tmp_path, monkeypatch):
     assert sorted(reads) == ["1", "2", "4"]
     (tmp_path / "4").unlink()
     assert "4" not in reader.read()
+
+
+def _settle(path):
+    """Wait until ``path``'s ctime is older than the timestamp granularity (a condition)."""
+    ctime_ns = os.stat(path).st_ctime_ns
+    while time.time_ns() - ctime_ns <= jobmap._RACY_NS:
+        time.sleep(0.005)
+
+
+def test_job_map_reader_skips_the_scan_while_the_folder_is_unchanged(tmp_path, monkeypatch):
+    # The hooks rename files into place and remove them: each changes the folder's mtime.
+    listings = []
+    list_map = jobmap._list_map
+
+    def counting(*args):
+        listings.append(1)
+        return list_map(*args)
+
+    monkeypatch.setattr(jobmap, "_list_map", counting)
+    for name, text in (("1", "0\nstart=100\n"), ("2", "\nstart=200\n")):
+        (tmp_path / f".{name}.tmp").write_text(text)
+        os.replace(tmp_path / f".{name}.tmp", tmp_path / name)
+    reader = JobMapReader(tmp_path)
+    assert reader.read() == read_job_map(tmp_path)  # fresh files: not trusted yet
+    _settle(tmp_path)
+    for name in ("1", "2"):
+        _settle(tmp_path / name)
+    want = read_job_map(tmp_path)
+    listings.clear()
+    first = reader.read()
+    assert first == want and len(listings) == 1
+    first.pop("1")  # the caller's copy: the reader's answer is its own
+    assert reader.read() == want and len(listings) == 1  # not listed again
+    # The epilog's rewrite (a rename), a job's removal and a new job are each seen at once.
+    (tmp_path / ".1.tmp").write_text("0\nstart=100\nend=150\n")
+    os.replace(tmp_path / ".1.tmp", tmp_path / "1")
+    assert reader.read()["1"].end_ns == 150 * 10**9
+    (tmp_path / "2").unlink()
+    assert "2" not in reader.read()
+    (tmp_path / ".3.tmp").write_text("1\n")
+    os.replace(tmp_path / ".3.tmp", tmp_path / "3")
+    assert reader.read() == read_job_map(tmp_path) and set(reader.read()) == {"1", "3"}
 
 
 def test_job_map_reader_does_not_trust_a_file_written_just_before_it_was_read(tmp_path):

@@ -71,7 +71,24 @@ def test_seq_survives_restart_and_files_are_ordered(tmp_path):
     spool.ack(spool.pending()[0])
     spool.ack(spool.pending()[0])
     again = Spool(tmp_path)  # restart with an empty queue: must not reuse seq 0..2
-    assert again.seal({"n": 3}).seq == first + 3
+    assert again.seal({"n": 3}).seq > first + 2
+
+
+def test_state_is_written_once_per_block_and_a_restart_skips_the_rest(tmp_path):
+    block = 5
+    spool = Spool(tmp_path, seq_block=block)
+    first = spool.seal({}).seq
+    state = tmp_path / "state.json"
+    written = state.stat().st_mtime_ns, state.stat().st_ino
+    for _ in range(block - 1):  # the rest of the block: no state write
+        spool.seal({})
+    assert (state.stat().st_mtime_ns, state.stat().st_ino) == written
+    last = spool.seal({}).seq  # the first of the next block: reserved first
+    assert last == first + block
+    assert json.loads(state.read_text())["next_seq"] == last + block
+    # A crash after that seal: the restart starts beyond every number reserved.
+    assert Spool(tmp_path, seq_block=block).seal({}).seq == last + block
+    assert Spool(tmp_path).seal({}).seq == last + 2 * block  # that restart reserved one
 
 
 def test_seq_derived_from_files_when_state_is_lost(tmp_path):
