@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime
+from functools import cache
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
@@ -71,9 +73,16 @@ def write_hours(
         delta[0] += row["facility_uj"] - before[1]  # type: ignore[operator]
         delta[1] += row["co2e_ug"] - before[2]  # type: ignore[operator]
         rows.append({"cluster": cluster, "job_id": job_id, "hour_at": hour, **row})
-    stmt = dialect_insert(conn)(JobEnergyHour)
+    conn.execute(_hours_upsert(conn.dialect.name), rows)
+    return {job_id: (d[0], d[1]) for job_id, d in deltas.items()}
+
+
+@cache
+def _hours_upsert(dialect: str) -> Any:
+    """The hours' upsert, built once per dialect (building costs more than executing)."""
+    stmt = dialect_insert(dialect)(JobEnergyHour)
     new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[_H.cluster, _H.job_id, _H.hour_at],
         set_={
             _H.energy_uj: new.energy_uj, _H.facility_uj: new.facility_uj,
@@ -82,8 +91,6 @@ def write_hours(
             _H.carbon_source: new.carbon_source,
         },
     )
-    conn.execute(stmt, rows)
-    return {job_id: (d[0], d[1]) for job_id, d in deltas.items()}
 
 
 def refresh_job_totals(conn: Connection, cluster: str, job_ids: list[str]) -> None:

@@ -21,6 +21,8 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
@@ -96,31 +98,8 @@ def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> N
     concurrent batches of one multi-node job cannot deadlock) until the transaction ends, which
     serialises the read-modify-write of the job's hours and phases.
     """
-    least, _ = least_greatest(conn)
-    stmt = dialect_insert(conn)(Job)
-    new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[Job.cluster, Job.job_id],
-        set_={
-            Job.uid: func.coalesce(Job.uid, new.uid),
-            Job.updated_at: new.updated_at,
-            Job.begin_at: func.coalesce(
-                Job.start_at, least(func.coalesce(Job.begin_at, new.begin_at), new.begin_at)
-            ),
-            Job.model: func.coalesce(Job.model, new.model),
-            Job.phase: func.coalesce(Job.phase, new.phase),
-            Job.annotated: Job.annotated | new.annotated,
-            Job.energy_uj: Job.energy_uj + new.energy_uj,
-            Job.gpu_uj: Job.gpu_uj + new.gpu_uj,
-            Job.gpu_s: Job.gpu_s + new.gpu_s,
-            Job.samples: case(
-                (new.samples.is_(None), Job.samples),
-                else_=func.coalesce(Job.samples, 0) + new.samples,
-            ),
-        },
-    )
     conn.execute(
-        stmt,
+        _jobs_upsert(conn.dialect.name),
         [
             {
                 "cluster": batch.cluster,
@@ -143,6 +122,34 @@ def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> N
     )
 
 
+# The upserts are built once per dialect: building one costs more than executing it.
+@cache
+def _jobs_upsert(dialect: str) -> Any:
+    least, _ = least_greatest(dialect)
+    stmt = dialect_insert(dialect)(Job)
+    new = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[Job.cluster, Job.job_id],
+        set_={
+            Job.uid: func.coalesce(Job.uid, new.uid),
+            Job.updated_at: new.updated_at,
+            Job.begin_at: func.coalesce(
+                Job.start_at, least(func.coalesce(Job.begin_at, new.begin_at), new.begin_at)
+            ),
+            Job.model: func.coalesce(Job.model, new.model),
+            Job.phase: func.coalesce(Job.phase, new.phase),
+            Job.annotated: Job.annotated | new.annotated,
+            Job.energy_uj: Job.energy_uj + new.energy_uj,
+            Job.gpu_uj: Job.gpu_uj + new.gpu_uj,
+            Job.gpu_s: Job.gpu_s + new.gpu_s,
+            Job.samples: case(
+                (new.samples.is_(None), Job.samples),
+                else_=func.coalesce(Job.samples, 0) + new.samples,
+            ),
+        },
+    )
+
+
 def _add_job_factors(conn: Connection, cluster: str, deltas: dict[str, tuple[int, int]]) -> None:
     conn.execute(
         update(Job)
@@ -159,31 +166,8 @@ def _add_job_factors(conn: Connection, cluster: str, deltas: dict[str, tuple[int
 
 
 def _upsert_job_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
-    least, greatest = least_greatest(conn)
-    stmt = dialect_insert(conn)(JobEnergy)
-    new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[
-            JobEnergy.cluster,
-            JobEnergy.job_id,
-            JobEnergy.node,
-            JobEnergy.component,
-            JobEnergy.source,
-        ],
-        set_={
-            JobEnergy.energy_uj: JobEnergy.energy_uj + new.energy_uj,
-            JobEnergy.estimated_uj: JobEnergy.estimated_uj + new.estimated_uj,
-            JobEnergy.intervals: JobEnergy.intervals + new.intervals,
-            JobEnergy.covered_s: JobEnergy.covered_s + new.covered_s,
-            JobEnergy.first_at: least(JobEnergy.first_at, new.first_at),
-            JobEnergy.last_at: greatest(JobEnergy.last_at, new.last_at),
-            JobEnergy.wraps: JobEnergy.wraps + new.wraps,
-            JobEnergy.resets: JobEnergy.resets + new.resets,
-            JobEnergy.device_name: func.coalesce(new.device_name, JobEnergy.device_name),
-        },
-    )
     conn.execute(
-        stmt,
+        _job_energy_upsert(conn.dialect.name),
         [
             {
                 "cluster": batch.cluster,
@@ -206,27 +190,36 @@ def _upsert_job_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
     )
 
 
-def _upsert_node_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
-    least, greatest = least_greatest(conn)
-    stmt = dialect_insert(conn)(NodeEnergy)
+@cache
+def _job_energy_upsert(dialect: str) -> Any:
+    least, greatest = least_greatest(dialect)
+    stmt = dialect_insert(dialect)(JobEnergy)
     new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[
-            NodeEnergy.cluster,
-            NodeEnergy.node,
-            NodeEnergy.component,
-            NodeEnergy.source,
+            JobEnergy.cluster,
+            JobEnergy.job_id,
+            JobEnergy.node,
+            JobEnergy.component,
+            JobEnergy.source,
         ],
         set_={
-            NodeEnergy.measured_uj: NodeEnergy.measured_uj + new.measured_uj,
-            NodeEnergy.unattributed_uj: NodeEnergy.unattributed_uj + new.unattributed_uj,
-            NodeEnergy.intervals: NodeEnergy.intervals + new.intervals,
-            NodeEnergy.first_at: least(NodeEnergy.first_at, new.first_at),
-            NodeEnergy.last_at: greatest(NodeEnergy.last_at, new.last_at),
+            JobEnergy.energy_uj: JobEnergy.energy_uj + new.energy_uj,
+            JobEnergy.estimated_uj: JobEnergy.estimated_uj + new.estimated_uj,
+            JobEnergy.intervals: JobEnergy.intervals + new.intervals,
+            JobEnergy.covered_s: JobEnergy.covered_s + new.covered_s,
+            JobEnergy.first_at: least(JobEnergy.first_at, new.first_at),
+            JobEnergy.last_at: greatest(JobEnergy.last_at, new.last_at),
+            JobEnergy.wraps: JobEnergy.wraps + new.wraps,
+            JobEnergy.resets: JobEnergy.resets + new.resets,
+            JobEnergy.device_name: func.coalesce(new.device_name, JobEnergy.device_name),
         },
     )
+
+
+def _upsert_node_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
     conn.execute(
-        stmt,
+        _node_energy_upsert(conn.dialect.name),
         [
             {
                 "cluster": batch.cluster,
@@ -244,14 +237,44 @@ def _upsert_node_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
     )
 
 
+@cache
+def _node_energy_upsert(dialect: str) -> Any:
+    least, greatest = least_greatest(dialect)
+    stmt = dialect_insert(dialect)(NodeEnergy)
+    new = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[
+            NodeEnergy.cluster,
+            NodeEnergy.node,
+            NodeEnergy.component,
+            NodeEnergy.source,
+        ],
+        set_={
+            NodeEnergy.measured_uj: NodeEnergy.measured_uj + new.measured_uj,
+            NodeEnergy.unattributed_uj: NodeEnergy.unattributed_uj + new.unattributed_uj,
+            NodeEnergy.intervals: NodeEnergy.intervals + new.intervals,
+            NodeEnergy.first_at: least(NodeEnergy.first_at, new.first_at),
+            NodeEnergy.last_at: greatest(NodeEnergy.last_at, new.last_at),
+        },
+    )
+
+
 def _upsert_progress(conn: Connection, batch: Batch, plan: Plan) -> None:
     """Move the node's high-water mark; the latest interval's source count goes with it."""
     assert plan.progress is not None
     first, last, intervals, sources = plan.progress
-    least, greatest = least_greatest(conn)
-    stmt = dialect_insert(conn)(NodeProgress)
+    conn.execute(_progress_upsert(conn.dialect.name), {
+        "cluster": batch.cluster, "node": batch.node, "first_at": first, "last_at": last,
+        "intervals": intervals, "last_sources": sources,
+    })
+
+
+@cache
+def _progress_upsert(dialect: str) -> Any:
+    least, greatest = least_greatest(dialect)
+    stmt = dialect_insert(dialect)(NodeProgress)
     new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[NodeProgress.cluster, NodeProgress.node],
         set_={
             NodeProgress.first_at: least(NodeProgress.first_at, new.first_at),
@@ -263,31 +286,31 @@ def _upsert_progress(conn: Connection, batch: Batch, plan: Plan) -> None:
             ),
         },
     )
-    conn.execute(stmt.values(
-        cluster=batch.cluster, node=batch.node, first_at=first, last_at=last,
-        intervals=intervals, last_sources=sources,
-    ))
 
 
 def _upsert_job_nodes(conn: Connection, batch: Batch, plan: Plan) -> None:
-    least, greatest = least_greatest(conn)
-    stmt = dialect_insert(conn)(JobNode)
+    conn.execute(
+        _job_nodes_upsert(conn.dialect.name),
+        [
+            {"cluster": batch.cluster, "job_id": job_id, "node": batch.node, "first_at": first,
+             "last_at": last, "intervals": intervals}
+            for job_id, (first, last, intervals) in sorted(plan.job_nodes.items())
+        ],
+    )
+
+
+@cache
+def _job_nodes_upsert(dialect: str) -> Any:
+    least, greatest = least_greatest(dialect)
+    stmt = dialect_insert(dialect)(JobNode)
     new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[JobNode.cluster, JobNode.job_id, JobNode.node],
         set_={
             JobNode.first_at: least(JobNode.first_at, new.first_at),
             JobNode.last_at: greatest(JobNode.last_at, new.last_at),
             JobNode.intervals: JobNode.intervals + new.intervals,
         },
-    )
-    conn.execute(
-        stmt,
-        [
-            {"cluster": batch.cluster, "job_id": job_id, "node": batch.node, "first_at": first,
-             "last_at": last, "intervals": intervals}
-            for job_id, (first, last, intervals) in sorted(plan.job_nodes.items())
-        ],
     )
 
 

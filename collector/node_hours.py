@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,20 +43,25 @@ def add_node_hours(conn: Connection, cluster: str, node: str,
     """
     if not node_hours:
         return
-    stmt = dialect_insert(conn)(NodeEnergyHour)
+    conn.execute(_node_hours_upsert(conn.dialect.name), [
+        {"cluster": cluster, "node": node, "hour_at": hour, "component": component,
+         "measured_uj": measured, "unattributed_uj": unattributed}
+        for (component, hour), (measured, unattributed) in sorted(node_hours.items())
+    ])
+
+
+@cache
+def _node_hours_upsert(dialect: str) -> Any:
+    """The upsert, built once per dialect (building costs more than executing)."""
+    stmt = dialect_insert(dialect)(NodeEnergyHour)
     new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[_H.cluster, _H.node, _H.hour_at, _H.component],
         set_={
             _H.measured_uj: _H.measured_uj + new.measured_uj,
             _H.unattributed_uj: _H.unattributed_uj + new.unattributed_uj,
         },
     )
-    conn.execute(stmt, [
-        {"cluster": cluster, "node": node, "hour_at": hour, "component": component,
-         "measured_uj": measured, "unattributed_uj": unattributed}
-        for (component, hour), (measured, unattributed) in sorted(node_hours.items())
-    ])
 
 
 # ---------------------------------------------------------------------------------------------

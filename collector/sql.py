@@ -14,18 +14,26 @@ class IngestRejected(JobEnergyError):
     """Input that passed the wire schema but cannot be stored (the caller answers 422)."""
 
 
-def dialect_insert(conn: Connection) -> Any:
-    """Return the dialect's ``insert`` construct (both have ``on_conflict_do_*``)."""
-    if conn.dialect.name == "postgresql":
+def _dialect(conn: Connection | str) -> str:
+    return conn if isinstance(conn, str) else conn.dialect.name
+
+
+def dialect_insert(conn: Connection | str) -> Any:
+    """Return the dialect's ``insert`` construct (both have ``on_conflict_do_*``).
+
+    ``conn``: a connection, or its dialect's name (statements built once per dialect).
+    """
+    name = _dialect(conn)
+    if name == "postgresql":
         return postgresql.insert
-    if conn.dialect.name == "sqlite":
+    if name == "sqlite":
         return sqlite.insert
-    raise IngestRejected(f"unsupported database dialect {conn.dialect.name!r}")
+    raise IngestRejected(f"unsupported database dialect {name!r}")
 
 
-def least_greatest(conn: Connection) -> tuple[Any, Any]:
+def least_greatest(conn: Connection | str) -> tuple[Any, Any]:
     """Return two-argument ``least``/``greatest`` that ignore NULL, on both dialects."""
-    if conn.dialect.name == "sqlite":
+    if _dialect(conn) == "sqlite":
         # SQLite's scalar min()/max() return NULL if either argument is NULL; PostgreSQL's
         # least()/greatest() ignore NULLs. Coalescing each with the other makes them agree.
         def least(a: Any, b: Any) -> Any:
