@@ -31,7 +31,10 @@ Rules per wire field (``core/schema.py``) for the intervals k of one stored inte
     boundaries); ``alive_us`` None when the job has a sample with ``alive_us`` None in
     every k (it lived through all of them), else the sum over its k of ``alive_us`` (or
     k's duration where None): the collector's ``covered_s``/``gpu_s`` (``min(duration,
-    alive_us)`` per share) then add up exactly, given the share rule below.
+    alive_us)`` per share) then add up exactly, given the share rule below; ``step_uj``
+    (only when the job's per-step split would otherwise change: several busy steps, or
+    energy in some k without step time) the sum over its k of the split the collector would
+    make of each k (``core/steps.py``), so every step keeps its µJ whatever is merged.
 
 Never merged (the stored interval is cut before the sampled one that would break a rule):
 
@@ -45,10 +48,6 @@ Never merged (the stored interval is cut before the sampled one that would break
   interval so far (per-phase energy is attributed by label per interval);
 * a job whose set of sources with a share differs (its ``covered_s`` per source would
   change), or a share without a job sample;
-* a job whose per-step split would change: the collector splits each (interval, job,
-  component) energy over the steps by CPU time with largest remainders, which is exact
-  only when at most one step has CPU time and every interval with energy of the job has
-  step time, or when only one interval has anything of the job (energy or step time);
 * more than ``store_interval_s`` + half a sample: a stored interval spans at most that, and
   is closed as soon as another sample would not fit (never held longer).
 
@@ -64,6 +63,7 @@ from typing import Any
 from jobenergy.agent.phases import MAX_PHASES_PER_INTERVAL
 from jobenergy.agent.records import JobRecord, SampledInterval
 from jobenergy.core.limits import MAX_JOBS_PER_SOURCE, MAX_STEPS_PER_JOB
+from jobenergy.core.steps import job_energy_by_component, split_over_steps
 
 HOUR_US = 3_600_000_000
 _MAX_WRAPS = 1_000  # SourceEnergy.wraps
@@ -102,12 +102,27 @@ def _job_energy(rec: SampledInterval, job_id: str) -> int:
     return sum(src.jobs_uj.get(job_id, 0) for src in rec.sources)
 
 
+def _add_split(acc: dict[str, dict[str, int]], rec: SampledInterval, job_id: str) -> None:
+    """Add to ``acc`` the job's energy of ``rec`` split over its steps, as the collector
+    splits a stored interval (``core/steps.py``); nothing when the job is not in ``rec``."""
+    job = next((j for j in rec.jobs if j.job_id == job_id), None)
+    if job is None:
+        return
+    split = split_over_steps(
+        job_energy_by_component(((s.component, s.jobs_uj) for s in rec.sources), job_id),
+        job.step_cpu_us)
+    for component, parts in split.items():
+        mine = acc.setdefault(component, {})
+        for step, energy_uj in parts.items():
+            mine[step] = mine.get(step, 0) + energy_uj
+
+
 class _Job:
     """One job's merged sample in an open stored interval."""
 
     __slots__ = (
         "active", "cpu_time_us", "cpus", "ended", "job_id", "lived_us", "model", "phase",
-        "present", "step_cpu_us", "step_ids", "steps", "uid", "unstepped", "whole",
+        "present", "step_cpu_us", "step_ids", "step_uj", "steps", "uid", "unstepped", "whole",
     )
 
     def __init__(self, job: JobRecord, span_us: int, energy_pos: bool) -> None:
@@ -128,6 +143,9 @@ class _Job:
         # had energy but no step time (that energy is in no step at the collector).
         self.active = int(bool(self.steps) or energy_pos)
         self.unstepped = energy_pos and not self.steps
+        # The split over steps, carried once the collector's own split of the merged
+        # interval would differ from the sum of its splits of the samples (module doc).
+        self.step_uj: dict[str, dict[str, int]] | None = None
 
     def add(self, job: JobRecord, span_us: int, energy_pos: bool, steps: frozenset[str]) -> None:
         if self.uid is None:
@@ -151,7 +169,7 @@ class _Job:
         self.unstepped = self.unstepped or (energy_pos and not steps)
 
     def wire(self, intervals: int) -> dict[str, Any]:
-        return {
+        out = {
             "job_id": self.job_id,
             "uid": self.uid,
             "cpus": self.cpus,
@@ -163,6 +181,9 @@ class _Job:
             "model": self.model,
             "alive_us": None if self.whole and self.present == intervals else self.lived_us,
         }
+        if self.step_uj is not None:
+            out["step_uj"] = self.step_uj
+        return out
 
 
 class StoredInterval:
@@ -243,13 +264,15 @@ class StoredInterval:
             for acc, src in zip(sources, rec.sources, strict=True)
             if acc[1].keys() != src.jobs_uj.keys()
         ]
-        facts: list[tuple[JobRecord, bool, frozenset[str]]] = []
+        # Per job: the record, whether it has energy but no step time, its busy steps, and
+        # whether the merged interval must carry the job's split over steps.
+        facts: list[tuple[JobRecord, bool, frozenset[str], bool]] = []
         for job in rec.jobs:
             steps = _positive_steps(job)
             energy_pos = False if steps else _job_energy(rec, job.job_id) > 0
-            facts.append((job, energy_pos, steps))
             mine = jobs.get(job.job_id)
             if mine is None:
+                facts.append((job, energy_pos, steps, False))
                 continue
             if mine.ended or job.phase != mine.phase or job.model != mine.model:
                 return False
@@ -260,14 +283,15 @@ class StoredInterval:
             for merged, now in differing:
                 if (job.job_id in merged) != (job.job_id in now):
                     return False
-            # The collector's per-step split must not change (module doc).
+            # Would the collector's split of the merged interval over the steps differ from
+            # the sum of its splits of the samples? Then the split goes with it (module doc).
             merged_steps = mine.steps if steps <= mine.steps else mine.steps | steps
-            if (
+            explicit = mine.step_uj is not None or bool(
                 mine.active + int(bool(steps) or energy_pos) > 1
                 and merged_steps
                 and (len(merged_steps) > 1 or mine.unstepped or (energy_pos and not steps))
-            ):
-                return False
+            )
+            facts.append((job, energy_pos, steps, explicit))
             if job.step_ids and len(set(mine.step_ids) | set(job.step_ids)) > MAX_STEPS_PER_JOB:
                 return False
             if (
@@ -284,12 +308,18 @@ class StoredInterval:
             shares = acc[1]
             for job_id, energy_uj in src.jobs_uj.items():
                 shares[job_id] = shares.get(job_id, 0) + energy_uj
-        for job, energy_pos, steps in facts:
+        for job, energy_pos, steps, explicit in facts:
             mine = jobs.get(job.job_id)
             if mine is None:
                 jobs[job.job_id] = _Job(job, span_us, energy_pos)
-            else:
-                mine.add(job, span_us, energy_pos, steps)
+                continue
+            if explicit:
+                if mine.step_uj is None:  # the samples merged so far, then this one
+                    mine.step_uj = {}
+                    for before in self.records:
+                        _add_split(mine.step_uj, before, job.job_id)
+                _add_split(mine.step_uj, rec, job.job_id)
+            mine.add(job, span_us, energy_pos, steps)
         self.records.append(rec)
         return True
 

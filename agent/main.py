@@ -9,6 +9,9 @@ httpx: ~10 MB on every node for a daemon that never uses them); ``jobenergy agen
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import signal
 import sys
 import threading
@@ -37,6 +40,26 @@ def build_parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     return parser
 
 
+def settle_memory() -> None:
+    """Once started: give back what the imports and the first setup left behind.
+
+    ``gc.freeze`` moves every object alive now (modules, classes, the settings) out of the
+    collector's generations, so a collection no longer walks them each time (CPU per sample)
+    and the pages holding them stay untouched; glibc's ``malloc_trim`` returns the heap freed
+    since to the kernel (a few MB of the resident size on every node). Elsewhere than glibc:
+    only the freeze.
+    """
+    gc.collect()
+    gc.freeze()
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
+
+
 def run(
     config: Path | None = None,
     *,
@@ -63,6 +86,7 @@ def run(
                                       log_level=log_level, log_format=log_format)
         logs.configure(settings.log_level, settings.log_format)
         daemon = Agent(settings)
+        settle_memory()
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())

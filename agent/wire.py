@@ -53,6 +53,7 @@ from jobenergy.core.limits import (
     PHASES,
     check_time,
 )
+from jobenergy.core.steps import check_step_split, job_energy_by_component
 
 #: The models' fields, in the order pydantic writes them.
 INTERVAL_FIELDS = ("start", "end", "sources", "jobs", "phases")
@@ -64,6 +65,8 @@ JOB_FIELDS = (
     "job_id", "uid", "cpus", "cpu_time_us", "ended", "step_ids", "step_cpu_us", "phase",
     "model", "alive_us",
 )
+#: A job may end with ``step_uj`` (a merged interval's split over steps); left out when None.
+JOB_FIELDS_SPLIT = (*JOB_FIELDS, "step_uj")
 PHASE_FIELDS = ("job_id", "phase", "model", "start", "end", "samples", "metrics", "tags")
 
 # JOB_ID_PATTERN without its anchors: fullmatch is the schema's ^...$ (Rust's $ is the end).
@@ -197,11 +200,30 @@ def _source_ok(src: Any, ids: set[str]) -> bool:
         shares and component in NODE_ONLY_COMPONENTS)
 
 
+def _step_uj_ok(step_uj: Any) -> bool:
+    if type(step_uj) is not dict or len(step_uj) > len(COMPONENTS):
+        return False
+    for component, parts in step_uj.items():
+        if component not in COMPONENTS or type(parts) is not dict or (
+            len(parts) > MAX_STEPS_PER_JOB
+        ):
+            return False
+        for step, energy_uj in parts.items():
+            if not _text_ok(step, MAX_STEP_NAME, 1) or type(energy_uj) is not int or not (
+                0 <= energy_uj <= MAX_ENERGY_UJ
+            ):
+                return False
+    return True
+
+
 def _job_ok(job: Any, ids: set[str]) -> bool:
-    if type(job) is not dict or tuple(job) != JOB_FIELDS:
+    if type(job) is not dict:
+        return False
+    keys = tuple(job)
+    if keys != JOB_FIELDS and (keys != JOB_FIELDS_SPLIT or not _step_uj_ok(job["step_uj"])):
         return False
     job_id, uid, cpus, cpu_time_us, ended, step_ids, steps, phase, model, alive_us = (
-        job.values())
+        list(job.values())[:10])
     if (
         not _id_ok(job_id, ids)
         or (uid is not None and (type(uid) is not int or not 0 <= uid <= MAX_UID))
@@ -259,7 +281,18 @@ def _check_source(src: Any, where: str) -> None:
 
 
 def _check_job(job: Any, where: str) -> None:
-    _fields(job, JOB_FIELDS, where)
+    if type(job) is dict and tuple(job) == JOB_FIELDS_SPLIT:
+        step_uj = job["step_uj"]
+        _dict(step_uj, f"{where}.step_uj", len(COMPONENTS))
+        for component, parts in step_uj.items():
+            if component not in COMPONENTS:
+                raise _fail(f"{where}.step_uj", f"not a component: {component!r}")
+            _dict(parts, f"{where}.step_uj.{component}", MAX_STEPS_PER_JOB)
+            for step, energy_uj in parts.items():
+                _text(step, f"{where}.step_uj.{component}", MAX_STEP_NAME, 1)
+                _int(energy_uj, f"{where}.step_uj.{component}.{step}", MAX_ENERGY_UJ)
+    else:
+        _fields(job, JOB_FIELDS, where)
     _job_id(job["job_id"], f"{where}.job_id")
     _opt_int(job["uid"], f"{where}.uid", MAX_UID)
     _opt_int(job["cpus"], f"{where}.cpus", MAX_COUNT)
@@ -385,6 +418,14 @@ def interval_json(fields: dict[str, Any]) -> str:
                 f"absurd energy for source {src['source']!r}: {src['measured_uj']} µJ in "
                 f"{duration_s:.3f} s is above {MAX_SOURCE_POWER_W} W"
             )
+    for job in jobs:
+        step_uj = job.get("step_uj")
+        if step_uj is not None:
+            try:
+                check_step_split(job["job_id"], step_uj, job_energy_by_component(
+                    ((src["component"], src["jobs_uj"]) for src in sources), job["job_id"]))
+            except ValueError as err:
+                raise WireError(str(err)) from err
     return (
         f'{{"start":{time_json(start)},"end":{time_json(end)},"sources":{_DUMPS(sources)},'
         f'"jobs":{_DUMPS(jobs)},"phases":[{",".join(phase_texts)}]}}'

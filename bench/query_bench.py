@@ -21,7 +21,7 @@ p50/p99 (and p99.9 for lookups); asserts nothing.
 there for the same N (build once at 10 M jobs, time several versions of the code).
 
     .venv/bin/python bench/query_bench.py [--jobs 100000] [--lookups 2000] [--lists 200]
-        [--unfiltered 20] [--pgdata DIR] [--rebuild] [--build-only]
+        [--unfiltered 20] [--recent-jobs N] [--pgdata DIR] [--rebuild] [--build-only]
 """
 
 from __future__ import annotations
@@ -189,6 +189,10 @@ def bench_http(url: str, args: argparse.Namespace, rng: random.Random, meter: Me
     def random_job() -> str:
         return f"/api/v1/jobs/{1_000_000 + rng.randrange(args.jobs)}"
 
+    def recent_job() -> str:
+        """One of the newest ``--recent-jobs`` (those users look up: the last weeks')."""
+        return f"/api/v1/jobs/{1_000_000 + args.jobs - 1 - rng.randrange(args.recent_jobs)}"
+
     with httpx.Client(base_url=url, timeout=600.0) as client:
         wait_healthy(client)
         for _ in range(50):  # warm up connections and caches
@@ -197,6 +201,11 @@ def bench_http(url: str, args: argparse.Namespace, rng: random.Random, meter: Me
             [(random_job(), {"cluster": "bench"}) for _ in range(args.lookups)], tail=True)
         run("GET /api/v1/jobs/{id} (no cluster)",
             [(random_job(), {}) for _ in range(args.lookups)], tail=True)
+        if args.recent_jobs:
+            for _ in range(2):  # the first pass warms the cache, the second is the figure
+                run(f"GET /api/v1/jobs/{{id}}?cluster=, one of the newest {args.recent_jobs:,}",
+                    [(recent_job(), {"cluster": "bench"}) for _ in range(args.lookups)],
+                    tail=True)
 
         per_user = args.jobs // len(USERS)
         first = run(
@@ -211,11 +220,16 @@ def bench_http(url: str, args: argparse.Namespace, rng: random.Random, meter: Me
             f"GET /api/v1/jobs?user=U&limit=100&offset=100..{depth}",
             [("/api/v1/jobs", {"user": u, "limit": 100, "offset": o}) for u, o in deep])
         if any("next" in body for body in first):
+            # The cursor of the row before each page (none past the last row: page dropped).
             cursors = [
                 client.get("/api/v1/jobs", params={"user": u, "limit": 1, "offset": o - 1}
-                           ).json()["next"]
+                           ).json().get("next")
                 for u, o in deep
             ]
+            kept = [(d, b, c) for d, b, c in zip(deep, by_offset, cursors, strict=True) if c]
+            deep = [d for d, _, _ in kept]
+            by_offset = [b for _, b, _ in kept]
+            cursors = [c for _, _, c in kept]
             by_cursor = run(
                 "GET /api/v1/jobs?user=U&limit=100&after=<cursor of the same rows>",
                 [("/api/v1/jobs", {"user": u, "limit": 100, "after": c})
@@ -279,6 +293,8 @@ def main() -> None:
     parser.add_argument("--lists", type=int, default=200)
     parser.add_argument("--unfiltered", type=int, default=20,
                         help="GET /api/v1/jobs?limit=100 requests")
+    parser.add_argument("--recent-jobs", type=int, default=0,
+                        help="also look up jobs among the newest N (default: only uniform)")
     parser.add_argument("--pgdata", type=Path, help="keep the PostgreSQL cluster here")
     parser.add_argument("--rebuild", action="store_true", help="rebuild a kept database")
     parser.add_argument("--build-only", action="store_true")

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from jobenergy.core.limits import (  # noqa: F401 - the contract's limits, re-exported
     ATTRIBUTED_COMPONENTS,
     BMC_NOT_ATTRIBUTED,
+    COMPONENTS,
     JOB_ID_PATTERN,
     MAX_ALIVE_US,
     MAX_COUNT,
@@ -44,6 +45,7 @@ from jobenergy.core.limits import (  # noqa: F401 - the contract's limits, re-ex
     TIME_MIN,
     check_time,
 )
+from jobenergy.core.steps import check_step_split, job_energy_by_component
 
 #: Components a source can belong to (``limits.COMPONENTS``). ``psys`` (RAPL platform
 #: domain) overlaps the package and DRAM domains: it is recorded per node for cross-checks
@@ -131,6 +133,23 @@ class JobSample(WireModel):
     # How long the job existed inside the interval, µs, when it started or ended within it
     # (its energy there is prorated: DESIGN.md decision 16); None: all of the interval.
     alive_us: int | None = Field(default=None, ge=0, le=MAX_ALIVE_US)
+    # The job's energy per component split over its steps, µJ, when the agent merged sampled
+    # intervals in which several steps were busy (core/steps.py's rule, applied per sampled
+    # interval and summed); None: the collector splits by ``step_cpu_us``. Left out of the
+    # JSON when None, so the bytes of every other interval are what they always were.
+    step_uj: dict[Component, dict[StepName, EnergyUJ]] | None = Field(
+        default=None, max_length=len(COMPONENTS), exclude_if=lambda value: value is None
+    )
+
+    @model_validator(mode="after")
+    def _steps_bounded(self) -> JobSample:
+        for component, parts in (self.step_uj or {}).items():
+            if len(parts) > MAX_STEPS_PER_JOB:
+                raise ValueError(
+                    f"job {self.job_id}: {len(parts)} steps for {component}, at most "
+                    f"{MAX_STEPS_PER_JOB}"
+                )
+        return self
 
 
 class PhaseRecord(WireModel):
@@ -174,6 +193,12 @@ class Interval(WireModel):
                     f"absurd energy for source {src.source!r}: {src.measured_uj} µJ in "
                     f"{duration_s:.3f} s is above {MAX_SOURCE_POWER_W} W"
                 )
+        for job in self.jobs:
+            if job.step_uj is not None:
+                check_step_split(job.job_id, job.step_uj,
+                                 job_energy_by_component(
+                                     ((s.component, s.jobs_uj) for s in self.sources),
+                                     job.job_id))
         return self
 
 

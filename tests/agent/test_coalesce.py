@@ -238,9 +238,10 @@ def test_a_phase_change_cuts_the_stored_interval(derived):
     assert derived(merged)["phases"] == derived(stored(records, 1.0))["phases"]
 
 
-def test_steps_are_merged_only_where_the_collector_split_is_unchanged(derived):
+def test_several_busy_steps_are_merged_with_the_split_of_each_sample(derived):
     # Two busy steps: the collector splits each interval's energy by that interval's step
-    # CPU time (largest remainders); a merged interval would split the sum once.
+    # CPU time (largest remainders); a merged interval would split the sum once, so it
+    # carries the sum of the samples' splits (step_uj) instead.
     records = steady(10, steps=("batch", "0"))
     for k, r in enumerate(records):
         for j in r.jobs:
@@ -256,9 +257,19 @@ def test_steps_are_merged_only_where_the_collector_split_is_unchanged(derived):
         schema_version=1, cluster="c", node="n", boot_id="b", seq=0,
         intervals=stored(records, 1.0),
     ))
-    assert naive_steps != exact  # why the rule exists
+    assert naive_steps != exact  # why the split goes with the merged interval
     merged = stored(records, 10.0)
-    assert len(merged) == 10 and derived(merged) == derived(stored(records, 1.0))
+    assert len(merged) == 1 and derived(merged) == derived(stored(records, 1.0))
+    by_job = {j.job_id: j.step_uj for j in merged[0].jobs}
+    # Job 1: odd samples 3 MJ split 9:1, even ones 1 MJ split 1:9 (5 of each).
+    assert by_job["1"] == {"cpu": {"batch": 5 * 2_700_000 + 5 * 100_000,
+                                   "0": 5 * 300_000 + 5 * 900_000}}
+    assert {k: v for k, v in exact.items() if k[0] == "1"} == {
+        ("1", "batch", "cpu"): by_job["1"]["cpu"]["batch"],
+        ("1", "0", "cpu"): by_job["1"]["cpu"]["0"]}
+    # What a collector stores of it: what it stores of the samples, step by step.
+    assert plan_steps(Batch(schema_version=1, cluster="c", node="n", boot_id="b", seq=0,
+                            intervals=merged)) == exact
 
 
 def _naive_merge(records):
@@ -278,12 +289,19 @@ def _naive_merge(records):
     return first
 
 
-def test_a_job_idle_for_a_sample_cuts_only_when_its_steps_say_so(derived):
+def test_a_job_idle_for_a_sample_keeps_that_energy_outside_its_steps(derived):
     records = steady(10)
     records[5].jobs[0].step_cpu_us = {}  # energy but no step time: "outside" any step
     merged = stored(records, 10.0)
-    assert len(merged) == 3
+    assert len(merged) == 1
     assert derived(merged) == derived(stored(records, 1.0))
+    job1, job2 = merged[0].jobs
+    # Job 1's split leaves out sample 5's energy; job 2 needs none (one busy step).
+    assert job1.step_uj == {
+        "cpu": {"batch": sum(1_000_000 + k for k in range(10) if k != 5)},
+        "dram": {"batch": 9 * 100_000},
+    }
+    assert job2.step_uj is None
 
 
 def test_gap_reset_and_a_change_of_sources_stand_apart(derived):

@@ -125,6 +125,28 @@ def _job(draw, job_id: str) -> dict:
 
 
 @st.composite
+def _step_uj(draw, job_id: str, sources: list[dict]) -> dict:
+    """A merged interval's split over steps: within the job's energy of each component,
+    or (now and then) more than it, or for a component it has no share of."""
+    have: dict[str, int] = {}
+    for src in sources:
+        if job_id in src["jobs_uj"]:
+            have[src["component"]] = have.get(src["component"], 0) + src["jobs_uj"][job_id]
+    split = {}
+    for component, energy_uj in have.items():
+        first = draw(st.integers(0, energy_uj))
+        second = draw(st.integers(0, energy_uj - first))
+        split[component] = {"batch": first, "0": second}
+        if draw(st.integers(0, 5)) == 0:
+            split[component]["0"] = energy_uj - first + 1  # one µJ too many
+    if draw(st.integers(0, 5)) == 0:
+        split[draw(st.sampled_from(limits.COMPONENTS))] = {"batch": draw(_int(10))}
+    if split and draw(st.integers(0, 9)) == 0:  # more steps than a job may have
+        split[next(iter(split))] = {str(i): 0 for i in range(limits.MAX_STEPS_PER_JOB + 1)}
+    return split
+
+
+@st.composite
 def _phase(draw, job_id: str) -> dict:
     return {
         "job_id": job_id,
@@ -158,11 +180,15 @@ def valid_intervals(draw) -> dict:
     for src in sources:  # the absurd-power bound of the interval's length
         if src["measured_uj"] > bound:
             src.update(measured_uj=bound, jobs_uj={}, unattributed_uj=bound)
+    samples = [draw(_job(j)) for j in jobs if draw(st.booleans())]
+    for job in samples:
+        if draw(st.integers(0, 2)) == 0:
+            job["step_uj"] = draw(_step_uj(job["job_id"], sources))
     return {
         "start": start,
         "end": end,
         "sources": sources,
-        "jobs": [draw(_job(j)) for j in jobs if draw(st.booleans())],
+        "jobs": samples,
         "phases": [draw(_phase(j)) for j in jobs if draw(st.integers(0, 2)) == 0],
     }
 
@@ -222,7 +248,8 @@ def broken(draw, fields: dict) -> dict:
     elif isinstance(value, dict):
         bad = draw(st.sampled_from(["key", "value", "many"]))
         if bad == "many":
-            limit = {"jobs_uj": limits.MAX_JOBS_PER_SOURCE, "step_cpu_us": limits.MAX_STEPS_PER_JOB}
+            limit = {"jobs_uj": limits.MAX_JOBS_PER_SOURCE, "step_cpu_us": limits.MAX_STEPS_PER_JOB,
+                     "step_uj": len(limits.COMPONENTS)}
             rec[key] = {f"{i}": 0 for i in range(limit.get(key, limits.MAX_PHASE_ITEMS) + 1)}
         elif bad == "key":
             rec[key] = {**value, draw(_BAD_TEXT if key != "jobs_uj" else _BAD_ID): 0}
@@ -293,7 +320,7 @@ def test_floats_are_written_as_pydantic_writes_them(value):
 @pytest.mark.parametrize(
     ("model", "fields"),
     [(Interval, wire.INTERVAL_FIELDS), (SourceEnergy, wire.SOURCE_FIELDS),
-     (JobSample, wire.JOB_FIELDS), (PhaseRecord, wire.PHASE_FIELDS)],
+     (JobSample, wire.JOB_FIELDS_SPLIT), (PhaseRecord, wire.PHASE_FIELDS)],
 )
 def test_the_agent_writes_every_field_of_the_models_in_their_order(model, fields):
     assert tuple(model.model_fields) == fields
