@@ -34,7 +34,9 @@ Rules per wire field (``core/schema.py``) for the intervals k of one stored inte
     alive_us)`` per share) then add up exactly, given the share rule below; ``step_uj``
     (only when the job's per-step split would otherwise change: several busy steps, or
     energy in some k without step time) the sum over its k of the split the collector would
-    make of each k (``core/steps.py``), so every step keeps its µJ whatever is merged.
+    make of each k (``core/steps.py``), so every step keeps its µJ whatever is merged; sent
+    only to a collector whose answers name it (``agent/answer.py``), else such a job cuts
+    the stored interval (an older collector splits the merged interval itself).
 
 Never merged (the stored interval is cut before the sampled one that would break a rule):
 
@@ -230,8 +232,12 @@ class StoredInterval:
             self._jobs[job.job_id] = _Job(job, span_us, energy_pos)
 
     # -- merging ------------------------------------------------------------------------
-    def try_add(self, rec: SampledInterval, max_end_us: int) -> bool:
-        """Merge ``rec`` when every rule allows it (module doc); return whether it was."""
+    def try_add(self, rec: SampledInterval, max_end_us: int, split_steps: bool = True) -> bool:
+        """Merge ``rec`` when every rule allows it (module doc); return whether it was.
+
+        ``split_steps``: the merged interval may carry a job's split over steps
+        (``step_uj``); False: a job whose split would change cuts it instead.
+        """
         if self.closed or rec.start_us != self.end_us or rec.end_us > max_end_us:
             return False
         if rec.end_us > self._hour_end_us or _signature(rec) != self._sig:
@@ -291,6 +297,8 @@ class StoredInterval:
                 and merged_steps
                 and (len(merged_steps) > 1 or mine.unstepped or (energy_pos and not steps))
             )
+            if explicit and not split_steps:
+                return False
             facts.append((job, energy_pos, steps, explicit))
             if job.step_ids and len(set(mine.step_ids) | set(job.step_ids)) > MAX_STEPS_PER_JOB:
                 return False
@@ -372,9 +380,12 @@ class Coalescer:
             once it is within half a sample of ``store_us`` and may exceed it by as much.
     """
 
-    def __init__(self, store_us: int, sample_us: int) -> None:
+    def __init__(self, store_us: int, sample_us: int, split_steps: bool = False) -> None:
         self.store_us = store_us
         self.sample_us = sample_us
+        # Whether the collector stores ``step_uj`` (its answers say: agent/answer.py); until
+        # it does, a job whose per-step split would change cuts the stored interval.
+        self.split_steps = split_steps
         self._open: StoredInterval | None = None
         self._closed: list[StoredInterval] = []
 
@@ -388,7 +399,7 @@ class Coalescer:
         slack_us = self.sample_us // 2
         group = self._open
         if group is None or not self.merging or not group.try_add(
-            rec, group.start_us + self.store_us + slack_us
+            rec, group.start_us + self.store_us + slack_us, self.split_steps
         ):
             if group is not None:
                 group.closed = True

@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from jobenergy.agent.annotations import AnnotationServer
+from jobenergy.agent.answer import accepted_fields
 from jobenergy.agent.attribution import CpuSplit, StaticFloor, job_usage
 from jobenergy.agent.bmc_poller import BmcPoller
 from jobenergy.agent.coalesce import Coalescer, StoredInterval
@@ -148,8 +149,9 @@ class Agent:
             settings.limit_dir, settings.scancel_path, policy=settings.limit_policy,
             warn_fraction=settings.limit_warn_fraction,
             warn_signal=settings.limit_warn_signal, registry=self.metrics.registry)
-        # The collector's answers name the running jobs a budget applies to (warn, cancel).
-        self.pusher.on_accepted = self.energy_limits.budget_answer
+        # The collector's answers name the running jobs a budget applies to (warn, cancel),
+        # and the optional wire fields the collector stores.
+        self.pusher.on_accepted = self._collector_answer
         self.annotations: AnnotationServer | None = None
         self._prev: Sample | None = None
         self._coalescer = Coalescer(
@@ -165,6 +167,13 @@ class Agent:
         self.metrics.spool_pending.set_function(self.spool.pending_count)
         # Prometheus children per label set: ``labels()`` costs a lock and a lookup each.
         self._static_metric: dict[tuple[str, str], Any] = {}
+
+    def _collector_answer(self, body: bytes) -> None:
+        """Handle the collector's answer to a batch (the pusher's thread)."""
+        self.energy_limits.budget_answer(body)
+        # Jobs with several busy steps are merged only for a collector that stores the
+        # split (agent/answer.py); a plain attribute: the sampler reads it at its next merge.
+        self._coalescer.split_steps = "step_uj" in accepted_fields(body)
 
     @property
     def _pending(self) -> list[SampledInterval]:

@@ -23,8 +23,11 @@ timestamp granularity of the read (``_RACY_NS``: a rewrite then could keep all f
 again at the next scan. The hooks write every file by renaming a temporary one into place
 (and remove it with ``rm``), so any change to the map changes the folder's own mtime: while
 the folder's inode, mtime and ctime stay as they were at a scan whose files were all settled,
-the scan is not repeated (one ``stat`` per sample instead of one per job). The folder is the
-hooks' own (root, 0755 or stricter): nobody else edits a file in place.
+the scan is not repeated (one ``stat`` per sample instead of one per job). "Settled" for the
+folder means older than ``_DIR_SETTLED_NS`` (2 s), not the files' 50 ms: the folder keeps its
+inode, so on a filesystem that keeps whole seconds a second change within the same second
+would otherwise leave its key as it was. The folder is the hooks' own (root, 0755 or
+stricter): nobody else edits a file in place.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ _MAX_MAP_BYTES = 4096
 #: A file changed this recently when it was read may change again with the same stat
 #: (inode, size, mtime, ctime): timestamps are taken from a coarse clock (a jiffy, ≤ 10 ms).
 _RACY_NS = 50_000_000
+_DIR_SETTLED_NS = 2_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +231,9 @@ class JobMapReader:
             if st.st_mtime_ns < settled_ns and st.st_ctime_ns < settled_ns:
                 cache[e.name] = (key, entry)
         self._cache = cache
+        dir_settled_ns = settled_ns + _RACY_NS - _DIR_SETTLED_NS
         settled = (
-            dir_key is not None and dir_key[1] < settled_ns and dir_key[2] < settled_ns
+            dir_key is not None and dir_key[1] < dir_settled_ns and dir_key[2] < dir_settled_ns
             and len(cache) == len(entries) == len(files)
         )
         self._dir_key = dir_key if settled else None

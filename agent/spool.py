@@ -133,22 +133,23 @@ class Spool:
 
     # -- sequence numbers -------------------------------------------------------------
     def _load_next_seq(self) -> int:
-        state_seq = 0
+        state_seq: int | None = None
         state_file = self.dir / "state.json"
         if state_file.exists():
             try:
                 state_seq = int(json.loads(state_file.read_text())["next_seq"])
             except (OSError, ValueError, KeyError, TypeError) as err:
                 logger.warning(
-                    "spool state unreadable, deriving seq from files path=%s err=%s",
+                    "spool state unreadable, numbering from the clock path=%s err=%s",
                     state_file,
                     err,
                 )
         pending = self.pending()
         file_seq = pending[-1].seq + 1 if pending else 0
-        if not state_file.exists():
-            # First start, or the state was lost: numbers from the clock (µs) cannot collide
-            # with any an earlier agent in this boot used, so nothing is dropped as duplicate.
+        if state_seq is None:
+            # First start, or the state was lost or garbled: numbers from the clock (µs)
+            # cannot collide with any an earlier agent in this boot used, so nothing is
+            # dropped as a duplicate.
             state_seq = time.time_ns() // 1000
         return max(state_seq, file_seq)
 

@@ -53,7 +53,7 @@ from jobenergy.core.limits import (
     PHASES,
     check_time,
 )
-from jobenergy.core.steps import check_step_split, job_energy_by_component
+from jobenergy.core.steps import OUTSIDE_STEP, check_step_split, job_energy_by_component
 
 #: The models' fields, in the order pydantic writes them.
 INTERVAL_FIELDS = ("start", "end", "sources", "jobs", "phases")
@@ -220,7 +220,9 @@ def _job_ok(job: Any, ids: set[str]) -> bool:
     if type(job) is not dict:
         return False
     keys = tuple(job)
-    if keys != JOB_FIELDS and (keys != JOB_FIELDS_SPLIT or not _step_uj_ok(job["step_uj"])):
+    if keys != JOB_FIELDS and (keys != JOB_FIELDS_SPLIT or (
+        job["step_uj"] is not None and not _step_uj_ok(job["step_uj"])
+    )):
         return False
     job_id, uid, cpus, cpu_time_us, ended, step_ids, steps, phase, model, alive_us = (
         list(job.values())[:10])
@@ -246,7 +248,7 @@ def _job_ok(job: Any, ids: set[str]) -> bool:
             0 <= cpu_us <= MAX_ENERGY_UJ
         ):
             return False
-    return True
+    return OUTSIDE_STEP not in steps
 
 
 # Detailed checks: raise WireError naming the field and the problem.
@@ -281,7 +283,7 @@ def _check_source(src: Any, where: str) -> None:
 
 
 def _check_job(job: Any, where: str) -> None:
-    if type(job) is dict and tuple(job) == JOB_FIELDS_SPLIT:
+    if type(job) is dict and tuple(job) == JOB_FIELDS_SPLIT and job["step_uj"] is not None:
         step_uj = job["step_uj"]
         _dict(step_uj, f"{where}.step_uj", len(COMPONENTS))
         for component, parts in step_uj.items():
@@ -291,7 +293,7 @@ def _check_job(job: Any, where: str) -> None:
             for step, energy_uj in parts.items():
                 _text(step, f"{where}.step_uj.{component}", MAX_STEP_NAME, 1)
                 _int(energy_uj, f"{where}.step_uj.{component}.{step}", MAX_ENERGY_UJ)
-    else:
+    elif not (type(job) is dict and tuple(job) == JOB_FIELDS_SPLIT):
         _fields(job, JOB_FIELDS, where)
     _job_id(job["job_id"], f"{where}.job_id")
     _opt_int(job["uid"], f"{where}.uid", MAX_UID)
@@ -307,6 +309,8 @@ def _check_job(job: Any, where: str) -> None:
     for step, cpu_us in steps.items():
         _text(step, f"{where}.step_cpu_us", MAX_STEP_NAME, 1)
         _int(cpu_us, f"{where}.step_cpu_us.{step}", MAX_ENERGY_UJ)
+    if OUTSIDE_STEP in steps:
+        raise _fail(f"{where}.step_cpu_us", f"{OUTSIDE_STEP!r} is not a Slurm step")
     phase = job["phase"]
     if phase is not None and (type(phase) is not str or phase not in PHASES):
         raise _fail(f"{where}.phase", f"not one of {', '.join(PHASES)}: {phase!r}")
@@ -422,10 +426,15 @@ def interval_json(fields: dict[str, Any]) -> str:
         step_uj = job.get("step_uj")
         if step_uj is not None:
             try:
-                check_step_split(job["job_id"], step_uj, job_energy_by_component(
+                check_step_split(job["job_id"], step_uj, job["step_cpu_us"],
+                                 job_energy_by_component(
                     ((src["component"], src["jobs_uj"]) for src in sources), job["job_id"]))
             except ValueError as err:
                 raise WireError(str(err)) from err
+    if any(len(job) > len(JOB_FIELDS) and job["step_uj"] is None for job in jobs):
+        # step_uj None is left out, as the model leaves it out.
+        jobs = [{k: v for k, v in job.items() if k != "step_uj" or v is not None}
+                for job in jobs]
     return (
         f'{{"start":{time_json(start)},"end":{time_json(end)},"sources":{_DUMPS(sources)},'
         f'"jobs":{_DUMPS(jobs)},"phases":[{",".join(phase_texts)}]}}'

@@ -40,7 +40,13 @@ from jobenergy.collector.ingest import BatchConflict, IngestRejected, ingest_bat
 from jobenergy.collector.metrics import CollectorMetrics
 from jobenergy.collector.refusals import UNKNOWN_SENDER, record_refusal, sender_of
 from jobenergy.collector.settings import ServerSettings
-from jobenergy.core.schema import NO_NUL_PATTERN, SCHEMA_VERSION, Batch, JobEvent
+from jobenergy.core.schema import (
+    NO_NUL_PATTERN,
+    OPTIONAL_FIELDS,
+    SCHEMA_VERSION,
+    Batch,
+    JobEvent,
+)
 from jobenergy.core.text import printable
 
 logger = logging.getLogger(__name__)
@@ -217,6 +223,9 @@ class IngestResponse(BaseModel):
     duplicate: bool
     records: int
     budget_actions: list[BudgetAction] = []
+    #: The optional wire fields this collector stores (``core/schema.py: OPTIONAL_FIELDS``):
+    #: an agent sends one only after an answer that names it.
+    accepts: list[str] = list(OPTIONAL_FIELDS)
 
 
 class JobEventResponse(BaseModel):

@@ -45,7 +45,7 @@ from jobenergy.core.limits import (  # noqa: F401 - the contract's limits, re-ex
     TIME_MIN,
     check_time,
 )
-from jobenergy.core.steps import check_step_split, job_energy_by_component
+from jobenergy.core.steps import OUTSIDE_STEP, check_step_split, job_energy_by_component
 
 #: Components a source can belong to (``limits.COMPONENTS``). ``psys`` (RAPL platform
 #: domain) overlaps the package and DRAM domains: it is recorded per node for cross-checks
@@ -113,6 +113,12 @@ ShortText = Text(MAX_NAME)
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
+#: Optional wire fields a collector stores, named in its answer to each batch (``accepts``):
+#: an agent sends them only to a collector that said so, so a newer agent never has its
+#: batches refused by an older collector (unknown fields are an error).
+OPTIONAL_FIELDS: tuple[str, ...] = ("step_uj",)
+
+
 class JobSample(WireModel):
     """What the agent saw of one job during an interval (metadata for quality/fallbacks)."""
 
@@ -143,6 +149,8 @@ class JobSample(WireModel):
 
     @model_validator(mode="after")
     def _steps_bounded(self) -> JobSample:
+        if OUTSIDE_STEP in self.step_cpu_us:
+            raise ValueError(f"job {self.job_id}: {OUTSIDE_STEP!r} is not a Slurm step")
         for component, parts in (self.step_uj or {}).items():
             if len(parts) > MAX_STEPS_PER_JOB:
                 raise ValueError(
@@ -195,7 +203,7 @@ class Interval(WireModel):
                 )
         for job in self.jobs:
             if job.step_uj is not None:
-                check_step_split(job.job_id, job.step_uj,
+                check_step_split(job.job_id, job.step_uj, job.step_cpu_us,
                                  job_energy_by_component(
                                      ((s.component, s.jobs_uj) for s in self.sources),
                                      job.job_id))

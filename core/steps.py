@@ -70,18 +70,33 @@ def split_over_steps(
 
 
 def check_step_split(
-    job_id: str, step_uj: Mapping[str, Mapping[str, int]], energy_by_component: Mapping[str, int]
+    job_id: str,
+    step_uj: Mapping[str, Mapping[str, int]],
+    step_cpu_us: Mapping[str, int],
+    energy_by_component: Mapping[str, int],
 ) -> None:
-    """Refuse a split that gives a job's steps energy the job does not have.
+    """Refuse a split that gives a job's steps energy they cannot have.
 
-    Per component, the steps' parts may add up to at most the job's energy of that component
-    in the interval (the rest is in no step); a component the job has no share of cannot
-    carry step energy.
+    Each step of the split is one the job sample lists CPU time for (``step_cpu_us``), and
+    gets energy only if it used CPU time; :data:`OUTSIDE_STEP` is never a step. Per
+    component, the parts add up to at most the job's energy of that component in the
+    interval (the rest is in no step); a component the job has no share of carries none.
 
     Raises:
-        ValueError: Which job and component, and the figures.
+        ValueError: Which job, component and step, and the figures.
     """
     for component, parts in step_uj.items():
+        for step, energy_uj in parts.items():
+            if step == OUTSIDE_STEP:
+                raise ValueError(f"job {job_id}: {OUTSIDE_STEP!r} is not a Slurm step")
+            cpu_us = step_cpu_us.get(step)
+            if cpu_us is None:
+                raise ValueError(
+                    f"job {job_id}: step {step!r} has energy but no CPU time listed")
+            if energy_uj and not cpu_us:
+                raise ValueError(
+                    f"job {job_id}: step {step!r} gets {energy_uj} µJ of {component} but used "
+                    "no CPU time")
         have_uj = energy_by_component.get(component)
         if have_uj is None:
             if parts:

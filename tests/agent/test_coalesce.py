@@ -33,9 +33,11 @@ def _at(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
-def stored(records: list[SampledInterval], store_s: float, sample_s: float = 1.0) -> list[Interval]:
-    """Return the wire intervals the coalescer makes of ``records``."""
-    coalescer = Coalescer(round(store_s * S), round(sample_s * S))
+def stored(records: list[SampledInterval], store_s: float, sample_s: float = 1.0,
+           split_steps: bool = True) -> list[Interval]:
+    """Return the wire intervals the coalescer makes of ``records`` (``split_steps``: for a
+    collector that stores ``step_uj``)."""
+    coalescer = Coalescer(round(store_s * S), round(sample_s * S), split_steps)
     for rec in records:
         coalescer.add(rec)
     coalescer.close()
@@ -161,11 +163,15 @@ def timelines(draw) -> list[SampledInterval]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records=timelines(), store_s=st.sampled_from([1.5, 2.0, 5.0, 10.0, 60.0]))
-def test_merged_intervals_give_the_collector_the_same_totals(records, store_s, derived):
+@given(records=timelines(), store_s=st.sampled_from([1.5, 2.0, 5.0, 10.0, 60.0]),
+       split_steps=st.booleans())
+def test_merged_intervals_give_the_collector_the_same_totals(records, store_s, split_steps,
+                                                             derived):
     one_by_one = stored(records, 1.0)
     assert len(one_by_one) == len(records)
-    merged = stored(records, store_s)
+    merged = stored(records, store_s, split_steps=split_steps)
+    if not split_steps:  # for an older collector: never the field it would refuse
+        assert all(j.step_uj is None for i in merged for j in i.jobs)
     assert len(merged) <= len(records)
     assert derived(merged) == derived(one_by_one)
     # Stored intervals follow each other as the sampled ones did, none longer than allowed.
@@ -270,6 +276,9 @@ def test_several_busy_steps_are_merged_with_the_split_of_each_sample(derived):
     # What a collector stores of it: what it stores of the samples, step by step.
     assert plan_steps(Batch(schema_version=1, cluster="c", node="n", boot_id="b", seq=0,
                             intervals=merged)) == exact
+    # A collector that has not said it stores step_uj: each sample stored apart instead.
+    older = stored(records, 10.0, split_steps=False)
+    assert len(older) == 10 and derived(older) == derived(stored(records, 1.0))
 
 
 def _naive_merge(records):

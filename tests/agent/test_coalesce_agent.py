@@ -47,14 +47,26 @@ def _spooled(spool_dir) -> tuple[list[bytes], list[Interval]]:
     return bodies, intervals
 
 
-def test_merged_intervals_give_the_collector_the_same_totals(tmp_path, clock, derived):
+def _told_by_a_collector(agent: Agent) -> Agent:
+    """Hand the agent a collector's answer to a batch, as its pusher does (the collector's
+    own answer model: it names the optional fields it stores)."""
+    from jobenergy.collector.routes import IngestResponse
+
+    agent.pusher.on_accepted(IngestResponse(duplicate=False, records=0).model_dump_json()
+                             .encode())
+    return agent
+
+
+@pytest.mark.parametrize("answered", [False, True], ids=["no-answer-yet", "step_uj-accepted"])
+def test_merged_intervals_give_the_collector_the_same_totals(tmp_path, clock, derived, answered):
+    told = _told_by_a_collector if answered else (lambda agent: agent)
     node = SimNode(
         tmp_path / "n", "n1", ncpus=8, packages=1, energy_start_uj=RAPL_MAX_RANGE_UJ - 90_000_000
     )
     jobmap = tmp_path / "jobmap"
     jobmap.mkdir()
     one = Agent(_settings(tmp_path, node, "one", 1))
-    ten = Agent(_settings(tmp_path, node, "ten", 10))
+    ten = told(Agent(_settings(tmp_path, node, "ten", 10)))
     agents = [one, ten]
 
     def both(do):
@@ -71,7 +83,7 @@ def test_merged_intervals_give_the_collector_the_same_totals(tmp_path, clock, de
         if k == 12:  # a phase begins, mid-sample
             both(lambda a: a.phases.begin("1", "training", "resnet", clock.wall + timedelta(
                 seconds=0.3), samples=10))
-        if k == 20:  # a job with two busy steps (no merging while it runs: steps)
+        if k == 20:  # a job with two busy steps (merged only with the split: step_uj)
             node.start_job("3", 1002, [4, 5])
         if k == 31:
             both(lambda a: a.phases.end("1", clock.wall + timedelta(seconds=0.8), samples=500,
@@ -95,7 +107,7 @@ def test_merged_intervals_give_the_collector_the_same_totals(tmp_path, clock, de
             node.add_energy("package-0/dram", 7_000_000)
             clock.advance(6.5)
             one = Agent(_settings(tmp_path, node, "one", 1))
-            ten = Agent(_settings(tmp_path, node, "ten", 10))
+            ten = told(Agent(_settings(tmp_path, node, "ten", 10)))
             agents = [one, ten]
         node.add_energy("package-0", 20_000_000 + 1_000 * k)
         node.add_energy("package-0/dram", 2_000_000 + k)
@@ -126,6 +138,13 @@ def test_merged_intervals_give_the_collector_the_same_totals(tmp_path, clock, de
     assert {k[1] for k in want["phases"]} == {"training"}
     assert {(j, s) for j, s, _ in want["steps"]} >= {("3", "0"), ("3", "batch"), ("1", "batch")}
     assert {"2", "4"} <= {j for j, _, _ in want["job"]}
+    # Job 3's ten seconds of two busy steps: ten stored intervals, or about one with step_uj.
+    with_3 = [i for i in merged if any(j.job_id == "3" for j in i.jobs)]
+    carried = [j.step_uj for i in with_3 for j in i.jobs if j.job_id == "3"]
+    if answered:
+        assert len(with_3) <= 3 and any(carried)
+    else:
+        assert len(with_3) >= 10 and not any(carried)
 
 
 def test_a_stored_interval_too_large_for_a_batch_is_stored_as_its_samples(

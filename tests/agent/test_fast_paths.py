@@ -214,11 +214,11 @@ def test_job_map_reader_reads_only_what_changed(tmp_path, monkeypatch):
     assert "4" not in reader.read()
 
 
-def _settle(path):
-    """Wait until ``path``'s ctime is older than the timestamp granularity (a condition)."""
+def _settle(path, after_ns=jobmap._RACY_NS):
+    """Wait until ``path``'s ctime is older than ``after_ns`` (a condition, not a delay)."""
     ctime_ns = os.stat(path).st_ctime_ns
-    while time.time_ns() - ctime_ns <= jobmap._RACY_NS:
-        time.sleep(0.005)
+    while time.time_ns() - ctime_ns <= after_ns:
+        time.sleep(0.01)
 
 
 def test_job_map_reader_skips_the_scan_while_the_folder_is_unchanged(tmp_path, monkeypatch):
@@ -236,7 +236,7 @@ def test_job_map_reader_skips_the_scan_while_the_folder_is_unchanged(tmp_path, m
         os.replace(tmp_path / f".{name}.tmp", tmp_path / name)
     reader = JobMapReader(tmp_path)
     assert reader.read() == read_job_map(tmp_path)  # fresh files: not trusted yet
-    _settle(tmp_path)
+    _settle(tmp_path, jobmap._DIR_SETTLED_NS)  # the folder: whole-second timestamps too
     for name in ("1", "2"):
         _settle(tmp_path / name)
     want = read_job_map(tmp_path)

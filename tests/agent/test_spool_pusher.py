@@ -103,6 +103,15 @@ def test_seq_derived_from_files_when_state_is_lost(tmp_path):
     assert Spool(tmp_path).seal({}).seq > last
 
 
+@pytest.mark.parametrize("garbled", ["{}", "not json", '{"next_seq": "x"}', ""])
+def test_an_unreadable_state_never_reuses_a_number(tmp_path, garbled):
+    spool = Spool(tmp_path)
+    last = spool.seal({}).seq
+    spool.ack(spool.pending()[0])  # an empty queue: only the state knew the numbers
+    (tmp_path / "state.json").write_text(garbled)
+    assert Spool(tmp_path).seal({}).seq > last
+
+
 def test_size_cap_drops_oldest_and_counts(tmp_path):
     spool = Spool(tmp_path, max_bytes=1)
     spool.seal({"a": "x" * 100})

@@ -141,6 +141,8 @@ def _step_uj(draw, job_id: str, sources: list[dict]) -> dict:
             split[component]["0"] = energy_uj - first + 1  # one µJ too many
     if draw(st.integers(0, 5)) == 0:
         split[draw(st.sampled_from(limits.COMPONENTS))] = {"batch": draw(_int(10))}
+    if split and draw(st.integers(0, 9)) == 0:  # a step the sample does not list
+        split[next(iter(split))][draw(st.sampled_from(["outside", "extern", "7"]))] = 0
     if split and draw(st.integers(0, 9)) == 0:  # more steps than a job may have
         split[next(iter(split))] = {str(i): 0 for i in range(limits.MAX_STEPS_PER_JOB + 1)}
     return split
@@ -182,8 +184,13 @@ def valid_intervals(draw) -> dict:
             src.update(measured_uj=bound, jobs_uj={}, unattributed_uj=bound)
     samples = [draw(_job(j)) for j in jobs if draw(st.booleans())]
     for job in samples:
-        if draw(st.integers(0, 2)) == 0:
+        roll = draw(st.integers(0, 3))
+        if roll == 0:  # a merged interval's split: steps with CPU time (mostly)
+            job["step_cpu_us"] = {"batch": draw(st.integers(0, 10**6)),
+                                  "0": draw(st.integers(1, 10**6))}
             job["step_uj"] = draw(_step_uj(job["job_id"], sources))
+        elif roll == 1:
+            job["step_uj"] = None  # as absent
     return {
         "start": start,
         "end": end,

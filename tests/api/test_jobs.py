@@ -235,6 +235,63 @@ def test_job_steps(client, make_batch):
     assert listed["701"]["steps"] == other["steps"]
 
 
+def test_a_merged_interval_s_split_over_steps_is_stored_as_sent(client, make_batch):
+    """An agent that merged samples of several busy steps sends the job's energy per
+    component and step (step_uj): stored as sent, the rest of the job outside any step; a
+    split giving the steps more than the job had is refused (422) and stores nothing."""
+    from jobenergy.core.schema import Batch
+
+    data = make_batch(node="n1", jobs={"800": 1}, n_intervals=2).model_dump(mode="json")
+    sent: dict[tuple[str, str], int] = {}
+    left_out_uj = 0  # 7 µJ of each interval and component in no step
+    for k, interval in enumerate(data["intervals"]):
+        have: dict[str, int] = {}
+        for src in interval["sources"]:
+            if "800" in src["jobs_uj"]:
+                have[src["component"]] = have.get(src["component"], 0) + src["jobs_uj"]["800"]
+        # Not what step_cpu_us would give (1:1): the agent's sums of its samples' splits.
+        split = {c: {"batch": e // (3 + k), "0": e - e // (3 + k) - 7} for c, e in have.items()}
+        left_out_uj += 7 * len(split)
+        for sample in interval["jobs"]:
+            sample["step_cpu_us"] = {"batch": 1, "0": 1}
+            sample["step_uj"] = split
+        for component, parts in split.items():
+            for step, energy_uj in parts.items():
+                sent[(step, component)] = sent.get((step, component), 0) + energy_uj
+    post_batch(client, Batch.model_validate(data))
+    job = client.get("/api/v1/jobs/800").json()
+    stored = {(s["step"], c): e for s in job["steps"] for c, e in s["by_component"].items()
+              if s["step"] != "outside"}
+    assert stored == sent
+    outside = next(s for s in job["steps"] if s["step"] == "outside")
+    assert outside["energy_uj"] == job["energy_uj"] - sum(sent.values()) == left_out_uj > 0
+    # Seven µJ too many for one component: the whole batch is refused, nothing stored.
+    bad = make_batch(node="n2", jobs={"801": 1}, n_intervals=1).model_dump(mode="json")
+    interval = bad["intervals"][0]
+    cpu_uj = sum(s["jobs_uj"].get("801", 0) for s in interval["sources"]
+                 if s["component"] == "cpu")
+    interval["jobs"][0]["step_cpu_us"] = {"batch": 5, "0": 5}
+    interval["jobs"][0]["step_uj"] = {"cpu": {"batch": cpu_uj, "0": 7}}
+    response = client.post("/api/v1/batches", json=bad)
+    assert response.status_code == 422
+    assert "more than the job's" in response.text
+    # Steps the sample does not list, a step without CPU time given energy, and the view's
+    # own "outside" are refused the same way.
+    interval["jobs"][0]["step_cpu_us"] = {"batch": 5, "0": 0}
+    for split, why in (({"cpu": {"7": 1}}, "no CPU time listed"),
+                       ({"cpu": {"0": 1}}, "used no CPU time"),
+                       ({"cpu": {"outside": 0}}, "is not a Slurm step")):
+        interval["jobs"][0]["step_uj"] = split
+        response = client.post("/api/v1/batches", json=bad)
+        assert response.status_code == 422 and why in response.text, response.text
+    interval["jobs"][0]["step_uj"] = None
+    interval["jobs"][0]["step_cpu_us"] = {"outside": 5}
+    response = client.post("/api/v1/batches", json=bad)
+    assert response.status_code == 422 and "is not a Slurm step" in response.text
+    assert client.get("/api/v1/jobs/801").status_code == 404
+    assert client.get("/api/v1/jobs/800").json() == job
+
+
 def test_sacct_list_filters(client, many_jobs):
     """sacct's comma lists (or repeated parameters), state codes, job names, node lists and
     uids select jobs; bad values and over-long lists are a 422 naming the parameter."""
