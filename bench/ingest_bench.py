@@ -943,7 +943,7 @@ def main() -> None:
                   f"{human(ei_day)}/node-day ({ei_day * node_s / 86400 / rows:.0f} B/row: "
                   "indexes built in order are denser than ingest's)")
         print(f"  ingested_batch (both shapes): {per_push:.0f} B per push = {human(push_day)}"
-              "/node-day; never dropped")
+              "/node-day; `db maintain` prunes keys a day older than the retained intervals")
         print(f"  per-job and per-node totals (job, job_energy, job_energy_hour, job_node, "
               f"node_energy, ...): {human(totals_day)}/node-day (their size / "
               f"{stored_node_s / 86400:,.1f} node-days stored; jobs of 6 h, 1-4 per node)")
@@ -952,7 +952,8 @@ def main() -> None:
         print(f"  both shapes: {nodes / PUSH_S:,.0f} batches/s; ingested_batch "
               f"{human(push_day * nodes)}/day, {human(push_day * nodes * 365)}/year; totals "
               f"{human(totals_day * nodes)}/day, {human(totals_day * nodes * 365)}/year "
-              "(neither is dropped by --retention-days)")
+              "(totals kept forever; with --retention-days 30 the batch keys of about 31 days: "
+              f"{human(push_day * nodes * 31)})")
         for variant, rows_per_node_s, ei_day, best in projection:
             need = rows_per_node_s * nodes
             have = best.records / best.wall_s
