@@ -73,8 +73,11 @@ def populate(
             dbapi = conn.connection.dbapi_connection
             with dbapi.cursor() as cur, cur.copy(f"COPY job ({columns}) FROM STDIN") as copy:
                 chunk = io.StringIO()
+                # N jobs spread over the year before today, whatever N: at 10 M jobs a year
+                # (27 000 a day), the last 24 h, 7 d and 30 d hold what such a site would hold.
+                spacing_s = (datetime.now(UTC) - timedelta(hours=1) - T0).total_seconds() / n_jobs
                 for j in range(n_jobs):
-                    start = T0 + timedelta(seconds=j * 31)
+                    start = T0 + timedelta(seconds=j * spacing_s)
                     end = start + timedelta(seconds=rng.randint(60, 86_400))
                     has_model = rng.random() < 0.8
                     model = rng.choice(MODELS) if has_model else "\\N"
