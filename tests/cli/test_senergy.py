@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
 import threading
 import time
@@ -40,7 +39,7 @@ TRES = "billing=1,cpu=1,mem=500M,node=1"
 
 
 @pytest.fixture
-def api(tmp_path, make_batch, monkeypatch, _sqlite_template):
+def api(tmp_path, make_batch, monkeypatch, _sqlite_template, no_credentials):
     """Serve create_app on 127.0.0.1 with :data:`JOBS`; yield its URL."""
     import httpx
     import uvicorn
@@ -52,16 +51,6 @@ def api(tmp_path, make_batch, monkeypatch, _sqlite_template):
     monkeypatch.setenv("JOBENERGY_CONFIG", str(tmp_path / "no-such-file.toml"))
     monkeypatch.delenv("JOBENERGY_CLUSTER", raising=False)
     monkeypatch.delenv("SENERGY_FORMAT", raising=False)
-    monkeypatch.setenv("JOBENERGY_TOKEN_FILE", "")
-    # No credential to find (the server runs without auth): no munged, and an scontrol that
-    # answers at once (a real one waits ~10 s for a controller that is not there).
-    monkeypatch.delenv("SLURM_JWT", raising=False)
-    monkeypatch.setenv("JOBENERGY_MUNGE_SOCKET", str(tmp_path / "no-munged.socket"))
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "scontrol").write_text("#!/bin/sh\nexit 1\n")
-    (fake_bin / "scontrol").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
     shutil.copyfile(_sqlite_template, tmp_path / "cli.db")  # migrated once per session
     app = create_app(ServerSettings(auth="none", db_url=f"sqlite:///{tmp_path / 'cli.db'}"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))

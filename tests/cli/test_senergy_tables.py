@@ -14,7 +14,7 @@ T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def api(tmp_path, make_batch):
+def api(tmp_path, make_batch, no_credentials):
     """Serve create_app over HTTP on 127.0.0.1 with two tagged jobs; yield its URL."""
     import httpx
     import uvicorn

@@ -55,7 +55,7 @@ def push(client: Any, make_batch: Any, node: str, jobs: dict[str, int], seq: int
     r = client.post("/api/v1/batches", content=batch.model_dump_json())
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"duplicate", "records", "budget_actions"}
+    assert set(body) == {"duplicate", "records", "budget_actions", "accepts"}
     return body["budget_actions"]
 
 

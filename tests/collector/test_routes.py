@@ -32,7 +32,9 @@ def test_post_batch_then_duplicate(client, make_batch, db_url, db_snapshot):
     )
     response = post(client, batch.model_dump_json().encode())
     assert response.status_code == 200, response.text
-    assert response.json() == {"duplicate": False, "records": expected_rows, "budget_actions": []}
+    # The optional wire fields this collector stores: what its agents may send it.
+    assert response.json() == {"duplicate": False, "records": expected_rows, "budget_actions": [],
+                               "accepts": ["step_uj"]}
     before = db_snapshot(db_url)
     again = post(client, batch.model_dump_json().encode())
     assert again.status_code == 200
