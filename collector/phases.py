@@ -9,6 +9,7 @@ with a share of the job, for the interval's duration). The caller holds the jobs
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, case, func, select, tuple_
@@ -56,10 +57,22 @@ def write_phases(conn: Connection, cluster: str, plan: Plan) -> None:
         tags.update(record.tags)
     for key, row in rows.items():
         row["metrics"], row["tags"] = merged.get(key, ({}, {}))
-    least, greatest = least_greatest(conn)
-    stmt = dialect_insert(conn)(JobPhase)
+    conn.execute(
+        _phases_upsert(conn.dialect.name),
+        [
+            {"cluster": cluster, "job_id": job_id, "phase": phase, "model": model, **row}
+            for (job_id, phase, model), row in sorted(rows.items())
+        ],
+    )
+
+
+@cache
+def _phases_upsert(dialect: str) -> Any:
+    """The upsert, built once per dialect (building costs more than executing)."""
+    least, greatest = least_greatest(dialect)
+    stmt = dialect_insert(dialect)(JobPhase)
     new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[_P.cluster, _P.job_id, _P.phase, _P.model],
         set_={
             _P.energy_uj: _P.energy_uj + new.energy_uj,
@@ -75,11 +88,4 @@ def write_phases(conn: Connection, cluster: str, plan: Plan) -> None:
             _P.first_at: least(func.coalesce(_P.first_at, new.first_at), new.first_at),
             _P.last_at: greatest(func.coalesce(_P.last_at, new.last_at), new.last_at),
         },
-    )
-    conn.execute(
-        stmt,
-        [
-            {"cluster": cluster, "job_id": job_id, "phase": phase, "model": model, **row}
-            for (job_id, phase, model), row in sorted(rows.items())
-        ],
     )

@@ -16,6 +16,9 @@ per-(job, step, component) sums of a batch are upserted once into ``job_step_ene
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 from sqlalchemy import Connection
 
 from jobenergy.collector.models import JobStepEnergy
@@ -59,16 +62,21 @@ def write_steps(conn: Connection, cluster: str, totals: dict[tuple[str, str, str
     """Upsert a batch's per-step totals (from :func:`plan_steps`) into ``job_step_energy``."""
     if not totals:
         return
-    stmt = dialect_insert(conn)(JobStepEnergy)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[_S.cluster, _S.job_id, _S.step, _S.component],
-        set_={_S.energy_uj: _S.energy_uj + stmt.excluded.energy_uj},
-    )
     conn.execute(
-        stmt,
+        _steps_upsert(conn.dialect.name),
         [
             {"cluster": cluster, "job_id": job_id, "step": step, "component": component,
              "energy_uj": energy_uj}
             for (job_id, step, component), energy_uj in sorted(totals.items())
         ],
+    )
+
+
+@cache
+def _steps_upsert(dialect: str) -> Any:
+    """The upsert, built once per dialect (building costs more than executing)."""
+    stmt = dialect_insert(dialect)(JobStepEnergy)
+    return stmt.on_conflict_do_update(
+        index_elements=[_S.cluster, _S.job_id, _S.step, _S.component],
+        set_={_S.energy_uj: _S.energy_uj + stmt.excluded.energy_uj},
     )
