@@ -38,16 +38,19 @@ from pathlib import Path
 
 from jobenergy.agent.cgroupfs import (
     JOB_RE,
+    LIVE_FILESYSTEMS,
     SCOPE,
     UID_RE,
+    KeptFiles,
+    Reader,
     Vanished,
     cpus_v1,
     cpus_v2,
     list_dirs,
     list_names,
     list_steps,
-    parse_ns,
-    read_parsed,
+    mount_type,
+    read_bytes,
     usage_v1,
     usage_v2,
 )
@@ -72,15 +75,22 @@ class SlurmCgroups:
             (``slurm_<node>`` / ``<node>_slurmstepd.scope``); the plain names are the fallback.
         version: Force cgroup version 1 or 2 (hybrid hosts); detected when None: v2 if
             ``<root>/cgroup.controllers`` exists or ``<root>/cpuacct`` does not.
+        keep_open: Keep the jobs' CPU-time files open between snapshots
+            (:class:`~jobenergy.agent.cgroupfs.KeptFiles`); when None, only where the Slurm
+            root is on the kernel's cgroupfs, whose files show the value now at every read.
 
     Raises:
         ConfigError: ``version`` is not 1, 2 or None.
     """
 
     def __init__(
-        self, cgroup_root: str | Path, node: str | None = None, *, version: int | None = None
+        self, cgroup_root: str | Path, node: str | None = None, *, version: int | None = None,
+        keep_open: bool | None = None,
     ) -> None:
         self._root = os.fspath(cgroup_root)
+        self._keep_open = keep_open
+        self._files: KeptFiles | None = None
+        self._read: Reader = read_bytes  # KeptFiles.read once the root is known to allow it
         self._node = node
         if version is None:
             unified = os.path.exists(os.path.join(self._root, "cgroup.controllers"))
@@ -177,6 +187,12 @@ class SlurmCgroups:
         if chosen is None:
             return None
         self._slurm_dir = os.path.join(parent, chosen)
+        keep = self._keep_open
+        if keep is None:
+            keep = mount_type(self._slurm_dir) in LIVE_FILESYSTEMS
+        if keep and self._files is None:
+            self._files = KeptFiles()
+        self._read = self._files.read if keep and self._files is not None else read_bytes
         logger.debug(
             "Slurm cgroup root version=%s path=%s", self.version, printable(self._slurm_dir)
         )
@@ -186,7 +202,7 @@ class SlurmCgroups:
 
     def _snapshot_v1(self, slurm_dir: str) -> CgroupSnapshot:
         """Read ``cpuacct/slurm[_<node>]/uid_U/job_J`` and the matching cpuset folders."""
-        root_usage_ns = read_parsed(f"{slurm_dir}/cpuacct.usage", parse_ns)
+        root_usage_ns = usage_v1(slurm_dir, self._read)
         cpuset_dir = os.path.join(self._root, "cpuset", os.path.basename(slurm_dir))
         jobs: dict[str, JobCgroup] = {}
         stable_cpus = self._cpus_stable
@@ -211,7 +227,7 @@ class SlurmCgroups:
                     logger.debug("ignoring non-job cgroup folder path=%s", printable(job_path))
                     continue
                 try:
-                    usage_ns = usage_v1(job_path)
+                    usage_ns = usage_v1(job_path, self._read)
                     steps = self._cached_steps(job_path)
                 except Vanished:
                     logger.debug("job cgroup vanished while read job_id=%s", m[1])
@@ -262,13 +278,14 @@ class SlurmCgroups:
         return steps
 
     def _step_usage(
-        self, job_path: str, steps: tuple[str, ...], read: Callable[[str], int]
+        self, job_path: str, steps: tuple[str, ...], usage_of: Callable[[str, Reader], int]
     ) -> dict[str, int]:
         """Return the CPU time of each listed step of a job, ns; a vanished step is skipped."""
         usage: dict[str, int] = {}
+        read = self._read
         for step in steps:
             try:
-                usage[step] = read(f"{job_path}/step_{step}")
+                usage[step] = usage_of(f"{job_path}/step_{step}", read)
             except Vanished:
                 self._steps_seen.pop(job_path, None)  # list the job's steps again next time
         return usage
@@ -317,6 +334,9 @@ class SlurmCgroups:
                     break
                 except OSError:
                     continue
+        if self._files is not None:
+            for path in set(self._seen_paths.values()) - live:
+                self._files.forget(path)  # the removed folders' kept files
         self._seen_paths = {j: cg.path for j, cg in jobs.items()}
         if self._born.keys() - live:
             self._born = {p: b for p, b in self._born.items() if p in live}
@@ -331,7 +351,7 @@ class SlurmCgroups:
 
     def _snapshot_v2(self, scope: str) -> CgroupSnapshot:
         """Read ``system.slice/[<node>_]slurmstepd.scope/job_J`` and the scope's other children."""
-        root_usage_ns = usage_v2(scope)
+        root_usage_ns = usage_v2(scope, self._read)
         jobs: dict[str, JobCgroup] = {}
         other_usage_ns = 0
         for name in list_dirs(scope):
@@ -341,12 +361,12 @@ class SlurmCgroups:
                 if name.startswith("job_"):
                     logger.debug("ignoring non-job cgroup folder path=%s", printable(path))
                 try:
-                    other_usage_ns += usage_v2(path)  # slurmstepd's "system": no job's time
+                    other_usage_ns += usage_v2(path, self._read)  # slurmstepd's: no job's
                 except Vanished:
                     pass
                 continue
             try:
-                usage_ns = usage_v2(path)
+                usage_ns = usage_v2(path, self._read)
                 steps = self._cached_steps(path)
             except Vanished:
                 logger.debug("job cgroup vanished while read job_id=%s", m[1])

@@ -21,6 +21,13 @@ Printed per configuration: CPU ms per sample (mean over every tick, sealing incl
 the ticks that do not seal), the process's RSS (VmRSS) and peak (VmHWM) at the end, and the
 sampled vs stored intervals.
 
+``--cgroupfs kernel`` puts the jobs' cgroups on this machine's own cgroup v1 mounts
+(``/sys/fs/cgroup/cpuacct`` and ``cpuset``, ``slurm_<node>/uid_U/job_J/step_S`` as Slurm
+makes them; needs root), so every CPU-time read is the kernel's: an open, read and close
+there costs about twice a plain file's. Nothing runs in those cgroups, so the jobs' CPU time
+stays 0 (the split by CPU time is the simulated rows' part). ``--keep-open no`` reads them
+without keeping files open (``agent/cgroupfs.py``: KeptFiles), the comparison.
+
 ``--real`` also starts the real agent process (``jobenergy-agent``, as its systemd unit runs
 it: ``jobenergy.sim.processes.start_agent``) on the node for ``--real-s`` seconds at
 ``interval_s`` = 0.2 (http:// collector, no /metrics, no annotation socket) and reports its
@@ -28,7 +35,7 @@ VmRSS.
 
     .venv/bin/python bench/agent_scale_bench.py [--jobs 8,32,128,512] [--gpus 0,8]
         [--samples 300] [--repeat 3] [--store-interval-s 10] [--steps 1] [--idle-every 0]
-        [--real]
+        [--cgroupfs sim|kernel] [--keep-open auto|no] [--real]
 """
 
 from __future__ import annotations
@@ -130,6 +137,41 @@ def _charge(node, jobs: list[str], steps: list[str], n: int, idle_every: int) ->
     node._write_stat()
 
 
+KERNEL_CGROUPS = Path("/sys/fs/cgroup")
+
+
+def _remove_cgroups(top: Path) -> None:
+    """Remove a cgroup tree (cgroupfs folders go with rmdir, deepest first)."""
+    if top.exists():
+        for folder in sorted((p for p in top.rglob("*") if p.is_dir()),
+                             key=lambda p: -len(p.parts)):
+            folder.rmdir()
+        top.rmdir()
+
+
+def _kernel_job_cgroups(node: str, jobs: list[str], steps: list[str]) -> list[Path]:
+    """Make the jobs' cgroups as Slurm's task/cgroup does (v1); return the tops to remove."""
+    tops = [KERNEL_CGROUPS / controller / f"slurm_{node}" for controller in ("cpuacct", "cpuset")]
+    for top in tops:
+        _remove_cgroups(top)
+    cpuset = tops[1]
+    cpuset.mkdir()
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        (cpuset / name).write_text((KERNEL_CGROUPS / "cpuset" / name).read_text())
+    for i, job in enumerate(jobs):
+        uid = f"uid_{2000 + i % 7}"
+        for step in ("extern", *steps):
+            (tops[0] / uid / f"job_{job}" / f"step_{step}").mkdir(parents=True, exist_ok=True)
+        folder = cpuset / uid / f"job_{job}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for level in (folder.parent, folder):  # a child's CPUs within its parent's
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if not (level / name).read_text().strip():
+                    (level / name).write_text((cpuset / name).read_text())
+        (folder / "cpuset.cpus").write_text(f"{i % (os.cpu_count() or 1)}\n")
+    return tops
+
+
 def child(args: argparse.Namespace) -> dict:
     """Run one configuration in this process; return its figures."""
     from jobenergy.sim.node import SimNode
@@ -163,28 +205,38 @@ def child(args: argparse.Namespace) -> dict:
             )
         node._write_nvml()
 
+        from jobenergy.agent.cgroups import SlurmCgroups
         from jobenergy.agent.daemon import Agent
         from jobenergy.agent.settings import AgentSettings
+
+        steps = ["batch", "0"][: args.steps]
+        kernel_tops: list[Path] = []
+        cgroup_root, node_name = node.cgroup_root, "bench"
+        if args.cgroupfs == "kernel":
+            node_name = f"jebench{os.getpid()}"
+            kernel_tops = _kernel_job_cgroups(node_name, jobs, steps)
+            cgroup_root = KERNEL_CGROUPS
 
         extra = {}
         if "store_interval_s" in AgentSettings.model_fields:
             extra["store_interval_s"] = args.store_interval_s
         settings = AgentSettings(
-            collector_url="http://127.0.0.1:9", auth="none", cluster="bench", node="bench",
+            collector_url="http://127.0.0.1:9", auth="none", cluster="bench", node=node_name,
             interval_s=1.0, push_interval_s=10.0, spool_dir=tmp / "spool",
             sysfs_root=node.sysfs_root, procfs_root=node.procfs_root,
-            cgroup_root=node.cgroup_root, nvml="auto" if args.gpus else "off",
+            cgroup_root=cgroup_root, nvml="auto" if args.gpus else "off",
             annotation_socket="", gpu_map_dir=jobmap, **extra,
         )
         clock = _Clock()
         _install_clock(clock)
         agent = Agent(settings)
+        if args.keep_open == "no":
+            agent.sampler.cgroups = SlurmCgroups(cgroup_root, node=node_name, keep_open=False)
         stored = 0
         sealed_ticks: list[float] = []
         plain_ticks: list[float] = []
-        steps = ["batch", "0"][: args.steps]
         for n in range(args.warmup + args.samples):
-            _charge(node, jobs, steps, n, args.idle_every)
+            _charge(node, jobs, steps, n, args.idle_every)  # the kernel's cgroups: unused
             for pkg in range(args.packages):
                 node.add_energy(f"package-{pkg}", 50_000_000 + n)
                 node.add_energy(f"package-{pkg}/dram", 5_000_000 + n)
@@ -220,6 +272,12 @@ def child(args: argparse.Namespace) -> dict:
         if agent.gpu is not None:
             agent.gpu.close()
         agent.pusher.close()
+        kept = agent.sampler.cgroups._files
+        result["kept_files"] = len(kept) if kept is not None else 0
+        if kept is not None:
+            kept.close()
+        for top in kernel_tops:
+            _remove_cgroups(top)
     return result
 
 
@@ -264,6 +322,8 @@ def main() -> None:
     parser.add_argument("--store-interval-s", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=1, choices=(1, 2))
     parser.add_argument("--idle-every", type=int, default=0)
+    parser.add_argument("--cgroupfs", choices=("sim", "kernel"), default="sim")
+    parser.add_argument("--keep-open", choices=("auto", "no"), default="auto")
     parser.add_argument("--real", action="store_true", help="also the real agent's RSS")
     parser.add_argument("--real-s", type=float, default=8.0)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -277,13 +337,15 @@ def main() -> None:
         f"interval_s=1 (simulated clock), push_interval_s=10, store_interval_s="
         f"{args.store_interval_s}; {args.steps} busy step(s) per job"
         f"{f', each job idle one sample in {args.idle_every}' if args.idle_every else ''}; "
-        f"{args.samples} timed samples after {args.warmup}; "
+        f"{args.samples} timed samples after {args.warmup}; job cgroups: "
+        f"{'the kernel cgroupfs' if args.cgroupfs == 'kernel' else 'simulated (plain files)'}"
+        f"{', read without kept files' if args.keep_open == 'no' else ''}; "
         f"median of {args.repeat} fresh processes; load average at start "
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (CPU time is the process's own, "
         "but a busy machine still slows it: repeat to check)"
     )
     print(f"{'jobs':>5} {'gpus':>4} {'ms/sample':>10} {'p50 plain':>10} {'p50 seal':>9} "
-          f"{'RSS MB':>7} {'peak MB':>8} {'stored/sampled':>15}")
+          f"{'RSS MB':>7} {'peak MB':>8} {'stored/sampled':>15} {'kept files':>10}")
     for jobs_n in [int(j) for j in args.jobs.split(",")]:
         for gpus in [int(g) for g in args.gpus.split(",")]:
             runs = []
@@ -293,7 +355,8 @@ def main() -> None:
                      str(gpus), "--samples", str(args.samples), "--warmup", str(args.warmup),
                      "--packages", str(args.packages),
                      "--store-interval-s", str(args.store_interval_s),
-                     "--steps", str(args.steps), "--idle-every", str(args.idle_every)],
+                     "--steps", str(args.steps), "--idle-every", str(args.idle_every),
+                     "--cgroupfs", args.cgroupfs, "--keep-open", args.keep_open],
                     capture_output=True, text=True, check=False,
                 )
                 if out.returncode != 0:
@@ -308,7 +371,7 @@ def main() -> None:
                 f"{jobs_n:>5} {gpus:>4} {med('cpu_ms_mean'):>10.3f} "
                 f"{med('cpu_ms_p50_plain'):>10.3f} {med('cpu_ms_p50_seal'):>9.3f} "
                 f"{med('rss_mb'):>7.1f} {med('hwm_mb'):>8.1f} "
-                f"{int(med('stored')):>7}/{int(med('sampled'))}",
+                f"{int(med('stored')):>7}/{int(med('sampled')):<7} {int(med('kept_files')):>10}",
                 flush=True,
             )
     print(f"load average at end {os.getloadavg()[0]:.2f}")
