@@ -281,27 +281,40 @@ def child(args: argparse.Namespace) -> dict:
     return result
 
 
-def real_rss(args: argparse.Namespace, jobs_n: int) -> float:
-    """Return the VmRSS (MB) of a real agent process (``jobenergy-agent``) on a node of N jobs."""
+def real_rss(args: argparse.Namespace, jobs_n: int, gpus: int) -> float:
+    """Return the VmRSS (MB) of a real agent process (``jobenergy-agent``) on a node of N jobs
+    and ``gpus`` simulated GPUs (the compiled ``libnvidia-ml.so.1`` found through
+    ``LD_LIBRARY_PATH``, as on a node)."""
     from jobenergy.sim.node import SimNode
     from jobenergy.sim.processes import start_agent, stop, write_agent_config
 
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        node = SimNode(tmp / "node", "bench", ncpus=max(64, 2 * jobs_n), packages=2)
+        node = SimNode(tmp / "node", "bench", ncpus=max(64, 2 * jobs_n), packages=2, gpus=gpus)
+        env = {"PYTHONPATH": os.pathsep.join(sys.path)}
+        if gpus:
+            from jobenergy.sim.nvml.build import build_libnvml
+            from jobenergy.sim.nvml.state import STATE_ENV
+
+            env["LD_LIBRARY_PATH"] = str(build_libnvml(tmp / "lib").parent)
+            env[STATE_ENV] = str(node.nvml_state_path)
         jobmap = tmp / "jobmap"
         jobmap.mkdir()
         for i in range(jobs_n):
-            node.start_job(str(1000 + i), 2000, [2 * i, 2 * i + 1])
-            (jobmap / str(1000 + i)).write_text(f"\nstart={time.time():.6f}\n")
+            held = [i] if i < gpus else []
+            node.start_job(str(1000 + i), 2000, [2 * i, 2 * i + 1], gpus=held)
+            (jobmap / str(1000 + i)).write_text(
+                ",".join(map(str, held)) + f"\nstart={time.time():.6f}\n")
+        node._write_nvml()
         cfg = write_agent_config(
             tmp / "agent.toml", collector_url="http://127.0.0.1:9", auth="none",
             cluster="bench", node="bench", interval_s=0.2, push_interval_s=1.0,
             spool_dir=str(tmp / "spool"), sysfs_root=str(node.sysfs_root),
-            procfs_root=str(node.procfs_root), cgroup_root=str(node.cgroup_root), nvml="off",
+            procfs_root=str(node.procfs_root), cgroup_root=str(node.cgroup_root),
+            nvml="auto" if gpus else "off",
             gpu_map_dir=str(jobmap), annotation_socket="",
         )
-        proc = start_agent(cfg, tmp / "agent.log", env={"PYTHONPATH": os.pathsep.join(sys.path)})
+        proc = start_agent(cfg, tmp / "agent.log", env=env)
         try:
             time.sleep(args.real_s)
             rss = _status_kb("VmRSS", str(proc.pid)) / 1024
@@ -377,9 +390,10 @@ def main() -> None:
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     if args.real:
         for jobs_n in [int(j) for j in args.jobs.split(",")]:
-            rss = statistics.median(real_rss(args, jobs_n) for _ in range(args.repeat))
-            print(f"real `jobenergy-agent` process, {jobs_n} jobs, no GPUs: VmRSS {rss:.1f} MB "
-                  f"(after {args.real_s:.0f} s at interval_s=0.2)")
+            for gpus in [int(g) for g in args.gpus.split(",")]:
+                rss = statistics.median(real_rss(args, jobs_n, gpus) for _ in range(args.repeat))
+                print(f"real `jobenergy-agent` process, {jobs_n} jobs, {gpus} GPUs: VmRSS "
+                      f"{rss:.1f} MB (after {args.real_s:.0f} s at interval_s=0.2)")
 
 
 if __name__ == "__main__":
