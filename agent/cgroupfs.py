@@ -260,27 +260,23 @@ Reader = Callable[[str], bytes]
 
 
 def mount_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """Return the filesystem type of the mount holding ``path`` (its longest mount point in
-    ``mountinfo``), or None when that cannot be read."""
-    real = os.path.realpath(path)
-    best, best_type = "", None
+    """Return the type of the filesystem that serves ``path``: the mount whose device
+    (``major:minor``) is the path's own, so a filesystem mounted over another is the one
+    seen; None when the path or ``mountinfo`` cannot be read."""
     try:
-        with open(mountinfo, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+        dev = os.stat(path).st_dev
+        with open(mountinfo, "rb") as f:
+            lines = f.read().split(b"\n")
     except OSError:
         return None
+    wanted = f"{os.major(dev)}:{os.minor(dev)}".encode()
     for line in lines:
-        # "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw" (proc(5));
-        # octal escapes (\040) in the mount point.
-        fields, sep, rest = line.partition(" - ")
-        parts = fields.split(" ")
-        if not sep or len(parts) < 5:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[4])
-        inside = real == point or real.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, best_type = point, rest.split(" ", 1)[0]
-    return best_type
+        # "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw" (proc(5))
+        fields, sep, rest = line.partition(b" - ")
+        parts = fields.split(b" ")
+        if sep and len(parts) >= 5 and parts[2] == wanted:
+            return rest.split(b" ", 1)[0].decode("ascii", "replace")
+    return None
 
 
 #: Filesystems whose files make their content when read: an open file read again at offset 0
@@ -298,7 +294,8 @@ class KeptFiles:
     ENODEV, even when a folder of the same name was made again (a requeued job): then the
     path is opened anew, so a read never returns another cgroup's value. At most ``limit``
     files are kept (the agent's open-file limit); beyond, files are read as
-    :func:`read_bytes` does.
+    :func:`read_bytes` does. :meth:`sweep`, once per snapshot, closes the files not read since
+    the previous one: those of ended jobs and steps, and of folders no longer listed.
     """
 
     def __init__(self, limit: int | None = None) -> None:
@@ -309,6 +306,7 @@ class KeptFiles:
             limit = 4096 if soft == resource.RLIM_INFINITY else max(0, min(4096, soft // 2))
         self.limit = limit
         self._fds: dict[str, int] = {}
+        self._read_since_sweep: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._fds)
@@ -322,6 +320,7 @@ class KeptFiles:
             except OSError:
                 data = None  # its cgroup was removed (ENODEV): the path is looked up again
             if data is not None and len(data) < _READ_SIZE:
+                self._read_since_sweep.add(path)
                 return data
             self._close(path)
         if len(self._fds) >= self.limit:
@@ -336,18 +335,21 @@ class KeptFiles:
             os.close(fd)
             return read_bytes(path)
         self._fds[path] = fd
+        self._read_since_sweep.add(path)
         return data
 
-    def forget(self, folder: str) -> None:
-        """Close the files kept under ``folder`` (a job that ended)."""
-        prefix = folder.rstrip("/") + "/"
-        for path in [p for p in self._fds if p.startswith(prefix)]:
-            self._close(path)
+    def sweep(self) -> None:
+        """Close the kept files not read since the previous sweep."""
+        read, self._read_since_sweep = self._read_since_sweep, set()
+        if len(read) != len(self._fds):
+            for path in [p for p in self._fds if p not in read]:
+                self._close(path)
 
     def close(self) -> None:
         """Close every kept file."""
         for path in list(self._fds):
             self._close(path)
+        self._read_since_sweep.clear()
 
     def _close(self, path: str) -> None:
         fd = self._fds.pop(path, None)

@@ -123,18 +123,27 @@ class SlurmCgroups:
             SensorError: A cgroup file exists but cannot be read or holds garbage.
         """
         self._snapshots += 1
-        for _ in range(2):
-            slurm_dir = self._resolve()
-            if slurm_dir is None:
-                logger.debug("no Slurm cgroup root under cgroup_root=%s", self._root)
-                return CgroupSnapshot(version=self.version)
-            try:
-                if self.version == 1:
-                    return self._snapshot_v1(slurm_dir)
-                return self._snapshot_v2(slurm_dir)
-            except Vanished:
-                self._slurm_dir = None  # the root itself went away: resolve once more
-        return CgroupSnapshot(version=self.version)
+        try:
+            for _ in range(2):
+                slurm_dir = self._resolve()
+                if slurm_dir is None:
+                    logger.debug("no Slurm cgroup root under cgroup_root=%s", self._root)
+                    return CgroupSnapshot(version=self.version)
+                try:
+                    if self.version == 1:
+                        return self._snapshot_v1(slurm_dir)
+                    return self._snapshot_v2(slurm_dir)
+                except Vanished:
+                    self._slurm_dir = None  # the root itself went away: resolve once more
+            return CgroupSnapshot(version=self.version)
+        finally:
+            if self._files is not None:
+                self._files.sweep()  # ended jobs' and steps' files, and any not read now
+
+    def close(self) -> None:
+        """Close the files kept open (:class:`~jobenergy.agent.cgroupfs.KeptFiles`)."""
+        if self._files is not None:
+            self._files.close()
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -192,7 +201,10 @@ class SlurmCgroups:
             keep = mount_type(self._slurm_dir) in LIVE_FILESYSTEMS
         if keep and self._files is None:
             self._files = KeptFiles()
-        self._read = self._files.read if keep and self._files is not None else read_bytes
+        elif not keep and self._files is not None:
+            self._files.close()
+            self._files = None
+        self._read = self._files.read if self._files is not None else read_bytes
         logger.debug(
             "Slurm cgroup root version=%s path=%s", self.version, printable(self._slurm_dir)
         )
@@ -334,9 +346,6 @@ class SlurmCgroups:
                     break
                 except OSError:
                     continue
-        if self._files is not None:
-            for path in set(self._seen_paths.values()) - live:
-                self._files.forget(path)  # the removed folders' kept files
         self._seen_paths = {j: cg.path for j, cg in jobs.items()}
         if self._born.keys() - live:
             self._born = {p: b for p, b in self._born.items() if p in live}

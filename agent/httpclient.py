@@ -161,10 +161,14 @@ class HttpClient:
         conn = self._conn
         if conn is None or conn.sock is None:
             return False
+        # poll, not select: select refuses descriptors above 1023, and the agent keeps cgroup
+        # files open (agent/cgroupfs.py KeptFiles), so its socket may well be one.
         try:
-            readable, _, _ = select.select([conn.sock], [], [], 0)
+            poller = select.poll()
+            poller.register(conn.sock, select.POLLIN)
+            readable = bool(poller.poll(0))
         except (OSError, ValueError):
-            readable = [conn.sock]
+            readable = True
         if readable:  # end-of-file (or stray bytes) on an idle connection: not reusable
             self.close()
             return False

@@ -8,6 +8,8 @@ signature over them), and TLS verified against a CA file.
 from __future__ import annotations
 
 import gzip
+import os
+import resource
 import socket
 import ssl
 import subprocess
@@ -97,6 +99,29 @@ def test_requests_go_out_as_sent_and_share_one_connection(server):
     assert seen == [("POST", "/prefix/api/v1/batches?x=1", b) for b in bodies]
     assert headers["Authorization"] == "MUNGE " + munge_payload(
         "POST", server.requests[0]["path"], bodies[0]).decode()
+
+
+def test_a_connection_on_a_descriptor_above_1023_is_kept(server):
+    """The agent keeps cgroup files open (agent/cgroupfs.py KeptFiles), so its socket may be
+    above 1023, where ``select`` refuses descriptors: the kept connection is still reused."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.fail(f"RLIMIT_NOFILE hard limit {hard} < {wanted}: raise it (ulimit -Hn)")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]
+    try:
+        client = HttpClient(f"http://127.0.0.1:{server.port}/api/v1/batches")
+        for i in range(3):
+            assert client.post(b"%d" % i, {"Content-Type": "application/json"}).is_success
+        assert client._conn is not None and client._conn.sock.fileno() > 1023
+        client.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len({r["peer"] for r in server.requests}) == 1  # one connection, kept alive
 
 
 def test_a_connection_the_collector_closed_is_replaced(server):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from jobenergy.agent.cgroupfs import LIVE_FILESYSTEMS, KeptFiles, mount_type, read_bytes, usage_v1
-from jobenergy.agent.cgroups import SlurmCgroups
+from jobenergy.agent.cgroups import STEPS_EVERY, SlurmCgroups
 
 ROOT = Path("/sys/fs/cgroup")
 NOT_FOUND = ("a writable cgroup v1 cpuacct or cgroup2 mount under /sys/fs/cgroup (run the "
@@ -95,24 +95,28 @@ def burn_in(hierarchy: Hierarchy, cgroup: Path, loops: int = 2_000_000) -> None:
         assert child.wait(timeout=60) == 0
 
 
-def test_mount_type_reads_the_longest_mount_point(tmp_path: Path) -> None:
+def _dev(path: Path) -> str:
+    dev = os.stat(path).st_dev
+    return f"{os.major(dev)}:{os.minor(dev)}"
+
+
+def test_mount_type_is_the_filesystem_serving_the_path(tmp_path: Path) -> None:
+    """By the path's own device, not by mount-point names: a filesystem mounted over a
+    cgroup mount point (or a path whose name a cgroup mount point prefixes) is what it is."""
     mountinfo = tmp_path / "mountinfo"
+    here = _dev(tmp_path)
     mountinfo.write_text(
         "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"
-        "25 22 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n"
-        "30 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw shared:9 - cgroup cgroup rw,cpu,cpuacct\n"
-        "31 25 0:27 / /sys/fs/cgroup/unified rw shared:5 - cgroup2 cgroup2 rw\n"
-        "40 22 0:40 / /mnt/with\\040space rw - tmpfs tmpfs rw\n"
+        f"30 25 0:9999 / {tmp_path} rw shared:9 - cgroup cgroup rw,cpuacct\n"
+        f"31 30 {here} / {tmp_path}/over\\040it rw - tmpfs tmpfs rw\n"
         "garbage line without a separator\n"
     )
-    at = str(mountinfo)
-    assert mount_type("/sys/fs/cgroup/cpu,cpuacct/slurm_n1", at) == "cgroup"
-    assert mount_type("/sys/fs/cgroup/unified/system.slice", at) == "cgroup2"
-    assert mount_type("/sys/fs/cgroup", at) == "tmpfs"
-    assert mount_type("/sys/fs/cgroupX", at) == "ext4"  # a prefix of the name is not inside
-    assert mount_type("/mnt/with space/x", at) == "tmpfs"
-    assert mount_type("/", at) == "ext4"
-    assert mount_type("/x", str(tmp_path / "absent")) is None
+    assert mount_type(str(tmp_path), str(mountinfo)) == "tmpfs"
+    mountinfo.write_text(f"31 30 {here} / /elsewhere rw - cgroup2 cgroup2 rw\n")
+    assert mount_type(str(tmp_path), str(mountinfo)) == "cgroup2"
+    assert mount_type(str(tmp_path), str(tmp_path / "absent")) is None
+    assert mount_type(str(tmp_path / "absent"), str(mountinfo)) is None
+    assert mount_type(str(tmp_path)) not in LIVE_FILESYSTEMS  # the real one: a plain folder
 
 
 def test_a_kept_file_shows_the_value_now(hierarchy: Hierarchy, cgroup_dir: Path) -> None:
@@ -150,7 +154,7 @@ def test_a_removed_cgroup_is_never_read_through_a_kept_file(
     assert len(files) == 2
 
 
-def test_the_limit_and_forget(hierarchy: Hierarchy, cgroup_dir: Path) -> None:
+def test_the_limit_and_sweep(hierarchy: Hierarchy, cgroup_dir: Path) -> None:
     paths = []
     for name in ("job_1", "job_2", "job_3"):
         (cgroup_dir / name).mkdir()
@@ -158,10 +162,12 @@ def test_the_limit_and_forget(hierarchy: Hierarchy, cgroup_dir: Path) -> None:
     files = KeptFiles(limit=2)
     assert [files.read(p) for p in paths] == [read_bytes(p) for p in paths]
     assert len(files) == 2  # the third read as read_bytes does, not kept
-    files.forget(str(cgroup_dir / "job_1"))
-    assert len(files) == 1
-    files.forget(str(cgroup_dir / "job_"))  # a prefix of a name is not a folder
-    assert len(files) == 1
+    files.sweep()
+    assert len(files) == 2  # both read since
+    files.read(paths[1])
+    files.sweep()
+    assert len(files) == 1  # job_1 not read since the last sweep: closed
+    assert files.read(paths[0]) == read_bytes(paths[0])  # and kept again when read
     files.close()
     assert len(files) == 0
 
@@ -194,6 +200,8 @@ def test_the_resolver_keeps_files_only_on_cgroupfs(tmp_path: Path) -> None:
         job.rmdir()
         assert cgroups.snapshot().jobs == {}
         assert len(cgroups._files) == 1  # the root's only
+        cgroups.close()
+        assert len(cgroups._files) == 0
     finally:
         _remove(slurm)
 
@@ -205,3 +213,30 @@ def test_the_resolver_keeps_files_only_on_cgroupfs(tmp_path: Path) -> None:
     assert cgroups.snapshot().jobs["8"].cpu_usage_ns == 5
     assert cgroups._files is None
     shutil.rmtree(tmp_path / "cpuacct")
+
+
+def test_an_ended_step_no_longer_listed_is_not_kept_open() -> None:
+    """A step that ends just before its job's steps are listed again is never read again:
+    its kept file is closed all the same (an ``srun`` loop in a long job would otherwise hold
+    one descriptor per step until the job ends)."""
+    if not any(h.usage_file == "cpuacct.usage" for h in HIERARCHIES):
+        if os.environ.get("CI") == "true":
+            pytest.fail("missing a writable cgroup v1 cpuacct mount at /sys/fs/cgroup/cpuacct")
+        pytest.skip("needs a writable cgroup v1 cpuacct mount")
+    node = f"jetest{os.getpid()}"
+    slurm = ROOT / "cpuacct" / f"slurm_{node}"
+    _remove(slurm)
+    try:
+        job = slurm / "uid_0" / "job_5"
+        (job / "step_batch").mkdir(parents=True)
+        (job / "step_0").mkdir()
+        cgroups = SlurmCgroups(ROOT, node=node, version=1)
+        for _ in range(STEPS_EVERY):  # the first lists the steps, the next STEPS_EVERY - 1 not
+            assert set(cgroups.snapshot().jobs["5"].steps) == {"batch", "0"}
+        (job / "step_0").rmdir()  # ended: the next snapshot lists the steps again
+        for _ in range(2 * STEPS_EVERY):
+            assert set(cgroups.snapshot().jobs["5"].steps) == {"batch"}
+        assert cgroups._files is not None
+        assert len(cgroups._files) == 3  # the root's, the job's and step_batch's
+    finally:
+        _remove(slurm)
