@@ -26,6 +26,7 @@ from jobenergy.api import (
 from jobenergy.api.access import Roles
 from jobenergy.api.auth import Authenticator, resolve_mechanisms
 from jobenergy.api.authenticate import Authenticate
+from jobenergy.api.live_slots import LiveSlots
 from jobenergy.api.ratelimit import RateLimiter
 from jobenergy.api.routes_series import router as series_router
 from jobenergy.api.web import pages
@@ -234,6 +235,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.defaults_synced = synced
     app.state.running_budgets = running_budgets
     app.state.sessionmaker = sessionmaker(engine, expire_on_commit=False)
+    app.state.live_slots = LiveSlots(settings.max_live_aggregates, settings.live_aggregate_wait_s)
     app.include_router(collector_routes.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_nodes.router)

@@ -23,6 +23,7 @@ selected by ``begin_at`` (start time, or first energy when Slurm sent no start) 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -330,15 +331,20 @@ def _uses_rollup(session: Session, window: Window, source: str, postgres: bool,
     return through if (jobs or 0) > ROLLUP_MIN_JOBS else None
 
 
+#: Held while a leaderboard or summary is computed live (``api/live_slots.py``).
+LiveSlot = Callable[[], AbstractContextManager[Any]]
+
+
 def model_leaderboard(
     session: Session, window: Window, metric: str, descending: bool, limit: int,
-    source: str = "live",
+    source: str = "live", live_slot: LiveSlot = nullcontext,
 ) -> list[dict[str, Any]]:
     """Return per (model, phase) rows sorted by ``metric`` (None values last).
 
     Each row says where it comes from (``source``) and, from the materialised leaderboard,
     the time it is as of (``as_of``).
-    A caller whose counting is restricted (``window.visible``) is always answered live.
+    A caller whose counting is restricted (``window.visible``) is always answered live, in
+    ``live_slot``.
     """
     postgres = session.get_bind().dialect.name == "postgresql"
     if window.visible is not None:
@@ -346,8 +352,11 @@ def model_leaderboard(
     as_of = _uses_rollup(session, window, source, postgres)
     if as_of is None and window.period is not None:  # live: the period up to now
         window = replace(window, start=datetime.now(UTC) - PERIODS[window.period])
-    aggregates = (_live_aggregates(session, window, postgres) if as_of is None
-                  else _total_aggregates(session, window))
+    if as_of is None:
+        with live_slot():
+            aggregates = _live_aggregates(session, window, postgres)
+    else:
+        aggregates = _total_aggregates(session, window)
     rows = []
     for (model, phase, jobs, energy, facility, co2e, gpu_s, samples, sampled_uj,
          median) in aggregates:
@@ -372,17 +381,20 @@ def model_leaderboard(
     return (known + [r for r in rows if r[metric] is None])[:limit]
 
 
-def summary_answer(session: Session, window: Window, group_by: str, source: str = "live"
+def summary_answer(session: Session, window: Window, group_by: str, source: str = "live",
+                   live_slot: LiveSlot = nullcontext,
                    ) -> tuple[list[dict[str, Any]], datetime | None]:
     """Return the summary's rows and, when they come from the materialisation
     (``collector/rollups.py``: all time, or a rolling ``window.period``), its ``as_of``;
-    otherwise computed now (None), as the leaderboard chooses (``SOURCES``)."""
+    otherwise computed now (None, in ``live_slot``), as the leaderboard chooses
+    (``SOURCES``)."""
     postgres = session.get_bind().dialect.name == "postgresql"
     as_of = _uses_rollup(session, window, source, postgres, SUMMARY_STATE)
     if as_of is None:
         if window.period is not None:  # live: the period up to now
             window = replace(window, start=datetime.now(UTC) - PERIODS[window.period])
-        return summary(session, window, group_by), None
+        with live_slot():
+            return summary(session, window, group_by), None
     stmt = summary_rows(window.period or "", window.cluster, window.phase, group_by)
     return [_summary_row(*row) for row in session.execute(stmt)], as_of
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 
 from jobenergy.api.access import Access, Visible
@@ -13,6 +13,7 @@ from jobenergy.api.authenticate import get_access
 from jobenergy.api.job_filters import visible_clause
 from jobenergy.api.leaderboards import (
     LEADERBOARD_METRICS,
+    LiveSlot,
     Window,
     model_leaderboard,
     summary_answer,
@@ -42,9 +43,18 @@ SourceQuery = Annotated[Literal["auto", "live", "rollup"], Query(
 HIDDEN_GROUP = "(others)"
 
 
+def live_slot(request: Request, access: Access) -> LiveSlot:
+    """The caller's slot for a live leaderboard or summary (``api/live_slots.py``): counted
+    per user for people, not for nodes and services."""
+    caller = access.caller
+    user = (caller.user or f"uid={caller.uid}") if access.is_user else None
+    return lambda: request.app.state.live_slots.hold(user)
+
+
 @router.get("/leaderboards/models", response_model=list[LeaderboardRow],
             summary="Energy per model and phase, sorted by a metric")
 def get_model_leaderboard(
+    request: Request,
     session: SessionDep,
     access: AccessDep,
     phase: Literal["training", "inference", "other"] | None = None,
@@ -64,12 +74,14 @@ def get_model_leaderboard(
         raise HTTPException(422, f"period={period} or start/end, not both")
     window = Window(cluster=cluster, phase=phase, start=parse_time(start, "start"),
                     end=parse_time(end, "end"), visible=access.scope("usage"), period=period)
-    rows = model_leaderboard(session, window, metric, order == "desc", limit, source)
+    rows = model_leaderboard(session, window, metric, order == "desc", limit, source,
+                             live_slot(request, access))
     return [LeaderboardRow(**row) for row in rows]
 
 
 @router.get("/summary", response_model=list[SummaryRow], summary="Energy totals per group")
 def get_summary(
+    request: Request,
     session: SessionDep,
     access: AccessDep,
     group_by: Literal["user", "account", "partition", "model", "phase", "cluster"] = "user",
@@ -91,7 +103,7 @@ def get_summary(
         raise HTTPException(422, f"period={period} or start/end, not both")
     window = Window(cluster=cluster, phase=phase, start=parse_time(start, "start"),
                     end=parse_time(end, "end"), visible=access.scope("usage"), period=period)
-    rows, as_of = summary_answer(session, window, group_by, source)
+    rows, as_of = summary_answer(session, window, group_by, source, live_slot(request, access))
     word = {"user": "users", "account": "accounts"}.get(group_by)
     # Counted over the caller's visible jobs only (usage private), every name is one they may
     # read in those jobs: nothing to hide. Over everyone's, other users' and accounts' names

@@ -112,6 +112,11 @@ class ServerSettings(BaseSettings):
         rate_limit_per_s: Requests per second one user identity may make (token bucket;
             agents, hooks and admins are not limited); 0 turns it off.
         rate_limit_burst: Bucket size of that limit.
+        max_live_aggregates: Live leaderboards and summaries (read every job of their window)
+            this server computes at once (``api/live_slots.py``); a user may have two running
+            or waiting (429 beyond).
+        live_aggregate_wait_s: How long a live leaderboard or summary waits for one of those
+            slots before it is answered 503 with ``Retry-After``.
         tls_cert: PEM certificate chain; with ``tls_key``, the server speaks HTTPS.
         tls_key: PEM private key of ``tls_cert``.
         allow_insecure: Allow plain HTTP on an address other than loopback.
@@ -180,6 +185,8 @@ class ServerSettings(BaseSettings):
     slurm_roles_ttl_s: float = Field(default=300.0, ge=0)
     rate_limit_per_s: float = Field(default=20.0, ge=0)
     rate_limit_burst: int = Field(default=200, ge=1)
+    max_live_aggregates: int = Field(default=4, ge=1, le=1000)
+    live_aggregate_wait_s: float = Field(default=10.0, ge=0, le=3600)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_insecure: bool = False
