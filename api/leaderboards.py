@@ -353,6 +353,7 @@ def model_leaderboard(
     if as_of is None and window.period is not None:  # live: the period up to now
         window = replace(window, start=datetime.now(UTC) - PERIODS[window.period])
     if as_of is None:
+        session.commit()  # no connection held while waiting for a slot
         with live_slot():
             aggregates = _live_aggregates(session, window, postgres)
     else:
@@ -393,6 +394,7 @@ def summary_answer(session: Session, window: Window, group_by: str, source: str 
     if as_of is None:
         if window.period is not None:  # live: the period up to now
             window = replace(window, start=datetime.now(UTC) - PERIODS[window.period])
+        session.commit()  # no connection held while waiting for a slot
         with live_slot():
             return summary(session, window, group_by), None
     stmt = summary_rows(window.period or "", window.cluster, window.phase, group_by)

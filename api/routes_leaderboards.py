@@ -43,12 +43,16 @@ SourceQuery = Annotated[Literal["auto", "live", "rollup"], Query(
 HIDDEN_GROUP = "(others)"
 
 
-def live_slot(request: Request, access: Access) -> LiveSlot:
+def live_slot(request: Request, access: Access, window: Window) -> LiveSlot:
     """The caller's slot for a live leaderboard or summary (``api/live_slots.py``): counted
-    per user for people, not for nodes and services."""
+    per person (by uid where known, so MUNGE, a JWT and the web proxy are one person), not
+    for nodes and services."""
     caller = access.caller
-    user = (caller.user or f"uid={caller.uid}") if access.is_user else None
-    return lambda: request.app.state.live_slots.hold(user)
+    user = None
+    if access.is_user:
+        user = f"uid={caller.uid}" if caller.uid is not None else f"user={caller.user}"
+    materialised = window.visible is None  # a caller who counts every job may ask for one
+    return lambda: request.app.state.live_slots.hold(user, materialised)
 
 
 @router.get("/leaderboards/models", response_model=list[LeaderboardRow],
@@ -75,7 +79,7 @@ def get_model_leaderboard(
     window = Window(cluster=cluster, phase=phase, start=parse_time(start, "start"),
                     end=parse_time(end, "end"), visible=access.scope("usage"), period=period)
     rows = model_leaderboard(session, window, metric, order == "desc", limit, source,
-                             live_slot(request, access))
+                             live_slot(request, access, window))
     return [LeaderboardRow(**row) for row in rows]
 
 
@@ -103,7 +107,8 @@ def get_summary(
         raise HTTPException(422, f"period={period} or start/end, not both")
     window = Window(cluster=cluster, phase=phase, start=parse_time(start, "start"),
                     end=parse_time(end, "end"), visible=access.scope("usage"), period=period)
-    rows, as_of = summary_answer(session, window, group_by, source, live_slot(request, access))
+    rows, as_of = summary_answer(session, window, group_by, source,
+                                 live_slot(request, access, window))
     word = {"user": "users", "account": "accounts"}.get(group_by)
     # Counted over the caller's visible jobs only (usage private), every name is one they may
     # read in those jobs: nothing to hide. Over everyone's, other users' and accounts' names
@@ -117,8 +122,8 @@ def get_summary(
 
 def own_accounts(session: SessionDep, access: Access) -> frozenset[str]:
     """Return the accounts of the caller's own jobs (a user may always see those names)."""
-    if access.reads_all:
-        return frozenset()
+    if access.reads_all or "accounts" not in access.private_data:
+        return frozenset()  # every account name is shown: no need to read the jobs
     mine = Visible(access.visible.user, access.visible.uid)
     return frozenset(a for a in session.scalars(
         select(Job.account).where(visible_clause(mine), Job.account.is_not(None)).distinct())

@@ -113,10 +113,10 @@ class ServerSettings(BaseSettings):
             agents, hooks and admins are not limited); 0 turns it off.
         rate_limit_burst: Bucket size of that limit.
         max_live_aggregates: Live leaderboards and summaries (read every job of their window)
-            this server computes at once (``api/live_slots.py``); a user may have two running
-            or waiting (429 beyond).
-        live_aggregate_wait_s: How long a live leaderboard or summary waits for one of those
-            slots before it is answered 503 with ``Retry-After``.
+            this server computes at once, and how many more may wait (``api/live_slots.py``);
+            a person computes one at a time, with one more waiting (429 beyond).
+        live_aggregate_wait_s: How long a live leaderboard or summary waits for a slot before
+            it is answered 503 with ``Retry-After``.
         tls_cert: PEM certificate chain; with ``tls_key``, the server speaks HTTPS.
         tls_key: PEM private key of ``tls_cert``.
         allow_insecure: Allow plain HTTP on an address other than loopback.

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 from fastapi import HTTPException
 
-from jobenergy.api.live_slots import PER_USER, LiveSlots
+from jobenergy.api.live_slots import LiveSlots
 
 
 @contextmanager
@@ -41,66 +41,86 @@ def held(slots: LiveSlots, user: str | None) -> Iterator[None]:
         thread.join(timeout=60)
 
 
-def refused(slots: LiveSlots, user: str | None) -> HTTPException:
-    with pytest.raises(HTTPException) as err, slots.hold(user):
+def refused(slots: LiveSlots, user: str | None, materialised: bool = True) -> HTTPException:
+    with pytest.raises(HTTPException) as err, slots.hold(user, materialised):
         pass
     return err.value
+
+
+def waiting(slots: LiveSlots, user: str | None) -> tuple[threading.Thread, threading.Event]:
+    """Start a request for a slot in another thread; return it and the event set once in."""
+    got = threading.Event()
+
+    def run() -> None:
+        with slots.hold(user):
+            got.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, got
+
+
+def inside(slots: LiveSlots, n: int) -> None:
+    """Wait until ``n`` requests are running or waiting (a condition, not a sleep)."""
+    while True:
+        with slots._lock:
+            if slots._inside == n:
+                return
 
 
 def test_a_full_server_answers_503_with_retry_after() -> None:
     slots = LiveSlots(2, wait_s=0)
     with held(slots, "alice"), held(slots, "bob"):
         err = refused(slots, "carol")
-        assert err.status_code == 503 and err.headers["Retry-After"]
+        assert err.status_code == 503 and err.headers["Retry-After"] == "1"
         assert "2 live leaderboards or summaries" in err.detail
-        err = refused(slots, None)  # services too
-        assert err.status_code == 503
+        assert "materialised" in err.detail
+        assert "materialised" not in refused(slots, "carol", materialised=False).detail
+        assert refused(slots, None).status_code == 503  # nodes and services too
     with slots.hold("carol"):  # freed
         pass
-    assert slots._per_user == {}
+    assert slots._per_user == {} and slots._inside == 0
 
 
-def test_a_user_has_at_most_two_running_or_waiting() -> None:
-    slots = LiveSlots(PER_USER + 2, wait_s=0)
-    with held(slots, "alice"), held(slots, "alice"):
+def test_as_many_may_wait_as_may_run_and_no_more() -> None:
+    slots = LiveSlots(1, wait_s=60)
+    with held(slots, "alice"):
+        thread, got = waiting(slots, "bob")
+        inside(slots, 2)  # alice's running, bob's waiting
+        err = refused(slots, "carol")  # at once, not after wait_s
+        assert err.status_code == 503 and "as many wait" in err.detail
+        assert not got.is_set()
+    assert got.wait(timeout=60)  # bob's gets alice's slot when it frees
+    thread.join(timeout=60)
+    assert slots._per_user == {} and slots._inside == 0
+
+
+def test_a_person_computes_one_at_a_time_and_has_at_most_two() -> None:
+    slots = LiveSlots(4, wait_s=60)
+    with held(slots, "alice"):
+        second, got = waiting(slots, "alice")
+        inside(slots, 2)
+        with slots.hold("bob"):  # others are not held back: slots are free
+            pass
         err = refused(slots, "alice")
         assert err.status_code == 429 and "alice already has 2" in err.detail
-        with slots.hold("bob"):  # another user is not held back
-            pass
-        with slots.hold(None):  # nor a service
-            pass
+        assert not got.is_set()  # alice's second waits for her first, though slots are free
+    assert got.wait(timeout=60)
+    second.join(timeout=60)
     with slots.hold("alice"):
         pass
+    assert slots._per_user == {} and slots._inside == 0
 
 
 def test_a_request_waits_for_a_slot_to_free() -> None:
     slots = LiveSlots(1, wait_s=60)
-    waited = threading.Event()
-    release = threading.Event()
-
-    def holder() -> None:
-        with slots.hold("alice"):
-            release.wait(timeout=60)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-
-    def waiter() -> None:
-        with slots.hold("bob"):
-            waited.set()
-
-    second = threading.Thread(target=waiter)
-    while True:  # until the holder has its slot: the waiter then has to wait for it
-        with slots._lock:
-            if "alice" in slots._per_user:
-                break
-    assert not slots._free.acquire(blocking=False)
-    second.start()
-    release.set()
-    assert waited.wait(timeout=60)
+    with held(slots, "alice"):
+        thread, got = waiting(slots, "bob")
+        inside(slots, 2)
+        assert not got.is_set()
+    assert got.wait(timeout=60)
     thread.join(timeout=60)
-    second.join(timeout=60)
-    assert slots._per_user == {}
+    assert slots._per_user == {} and slots._inside == 0
 
 
 def test_the_api_answers_503_when_full_and_the_materialised_board_takes_no_slot(
@@ -132,10 +152,36 @@ def test_the_api_answers_503_when_full_and_the_materialised_board_takes_no_slot(
                      "/api/v1/leaderboards/models?start=2020-01-01"):
             answer = client.get(path)
             assert answer.status_code == 503, (path, answer.text)
-            assert answer.headers["retry-after"] == "10"
+            assert answer.headers["retry-after"] == "1"  # live_aggregate_wait_s, at least 1
             assert "live leaderboards or summaries" in answer.json()["detail"]
         rolled = client.get("/api/v1/summary?group_by=user&source=rollup")
         assert rolled.status_code == 200 and rolled.json()[0]["source"] == "rollup"
         assert rolled.json()[0]["energy_kwh"] == live.json()[0]["energy_kwh"] > 0
         assert client.get("/api/v1/jobs/7").status_code == 200  # lookups are not held back
     assert client.get("/api/v1/summary?source=live").status_code == 200
+
+
+def test_a_waiting_request_holds_no_database_connection(
+    server_settings, make_client, make_batch
+) -> None:
+    """The routing (materialised or live) reads the database; its transaction ends before
+    the wait, so waiters never take the connections ingest needs."""
+    settings = server_settings.model_copy(
+        update={"max_live_aggregates": 1, "live_aggregate_wait_s": 60.0,
+                "rollup_interval_s": 0.0})
+    client = make_client(settings)
+    batch = make_batch(jobs={"7": 1}, unattributed_weight=0, n_intervals=2)
+    assert client.post("/api/v1/batches", content=batch.model_dump_json()).status_code == 200
+    slots: LiveSlots = client.app.state.live_slots
+    pool = client.app.state.engine.pool
+    answers: list = []
+    with held(slots, None):
+        # Never materialised: answered live, after asking rollup_state.
+        thread = threading.Thread(target=lambda: answers.append(
+            client.get("/api/v1/summary?group_by=user&source=rollup")))
+        thread.start()
+        inside(slots, 2)
+        assert pool.checkedout() == 0
+        assert not answers
+    thread.join(timeout=60)
+    assert answers[0].status_code == 200 and answers[0].json()[0]["source"] == "live"
