@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import re
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,8 +301,6 @@ class KeptFiles:
 
     def __init__(self, limit: int | None = None) -> None:
         if limit is None:
-            import resource
-
             soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
             limit = 4096 if soft == resource.RLIM_INFINITY else max(0, min(4096, soft // 2))
         self.limit = limit

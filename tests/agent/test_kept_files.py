@@ -172,9 +172,10 @@ def test_the_limit_and_sweep(hierarchy: Hierarchy, cgroup_dir: Path) -> None:
     assert len(files) == 0
 
 
-def test_the_resolver_keeps_files_only_on_cgroupfs(tmp_path: Path) -> None:
-    """The resolver over real v1 job folders keeps their files and closes them when the job
-    folder goes; over plain files (the simulated node) it keeps none."""
+@pytest.fixture
+def v1_slurm_root() -> Iterator[tuple[Hierarchy, str, Path]]:
+    """A Slurm v1 root of its own on this machine's cpuacct mount: (hierarchy, node name,
+    ``cpuacct/slurm_<node>``), removed afterwards."""
     hierarchies = [h for h in HIERARCHIES if h.usage_file == "cpuacct.usage"]
     if not hierarchies:
         if os.environ.get("CI") == "true":
@@ -185,25 +186,34 @@ def test_the_resolver_keeps_files_only_on_cgroupfs(tmp_path: Path) -> None:
     slurm = ROOT / "cpuacct" / f"slurm_{node}"
     _remove(slurm)
     try:
-        job = slurm / "uid_0" / "job_7"
-        (job / "step_batch").mkdir(parents=True)
-        burn_in(hierarchies[0], job / "step_batch")
-        cgroups = SlurmCgroups(ROOT, node=node, version=1)
-        snap = cgroups.snapshot()
-        assert set(snap.jobs) == {"7"}
-        assert snap.jobs["7"].cpu_usage_ns == int(read_bytes(str(job / "cpuacct.usage")))
-        assert snap.jobs["7"].step_usage_ns == {
-            "batch": int(read_bytes(str(job / "step_batch" / "cpuacct.usage")))}
-        assert snap.jobs["7"].cpu_usage_ns > 0
-        assert cgroups._files is not None and len(cgroups._files) == 3  # root, job, step
-        (job / "step_batch").rmdir()
-        job.rmdir()
-        assert cgroups.snapshot().jobs == {}
-        assert len(cgroups._files) == 1  # the root's only
-        cgroups.close()
-        assert len(cgroups._files) == 0
+        yield hierarchies[0], node, slurm
     finally:
         _remove(slurm)
+
+
+def test_the_resolver_keeps_files_only_on_cgroupfs(
+    tmp_path: Path, v1_slurm_root: tuple[Hierarchy, str, Path]
+) -> None:
+    """The resolver over real v1 job folders keeps their files and closes them when the job
+    folder goes; over plain files (the simulated node) it keeps none."""
+    hierarchy, node, slurm = v1_slurm_root
+    job = slurm / "uid_0" / "job_7"
+    (job / "step_batch").mkdir(parents=True)
+    burn_in(hierarchy, job / "step_batch")
+    cgroups = SlurmCgroups(ROOT, node=node, version=1)
+    snap = cgroups.snapshot()
+    assert set(snap.jobs) == {"7"}
+    assert snap.jobs["7"].cpu_usage_ns == int(read_bytes(str(job / "cpuacct.usage")))
+    assert snap.jobs["7"].step_usage_ns == {
+        "batch": int(read_bytes(str(job / "step_batch" / "cpuacct.usage")))}
+    assert snap.jobs["7"].cpu_usage_ns > 0
+    assert cgroups._files is not None and len(cgroups._files) == 3  # root, job, step
+    (job / "step_batch").rmdir()
+    job.rmdir()
+    assert cgroups.snapshot().jobs == {}
+    assert len(cgroups._files) == 1  # the root's only
+    cgroups.close()
+    assert len(cgroups._files) == 0
 
     plain = tmp_path / "cpuacct" / "slurm" / "uid_0" / "job_8"
     plain.mkdir(parents=True)
@@ -215,28 +225,21 @@ def test_the_resolver_keeps_files_only_on_cgroupfs(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "cpuacct")
 
 
-def test_an_ended_step_no_longer_listed_is_not_kept_open() -> None:
+def test_an_ended_step_no_longer_listed_is_not_kept_open(
+    v1_slurm_root: tuple[Hierarchy, str, Path],
+) -> None:
     """A step that ends just before its job's steps are listed again is never read again:
     its kept file is closed all the same (an ``srun`` loop in a long job would otherwise hold
     one descriptor per step until the job ends)."""
-    if not any(h.usage_file == "cpuacct.usage" for h in HIERARCHIES):
-        if os.environ.get("CI") == "true":
-            pytest.fail("missing a writable cgroup v1 cpuacct mount at /sys/fs/cgroup/cpuacct")
-        pytest.skip("needs a writable cgroup v1 cpuacct mount")
-    node = f"jetest{os.getpid()}"
-    slurm = ROOT / "cpuacct" / f"slurm_{node}"
-    _remove(slurm)
-    try:
-        job = slurm / "uid_0" / "job_5"
-        (job / "step_batch").mkdir(parents=True)
-        (job / "step_0").mkdir()
-        cgroups = SlurmCgroups(ROOT, node=node, version=1)
-        for _ in range(STEPS_EVERY):  # the first lists the steps, the next STEPS_EVERY - 1 not
-            assert set(cgroups.snapshot().jobs["5"].steps) == {"batch", "0"}
-        (job / "step_0").rmdir()  # ended: the next snapshot lists the steps again
-        for _ in range(2 * STEPS_EVERY):
-            assert set(cgroups.snapshot().jobs["5"].steps) == {"batch"}
-        assert cgroups._files is not None
-        assert len(cgroups._files) == 3  # the root's, the job's and step_batch's
-    finally:
-        _remove(slurm)
+    _, node, slurm = v1_slurm_root
+    job = slurm / "uid_0" / "job_5"
+    (job / "step_batch").mkdir(parents=True)
+    (job / "step_0").mkdir()
+    cgroups = SlurmCgroups(ROOT, node=node, version=1)
+    for _ in range(STEPS_EVERY):  # the first lists the steps, the next STEPS_EVERY - 1 not
+        assert set(cgroups.snapshot().jobs["5"].steps) == {"batch", "0"}
+    (job / "step_0").rmdir()  # ended: the next snapshot lists the steps again
+    for _ in range(2 * STEPS_EVERY):
+        assert set(cgroups.snapshot().jobs["5"].steps) == {"batch"}
+    assert cgroups._files is not None
+    assert len(cgroups._files) == 3  # the root's, the job's and step_batch's

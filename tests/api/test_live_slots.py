@@ -112,17 +112,6 @@ def test_a_person_computes_one_at_a_time_and_has_at_most_two() -> None:
     assert slots._per_user == {} and slots._inside == 0
 
 
-def test_a_request_waits_for_a_slot_to_free() -> None:
-    slots = LiveSlots(1, wait_s=60)
-    with held(slots, "alice"):
-        thread, got = waiting(slots, "bob")
-        inside(slots, 2)
-        assert not got.is_set()
-    assert got.wait(timeout=60)
-    thread.join(timeout=60)
-    assert slots._per_user == {} and slots._inside == 0
-
-
 def test_the_api_answers_503_when_full_and_the_materialised_board_takes_no_slot(
     server_settings, make_client, make_batch
 ) -> None:
