@@ -34,16 +34,12 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
+from jobenergy.agent.annotation_message import parse_message
 from jobenergy.agent.cgroupfs import ProcJob, job_of_pid, job_owner_uid
 from jobenergy.agent.metrics import AgentMetrics
-from jobenergy.agent.phases import PHASES, PhaseBook, PhaseLimitError
+from jobenergy.agent.phases import PhaseBook, PhaseLimitError
 from jobenergy.core.errors import JobEnergyError
-from jobenergy.core.limits import MAX_COUNT
-from jobenergy.core.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -55,56 +51,6 @@ MESSAGES_PER_S_PER_JOB = 20.0
 MESSAGE_BURST_PER_JOB = 40
 #: Rate buckets kept before full (idle) ones are forgotten.
 _MAX_BUCKETS = 4096
-
-#: No control characters: NUL is refused by PostgreSQL, and the others end up in logs,
-#: tables and CSV exports.
-_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
-
-
-def _text(max_length: int) -> Any:
-    """Return a ``str`` type of at most ``max_length`` characters, without control characters."""
-    return Annotated[str, Field(max_length=max_length, pattern=_NO_CONTROL)]
-
-
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class _Message(BaseModel):
-    """One request; limits are the wire schema's (``PhaseRecord``), so nothing accepted here
-    is refused later."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    op: Literal["begin", "end"]
-    phase: _text(32) | None = None
-    model: _text(255) | None = None
-    samples: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
-    tags: dict[_text(64), _text(255)] = Field(default_factory=dict, max_length=64)
-    metrics: dict[_text(64), Finite] = Field(default_factory=dict, max_length=64)
-    time: Finite | None = None  # the client's clock: informational, the agent's is used
-
-    @field_validator("phase")
-    @classmethod
-    def _known_phase(cls, value: str | None) -> str | None:
-        if value is not None and value not in PHASES:
-            raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {value!r}")
-        return value
-
-
-def parse_message(data: bytes) -> _Message:
-    """Validate one request.
-
-    Raises:
-        ValueError: The request is not valid, with every problem named.
-    """
-    try:
-        return _Message.model_validate_json(data)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in err.errors()
-        )
-        raise ValueError(f"bad annotation: {printable(problems)[:1000]}") from None
-
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobenergy.agent.annotations import AnnotationServer
 from jobenergy.agent.answer import accepted_fields
@@ -40,7 +40,6 @@ from jobenergy.agent.records import (
 )
 from jobenergy.agent.sampler import Sample, Sampler
 from jobenergy.agent.sensors.bmc_config import bmc_sensor
-from jobenergy.agent.settings import AgentSettings
 from jobenergy.agent.spool import Spool, split_by_size, utf8_len
 from jobenergy.agent.wire import WireError, interval_json, phase_json
 from jobenergy.core.counters import counter_delta
@@ -54,6 +53,9 @@ from jobenergy.core.signing import (
     transport_verify,
 )
 from jobenergy.core.version import VERSION
+
+if TYPE_CHECKING:  # the type only: the daemon never imports pydantic-settings
+    from jobenergy.agent.settings import AgentSettings  # (agent/settings_child.py)
 
 logger = logging.getLogger(__name__)
 

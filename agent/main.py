@@ -77,13 +77,13 @@ def run(
     """
     # Imported here: --help and --version need none of it.
     from jobenergy.agent.daemon import Agent
-    from jobenergy.agent.settings import AgentSettings
+    from jobenergy.agent.settings_child import load_settings
     from jobenergy.core import logs
     from jobenergy.core.errors import JobEnergyError
 
     try:
-        settings = AgentSettings.load(config, node=node, collector_url=collector_url,
-                                      log_level=log_level, log_format=log_format)
+        settings = load_settings(config, node=node, collector_url=collector_url,
+                                 log_level=log_level, log_format=log_format)
         logs.configure(settings.log_level, settings.log_format)
         daemon = Agent(settings)
         settle_memory()

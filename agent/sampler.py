@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobenergy.agent.cgroups import SlurmCgroups
 from jobenergy.agent.jobmap import JobMapEntry, JobMapReader
@@ -18,8 +18,10 @@ from jobenergy.agent.metrics import AgentMetrics
 from jobenergy.agent.procstat import read_cpu_times
 from jobenergy.agent.readings import CgroupSnapshot, CpuTimes, Reading
 from jobenergy.agent.sensors.rapl import RaplSensor
-from jobenergy.agent.settings import AgentSettings
 from jobenergy.core.errors import SensorError, SensorUnavailable
+
+if TYPE_CHECKING:  # the type only: the daemon never imports pydantic-settings
+    from jobenergy.agent.settings import AgentSettings  # (agent/settings_child.py)
 
 logger = logging.getLogger(__name__)
 

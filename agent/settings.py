@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from jobenergy.core.errors import ConfigError, settings_error_line
-from jobenergy.core.logs import LogFormat, LogLevel
+from jobenergy.core.log_fields import LogFormat, LogLevel
 
 
 class _TomlTableSource(PydanticBaseSettingsSource):

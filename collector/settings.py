@@ -24,7 +24,7 @@ from pydantic_settings import (
 
 from jobenergy.core.carbon import WORLD_AVERAGE_G_PER_KWH
 from jobenergy.core.errors import ConfigError, settings_error_line
-from jobenergy.core.logs import LogFormat, LogLevel
+from jobenergy.core.log_fields import LogFormat, LogLevel
 
 #: Default cap on one request body, compressed and decompressed: 32 MiB.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024

@@ -27,9 +27,7 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TextIO
-
-from pydantic import BeforeValidator
+from typing import Any, Literal, TextIO
 
 from jobenergy.core.errors import ConfigError
 
@@ -50,14 +48,9 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__
 }
 
 
-def _lower(value: Any) -> Any:
+def lower_name(value: Any) -> Any:
+    """Return a name stripped and lower case (a level or format as given); other values as is."""
     return value.strip().lower() if isinstance(value, str) else value
-
-
-#: Settings field types: case-insensitive, and a clear message listing the choices.
-LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"],
-                     BeforeValidator(_lower)]
-LogFormat = Annotated[Literal["auto", "text", "journal", "json"], BeforeValidator(_lower)]
 
 
 def check_level(value: str) -> str:
@@ -66,7 +59,7 @@ def check_level(value: str) -> str:
     Raises:
         ConfigError: Not one of debug, info, warning, error, critical.
     """
-    name = _lower(value)
+    name = lower_name(value)
     if name not in LEVELS:
         raise ConfigError(f"log level {value!r}: use one of {', '.join(LEVELS)}")
     return name
@@ -78,7 +71,7 @@ def check_format(value: str) -> str:
     Raises:
         ConfigError: Not one of auto, text, journal, json.
     """
-    name = _lower(value)
+    name = lower_name(value)
     if name not in FORMATS:
         raise ConfigError(f"log format {value!r}: use one of {', '.join(FORMATS)}")
     return name

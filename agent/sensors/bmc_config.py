@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from jobenergy.agent.sensors.bmc import BmcSensor
 from jobenergy.agent.sensors.bmc_ipmi import IpmiDcmiBmc
 from jobenergy.agent.sensors.bmc_redfish import RedfishBmc
-from jobenergy.agent.settings import AgentSettings
 from jobenergy.core.errors import ConfigError
 from jobenergy.core.signing import read_token_file, transport_verify
+
+if TYPE_CHECKING:  # the type only: the daemon never imports pydantic-settings
+    from jobenergy.agent.settings import AgentSettings  # (agent/settings_child.py)
 
 
 def read_credentials(settings: AgentSettings) -> tuple[str | None, str | None]:
