@@ -5,7 +5,8 @@ so the one message users send it is checked here, in plain code, against the wir
 limits (``PhaseRecord``): whatever is accepted here is accepted by the collector too
 (``tests/agent/test_annotation_message.py`` holds the two side by side). The checks are
 strict: JSON types as the fields declare them (an integer is a number, never a string), no
-key beyond the fields, finite numbers only, no control characters in any text.
+key beyond the fields, finite numbers only, no control characters in any text. A key given
+twice counts once, with its last value (as ``json.loads`` reads it), and that value is checked.
 """
 
 from __future__ import annotations

@@ -128,3 +128,31 @@ def test_the_view_is_read_only():
         view.node = "n2"
     with pytest.raises(AttributeError, match="no agent setting 'nodes'"):
         view.nodes  # noqa: B018
+
+
+#: Loads through the child with SIGCHLD ignored (inherited from a parent that ignores it: the
+#: kernel would reap the child itself) and SIGUSR1 blocked; prints what is left as it was.
+_SIGNALS = """
+import copy, signal, sys
+from jobenergy.agent.settings_child import SettingsView, load_settings
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+view = load_settings(None, node="n1")
+assert type(view) is SettingsView and copy.copy(view).node == "n1"
+print(signal.getsignal(signal.SIGCHLD) is signal.SIG_IGN,
+      signal.pthread_sigmask(signal.SIG_BLOCK, set()) == {signal.SIGUSR1})
+"""
+
+
+def test_a_parent_ignoring_sigchld_and_the_signal_mask_are_left_as_they_were():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("JOBENERGY_")}
+    proc = subprocess.run([sys.executable, "-c", _SIGNALS], capture_output=True, text=True,
+                          timeout=60, check=False, env=clean)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "True"]
+
+
+def test_an_undecodable_config_path_is_named_in_the_error(tmp_path):
+    child, here = _compare(Path(os.fsdecode(bytes(tmp_path) + b"/nope\xff.toml")))
+    for message in (child, here):
+        assert "cannot read agent config" in message and "No such file" in message
