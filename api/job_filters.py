@@ -22,6 +22,7 @@ import hostlist
 from sqlalchemy import (
     ColumnElement,
     String,
+    and_,
     exists,
     false,
     func,
@@ -42,6 +43,9 @@ from jobenergy.core.slurm_states import UnknownState, parse_states
 MAX_LIST = 1000
 #: Most job ids of one ``job_id`` filter.
 MAX_JOB_IDS = 10_000
+#: Up to this many coordinated accounts, a list reads each one's jobs as its own part
+#: (:func:`visible_parts`); beyond, all of them as one part, sorted.
+MAX_ACCOUNT_PARTS = 8
 
 
 class BadFilter(ValueError):
@@ -77,6 +81,55 @@ def visible_clause(scope: Visible) -> ColumnElement[bool]:
     if scope.accounts:
         clauses.append(Job.account.in_(sorted(scope.accounts)))
     return or_(*clauses) if clauses else false()
+
+
+@dataclass(frozen=True)
+class ScopeParts:
+    """The jobs of a PrivateData scope as disjoint conditions (:func:`visible_parts`).
+
+    ``ranges`` are each a range of one index in the list's order: a page reads the first rows
+    of each. ``strays`` are a uid's jobs under another name than the caller's: none where
+    names and uids agree, so read whole (an index range too). With a LIMIT the planner would
+    take them for most of the uid's jobs (it assumes uid and name independent) and read
+    every job in the list's order looking for them.
+    """
+
+    ranges: list[ColumnElement[bool]]
+    strays: list[ColumnElement[bool]]
+
+
+def visible_parts(scope: Visible) -> ScopeParts:
+    """Return the jobs of ``scope`` as disjoint parts, each a range of one index.
+
+    The caller's own jobs by name (``ix_job_user_start``); those of their uid without a name
+    yet (``ix_job_uid_start``: uid, then user), and under another name (strays: two ranges of
+    the same index); then each coordinated account's other jobs (``ix_job_account_start``). A
+    list page merges the parts (``api/job_lists.py``): a few rows of each, however few or old
+    the caller's jobs. :func:`visible_clause`'s OR is one filter over every job in the list's
+    order, which the planner reads to the end for a caller without recent jobs.
+    """
+    ranges: list[ColumnElement[bool]] = []
+    strays: list[ColumnElement[bool]] = []
+    others: list[ColumnElement[bool]] = []  # not the caller's own: for the accounts' parts
+    if scope.user is not None:
+        ranges.append(Job.user == scope.user)
+        others.append(Job.user.is_distinct_from(scope.user))
+    if scope.uid is not None:
+        mine = Job.uid == scope.uid
+        if scope.user is None:
+            ranges.append(mine)
+        else:
+            ranges.append(and_(mine, Job.user.is_(None)))
+            strays += [and_(mine, Job.user < scope.user), and_(mine, Job.user > scope.user)]
+        others.append(Job.uid.is_distinct_from(scope.uid))
+    accounts = sorted(scope.accounts)
+    if len(accounts) > MAX_ACCOUNT_PARTS:
+        ranges.append(and_(Job.account.in_(accounts), *others))
+    else:
+        ranges.extend(and_(Job.account == account, *others) for account in accounts)
+    if not ranges and not strays:
+        ranges.append(false())
+    return ScopeParts(ranges, strays)
 
 
 def _users(values: tuple[str, ...]) -> ColumnElement[bool]:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, func, select, tuple_, union_all
 from sqlalchemy.orm import Session
 
-from jobenergy.api.job_filters import JobFilters, where
+from jobenergy.api.job_filters import JobFilters, visible_parts, where
 from jobenergy.api.job_lookup import JobDetail, read_details
 from jobenergy.collector.models import BIGINT_MAX, JOB_ID_LEN, NAME_LEN, Job
 
@@ -39,9 +39,16 @@ def _dialect(session: Session) -> str:
 
 
 def count_jobs(session: Session, filters: JobFilters) -> int:
-    """Return how many jobs match ``filters``."""
-    stmt = select(func.count()).select_from(Job).where(*where(filters, _dialect(session)))
-    return session.scalar(stmt) or 0
+    """Return how many jobs match ``filters``: in a PrivateData scope, the sum of its parts'
+    counts, each an (index-only, unless other filters read the rows) scan of one index's
+    range, where the OR of them would be a bitmap scan reading every matching row."""
+    ranges, strays = _scans(filters, _dialect(session))
+    counts = [select(func.count().label("n")).select_from(Job).where(*conditions)
+              for conditions in ranges + strays]
+    if len(counts) == 1:
+        return session.scalar(counts[0]) or 0
+    each = union_all(*counts).subquery()
+    return session.scalar(select(func.sum(each.c.n))) or 0
 
 
 # --- Keyset pagination -------------------------------------------------------------------
@@ -116,6 +123,18 @@ MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 
 
+def _scans(filters: JobFilters, dialect: str) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The WHERE conditions of each part of a list, as (read in order and limited, read
+    whole): one part, or one per part of the caller's PrivateData scope
+    (:func:`~jobenergy.api.job_filters.visible_parts`)."""
+    if filters.visible is None:
+        return [where(filters, dialect)], []
+    common = where(replace(filters, visible=None), dialect)
+    parts = visible_parts(filters.visible)
+    return ([[*common, part] for part in parts.ranges],
+            [[*common, part] for part in parts.strays])
+
+
 def _page(
     filters: JobFilters, dialect: str, limit: int, offset: int, after: Cursor | None
 ) -> Select[Any]:
@@ -123,35 +142,34 @@ def _page(
 
     After a cursor, the rows that follow it are: those with its start and a greater (cluster,
     job_id), those with an earlier start, those without a start; after a cursor without a
-    start, those without a start and a greater (cluster, job_id). Each part is its own
-    ordered, limited scan with plain conditions, so that an index in :data:`ORDER` (or the
-    planner's estimates) serves each from the cursor on; an OR of them could only be a
-    filter, or be misjudged as a few rows worth sorting.
+    start, those without a start and a greater (cluster, job_id). Each part, for each part of
+    the caller's scope (:func:`_scans`), is its own ordered, limited scan with plain
+    conditions, so that an index in :data:`ORDER` (or the planner's estimates) serves each
+    from the cursor on; an OR of them could only be a filter, or be misjudged as a few rows
+    worth sorting. The parts are disjoint, so their union is the page's rows, once each.
     """
-    conditions = where(filters, dialect)
     if after is None:
-        return select(_J).where(*conditions).order_by(*ORDER).limit(limit).offset(offset)
-    key = tuple_(_J.c.cluster, _J.c.job_id) > tuple_(after.cluster, after.job_id)
-    # Within a part the whole ORDER is said, even where start_at is one value or NULL: the
-    # planner then reads the part in an index's order (IS NULL does not make start_at a
-    # constant to it).
-    if after.start_at is None:
-        return (
-            select(_J).where(*conditions, _J.c.start_at.is_(None), key)
-            .order_by(*ORDER).limit(limit).offset(offset)
-        )
+        spans: list[tuple[Any, ...]] = [()]
+    else:
+        key = tuple_(_J.c.cluster, _J.c.job_id) > tuple_(after.cluster, after.job_id)
+        # Within a part the whole ORDER is said, even where start_at is one value or NULL:
+        # the planner then reads the part in an index's order (IS NULL does not make
+        # start_at a constant to it).
+        if after.start_at is None:
+            spans = [(_J.c.start_at.is_(None), key)]
+        else:
+            spans = [(_J.c.start_at == after.start_at, key), (_J.c.start_at < after.start_at,),
+                     (_J.c.start_at.is_(None),)]
+    ranges, strays = _scans(filters, dialect)
+    scans = [[*conditions, *span] for conditions in ranges for span in spans]
+    if len(scans) == 1 and not strays:
+        return select(_J).where(*scans[0]).order_by(*ORDER).limit(limit).offset(offset)
     enough = min(offset + limit, BIGINT_MAX)  # each part's rows up to the page's last
-    parts = [
-        select(_J).where(*conditions, *condition).order_by(*ORDER).limit(enough).subquery()
-        for condition in (
-            (_J.c.start_at == after.start_at, key),
-            (_J.c.start_at < after.start_at,),
-            (_J.c.start_at.is_(None),),
-        )
-    ]
+    parts = [select(_J).where(*scan).order_by(*ORDER).limit(enough).subquery() for scan in scans]
+    parts += [select(_J).where(*conditions, *span).subquery()
+              for conditions in strays for span in spans]
     both = union_all(*(select(part) for part in parts)).subquery()
     return select(*both.c).order_by(*_order(both.c)).limit(limit).offset(offset)
-
 
 
 def page_details(

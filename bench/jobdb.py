@@ -6,9 +6,9 @@ nodes, per distinct node 2 packages + 2 DRAM + 0/0/4/8 GPUs of ``job_energy``, a
 ``job_node`` row per node, 1-2 ``job_energy_hour`` rows, a ``batch`` step per component, a
 ``node_progress`` row per node (every job final) and the ``cluster_config`` rows. One job in
 1000 has no Slurm start (only the first energy seen, ``begin_at``), as when the start event
-has not arrived. 200 users, 50
-accounts, one job every 30 s from 2026-01-01. Pseudo-random values come from ``hashint8`` of
-the job number, so a database of N jobs is always the same.
+has not arrived. 200 users (``user<n>``, uid 10000 + n), 50 accounts, one job every 30 s from
+2026-01-01. Pseudo-random values come from ``hashint8`` of the job number, so a database of N
+jobs is always the same.
 
 Each table is truncated, loaded without its indexes and indexed afterwards in one
 transaction; with ``wal_level=minimal`` (:class:`KeptPgServer` starts the server so) none of
@@ -127,6 +127,7 @@ SHAPE = f"""
 CREATE TEMP TABLE shape AS
 SELECT j, (1000000 + j)::text AS job_id,
        'user' || lpad(({_h(1)} % 200)::text, 3, '0') AS "user",
+       10000 + {_h(1)} % 200 AS uid,
        'acct' || (j % 50) AS account,
        (ARRAY['node' || lpad(({_h(2)} % 2000)::text, 4, '0'),
               'node' || lpad(({_h(3)} % 2000)::text, 4, '0'),
@@ -154,7 +155,7 @@ LOADS: dict[str, str] = {
 INSERT INTO job (cluster, job_id, "user", uid, account, partition, name, nodes, gpus, comment,
                  state, exit_code, tags, start_at, end_at, updated_at, begin_at, energy_uj,
                  gpu_uj, facility_uj, co2e_ug, gpu_s, annotated)
-SELECT 'bench', job_id, "user", 1000, account, 'gpu', 'job' || j, to_jsonb(nodes), NULL, NULL,
+SELECT 'bench', job_id, "user", uid, account, 'gpu', 'job' || j, to_jsonb(nodes), NULL, NULL,
        'COMPLETED', '0', '{{}}'::jsonb, CASE WHEN no_start THEN NULL ELSE begin_at END, end_at,
        end_at, begin_at, {_h(10)} * 1000, 0, 0, 0, 0, false
 FROM shape

@@ -9,6 +9,8 @@ process) on 127.0.0.1 and times over HTTP, one request at a time:
 - ``GET /api/v1/jobs?user=U&limit=100``: the first page (``total`` counted), then deep pages
   by ``offset`` and, when the server returns ``next``, by ``after`` (the same rows);
 - ``GET /api/v1/jobs?limit=100`` (every job, newest first), and with ``count=false``.
+- in-process, a user's own list in a PrivateData scope (name and uid, as MUNGE gives; a
+  coordinator's accounts): users with jobs, without any, and coordinators.
 
 Each line also gives, per request, the CPU time of the API server process and of PostgreSQL
 (the postmaster and its children) and what PostgreSQL read from storage (not the page cache):
@@ -293,6 +295,56 @@ def bench_split(db_url: str, args: argparse.Namespace, rng: random.Random) -> No
         print(f"  {name}: {percentiles(samples, tail=name == 'statement')}")
 
 
+def bench_scopes(db_url: str, args: argparse.Namespace, rng: random.Random) -> None:
+    """Time a user's own list in-process, as ``GET /api/v1/jobs?limit=100`` reads it for a
+    caller in a PrivateData scope (``private_data`` holding ``jobs``): their jobs by name and
+    by uid (MUNGE gives both), and a coordinator's accounts too. A page (``page_details``)
+    and its ``total`` (``count_jobs``), each in the list's session (JIT off), for users with
+    jobs, users without any (a new account: the worst case of an OR filter over the list's
+    order), and coordinators of two accounts."""
+    from sqlalchemy.orm import sessionmaker
+
+    from jobenergy.api.access import Visible
+    from jobenergy.api.job_filters import JobFilters
+    from jobenergy.api.job_lists import count_jobs, page_details
+
+    engine = make_engine(db_url)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def filters_of(kind: str) -> JobFilters:
+        n = rng.randrange(len(USERS))
+        if kind == "filter user=U, as an admin (no scope)":
+            return JobFilters(users=(USERS[n],))
+        if kind == "user without jobs":
+            return JobFilters(visible=Visible(f"new{n:03d}", 20_000 + n, frozenset()))
+        accounts = frozenset({f"acct{rng.randrange(50)}", f"acct{rng.randrange(50)}"})
+        return JobFilters(visible=Visible(
+            USERS[n], 10_000 + n, accounts if kind == "coordinator of 2 accounts" else frozenset()))
+
+    print("GET /api/v1/jobs?limit=100 in a user's PrivateData scope (name and uid), in-process:")
+    try:
+        for kind in ("filter user=U, as an admin (no scope)", "user with jobs",
+                     "user without jobs", "coordinator of 2 accounts"):
+            pages: list[float] = []
+            totals: list[float] = []
+            for i in range(args.lists + 5):
+                filters = filters_of(kind)
+                with sessions() as session:
+                    session.execute(text("SET LOCAL jit = off"))
+                    t0 = time.perf_counter()
+                    page_details(session, filters, 100)
+                    t1 = time.perf_counter()
+                    count_jobs(session, filters)
+                    t2 = time.perf_counter()
+                    session.commit()
+                if i >= 5:
+                    pages.append(t1 - t0)
+                    totals.append(t2 - t1)
+            print(f"  {kind}: page {percentiles(pages)}; total {percentiles(totals)}")
+    finally:
+        engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000)
@@ -334,6 +386,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
         bench_split(db_url, args, rng)
+        bench_scopes(db_url, args, rng)
 
 
 if __name__ == "__main__":

@@ -351,6 +351,11 @@ class Job(Base):
 # order anyway (NULL is lowest); the schema always comes from the migrations.
 Index("ix_job_user_start", Job.user, Job.start_at.desc().nulls_last(), Job.cluster, Job.job_id)
 Index("ix_job_start_order", Job.start_at.desc().nulls_last(), Job.cluster, Job.job_id)
+# The parts of a user's PrivateData scope beyond their name (api/job_filters.py visible_parts).
+Index("ix_job_uid_start", Job.uid, Job.user, Job.start_at.desc().nulls_last(), Job.cluster,
+      Job.job_id)
+Index("ix_job_account_start", Job.account, Job.start_at.desc().nulls_last(), Job.cluster,
+      Job.job_id, postgresql_include=["user", "uid"])
 # sacct -j N: every task of array N, every component of het job N.
 Index("ix_job_array_job_id", Job.array_job_id, Job.array_task_id)
 Index("ix_job_het_job_id", Job.het_job_id, Job.het_job_offset)

@@ -226,10 +226,16 @@ def test_a_valid_cursor_of_a_row_that_does_not_exist_pages_from_its_place(client
 # PrivateData: a user's pages hold only the jobs they may read.
 
 
-@pytest.fixture
-def as_nobody(make_client, server_settings, jobs, tmp_path: Path) -> Any:
+#: Accounts ``nobody`` coordinates besides ``coord``: none, or more than
+#: ``MAX_ACCOUNT_PARTS`` (then one part of the scope holds them all).
+_MORE_ACCOUNTS = {"one": "", "many": ",".join(f"empty{n}" for n in range(9))}
+
+
+@pytest.fixture(params=sorted(_MORE_ACCOUNTS))
+def as_nobody(make_client, server_settings, jobs, tmp_path: Path, request) -> Any:
     """A client of the same database as user ``nobody`` by Slurm JWT, ``private_data = jobs``,
-    coordinator of account ``coord`` (a stand-in sacctmgr)."""
+    coordinator of account ``coord`` (a stand-in sacctmgr), and in ``many`` of nine accounts
+    without jobs too."""
     import jwt
 
     from jobenergy.core.request_auth import SlurmJwtAuth
@@ -239,7 +245,9 @@ def as_nobody(make_client, server_settings, jobs, tmp_path: Path) -> Any:
     key_path.write_bytes(key)
     key_path.chmod(0o600)
     sacctmgr = tmp_path / "sacctmgr"
-    sacctmgr.write_text("#!/bin/sh\nprintf '%s' 'nobody|None|coord\n'\n")
+    more = _MORE_ACCOUNTS[request.param]
+    accounts = f"coord,{more}" if more else "coord"
+    sacctmgr.write_text(f"#!/bin/sh\nprintf '%s' 'nobody|None|{accounts}\n'\n")
     sacctmgr.chmod(0o755)
     settings = server_settings.model_copy(update={
         "auth": "jwt", "jwt_key": key_path, "private_data": ("jobs",),
@@ -249,13 +257,14 @@ def as_nobody(make_client, server_settings, jobs, tmp_path: Path) -> Any:
     now = int(datetime.now(UTC).timestamp())
     token = jwt.encode({"sun": "nobody", "iat": now, "exp": now + 600}, key, algorithm="HS256")
     client.auth = SlurmJwtAuth("nobody", token)
+    client.coordinated = {"coord", *filter(None, more.split(","))}
     return client
 
 
 def test_keyset_pages_in_a_private_data_scope(as_nobody, jobs):
     visible = [
         (s["cluster"], s["job_id"]) for s in jobs
-        if s["user"] == "nobody" or s["uid"] == 65534 or s["account"] == "coord"
+        if s["user"] == "nobody" or s["uid"] == 65534 or s["account"] in as_nobody.coordinated
     ]
     assert 0 < len(visible) < len(jobs)
     for filters in FILTERS:
@@ -266,9 +275,13 @@ def test_keyset_pages_in_a_private_data_scope(as_nobody, jobs):
             pages, walked = walk(as_nobody, limit, **filters)
             assert walked == whole["jobs"]
             assert all(page["total"] == whole["total"] for page in pages)
+            by_offset = [get(as_nobody, limit=limit, offset=offset, **filters)["jobs"]
+                         for offset in range(0, len(whole["jobs"]), limit)]
+            assert [job for page in by_offset for job in page] == whole["jobs"]
     assert keys(get(as_nobody, limit=1000)) == visible
     # A cursor naming another user's job reveals nothing: the page holds visible jobs only.
-    hidden = next(s for s in jobs if s["user"] == "daemon" and s["account"] != "coord")
+    hidden = next(s for s in jobs
+                  if (s["cluster"], s["job_id"]) not in visible and s["start"] is not None)
     rest = get(as_nobody, limit=1000, after=cursor_of(
         [1, (T0 + timedelta(hours=hidden["start"])).isoformat(), hidden["cluster"],
          hidden["job_id"]]))
