@@ -44,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from jobenergy.api.access import Visible
-from jobenergy.api.job_filters import visible_clause
+from jobenergy.api.job_filters import scoped_rows, visible_clause
 from jobenergy.collector.board import annotated_part_rows, job_part_rows
 from jobenergy.collector.models import Job, JobBoardPart
 from jobenergy.collector.rollups import (
@@ -62,6 +62,8 @@ LEADERBOARD_METRICS = (
     "total_energy_kwh", "energy_kwh", "median_energy_kwh", "mean_energy_kwh", "co2e_kg",
     "facility_energy_kwh", "kwh_per_gpu_hour", "j_per_sample", "jobs", "gpu_hours",
 )
+#: What a summary row sums, in its order.
+SUMMED = (Job.energy_uj, Job.gpu_uj, Job.facility_uj, Job.co2e_ug, Job.gpu_s)
 GROUPS = {
     "user": Job.user, "account": Job.account, "partition": Job.partition, "model": Job.model,
     "phase": Job.phase, "cluster": Job.cluster,
@@ -424,13 +426,21 @@ def summary(session: Session, window: Window, group_by: str) -> list[dict[str, A
         # of 4 the planner prices the index-only scan of ix_job_user_totals (no heap, no sort,
         # no hashing) above a parallel seq scan that takes twice as long.
         session.execute(text("SET LOCAL random_page_cost = 1.1"))
+    if window.visible is None:
+        rows: Any = Job.__table__
+        where = _where(window)
+    else:
+        # The caller's jobs part by part, each from its own index (ix_job_user_totals holds
+        # the sums: an index-only scan of their own jobs); the OR of the parts would be a
+        # bitmap scan that reads each of their jobs' heap page.
+        rows = scoped_rows([column, *SUMMED], _where(replace(window, visible=None)),
+                           window.visible)
+        where = []
+    group = rows.c[column.key]
     stmt = (
-        select(
-            column, func.count(), func.sum(Job.energy_uj), func.sum(Job.gpu_uj),
-            func.sum(Job.facility_uj), func.sum(Job.co2e_ug), func.sum(Job.gpu_s),
-        )
-        .where(*_where(window))
-        .group_by(column)
-        .order_by(func.sum(Job.energy_uj).desc(), column)
+        select(group, func.count(), *(func.sum(rows.c[c.key]) for c in SUMMED))
+        .where(*where)
+        .group_by(group)
+        .order_by(func.sum(rows.c.energy_uj).desc(), group)
     )
     return [_summary_row(*row) for row in session.execute(stmt)]

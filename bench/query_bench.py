@@ -307,6 +307,7 @@ def bench_scopes(db_url: str, args: argparse.Namespace, rng: random.Random) -> N
     from jobenergy.api.access import Visible
     from jobenergy.api.job_filters import JobFilters
     from jobenergy.api.job_lists import count_jobs, page_details
+    from jobenergy.api.leaderboards import Window, model_leaderboard, summary
 
     engine = make_engine(db_url)
     sessions = sessionmaker(engine, expire_on_commit=False)
@@ -341,6 +342,26 @@ def bench_scopes(db_url: str, args: argparse.Namespace, rng: random.Random) -> N
                     pages.append(t1 - t0)
                     totals.append(t2 - t1)
             print(f"  {kind}: page {percentiles(pages)}; total {percentiles(totals)}")
+        # private_data = usage: their summary and leaderboard count only the jobs they see.
+        print("GET /api/v1/summary and /leaderboards/models in a user's scope (private_data = "
+              "usage), all time, live, in-process:")
+        for kind in ("user with jobs", "coordinator of 2 accounts"):
+            sums: list[float] = []
+            boards: list[float] = []
+            for i in range(max(5, args.lists // 4) + 2):
+                window = Window(visible=filters_of(kind).visible)
+                with sessions() as session:
+                    t0 = time.perf_counter()
+                    summary(session, window, "user")
+                    t1 = time.perf_counter()
+                    model_leaderboard(session, window, "energy_kwh", True, 100)
+                    t2 = time.perf_counter()
+                    session.commit()
+                if i >= 2:
+                    sums.append(t1 - t0)
+                    boards.append(t2 - t1)
+            print(f"  {kind}: summary by user {percentiles(sums)}; leaderboard "
+                  f"{percentiles(boards)}")
     finally:
         engine.dispose()
 

@@ -355,7 +355,8 @@ Index("ix_job_start_order", Job.start_at.desc().nulls_last(), Job.cluster, Job.j
 Index("ix_job_uid_start", Job.uid, Job.user, Job.start_at.desc().nulls_last(), Job.cluster,
       Job.job_id)
 Index("ix_job_account_start", Job.account, Job.start_at.desc().nulls_last(), Job.cluster,
-      Job.job_id, postgresql_include=["user", "uid"])
+      Job.job_id, postgresql_include=["user", "uid", "energy_uj", "gpu_uj", "facility_uj",
+                                      "co2e_ug", "gpu_s"])
 # sacct -j N: every task of array N, every component of het job N.
 Index("ix_job_array_job_id", Job.array_job_id, Job.array_task_id)
 Index("ix_job_het_job_id", Job.het_job_id, Job.het_job_offset)

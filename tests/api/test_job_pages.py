@@ -250,7 +250,7 @@ def as_nobody(make_client, server_settings, jobs, tmp_path: Path, request) -> An
     sacctmgr.write_text(f"#!/bin/sh\nprintf '%s' 'nobody|None|{accounts}\n'\n")
     sacctmgr.chmod(0o755)
     settings = server_settings.model_copy(update={
-        "auth": "jwt", "jwt_key": key_path, "private_data": ("jobs",),
+        "auth": "jwt", "jwt_key": key_path, "private_data": ("jobs", "usage"),
         "sacctmgr": str(sacctmgr), "rate_limit_per_s": 0,
     })
     client = make_client(settings)
@@ -261,11 +261,15 @@ def as_nobody(make_client, server_settings, jobs, tmp_path: Path, request) -> An
     return client
 
 
-def test_keyset_pages_in_a_private_data_scope(as_nobody, jobs):
-    visible = [
+def _visible(as_nobody: Any, jobs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [
         (s["cluster"], s["job_id"]) for s in jobs
         if s["user"] == "nobody" or s["uid"] == 65534 or s["account"] in as_nobody.coordinated
     ]
+
+
+def test_keyset_pages_in_a_private_data_scope(as_nobody, jobs):
+    visible = _visible(as_nobody, jobs)
     assert 0 < len(visible) < len(jobs)
     for filters in FILTERS:
         whole = get(as_nobody, limit=1000, **filters)
@@ -286,3 +290,24 @@ def test_keyset_pages_in_a_private_data_scope(as_nobody, jobs):
         [1, (T0 + timedelta(hours=hidden["start"])).isoformat(), hidden["cluster"],
          hidden["job_id"]]))
     assert set(keys(rest)) <= set(visible)
+
+
+def test_a_summary_in_the_scope_sums_exactly_its_jobs(as_nobody, client, jobs):
+    """``usage`` private: the summary adds up the jobs of the scope's parts, each once."""
+    from jobenergy.core.units import UJ_PER_KWH
+
+    visible = set(_visible(as_nobody, jobs))
+    every = get(client, limit=1000)["jobs"]  # auth "none": every job, with its energy
+    assert len(every) == len(jobs)
+    for group_by in ("user", "account", "cluster", "partition"):
+        counted: dict[str | None, list[int]] = {}
+        for job in every:
+            if (job["cluster"], job["job_id"]) in visible:
+                row = counted.setdefault(job[group_by], [0, 0])
+                row[0] += 1
+                row[1] += job["energy_uj"]
+        expected = sorted((str(group), n, uj / UJ_PER_KWH) for group, (n, uj) in counted.items())
+        response = as_nobody.get("/api/v1/summary", params={"group_by": group_by})
+        assert response.status_code == 200, response.text
+        rows = sorted((str(r["group"]), r["jobs"], r["energy_kwh"]) for r in response.json())
+        assert rows == expected, group_by

@@ -32,10 +32,13 @@ depends_on: str | Sequence[str] | None = None
 
 #: Name -> the columns before the list's order, and those included (PostgreSQL). By uid, then
 #: user: a uid's jobs without a name are one range in the list's order, those under another
-#: name two (empty) ranges. An account's with its jobs' owners: a coordinator's count of the
-#: others' jobs is an index-only scan.
-INDEXES = {"ix_job_uid_start": (("uid", "user"), []),
-           "ix_job_account_start": (("account",), ["user", "uid"])}
+#: name two (empty) ranges. An account's with its jobs' owners and what a summary sums (as
+#: ix_job_user_totals): a coordinator's count and summary of the others' jobs are index-only.
+INDEXES = {
+    "ix_job_uid_start": (("uid", "user"), []),
+    "ix_job_account_start": (("account",), ["user", "uid", "energy_uj", "gpu_uj", "facility_uj",
+                                            "co2e_ug", "gpu_s"]),
+}
 
 
 def _start_desc() -> sa.TextClause:
