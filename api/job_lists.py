@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, tuple_, union_all
+from sqlalchemy import Select, func, select, text, tuple_, union_all
 from sqlalchemy.orm import Session
 
 from jobenergy.api.job_filters import JobFilters, visible_parts, where
@@ -47,6 +47,11 @@ def count_jobs(session: Session, filters: JobFilters) -> int:
               for conditions in ranges + strays]
     if len(counts) == 1:
         return session.scalar(counts[0]) or 0
+    if _dialect(session) == "postgresql":
+        # Each part is an index range of one person's or account's jobs: starting parallel
+        # workers (the planner's choice when its estimates are of an average user's share)
+        # costs 30 ms, more than counting them.
+        session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
     each = union_all(*counts).subquery()
     return session.scalar(select(func.sum(each.c.n))) or 0
 
