@@ -48,6 +48,10 @@ MAX_JOB_IDS = 10_000
 #: Up to this many coordinated accounts, a list reads each one's jobs as its own part
 #: (:func:`visible_parts`); beyond, all of them as one part, sorted.
 MAX_ACCOUNT_PARTS = 8
+#: A list or count reads a scope part by part only while the caller's own filters hold at most
+#: this many values: every part repeats them (SQLite numbers each copy of a value, and has a
+#: limit), and long lists select their few rows well under the scope's OR.
+MAX_SPLIT_VALUES = 64
 
 
 class BadFilter(ValueError):
@@ -70,6 +74,13 @@ class JobFilters:
     start: datetime | None = None  # jobs still running at or after this time
     end: datetime | None = None  # jobs started before this time
     visible: Visible | None = None  # the caller's PrivateData scope (api/access.py)
+
+
+def filter_values(filters: JobFilters) -> int:
+    """Return how many values the filters of a list hold (a job id is matched three ways)."""
+    lists = (filters.clusters, filters.users, filters.accounts, filters.partitions,
+             filters.states, filters.names, filters.nodes)
+    return sum(len(values) for values in lists if values) + 3 * len(filters.jobs or ())
 
 
 def visible_clause(scope: Visible) -> ColumnElement[bool]:
@@ -100,7 +111,7 @@ class ScopeParts:
     strays: list[ColumnElement[bool]]
 
 
-def visible_parts(scope: Visible) -> ScopeParts:
+def visible_parts(scope: Visible, ordered: bool = True) -> ScopeParts:
     """Return the jobs of ``scope`` as disjoint parts, each a range of one index.
 
     The caller's own jobs by name (``ix_job_user_start``); those of their uid without a name
@@ -109,6 +120,9 @@ def visible_parts(scope: Visible) -> ScopeParts:
     list page merges the parts (``api/job_lists.py``): a few rows of each, however few or old
     the caller's jobs. :func:`visible_clause`'s OR is one filter over every job in the list's
     order, which the planner reads to the end for a caller without recent jobs.
+
+    Not ``ordered`` (counts and sums): the accounts are one part, so that their jobs, which
+    share heap pages, are read in one pass.
     """
     ranges: list[ColumnElement[bool]] = []
     strays: list[ColumnElement[bool]] = []
@@ -125,7 +139,7 @@ def visible_parts(scope: Visible) -> ScopeParts:
             strays += [and_(mine, Job.user < scope.user), and_(mine, Job.user > scope.user)]
         others.append(Job.uid.is_distinct_from(scope.uid))
     accounts = sorted(scope.accounts)
-    if len(accounts) > MAX_ACCOUNT_PARTS:
+    if len(accounts) > MAX_ACCOUNT_PARTS or (accounts and not ordered):
         ranges.append(and_(Job.account.in_(accounts), *others))
     else:
         ranges.extend(and_(Job.account == account, *others) for account in accounts)
@@ -138,7 +152,7 @@ def scoped_rows(columns: list[Any], conditions: list[Any], scope: Visible) -> Su
     """Return ``columns`` of the jobs in ``scope`` that meet ``conditions``, as a subquery:
     the UNION ALL of the scope's disjoint parts (:func:`visible_parts`), each read from its
     own index, instead of one scan under their OR."""
-    parts = visible_parts(scope)
+    parts = visible_parts(scope, ordered=False)
     return union_all(*(select(*columns).where(*conditions, part)
                        for part in parts.ranges + parts.strays)).subquery()
 

@@ -18,7 +18,13 @@ from typing import Any
 from sqlalchemy import Select, func, select, text, tuple_, union_all
 from sqlalchemy.orm import Session
 
-from jobenergy.api.job_filters import JobFilters, visible_parts, where
+from jobenergy.api.job_filters import (
+    MAX_SPLIT_VALUES,
+    JobFilters,
+    filter_values,
+    visible_parts,
+    where,
+)
 from jobenergy.api.job_lookup import JobDetail, read_details
 from jobenergy.collector.models import BIGINT_MAX, JOB_ID_LEN, NAME_LEN, Job
 
@@ -42,7 +48,7 @@ def count_jobs(session: Session, filters: JobFilters) -> int:
     """Return how many jobs match ``filters``: in a PrivateData scope, the sum of its parts'
     counts, each an (index-only, unless other filters read the rows) scan of one index's
     range, where the OR of them would be a bitmap scan reading every matching row."""
-    ranges, strays = _scans(filters, _dialect(session))
+    ranges, strays = _scans(filters, _dialect(session), ordered=False)
     counts = [select(func.count().label("n")).select_from(Job).where(*conditions)
               for conditions in ranges + strays]
     if len(counts) == 1:
@@ -128,14 +134,15 @@ MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 
 
-def _scans(filters: JobFilters, dialect: str) -> tuple[list[list[Any]], list[list[Any]]]:
+def _scans(filters: JobFilters, dialect: str, ordered: bool = True
+           ) -> tuple[list[list[Any]], list[list[Any]]]:
     """The WHERE conditions of each part of a list, as (read in order and limited, read
     whole): one part, or one per part of the caller's PrivateData scope
-    (:func:`~jobenergy.api.job_filters.visible_parts`)."""
-    if filters.visible is None:
+    (:func:`~jobenergy.api.job_filters.visible_parts`) while their filters are short."""
+    if filters.visible is None or filter_values(filters) > MAX_SPLIT_VALUES:
         return [where(filters, dialect)], []
     common = where(replace(filters, visible=None), dialect)
-    parts = visible_parts(filters.visible)
+    parts = visible_parts(filters.visible, ordered)
     return ([[*common, part] for part in parts.ranges],
             [[*common, part] for part in parts.strays])
 

@@ -226,3 +226,38 @@ def test_node_energy_hour_backfill_is_what_ingest_writes(fresh_url, make_batch):
         assert hours() == ingested
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_scope_indexes_replace_an_invalid_one_left_by_a_failed_concurrent_build(pg_fresh_url):
+    """0020 builds ix_job_uid_start again when a ``CREATE INDEX CONCURRENTLY`` of that name
+    failed (an INVALID index, which ``IF NOT EXISTS`` would keep and the planner ignore)."""
+    from datetime import UTC, datetime
+
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import insert, text
+
+    from jobenergy.collector.db import alembic_config
+    from jobenergy.collector.models import Job
+
+    script = ScriptDirectory.from_config(alembic_config(pg_fresh_url))
+    upgrade(pg_fresh_url, script.get_revision("0020_job_scope_indexes").down_revision)
+    engine = make_engine(pg_fresh_url, isolation_level="AUTOCOMMIT")
+    valid = text("SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+                 "JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'ix_job_uid_start'")
+    try:
+        with engine.connect() as conn:
+            for job_id in ("1", "2"):
+                conn.execute(insert(Job.__table__).values(
+                    cluster="c1", job_id=job_id, uid=1000,
+                    updated_at=datetime(2026, 12, 3, tzinfo=UTC)))
+            with pytest.raises(Exception, match="could not create unique index"):
+                conn.execute(text(
+                    "CREATE UNIQUE INDEX CONCURRENTLY ix_job_uid_start ON job (uid)"))
+            assert conn.execute(valid).one()[0] is False
+        upgrade(pg_fresh_url)
+        with engine.connect() as conn:
+            is_valid, definition = conn.execute(valid).one()
+    finally:
+        engine.dispose()
+    assert is_valid and "(uid, \"user\", start_at DESC NULLS LAST, cluster, job_id)" in definition
