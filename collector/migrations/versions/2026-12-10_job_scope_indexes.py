@@ -9,9 +9,14 @@ index to its end (265 ms at 1 M jobs, measured; 2 s at 10 M). With these, each p
 scope is an index range in the list's order (``ix_job_user_start``'s shape), and counts and
 summaries are index-only scans of the caller's rows.
 
-On a large existing database, build them first with ``CREATE INDEX CONCURRENTLY`` (same names,
-columns and INCLUDE lists as below): this migration then finds them and leaves them (``IF NOT
-EXISTS``), instead of holding the job table's write lock while they build.
+On a large existing database, build them first, instead of holding the job table's write
+lock while they build (this migration then finds them and leaves them: ``IF NOT EXISTS``)::
+
+    CREATE INDEX CONCURRENTLY ix_job_uid_start
+        ON job (uid, "user", start_at DESC NULLS LAST, cluster, job_id);
+    CREATE INDEX CONCURRENTLY ix_job_account_start
+        ON job (account, start_at DESC NULLS LAST, cluster, job_id)
+        INCLUDE ("user", uid, energy_uj, gpu_uj, facility_uj, co2e_ug, gpu_s);
 
 Revision ID: 0020_job_scope_indexes
 Revises: 0019_rollup_board_window
