@@ -22,6 +22,7 @@ from jobenergy.api.job_filters import (
     MAX_SPLIT_VALUES,
     JobFilters,
     filter_values,
+    scoped_rows,
     visible_parts,
     where,
 )
@@ -45,21 +46,22 @@ def _dialect(session: Session) -> str:
 
 
 def count_jobs(session: Session, filters: JobFilters) -> int:
-    """Return how many jobs match ``filters``: in a PrivateData scope, the sum of its parts'
-    counts, each an (index-only, unless other filters read the rows) scan of one index's
-    range, where the OR of them would be a bitmap scan reading every matching row."""
-    ranges, strays = _scans(filters, _dialect(session), ordered=False)
-    counts = [select(func.count().label("n")).select_from(Job).where(*conditions)
-              for conditions in ranges + strays]
-    if len(counts) == 1:
-        return session.scalar(counts[0]) or 0
-    if _dialect(session) == "postgresql":
+    """Return how many jobs match ``filters``: in a PrivateData scope, its parts' rows
+    (:func:`~jobenergy.api.job_filters.scoped_rows`, each an index-only range unless other
+    filters read the rows), where the OR of them would be a bitmap scan reading every row."""
+    dialect = _dialect(session)
+    if not _split(filters):
+        return session.scalar(
+            select(func.count()).select_from(Job).where(*where(filters, dialect))) or 0
+    if dialect == "postgresql":
         # Each part is an index range of one person's or account's jobs: starting parallel
         # workers (the planner's choice when its estimates are of an average user's share)
         # costs 30 ms, more than counting them.
         session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
-    each = union_all(*counts).subquery()
-    return session.scalar(select(func.sum(each.c.n))) or 0
+    assert filters.visible is not None
+    rows = scoped_rows([Job.job_id], where(replace(filters, visible=None), dialect),
+                       filters.visible)
+    return session.scalar(select(func.count()).select_from(rows)) or 0
 
 
 # --- Keyset pagination -------------------------------------------------------------------
@@ -134,15 +136,21 @@ MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 
 
-def _scans(filters: JobFilters, dialect: str, ordered: bool = True
-           ) -> tuple[list[list[Any]], list[list[Any]]]:
+def _split(filters: JobFilters) -> bool:
+    """Whether a PrivateData scope is read part by part: while the caller's filters are short
+    (every part repeats them)."""
+    return filters.visible is not None and filter_values(filters) <= MAX_SPLIT_VALUES
+
+
+def _scans(filters: JobFilters, dialect: str) -> tuple[list[list[Any]], list[list[Any]]]:
     """The WHERE conditions of each part of a list, as (read in order and limited, read
     whole): one part, or one per part of the caller's PrivateData scope
-    (:func:`~jobenergy.api.job_filters.visible_parts`) while their filters are short."""
-    if filters.visible is None or filter_values(filters) > MAX_SPLIT_VALUES:
+    (:func:`~jobenergy.api.job_filters.visible_parts`)."""
+    if not _split(filters):
         return [where(filters, dialect)], []
+    assert filters.visible is not None
     common = where(replace(filters, visible=None), dialect)
-    parts = visible_parts(filters.visible, ordered)
+    parts = visible_parts(filters.visible)
     return ([[*common, part] for part in parts.ranges],
             [[*common, part] for part in parts.strays])
 
