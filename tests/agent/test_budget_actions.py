@@ -170,9 +170,14 @@ def test_a_budget_cancels_a_job_through_a_real_collector(tmp_path, scancel, db_u
                            sources=(("cpu", "package-0"),), power_w=1000.0,
                            interval_s=3600.0, n_intervals=1, start=start)
         httpx.post(f"{url}/api/v1/batches", content=batch.model_dump_json()).raise_for_status()
+        # A range from the usage's hour: a month budget (or a day's) would miss that usage
+        # in the first 3 hours of a UTC month, where now - 3 h lies in the month before.
+        first_hour = start.replace(minute=0, second=0, microsecond=0)
         httpx.put(f"{url}/api/v1/budgets", json={
             "cluster": "t", "scope": "user", "user": "alice", "limit": "1kWh",
-            "period": "month", "running_policy": "cancel"}).raise_for_status()
+            "period": "range", "start": first_hour.isoformat(),
+            "end": (first_hour + timedelta(days=1)).isoformat(),
+            "running_policy": "cancel"}).raise_for_status()
         refresh_once(app.state.engine, app.state.running_budgets, None, None)
 
         settings = AgentSettings(

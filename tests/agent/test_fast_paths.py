@@ -256,13 +256,20 @@ def test_job_map_reader_skips_the_scan_while_the_folder_is_unchanged(tmp_path, m
     assert reader.read() == read_job_map(tmp_path) and set(reader.read()) == {"1", "3"}
 
 
-def test_job_map_reader_does_not_trust_a_file_written_just_before_it_was_read(tmp_path):
+def test_job_map_reader_does_not_trust_a_file_written_just_before_it_was_read(
+        tmp_path, monkeypatch):
     # Timestamps come from a coarse clock: a file rewritten within the same tick could keep
     # its inode, size, mtime and ctime. Such a file is read again until it has settled.
     path = tmp_path / "5"
     path.write_text("0\n")
     reader = JobMapReader(tmp_path)
-    assert reader.read()["5"].gpus == {0}
+    # Read 1 ms after the write, whatever the machine's load: with the real clock, a stall
+    # of _RACY_NS between the write and the read would make the file look settled.
+    written_ns = os.stat(path).st_ctime_ns
+    with monkeypatch.context() as m:
+        m.setattr(jobmap, "time", type("Clock", (), {
+            "time_ns": staticmethod(lambda: written_ns + 1_000_000)}))
+        assert reader.read()["5"].gpus == {0}
     assert "5" not in reader._cache
     old = time.time() - 10
     os.utime(path, (old, old))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import resource
+import select
 import socket
 import ssl
 import subprocess
@@ -144,7 +145,12 @@ def test_an_idle_connection_dropped_by_the_collector_is_not_a_failure():
     try:
         client = HttpClient(f"http://127.0.0.1:{server.port}/b")
         assert client.post(b"1").is_success
-        time.sleep(0.6)
+        # Wait until the server has closed the idle connection (end-of-file on the kept
+        # socket), not a guessed 0.6 s: a server thread stalled that long keeps it open.
+        assert client._conn is not None and client._conn.sock is not None
+        poller = select.poll()
+        poller.register(client._conn.sock, select.POLLIN)
+        assert poller.poll(30_000), "the server never dropped the idle connection"
         assert client.post(b"2").is_success
         client.close()
         assert server.requests[0]["peer"] != server.requests[1]["peer"]

@@ -35,6 +35,8 @@ slurm = { SUCCESS = 0, ERROR = -1, log_info = recorder("info"),
           log_error = recorder("error"), log_user = recorder("user"),
           log_debug = recorder("debug") }
 local script, user_name, user_id, account, default_account, submit_uid = unpack(arg)
+local fixed_now = os.getenv("JOBENERGY_TEST_NOW")  -- the test's clock, when it sets one
+if fixed_now then os.time = function() return tonumber(fixed_now) end end
 local function opt(v)
   if v == "" then return nil elseif v == "<empty>" then return "" end
   if string.sub(v, 1, 7) == "<long>:" then return string.rep(string.sub(v, 8), 20000) end
@@ -70,14 +72,16 @@ def run_submit(tmp_path):
     driver.write_text(DRIVER)
 
     def run(state: Path, *, user_name: str = "", user_id: str = "1000", account: str = "",
-            default_account: str = "", submit_uid: int = 1000) -> tuple[int, list[tuple]]:
+            default_account: str = "", submit_uid: int = 1000,
+            now: int | None = None) -> tuple[int, list[tuple]]:
         text = SCRIPT.read_text()
         assert text.count(STATE_LINE) == 1
         script = tmp_path / "job_submit.lua"
         script.write_text(text.replace(STATE_LINE, f'local STATE_FILE = "{state}"'))
         out = subprocess.run(
             [lua, str(driver), str(script), user_name, user_id, account, default_account,
-             str(submit_uid)], capture_output=True, text=True, timeout=30, check=False)
+             str(submit_uid)], capture_output=True, text=True, timeout=30, check=False,
+            env=None if now is None else {**os.environ, "JOBENERGY_TEST_NOW": str(now)})
         assert out.returncode == 0, out.stderr
         logs = [tuple(line.split("\t", 1)) for line in out.stdout.splitlines()]
         assert ("modify", "0") in logs
@@ -187,8 +191,12 @@ def test_unusable_state_fails_open_and_logs(tmp_path, run_submit, case):
 
 
 def test_fresh_enough_state_is_used(tmp_path, run_submit):
-    path = state(tmp_path, entry(), age_s=599)
-    assert run_submit(path, user_name="alice", account="physics")[0] == ERROR
+    # The script's clock is the file's time + 599 s exactly: with the real one, a run that
+    # started more than a second after the file was written would see it 601 s old.
+    now = int(time.time())
+    path = tmp_path / "budget.state"
+    write_state(path, [entry()], now - 599)
+    assert run_submit(path, user_name="alice", account="physics", now=now)[0] == ERROR
 
 
 def test_names_that_could_forge_lines_never_reach_the_file(tmp_path, run_submit):
