@@ -163,13 +163,14 @@ def test_a_budget_cancels_a_job_through_a_real_collector(tmp_path, scancel, db_u
         for job_id, user in (("5", "alice"), ("6", "bob")):
             httpx.post(f"{url}/api/v1/jobs/events", json={
                 "cluster": "t", "job_id": job_id, "event": "start",
-                "time": start.isoformat(), "user": user, "account": "physics"}
+                "time": start.isoformat(), "user": user, "account": "physics"}, timeout=60
                        ).raise_for_status()
         # Alice's job has used 1 kWh on another node already: her 1 kWh budget is spent.
         batch = make_batch(cluster="t", node="n0", jobs={"5": 1}, unattributed_weight=0,
                            sources=(("cpu", "package-0"),), power_w=1000.0,
                            interval_s=3600.0, n_intervals=1, start=start)
-        httpx.post(f"{url}/api/v1/batches", content=batch.model_dump_json()).raise_for_status()
+        httpx.post(f"{url}/api/v1/batches", content=batch.model_dump_json(),
+                   timeout=60).raise_for_status()
         # A range from the usage's hour: a month budget (or a day's) would miss that usage
         # in the first 3 hours of a UTC month, where now - 3 h lies in the month before.
         first_hour = start.replace(minute=0, second=0, microsecond=0)
@@ -177,7 +178,7 @@ def test_a_budget_cancels_a_job_through_a_real_collector(tmp_path, scancel, db_u
             "cluster": "t", "scope": "user", "user": "alice", "limit": "1kWh",
             "period": "range", "start": first_hour.isoformat(),
             "end": (first_hour + timedelta(days=1)).isoformat(),
-            "running_policy": "cancel"}).raise_for_status()
+            "running_policy": "cancel"}, timeout=60).raise_for_status()
         refresh_once(app.state.engine, app.state.running_budgets, None, None)
 
         settings = AgentSettings(

@@ -42,10 +42,11 @@ def api(tmp_path, make_batch):
     url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     httpx.post(f"{url}/api/v1/jobs/events", json={
         "cluster": "c1", "job_id": "1", "event": "start", "time": T0.isoformat(),
-        "user": "alice", "account": "physics"}).raise_for_status()
+        "user": "alice", "account": "physics"}, timeout=60).raise_for_status()
     batch = make_batch(jobs={"1": 1}, unattributed_weight=0, sources=(("cpu", "package-0"),),
                        power_w=1000.0, interval_s=3600.0, n_intervals=1)
-    httpx.post(f"{url}/api/v1/batches", content=batch.model_dump_json()).raise_for_status()
+    httpx.post(f"{url}/api/v1/batches", content=batch.model_dump_json(),
+               timeout=60).raise_for_status()
     yield url
     server.should_exit = True
     thread.join(timeout=10)

@@ -121,7 +121,7 @@ def test_array_and_het_ids_and_step_rows(api):
 def test_step_energy_adds_up_and_unknown_stays_empty(api):
     import httpx
 
-    jobs = {j["job_id"]: j for j in httpx.get(f"{api}/api/v1/jobs").json()["jobs"]}
+    jobs = {j["job_id"]: j for j in httpx.get(f"{api}/api/v1/jobs", timeout=60).json()["jobs"]}
     rows = table(api, "-j", "41,40", fields="JobID,EnergyUJ")
     energy = {r.split("|")[0]: r.split("|")[1] for r in rows}
     steps = {s["step"]: s["energy_uj"] for s in jobs["41"]["steps"]}
@@ -167,7 +167,7 @@ def test_alloc_tres_state_and_units(api):
 def _joules(api: str, job_id: str, cluster: str) -> str:
     import httpx
 
-    job = httpx.get(f"{api}/api/v1/jobs/{job_id}", params={"cluster": cluster}).json()
+    job = httpx.get(f"{api}/api/v1/jobs/{job_id}", params={"cluster": cluster}, timeout=60).json()
     return str(job["energy_uj"] // 1_000_000)
 
 

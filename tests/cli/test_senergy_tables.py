@@ -35,9 +35,11 @@ def api(tmp_path, make_batch, no_credentials):
     for i, (job_id, model) in enumerate((("1", "llama"), ("2", "bert"))):
         httpx.post(f"{url}/api/v1/jobs/events", json={
             "cluster": "c1", "job_id": job_id, "event": "start", "time": T0.isoformat(),
-            "user": "alice", "comment": f"model={model} phase=training"}).raise_for_status()
+            "user": "alice", "comment": f"model={model} phase=training"},
+            timeout=60).raise_for_status()
         batch = make_batch(jobs={job_id: 1}, node=f"n{i}", power_w=100.0 * (i + 1))
-        httpx.post(f"{url}/api/v1/batches", content=batch.model_dump_json()).raise_for_status()
+        httpx.post(f"{url}/api/v1/batches", content=batch.model_dump_json(),
+                   timeout=60).raise_for_status()
     yield url
     server.should_exit = True
     thread.join(timeout=10)
@@ -124,10 +126,11 @@ def test_report_marks_energy_not_final_and_unmeasured(api, make_batch):
     # a node without counters.
     httpx.post(f"{api}/api/v1/jobs/events", json={
         "cluster": "c1", "job_id": "1", "event": "end",
-        "time": "2026-11-23T10:00:20+00:00"}).raise_for_status()
+        "time": "2026-11-23T10:00:20+00:00"}, timeout=60).raise_for_status()
     bare = make_batch(jobs={"3": 1}, node="bare", sources=())
-    httpx.post(f"{api}/api/v1/batches", content=bare.model_dump_json()).raise_for_status()
-    api_jobs = {j["job_id"]: j for j in httpx.get(f"{api}/api/v1/jobs").json()["jobs"]}
+    httpx.post(f"{api}/api/v1/batches", content=bare.model_dump_json(),
+               timeout=60).raise_for_status()
+    api_jobs = {j["job_id"]: j for j in httpx.get(f"{api}/api/v1/jobs", timeout=60).json()["jobs"]}
     assert [api_jobs[j]["final"] for j in ("1", "2", "3")] == [True, False, False]
     assert api_jobs["3"]["quality"]["unmeasured"] is True
 
@@ -168,7 +171,7 @@ def test_report_defaults_to_sacct_window_and_reads_sacct_times(api, monkeypatch)
     monkeypatch.setenv("JOBENERGY_TOKEN_FILE", "")
     httpx.post(f"{api}/api/v1/jobs/events", json={
         "cluster": "c1", "job_id": "1", "event": "end", "time": T0.isoformat(),
-        "state": "COMPLETED"}).raise_for_status()
+        "state": "COMPLETED"}, timeout=60).raise_for_status()
     code, out = senergy("--url", api, "-a", "-o", "JobID", "-P", "-n")
     assert code == 0 and out.split() == ["2"], out  # job 1 ended before today
     since = T0.astimezone().strftime("%m/%d/%y")

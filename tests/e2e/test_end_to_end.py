@@ -238,13 +238,14 @@ def test_exact_energy_from_counters_to_senergy(cluster):
         assert job["by_component"] == expected, job_id
         assert job["energy_uj"] == sum(by_source.values())
         assert job["energy_kwh"] == pytest.approx(sum(by_source.values()) / UJ_PER_KWH, rel=1e-12)
-    gpu_devices = httpx.get(f"{api}/api/v1/jobs/101", params={"cluster": "e2e"}).json()["devices"]
+    on_e2e = {"cluster": "e2e"}
+    gpu_devices = httpx.get(f"{api}/api/v1/jobs/101", params=on_e2e, timeout=60).json()["devices"]
     assert [(d["source"], d["energy_uj"], d["device_name"]) for d in gpu_devices] == [
         (f"gpu/{s.n1.nvml.devices[1].uuid}", 250_000_000, "NVIDIA H100 80GB HBM3")
     ]
-    assert httpx.get(f"{api}/api/v1/jobs/101", params={"cluster": "e2e"}).json()["user"] == "alice"
+    assert httpx.get(f"{api}/api/v1/jobs/101", params=on_e2e, timeout=60).json()["user"] == "alice"
     assert (
-        httpx.get(f"{api}/api/v1/jobs/101", params={"cluster": "e2e"}).json()["quality"]["wraps"]
+        httpx.get(f"{api}/api/v1/jobs/101", params=on_e2e, timeout=60).json()["quality"]["wraps"]
         >= 1
     )
 

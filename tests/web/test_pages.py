@@ -68,7 +68,7 @@ def test_jobs_page_lists_the_jobs_with_their_energy(browser, site, scenario):
     browser.open("/?period=all")
     rows = by(browser.table("#jobs-table"), "job_id")
     assert sorted(rows) == ["9001", "9002", "9003"]
-    api = {j["job_id"]: j for j in httpx.get(f"{url}/api/v1/jobs").json()["jobs"]}
+    api = {j["job_id"]: j for j in httpx.get(f"{url}/api/v1/jobs", timeout=60).json()["jobs"]}
     for job_id, row in rows.items():
         assert row["energy_kwh"][1] == approx(expected.kwh(job_id))
         for key in ("facility_energy_kwh", "co2e_kg"):
@@ -96,7 +96,8 @@ def test_jobs_page_lists_the_jobs_with_their_energy(browser, site, scenario):
 def test_job_page_shows_energy_power_phases_and_steps(browser, site, scenario):
     url, expected = site
     browser.open(f"/job?id=9001&cluster={scenario.CLUSTER}")
-    job = httpx.get(f"{url}/api/v1/jobs/9001", params={"cluster": scenario.CLUSTER}).json()
+    job = httpx.get(f"{url}/api/v1/jobs/9001", params={"cluster": scenario.CLUSTER},
+                    timeout=60).json()
     assert job["energy_uj"] == expected.job_uj["9001"]
     assert browser.text("#job-title") == f"Job 9001 on {scenario.CLUSTER}: {scenario.XSS_NAME}"
     assert browser.js("return document.querySelectorAll('main img').length") == 0
@@ -131,7 +132,7 @@ def test_job_page_shows_energy_power_phases_and_steps(browser, site, scenario):
     assert steps["batch"]["share"][0] == "25.0 %"
     # Power chart: one line per source of the node, the bucket grid of the API, phases shaded.
     series = httpx.get(f"{url}/api/v1/jobs/9001/series",
-                       params={"cluster": scenario.CLUSTER}).json()
+                       params={"cluster": scenario.CLUSTER}, timeout=60).json()
     assert series["energy_uj"] == expected.job_uj["9001"]
     chart = browser.chart("power")
     assert len(chart["labels"]) == len(scenario.SOURCES["gpu1"]) == len(series["lines"])
@@ -154,7 +155,7 @@ def test_job_page_shows_energy_power_phases_and_steps(browser, site, scenario):
 def test_leaderboards_put_training_and_inference_side_by_side(browser, site):
     url, expected = site
     browser.open("/leaderboards?period=all")
-    api = httpx.get(f"{url}/api/v1/leaderboards/models", params={"limit": 100}).json()
+    api = httpx.get(f"{url}/api/v1/leaderboards/models", params={"limit": 100}, timeout=60).json()
     rows = {(r["model"][0], r["phase"][0]): r for r in browser.table("#board-table")}
     assert set(rows) == {("bert", "training"), ("llama-7b", "training"),
                          ("llama-7b", "inference")}
@@ -398,7 +399,7 @@ def test_cluster_page_shows_energy_per_node_and_factors(browser, site, scenario)
     power = browser.chart("cluster-power")
     assert power["labels"] == ["IT power", "facility power"]
     series = httpx.get(f"{url}/api/v1/clusters/{scenario.CLUSTER}/series", params={
-        "start": "2026-11-23T10:59:00Z", "end": "2026-11-23T11:01:00Z"}).json()
+        "start": "2026-11-23T10:59:00Z", "end": "2026-11-23T11:01:00Z"}, timeout=60).json()
     assert series["energy_uj"] == sum(expected.node_measured_uj.values())
     assert [x + series["step_s"] / 2 for x in series["t"]] == t  # drawn mid-bucket
     assert power["data"][1] == series["power_w"]

@@ -174,7 +174,7 @@ def test_a_user_sees_only_the_budgets_that_apply_to_them(
     assert sorted(shown) == ["account physics", "user bob"]
     jwt_headers = {"X-SLURM-USER-NAME": "bob",
                    "X-SLURM-USER-TOKEN": token.removeprefix("SLURM_JWT=")}
-    api = httpx.get(f"{secured['url']}/api/v1/budgets", headers=jwt_headers).json()
+    api = httpx.get(f"{secured['url']}/api/v1/budgets", headers=jwt_headers, timeout=60).json()
     ids = browser.js("return [...document.querySelectorAll('#budgets [data-budget]')]"
                      ".map(s => Number(s.dataset.budget))")
     assert ids == [b["id"] for b in api] and len(budgets) == 5
