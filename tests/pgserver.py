@@ -19,12 +19,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from jobenergy.sim.processes import free_port  # one port helper (never repeats a recent one)
 
 NOT_FOUND_MESSAGE = (
     "PostgreSQL server not found: apt-get install postgresql (or run `make test`, which "
@@ -53,13 +54,6 @@ def find_pg_bin() -> Path | None:
     if initdb and shutil.which("pg_ctl"):
         return Path(initdb).parent
     return None
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -270,13 +270,12 @@ def test_a_job_over_its_message_rate_is_refused_and_others_are_served(setup, mon
     now[0] += 1.5 / MESSAGES_PER_S_PER_JOB  # one message's worth of refill (and a half)
     assert "slow down" not in _raw(b'{"op": "end"}').get("error", "")
     assert "slow down" in _raw(b'{"op": "end"}').get("error", "")
-    slowed.append(1)  # the second one, counted below
     counted = agent.metrics.registry.get_sample_value(
         "jobenergy_agent_annotations_refused_total", {"reason": "rate"}
     )
     _become_job(node, "51")
     assert send({"op": "begin", "phase": "training"})["job_id"] == "51"
-    assert counted == len(slowed)
+    assert counted == len(slowed) + 1  # the burst's refusals and the one after the refill
 
 
 def test_a_job_holds_at_most_its_share_of_connections(setup):
@@ -293,7 +292,7 @@ def test_a_job_holds_at_most_its_share_of_connections(setup):
         s.connect(os.environ["JOBENERGY_SOCKET"])
         s.sendall(b'{"op": ')  # and never finishes
         slow.append(s)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while agent.annotations.active_connections("52") < MAX_CONNECTIONS_PER_JOB:
         assert time.monotonic() < deadline
         time.sleep(0.01)
