@@ -182,7 +182,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             problem = None
         if problem is not None:
             raise ConfigError(problem)
-    engine = make_engine(settings.db_url)
+    engine = make_engine(settings.db_url, pool_size=settings.db_pool_size,
+                         pool_timeout=settings.db_pool_timeout_s)
     synced = True
     if settings.read_only:
         logger.info("read-only server: writes are answered 503, nothing is written at start")

@@ -143,16 +143,20 @@ def node_name(index: int) -> str:
     return f"node{index:03d}"
 
 
+#: Jobs on every node (``--jobs-per-node``); None: 1 to 4 by node (1 + index % 4).
+JOBS_PER_NODE: int | None = None
+
+
 def jobs_on(index: int) -> int:
-    return 1 + index % 4
+    return JOBS_PER_NODE or 1 + index % 4
 
 
 def job_id(index: int, slot: int, epoch_s: int) -> str:
-    return str((index * 10 + slot) * 100_000 + (epoch_s + slot * 3600) // JOB_BLOCK_S)
+    return str((index * 100 + slot) * 100_000 + (epoch_s + slot * 3600) // JOB_BLOCK_S)
 
 
 _JOB_ID_SQL = (
-    "((:ni * 10 + v.slot) * 100000 + "
+    "((:ni * 100 + v.slot) * 100000 + "
     f"floor((extract(epoch FROM t) + v.slot * 3600) / {JOB_BLOCK_S}))::bigint::text"
 )
 
@@ -199,16 +203,18 @@ class Agent:
     next_start: datetime
     next_seq: int = 0
 
-    def prepare(self, variant: str, count: int) -> list[tuple[bytes, int]]:
-        """``count`` gzip'd pushes from the cursor on, with their record counts."""
+    def prepare(self, variant: str, count: int) -> list[tuple[bytes, int, int]]:
+        """``count`` gzip'd pushes from the cursor on, with their record counts: as sent,
+        and as sampled (the 1-Hz records a coalesced interval stands for)."""
         n_intervals, interval_s = VARIANTS[variant]
         out = []
         for k in range(count):
             body = live_batch(self.index, self.next_seq + k,
                               self.next_start + timedelta(seconds=k * PUSH_S),
                               n_intervals, interval_s)
+            records = records_of(body)
             out.append((gzip.compress(json.dumps(body).encode(), compresslevel=6),
-                        records_of(body)))
+                        records, int(records * interval_s)))
         return out
 
     def advance(self, sent: int) -> None:
@@ -590,6 +596,7 @@ class Run:
     workers: int
     batches: int = 0
     records: int = 0
+    sampled: int = 0  # the 1-Hz records the pushes stand for (10s: 10 per record sent)
     wall_s: float = 0.0
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -610,8 +617,9 @@ class Run:
         return (
             f"  {self.variant:>4} {self.workers} worker{'s' if self.workers > 1 else ' '}: "
             f"{self.batches:5d} batches {self.records:8,d} records in {self.wall_s:5.1f} s = "
-            f"{self.records / self.wall_s:9,.0f} records/s {self.batches / self.wall_s:6.1f} "
-            f"batches/s; latency p50 {p50:5.0f} ms p99 {p99:5.0f} ms; load {self.load:.1f}"
+            f"{self.records / self.wall_s:9,.0f} records/s ({self.sampled / self.wall_s:9,.0f} "
+            f"sampled at 1 Hz) {self.batches / self.wall_s:6.1f} batches/s; latency p50 "
+            f"{p50:5.0f} ms p99 {p99:5.0f} ms; load {self.load:.1f}"
             f"{errors}"
         )
 
@@ -627,14 +635,14 @@ def run_http(url: str, agents: list[Agent], variant: str, per_agent: int, run_s:
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
 
     def agent_loop(agent: Agent) -> None:
-        count = records = 0
+        count = records = sampled = 0
         latencies = []
         error = None
         with httpx.Client(base_url=url, timeout=120.0) as client:
             client.get("/healthz")  # connect before the clock starts
             barrier.wait()
             deadline = time.perf_counter() + run_s
-            for body, n in prepared[agent.index]:
+            for body, n, n_sampled in prepared[agent.index]:
                 if time.perf_counter() >= deadline:
                     break
                 begin = time.perf_counter()
@@ -649,11 +657,13 @@ def run_http(url: str, agents: list[Agent], variant: str, per_agent: int, run_s:
                 latencies.append(time.perf_counter() - begin)
                 count += 1
                 records += n
+                sampled += n_sampled
         with lock:
             sent[agent.index] = count
             ends[agent.index] = time.perf_counter()
             run.batches += count
             run.records += records
+            run.sampled += sampled
             run.latencies.extend(latencies)
             if error:
                 run.errors.append(error)
@@ -794,7 +804,12 @@ def main() -> None:
                         help="seconds each history size may spend inserting; what fits is "
                              "loaded, node by node, and printed (default 210)")
     parser.add_argument("--shared-buffers", default="1GB")
+    parser.add_argument("--jobs-per-node", type=int, default=None,
+                        help="jobs on every node (default: 1 to 4 by node); 32 gives the "
+                             "1,400-record 1-Hz pushes of a busy node")
     args = parser.parse_args()
+    global JOBS_PER_NODE
+    JOBS_PER_NODE = args.jobs_per_node
     stages = parse_hours(args.stages)
     workers = [int(w) for w in args.workers.split(",")]
     variants = args.variants.split(",")
@@ -805,7 +820,8 @@ def main() -> None:
     print(f"conditions: {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f} at "
           f"start), PostgreSQL from tests/pgserver.py (fsync off, synchronous_commit off), "
           f"shared_buffers {args.shared_buffers}; {args.agents} agents (threads, 1 HTTP "
-          f"connection each, same host); {len(SOURCES)} sources per node, 1-4 jobs by node "
+          f"connection each, same host); {len(SOURCES)} sources per node, "
+          f"{JOBS_PER_NODE or '1-4'} jobs by node "
           f"(mean {statistics.mean(jobs_on(i) for i in range(args.agents)):.2f}) + "
           f"unattributed; a push every {PUSH_S} s of data: 1hz = 10 intervals of 1 s, "
           "10s = 1 interval of 10 s (coalesced)")

@@ -58,7 +58,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         **kwargs: Passed to :func:`sqlalchemy.create_engine`.
 
     Returns:
-        The engine. SQLite connections get WAL, foreign keys and a busy timeout.
+        The engine. SQLite connections get WAL, foreign keys and a busy timeout; PostgreSQL
+        ones are pinged before use, and the pool never opens more than ``pool_size`` (5).
     """
     url = normalise_url(url)
     backend = make_url(url).get_backend_name()
@@ -68,6 +69,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    # A fixed set of kept connections: overflow ones are closed on return, so a busy server
+    # would make PostgreSQL fork a backend per request (callers size it with pool_size).
+    kwargs.setdefault("max_overflow", 0)
     return create_engine(url, **kwargs)
 
 

@@ -50,8 +50,7 @@ from jobenergy.collector.sql import (
     IngestRejected,
     dialect_insert,
     least_greatest,
-    lock_factors,
-    lock_node,
+    lock_for_ingest,
 )
 from jobenergy.collector.steps import plan_steps, write_steps
 from jobenergy.core.errors import JobEnergyError
@@ -91,14 +90,17 @@ def content_hash(batch: Batch) -> str:
     return hashlib.sha256(batch.model_dump_json().encode()).hexdigest()
 
 
-def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> None:
+def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> list[str]:
     """Create or update the jobs' rows and add this batch to their summary.
 
     Runs first among the per-job writes: the upsert locks each job row (in sorted order, so
     concurrent batches of one multi-node job cannot deadlock) until the transaction ends, which
     serialises the read-modify-write of the job's hours and phases.
+
+    Returns the jobs that are annotated (have ``job_phase`` rows, from this batch or an
+    earlier one): only those have leaderboard parts to refresh.
     """
-    conn.execute(
+    returned = conn.execute(
         _jobs_upsert(conn.dialect.name),
         [
             {
@@ -120,6 +122,7 @@ def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> N
             for job_id, s in sorted(plan.jobs.items())
         ],
     )
+    return sorted(job_id for job_id, annotated in returned if annotated)
 
 
 # The upserts are built once per dialect: building one costs more than executing it.
@@ -147,7 +150,7 @@ def _jobs_upsert(dialect: str) -> Any:
                 else_=func.coalesce(Job.samples, 0) + new.samples,
             ),
         },
-    )
+    ).returning(Job.job_id, Job.annotated)
 
 
 def _add_job_factors(conn: Connection, cluster: str, deltas: dict[str, tuple[int, int]]) -> None:
@@ -394,18 +397,14 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
             batch.seq,
         )
         return IngestResult(duplicate=True, records=0)
-    # One order for every writer: server defaults, node, cluster factors (no deadlock).
-    lock_factors(conn, DEFAULTS, shared=True)
-    lock_node(conn, batch.cluster, batch.node)
-    lock_factors(conn, batch.cluster, shared=True)
+    lock_for_ingest(conn, batch.cluster, batch.node, DEFAULTS)
     check_no_overlap(conn, batch)
     if plan.rows:
         if conn.dialect.name == "postgresql":
             write_intervals_pg(conn, batch, plan)
         else:
             write_intervals_sqlite(conn, batch, plan)
-    if plan.jobs:
-        _upsert_jobs(conn, batch, plan, now)
+    annotated = _upsert_jobs(conn, batch, plan, now) if plan.jobs else []
     if plan.job_totals:
         _upsert_job_energy(conn, batch, plan)
     if plan.node_totals:
@@ -420,7 +419,7 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
         _add_job_factors(conn, batch.cluster, deltas)
     write_phases(conn, batch.cluster, plan)
     write_steps(conn, batch.cluster, plan_steps(batch))
-    if plan.jobs:
+    if annotated:
         # After the job and phase upserts: the parts are computed from both.
-        refresh_board(conn, batch.cluster, list(plan.jobs))
+        refresh_board(conn, batch.cluster, annotated)
     return IngestResult(duplicate=False, records=len(plan.rows))

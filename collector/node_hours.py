@@ -39,7 +39,7 @@ def add_node_hours(conn: Connection, cluster: str, node: str,
                    node_hours: dict[tuple[str, datetime], list[int]]) -> None:
     """Add a batch's per-(component, hour) ``[measured, unattributed]`` µJ to the node's hours.
 
-    The caller holds the node's lock (``collector/sql.py: lock_node``).
+    The caller holds the node's lock (``collector/sql.py: lock_for_ingest``).
     """
     if not node_hours:
         return

@@ -117,6 +117,14 @@ class ServerSettings(BaseSettings):
             a person computes one at a time, with one more waiting (429 beyond).
         live_aggregate_wait_s: How long a live leaderboard or summary waits for a slot before
             it is answered 503 with ``Retry-After``.
+        db_pool_size: PostgreSQL connections each server process (each worker) keeps open and
+            never exceeds; a request beyond waits for one up to ``db_pool_timeout_s``, then is
+            answered 503. Kept rather than opened per request: with SQLAlchemy's default
+            (5 kept, 10 more opened and closed as needed), 16 agents pushing at once made
+            PostgreSQL fork a backend for most batches (``bench/ingest_bench.py``). Size
+            ``workers × db_pool_size`` (× collectors) within PostgreSQL's ``max_connections``.
+            At least 2: the leaderboard roll-up holds two while it runs.
+        db_pool_timeout_s: How long a request waits for a free connection before 503.
         tls_cert: PEM certificate chain; with ``tls_key``, the server speaks HTTPS.
         tls_key: PEM private key of ``tls_cert``.
         allow_insecure: Allow plain HTTP on an address other than loopback.
@@ -187,6 +195,8 @@ class ServerSettings(BaseSettings):
     rate_limit_burst: int = Field(default=200, ge=1)
     max_live_aggregates: int = Field(default=4, ge=1, le=1000)
     live_aggregate_wait_s: float = Field(default=10.0, ge=0, le=3600)
+    db_pool_size: int = Field(default=15, ge=2, le=1000)
+    db_pool_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_insecure: bool = False

@@ -60,9 +60,31 @@ def lock_factors(conn: Connection, cluster: str, *, shared: bool = False) -> Non
     takes it exclusive, so an hour is never priced with a factor that is being replaced, and
     recomputation never races ingest for the same rows (no deadlock).
     """
-    _advisory(conn, f"jobenergy:factors:{cluster}", shared)
+    _advisory(conn, _factors_key(cluster), shared)
 
 
-def lock_node(conn: Connection, cluster: str, node: str) -> None:
-    """Serialise batches of one node: the overlap check must see the other's rows."""
-    _advisory(conn, f"jobenergy:node:{cluster}/{node}", False)
+def _factors_key(cluster: str) -> str:
+    return f"jobenergy:factors:{cluster}"
+
+
+def lock_for_ingest(conn: Connection, cluster: str, node: str, defaults: str) -> None:
+    """Take a batch's locks: the server defaults' factors (shared), the node (exclusive:
+    the overlap check must see the rows of the node's other batches) and the cluster's
+    factors (shared), in that order, the one order of every writer (no deadlock).
+
+    One statement instead of three: a round trip is a fifth of a small batch's cost. A
+    target list is evaluated left to right, and a lock that waits stops the evaluation, so
+    the order holds as with three statements.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    conn.execute(_INGEST_LOCKS, {"defaults": _factors_key(defaults),
+                                 "node": f"jobenergy:node:{cluster}/{node}",
+                                 "cluster": _factors_key(cluster)})
+
+
+_INGEST_LOCKS = text(
+    "SELECT pg_advisory_xact_lock_shared(hashtextextended(:defaults, 0)),"
+    " pg_advisory_xact_lock(hashtextextended(:node, 0)),"
+    " pg_advisory_xact_lock_shared(hashtextextended(:cluster, 0))"
+)

@@ -308,6 +308,13 @@ def test_later_batches_of_an_annotated_job_move_its_parts(client, annotated, mak
     more = make_batch(jobs={"56": 1}, unattributed_weight=0, sources=SOURCES, n_intervals=1,
                       seq=1, start=T0 + timedelta(seconds=40))
     post(client, "/api/v1/batches", content=more.model_dump_json())  # not annotated
+    # A batch without phases still moves the parts of a job annotated by an earlier one.
+    energy_57 = client.get("/api/v1/jobs/57").json()["energy_uj"]
+    rows = {(r["model"], r["phase"]): r for r in
+            client.get("/api/v1/leaderboards/models").json()}
+    assert rows[("resnet50", "training")]["total_energy_kwh"] == pytest.approx(
+        (job_energy(b56, "56", {0, 1, 3}) + job_energy(more, "56") + energy_57) / UJ_PER_KWH,
+        rel=1e-12)
     more_2 = make_batch(jobs={"56": 1}, unattributed_weight=0, sources=SOURCES, n_intervals=1,
                         seq=2, start=T0 + timedelta(seconds=50))
     more_2 = with_phases(more_2, "56", [("inference", "bert")])
@@ -319,7 +326,6 @@ def test_later_batches_of_an_annotated_job_move_its_parts(client, annotated, mak
     assert rows[("bert", "inference")]["j_per_sample"] is None  # no samples reported
     assert rows[("resnet50", "inference")]["total_energy_kwh"] == pytest.approx(
         job_energy(b56, "56", {2}) / UJ_PER_KWH, rel=1e-12)
-    energy_57 = client.get("/api/v1/jobs/57").json()["energy_uj"]
     assert rows[("resnet50", "training")]["total_energy_kwh"] == pytest.approx(
         (job_energy(b56, "56", {0, 1, 3}) + job_energy(more, "56") + energy_57) / UJ_PER_KWH,
         rel=1e-12)

@@ -1,0 +1,60 @@
+"""The server's PostgreSQL connections: a fixed pool (``db_pool_size``), never one per request.
+
+SQLAlchemy's default pool opens up to ten more connections under load and closes each on
+return, so a busy collector made PostgreSQL start a backend for most batches. These tests count
+the connections the app's engine opens (its ``connect`` event) while concurrent batches arrive.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import event
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+pytestmark = [pytest.mark.postgres,
+              pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)]
+
+
+def test_concurrent_batches_share_the_kept_connections(server_settings, make_client,
+                                                       make_batch):
+    settings = server_settings.model_copy(update={"db_pool_size": 3, "rollup_interval_s": 0.0})
+    client = make_client(settings)
+    engine = client.app.state.engine
+    opened: list[int] = []
+    event.listen(engine, "connect", lambda *_: opened.append(1))
+    before = engine.pool.checkedin()  # opened at start (partitions, defaults, budgets)
+    nodes = 8
+    for seq in range(3):  # rounds: a pool that closes what it opened reopens every round
+        batches = [make_batch(jobs={f"{100 + n}": 1}, node=f"n{n}", seq=seq, n_intervals=2,
+                              start=T0 + timedelta(minutes=seq)) for n in range(nodes)]
+        with ThreadPoolExecutor(nodes) as pool:
+            answers = list(pool.map(lambda b: client.post(
+                "/api/v1/batches", content=b.model_dump_json()), batches))
+        assert [a.status_code for a in answers] == [200] * nodes, [a.text for a in answers]
+        assert all(not a.json()["duplicate"] for a in answers)
+    # At most db_pool_size connections ever: the ones kept before, and the rest opened once.
+    assert before + len(opened) <= 3, (before, len(opened))
+    jobs = client.get("/api/v1/jobs", params={"limit": 100}).json()["jobs"]
+    assert len(jobs) == nodes
+
+
+def test_a_request_beyond_the_pool_waits_then_gets_503(server_settings, make_client,
+                                                         make_batch):
+    settings = server_settings.model_copy(update={
+        "db_pool_size": 2, "db_pool_timeout_s": 0.5, "rollup_interval_s": 0.0})
+    client = make_client(settings)
+    engine = client.app.state.engine
+    batch = make_batch(jobs={"7": 1}, n_intervals=2)
+    held = [engine.connect() for _ in range(2)]  # every connection the server may have
+    try:
+        answer = client.post("/api/v1/batches", content=batch.model_dump_json())
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"]
+    finally:
+        for conn in held:
+            conn.close()
+    answer = client.post("/api/v1/batches", content=batch.model_dump_json())
+    assert answer.status_code == 200 and answer.json()["records"] > 0
