@@ -13,7 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from jobenergy.api import (
     leaderboards,
@@ -37,12 +38,17 @@ from jobenergy.collector.clusters import apply_server_defaults
 from jobenergy.collector.db import make_engine, schema_revision_problem, upgrade
 from jobenergy.collector.metrics import CollectorMetrics, operation_of
 from jobenergy.collector.partitions import ensure_interval_partitions
-from jobenergy.collector.routes import DB_RETRY_AFTER_S, SessionDep
+from jobenergy.collector.routes import DB_RETRY_AFTER_S
 from jobenergy.collector.settings import ServerSettings
 from jobenergy.core.errors import ConfigError
 from jobenergy.core.version import VERSION
 
 logger = logging.getLogger(__name__)
+
+
+def _ping(factory: sessionmaker[Session]) -> None:
+    with factory() as session:
+        session.execute(text("SELECT 1"))
 
 
 def _ensure_partitions(engine: Engine) -> None:
@@ -266,8 +272,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_exception_handler(sa_exc.DataError, _database_refused)
 
     @app.get("/healthz", tags=["health"], summary="Liveness and database reachability")
-    def healthz(session: SessionDep) -> dict[str, str]:
-        session.execute(text("SELECT 1"))
+    async def healthz(request: Request) -> dict[str, str]:
+        # The connection goes back to the pool before the answer is built. A sync route with
+        # SessionDep keeps it until the answer is sent, and building a sync route's answer
+        # waits for a worker thread: a flood of these unauthenticated checks held every
+        # pooled connection while waiting for threads held by requests waiting for a
+        # connection, agents' batches included, until the pool timeout answered 503.
+        await run_in_threadpool(_ping, request.app.state.sessionmaker)
         return {"status": "ok"}
 
     return app

@@ -64,6 +64,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
+        # Pool sizing is for PostgreSQL: an in-memory SQLite's pool takes no such options.
+        kwargs.pop("pool_size", None)
+        kwargs.pop("pool_timeout", None)
         kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)

@@ -124,7 +124,9 @@ class ServerSettings(BaseSettings):
             PostgreSQL fork a backend for most batches (``bench/ingest_bench.py``). Size
             ``workers × db_pool_size`` (× collectors) within PostgreSQL's ``max_connections``.
             At least 2: the leaderboard roll-up holds two while it runs.
-        db_pool_timeout_s: How long a request waits for a free connection before 503.
+        db_pool_timeout_s: How long a request waits for a free connection before 503. Keep
+            it below the agents' request timeout (10 s), so that they get the 503 and its
+            ``Retry-After`` instead of giving up and sending the batch again.
         tls_cert: PEM certificate chain; with ``tls_key``, the server speaks HTTPS.
         tls_key: PEM private key of ``tls_cert``.
         allow_insecure: Allow plain HTTP on an address other than loopback.
@@ -196,7 +198,7 @@ class ServerSettings(BaseSettings):
     max_live_aggregates: int = Field(default=4, ge=1, le=1000)
     live_aggregate_wait_s: float = Field(default=10.0, ge=0, le=3600)
     db_pool_size: int = Field(default=15, ge=2, le=1000)
-    db_pool_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    db_pool_timeout_s: float = Field(default=5.0, gt=0, le=3600)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_insecure: bool = False

@@ -58,3 +58,26 @@ def test_a_request_beyond_the_pool_waits_then_gets_503(server_settings, make_cli
             conn.close()
     answer = client.post("/api/v1/batches", content=batch.model_dump_json())
     assert answer.status_code == 200 and answer.json()["records"] > 0
+
+
+def test_health_checks_hold_no_connection_while_they_wait_for_a_thread(server_settings,
+                                                                        make_client,
+                                                                        make_batch):
+    """A flood of unauthenticated /healthz never costs an agent its batch (no 503)."""
+    import anyio.to_thread
+
+    settings = server_settings.model_copy(update={
+        "db_pool_size": 2, "db_pool_timeout_s": 3.0, "rollup_interval_s": 0.0})
+    client = make_client(settings)
+
+    def few_threads() -> None:  # the server's worker threads, as 40 are under a bigger flood
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 3
+
+    client.portal.call(few_threads)
+    batch = make_batch(jobs={"7": 1}, n_intervals=2)
+    with ThreadPoolExecutor(25) as pool:
+        checks = [pool.submit(client.get, "/healthz") for _ in range(24)]
+        stored = pool.submit(client.post, "/api/v1/batches", content=batch.model_dump_json())
+        answers = [check.result() for check in checks]
+        assert stored.result().status_code == 200, stored.result().text
+    assert [a.status_code for a in answers] == [200] * len(answers)
