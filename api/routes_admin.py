@@ -11,9 +11,9 @@ from pydantic import BaseModel
 from jobenergy.api.access import Access
 from jobenergy.api.authenticate import forbidden, get_access
 from jobenergy.collector import audit
-from jobenergy.collector.routes import SessionDep
+from jobenergy.collector.routes import SessionDep, SessionsClosed
 
-router = APIRouter(prefix="/api/v1", tags=["access"])
+router = APIRouter(prefix="/api/v1", tags=["access"], route_class=SessionsClosed)
 
 AccessDep = Annotated[Access, Depends(get_access)]
 

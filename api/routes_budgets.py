@@ -22,10 +22,10 @@ from jobenergy.api.access import Access
 from jobenergy.api.authenticate import forbidden, get_access
 from jobenergy.api.budget_view import BudgetIn, BudgetOut, budget_out, visible
 from jobenergy.collector import budget_store, budget_usage
-from jobenergy.collector.routes import BodyDep, JsonDep, SessionDep, parse_body
+from jobenergy.collector.routes import BodyDep, JsonDep, SessionDep, SessionsClosed, parse_body
 from jobenergy.core.budget_wire import StateBudget, StateOut
 
-router = APIRouter(prefix="/api/v1", tags=["budgets"])
+router = APIRouter(prefix="/api/v1", tags=["budgets"], route_class=SessionsClosed)
 
 AccessDep = Annotated[Access, Depends(get_access)]
 ClusterQuery = Annotated[str | None, Query(min_length=1, max_length=255,

@@ -22,9 +22,9 @@ from jobenergy.api.routes_jobs import parse_time
 from jobenergy.api.schemas import LeaderboardRow, SummaryRow
 from jobenergy.collector.models import Job
 from jobenergy.collector.rollups import PERIODS
-from jobenergy.collector.routes import SessionDep
+from jobenergy.collector.routes import SessionDep, SessionsClosed
 
-router = APIRouter(prefix="/api/v1", tags=["leaderboards"])
+router = APIRouter(prefix="/api/v1", tags=["leaderboards"], route_class=SessionsClosed)
 
 Metric = Literal[LEADERBOARD_METRICS]  # type: ignore[valid-type]
 Period = Literal[tuple(PERIODS)]  # type: ignore[valid-type]

@@ -19,9 +19,9 @@ from jobenergy.api.schemas import (
     NodeRefusals,
 )
 from jobenergy.collector.refusals import refusals
-from jobenergy.collector.routes import SessionDep
+from jobenergy.collector.routes import SessionDep, SessionsClosed
 
-router = APIRouter(prefix="/api/v1", tags=["nodes"])
+router = APIRouter(prefix="/api/v1", tags=["nodes"], route_class=SessionsClosed)
 
 
 @router.get("/nodes", response_model=NodeList, summary="Measured vs attributed energy per node")

@@ -74,11 +74,11 @@ from jobenergy.api.series_schemas import (
     SeriesPhase,
 )
 from jobenergy.collector.factors import ClusterFactors, load_factors
-from jobenergy.collector.routes import AccessDep, SessionDep
+from jobenergy.collector.routes import AccessDep, SessionDep, SessionsClosed
 from jobenergy.core.carbon import HOUR, hour_floor
 from jobenergy.core.schema import ATTRIBUTED_COMPONENTS, MAX_INTERVAL_S
 
-router = APIRouter(prefix="/api/v1", tags=["series"])
+router = APIRouter(prefix="/api/v1", tags=["series"], route_class=SessionsClosed)
 
 #: Window of a node or cluster series without start and end: the last day.
 DEFAULT_WINDOW = timedelta(days=1)

@@ -17,6 +17,8 @@ Every 4xx answer to a batch is recorded for its node (``collector/refusals.py``)
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import time
 import zlib
@@ -53,7 +55,6 @@ logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-router = APIRouter(prefix="/api/v1", tags=["collector"])
 
 #: Seconds a client should wait before retrying when the database is unavailable (503).
 DB_RETRY_AFTER_S = 10
@@ -80,6 +81,39 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+class SessionsClosed(APIRoute):
+    """A route whose sync endpoint closes its sessions (``SessionDep``) before it returns.
+
+    FastAPI ends a ``yield`` dependency only after the answer is built, and building a sync
+    route's answer waits for a worker thread. A session kept open meanwhile holds its pooled
+    connection: a flood of requests (a user within the rate limit can burst 200) then held
+    every connection while waiting for threads held by requests waiting for a connection,
+    agents' batches included, until the pool timeout answered them all 503. Closed in the
+    endpoint's own thread, a request never holds a connection while it waits for a thread.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not inspect.iscoroutinefunction(endpoint):
+            endpoint = _closing_sessions(endpoint)
+        super().__init__(path, endpoint, **kwargs)
+
+
+def _closing_sessions(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)  # FastAPI reads the wrapped endpoint's signature
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return endpoint(*args, **kwargs)
+        finally:
+            for value in kwargs.values():
+                if isinstance(value, Session):
+                    value.close()
+
+    return run
+
+
+router = APIRouter(prefix="/api/v1", tags=["collector"], route_class=SessionsClosed)
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 AccessDep = Annotated[Access, Depends(get_access)]
 
@@ -249,7 +283,7 @@ def _rejected(err: Exception) -> HTTPException:
     return HTTPException(status_code=422, detail=str(err))
 
 
-class RefusalsRecorded(APIRoute):
+class RefusalsRecorded(SessionsClosed):
     """A route whose 4xx answers are recorded per node (``collector/refusals.py``).
 
     The endpoint puts the sender's ``(cluster, node)`` in ``request.state.sender`` as soon as

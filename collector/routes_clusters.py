@@ -39,11 +39,18 @@ from jobenergy.api.authenticate import forbidden, get_access
 from jobenergy.collector import audit, clusters, factor_changes
 from jobenergy.collector.factors import DEFAULTS
 from jobenergy.collector.models import ClusterConfig, Job
-from jobenergy.collector.routes import BodyDep, JsonDep, SessionDep, parse_body, read_limited
+from jobenergy.collector.routes import (
+    BodyDep,
+    JsonDep,
+    SessionDep,
+    SessionsClosed,
+    parse_body,
+    read_limited,
+)
 from jobenergy.collector.settings import ServerSettings
 from jobenergy.core.series import SeriesTooLarge, parse_series_csv, step_intervals
 
-router = APIRouter(prefix="/api/v1", tags=["clusters"])
+router = APIRouter(prefix="/api/v1", tags=["clusters"], route_class=SessionsClosed)
 
 ClusterName = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00/]+$")]
 

@@ -60,10 +60,11 @@ def test_a_request_beyond_the_pool_waits_then_gets_503(server_settings, make_cli
     assert answer.status_code == 200 and answer.json()["records"] > 0
 
 
-def test_health_checks_hold_no_connection_while_they_wait_for_a_thread(server_settings,
-                                                                        make_client,
-                                                                        make_batch):
-    """A flood of unauthenticated /healthz never costs an agent its batch (no 503)."""
+@pytest.mark.parametrize("path", ["/healthz", "/api/v1/nodes"])
+def test_a_flood_of_reads_holds_no_connection_while_it_waits_for_a_thread(
+        server_settings, make_client, make_batch, path):
+    """A flood of health checks (no credentials) or of reads never costs an agent its batch:
+    no request keeps a connection while its answer waits for a worker thread."""
     import anyio.to_thread
 
     settings = server_settings.model_copy(update={
@@ -76,8 +77,8 @@ def test_health_checks_hold_no_connection_while_they_wait_for_a_thread(server_se
     client.portal.call(few_threads)
     batch = make_batch(jobs={"7": 1}, n_intervals=2)
     with ThreadPoolExecutor(25) as pool:
-        checks = [pool.submit(client.get, "/healthz") for _ in range(24)]
+        reads = [pool.submit(client.get, path) for _ in range(24)]
         stored = pool.submit(client.post, "/api/v1/batches", content=batch.model_dump_json())
-        answers = [check.result() for check in checks]
+        answers = [read.result() for read in reads]
         assert stored.result().status_code == 200, stored.result().text
     assert [a.status_code for a in answers] == [200] * len(answers)
