@@ -15,7 +15,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _sqlite_in_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the per-backend settings jobenergy relies on.
 
@@ -64,9 +68,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
-        # Pool sizing is for PostgreSQL: an in-memory SQLite's pool takes no such options.
-        kwargs.pop("pool_size", None)
-        kwargs.pop("pool_timeout", None)
+        if _sqlite_in_memory(make_url(url)):
+            # Its pool is one connection per thread, and takes no sizing options.
+            kwargs.pop("pool_size", None)
+            kwargs.pop("pool_timeout", None)
         kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)

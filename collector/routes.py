@@ -95,6 +95,9 @@ class SessionsClosed(APIRoute):
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if inspect.isgeneratorfunction(endpoint) or inspect.isasyncgenfunction(endpoint):
+            # Its session would be closed before the stream is read (and quietly reopen).
+            raise TypeError(f"{endpoint.__name__}: a streaming endpoint opens its own session")
         if not inspect.iscoroutinefunction(endpoint):
             endpoint = _closing_sessions(endpoint)
         super().__init__(path, endpoint, **kwargs)
