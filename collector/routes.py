@@ -117,6 +117,7 @@ def _closing_sessions(endpoint: Callable[..., Any]) -> Callable[..., Any]:
 
 
 router = APIRouter(prefix="/api/v1", tags=["collector"], route_class=SessionsClosed)
+
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 AccessDep = Annotated[Access, Depends(get_access)]
 

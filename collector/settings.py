@@ -120,8 +120,9 @@ class ServerSettings(BaseSettings):
         db_pool_size: PostgreSQL connections each server process (each worker) keeps open and
             never exceeds; a request beyond waits for one up to ``db_pool_timeout_s``, then is
             answered 503. Kept rather than opened per request: with SQLAlchemy's default
-            (5 kept, 10 more opened and closed as needed), 16 agents pushing at once made
-            PostgreSQL fork a backend for most batches (``bench/ingest_bench.py``). Size
+            (5 kept, 10 more opened and closed as needed), 3 rounds of 8 concurrent batches
+            opened 13 connections, each a new PostgreSQL backend (``tests/api/test_db_pool.py``).
+            Size
             ``workers × db_pool_size`` (× collectors) within PostgreSQL's ``max_connections``.
             At least 2: the leaderboard roll-up holds two while it runs.
         db_pool_timeout_s: How long a request waits for a free connection before 503. Keep

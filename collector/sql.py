@@ -72,9 +72,10 @@ def lock_for_ingest(conn: Connection, cluster: str, node: str, defaults: str) ->
     the overlap check must see the rows of the node's other batches) and the cluster's
     factors (shared), in that order, the one order of every writer (no deadlock).
 
-    One statement instead of three: a round trip is a fifth of a small batch's cost. A
-    target list is evaluated left to right, and a lock that waits stops the evaluation, so
-    the order holds as with three statements.
+    One statement instead of three: each statement costs a round trip and the driver's and
+    SQLAlchemy's overhead, and a small batch is only about fifteen of them. A target list
+    is evaluated left to right, and a lock that waits stops the evaluation there, so the
+    order holds as with three statements (a waiter holds only the locks left of it).
     """
     if conn.dialect.name != "postgresql":
         return
