@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
@@ -44,6 +47,19 @@ from jobenergy.core.errors import ConfigError
 from jobenergy.core.version import VERSION
 
 logger = logging.getLogger(__name__)
+
+
+#: How long a successful database ping answers ``/healthz`` for.
+HEALTHZ_PING_S = 1.0
+
+
+class _Health:
+    """When ``/healthz`` last reached the database, and the lock that makes one ping at a
+    time (created with the app, used on its event loop)."""
+
+    def __init__(self) -> None:
+        self.ok_at = -math.inf
+        self.lock = anyio.Lock()
 
 
 def _ping(factory: sessionmaker[Session]) -> None:
@@ -271,14 +287,18 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(sa_exc.DataError, _database_refused)
 
+    health = _Health()
+
     @app.get("/healthz", tags=["health"], summary="Liveness and database reachability")
     async def healthz(request: Request) -> dict[str, str]:
-        # The connection goes back to the pool before the answer is built. A sync route with
-        # SessionDep keeps it until the answer is sent, and building a sync route's answer
-        # waits for a worker thread: a flood of these unauthenticated checks held every
-        # pooled connection while waiting for threads held by requests waiting for a
-        # connection, agents' batches included, until the pool timeout answered 503.
-        await run_in_threadpool(_ping, request.app.state.sessionmaker)
+        # Async, with the ping in a thread on its own session: the connection goes back to
+        # the pool before the answer is built (SessionsClosed in collector/routes.py says
+        # why). A successful ping answers for HEALTHZ_PING_S, one ping at a time: the check
+        # needs no credentials, so a flood of it must not become a flood of queries.
+        async with health.lock:
+            if time.monotonic() - health.ok_at >= HEALTHZ_PING_S:
+                await run_in_threadpool(_ping, request.app.state.sessionmaker)
+                health.ok_at = time.monotonic()
         return {"status": "ok"}
 
     return app

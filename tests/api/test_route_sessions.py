@@ -75,3 +75,29 @@ def test_a_sqlite_file_keeps_the_pool_settings(tmp_path):
         for conn in held:
             conn.close()
         engine.dispose()
+
+
+def test_a_flood_of_health_checks_is_not_a_flood_of_queries(client):
+    """/healthz needs no credentials: a successful ping answers for HEALTHZ_PING_S."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import event
+
+    from jobenergy.api.app import HEALTHZ_PING_S
+
+    pings: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        if statement.strip().upper() == "SELECT 1":
+            pings.append(statement)
+
+    event.listen(client.app.state.engine, "before_cursor_execute", count)
+    begin = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.get("/healthz"), range(64)))
+    elapsed_s = time.monotonic() - begin
+    assert [a.status_code for a in answers] == [200] * 64
+    assert [a.json() for a in answers] == [{"status": "ok"}] * 64
+    # One ping per HEALTHZ_PING_S at most, however many checks (64 before the cache).
+    assert 1 <= len(pings) <= 1 + int(elapsed_s / HEALTHZ_PING_S), (len(pings), elapsed_s)
