@@ -206,6 +206,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise ConfigError(problem)
     engine = make_engine(settings.db_url, pool_size=settings.db_pool_size,
                          pool_timeout=settings.db_pool_timeout_s)
+    # Ingest's own connections (and threads, below): reads never wait in front of a batch.
+    # SQLite keeps one engine: it has one writer anyway, and an in-memory database is per
+    # engine.
+    ingest_engine = engine if engine.dialect.name == "sqlite" else make_engine(
+        settings.db_url, pool_size=settings.db_ingest_pool_size,
+        pool_timeout=settings.db_pool_timeout_s)
     synced = True
     if settings.read_only:
         logger.info("read-only server: writes are answered 503, nothing is written at start")
@@ -244,6 +250,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             for worker in background:
                 worker.stop()
             engine.dispose()
+            ingest_engine.dispose()
 
     app = FastAPI(
         title="jobenergy",
@@ -258,6 +265,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.defaults_synced = synced
     app.state.running_budgets = running_budgets
     app.state.sessionmaker = sessionmaker(engine, expire_on_commit=False)
+    app.state.ingest_engine = ingest_engine
+    app.state.ingest_sessionmaker = sessionmaker(ingest_engine, expire_on_commit=False)
+    app.state.ingest_threads = anyio.CapacityLimiter(settings.db_ingest_pool_size)
     app.state.live_slots = LiveSlots(settings.max_live_aggregates, settings.live_aggregate_wait_s)
     app.include_router(collector_routes.router)
     app.include_router(routes_jobs.router)
@@ -277,6 +287,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         authenticator=Authenticator(settings, mechanisms, app.state.sessionmaker),
         roles=app.state.roles,
         limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+        ingest_threads=app.state.ingest_threads,
         body_limit=max(settings.max_body_bytes, settings.max_series_bytes),
     )
     if settings.read_only:

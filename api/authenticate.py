@@ -16,15 +16,16 @@ looking up a token). ``/healthz``, ``/docs``, ``/openapi.json``, the web pages a
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 from fastapi import HTTPException, Request
 from sqlalchemy import exc as sa_exc
-from starlette.concurrency import run_in_threadpool
 
 from jobenergy.api.access import Access, Roles
 from jobenergy.api.auth import Authenticator, AuthError
@@ -40,6 +41,9 @@ FAILURES_BURST = 20
 #: Methods that change nothing (RFC 9110 9.2.1): the only ones a proxy-authenticated caller
 #: may send without showing that this server's own pages sent them.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The paths of ingest (agents' batches, the hooks' job events): authenticated on ingest's
+#: own worker threads (``db_ingest_pool_size``).
+INGEST_PATHS = frozenset({"/api/v1/batches", "/api/v1/jobs/events"})
 
 
 async def _answer(send: Any, status: int, detail: str,
@@ -88,8 +92,10 @@ class Authenticate:
     """The middleware; see the module docstring."""
 
     def __init__(self, app: Any, authenticator: Authenticator, roles: Roles,
-                 limiter: RateLimiter, body_limit: int) -> None:
+                 limiter: RateLimiter, body_limit: int,
+                 ingest_threads: anyio.CapacityLimiter | None = None) -> None:
         self.app = app
+        self.ingest_threads = ingest_threads
         self.authenticator = authenticator
         self.roles = roles
         self.limiter = limiter
@@ -113,10 +119,13 @@ class Authenticate:
             body = await self._read(headers, receive, send)
             if body is None:
                 return
+        # Ingest is authenticated on its own worker threads, as it is then stored: a flood of
+        # reads holding every shared thread must not hold up agents' batches.
+        threads = self.ingest_threads if scope["path"] in INGEST_PATHS else None
         try:
-            caller = await run_in_threadpool(
+            caller = await anyio.to_thread.run_sync(functools.partial(
                 self.authenticator.authenticate, scope["method"], target.decode("latin-1"),
-                headers, body or b"", client)
+                headers, body or b"", client), limiter=threads)
         except AuthError as err:
             # A good credential is never blocked (users share login nodes' addresses with
             # each other and the controller's with the hooks); failures beyond the limit get
@@ -145,7 +154,7 @@ class Authenticate:
             if proof is False or (proof is None and caller.mechanism == "proxy"):
                 await self._cross_site(send, scope, client, caller.describe())
                 return
-        access = await run_in_threadpool(self.roles.access, caller)
+        access = await anyio.to_thread.run_sync(self.roles.access, caller, limiter=threads)
         if access.is_user:
             who = caller.user or f"uid={caller.uid}"
             wait_s = self.limiter.take(f"user:{who}")
@@ -218,6 +227,12 @@ def get_access(request: Request) -> Access:
     if access is None:
         raise HTTPException(status_code=401, detail="authentication required")
     return access
+
+
+async def access_of(request: Request) -> Access:
+    """:func:`get_access` as an async dependency: it runs on the event loop, so the ingest
+    routes never wait for a shared worker thread for it."""
+    return get_access(request)
 
 
 def forbidden(access: Access, what: str) -> HTTPException:

@@ -25,8 +25,8 @@ import zlib
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any, TypeVar
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
@@ -34,7 +34,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobenergy.api.access import Access
-from jobenergy.api.authenticate import forbidden, get_access
+from jobenergy.api.authenticate import access_of, forbidden, get_access
 from jobenergy.collector.budget_running import BudgetAction, batch_actions, batch_job_ids
 from jobenergy.collector.clusters import apply_server_defaults
 from jobenergy.collector.events import apply_job_event
@@ -54,6 +54,7 @@ from jobenergy.core.text import printable
 logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+T = TypeVar("T")
 
 
 #: Seconds a client should wait before retrying when the database is unavailable (503).
@@ -120,6 +121,9 @@ router = APIRouter(prefix="/api/v1", tags=["collector"], route_class=SessionsClo
 
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 AccessDep = Annotated[Access, Depends(get_access)]
+#: The ingest routes' access: async, so that they take no shared worker thread before
+#: their own (``in_ingest_thread``).
+IngestAccessDep = Annotated[Access, Depends(access_of)]
 
 
 def _too_large(limit: int) -> HTTPException:
@@ -197,7 +201,7 @@ def format_validation_error(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """Refuse a body declared as something else than JSON (415), e.g. a form post.
 
     A body without ``Content-Type`` (curl ``--data-binary`` without ``-H``) is parsed as JSON
@@ -325,18 +329,36 @@ async def _record(request: Request, status: int, reason: str) -> None:
                        access.caller.describe() if access else "?", "/".join(sender) or "?",
                        status, printable(reason[:300]))
         return
-    if not await run_in_threadpool(record_refusal, request.app.state.sessionmaker, sender,
-                                   status, reason):
+    if not await in_ingest_thread(request, record_refusal,
+                                  request.app.state.ingest_sessionmaker, sender, status, reason):
         request.app.state.metrics.database_errors.labels("refusal").inc()
 
 
-def post_batch(request: Request, access: AccessDep, body: BodyDep,
-               session: SessionDep) -> IngestResponse:
+async def in_ingest_thread(request: Request, work: Callable[..., T], *args: Any) -> T:
+    """Run ``work(*args)`` on ingest's own worker threads (``db_ingest_pool_size``), as many
+    as its connections: a batch never waits behind reads for a thread or a connection."""
+    return await anyio.to_thread.run_sync(functools.partial(work, *args),
+                                          limiter=request.app.state.ingest_threads)
+
+
+async def post_batch(request: Request, access: IngestAccessDep,
+                     body: BodyDep) -> IngestResponse:
     """Validate and store a batch in one transaction; a repeated batch is a duplicate.
 
     A batch whose key is stored with other content answers 409 (nothing stored); one for a
-    node the caller is not the agent of, 403.
+    node the caller is not the agent of, 403. Async, with the work on ingest's own threads
+    and connections (its answer is then built on the event loop, holding neither).
     """
+    return await in_ingest_thread(request, _store_batch, request, access, body)
+
+
+def _store_batch(request: Request, access: Access, body: bytes) -> IngestResponse:
+    with request.app.state.ingest_sessionmaker() as session:
+        return _store_batch_in(request, access, body, session)
+
+
+def _store_batch_in(request: Request, access: Access, body: bytes,
+                    session: Session) -> IngestResponse:
     metrics: CollectorMetrics = request.app.state.metrics
     started = time.perf_counter()  # parsing and validating are part of the cost
     if access.agent_nodes is not None and not access.agent_nodes:
@@ -433,8 +455,19 @@ router.add_api_route(
     summary="Record a job start or end (Slurm prolog/epilog)",
     dependencies=[JsonDep],
 )
-def post_job_event(access: AccessDep, body: BodyDep, session: SessionDep) -> JobEventResponse:
-    """Merge a job event into the job's metadata (the Slurm hooks only)."""
+async def post_job_event(request: Request, access: IngestAccessDep,
+                         body: BodyDep) -> JobEventResponse:
+    """Merge a job event into the job's metadata (the Slurm hooks only), on ingest's own
+    threads and connections (as a batch)."""
+    return await in_ingest_thread(request, _store_job_event, request, access, body)
+
+
+def _store_job_event(request: Request, access: Access, body: bytes) -> JobEventResponse:
+    with request.app.state.ingest_sessionmaker() as session:
+        return _store_job_event_in(access, body, session)
+
+
+def _store_job_event_in(access: Access, body: bytes, session: Session) -> JobEventResponse:
     if not access.service:
         raise forbidden(access, "post job events (the Slurm hooks do: root or SlurmUser)")
     event = parse_body(body, JobEvent)

@@ -117,14 +117,18 @@ class ServerSettings(BaseSettings):
             a person computes one at a time, with one more waiting (429 beyond).
         live_aggregate_wait_s: How long a live leaderboard or summary waits for a slot before
             it is answered 503 with ``Retry-After``.
-        db_pool_size: PostgreSQL connections each server process (each worker) keeps open and
-            never exceeds; a request beyond waits for one up to ``db_pool_timeout_s``, then is
-            answered 503. Kept rather than opened per request: with SQLAlchemy's default
-            (5 kept, 10 more opened and closed as needed), 3 rounds of 8 concurrent batches
-            opened 13 connections, each a new PostgreSQL backend (``tests/api/test_db_pool.py``).
-            Size
-            ``workers × db_pool_size`` (× collectors) within PostgreSQL's ``max_connections``.
+        db_pool_size: PostgreSQL connections each server process (each worker) keeps open for
+            everything but ingest, and never exceeds; a request beyond waits for one up to
+            ``db_pool_timeout_s``, then is answered 503. Kept rather than opened per request:
+            with SQLAlchemy's default (5 kept, 10 more opened and closed as needed), 3 rounds
+            of 8 concurrent batches opened 13 connections, each a new PostgreSQL backend
+            (``tests/api/test_db_pool.py``). Size ``workers × (db_pool_size +
+            db_ingest_pool_size)`` (× collectors) within PostgreSQL's ``max_connections``.
             At least 2: the leaderboard roll-up holds two while it runs.
+        db_ingest_pool_size: PostgreSQL connections, and worker threads, kept apart for agents'
+            batches and the Slurm hooks' job events, on top of ``db_pool_size``: reads never
+            take them, so a flood of reads (a user within the rate limit can have 200 in
+            flight) cannot hold ingest up until the pool timeout.
         db_pool_timeout_s: How long a request waits for a free connection before 503. Keep
             it below the agents' request timeout (10 s), so that they get the 503 and its
             ``Retry-After`` instead of giving up and sending the batch again.
@@ -199,6 +203,7 @@ class ServerSettings(BaseSettings):
     max_live_aggregates: int = Field(default=4, ge=1, le=1000)
     live_aggregate_wait_s: float = Field(default=10.0, ge=0, le=3600)
     db_pool_size: int = Field(default=15, ge=2, le=1000)
+    db_ingest_pool_size: int = Field(default=4, ge=1, le=1000)
     db_pool_timeout_s: float = Field(default=5.0, gt=0, le=3600)
     tls_cert: Path | None = None
     tls_key: Path | None = None

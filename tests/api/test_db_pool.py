@@ -7,6 +7,7 @@ the connections the app's engine opens (its ``connect`` event) while concurrent 
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -44,20 +45,25 @@ def test_concurrent_batches_share_the_kept_connections(server_settings, make_cli
 def test_a_request_beyond_the_pool_waits_then_gets_503(server_settings, make_client,
                                                          make_batch):
     settings = server_settings.model_copy(update={
-        "db_pool_size": 2, "db_pool_timeout_s": 0.5, "rollup_interval_s": 0.0})
+        "db_pool_size": 2, "db_ingest_pool_size": 1, "db_pool_timeout_s": 0.5,
+        "rollup_interval_s": 0.0})
     client = make_client(settings)
-    engine = client.app.state.engine
     batch = make_batch(jobs={"7": 1}, n_intervals=2)
-    held = [engine.connect() for _ in range(2)]  # every connection the server may have
-    try:
-        answer = client.post("/api/v1/batches", content=batch.model_dump_json())
-        assert answer.status_code == 503, answer.text
-        assert answer.headers["retry-after"]
-    finally:
-        for conn in held:
-            conn.close()
-    answer = client.post("/api/v1/batches", content=batch.model_dump_json())
-    assert answer.status_code == 200 and answer.json()["records"] > 0
+    # Reads beyond the read pool, batches beyond ingest's: each waits, then 503.
+    for engine, send in ((client.app.state.engine, lambda: client.get("/api/v1/nodes")),
+                         (client.app.state.ingest_engine, lambda: client.post(
+                             "/api/v1/batches", content=batch.model_dump_json()))):
+        size = engine.pool.size()
+        held = [engine.connect() for _ in range(size)]  # every connection of that pool
+        try:
+            answer = send()
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"]
+        finally:
+            for conn in held:
+                conn.close()
+        assert send().status_code == 200
+
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/api/v1/nodes"])
@@ -82,3 +88,45 @@ def test_a_flood_of_reads_holds_no_connection_while_it_waits_for_a_thread(
         answers = [read.result() for read in reads]
         assert stored.result().status_code == 200, stored.result().text
     assert [a.status_code for a in answers] == [200] * len(answers)
+
+
+def test_ingest_has_its_own_connections_and_threads(server_settings, make_client, make_batch):
+    """Reads waiting for a connection on every shared worker thread hold no batch up: ingest
+    is authenticated and stored on its own threads and connections (db_ingest_pool_size)."""
+    import anyio.to_thread
+
+    settings = server_settings.model_copy(update={
+        "db_pool_size": 2, "db_ingest_pool_size": 1, "db_pool_timeout_s": 300.0,
+        "rollup_interval_s": 0.0})
+    client = make_client(settings)
+
+    def shared_threads(total: int | None = None) -> int:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        if total is not None:
+            limiter.total_tokens = total
+        return int(limiter.borrowed_tokens)
+
+    client.portal.call(shared_threads, 3)
+    held = [client.app.state.engine.connect() for _ in range(2)]  # every read connection
+    batch = make_batch(jobs={"7": 1}, n_intervals=2)
+    with ThreadPoolExecutor(8) as pool:
+        try:
+            reads = [pool.submit(client.get, "/api/v1/nodes") for _ in range(6)]
+            deadline = time.monotonic() + 60
+            while client.portal.call(shared_threads) < 3:  # every shared thread waits
+                assert time.monotonic() < deadline, "the reads never took the threads"
+                time.sleep(0.01)
+            stored = pool.submit(client.post, "/api/v1/batches",
+                                 content=batch.model_dump_json())
+            # The reads wait up to db_pool_timeout_s (300 s); the batch must not.
+            answer = stored.result(timeout=120)
+            assert answer.status_code == 200 and answer.json()["records"] > 0, answer.text
+            assert not any(read.done() for read in reads)
+            event = {"cluster": "c1", "job_id": "7", "event": "end",
+                     "time": T0.isoformat(), "state": "COMPLETED"}
+            ended = pool.submit(client.post, "/api/v1/jobs/events", json=event).result(120)
+            assert ended.status_code == 200, ended.text
+        finally:
+            for conn in held:  # the reads go on (before the pool waits for them)
+                conn.close()
+    assert [read.result().status_code for read in reads] == [200] * len(reads)
