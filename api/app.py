@@ -282,12 +282,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(routes_metrics.router)  # GET /metrics, outside /api/: no credentials
     pages.install(app)
     app.state.roles = Roles(settings)
+    authenticator = Authenticator(settings, mechanisms, app.state.sessionmaker)
     app.add_middleware(
         Authenticate,
-        authenticator=Authenticator(settings, mechanisms, app.state.sessionmaker),
+        authenticator=authenticator,
         roles=app.state.roles,
         limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
         ingest_threads=app.state.ingest_threads,
+        ingest_authenticator=authenticator.with_sessions(app.state.ingest_sessionmaker),
         body_limit=max(settings.max_body_bytes, settings.max_series_bytes),
     )
     if settings.read_only:

@@ -22,6 +22,7 @@ is. Every failure is an :class:`AuthError` with a reason the client is shown (40
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 import pwd
@@ -187,6 +188,12 @@ class Authenticator:
                     settings.proxy_user_header)
         self.proxy_header_name = settings.proxy_user_header
         self.proxy_header = self.proxy_header_name.lower()
+
+    def with_sessions(self, sessions: sessionmaker[Session]) -> Authenticator:
+        """The same authenticator, looking tokens up on ``sessions`` (ingest's own pool)."""
+        other = copy.copy(self)
+        other.sessions = sessions
+        return other
 
     def from_proxy(self, peer: str | None) -> bool:
         """Return True when ``peer`` (the TCP peer's address) is a trusted proxy."""

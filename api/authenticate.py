@@ -93,9 +93,11 @@ class Authenticate:
 
     def __init__(self, app: Any, authenticator: Authenticator, roles: Roles,
                  limiter: RateLimiter, body_limit: int,
-                 ingest_threads: anyio.CapacityLimiter | None = None) -> None:
+                 ingest_threads: anyio.CapacityLimiter | None = None,
+                 ingest_authenticator: Authenticator | None = None) -> None:
         self.app = app
         self.ingest_threads = ingest_threads
+        self.ingest_authenticator = ingest_authenticator or authenticator
         self.authenticator = authenticator
         self.roles = roles
         self.limiter = limiter
@@ -121,10 +123,13 @@ class Authenticate:
                 return
         # Ingest is authenticated on its own worker threads, as it is then stored: a flood of
         # reads holding every shared thread must not hold up agents' batches.
-        threads = self.ingest_threads if scope["path"] in INGEST_PATHS else None
+        # A token is then looked up on ingest's own connections too.
+        ingest = scope["path"] in INGEST_PATHS
+        threads = self.ingest_threads if ingest else None
+        authenticator = self.ingest_authenticator if ingest else self.authenticator
         try:
             caller = await anyio.to_thread.run_sync(functools.partial(
-                self.authenticator.authenticate, scope["method"], target.decode("latin-1"),
+                authenticator.authenticate, scope["method"], target.decode("latin-1"),
                 headers, body or b"", client), limiter=threads)
         except AuthError as err:
             # A good credential is never blocked (users share login nodes' addresses with
@@ -154,7 +159,12 @@ class Authenticate:
             if proof is False or (proof is None and caller.mechanism == "proxy"):
                 await self._cross_site(send, scope, client, caller.describe())
                 return
-        access = await anyio.to_thread.run_sync(self.roles.access, caller, limiter=threads)
+        # A user's rights may take sacctmgr and group lookups: on the shared threads, so that
+        # users posting here cannot hold ingest's few threads (agents and hooks are root,
+        # tokens or, unauthenticated, everyone: no such lookups).
+        quick = caller.token is not None or caller.uid == 0 or caller.mechanism == "none"
+        access = await anyio.to_thread.run_sync(self.roles.access, caller,
+                                                limiter=threads if quick else None)
         if access.is_user:
             who = caller.user or f"uid={caller.uid}"
             wait_s = self.limiter.take(f"user:{who}")

@@ -349,6 +349,9 @@ async def post_batch(request: Request, access: IngestAccessDep,
     node the caller is not the agent of, 403. Async, with the work on ingest's own threads
     and connections (its answer is then built on the event loop, holding neither).
     """
+    if access.agent_nodes is not None and not access.agent_nodes:
+        # Not an agent at all (a user, the hooks): refused before taking an ingest thread.
+        raise forbidden(access, "post batches (only the agent of a node does)")
     return await in_ingest_thread(request, _store_batch, request, access, body)
 
 
@@ -361,9 +364,6 @@ def _store_batch_in(request: Request, access: Access, body: bytes,
                     session: Session) -> IngestResponse:
     metrics: CollectorMetrics = request.app.state.metrics
     started = time.perf_counter()  # parsing and validating are part of the cost
-    if access.agent_nodes is not None and not access.agent_nodes:
-        # Not an agent at all (a user, the hooks): no need to read what it claims.
-        raise forbidden(access, "post batches (only the agent of a node does)")
     try:
         batch = parse_body(body, Batch)
     except HTTPException:
@@ -459,6 +459,8 @@ async def post_job_event(request: Request, access: IngestAccessDep,
                          body: BodyDep) -> JobEventResponse:
     """Merge a job event into the job's metadata (the Slurm hooks only), on ingest's own
     threads and connections (as a batch)."""
+    if not access.service:  # refused before taking an ingest thread
+        raise forbidden(access, "post job events (the Slurm hooks do: root or SlurmUser)")
     return await in_ingest_thread(request, _store_job_event, request, access, body)
 
 
@@ -468,8 +470,6 @@ def _store_job_event(request: Request, access: Access, body: bytes) -> JobEventR
 
 
 def _store_job_event_in(access: Access, body: bytes, session: Session) -> JobEventResponse:
-    if not access.service:
-        raise forbidden(access, "post job events (the Slurm hooks do: root or SlurmUser)")
     event = parse_body(body, JobEvent)
     if access.events_cluster is not None and access.events_cluster != event.cluster:
         raise forbidden(access, f"post job events for cluster {event.cluster} (only for "

@@ -130,3 +130,31 @@ def test_ingest_has_its_own_connections_and_threads(server_settings, make_client
             for conn in held:  # the reads go on (before the pool waits for them)
                 conn.close()
     assert [read.result().status_code for read in reads] == [200] * len(reads)
+
+
+def test_a_token_agent_is_authenticated_on_ingest_connections(server_settings, make_client,
+                                                              make_batch, db_url):
+    """An agent's token is looked up on ingest's own pool: with every read connection taken,
+    its batch is still stored (it answered 503 after the pool timeout)."""
+    from tests.api.test_auth import issue_token
+
+    settings = server_settings.model_copy(update={
+        "auth": "token", "db_pool_size": 2, "db_ingest_pool_size": 2, "db_pool_timeout_s": 1.5,
+        "rollup_interval_s": 0.0})
+    client = make_client(settings)
+    agent = issue_token(db_url, "--node", "n1")
+    batch = make_batch(node="n1", jobs={"7": 1}, n_intervals=2)
+    headers = {"Authorization": f"Bearer {agent}", "Content-Type": "application/json"}
+    held = [client.app.state.engine.connect() for _ in range(2)]  # every read connection
+    try:
+        answer = client.post("/api/v1/batches", content=batch.model_dump_json(),
+                             headers=headers)
+        assert answer.status_code == 200 and answer.json()["records"] > 0, answer.text
+        # Another role's token on the batch path is refused (403), before ingest's threads.
+        hooks = issue_token(db_url, "--role", "hooks")
+        refused = client.post("/api/v1/batches", content=batch.model_dump_json(),
+                              headers={**headers, "Authorization": f"Bearer {hooks}"})
+        assert refused.status_code == 403, refused.text
+    finally:
+        for conn in held:
+            conn.close()
