@@ -160,8 +160,8 @@ class Authenticate:
                 await self._cross_site(send, scope, client, caller.describe())
                 return
         # A user's rights may take sacctmgr and group lookups: on the shared threads, so that
-        # users posting here cannot hold ingest's few threads (agents and hooks are root,
-        # tokens or, unauthenticated, everyone: no such lookups).
+        # users posting here cannot hold ingest's few threads. Root (agents, hooks), tokens
+        # and --auth none need no such lookup; the hooks as SlurmUser take the shared ones.
         quick = caller.token is not None or caller.uid == 0 or caller.mechanism == "none"
         access = await anyio.to_thread.run_sync(self.roles.access, caller,
                                                 limiter=threads if quick else None)
