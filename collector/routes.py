@@ -341,6 +341,16 @@ async def in_ingest_thread(request: Request, work: Callable[..., T], *args: Any)
                                           limiter=request.app.state.ingest_threads)
 
 
+async def in_ingest_session(request: Request, work: Callable[..., T], *args: Any) -> T:
+    """Run ``work(session, *args)`` on ingest's own threads, with a session on its own
+    connections (closed there, before the answer is built)."""
+    def run() -> T:
+        with request.app.state.ingest_sessionmaker() as session:
+            return work(session, *args)
+
+    return await in_ingest_thread(request, run)
+
+
 async def post_batch(request: Request, access: IngestAccessDep,
                      body: BodyDep) -> IngestResponse:
     """Validate and store a batch in one transaction; a repeated batch is a duplicate.
@@ -352,16 +362,11 @@ async def post_batch(request: Request, access: IngestAccessDep,
     if access.agent_nodes is not None and not access.agent_nodes:
         # Not an agent at all (a user, the hooks): refused before taking an ingest thread.
         raise forbidden(access, "post batches (only the agent of a node does)")
-    return await in_ingest_thread(request, _store_batch, request, access, body)
+    return await in_ingest_session(request, _store_batch, request, access, body)
 
 
-def _store_batch(request: Request, access: Access, body: bytes) -> IngestResponse:
-    with request.app.state.ingest_sessionmaker() as session:
-        return _store_batch_in(request, access, body, session)
-
-
-def _store_batch_in(request: Request, access: Access, body: bytes,
-                    session: Session) -> IngestResponse:
+def _store_batch(session: Session, request: Request, access: Access,
+                 body: bytes) -> IngestResponse:
     metrics: CollectorMetrics = request.app.state.metrics
     started = time.perf_counter()  # parsing and validating are part of the cost
     try:
@@ -461,15 +466,10 @@ async def post_job_event(request: Request, access: IngestAccessDep,
     threads and connections (as a batch)."""
     if not access.service:  # refused before taking an ingest thread
         raise forbidden(access, "post job events (the Slurm hooks do: root or SlurmUser)")
-    return await in_ingest_thread(request, _store_job_event, request, access, body)
+    return await in_ingest_session(request, _store_job_event, access, body)
 
 
-def _store_job_event(request: Request, access: Access, body: bytes) -> JobEventResponse:
-    with request.app.state.ingest_sessionmaker() as session:
-        return _store_job_event_in(access, body, session)
-
-
-def _store_job_event_in(access: Access, body: bytes, session: Session) -> JobEventResponse:
+def _store_job_event(session: Session, access: Access, body: bytes) -> JobEventResponse:
     event = parse_body(body, JobEvent)
     if access.events_cluster is not None and access.events_cluster != event.cluster:
         raise forbidden(access, f"post job events for cluster {event.cluster} (only for "
