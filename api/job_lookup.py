@@ -4,11 +4,12 @@ Nothing here reads ``energy_interval``: the totals are maintained at ingest (DES
 decision 8), so a job lookup costs primary-key range scans however long the job ran.
 
 On PostgreSQL a job lookup is one statement (and so is a page of jobs,
-:mod:`jobenergy.api.job_lists`): the job rows with, per row, correlated subqueries that
-aggregate what the job's JSON is built from (per-source totals, nodes seen, the nodes'
-high-water marks, factor groups, phases, steps, the cluster's factors) into JSON arrays
-(:data:`_DETAIL_SQL`). Other backends read the same with a query per table for all the jobs at
-once (:func:`_details_apart`).
+:mod:`jobenergy.api.job_lists`): the job rows with, per row, what the job's JSON is built from
+(per-source totals, nodes seen, the nodes' high-water marks, factor groups, phases, steps, the
+cluster's factors) as JSON arrays (:data:`_DETAIL_SQL`). A settled job's parts are read from
+its own row (``job.detail``, ``collector/job_details.py``); a job that changed lately has them
+aggregated by correlated subqueries. Other backends read the same with a query per table for
+all the jobs at once (:func:`_details_apart`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from jobenergy.api.factors_view import FactorGroup, factor_groups, phases_for_jobs
 from jobenergy.collector.factors import DEFAULTS
+from jobenergy.collector.job_details import LIVE_NODES_SQL, LIVE_SQL, NODES
 from jobenergy.collector.models import Job, JobEnergy, JobNode, JobStepEnergy, NodeProgress
 from jobenergy.core.units import UJ_PER_J, UJ_PER_KWH
 
@@ -97,40 +99,27 @@ _JE, _JN, _NP = JobEnergy.__table__, JobNode.__table__, NodeProgress.__table__
 _SE = JobStepEnergy.__table__
 
 
-#: What a job's JSON is built from, as correlated subqueries of the job row ``p`` of the
-#: statement they are in (PostgreSQL): each part one JSON array, each read by primary-key
-#: range scans. Timestamps are turned into UTC without zone (ISO 8601 in the JSON). The
-#: marks are those of the nodes of the job (:func:`job_nodes`), a ``= ANY(array)`` index scan.
-#: The SQL is fixed text, so that nothing is built per request.
+def _part(name: str) -> str:
+    """A part of the job row ``p``: its materialised copy when it has one, else read live."""
+    return f"(CASE WHEN p.detail IS NULL THEN {LIVE_SQL[name]} ELSE p.detail -> '{name}' END)"
+
+
+#: What a job's JSON is built from, as expressions of the job row ``p`` of the statement they
+#: are in (PostgreSQL): its parts (``collector/job_details.py``: materialised in the row once
+#: the job settled, else correlated subqueries, each one JSON array read by primary-key range
+#: scans), the marks of the nodes of the job (:func:`job_nodes`, a ``= ANY(array)`` index scan
+#: of the small ``node_progress``) and the cluster's factors. The SQL is fixed text, so that
+#: nothing is built per request.
 _DETAIL_SQL = {
-    "totals": """(SELECT json_agg(json_build_array(
-    e.node, e.component, e.source, e.device_name, e.energy_uj, e.estimated_uj, e.intervals,
-    e.covered_s, e.wraps, e.resets))
-  FROM job_energy e WHERE e.cluster = p.cluster AND e.job_id = p.job_id)""",
-    "seen": """(SELECT json_agg(n.node)
-  FROM job_node n WHERE n.cluster = p.cluster AND n.job_id = p.job_id)""",
-    "marks": """(SELECT json_agg(json_build_array(
+    **{name: _part(name) for name in LIVE_SQL},
+    "marks": f"""(SELECT json_agg(json_build_array(
     m.node, timezone('UTC', m.last_at), m.last_sources))
   FROM node_progress m
   WHERE m.cluster = p.cluster AND m.node = ANY (ARRAY(
     SELECT jsonb_array_elements_text(CASE WHEN jsonb_typeof(p.nodes) = 'array' THEN p.nodes END)
-    UNION ALL SELECT n.node FROM job_node n WHERE n.cluster = p.cluster AND n.job_id = p.job_id
-    UNION ALL SELECT e.node FROM job_energy e
-      WHERE e.cluster = p.cluster AND e.job_id = p.job_id)))""",
-    "groups": """(SELECT json_agg(json_build_array(
-    g.pue, g.pue_source, g.carbon_g_per_kwh, g.carbon_source, g.energy_uj, g.facility_uj,
-    g.co2e_ug) ORDER BY g.pue, g.pue_source, g.carbon_g_per_kwh, g.carbon_source)
-  FROM (SELECT h.pue, h.pue_source, h.carbon_g_per_kwh, h.carbon_source,
-               sum(h.energy_uj) AS energy_uj, sum(h.facility_uj) AS facility_uj,
-               sum(h.co2e_ug) AS co2e_ug
-        FROM job_energy_hour h WHERE h.cluster = p.cluster AND h.job_id = p.job_id
-        GROUP BY h.pue, h.pue_source, h.carbon_g_per_kwh, h.carbon_source) g)""",
-    "phases": """(SELECT json_agg(json_build_array(
-    f.phase, f.model, f.energy_uj, f.samples, f.metrics, f.tags, timezone('UTC', f.first_at),
-    timezone('UTC', f.last_at)) ORDER BY f.first_at, f.phase, f.model)
-  FROM job_phase f WHERE f.cluster = p.cluster AND f.job_id = p.job_id)""",
-    "steps": """(SELECT json_agg(json_build_array(s.step, s.component, s.energy_uj))
-  FROM job_step_energy s WHERE s.cluster = p.cluster AND s.job_id = p.job_id)""",
+    UNION ALL SELECT json_array_elements_text(p.detail -> '{NODES}')
+      WHERE json_typeof(p.detail -> '{NODES}') = 'array'
+    UNION ALL SELECT k.node FROM ({LIVE_NODES_SQL}) k WHERE p.detail IS NULL)))""",
     "configs": """(SELECT json_agg(json_build_array(
     c.cluster, c.pue, c.carbon_source, c.carbon_g_per_kwh, c.carbon_label))
   FROM cluster_config c WHERE c.cluster IN (p.cluster, ''))""",
@@ -144,7 +133,8 @@ def _with_details(stmt: Select[Any], order: Callable[[Any], tuple[Any, ...]]) ->
     """Return ``stmt`` (rows of the job table's columns) as subquery ``p``, each row with
     :data:`_DETAIL_SQL`, in ``order`` (PostgreSQL)."""
     p = stmt.subquery("p")
-    return select(*p.c, *_DETAIL_COLUMNS).order_by(*order(p.c))
+    return select(*(c for c in p.c if c.name != "detail"), *_DETAIL_COLUMNS).order_by(
+        *order(p.c))
 
 
 @cache

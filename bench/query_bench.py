@@ -2,7 +2,9 @@
 
 Builds N jobs (default 100 000) in SQL (``bench/jobdb.py``: ``job``, ``job_energy`` 1-4 nodes
 × 2 packages + 2 DRAM + 0/0/4/8 GPUs, ``job_node``, ``job_energy_hour``, ``job_step_energy``,
-``node_progress``) and prints how long that took; serves ``create_app`` with uvicorn (one
+``node_progress``) and prints how long that took; materialises every job's detail as the
+server does once jobs settle (``collector/job_details.py``; ``--live-parts``: not) and prints
+how long that took; serves ``create_app`` with uvicorn (one
 process) on 127.0.0.1 and times over HTTP, one request at a time:
 
 - ``GET /api/v1/jobs/{id}`` with and without ``?cluster=``, random jobs of the whole range;
@@ -24,6 +26,7 @@ there for the same N (build once at 10 M jobs, time several versions of the code
 
     .venv/bin/python bench/query_bench.py [--jobs 100000] [--lookups 2000] [--lists 200]
         [--unfiltered 20] [--recent-jobs N] [--pgdata DIR] [--rebuild] [--build-only]
+        [--live-parts]
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import random
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ import httpx
 from jobdb import KeptPgServer, database_size, pg, populate
 from sqlalchemy import text
 
+from jobenergy.collector import job_details
 from jobenergy.collector.db import make_engine, upgrade
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -98,6 +102,31 @@ def build(db_url: str, n_jobs: int, rebuild: bool) -> None:
     print(f"built {n_jobs:,} jobs in {elapsed:.1f} s ("
           + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
           + f"), database {database_size(db_url)}", flush=True)
+
+
+def materialise_details(db_url: str) -> None:
+    """Materialise every job's detail, as the server does once jobs settle
+    (``collector/job_details.py``), and print how long that took."""
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            # The built jobs' last changes run into the future: all of them count as settled.
+            latest = conn.execute(text("SELECT max(updated_at) FROM job")).scalar()
+        begin = time.perf_counter()
+        written = job_details.materialise(engine, now=max(latest, datetime.now(UTC)),
+                                          settle=timedelta(0))
+        elapsed = time.perf_counter() - begin
+        with engine.connect() as conn:
+            job_size = conn.execute(text(
+                "SELECT pg_size_pretty(pg_total_relation_size('job'))")).scalar()
+            stored = conn.execute(text(
+                "SELECT avg(pg_column_size(detail)) FROM job WHERE detail IS NOT NULL")).scalar()
+    finally:
+        engine.dispose()
+    rate = f" ({written / elapsed:,.0f} jobs/s)" if written else ""
+    print(f"materialised {written:,} job details in {elapsed:.1f} s{rate}; "
+          f"{float(stored or 0):.0f} B each on average, job table with indexes {job_size}",
+          flush=True)
 
 
 def wait_healthy(client: httpx.Client) -> None:
@@ -378,6 +407,9 @@ def main() -> None:
     parser.add_argument("--pgdata", type=Path, help="keep the PostgreSQL cluster here")
     parser.add_argument("--rebuild", action="store_true", help="rebuild a kept database")
     parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--live-parts", action="store_true",
+                        help="do not materialise job details: every lookup reads the parts "
+                        "live (a kept database materialised before stays so)")
     args = parser.parse_args()
     rng = random.Random(42)
 
@@ -388,6 +420,8 @@ def main() -> None:
     with server:
         db_url = server.create_database(f"bench_query_{args.jobs}")
         build(db_url, args.jobs, args.rebuild)
+        if not args.live_parts:
+            materialise_details(db_url)
         if args.build_only:
             return
         print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)

@@ -340,8 +340,8 @@ def db_maintain(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Daily upkeep: create the coming months' energy_interval partitions, drop those past the
-    retention (PostgreSQL), and recompute the materialised all-time leaderboard if jobs
-    changed.
+    retention (PostgreSQL), recompute the materialised all-time leaderboard if jobs changed,
+    and materialise the details of jobs that settled (PostgreSQL; the server does that too).
 
     Rows already stored in the DEFAULT partition for a coming month are moved into it. Months
     whose end is more than --retention-days ago lose their partition, whole (no row deletes):
@@ -360,7 +360,7 @@ def db_maintain(
     from sqlalchemy.exc import SQLAlchemyError
 
     from jobenergy.api.leaderboards import all_time_totals, window_totals
-    from jobenergy.collector import rollups
+    from jobenergy.collector import job_details, rollups
     from jobenergy.collector.batch_keys import prune_batch_keys
     from jobenergy.collector.db import make_engine
     from jobenergy.collector.partitions import drop_expired_partitions, ensure_interval_partitions
@@ -379,6 +379,7 @@ def db_maintain(
                                      else (0, None))
             rolled = rollups.refresh(engine, all_time_totals, every=timedelta(0),
                                      window_totals=window_totals)
+            materialised = job_details.materialise(engine)
         finally:
             engine.dispose()
     except SQLAlchemyError as err:
@@ -408,9 +409,12 @@ def db_maintain(
         which = " and ".join(name for name, done in (
             ("all-time", rolled.computed), ("24h/7d/30d", rolled.windows)) if done)
         typer.echo(f"{which} leaderboards computed in {rolled.seconds:.1f} s")
+    if materialised:
+        typer.echo(f"job details materialised: {materialised} jobs unchanged for "
+                   f"{job_details.SETTLE.total_seconds() / 60:.0f} minutes")
     if sqlite:
         typer.echo(f"nothing to do on SQLite (no partitions, no retention): {_shown(db)}")
-    elif not (created or retention.dropped or keys_pruned):
+    elif not (created or retention.dropped or keys_pruned or materialised):
         typer.echo(f"nothing to do: {_shown(db)}")
 
 

@@ -343,6 +343,11 @@ class Job(Base):
     # times, state, exit code, nodes and names are Slurm's, and a hook's event only fills
     # what is still unknown (collector/events.py).
     synced_at: Mapped[datetime | None]
+    # The job's parts as its JSON reads them, once no batch changed it for a while
+    # (collector/job_details.py); NULL while it changes: every write of its parts sets NULL
+    # here in the same transaction. json, not jsonb: kept as the text it was built as, so it
+    # parses to exactly what the live parts parse to. Deferred: only lookups read it.
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
 
 
 # Job lists (GET /api/v1/jobs) in their order, for keyset pagination: newest start first, jobs

@@ -141,8 +141,9 @@ class ServerSettings(BaseSettings):
             GET/HEAD/OPTIONS is answered 503 (``api/app.py``).
         rollup_interval_s: How often at most the all-time model leaderboard is recomputed
             while jobs change, and how often the last 24h/7d/30d leaderboards are
-            (``collector/rollups.py``; answers say ``as_of``); 0: never (then ``jobenergy db
-            maintain`` does). Never on a ``read_only`` server.
+            (``collector/rollups.py``; answers say ``as_of``), and how often the details of
+            jobs that settled are materialised (``collector/job_details.py``); 0: never (then
+            ``jobenergy db maintain`` does). Never on a ``read_only`` server.
         trusted_proxies: Addresses or networks (``10.1.2.3``, ``10.1.0.0/24``) of reverse
             proxies that authenticate web users themselves: a request whose TCP peer is one
             of them may name its user in ``proxy_user_header``. Empty (the default): that

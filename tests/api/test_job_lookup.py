@@ -4,6 +4,8 @@ statements."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -13,6 +15,8 @@ import pytest
 from sqlalchemy import event
 
 from jobenergy.api import job_lookup
+from jobenergy.collector import job_details
+from jobenergy.collector.ingest import ingest_batch
 from jobenergy.collector.steps import OUTSIDE_STEP, plan_steps, step_sort_key
 from jobenergy.core.schema import Batch, Interval, JobSample, PhaseRecord
 from jobenergy.core.units import UJ_PER_KWH
@@ -53,6 +57,12 @@ def annotate(batch: Batch, job_id: str, steps: list[dict[str, int]],
 
 
 @pytest.fixture
+def server_settings(server_settings: Any) -> Any:
+    """No background refresh: these tests materialise job details when they choose."""
+    return server_settings.model_copy(update={"rollup_interval_s": 0})
+
+
+@pytest.fixture
 def scenario(client: Any, make_batch: Any) -> list[Batch]:
     """Jobs of every shape; return the batches posted.
 
@@ -63,6 +73,7 @@ def scenario(client: Any, make_batch: Any) -> list[Batch]:
     - c2/700: three hours on c2 under an hourly carbon series and a constant PUE: several
       factor groups; ended, final.
     - c1/800 and c2/800: one id on two clusters.
+    - c1/900: Slurm events only (no agent sent anything of it); ended.
     """
     batches = [
         annotate(
@@ -90,6 +101,7 @@ def scenario(client: Any, make_batch: Any) -> list[Batch]:
            gpus=["0", "1"], tags={"team": "ml"})
     event_(client, job_id="600", event="start", time=T0, user="bob", nodes=["n9", "n4"])
     event_(client, cluster="c2", job_id="700", event="start", time=T0, user="carol")
+    event_(client, job_id="900", event="start", time=T0, user="dave", nodes=["n7"])
     for batch in batches:
         post(client, "/api/v1/batches", content=batch.model_dump_json())
     csv = "time,value\n2026-11-23T10:00:00Z,100\n2026-11-23T11:00:00Z,250\n"
@@ -101,6 +113,7 @@ def scenario(client: Any, make_batch: Any) -> list[Batch]:
     event_(client, job_id="600", event="end", time=T0 + timedelta(seconds=25), state="FAILED")
     event_(client, cluster="c2", job_id="700", event="end", time=T0 + timedelta(hours=3),
            state="COMPLETED")
+    event_(client, job_id="900", event="end", time=T0 + timedelta(seconds=60), state="FAILED")
     return batches
 
 
@@ -173,7 +186,7 @@ def reference(batches: list[Batch], cluster: str, job_id: str) -> dict[str, Any]
 
 
 JOBS = [("c1", "500"), ("c1", "501"), ("c1", "600"), ("c1", "601"), ("c2", "700"),
-        ("c1", "800"), ("c2", "800")]
+        ("c1", "800"), ("c2", "800"), ("c1", "900")]
 
 
 def lookup(client: Any, cluster: str, job_id: str) -> dict[str, Any]:
@@ -295,3 +308,132 @@ def test_statements_per_request(client, scenario, db_url):
         client.get("/api/v1/jobs", params={"limit": 2, "after": page["next"]}).json()
     if postgres:
         assert len(seen) == 6
+
+
+# --- Settled jobs read from their own row (collector/job_details.py) ----------------------
+
+PG_ONLY = pytest.mark.parametrize(
+    "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+PART_TABLES = {"job_energy", "job_node", "job_energy_hour", "job_phase", "job_step_energy"}
+PAGES = ((100, 0), (2, 0), (2, 3))
+
+
+def materialise_settled(client: Any, chunk: int = job_details.CHUNK) -> int:
+    """Materialise every job unchanged until now (the server waits job_details.SETTLE)."""
+    return job_details.materialise(client.app.state.engine, settle=timedelta(0), chunk=chunk)
+
+
+def read_all(client: Any) -> tuple[dict[tuple[str, str], Any], list[Any]]:
+    """Every job's lookup, and a few pages of the list."""
+    return ({key: lookup(client, *key) for key in JOBS},
+            [client.get("/api/v1/jobs", params={"limit": n, "offset": o}).json()
+             for n, o in PAGES])
+
+
+def part_scans(client: Any, cluster: str, job_id: str) -> dict[str, int]:
+    """How many times the lookup statement of a job scanned each part table (EXPLAIN
+    ANALYZE: a scan never executed has 0 loops)."""
+    stmt = job_lookup._lookup_stmt(True)
+    sql = str(stmt.compile(dialect=client.app.state.engine.dialect))
+    with client.app.state.engine.connect() as conn:
+        plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}",
+                                    {"job_id": job_id, "cluster": cluster}).scalar_one()
+    loops: dict[str, int] = {}
+
+    def walk(node: dict[str, Any]) -> None:
+        if node.get("Relation Name") in PART_TABLES:
+            loops[node["Relation Name"]] = loops.get(node["Relation Name"], 0) + node[
+                "Actual Loops"]
+        for child in node.get("Plans", ()):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return loops
+
+
+def details_of(client: Any) -> dict[tuple[str, str], bool]:
+    with client.app.state.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT cluster, job_id, detail IS NOT NULL FROM job")
+        return {(cluster, job_id): has for cluster, job_id, has in rows}
+
+
+@pytest.mark.parametrize("first_run", [True, False], ids=["first-run", "rounds"])
+@PG_ONLY
+def test_settled_jobs_are_read_from_their_row_as_they_are_read_live(client, scenario, db_url,
+                                                                   first_run):
+    """In chunks of 2 jobs: the first run goes by key, rounds by time of change."""
+    live = read_all(client)
+    assert part_scans(client, "c1", "500")["job_energy"] >= 1  # read live, so far
+    if not first_run:
+        with client.app.state.engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO rollup_state (name, through, refreshed_at) "
+                                 "VALUES ('job_detail', now() - interval '1 hour', now())")
+    assert materialise_settled(client, chunk=2) == len(JOBS)
+    assert details_of(client) == {key: True for key in JOBS}
+    assert read_all(client) == live
+    for key in JOBS:
+        assert set(part_scans(client, *key).values()) == {0}, key  # none of the part tables
+    assert materialise_settled(client) == 0  # nothing changed since
+
+
+@PG_ONLY
+def test_a_change_after_materialising_is_read_live_then_materialised_again(
+        client, scenario, db_url, make_batch, monkeypatch):
+    materialise_settled(client)
+    late = make_batch(node="n1", jobs={"500": 2, "501": 1}, sources=GPUS, seq=1,
+                      start=T0 + timedelta(minutes=5), n_intervals=2, power_w=90.0)
+    post(client, "/api/v1/batches", content=late.model_dump_json())
+    # A retroactive PUE on c2: the factor recompute changes its jobs' groups.
+    assert client.put("/api/v1/clusters/c2/pue", json={"pue": 1.5}).status_code == 200
+    changed_jobs = {("c1", "500"), ("c1", "501"), ("c2", "700"), ("c2", "800")}
+    assert details_of(client) == {key: key not in changed_jobs for key in JOBS}
+    batches = [*scenario, late]
+    for cluster, job_id in JOBS:
+        out, ref = lookup(client, cluster, job_id), reference(batches, cluster, job_id)
+        assert (out["energy_uj"], out["by_node"], out["steps"]) == (
+            ref["energy_uj"], ref["by_node"], ref["steps"]), (cluster, job_id)
+    hours = lookup(client, "c2", "700")
+    assert hours["pue"] == 1.5
+    assert hours["facility_energy_kwh"] == pytest.approx(hours["energy_kwh"] * 1.5, rel=1e-9)
+    changed = read_all(client)
+    assert materialise_settled(client) == len(changed_jobs)
+    assert read_all(client) == changed
+    monkeypatch.setattr(job_lookup, "COMBINED", False)  # the query-per-table read agrees
+    assert read_all(client) == changed
+
+
+def until(predicate: Any, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        threading.Event().wait(0.02)
+
+
+@PG_ONLY
+def test_a_batch_that_commits_while_its_job_is_materialised_is_never_hidden(
+        client, scenario, db_url, make_batch):
+    """The batch holds the job's row; the materialiser waits for it, then finds the row
+    changed and leaves the job to be read live. Writing the detail it computed before the
+    batch committed would hide the batch's energy."""
+    engine = client.app.state.engine
+    late = make_batch(node="n4", jobs={"600": 1}, seq=1, start=T0 + timedelta(minutes=5),
+                      n_intervals=2, power_w=70.0)
+    written: list[int] = []
+    with engine.connect() as conn:
+        with conn.begin():
+            ingest_batch(conn, late)
+            worker = threading.Thread(target=lambda: written.append(materialise_settled(client)))
+            worker.start()
+
+            def waits_for_the_batch() -> bool:
+                with engine.connect() as watcher:
+                    return bool(watcher.exec_driver_sql(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE '%%WITH c AS MATERIALIZED%%'").scalar())
+
+            until(waits_for_the_batch, "the materialiser to wait for the batch's row lock")
+        worker.join(timeout=60)
+    assert written == [len(JOBS) - 1]
+    assert details_of(client)[("c1", "600")] is False
+    out, ref = lookup(client, "c1", "600"), reference([*scenario, late], "c1", "600")
+    assert (out["energy_uj"], out["by_node"]) == (ref["energy_uj"], ref["by_node"])
