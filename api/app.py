@@ -34,7 +34,13 @@ from jobenergy.api.live_slots import LiveSlots
 from jobenergy.api.ratelimit import RateLimiter
 from jobenergy.api.routes_series import router as series_router
 from jobenergy.api.web import pages
-from jobenergy.collector import budget_writer, rollups, routes_clusters, routes_metrics
+from jobenergy.collector import (
+    budget_writer,
+    job_details,
+    rollups,
+    routes_clusters,
+    routes_metrics,
+)
 from jobenergy.collector import routes as collector_routes
 from jobenergy.collector.budget_running import RunningBudgets
 from jobenergy.collector.clusters import apply_server_defaults
@@ -230,6 +236,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                  else rollups.Refresher(engine, settings.rollup_interval_s,
                                         leaderboards.all_time_totals,
                                         leaderboards.window_totals))
+    materialiser = (None if settings.read_only or not settings.rollup_interval_s
+                    else job_details.Materialiser(engine, settings.rollup_interval_s))
 
     # Budgets: the running jobs' view (answered with each batch) and, where configured, the
     # submit script's state file, recomputed together (collector/budget_writer.py).
@@ -241,7 +249,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        background = [w for w in (refresher, budget_refresher) if w is not None]
+        background = [w for w in (refresher, materialiser, budget_refresher) if w is not None]
         for worker in background:
             worker.start()
         try:

@@ -7,9 +7,9 @@ On PostgreSQL a job lookup is one statement (and so is a page of jobs,
 :mod:`jobenergy.api.job_lists`): the job rows with, per row, what the job's JSON is built from
 (per-source totals, nodes seen, the nodes' high-water marks, factor groups, phases, steps, the
 cluster's factors) as JSON arrays (:data:`_DETAIL_SQL`). A settled job's parts are read from
-its own row (``job.detail``, ``collector/job_details.py``); a job that changed lately has them
-aggregated by correlated subqueries. Other backends read the same with a query per table for
-all the jobs at once (:func:`_details_apart`).
+its materialised detail (``job_detail``, ``collector/job_details.py``); a job that changed
+lately has them aggregated by correlated subqueries. Other backends read the same with a
+query per table for all the jobs at once (:func:`_details_apart`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, bindparam, literal_column, select, tuple_
+from sqlalchemy import Select, and_, bindparam, literal_column, select, tuple_
 from sqlalchemy.orm import Session
 
 from jobenergy.api.factors_view import FactorGroup, factor_groups, phases_for_jobs
+from jobenergy.collector import models
 from jobenergy.collector.factors import DEFAULTS
-from jobenergy.collector.job_details import LIVE_NODES_SQL, LIVE_SQL, NODES
+from jobenergy.collector.job_details import LIVE_NODES_SQL, LIVE_SQL, NODES, SHAPE
 from jobenergy.collector.models import Job, JobEnergy, JobNode, JobStepEnergy, NodeProgress
 from jobenergy.core.units import UJ_PER_J, UJ_PER_KWH
 
@@ -96,20 +97,21 @@ _J = Job.__table__
 # --- What a job's JSON is built from ------------------------------------------------------
 
 _JE, _JN, _NP = JobEnergy.__table__, JobNode.__table__, NodeProgress.__table__
-_SE = JobStepEnergy.__table__
+_SE, _JD = JobStepEnergy.__table__, models.JobDetail.__table__  # JobDetail: below, the API's
 
 
 def _part(name: str) -> str:
-    """A part of the job row ``p``: its materialised copy when it has one, else read live."""
-    return f"(CASE WHEN p.detail IS NULL THEN {LIVE_SQL[name]} ELSE p.detail -> '{name}' END)"
+    """A part of the job row ``p``: from its materialised detail ``d`` when it has one of its
+    parts' version (:func:`_with_details` joins it), else read live."""
+    return f"(CASE WHEN d.detail IS NULL THEN {LIVE_SQL[name]} ELSE d.detail -> '{name}' END)"
 
 
 #: What a job's JSON is built from, as expressions of the job row ``p`` of the statement they
-#: are in (PostgreSQL): its parts (``collector/job_details.py``: materialised in the row once
-#: the job settled, else correlated subqueries, each one JSON array read by primary-key range
-#: scans), the marks of the nodes of the job (:func:`job_nodes`, a ``= ANY(array)`` index scan
-#: of the small ``node_progress``) and the cluster's factors. The SQL is fixed text, so that
-#: nothing is built per request.
+#: are in (PostgreSQL): its parts (``collector/job_details.py``: from its ``job_detail`` row
+#: ``d`` once the job settled, else correlated subqueries, each one JSON array read by
+#: primary-key range scans), the marks of the nodes of the job (:func:`job_nodes`, a
+#: ``= ANY(array)`` index scan of the small ``node_progress``) and the cluster's factors. The
+#: SQL is fixed text, so that nothing is built per request.
 _DETAIL_SQL = {
     **{name: _part(name) for name in LIVE_SQL},
     "marks": f"""(SELECT json_agg(json_build_array(
@@ -117,9 +119,9 @@ _DETAIL_SQL = {
   FROM node_progress m
   WHERE m.cluster = p.cluster AND m.node = ANY (ARRAY(
     SELECT jsonb_array_elements_text(CASE WHEN jsonb_typeof(p.nodes) = 'array' THEN p.nodes END)
-    UNION ALL SELECT json_array_elements_text(p.detail -> '{NODES}')
-      WHERE json_typeof(p.detail -> '{NODES}') = 'array'
-    UNION ALL SELECT k.node FROM ({LIVE_NODES_SQL}) k WHERE p.detail IS NULL)))""",
+    UNION ALL SELECT json_array_elements_text(d.detail -> '{NODES}')
+      WHERE json_typeof(d.detail -> '{NODES}') = 'array'
+    UNION ALL SELECT k.node FROM ({LIVE_NODES_SQL}) k WHERE d.detail IS NULL)))""",
     "configs": """(SELECT json_agg(json_build_array(
     c.cluster, c.pue, c.carbon_source, c.carbon_g_per_kwh, c.carbon_label))
   FROM cluster_config c WHERE c.cluster IN (p.cluster, ''))""",
@@ -131,10 +133,14 @@ _DETAIL_COLUMNS = tuple(
 
 def _with_details(stmt: Select[Any], order: Callable[[Any], tuple[Any, ...]]) -> Select[Any]:
     """Return ``stmt`` (rows of the job table's columns) as subquery ``p``, each row with
-    :data:`_DETAIL_SQL`, in ``order`` (PostgreSQL)."""
+    :data:`_DETAIL_SQL`, in ``order`` (PostgreSQL). The job's materialised detail, ``d``, is
+    joined only where it is of the job's parts' version and built by this code's SQL."""
     p = stmt.subquery("p")
-    return select(*(c for c in p.c if c.name != "detail"), *_DETAIL_COLUMNS).order_by(
-        *order(p.c))
+    d = _JD.alias("d")
+    current = p.outerjoin(d, and_(d.c.cluster == p.c.cluster, d.c.job_id == p.c.job_id,
+                                  d.c.parts_version == p.c.parts_version,
+                                  d.c.shape == literal_column(f"'{SHAPE}'")))  # hex
+    return select(*p.c, *_DETAIL_COLUMNS).select_from(current).order_by(*order(p.c))
 
 
 @cache

@@ -409,7 +409,9 @@ def db_maintain(
         which = " and ".join(name for name, done in (
             ("all-time", rolled.computed), ("24h/7d/30d", rolled.windows)) if done)
         typer.echo(f"{which} leaderboards computed in {rolled.seconds:.1f} s")
-    if materialised:
+    if materialised is None:
+        typer.echo("job details: another process is materialising them")
+    elif materialised:
         typer.echo(f"job details materialised: {materialised} jobs unchanged for "
                    f"{job_details.SETTLE.total_seconds() / 60:.0f} minutes")
     if sqlite:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, null, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from jobenergy.collector import factor_changes
 from jobenergy.collector.factors import ClusterFactors, hours_span, load_factors
@@ -107,10 +107,10 @@ def refresh_job_totals(conn: Connection, cluster: str, job_ids: list[str]) -> No
         conn.execute(
             update(Job)
             .where(Job.cluster == cluster, Job.job_id == bindparam("b_job_id"))
-            # updated_at: the leaderboard roll-up recomputes the days of changed jobs; detail:
-            # the factor groups changed (collector/job_details.py).
+            # updated_at: the leaderboard roll-up recomputes the days of changed jobs;
+            # parts_version: the factor groups changed (collector/job_details.py).
             .values(facility_uj=bindparam("b_facility"), co2e_ug=bindparam("b_co2e"),
-                    updated_at=datetime.now(UTC), detail=null()),
+                    updated_at=datetime.now(UTC), parts_version=Job.parts_version + 1),
             [
                 {"b_job_id": job_id, "b_facility": int(facility), "b_co2e": int(co2e)}
                 for job_id, facility, co2e in sums

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, func, null, select, update
+from sqlalchemy import Connection, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from jobenergy.collector.board import refresh_board
@@ -149,9 +149,9 @@ def _jobs_upsert(dialect: str) -> Any:
                 (new.samples.is_(None), Job.samples),
                 else_=func.coalesce(Job.samples, 0) + new.samples,
             ),
-            # The batch changes the job's parts: its materialised copy is out of date
-            # (collector/job_details.py). Every job with a part in the batch is in this upsert.
-            Job.detail: null(),
+            # The batch changes the job's parts: a materialised detail of the job is out of
+            # date (collector/job_details.py). Every job with a part in the batch is here.
+            Job.parts_version: Job.parts_version + 1,
         },
     ).returning(Job.job_id, Job.annotated)
 

@@ -1,39 +1,45 @@
-"""A settled job's parts, kept in its own row (``job.detail``, PostgreSQL), so that reading an
-old job touches one row instead of seven tables.
+"""A settled job's parts, materialised in one row (``job_detail``, PostgreSQL), so that reading
+an old job touches two rows instead of seven tables.
 
 A job's JSON (``GET /api/v1/jobs/{id}``, a page of jobs) is built from its per-source totals,
 the nodes that saw it, its factor groups, phases and steps: rows of ``job_energy``,
-``job_node``, ``job_energy_hour``, ``job_phase`` and ``job_step_energy``
-(:data:`LIVE_SQL`). Read live, that is an index probe and a heap page in each table; with 10 M
-jobs those tables are far larger than memory, so a lookup of an old job read 50-80 KiB from
-disk. A job that no batch has changed for :data:`SETTLE` gets the same parts, as the same
-JSON, written into ``job.detail`` (:func:`materialise`); a lookup then reads that and nothing
-else of the job.
+``job_node``, ``job_energy_hour``, ``job_phase`` and ``job_step_energy`` (:data:`LIVE_SQL`).
+Read live, that is an index probe and a heap page in each table; with 10 M jobs those tables
+are far larger than memory, so a lookup of an old job read 50-80 KiB from disk. Once no batch
+has changed a job for :data:`SETTLE`, :func:`materialise` writes the same parts, as the same
+JSON, into its ``job_detail`` row; a lookup then reads that row and the job's own.
 
-Exact, never stale, without trusting the schedule:
+Exact, never stale, whatever the schedule:
 
-- Every transaction that changes a job's parts also updates its row and sets ``detail`` to
-  NULL there: an ingested batch upserts the row of every job it carries
+- Every transaction that changes a job's parts adds 1 to ``job.parts_version`` in the same
+  transaction: an ingested batch upserts the row of every job it carries
   (``collector/ingest.py``), and a factor recompute updates the rows of the jobs whose hours
-  it changed (``collector/hours.py``). Readers take ``detail`` when it is not NULL, else read
-  the parts live (``api/job_lookup.py``). A new writer of those tables must do the same.
-- :func:`materialise` computes a job's parts and writes them in one statement, and only
-  where the row is still the version it read (``xmin``). A batch that changes the job while
-  it runs either holds the row, so the update waits for it, finds a newer version and leaves
-  the job to the next round, or updates the row after it, setting ``detail`` back to NULL.
+  it changed (``collector/hours.py``). A new writer of those tables must do the same.
+- :func:`materialise` reads a job's ``parts_version`` and its parts in one statement, so from
+  one snapshot, and stores them together. Readers (``api/job_lookup.py``) take the detail
+  only where its ``parts_version`` is the job's, else read the parts live. A batch that
+  commits while a detail is computed has added 1: that detail is never read.
 
-The live path stays the answer for jobs changed recently (their pages are in memory: the batch
-that changed them just wrote them) and on SQLite, where nothing is materialised.
+It takes no lock on ``job``, so it never holds up ingest nor deadlocks with it. The live path
+stays the answer for jobs changed recently (their pages are in memory: the batch that changed
+them just wrote them), and on SQLite, where nothing is materialised.
+
+A detail is also stored with the :data:`SHAPE` of the SQL that built it, and read only by
+code of the same shape: a change of the parts' SQL (:data:`LIVE_SQL`) or of the detail's keys
+leaves every stored detail unread until the next run, which goes over every job again (its
+``rollup_state`` row, :data:`STATE`, is per shape), replaces it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, TextClause, select, text
+from sqlalchemy import Connection, Engine, TextClause, select, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from jobenergy.collector.models import RollupState
 from jobenergy.collector.sql import dialect_insert
@@ -78,70 +84,118 @@ NODES = "nodes"
 #: A job is materialised once no batch has changed it for this long: a running job gets a
 #: batch every push, so it is never materialised while it runs.
 SETTLE = timedelta(minutes=15)
+#: Each round goes over the jobs changed since the last round's end less this: a job whose
+#: last batch committed later than it started (``updated_at``), by up to this, or stamped by a
+#: collector whose clock is behind by up to this, is still found. One later than that is
+#: passed over: it keeps being read live, which is exact, only slower.
+RESCAN = timedelta(hours=1)
 #: Jobs per transaction.
 CHUNK = 2000
-#: ``rollup_state`` row: settled jobs changed before ``through`` have been materialised (a
-#: job whose batch committed later than it started, by more than :data:`SETTLE`, can be
-#: passed over: it keeps being read live, which is exact, only slower). No row: never run,
-#: so the first run goes over every job.
-STATE = "job_detail"
+#: One materialising collector at a time (``pg_try_advisory_lock``).
+_LOCK_KEY = 0x6A6F6264657461
 
 _DETAIL_OBJECT = "json_build_object({})".format(", ".join(
     [f"'{name}', {sql}" for name, sql in LIVE_SQL.items()]
-    + [f"'{NODES}', (SELECT json_agg(k.node) FROM ({LIVE_NODES_SQL}) k)"]
+    + [f"'{NODES}', (SELECT coalesce(json_agg(k.node), '[]') FROM ({LIVE_NODES_SQL}) k)"]
 ))
+#: What the stored details were built by: a detail of another shape is never read.
+SHAPE = hashlib.sha256(_DETAIL_OBJECT.encode()).hexdigest()[:16]
+#: ``rollup_state`` row: jobs changed before ``through`` have been gone over by code of this
+#: shape. No row: never run, so the first run goes over every job.
+STATE = f"job_detail {SHAPE}"
 
-def _chunk(pick: str, last: str) -> TextClause:
-    """One chunk: the settled jobs without a detail that ``pick`` selects (``c``), then their
-    details written where the row is the version that was read (see the module's docstring);
-    answers how many were picked, ``last`` of them (where the next chunk starts), and how many
-    were written."""
+
+def _pick(where: str, order: str, last: str) -> TextClause:
+    """The next jobs to materialise: settled, without a detail of their parts' version, from
+    the cursor on (``where``) in ``order``; each row with ``last`` (the cursor after it)."""
     return text(f"""
-WITH c AS MATERIALIZED (
-  SELECT cluster, job_id, updated_at, xmin AS seen_xmin FROM job
-  WHERE detail IS NULL AND updated_at <= :settled AND {pick} LIMIT :chunk),
-u AS (
-  UPDATE job AS p SET detail = {_DETAIL_OBJECT}
-  FROM c WHERE p.cluster = c.cluster AND p.job_id = c.job_id AND p.xmin = c.seen_xmin
-  RETURNING 1)
-SELECT (SELECT count(*) FROM c), {last}, (SELECT count(*) FROM u)
-""")
+SELECT j.cluster, j.job_id, {last} FROM job j
+WHERE j.updated_at <= :settled AND {where}
+  AND NOT EXISTS (SELECT 1 FROM job_detail x WHERE x.cluster = j.cluster
+                  AND x.job_id = j.job_id AND x.parts_version = j.parts_version
+                  AND x.shape = '{SHAPE}')
+ORDER BY {order} LIMIT :chunk""")
 
 
-# Rounds: the jobs changed since the last round's cursor, in the order they changed. Rows
-# changed at the same instant as a chunk's last stay in range (>=): those written are no
-# longer NULL, and those passed over were changed since.
-_BY_TIME = _chunk("updated_at >= :after ORDER BY updated_at",
-                  "(SELECT max(updated_at) FROM c)")
+# Rounds: the jobs changed since the cursor, in the order they changed (ix_job_updated_at).
+_BY_TIME = _pick("j.updated_at >= :after", "j.updated_at", "j.updated_at")
 # The first run (an upgraded database: every job): in primary-key order, which is about the
-# order the part tables' rows lie in, so they are read mostly in sequence (about 3 times the
-# jobs per second of the time order on a database larger than memory, measured at 10 M jobs).
-_BY_KEY = _chunk("(cluster, job_id) > (:after_cluster, :after_job_id) ORDER BY cluster, job_id",
-                 "(SELECT json_build_array(cluster, job_id) FROM c "
-                 "ORDER BY cluster DESC, job_id DESC LIMIT 1)")
+# order the part tables' rows lie in, so they are read mostly in sequence.
+_BY_KEY = _pick("(j.cluster, j.job_id) > (:after_cluster, :after_job_id)",
+                "j.cluster, j.job_id", "NULL")
+
+# The jobs' parts and parts_version, from one snapshot; a detail of an older version (or
+# another shape) is replaced, one of a newer (another collector's, from a later snapshot) kept.
+_WRITE = text(f"""
+INSERT INTO job_detail (cluster, job_id, parts_version, shape, detail)
+SELECT p.cluster, p.job_id, p.parts_version, '{SHAPE}', {_DETAIL_OBJECT}
+FROM job p
+WHERE (p.cluster, p.job_id) IN (
+  SELECT * FROM unnest(CAST(:clusters AS text[]), CAST(:job_ids AS text[])))
+ON CONFLICT (cluster, job_id) DO UPDATE
+  SET parts_version = excluded.parts_version, shape = excluded.shape, detail = excluded.detail
+  WHERE job_detail.parts_version < excluded.parts_version
+     OR job_detail.shape <> excluded.shape""")
 
 
-def _cursor(engine: Engine) -> datetime | None:
-    with engine.connect() as conn:
-        through = conn.execute(
-            select(RollupState.through).where(RollupState.name == STATE)).scalar_one_or_none()
+def _cursor(conn: Connection) -> datetime | None:
+    through = conn.execute(
+        select(RollupState.through).where(RollupState.name == STATE)).scalar_one_or_none()
     if through is None:
         return None
     return through if through.tzinfo else through.replace(tzinfo=UTC)
 
 
-def materialise(engine: Engine, now: datetime | None = None, settle: timedelta = SETTLE,
-                chunk: int = CHUNK, stop: threading.Event | None = None) -> int:
-    """Write the detail of every job that settled (unchanged since ``now - settle``) and has
-    none, ``chunk`` jobs per transaction; return how many were written (0 on SQLite).
+def _write(conn: Connection, keys: list[tuple[str, str]]) -> int:
+    """Materialise ``keys``; a job whose detail cannot be built (too large for PostgreSQL,
+    say) is logged and left to be read live, without costing the others theirs."""
+    params = {"clusters": [c for c, _ in keys], "job_ids": [j for _, j in keys]}
+    try:
+        with conn.begin_nested():
+            return conn.execute(_WRITE, params).rowcount
+    except DBAPIError as err:
+        if err.connection_invalidated:
+            raise
+    written = 0
+    for cluster, job_id in keys:
+        try:
+            with conn.begin_nested():
+                written += conn.execute(
+                    _WRITE, {"clusters": [cluster], "job_ids": [job_id]}).rowcount
+        except DBAPIError as err:
+            if err.connection_invalidated:
+                raise
+            logger.warning("job %s on %s not materialised (read live): %s", job_id, cluster,
+                           str(err.orig).splitlines()[0])
+    return written
 
-    Safe to run in several collectors at once: each chunk writes only rows still as read.
-    ``stop`` ends it between chunks; the next run then goes over this one's jobs again.
+
+def materialise(engine: Engine, now: datetime | None = None, settle: timedelta = SETTLE,
+                chunk: int = CHUNK, stop: threading.Event | None = None) -> int | None:
+    """Write the detail of every job that settled (unchanged since ``now - settle``) and has
+    none of its parts' version, ``chunk`` jobs per transaction; return how many were written
+    (0 on SQLite), None when another process is at it. ``stop`` ends it between chunks (the
+    next run goes over this one's jobs again).
     """
     if engine.dialect.name != "postgresql":
         return 0
     settled = (now or datetime.now(UTC)) - settle
-    after = _cursor(engine)
+    with engine.connect() as lock_conn:
+        if not lock_conn.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}).scalar():
+            return None
+        try:
+            return _materialise(engine, settled, chunk, stop)
+        finally:
+            lock_conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
+            lock_conn.commit()
+
+
+def _materialise(engine: Engine, settled: datetime, chunk: int,
+                 stop: threading.Event | None) -> int:
+    with engine.connect() as conn:
+        after = _cursor(conn)
+        conn.rollback()
     params: dict[str, Any] = {"settled": settled, "chunk": chunk}
     if after is None:
         stmt, params["after_cluster"], params["after_job_id"] = _BY_KEY, "", ""
@@ -152,20 +206,22 @@ def materialise(engine: Engine, now: datetime | None = None, settle: timedelta =
         if stop is not None and stop.is_set():
             return written
         with engine.begin() as conn:
-            picked, last, done = conn.execute(stmt, params).one()
+            picked = conn.execute(stmt, params).all()
+            done = _write(conn, [(cluster, job_id) for cluster, job_id, _ in picked]
+                          ) if picked else 0
         written += done
-        if picked < chunk:
+        if len(picked) < chunk:
             break
         if stmt is _BY_KEY:
-            params["after_cluster"], params["after_job_id"] = last
-        elif done or last != params["after"]:
-            params["after"] = last
+            params["after_cluster"], params["after_job_id"] = picked[-1][:2]
+        elif picked[-1][2] == params["after"] and not done:
+            break  # a whole chunk at one instant, none of it written: left to be read live
         else:
-            break  # a whole chunk at one instant, changed meanwhile: the next round
-    # The next round starts a SETTLE before this one's end: batches that took long to commit.
-    through = settled - settle
+            # Jobs changed at the chunk's last instant stay in range (>=); those written now
+            # have their detail, so they are not picked again.
+            params["after"] = picked[-1][2]
     with engine.begin() as conn:
-        stamp = datetime.now(UTC)
+        stamp, through = datetime.now(UTC), settled - RESCAN
         conn.execute(
             dialect_insert(conn)(RollupState)
             .values(name=STATE, through=through, refreshed_at=stamp)
@@ -175,3 +231,34 @@ def materialise(engine: Engine, now: datetime | None = None, settle: timedelta =
         logger.info("job details materialised: %s jobs settled before %s", written,
                     f"{settled:%Y-%m-%d %H:%M:%S}")
     return written
+
+
+class Materialiser:
+    """Runs :func:`materialise` every ``interval_s`` in a daemon thread until :meth:`stop`: on
+    its own, so that a first run over millions of jobs holds up no leaderboard refresh."""
+
+    def __init__(self, engine: Engine, interval_s: float) -> None:
+        self._engine = engine
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jobenergy-job-details",
+                                        daemon=True)
+
+    def start(self) -> None:
+        """Start: a run right away, then one every ``interval_s``."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the chunk under way, if any."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                materialise(self._engine, stop=self._stop)
+            except SQLAlchemyError as err:
+                # Jobs not materialised are read live: slower, as exact.
+                logger.warning("job details not materialised: %s",
+                               str(getattr(err, "orig", None) or err).splitlines()[0])
+            self._stop.wait(self._interval_s)

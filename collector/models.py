@@ -343,11 +343,10 @@ class Job(Base):
     # times, state, exit code, nodes and names are Slurm's, and a hook's event only fills
     # what is still unknown (collector/events.py).
     synced_at: Mapped[datetime | None]
-    # The job's parts as its JSON reads them, once no batch changed it for a while
-    # (collector/job_details.py); NULL while it changes: every write of its parts sets NULL
-    # here in the same transaction. json, not jsonb: kept as the text it was built as, so it
-    # parses to exactly what the live parts parse to. Deferred: only lookups read it.
-    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
+    # Counts the transactions that changed the job's parts (job_energy, job_node, the hours'
+    # factors, phases, steps): each adds 1 in the same transaction. A materialised detail
+    # (job_detail) answers for the job only while it has the same number.
+    parts_version: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 # Job lists (GET /api/v1/jobs) in their order, for keyset pagination: newest start first, jobs
@@ -536,6 +535,22 @@ class JobNode(Base):
     first_at: Mapped[datetime]
     last_at: Mapped[datetime]
     intervals: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobDetail(Base):
+    """A job's parts as its JSON reads them, materialised once no batch changed it for a while
+    (``collector/job_details.py``), as of ``job.parts_version`` = ``parts_version``."""
+
+    __tablename__ = "job_detail"
+
+    cluster: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(JOB_ID_LEN), primary_key=True)
+    parts_version: Mapped[int] = mapped_column(BigInteger)
+    # The SQL that built it (job_details.SHAPE): read only by code of the same.
+    shape: Mapped[str] = mapped_column(String(16))
+    # json, not jsonb: kept as the text it was built as, so it parses to exactly what the
+    # live parts parse to.
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class JobBoardPart(Base):

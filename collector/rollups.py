@@ -38,7 +38,6 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from jobenergy.collector import job_details
 from jobenergy.collector.models import (
     Job,
     RollupBoardTotal,
@@ -246,9 +245,7 @@ def total_rows(cluster: str | None, phase: str | None, period: str | None = None
 
 
 class Refresher:
-    """Runs :func:`refresh`, then materialises the settled jobs' details
-    (:func:`jobenergy.collector.job_details.materialise`), every ``interval_s`` in a daemon
-    thread until :meth:`stop`."""
+    """Runs :func:`refresh` every ``interval_s`` in a daemon thread until :meth:`stop`."""
 
     def __init__(self, engine: Engine, interval_s: float, totals: TotalsFn,
                  window_totals: WindowTotalsFn | None = None) -> None:
@@ -277,11 +274,5 @@ class Refresher:
             except SQLAlchemyError as err:
                 # The database is down or busy: the leaderboard goes stale and says so (as_of).
                 logger.warning("all-time leaderboard not refreshed: %s",
-                               str(getattr(err, "orig", None) or err).splitlines()[0])
-            try:
-                job_details.materialise(self._engine, stop=self._stop)
-            except SQLAlchemyError as err:
-                # Jobs not materialised are read live: slower, as exact.
-                logger.warning("job details not materialised: %s",
                                str(getattr(err, "orig", None) or err).splitlines()[0])
             self._stop.wait(self._interval_s)

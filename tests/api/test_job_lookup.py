@@ -4,15 +4,13 @@ statements."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from jobenergy.api import job_lookup
 from jobenergy.collector import job_details
@@ -352,9 +350,12 @@ def part_scans(client: Any, cluster: str, job_id: str) -> dict[str, int]:
 
 
 def details_of(client: Any) -> dict[tuple[str, str], bool]:
+    """Whether each job has a materialised detail of its parts' version."""
     with client.app.state.engine.connect() as conn:
-        rows = conn.exec_driver_sql("SELECT cluster, job_id, detail IS NOT NULL FROM job")
-        return {(cluster, job_id): has for cluster, job_id, has in rows}
+        rows = conn.exec_driver_sql(
+            "SELECT j.cluster, j.job_id, d.parts_version IS NOT DISTINCT FROM j.parts_version"
+            " FROM job j LEFT JOIN job_detail d USING (cluster, job_id)")  # one shape here
+        return {(cluster, job_id): current for cluster, job_id, current in rows}
 
 
 @pytest.mark.parametrize("first_run", [True, False], ids=["first-run", "rounds"])
@@ -366,8 +367,9 @@ def test_settled_jobs_are_read_from_their_row_as_they_are_read_live(client, scen
     assert part_scans(client, "c1", "500")["job_energy"] >= 1  # read live, so far
     if not first_run:
         with client.app.state.engine.begin() as conn:
-            conn.exec_driver_sql("INSERT INTO rollup_state (name, through, refreshed_at) "
-                                 "VALUES ('job_detail', now() - interval '1 hour', now())")
+            conn.execute(text("INSERT INTO rollup_state (name, through, refreshed_at) "
+                              "VALUES (:name, now() - interval '1 hour', now())"),
+                         {"name": job_details.STATE})
     assert materialise_settled(client, chunk=2) == len(JOBS)
     assert details_of(client) == {key: True for key in JOBS}
     assert read_all(client) == live
@@ -402,38 +404,60 @@ def test_a_change_after_materialising_is_read_live_then_materialised_again(
     assert read_all(client) == changed
 
 
-def until(predicate: Any, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        threading.Event().wait(0.02)
+@PG_ONLY
+def test_details_built_by_other_code_are_never_read_and_are_replaced(client, scenario, db_url):
+    """Rows as another version of the parts' SQL left them: another shape, other content."""
+    live = read_all(client)
+    materialise_settled(client)
+    with client.app.state.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE job_detail SET shape = 'another', detail = json_build_object("
+            "'totals', '[]'::json, 'seen', '[]'::json, 'nodes', '[]'::json)")
+    assert read_all(client) == live
+    assert materialise_settled(client) == len(JOBS)
+    assert read_all(client) == live
+    assert set(details_of(client).values()) == {True}
 
 
 @PG_ONLY
-def test_a_batch_that_commits_while_its_job_is_materialised_is_never_hidden(
+def test_a_batch_that_commits_after_its_job_was_materialised_is_never_hidden(
         client, scenario, db_url, make_batch):
-    """The batch holds the job's row; the materialiser waits for it, then finds the row
-    changed and leaves the job to be read live. Writing the detail it computed before the
-    batch committed would hide the batch's energy."""
+    """The detail is computed while the batch is not committed yet: it is of the job's parts
+    before the batch, and the batch's commit makes it out of date. Reading it would hide the
+    batch's energy."""
     engine = client.app.state.engine
     late = make_batch(node="n4", jobs={"600": 1}, seq=1, start=T0 + timedelta(minutes=5),
                       n_intervals=2, power_w=70.0)
-    written: list[int] = []
-    with engine.connect() as conn:
-        with conn.begin():
-            ingest_batch(conn, late)
-            worker = threading.Thread(target=lambda: written.append(materialise_settled(client)))
-            worker.start()
-
-            def waits_for_the_batch() -> bool:
-                with engine.connect() as watcher:
-                    return bool(watcher.exec_driver_sql(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND query LIKE '%%WITH c AS MATERIALIZED%%'").scalar())
-
-            until(waits_for_the_batch, "the materialiser to wait for the batch's row lock")
-        worker.join(timeout=60)
-    assert written == [len(JOBS) - 1]
-    assert details_of(client)[("c1", "600")] is False
+    with engine.connect() as conn, conn.begin():
+        ingest_batch(conn, late)
+        assert materialise_settled(client) == len(JOBS)  # takes no lock: nothing waits
+    assert details_of(client) == {key: key != ("c1", "600") for key in JOBS}
     out, ref = lookup(client, "c1", "600"), reference([*scenario, late], "c1", "600")
     assert (out["energy_uj"], out["by_node"]) == (ref["energy_uj"], ref["by_node"])
+    assert materialise_settled(client) == 1
+    assert lookup(client, "c1", "600") == out
+
+
+@PG_ONLY
+def test_a_job_whose_detail_fails_costs_the_others_nothing(client, scenario, db_url, caplog):
+    """Fault injection in the database: writing 600's detail raises."""
+    engine = client.app.state.engine
+    with engine.begin() as conn:
+        conn.exec_driver_sql("""
+            CREATE FUNCTION refuse_600() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.job_id = '600' THEN RAISE EXCEPTION 'injected fault for job 600'; END IF;
+              RETURN NEW;
+            END $$""")
+        conn.exec_driver_sql("CREATE TRIGGER refuse_600 BEFORE INSERT ON job_detail "
+                             "FOR EACH ROW EXECUTE FUNCTION refuse_600()")
+    try:
+        live = read_all(client)
+        assert materialise_settled(client, chunk=3) == len(JOBS) - 1
+        assert details_of(client) == {key: key != ("c1", "600") for key in JOBS}
+        assert "job 600 on c1 not materialised (read live): injected fault" in caplog.text
+        assert read_all(client) == live
+    finally:  # the database is shared by the tests that follow
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse_600 ON job_detail")
+            conn.exec_driver_sql("DROP FUNCTION refuse_600()")

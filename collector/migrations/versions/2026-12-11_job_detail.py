@@ -1,8 +1,9 @@
-"""A settled job's parts in its own row: ``job.detail`` (``collector/job_details.py``).
+"""Settled jobs' parts, materialised: ``job_detail``, and ``job.parts_version``
+(``collector/job_details.py``).
 
-Adding a nullable column without a default changes no row (instant on PostgreSQL). Nothing to
+Adding a column with a constant default changes no row (instant on PostgreSQL). Nothing to
 backfill by hand: every job reads its parts live until the collector's background refresh, or
-``jobenergy db maintain``, materialises the settled ones, oldest first.
+``jobenergy db maintain``, materialises the settled ones (the first run goes over every job).
 
 Revision ID: 0021_job_detail
 Revises: 0020_job_scope_indexes
@@ -23,11 +24,25 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Add the column."""
-    op.add_column("job", sa.Column("detail", sa.JSON(), nullable=True))
+    """Add the column and the table."""
+    op.add_column("job", sa.Column("parts_version", sa.BigInteger(), server_default="0",
+                                   nullable=False))
+    op.create_table(
+        "job_detail",
+        sa.Column("cluster", sa.String(length=255), nullable=False),
+        sa.Column("job_id", sa.String(length=64), nullable=False),
+        sa.Column("parts_version", sa.BigInteger(), nullable=False),
+        sa.Column("shape", sa.String(length=16), nullable=False),
+        sa.Column("detail", sa.JSON(), nullable=False),
+        sa.PrimaryKeyConstraint("cluster", "job_id", name=op.f("pk_job_detail")),
+    )
+    # A materialisation state left by an earlier upgrade and downgrade: start over.
+    op.execute("DELETE FROM rollup_state WHERE name LIKE 'job_detail %'")
 
 
 def downgrade() -> None:
-    """Drop the column."""
+    """Drop the table and the column."""
+    op.drop_table("job_detail")
+    op.execute("DELETE FROM rollup_state WHERE name LIKE 'job_detail %'")
     with op.batch_alter_table("job") as batch:
-        batch.drop_column("detail")
+        batch.drop_column("parts_version")
