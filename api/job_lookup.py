@@ -101,9 +101,10 @@ _SE, _JD = JobStepEnergy.__table__, models.JobDetail.__table__  # JobDetail: bel
 
 
 def _part(name: str) -> str:
-    """A part of the job row ``p``: from its materialised detail ``d`` when it has one of its
-    parts' version (:func:`_with_details` joins it), else read live."""
-    return f"(CASE WHEN d.detail IS NULL THEN {LIVE_SQL[name]} ELSE d.detail -> '{name}' END)"
+    """A part of the job row ``p``, read live unless it has a materialised detail ``d`` of
+    its parts' version (:func:`_with_details` joins it; then NULL: the detail, selected
+    whole, has it)."""
+    return f"(CASE WHEN d.detail IS NULL THEN {LIVE_SQL[name]} END)"
 
 
 #: What a job's JSON is built from, as expressions of the job row ``p`` of the statement they
@@ -114,6 +115,8 @@ def _part(name: str) -> str:
 #: SQL is fixed text, so that nothing is built per request.
 _DETAIL_SQL = {
     **{name: _part(name) for name in LIVE_SQL},
+    # Parsed once, in Python (:func:`_detail_of_pg`), however many parts it holds.
+    "stored": "d.detail",
     "marks": f"""(SELECT json_agg(json_build_array(
     m.node, timezone('UTC', m.last_at), m.last_sources))
   FROM node_progress m
@@ -178,13 +181,17 @@ def _phase(
 
 def _detail_of_pg(row: Any) -> JobDetail:
     """Parse the JSON columns of :data:`_DETAIL_SQL` (numbers exact: JSON integers are
-    Python ints, floats print shortest-exact both ways)."""
+    Python ints, floats print shortest-exact both ways); the parts from the materialised
+    detail when there is one."""
     cluster = row.cluster
+    stored = row.detail_stored
+    parts = {name: stored.get(name) if stored is not None else getattr(row, f"detail_{name}")
+             for name in LIVE_SQL}
     totals = [
         SourceTotal(node, component, source, device, int(energy), int(estimated),
                     int(intervals), float(covered), int(wraps), int(resets))
         for node, component, source, device, energy, estimated, intervals, covered, wraps,
-        resets in row.detail_totals or ()
+        resets in parts["totals"] or ()
     ]
     marks = {
         (cluster, node): NodeMark(_utc(last_at), int(sources))  # type: ignore[arg-type]
@@ -193,16 +200,16 @@ def _detail_of_pg(row: Any) -> JobDetail:
     groups = [
         FactorGroup(float(pue), pue_source, float(ci), ci_source, int(energy), int(facility),
                     int(co2e))
-        for pue, pue_source, ci, ci_source, energy, facility, co2e in row.detail_groups or ()
+        for pue, pue_source, ci, ci_source, energy, facility, co2e in parts["groups"] or ()
     ]
     phases = [
         _phase(phase, model, int(energy), None if samples is None else int(samples), metrics,
                tags, _utc(first_at), _utc(last_at))
         for phase, model, energy, samples, metrics, tags, first_at, last_at
-        in row.detail_phases or ()
+        in parts["phases"] or ()
     ]
     steps: StepTotals = {}
-    for step, component, energy in row.detail_steps or ():
+    for step, component, energy in parts["steps"] or ():
         steps.setdefault(step, {})[component] = int(energy)
     configs: dict[str, ConfigRow] = {
         name: ConfigRow(None if pue is None else float(pue), source,
@@ -210,7 +217,7 @@ def _detail_of_pg(row: Any) -> JobDetail:
         for name, pue, source, ci, label in row.detail_configs or ()
     }
     return JobDetail(
-        job=row, totals=totals, seen=set(row.detail_seen or ()), marks=marks, groups=groups,
+        job=row, totals=totals, seen=set(parts["seen"] or ()), marks=marks, groups=groups,
         phases=phases, steps=steps, configs=(configs.get(cluster), configs.get(DEFAULTS)),
     )
 

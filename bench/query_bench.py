@@ -114,19 +114,17 @@ def materialise_details(db_url: str) -> None:
             latest = conn.execute(text("SELECT max(updated_at) FROM job")).scalar()
         begin = time.perf_counter()
         written = job_details.materialise(engine, now=max(latest, datetime.now(UTC)),
-                                          settle=timedelta(0))
+                                          settle=timedelta(0)) or 0
         elapsed = time.perf_counter() - begin
         with engine.connect() as conn:
-            job_size = conn.execute(text(
-                "SELECT pg_size_pretty(pg_total_relation_size('job'))")).scalar()
-            stored = conn.execute(text(
-                "SELECT avg(pg_column_size(detail)) FROM job WHERE detail IS NOT NULL")).scalar()
+            size, rows = conn.execute(text(
+                "SELECT pg_total_relation_size('job_detail'), count(*) FROM job_detail")).one()
     finally:
         engine.dispose()
     rate = f" ({written / elapsed:,.0f} jobs/s)" if written else ""
-    print(f"materialised {written:,} job details in {elapsed:.1f} s{rate}; "
-          f"{float(stored or 0):.0f} B each on average, job table with indexes {job_size}",
-          flush=True)
+    per_job = f", {size / rows:,.0f} B per job with its index" if rows else ""
+    print(f"materialised {written:,} job details in {elapsed:.1f} s{rate}; job_detail "
+          f"{size / 2**30:.1f} GiB for {rows:,} jobs{per_job}", flush=True)
 
 
 def wait_healthy(client: httpx.Client) -> None:

@@ -146,9 +146,21 @@ def _cursor(conn: Connection) -> datetime | None:
     return through if through.tzinfo else through.replace(tzinfo=UTC)
 
 
+def _first_line(err: DBAPIError) -> str:
+    return (str(err.orig).splitlines() or [repr(err.orig)])[0]
+
+
+class _ChunkFailed(Exception):
+    """No job of a chunk could be written: the database, not a job, is at fault."""
+
+
 def _write(conn: Connection, keys: list[tuple[str, str]]) -> int:
     """Materialise ``keys``; a job whose detail cannot be built (too large for PostgreSQL,
-    say) is logged and left to be read live, without costing the others theirs."""
+    say) is logged and left to be read live, without costing the others theirs.
+
+    Raises:
+        _ChunkFailed: Not one of several could be written.
+    """
     params = {"clusters": [c for c, _ in keys], "job_ids": [j for _, j in keys]}
     try:
         with conn.begin_nested():
@@ -156,7 +168,8 @@ def _write(conn: Connection, keys: list[tuple[str, str]]) -> int:
     except DBAPIError as err:
         if err.connection_invalidated:
             raise
-    written = 0
+        first = err
+    written, failed = 0, []
     for cluster, job_id in keys:
         try:
             with conn.begin_nested():
@@ -165,8 +178,12 @@ def _write(conn: Connection, keys: list[tuple[str, str]]) -> int:
         except DBAPIError as err:
             if err.connection_invalidated:
                 raise
-            logger.warning("job %s on %s not materialised (read live): %s", job_id, cluster,
-                           str(err.orig).splitlines()[0])
+            failed.append((cluster, job_id, err))
+    if len(failed) > 1 and not written:
+        raise _ChunkFailed(_first_line(first))
+    for cluster, job_id, err in failed:
+        logger.warning("job %s on %s not materialised (read live): %s", job_id, cluster,
+                       _first_line(err))
     return written
 
 
@@ -176,26 +193,31 @@ def materialise(engine: Engine, now: datetime | None = None, settle: timedelta =
     none of its parts' version, ``chunk`` jobs per transaction; return how many were written
     (0 on SQLite), None when another process is at it. ``stop`` ends it between chunks (the
     next run goes over this one's jobs again).
+
+    One connection, committed after each chunk: the session's advisory lock outlives the
+    commits, and nothing stays idle in a transaction during a long first run.
     """
     if engine.dialect.name != "postgresql":
         return 0
     settled = (now or datetime.now(UTC)) - settle
-    with engine.connect() as lock_conn:
-        if not lock_conn.execute(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}).scalar():
+    with engine.connect() as conn:
+        locked = conn.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}).scalar()
+        conn.commit()
+        if not locked:
             return None
         try:
-            return _materialise(engine, settled, chunk, stop)
+            return _materialise(conn, settled, chunk, stop)
         finally:
-            lock_conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
-            lock_conn.commit()
+            conn.rollback()
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
+            conn.commit()
 
 
-def _materialise(engine: Engine, settled: datetime, chunk: int,
+def _materialise(conn: Connection, settled: datetime, chunk: int,
                  stop: threading.Event | None) -> int:
-    with engine.connect() as conn:
-        after = _cursor(conn)
-        conn.rollback()
+    after = _cursor(conn)
+    conn.commit()
     params: dict[str, Any] = {"settled": settled, "chunk": chunk}
     if after is None:
         stmt, params["after_cluster"], params["after_job_id"] = _BY_KEY, "", ""
@@ -205,10 +227,17 @@ def _materialise(engine: Engine, settled: datetime, chunk: int,
     while True:
         if stop is not None and stop.is_set():
             return written
-        with engine.begin() as conn:
-            picked = conn.execute(stmt, params).all()
+        picked = conn.execute(stmt, params).all()
+        try:
             done = _write(conn, [(cluster, job_id) for cluster, job_id, _ in picked]
                           ) if picked else 0
+        except _ChunkFailed as err:
+            # The cursor stays where it was: the next round tries these jobs again.
+            conn.rollback()
+            logger.warning("job details not materialised, %s written this round: %s",
+                           written, err)
+            return written
+        conn.commit()
         written += done
         if len(picked) < chunk:
             break
@@ -220,13 +249,13 @@ def _materialise(engine: Engine, settled: datetime, chunk: int,
             # Jobs changed at the chunk's last instant stay in range (>=); those written now
             # have their detail, so they are not picked again.
             params["after"] = picked[-1][2]
-    with engine.begin() as conn:
-        stamp, through = datetime.now(UTC), settled - RESCAN
-        conn.execute(
-            dialect_insert(conn)(RollupState)
-            .values(name=STATE, through=through, refreshed_at=stamp)
-            .on_conflict_do_update(index_elements=[RollupState.name],
-                                   set_={"through": through, "refreshed_at": stamp}))
+    stamp, through = datetime.now(UTC), settled - RESCAN
+    conn.execute(
+        dialect_insert(conn)(RollupState)
+        .values(name=STATE, through=through, refreshed_at=stamp)
+        .on_conflict_do_update(index_elements=[RollupState.name],
+                               set_={"through": through, "refreshed_at": stamp}))
+    conn.commit()
     if written:
         logger.info("job details materialised: %s jobs settled before %s", written,
                     f"{settled:%Y-%m-%d %H:%M:%S}")
@@ -260,5 +289,7 @@ class Materialiser:
             except SQLAlchemyError as err:
                 # Jobs not materialised are read live: slower, as exact.
                 logger.warning("job details not materialised: %s",
-                               str(getattr(err, "orig", None) or err).splitlines()[0])
+                               (str(getattr(err, "orig", None) or err).splitlines() or [""])[0])
+            except Exception:  # the thread must outlive any one round
+                logger.exception("job details not materialised")
             self._stop.wait(self._interval_s)

@@ -420,6 +420,26 @@ def test_details_built_by_other_code_are_never_read_and_are_replaced(client, sce
 
 
 @PG_ONLY
+def test_parts_changed_by_code_that_does_not_count_them_are_still_read_live(
+        client, scenario, db_url, monkeypatch):
+    """A collector of the release before job_detail, still running during a rolling upgrade:
+    its batches stamp the job's updated_at and change its parts, but not parts_version."""
+    materialise_settled(client)
+    with client.app.state.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE job_energy SET energy_uj = energy_uj + 1000000 "
+            "WHERE cluster = 'c1' AND job_id = '600' AND node = 'n4' AND component = 'cpu'")
+        conn.exec_driver_sql("UPDATE job SET energy_uj = energy_uj + 1000000, "
+                             "updated_at = now() WHERE cluster = 'c1' AND job_id = '600'")
+    assert details_of(client)[("c1", "600")] is False
+    changed = lookup(client, "c1", "600")
+    monkeypatch.setattr(job_lookup, "COMBINED", False)  # the query-per-table read
+    assert changed == lookup(client, "c1", "600")
+    assert changed["by_node"]["n4"]["cpu"] == reference(scenario, "c1", "600")["by_node"][
+        "n4"]["cpu"] + 1000000
+
+
+@PG_ONLY
 def test_a_batch_that_commits_after_its_job_was_materialised_is_never_hidden(
         client, scenario, db_url, make_batch):
     """The detail is computed while the batch is not committed yet: it is of the job's parts
@@ -436,6 +456,31 @@ def test_a_batch_that_commits_after_its_job_was_materialised_is_never_hidden(
     assert (out["energy_uj"], out["by_node"]) == (ref["energy_uj"], ref["by_node"])
     assert materialise_settled(client) == 1
     assert lookup(client, "c1", "600") == out
+
+
+@PG_ONLY
+def test_a_round_that_cannot_write_leaves_its_jobs_to_the_next(client, scenario, db_url,
+                                                              caplog):
+    """Fault injection in the database: every detail refused for a while (a full disk, say).
+    The jobs are not passed over: the next round writes them."""
+    engine = client.app.state.engine
+    with engine.begin() as conn:
+        # Jobs that ended a while ago (a round rescans only the last RESCAN).
+        conn.exec_driver_sql("UPDATE job SET updated_at = updated_at - interval '2 hours'")
+        conn.exec_driver_sql("""
+            CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'injected fault'; END $$""")
+        conn.exec_driver_sql("CREATE TRIGGER refuse_all BEFORE INSERT ON job_detail "
+                             "FOR EACH ROW EXECUTE FUNCTION refuse_all()")
+    try:
+        assert materialise_settled(client, chunk=3) == 0
+        assert "job details not materialised, 0 written this round: injected fault" in (
+            caplog.text)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse_all ON job_detail")
+            conn.exec_driver_sql("DROP FUNCTION refuse_all()")
+    assert materialise_settled(client, chunk=3) == len(JOBS)
 
 
 @PG_ONLY

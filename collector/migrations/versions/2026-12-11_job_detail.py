@@ -36,12 +36,32 @@ def upgrade() -> None:
         sa.Column("detail", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("cluster", "job_id", name=op.f("pk_job_detail")),
     )
+    if op.get_bind().dialect.name == "postgresql":
+        # Collectors of an earlier release, still running while others upgrade (or after a
+        # package downgrade), change parts without adding to parts_version; every writer of
+        # parts stamps the job's updated_at, so the database adds it for them. Current code
+        # adds it itself (then this does nothing); a Slurm event's stamp adds one too, which
+        # only has the job materialised again.
+        op.execute("""
+            CREATE FUNCTION job_parts_version_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              NEW.parts_version := OLD.parts_version + 1;
+              RETURN NEW;
+            END $$""")
+        op.execute("""
+            CREATE TRIGGER job_parts_version_bump BEFORE UPDATE ON job FOR EACH ROW
+            WHEN (NEW.updated_at IS DISTINCT FROM OLD.updated_at
+                  AND NEW.parts_version = OLD.parts_version)
+            EXECUTE FUNCTION job_parts_version_bump()""")
     # A materialisation state left by an earlier upgrade and downgrade: start over.
     op.execute("DELETE FROM rollup_state WHERE name LIKE 'job_detail %'")
 
 
 def downgrade() -> None:
     """Drop the table and the column."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER job_parts_version_bump ON job")
+        op.execute("DROP FUNCTION job_parts_version_bump()")
     op.drop_table("job_detail")
     op.execute("DELETE FROM rollup_state WHERE name LIKE 'job_detail %'")
     with op.batch_alter_table("job") as batch:
