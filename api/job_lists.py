@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, text, tuple_, union_all
+from sqlalchemy import Select, and_, func, or_, select, text, union_all
 from sqlalchemy.orm import Session
 
 from jobenergy.api.job_filters import (
@@ -171,7 +171,11 @@ def _page(
     if after is None:
         spans: list[tuple[Any, ...]] = [()]
     else:
-        key = tuple_(_J.c.cluster, _J.c.job_id) > tuple_(after.cluster, after.job_id)
+        # Not a row comparison: PostgreSQL estimates one by its first column alone, so with
+        # one cluster (cluster > 'c': no row) it priced a walk of the primary key from the
+        # cursor as a few rows, and took it (1.5 s at 10 M jobs) over the list's own index.
+        key = or_(_J.c.cluster > after.cluster,
+                  and_(_J.c.cluster == after.cluster, _J.c.job_id > after.job_id))
         # Within a part the whole ORDER is said, even where start_at is one value or NULL:
         # the planner then reads the part in an index's order (IS NULL does not make
         # start_at a constant to it).

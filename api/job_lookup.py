@@ -142,14 +142,15 @@ def _with_details(stmt: Select[Any], order: Callable[[Any], tuple[Any, ...]]) ->
     d = _JD.alias("d")
     current = p.outerjoin(d, and_(d.c.cluster == p.c.cluster, d.c.job_id == p.c.job_id,
                                   d.c.parts_version == p.c.parts_version,
-                                  d.c.shape == literal_column(f"'{SHAPE}'")))  # hex
+                                  d.c.shape == literal_column(f"'{SHAPE}'"),  # hex
+                                  literal_column("true" if MATERIALISED else "false")))
     return select(*p.c, *_DETAIL_COLUMNS).select_from(current).order_by(*order(p.c))
 
 
 @cache
-def _lookup_stmt(on_cluster: bool) -> Select[Any]:
-    """The statement of a lookup on PostgreSQL (built once; parameters ``job_id``,
-    ``cluster``)."""
+def _lookup_stmt(on_cluster: bool, materialised: bool = True) -> Select[Any]:
+    """The statement of a lookup on PostgreSQL (built once per :data:`MATERIALISED`;
+    parameters ``job_id``, ``cluster``)."""
     stmt = select(_J).where(_J.c.job_id == bindparam("job_id"))
     if on_cluster:
         stmt = stmt.where(_J.c.cluster == bindparam("cluster"))
@@ -250,6 +251,9 @@ def _combined(session: Session) -> bool:
 #: Read a job and what its JSON is built from in one statement on PostgreSQL (tests turn it
 #: off to compare with the query-per-table path).
 COMBINED = True
+#: Read settled jobs' parts from their materialised detail (``bench/query_bench.py`` turns it
+#: off to time the live parts on the same database).
+MATERIALISED = True
 
 
 def lookup_details(session: Session, job_id: str, cluster: str | None) -> list[JobDetail]:
@@ -257,7 +261,7 @@ def lookup_details(session: Session, job_id: str, cluster: str | None) -> list[J
     cluster) with what their JSON is built from: one statement on PostgreSQL."""
     if _combined(session):
         params = {"job_id": job_id, "cluster": cluster}
-        rows = session.execute(_lookup_stmt(cluster is not None), params)
+        rows = session.execute(_lookup_stmt(cluster is not None, MATERIALISED), params)
         return [_detail_of_pg(row) for row in rows]
     stmt = select(_J).where(_J.c.job_id == job_id)
     if cluster is not None:

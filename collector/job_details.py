@@ -27,7 +27,13 @@ them just wrote them), and on SQLite, where nothing is materialised.
 A detail is also stored with the :data:`SHAPE` of the SQL that built it, and read only by
 code of the same shape: a change of the parts' SQL (:data:`LIVE_SQL`) or of the detail's keys
 leaves every stored detail unread until the next run, which goes over every job again (its
-``rollup_state`` row, :data:`STATE`, is per shape), replaces it.
+``rollup_state`` row, :data:`STATE`, is per shape), replaces it. A migration that changes what
+the same SQL returns (a part column's type) must empty ``job_detail`` itself.
+
+The database keeps the count too (a trigger of migration 0021): an update of a job row that
+stamps a new ``updated_at`` without adding to ``parts_version`` adds 1. Every writer of parts
+stamps it, so parts changed by a collector of an earlier release, still running during a
+rolling upgrade, are read live; a Slurm event's stamp only has the job materialised again.
 """
 
 from __future__ import annotations
