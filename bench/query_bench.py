@@ -26,7 +26,7 @@ there for the same N (build once at 10 M jobs, time several versions of the code
 
     .venv/bin/python bench/query_bench.py [--jobs 100000] [--lookups 2000] [--lists 200]
         [--unfiltered 20] [--recent-jobs N] [--pgdata DIR] [--rebuild] [--build-only]
-        [--live-parts]
+        [--live-parts] [--seed 42]
 """
 
 from __future__ import annotations
@@ -418,11 +418,14 @@ def main() -> None:
     parser.add_argument("--pgdata", type=Path, help="keep the PostgreSQL cluster here")
     parser.add_argument("--rebuild", action="store_true", help="rebuild a kept database")
     parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="of the random jobs looked up: another seed, other jobs (on a "
+                        "kept database, pages an earlier run read may still be cached)")
     parser.add_argument("--live-parts", action="store_true",
                         help="do not materialise job details: every lookup reads the parts "
                         "live (a kept database materialised before stays so)")
     args = parser.parse_args()
-    rng = random.Random(42)
+    rng = random.Random(args.seed)
 
     bindir = pg.find_pg_bin()
     if bindir is None:
