@@ -207,6 +207,9 @@ def refresh(engine: Engine, totals: TotalsFn, every: timedelta = DEFAULT_EVERY,
         if postgres and not lock_conn.execute(
                 text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}).scalar():
             return None
+        # The session holds the lock across the commit; left idle in a transaction for the
+        # whole refresh, the connection would be ended by idle_in_transaction_session_timeout.
+        lock_conn.commit()
         try:
             with engine.connect() as conn:
                 due = _due(conn, started, every)

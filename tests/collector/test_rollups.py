@@ -275,3 +275,34 @@ def test_api_summary_period_and_source(client):
     for params in ({"period": "30d", "end": "now"}, {"period": "1y"}, {"source": "cache"}):
         bad = client.get("/api/v1/summary", params=params)
         assert bad.status_code == 422, (params, bad.text)
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)],
+                         indirect=True)  # the advisory lock is PostgreSQL's
+def test_the_lock_is_not_held_in_an_idle_transaction(db_url):
+    """While the leaderboard is computed, the session that holds the refresh's lock is idle,
+    not idle in a transaction (which idle_in_transaction_session_timeout would end)."""
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from jobenergy.api.leaderboards import all_time_totals
+    from jobenergy.collector import rollups
+    from jobenergy.collector.db import make_engine
+
+    engine = make_engine(db_url)
+    states: list[str] = []
+
+    def totals(conn, cluster):
+        with engine.connect() as watcher:
+            states.extend(watcher.execute(text(
+                "SELECT a.state FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                "WHERE l.locktype = 'advisory' AND l.granted")).scalars())
+        return all_time_totals(conn, cluster)
+
+    try:
+        with Session(engine) as session:
+            _fleet(session, random.Random(5), n=20)
+        assert rollups.refresh(engine, totals).computed  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+    assert states and set(states) == {"idle"}
