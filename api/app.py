@@ -233,17 +233,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
             synced = False
 
     refresher = (None if settings.read_only or not settings.rollup_interval_s
-                 else rollups.Refresher(engine, settings.rollup_interval_s,
+                 else rollups.refresher(engine, settings.rollup_interval_s,
                                         leaderboards.all_time_totals,
                                         leaderboards.window_totals))
     materialiser = (None if settings.read_only or not settings.rollup_interval_s
-                    else job_details.Materialiser(engine, settings.rollup_interval_s))
+                    else job_details.materialiser(engine, settings.rollup_interval_s))
 
     # Budgets: the running jobs' view (answered with each batch) and, where configured, the
     # submit script's state file, recomputed together (collector/budget_writer.py).
     running_budgets = RunningBudgets()
     budget_refresher = (None if settings.read_only
-                        else budget_writer.BudgetRefresher(
+                        else budget_writer.budget_refresher(
                             engine, running_budgets, settings.budget_state_interval_s,
                             settings.budget_state_file, settings.budget_state_cluster))
 

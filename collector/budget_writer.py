@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from jobenergy.collector.budget_running import RunningBudgets
 from jobenergy.collector.budget_usage import load, state_entry, statuses
+from jobenergy.collector.periodic import Periodic
 from jobenergy.core.budget_state import write_state
 from jobenergy.core.errors import ConfigError
 
@@ -60,8 +60,9 @@ def refresh_once(engine: Engine, running: RunningBudgets, path: Path | None,
     return len(computed)
 
 
-class BudgetRefresher:
-    """Runs :func:`refresh_once` every ``interval_s`` in a daemon thread until :meth:`stop`.
+def budget_refresher(engine: Engine, running: RunningBudgets, interval_s: float,
+                     path: Path | None = None, cluster: str | None = None) -> Periodic:
+    """:func:`refresh_once` in the background: right away, then every ``interval_s``.
 
     Args:
         engine: The server's database.
@@ -70,34 +71,11 @@ class BudgetRefresher:
         path: The state file to write (None: none here).
         cluster: Write only this cluster's budgets into the file (the view holds all).
     """
+    def work(_stop: threading.Event) -> None:
+        try:
+            refresh_once(engine, running, path, cluster)
+        except ConfigError as err:
+            logger.error("%s", err)
 
-    def __init__(self, engine: Engine, running: RunningBudgets, interval_s: float,
-                 path: Path | None = None, cluster: str | None = None) -> None:
-        self._engine = engine
-        self._running = running
-        self._path = path
-        self._interval_s = interval_s
-        self._cluster = cluster
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="jobenergy-budgets",
-                                        daemon=True)
-
-    def start(self) -> None:
-        """Start refreshing: once right away, then every ``interval_s``."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the refresh under way, if any."""
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                refresh_once(self._engine, self._running, self._path, self._cluster)
-            except SQLAlchemyError as err:
-                logger.warning("budgets not refreshed (state file %s): %s", self._path,
-                               str(getattr(err, "orig", None) or err).splitlines()[0])
-            except ConfigError as err:
-                logger.error("%s", err)
-            self._stop.wait(self._interval_s)
+    return Periodic("jobenergy-budgets", interval_s, work,
+                    f"budgets not refreshed (state file {path})")

@@ -45,9 +45,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, TextClause, select, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 
 from jobenergy.collector.models import RollupState
+from jobenergy.collector.periodic import Periodic
 from jobenergy.collector.sql import dialect_insert
 
 logger = logging.getLogger(__name__)
@@ -268,34 +269,9 @@ def _materialise(conn: Connection, settled: datetime, chunk: int,
     return written
 
 
-class Materialiser:
-    """Runs :func:`materialise` every ``interval_s`` in a daemon thread until :meth:`stop`: on
-    its own, so that a first run over millions of jobs holds up no leaderboard refresh."""
-
-    def __init__(self, engine: Engine, interval_s: float) -> None:
-        self._engine = engine
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="jobenergy-job-details",
-                                        daemon=True)
-
-    def start(self) -> None:
-        """Start: a run right away, then one every ``interval_s``."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the chunk under way, if any."""
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                materialise(self._engine, stop=self._stop)
-            except SQLAlchemyError as err:
-                # Jobs not materialised are read live: slower, as exact.
-                logger.warning("job details not materialised: %s",
-                               (str(getattr(err, "orig", None) or err).splitlines() or [""])[0])
-            except Exception:  # the thread must outlive any one round
-                logger.exception("job details not materialised")
-            self._stop.wait(self._interval_s)
+def materialiser(engine: Engine, interval_s: float) -> Periodic:
+    """:func:`materialise` in the background, right away then every ``interval_s``: in a
+    thread of its own, so that a first run over millions of jobs holds up no leaderboard
+    refresh. Jobs not materialised are read live: slower, as exact."""
+    return Periodic("jobenergy-job-details", interval_s,
+                    lambda stop: materialise(engine, stop=stop), "job details not materialised")

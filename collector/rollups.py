@@ -29,14 +29,12 @@ as the jobs themselves and read no faster than the jobs' covering index.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, text
-from sqlalchemy.exc import SQLAlchemyError
 
 from jobenergy.collector.models import (
     Job,
@@ -45,6 +43,7 @@ from jobenergy.collector.models import (
     RollupState,
     RollupSummary,
 )
+from jobenergy.collector.periodic import Periodic
 from jobenergy.collector.sql import dialect_insert
 
 logger = logging.getLogger(__name__)
@@ -247,35 +246,12 @@ def total_rows(cluster: str | None, phase: str | None, period: str | None = None
                   t.samples, t.sampled_uj, t.median_uj).where(*where)
 
 
-class Refresher:
-    """Runs :func:`refresh` every ``interval_s`` in a daemon thread until :meth:`stop`."""
-
-    def __init__(self, engine: Engine, interval_s: float, totals: TotalsFn,
-                 window_totals: WindowTotalsFn | None = None) -> None:
-        self._engine = engine
-        self._interval_s = interval_s
-        self._totals = totals
-        self._window_totals = window_totals
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="jobenergy-rollup", daemon=True)
-
-    def start(self) -> None:
-        """Start refreshing: computed right away when never computed, then at most every
-        ``interval_s`` while jobs change (checked every ``interval_s`` too)."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the refresh under way, if any."""
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        every = timedelta(seconds=self._interval_s)
-        while not self._stop.is_set():
-            try:
-                refresh(self._engine, self._totals, every, self._window_totals)
-            except SQLAlchemyError as err:
-                # The database is down or busy: the leaderboard goes stale and says so (as_of).
-                logger.warning("all-time leaderboard not refreshed: %s",
-                               str(getattr(err, "orig", None) or err).splitlines()[0])
-            self._stop.wait(self._interval_s)
+def refresher(engine: Engine, interval_s: float, totals: TotalsFn,
+              window_totals: WindowTotalsFn | None = None) -> Periodic:
+    """:func:`refresh` in the background: right away (computed when never computed), then
+    every ``interval_s``, recomputing at most that often while jobs change."""
+    every = timedelta(seconds=interval_s)
+    # The database down or busy: the leaderboard goes stale and says so (as_of).
+    return Periodic("jobenergy-rollup", interval_s,
+                    lambda _stop: refresh(engine, totals, every, window_totals),
+                    "all-time leaderboard not refreshed")
