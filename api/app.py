@@ -14,7 +14,7 @@ from urllib.parse import unquote_to_bytes
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -45,6 +45,7 @@ from jobenergy.collector import routes as collector_routes
 from jobenergy.collector.budget_running import RunningBudgets
 from jobenergy.collector.clusters import apply_server_defaults
 from jobenergy.collector.db import make_engine, schema_revision_problem, upgrade
+from jobenergy.collector.group_commit import GroupWriter
 from jobenergy.collector.metrics import CollectorMetrics, operation_of
 from jobenergy.collector.partitions import ensure_interval_partitions
 from jobenergy.collector.routes import DB_RETRY_AFTER_S
@@ -276,6 +277,20 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.ingest_engine = ingest_engine
     app.state.ingest_sessionmaker = sessionmaker(ingest_engine, expire_on_commit=False)
     app.state.ingest_threads = anyio.CapacityLimiter(settings.db_ingest_pool_size)
+
+    def server_defaults(conn: Connection) -> None:
+        # In the first batch's transaction: the defaults a later start could not seed
+        # (history stored) are written with the first energy of an empty database.
+        if not app.state.defaults_synced:
+            apply_server_defaults(conn, settings)
+
+    # One group at a time per process: the next group gathers while one is written. Two or
+    # three at a time were slower (bench/ingest_bench.py, 2 cores: 16 agents, 2 workers,
+    # 320-347 batches/s with one, 236-283 with two, 244 with three).
+    app.state.group_writer = GroupWriter(
+        app.state.ingest_sessionmaker, app.state.ingest_threads, settings.ingest_group_batches,
+        writers=1,
+        in_transaction=server_defaults)
     app.state.live_slots = LiveSlots(settings.max_live_aggregates, settings.live_aggregate_wait_s)
     app.include_router(collector_routes.router)
     app.include_router(routes_jobs.router)
@@ -286,6 +301,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(routes_admin.router)
     app.include_router(routes_budgets.router)
     app.state.metrics = CollectorMetrics(app.state.sessionmaker)
+    app.state.group_writer.observe_group = app.state.metrics.ingest_group_batches.observe
     app.state.metrics_networks = routes_metrics.metrics_networks(settings.metrics_allow)
     app.include_router(routes_metrics.router)  # GET /metrics, outside /api/: no credentials
     pages.install(app)

@@ -743,7 +743,7 @@ def copy_ceiling(engine: Engine, agents: list[Agent], per_agent: int) -> list[st
     with engine.connect() as conn:
         for batch, plan in zip(batches, plans, strict=True):
             with conn.begin() as trans:
-                write_intervals_pg(conn, batch, plan)
+                write_intervals_pg(conn, [(batch, plan)])
                 trans.rollback()
     wall = time.perf_counter() - begin
     out.append(f"  COPY per batch (write_intervals_pg, 1 transaction each, 1 connection): "

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cache
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, func, select, update
@@ -45,7 +48,7 @@ from jobenergy.collector.models import (
 )
 from jobenergy.collector.node_hours import add_node_hours
 from jobenergy.collector.phases import write_phases
-from jobenergy.collector.plan import Plan, plan_batch
+from jobenergy.collector.plan import JobSummary, Plan, fold_summary, plan_batch
 from jobenergy.collector.sql import (
     IngestRejected,
     dialect_insert,
@@ -56,7 +59,10 @@ from jobenergy.collector.steps import plan_steps, write_steps
 from jobenergy.core.errors import JobEnergyError
 from jobenergy.core.schema import Batch
 
-__all__ = ["BatchConflict", "IngestRejected", "IngestResult", "content_hash", "ingest_batch"]
+__all__ = [
+    "BatchConflict", "IngestRejected", "IngestResult", "Prepared", "content_hash", "ingest_batch",
+    "ingest_group", "prepare",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -90,21 +96,33 @@ def content_hash(batch: Batch) -> str:
     return hashlib.sha256(batch.model_dump_json().encode()).hexdigest()
 
 
-def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> list[str]:
-    """Create or update the jobs' rows and add this batch to their summary.
+def _upsert_jobs(conn: Connection, parts: Sequence[Prepared],
+                 now: datetime) -> dict[str, list[str]]:
+    """Create or update the jobs' rows and add the batches to their summary.
 
     Runs first among the per-job writes: the upsert locks each job row (in sorted order, so
-    concurrent batches of one multi-node job cannot deadlock) until the transaction ends, which
-    serialises the read-modify-write of the job's hours and phases.
+    concurrent groups of batches, and batches of one multi-node job, cannot deadlock) until
+    the transaction ends, which serialises the read-modify-write of the job's hours and
+    phases. A job in several batches of the group gets one row: their summaries folded.
 
-    Returns the jobs that are annotated (have ``job_phase`` rows, from this batch or an
-    earlier one): only those have leaderboard parts to refresh.
+    Returns, per cluster, the jobs that are annotated (have ``job_phase`` rows, from these
+    batches or earlier ones): only those have leaderboard parts to refresh.
     """
+    jobs: dict[tuple[str, str], JobSummary] = {}
+    for p in parts:
+        for job_id, summary in p.plan.jobs.items():
+            key = (p.batch.cluster, job_id)
+            if key in jobs:
+                fold_summary(jobs[key], summary)
+            else:
+                jobs[key] = replace(summary)
+    if not jobs:
+        return {}
     returned = conn.execute(
         _jobs_upsert(conn.dialect.name),
         [
             {
-                "cluster": batch.cluster,
+                "cluster": cluster,
                 "job_id": job_id,
                 "uid": s.uid,
                 "updated_at": now,
@@ -119,10 +137,14 @@ def _upsert_jobs(conn: Connection, batch: Batch, plan: Plan, now: datetime) -> l
                 "samples": s.samples,
                 "annotated": s.annotated,
             }
-            for job_id, s in sorted(plan.jobs.items())
+            for (cluster, job_id), s in sorted(jobs.items())
         ],
     )
-    return sorted(job_id for job_id, annotated in returned if annotated)
+    annotated: dict[str, list[str]] = defaultdict(list)
+    for cluster, job_id, is_annotated in returned:
+        if is_annotated:
+            annotated[cluster].append(job_id)
+    return {cluster: sorted(ids) for cluster, ids in annotated.items()}
 
 
 # The upserts are built once per dialect: building one costs more than executing it.
@@ -153,47 +175,55 @@ def _jobs_upsert(dialect: str) -> Any:
             # date (collector/job_details.py). Every job with a part in the batch is here.
             Job.parts_version: Job.parts_version + 1,
         },
-    ).returning(Job.job_id, Job.annotated)
+    ).returning(Job.cluster, Job.job_id, Job.annotated)
 
 
 def _add_job_factors(conn: Connection, cluster: str, deltas: dict[str, tuple[int, int]]) -> None:
     conn.execute(
-        update(Job)
-        .where(Job.cluster == cluster, Job.job_id == bindparam("b_job_id"))
-        .values(
-            facility_uj=Job.facility_uj + bindparam("b_facility"),
-            co2e_ug=Job.co2e_ug + bindparam("b_co2e"),
-        ),
+        _job_factors_update(),
         [
-            {"b_job_id": job_id, "b_facility": facility, "b_co2e": co2e}
+            {"b_cluster": cluster, "b_job_id": job_id, "b_facility": facility, "b_co2e": co2e}
             for job_id, (facility, co2e) in sorted(deltas.items())
         ],
     )
 
 
-def _upsert_job_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
-    conn.execute(
-        _job_energy_upsert(conn.dialect.name),
-        [
-            {
-                "cluster": batch.cluster,
-                "job_id": job_id,
-                "node": batch.node,
-                "component": component,
-                "source": source,
-                "energy_uj": t[0],
-                "estimated_uj": t[1],
-                "intervals": t[2],
-                "covered_s": t[3],
-                "first_at": t[4],
-                "last_at": t[5],
-                "wraps": t[6],
-                "resets": t[7],
-                "device_name": t[8],
-            }
-            for (job_id, component, source), t in sorted(plan.job_totals.items())
-        ],
+@cache
+def _job_factors_update() -> Any:
+    return (
+        update(Job)
+        .where(Job.cluster == bindparam("b_cluster"), Job.job_id == bindparam("b_job_id"))
+        .values(
+            facility_uj=Job.facility_uj + bindparam("b_facility"),
+            co2e_ug=Job.co2e_ug + bindparam("b_co2e"),
+        )
     )
+
+
+def _upsert_job_energy(conn: Connection, parts: Sequence[Prepared]) -> None:
+    rows = [
+        {
+            "cluster": p.batch.cluster,
+            "job_id": job_id,
+            "node": p.batch.node,
+            "component": component,
+            "source": source,
+            "energy_uj": t[0],
+            "estimated_uj": t[1],
+            "intervals": t[2],
+            "covered_s": t[3],
+            "first_at": t[4],
+            "last_at": t[5],
+            "wraps": t[6],
+            "resets": t[7],
+            "device_name": t[8],
+        }
+        for p in parts
+        for (job_id, component, source), t in p.plan.job_totals.items()
+    ]
+    if rows:
+        rows.sort(key=itemgetter("cluster", "job_id", "node", "component", "source"))
+        conn.execute(_job_energy_upsert(conn.dialect.name), rows)
 
 
 @cache
@@ -223,24 +253,25 @@ def _job_energy_upsert(dialect: str) -> Any:
     )
 
 
-def _upsert_node_energy(conn: Connection, batch: Batch, plan: Plan) -> None:
-    conn.execute(
-        _node_energy_upsert(conn.dialect.name),
-        [
-            {
-                "cluster": batch.cluster,
-                "node": batch.node,
-                "component": component,
-                "source": source,
-                "measured_uj": t[0],
-                "unattributed_uj": t[1],
-                "intervals": t[2],
-                "first_at": t[3],
-                "last_at": t[4],
-            }
-            for (component, source), t in sorted(plan.node_totals.items())
-        ],
-    )
+def _upsert_node_energy(conn: Connection, parts: Sequence[Prepared]) -> None:
+    rows = [
+        {
+            "cluster": p.batch.cluster,
+            "node": p.batch.node,
+            "component": component,
+            "source": source,
+            "measured_uj": t[0],
+            "unattributed_uj": t[1],
+            "intervals": t[2],
+            "first_at": t[3],
+            "last_at": t[4],
+        }
+        for p in parts
+        for (component, source), t in p.plan.node_totals.items()
+    ]
+    if rows:
+        rows.sort(key=itemgetter("cluster", "node", "component", "source"))
+        conn.execute(_node_energy_upsert(conn.dialect.name), rows)
 
 
 @cache
@@ -265,14 +296,17 @@ def _node_energy_upsert(dialect: str) -> Any:
     )
 
 
-def _upsert_progress(conn: Connection, batch: Batch, plan: Plan) -> None:
-    """Move the node's high-water mark; the latest interval's source count goes with it."""
-    assert plan.progress is not None
-    first, last, intervals, sources = plan.progress
-    conn.execute(_progress_upsert(conn.dialect.name), {
-        "cluster": batch.cluster, "node": batch.node, "first_at": first, "last_at": last,
-        "intervals": intervals, "last_sources": sources,
-    })
+def _upsert_progress(conn: Connection, parts: Sequence[Prepared]) -> None:
+    """Move the nodes' high-water marks; each latest interval's source count goes with it."""
+    rows = [
+        {"cluster": p.batch.cluster, "node": p.batch.node, "first_at": first, "last_at": last,
+         "intervals": intervals, "last_sources": sources}
+        for p in sorted(parts, key=lambda p: (p.batch.cluster, p.batch.node))
+        if p.plan.progress is not None
+        for first, last, intervals, sources in [p.plan.progress]
+    ]
+    if rows:
+        conn.execute(_progress_upsert(conn.dialect.name), rows)
 
 
 @cache
@@ -294,15 +328,16 @@ def _progress_upsert(dialect: str) -> Any:
     )
 
 
-def _upsert_job_nodes(conn: Connection, batch: Batch, plan: Plan) -> None:
-    conn.execute(
-        _job_nodes_upsert(conn.dialect.name),
-        [
-            {"cluster": batch.cluster, "job_id": job_id, "node": batch.node, "first_at": first,
-             "last_at": last, "intervals": intervals}
-            for job_id, (first, last, intervals) in sorted(plan.job_nodes.items())
-        ],
-    )
+def _upsert_job_nodes(conn: Connection, parts: Sequence[Prepared]) -> None:
+    rows = [
+        {"cluster": p.batch.cluster, "job_id": job_id, "node": p.batch.node, "first_at": first,
+         "last_at": last, "intervals": intervals}
+        for p in parts
+        for job_id, (first, last, intervals) in p.plan.job_nodes.items()
+    ]
+    if rows:
+        rows.sort(key=itemgetter("cluster", "job_id", "node"))
+        conn.execute(_job_nodes_upsert(conn.dialect.name), rows)
 
 
 @cache
@@ -331,6 +366,30 @@ def _check_text(batch: Batch) -> None:
         raise IngestRejected("text fields must not contain NUL characters")
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch checked and planned in Python, before any database work."""
+
+    batch: Batch
+    plan: Plan
+    digest: str  # content_hash(batch)
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        b = self.batch
+        return (b.cluster, b.node, b.boot_id, b.seq)
+
+
+def prepare(batch: Batch) -> Prepared:
+    """Check and plan ``batch`` (no database work).
+
+    Raises:
+        IngestRejected: The batch cannot be stored (a total out of range, NUL in a name).
+    """
+    _check_text(batch)
+    return Prepared(batch, plan_batch(batch), content_hash(batch))
+
+
 def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
     """Store ``batch`` in the caller's transaction, once.
 
@@ -350,79 +409,135 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
         BatchConflict: The batch key is already stored with other content.
     """
     conn = db.connection() if isinstance(db, Session) else db
-    _check_text(batch)
-    plan = plan_batch(batch)
+    (outcome,) = ingest_group(conn, [prepare(batch)])
+    if isinstance(outcome, BatchConflict):
+        raise outcome
+    return outcome
+
+
+def ingest_group(conn: Connection, group: Sequence[Prepared]
+                 ) -> list[IngestResult | BatchConflict]:
+    """Store the batches of ``group``, of distinct nodes, in the caller's transaction, once.
+
+    Several agents' batches in one transaction cost the statements of one batch, each with
+    more rows (collector/group_commit.py): what a row ends up holding is what storing the
+    batches one by one gives. Does not commit.
+
+    Returns:
+        Per batch, in order: its :class:`IngestResult`, or the :class:`BatchConflict` of a
+        key stored with other content (that batch alone is not stored).
+
+    Raises:
+        IngestRejected: A batch overlaps stored energy; nothing of the group may be stored
+            (the caller rolls back, and stores the batches one by one to find which).
+        ValueError: Two batches of one node (their overlap is checked only one by one).
+    """
+    nodes = [(p.batch.cluster, p.batch.node) for p in group]
+    if len(set(nodes)) != len(nodes):
+        raise ValueError("a group holds at most one batch per node")
     now = datetime.now(UTC)
-    digest = content_hash(batch)
-    claim = (
-        dialect_insert(conn)(IngestedBatch)
-        .values(
-            cluster=batch.cluster,
-            node=batch.node,
-            boot_id=batch.boot_id,
-            seq=batch.seq,
-            received_at=now,
-            agent_version=batch.agent_version,
-            intervals=len(batch.intervals),
-            records=len(plan.rows),
-            content_sha256=digest,
-        )
-        .on_conflict_do_nothing(
-            index_elements=[
-                IngestedBatch.cluster,
-                IngestedBatch.node,
-                IngestedBatch.boot_id,
-                IngestedBatch.seq,
-            ]
-        )
-        .returning(IngestedBatch.seq)
-    )
-    if conn.execute(claim).first() is None:
-        ib = IngestedBatch
-        stored = conn.execute(
-            select(ib.content_sha256).where(
-                ib.cluster == batch.cluster, ib.node == batch.node, ib.boot_id == batch.boot_id,
-                ib.seq == batch.seq,
-            )
-        ).scalar_one_or_none()
-        if stored is not None and stored != digest:
-            raise BatchConflict(
-                f"conflict: batch key cluster={batch.cluster} node={batch.node} "
-                f"boot_id={batch.boot_id} seq={batch.seq} is already stored with other content "
-                f"(sha256 {stored[:16]}…, this one {digest[:16]}…); nothing stored"
-            )
-        # A retry after a lost acknowledgement: routine for idempotent transport, not news.
-        logger.debug(
-            "duplicate batch cluster=%s node=%s boot_id=%s seq=%s",
-            batch.cluster,
-            batch.node,
-            batch.boot_id,
-            batch.seq,
-        )
-        return IngestResult(duplicate=True, records=0)
-    lock_for_ingest(conn, batch.cluster, batch.node, DEFAULTS)
-    check_no_overlap(conn, batch)
-    if plan.rows:
-        if conn.dialect.name == "postgresql":
-            write_intervals_pg(conn, batch, plan)
+    claimed = _claim(conn, group, now)
+    outcomes: list[IngestResult | BatchConflict] = []
+    new: list[Prepared] = []
+    for p in group:
+        if p.key in claimed:
+            new.append(p)
+            outcomes.append(IngestResult(duplicate=False, records=len(p.plan.rows)))
         else:
-            write_intervals_sqlite(conn, batch, plan)
-    annotated = _upsert_jobs(conn, batch, plan, now) if plan.jobs else []
-    if plan.job_totals:
-        _upsert_job_energy(conn, batch, plan)
-    if plan.node_totals:
-        _upsert_node_energy(conn, batch, plan)
-        add_node_hours(conn, batch.cluster, batch.node, plan.node_hours)
-    if plan.progress is not None:
-        _upsert_progress(conn, batch, plan)
-    if plan.job_nodes:
-        _upsert_job_nodes(conn, batch, plan)
-    deltas = write_hours(conn, batch.cluster, plan.job_hours)
-    if deltas:
-        _add_job_factors(conn, batch.cluster, deltas)
-    write_phases(conn, batch.cluster, plan)
-    write_steps(conn, batch.cluster, plan_steps(batch))
-    if annotated:
+            outcomes.append(_duplicate_or_conflict(conn, p))
+    if new:
+        _store(conn, new, now)
+    return outcomes
+
+
+def _claim(conn: Connection, group: Sequence[Prepared],
+           now: datetime) -> set[tuple[str, str, str, int]]:
+    """Insert the batches' keys; return those inserted (the others were stored before).
+
+    In sorted order: two groups claiming the same keys (an agent's retry reaching the other
+    collector) wait for each other in one order, never in a cycle.
+    """
+    returned = conn.execute(
+        _claim_insert(conn.dialect.name),
+        [
+            {
+                "cluster": p.batch.cluster,
+                "node": p.batch.node,
+                "boot_id": p.batch.boot_id,
+                "seq": p.batch.seq,
+                "received_at": now,
+                "agent_version": p.batch.agent_version,
+                "intervals": len(p.batch.intervals),
+                "records": len(p.plan.rows),
+                "content_sha256": p.digest,
+            }
+            for p in sorted(group, key=attrgetter("key"))
+        ],
+    )
+    return {(c, n, b, s) for c, n, b, s in returned}
+
+
+@cache
+def _claim_insert(dialect: str) -> Any:
+    ib = IngestedBatch
+    return (
+        dialect_insert(dialect)(ib)
+        .on_conflict_do_nothing(index_elements=[ib.cluster, ib.node, ib.boot_id, ib.seq])
+        .returning(ib.cluster, ib.node, ib.boot_id, ib.seq)
+    )
+
+
+def _duplicate_or_conflict(conn: Connection, p: Prepared) -> IngestResult | BatchConflict:
+    ib, batch = IngestedBatch, p.batch
+    stored = conn.execute(
+        select(ib.content_sha256).where(
+            ib.cluster == batch.cluster, ib.node == batch.node, ib.boot_id == batch.boot_id,
+            ib.seq == batch.seq,
+        )
+    ).scalar_one_or_none()
+    if stored is not None and stored != p.digest:
+        return BatchConflict(
+            f"conflict: batch key cluster={batch.cluster} node={batch.node} "
+            f"boot_id={batch.boot_id} seq={batch.seq} is already stored with other content "
+            f"(sha256 {stored[:16]}…, this one {p.digest[:16]}…); nothing stored"
+        )
+    # A retry after a lost acknowledgement: routine for idempotent transport, not news.
+    logger.debug("duplicate batch cluster=%s node=%s boot_id=%s seq=%s",
+                 batch.cluster, batch.node, batch.boot_id, batch.seq)
+    return IngestResult(duplicate=True, records=0)
+
+
+def _store(conn: Connection, group: Sequence[Prepared], now: datetime) -> None:
+    """Write the claimed batches of ``group`` (distinct nodes): each table once for all."""
+    lock_for_ingest(conn, [(p.batch.cluster, p.batch.node) for p in group], DEFAULTS)
+    check_no_overlap(conn, [p.batch for p in group])
+    parts = [(p.batch, p.plan) for p in group]
+    if conn.dialect.name == "postgresql":
+        write_intervals_pg(conn, parts)
+    else:
+        write_intervals_sqlite(conn, parts)
+    annotated = _upsert_jobs(conn, group, now)
+    _upsert_job_energy(conn, group)
+    _upsert_node_energy(conn, group)
+    add_node_hours(conn, [(p.batch.cluster, p.batch.node, p.plan.node_hours) for p in group])
+    _upsert_progress(conn, group)
+    _upsert_job_nodes(conn, group)
+    # A (job, hour) in several batches (a multi-node job): their µJ summed, then priced once,
+    # as the hour's value depends on its total alone.
+    hours: dict[str, dict[tuple[str, datetime], int]] = defaultdict(dict)
+    for p in group:
+        mine = hours[p.batch.cluster]
+        for key, energy_uj in p.plan.job_hours.items():
+            mine[key] = mine.get(key, 0) + energy_uj
+    for cluster, job_hours in sorted(hours.items()):
+        deltas = write_hours(conn, cluster, job_hours)
+        if deltas:
+            _add_job_factors(conn, cluster, deltas)
+    # Phases and steps merge what is stored with what comes (metrics, tags): batch by batch,
+    # in order, as one by one. Only annotated jobs and jobs with steps have any.
+    for p in group:
+        write_phases(conn, p.batch.cluster, p.plan)
+        write_steps(conn, p.batch.cluster, plan_steps(p.batch))
+    for cluster, job_ids in sorted(annotated.items()):
         # After the job and phase upserts: the parts are computed from both.
-        refresh_board(conn, batch.cluster, annotated)
-    return IngestResult(duplicate=False, records=len(plan.rows))
+        refresh_board(conn, cluster, job_ids)

@@ -55,6 +55,7 @@ REFUSAL_STATUSES = ("400", "403", "409", "413", "415", "422")
 DB_OPERATIONS = ("ingest", "event", "refusal", "read", "write", "metrics", "budget_actions")
 #: Ingest latency buckets, seconds (a batch of 10 s of one node takes milliseconds).
 INGEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def operation_of(method: str, path: str) -> str:
@@ -187,6 +188,10 @@ class CollectorMetrics:
             "jobenergy_collector_ingest_duration_seconds",
             "Time to validate and store (or find a duplicate of) one batch, s",
             buckets=INGEST_BUCKETS_S, registry=r)
+        self.ingest_group_batches = Histogram(
+            "jobenergy_collector_ingest_group_batches",
+            "Batches stored together in one transaction (group commit)",
+            buckets=GROUP_BUCKETS, registry=r)
         self.database_errors = Counter(
             "jobenergy_collector_database_errors",
             "Database errors by operation (down, locked, out of connections, a value refused)",

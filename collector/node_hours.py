@@ -19,6 +19,7 @@ source and share in 360) split in Python by the same function, one by one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -35,19 +36,22 @@ logger = logging.getLogger(__name__)
 _H = NodeEnergyHour
 
 
-def add_node_hours(conn: Connection, cluster: str, node: str,
-                   node_hours: dict[tuple[str, datetime], list[int]]) -> None:
-    """Add a batch's per-(component, hour) ``[measured, unattributed]`` µJ to the node's hours.
+def add_node_hours(conn: Connection,
+                   parts: Sequence[tuple[str, str, dict[tuple[str, datetime], list[int]]]]
+                   ) -> None:
+    """Add batches' per-(component, hour) ``[measured, unattributed]`` µJ to their nodes'
+    hours; ``parts`` holds ``(cluster, node, hours)`` of distinct nodes.
 
-    The caller holds the node's lock (``collector/sql.py: lock_for_ingest``).
+    The caller holds the nodes' locks (``collector/sql.py: lock_for_ingest``).
     """
-    if not node_hours:
-        return
-    conn.execute(_node_hours_upsert(conn.dialect.name), [
+    rows = [
         {"cluster": cluster, "node": node, "hour_at": hour, "component": component,
          "measured_uj": measured, "unattributed_uj": unattributed}
+        for cluster, node, node_hours in sorted(parts, key=lambda part: part[:2])
         for (component, hour), (measured, unattributed) in sorted(node_hours.items())
-    ])
+    ]
+    if rows:
+        conn.execute(_node_hours_upsert(conn.dialect.name), rows)
 
 
 @cache

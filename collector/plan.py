@@ -58,6 +58,23 @@ class Plan:
     progress: list[Any] | None = None
 
 
+def fold_summary(into: JobSummary, later: JobSummary) -> None:
+    """Fold a later batch's summary of a job into ``into``: storing the result once is what
+    storing the two in turn gives (``collector/ingest.py``'s job upsert: sums add, the first
+    uid, model and phase given stay, the earliest begin)."""
+    into.uid = into.uid if into.uid is not None else later.uid
+    into.energy_uj += later.energy_uj
+    into.gpu_uj += later.gpu_uj
+    into.gpu_s += later.gpu_s
+    if into.begin_at is None or (later.begin_at is not None and later.begin_at < into.begin_at):
+        into.begin_at = later.begin_at
+    into.model = into.model if into.model is not None else later.model
+    into.phase = into.phase if into.phase is not None else later.phase
+    if later.samples is not None:
+        into.samples = (into.samples or 0) + later.samples
+    into.annotated = into.annotated or later.annotated
+
+
 def _job(plan: Plan, job_id: str) -> JobSummary:
     summary = plan.jobs.get(job_id)
     if summary is None:

@@ -36,9 +36,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobenergy.api.access import Access
 from jobenergy.api.authenticate import access_of, forbidden, get_access
 from jobenergy.collector.budget_running import BudgetAction, batch_actions, batch_job_ids
-from jobenergy.collector.clusters import apply_server_defaults
 from jobenergy.collector.events import apply_job_event
-from jobenergy.collector.ingest import BatchConflict, IngestRejected, ingest_batch
+from jobenergy.collector.ingest import BatchConflict, IngestRejected, Prepared, prepare
 from jobenergy.collector.metrics import CollectorMetrics
 from jobenergy.collector.refusals import UNKNOWN_SENDER, record_refusal, sender_of
 from jobenergy.collector.settings import ServerSettings
@@ -356,36 +355,19 @@ async def post_batch(request: Request, access: IngestAccessDep,
     """Validate and store a batch in one transaction; a repeated batch is a duplicate.
 
     A batch whose key is stored with other content answers 409 (nothing stored); one for a
-    node the caller is not the agent of, 403. Async, with the work on ingest's own threads
-    and connections (its answer is then built on the event loop, holding neither).
+    node the caller is not the agent of, 403. Async: it is parsed on ingest's own threads,
+    then stored with the other agents' batches waiting (``collector/group_commit.py``), and
+    answered once committed.
     """
     if access.agent_nodes is not None and not access.agent_nodes:
         # Not an agent at all (a user, the hooks): refused before taking an ingest thread.
         raise forbidden(access, "post batches (only the agent of a node does)")
-    return await in_ingest_session(request, _store_batch, request, access, body)
-
-
-def _store_batch(session: Session, request: Request, access: Access,
-                 body: bytes) -> IngestResponse:
     metrics: CollectorMetrics = request.app.state.metrics
     started = time.perf_counter()  # parsing and validating are part of the cost
+    prepared = await in_ingest_thread(request, _prepare_batch, request, access, body)
+    batch = prepared.batch
     try:
-        batch = parse_body(body, Batch)
-    except HTTPException:
-        request.state.sender = sender_of(body)
-        raise
-    request.state.sender = (batch.cluster, batch.node)
-    if not access.may_post_batch(batch.cluster, batch.node):
-        clusters = sorted({c for c, n in access.agent_nodes or () if c and n == batch.node})
-        only = f" (only of cluster {', '.join(clusters)})" if clusters else ""
-        raise forbidden(access, f"post batches for node {batch.node} of cluster "
-                        f"{batch.cluster}{only}")
-    try:
-        with session.begin():
-            if not request.app.state.defaults_synced:
-                settings: ServerSettings = request.app.state.settings
-                apply_server_defaults(session.connection(), settings)
-            result = ingest_batch(session, batch)
+        result = await request.app.state.group_writer.store(prepared)
     except BatchConflict as err:
         raise HTTPException(status_code=409, detail=str(err)) from err
     except IngestRejected as err:
@@ -412,11 +394,32 @@ def _store_batch(session: Session, request: Request, access: Access,
     if not result.duplicate:
         logger.debug("stored batch node=%s seq=%s records=%s", batch.node, batch.seq,
                      result.records)
+    actions = (await in_ingest_session(request, _budget_actions, request, batch)
+               if request.app.state.running_budgets.hot(batch.cluster) else [])
     return IngestResponse(duplicate=result.duplicate, records=result.records,
-                          budget_actions=_budget_actions(request, session, batch))
+                          budget_actions=actions)
 
 
-def _budget_actions(request: Request, session: Session, batch: Batch) -> list[BudgetAction]:
+def _prepare_batch(request: Request, access: Access, body: bytes) -> Prepared:
+    """Parse, authorise, check and plan a batch (CPU only: no database work)."""
+    try:
+        batch = parse_body(body, Batch)
+    except HTTPException:
+        request.state.sender = sender_of(body)
+        raise
+    request.state.sender = (batch.cluster, batch.node)
+    if not access.may_post_batch(batch.cluster, batch.node):
+        clusters = sorted({c for c, n in access.agent_nodes or () if c and n == batch.node})
+        only = f" (only of cluster {', '.join(clusters)})" if clusters else ""
+        raise forbidden(access, f"post batches for node {batch.node} of cluster "
+                        f"{batch.cluster}{only}")
+    try:
+        return prepare(batch)
+    except IngestRejected as err:
+        raise _rejected(err) from err
+
+
+def _budget_actions(session: Session, request: Request, batch: Batch) -> list[BudgetAction]:
     """Return the budget actions due for the batch's running jobs (after it was committed).
 
     A duplicate gets them too: its jobs may still run, and the agent takes each action once.

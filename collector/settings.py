@@ -129,6 +129,9 @@ class ServerSettings(BaseSettings):
             batches and the Slurm hooks' job events, on top of ``db_pool_size``: reads never
             take them, so a flood of reads (a user within the rate limit can have 200 in
             flight) cannot hold ingest up until the pool timeout.
+        ingest_group_batches: Agents' batches stored in one transaction at most (group
+            commit, ``collector/group_commit.py``): batches that arrive while others are
+            being stored wait and go in together, one per node. 1: a transaction per batch.
         db_pool_timeout_s: How long a request waits for a free connection before 503. Keep
             it below the agents' request timeout (10 s), so that they get the 503 and its
             ``Retry-After`` instead of giving up and sending the batch again.
@@ -205,6 +208,7 @@ class ServerSettings(BaseSettings):
     live_aggregate_wait_s: float = Field(default=10.0, ge=0, le=3600)
     db_pool_size: int = Field(default=15, ge=2, le=1000)
     db_ingest_pool_size: int = Field(default=4, ge=1, le=1000)
+    ingest_group_batches: int = Field(default=64, ge=1, le=1000)
     db_pool_timeout_s: float = Field(default=5.0, gt=0, le=3600)
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, func, text
@@ -67,25 +69,31 @@ def _factors_key(cluster: str) -> str:
     return f"jobenergy:factors:{cluster}"
 
 
-def lock_for_ingest(conn: Connection, cluster: str, node: str, defaults: str) -> None:
-    """Take a batch's locks: the server defaults' factors (shared), the node (exclusive:
-    the overlap check must see the rows of the node's other batches) and the cluster's
-    factors (shared), in that order, the one order of every writer (no deadlock).
+def lock_for_ingest(conn: Connection, nodes: Sequence[tuple[str, str]], defaults: str) -> None:
+    """Take the locks of batches of ``nodes`` (``(cluster, node)`` pairs, distinct): the server
+    defaults' factors (shared), each node (exclusive: the overlap check must see the rows of
+    the node's other batches) in sorted order, then each cluster's factors (shared) in sorted
+    order: the one order of every writer, so two groups of batches never deadlock.
 
-    One statement instead of three: each statement costs a round trip and the driver's and
-    SQLAlchemy's overhead, and a small batch is only about fifteen of them. A target list
-    is evaluated left to right, and a lock that waits stops the evaluation there, so the
-    order holds as with three statements (a waiter holds only the locks left of it).
+    One statement instead of one per lock: each statement costs a round trip and the driver's
+    and SQLAlchemy's overhead. A target list is evaluated left to right, and a lock that waits
+    stops the evaluation there, so the order holds as with one statement per lock (a waiter
+    holds only the locks left of it).
     """
     if conn.dialect.name != "postgresql":
         return
-    conn.execute(_INGEST_LOCKS, {"defaults": _factors_key(defaults),
-                                 "node": f"jobenergy:node:{cluster}/{node}",
-                                 "cluster": _factors_key(cluster)})
+    ordered = sorted(set(nodes))
+    clusters = sorted({cluster for cluster, _ in ordered})
+    params = {"defaults": _factors_key(defaults)}
+    params.update({f"n{i}": f"jobenergy:node:{c}/{n}" for i, (c, n) in enumerate(ordered)})
+    params.update({f"c{i}": _factors_key(c) for i, c in enumerate(clusters)})
+    conn.execute(_ingest_locks(len(ordered), len(clusters)), params)
 
 
-_INGEST_LOCKS = text(
-    "SELECT pg_advisory_xact_lock_shared(hashtextextended(:defaults, 0)),"
-    " pg_advisory_xact_lock(hashtextextended(:node, 0)),"
-    " pg_advisory_xact_lock_shared(hashtextextended(:cluster, 0))"
-)
+@cache
+def _ingest_locks(nodes: int, clusters: int) -> Any:
+    targets = ["pg_advisory_xact_lock_shared(hashtextextended(:defaults, 0))"]
+    targets += [f"pg_advisory_xact_lock(hashtextextended(:n{i}, 0))" for i in range(nodes)]
+    targets += [f"pg_advisory_xact_lock_shared(hashtextextended(:c{i}, 0))"
+                for i in range(clusters)]
+    return text(f"SELECT {', '.join(targets)}")

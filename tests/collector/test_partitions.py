@@ -137,7 +137,7 @@ def test_downgrade_upgrade_keeps_rows(engine, pg_fresh_url, make_batch):
     # rest of ingest needs the head schema, not 0004's).
     batch = make_batch(seq=2, start=APRIL, n_intervals=1)
     with engine.begin() as conn:
-        write_intervals_pg(conn, batch, plan_batch(batch))
+        write_intervals_pg(conn, [(batch, plan_batch(batch))])
     before = all_rows(engine)
     assert len({row.id for row in before}) == 5 * 7
     engine.dispose()
