@@ -14,7 +14,8 @@ under uvicorn with 1 and with 2 workers) on 127.0.0.1, then for each history siz
    unattributed share;
 3. prints records/s, batches/s and the batch latency (p50, p99).
 
-Then the raw COPY ceiling for the same rows, ingest_batch in-process, and the bytes per
+Then the raw COPY ceiling for the same rows, ingest_batch in-process (alone, and in groups of 8
+as the server's group commit stores them), and the bytes per
 node-day (``energy_interval`` with its indexes, and the other tables) for both storage shapes,
 projected to 10 000 nodes for a year. Prints figures; asserts nothing.
 
@@ -57,7 +58,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from jobenergy.collector.db import make_engine, upgrade
-from jobenergy.collector.ingest import ingest_batch
+from jobenergy.collector.ingest import ingest_batch, ingest_group, prepare
 from jobenergy.collector.intervals import write_intervals_pg
 from jobenergy.collector.models import (
     Base,
@@ -752,24 +753,35 @@ def copy_ceiling(engine: Engine, agents: list[Agent], per_agent: int) -> list[st
     return out
 
 
-def ingest_in_process(engine: Engine, agents: list[Agent], per_agent: int, variant: str) -> str:
-    """ingest_batch without HTTP, 1 connection, validated batches (committed)."""
+def ingest_in_process(engine: Engine, agents: list[Agent], per_agent: int, variant: str,
+                      group: int = 1) -> str:
+    """ingest_batch without HTTP, 1 connection, validated batches (committed); with
+    ``group`` > 1, ``group`` agents' pushes per transaction (ingest_group, as the server's
+    group commit stores them)."""
     n_intervals, interval_s = VARIANTS[variant]
-    batches = []
+    rounds = []
+    for k in range(per_agent):
+        rounds.append([Batch.model_validate(live_batch(
+            agent.index, agent.next_seq + k, agent.next_start + timedelta(seconds=k * PUSH_S),
+            n_intervals, interval_s)) for agent in agents])
     for agent in agents:
-        for k in range(per_agent):
-            body = live_batch(agent.index, agent.next_seq + k,
-                              agent.next_start + timedelta(seconds=k * PUSH_S), n_intervals,
-                              interval_s)
-            batches.append(Batch.model_validate(body))
         agent.advance(per_agent)
+    batches = [batch for one_round in rounds for batch in one_round]
     records = 0
     begin = time.perf_counter()
-    for batch in batches:
-        with Session(engine) as session, session.begin():
-            records += ingest_batch(session, batch).records
+    if group == 1:
+        for batch in batches:
+            with Session(engine) as session, session.begin():
+                records += ingest_batch(session, batch).records
+    else:  # a round holds one push per node: groups of distinct nodes
+        for one_round in rounds:
+            for i in range(0, len(one_round), group):
+                with engine.begin() as conn:
+                    outcomes = ingest_group(conn, [prepare(b) for b in one_round[i:i + group]])
+                records += sum(o.records for o in outcomes)  # type: ignore[union-attr]
     wall = time.perf_counter() - begin
-    return (f"  ingest_batch in-process (no HTTP, no JSON), 1 connection, {variant} pushes: "
+    how = "ingest_batch" if group == 1 else f"ingest_group of {group}"
+    return (f"  {how} in-process (no HTTP, no JSON), 1 connection, {variant} pushes: "
             f"{len(batches)} batches {records:,} records in {wall:.2f} s = "
             f"{records / wall:,.0f} records/s, {len(batches) / wall:.1f} batches/s "
             f"({wall / len(batches) * 1000:.1f} ms each)")
@@ -911,8 +923,9 @@ def main() -> None:
                                                  math.ceil(rate * args.run_s * 1.6) + 4)
             print("\n== ceilings, with the deepest history ==")
             for variant in variants:
-                print(ingest_in_process(engine, agents, 6, variant))
-                stored_node_s += len(agents) * 6 * PUSH_S
+                for group in (1, 8):
+                    print(ingest_in_process(engine, agents, 6, variant, group))
+                    stored_node_s += len(agents) * 6 * PUSH_S
             for line in copy_ceiling(engine, agents, 25):
                 print(line)
         finally:

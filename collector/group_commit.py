@@ -10,10 +10,12 @@ one of ingest's threads and connections; the batches that arrive meanwhile make 
 group. With one batch waiting, its group is that batch and nothing waits longer than before;
 the groups grow with the load, which is when their savings count.
 
-One batch never costs the others: when a group's transaction fails (a batch overlapping
-stored energy, a total past 64 bits, the database gone), it is rolled back and each batch
-of it is stored alone, in a transaction of its own, and gets its own outcome, exactly as
-without grouping. A batch's answer is sent only after its transaction committed.
+One batch never costs the others. A batch refused on its own (its key stored with other
+content, its energy overlapping energy stored: two agents with one node name) is left out
+of its group's writes. When a group's transaction fails (a total past 64 bits, the database
+gone), it is rolled back and each batch of it is stored alone, in a transaction of its own,
+and gets its own outcome, exactly as without grouping. A batch's answer is sent only after
+its transaction committed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ import anyio
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobenergy.collector.ingest import BatchConflict, IngestResult, Prepared, ingest_group
+from jobenergy.collector.ingest import (
+    BatchConflict,
+    IngestRejected,
+    IngestResult,
+    Prepared,
+    ingest_group,
+)
 
 __all__ = ["GROUP_ROWS", "GroupWriter"]
 
@@ -154,7 +162,8 @@ class GroupWriter:
             outcomes.append(outcome)
         return outcomes
 
-    def _transaction(self, group: list[Prepared]) -> list[IngestResult | BatchConflict]:
+    def _transaction(self, group: list[Prepared]
+                     ) -> list[IngestResult | BatchConflict | IngestRejected]:
         with self._sessions() as session, session.begin():
             connection = session.connection()
             self._in_transaction(connection)

@@ -27,14 +27,14 @@ from functools import cache
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, func, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from jobenergy.collector.board import refresh_board
 from jobenergy.collector.factors import DEFAULTS
 from jobenergy.collector.hours import write_hours
 from jobenergy.collector.intervals import (
-    check_no_overlap,
+    overlap_refusals,
     write_intervals_pg,
     write_intervals_sqlite,
 )
@@ -410,13 +410,13 @@ def ingest_batch(db: Session | Connection, batch: Batch) -> IngestResult:
     """
     conn = db.connection() if isinstance(db, Session) else db
     (outcome,) = ingest_group(conn, [prepare(batch)])
-    if isinstance(outcome, BatchConflict):
+    if isinstance(outcome, Exception):
         raise outcome
     return outcome
 
 
 def ingest_group(conn: Connection, group: Sequence[Prepared]
-                 ) -> list[IngestResult | BatchConflict]:
+                 ) -> list[IngestResult | BatchConflict | IngestRejected]:
     """Store the batches of ``group``, of distinct nodes, in the caller's transaction, once.
 
     Several agents' batches in one transaction cost the statements of one batch, each with
@@ -424,29 +424,41 @@ def ingest_group(conn: Connection, group: Sequence[Prepared]
     batches one by one gives. Does not commit.
 
     Returns:
-        Per batch, in order: its :class:`IngestResult`, or the :class:`BatchConflict` of a
-        key stored with other content (that batch alone is not stored).
+        Per batch, in order: its :class:`IngestResult`; or why that batch alone is not
+        stored: the :class:`BatchConflict` of a key stored with other content, the
+        :class:`IngestRejected` of energy overlapping energy stored.
 
     Raises:
-        IngestRejected: A batch overlaps stored energy; nothing of the group may be stored
-            (the caller rolls back, and stores the batches one by one to find which).
         ValueError: Two batches of one node (their overlap is checked only one by one).
+        SQLAlchemyError: The database refused something (a total past 64 bits, ...); the
+            caller rolls back, and stores the batches one by one to find which.
     """
     nodes = [(p.batch.cluster, p.batch.node) for p in group]
     if len(set(nodes)) != len(nodes):
         raise ValueError("a group holds at most one batch per node")
     now = datetime.now(UTC)
+    # The nodes' locks first: the claims and the overlap check below see every batch of
+    # these nodes committed before, and none is committed meanwhile.
+    lock_for_ingest(conn, nodes, DEFAULTS)
     claimed = _claim(conn, group, now)
-    outcomes: list[IngestResult | BatchConflict] = []
-    new: list[Prepared] = []
-    for p in group:
-        if p.key in claimed:
-            new.append(p)
-            outcomes.append(IngestResult(duplicate=False, records=len(p.plan.rows)))
+    outcomes: list[IngestResult | BatchConflict | IngestRejected] = [
+        IngestResult(duplicate=False, records=len(p.plan.rows)) if p.key in claimed
+        else _duplicate_or_conflict(conn, p)
+        for p in group
+    ]
+    new = [(i, p) for i, p in enumerate(group) if p.key in claimed]
+    refused, stored = [], []
+    for (i, p), refusal in zip(new, overlap_refusals(conn, [p.batch for _, p in new]),
+                               strict=True):
+        if refusal is None:
+            stored.append(p)
         else:
-            outcomes.append(_duplicate_or_conflict(conn, p))
-    if new:
-        _store(conn, new, now)
+            outcomes[i] = refusal
+            refused.append(p)
+    if refused:
+        _unclaim(conn, refused)
+    if stored:
+        _store(conn, stored, now)
     return outcomes
 
 
@@ -454,8 +466,8 @@ def _claim(conn: Connection, group: Sequence[Prepared],
            now: datetime) -> set[tuple[str, str, str, int]]:
     """Insert the batches' keys; return those inserted (the others were stored before).
 
-    In sorted order: two groups claiming the same keys (an agent's retry reaching the other
-    collector) wait for each other in one order, never in a cycle.
+    In sorted order (the caller holds the nodes' locks, so no other transaction claims
+    these keys meanwhile; the order is for the rows' own locks).
     """
     returned = conn.execute(
         _claim_insert(conn.dialect.name),
@@ -507,10 +519,17 @@ def _duplicate_or_conflict(conn: Connection, p: Prepared) -> IngestResult | Batc
     return IngestResult(duplicate=True, records=0)
 
 
+def _unclaim(conn: Connection, refused: Sequence[Prepared]) -> None:
+    """Remove the keys of batches claimed, then refused (they may come again, corrected)."""
+    ib = IngestedBatch
+    for p in refused:
+        conn.execute(delete(ib).where(
+            ib.cluster == p.batch.cluster, ib.node == p.batch.node,
+            ib.boot_id == p.batch.boot_id, ib.seq == p.batch.seq))
+
+
 def _store(conn: Connection, group: Sequence[Prepared], now: datetime) -> None:
     """Write the claimed batches of ``group`` (distinct nodes): each table once for all."""
-    lock_for_ingest(conn, [(p.batch.cluster, p.batch.node) for p in group], DEFAULTS)
-    check_no_overlap(conn, [p.batch for p in group])
     parts = [(p.batch, p.plan) for p in group]
     if conn.dialect.name == "postgresql":
         write_intervals_pg(conn, parts)

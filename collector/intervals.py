@@ -93,12 +93,14 @@ def write_intervals_sqlite(conn: Connection, parts: Sequence[tuple[Batch, Plan]]
         conn.exec_driver_sql(_SQLITE_INSERT_SQL, rows)
 
 
-def check_no_overlap(conn: Connection, batches: Sequence[Batch]) -> None:
-    """Refuse energy for a span of time already stored for the same node and source.
+def overlap_refusals(conn: Connection, batches: Sequence[Batch]) -> list[IngestRejected | None]:
+    """Return, per batch, why it overlaps energy already stored, or None.
 
-    A node measures each source once over time; a second agent configured with the same
-    node name, or an interval re-sent under another key, would otherwise count twice.
-    ``batches`` are of distinct nodes (one group of ingest, ``collector/ingest.py``).
+    Energy for a span of time already stored for the same node and source is refused: a node
+    measures each source once over time, and a second agent configured with the same node
+    name, or an interval re-sent under another key, would otherwise count twice.
+    ``batches`` are of distinct nodes (one group of ingest, ``collector/ingest.py``), each
+    answered alone: two agents with one node name cost their group nothing.
 
     Cost O(batch), whatever the history: the nodes' high-water marks (``node_progress``,
     read in one query under the nodes' locks, which the caller holds) answer for the usual
@@ -116,8 +118,15 @@ def check_no_overlap(conn: Connection, batches: Sequence[Batch]) -> None:
                 tuple_(np.cluster, np.node).in_(keys))
         )
     } if keys else {}
+    refusals: list[IngestRejected | None] = []
     for batch in batches:
-        _check_batch(conn, batch, marks.get((batch.cluster, batch.node)))
+        try:
+            _check_batch(conn, batch, marks.get((batch.cluster, batch.node)))
+        except IngestRejected as refusal:
+            refusals.append(refusal)
+        else:
+            refusals.append(None)
+    return refusals
 
 
 def _check_batch(conn: Connection, batch: Batch,

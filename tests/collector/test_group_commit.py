@@ -192,8 +192,8 @@ def test_one_bad_batch_costs_the_group_nothing(engine, make_batch, caplog):
     for index in (1, 5, 6):
         assert outcomes[index] == IngestResult(duplicate=False, records=outcomes[index].records)
         assert outcomes[index].records > 0
-    # One group of six (n2's second push waits: one batch per node), which failed and was
-    # stored one by one; then n2's second push alone.
+    # One group of six (n2's second push waits: one batch per node), which failed (job 900
+    # past BIGINT) and was stored one by one; then n2's second push alone.
     assert sizes == [6, 1]
     assert "a group of 6 batches was not stored" in caplog.text
     with Session(engine) as session:
@@ -202,6 +202,29 @@ def test_one_bad_batch_costs_the_group_nothing(engine, make_batch, caplog):
                           ("n2", 1)}
         assert stored_job_totals(session) == expected_job_totals(
             n1_first, n4_stored, near_limit, conflicting_stored, good, good_next, good_other)
+
+
+def test_two_agents_with_one_node_name_cost_their_group_nothing(engine, make_batch, caplog):
+    """The overlapping batch is refused alone, inside the group: no fallback, whose cost a
+    misconfigured pair of agents would otherwise impose on every group, batch after batch."""
+    first = make_batch(node="n1", seq=0, jobs={"601": 1})
+    with Session(engine) as session, session.begin():
+        ingest_batch(session, first)
+    twin = make_batch(node="n1", boot_id="twin", seq=0, jobs={"611": 1})  # n1's span again
+    others = [make_batch(node=f"n{n}", seq=0, jobs={f"60{n}": 1, "601": 1}) for n in (2, 3)]
+    caplog.set_level(logging.INFO, logger="jobenergy.collector.group_commit")
+    outcomes, sizes = run_writer(engine, [others[0], twin, others[1]])
+    assert sizes == [3]
+    assert "not stored" not in caplog.text
+    assert isinstance(outcomes[1], IngestRejected) and "overlaps" in str(outcomes[1])
+    assert [o.duplicate for o in (outcomes[0], outcomes[2])] == [False, False]
+    with Session(engine) as session:
+        assert stored_job_totals(session) == expected_job_totals(first, *others)
+    # Its key was not kept: the same key with energy of its own is stored later.
+    moved = make_batch(node="n1", boot_id="twin", seq=0, jobs={"611": 1},
+                       start=first.intervals[-1].end)
+    outcomes, _ = run_writer(engine, [moved])
+    assert outcomes == [IngestResult(duplicate=False, records=outcomes[0].records)]
 
 
 def test_a_nodes_batches_handed_at_once_go_in_turn(engine, make_batch):
