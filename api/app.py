@@ -302,6 +302,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(routes_budgets.router)
     app.state.metrics = CollectorMetrics(app.state.sessionmaker)
     app.state.group_writer.observe_group = app.state.metrics.ingest_group_batches.observe
+    app.state.group_writer.count_fallback = app.state.metrics.ingest_group_fallbacks.inc
     app.state.metrics_networks = routes_metrics.metrics_networks(settings.metrics_allow)
     app.include_router(routes_metrics.router)  # GET /metrics, outside /api/: no credentials
     pages.install(app)

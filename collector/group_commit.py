@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 from sqlalchemy import Connection
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobenergy.collector.ingest import (
@@ -37,20 +38,43 @@ from jobenergy.collector.ingest import (
     Prepared,
     ingest_group,
 )
+from jobenergy.core.errors import JobEnergyError
 
-__all__ = ["GROUP_ROWS", "GroupWriter"]
+__all__ = ["GROUP_ROWS", "GroupWriter", "WriterBusy"]
 
 logger = logging.getLogger(__name__)
 
 #: Rows (``energy_interval``) past which a group takes no further batch: a transaction of a
-#: few seconds at most, whatever the batches (one batch alone may be larger).
+#: few seconds at most. A larger batch is stored alone, and only every other group, so that
+#: a node sending huge batches never holds up the others' small ones for long.
 GROUP_ROWS = 50_000
+#: Batches of one node waiting at most: an agent sends one at a time (and, after a timeout,
+#: the same again); beyond, 503 with Retry-After.
+WAITING_PER_NODE = 4
+#: Rows waiting at most, all nodes together (a parsed batch holds about 10 times its body
+#: in memory); beyond, 503 with Retry-After. A larger batch is taken when nothing waits.
+WAITING_ROWS = 4 * GROUP_ROWS
+#: Batches remembered as having failed in the database alone (a total past 64 bits, ...):
+#: sent again, such a batch is stored alone, never again in a group it would fail.
+FAILED_REMEMBERED = 1024
+
+
+class WriterBusy(JobEnergyError):
+    """Too many batches wait already (of this node, or in all): answer 503, retry later."""
 
 
 @dataclass
 class _Waiting:
     prepared: Prepared
     outcome: asyncio.Future[IngestResult]
+
+    @property
+    def node(self) -> tuple[str, str]:
+        return (self.prepared.batch.cluster, self.prepared.batch.node)
+
+    @property
+    def rows(self) -> int:
+        return len(self.prepared.plan.rows)
 
 
 class GroupWriter:
@@ -62,8 +86,7 @@ class GroupWriter:
         sessions: Sessions on ingest's own connections.
         threads: Ingest's worker threads (shared with job events and refusals).
         max_batches: Batches per group at most (1: a transaction per batch).
-        writers: Groups written at the same time at most: while one group's transaction
-            waits on the database, the next is prepared and sent.
+        writers: Groups written at the same time at most.
         in_transaction: Called with the connection at the start of each transaction, before
             the batches (the server's default factors, until they are stored).
     """
@@ -77,72 +100,103 @@ class GroupWriter:
         self._max_writers = writers
         self._in_transaction = in_transaction
         self._waiting: deque[_Waiting] = deque()
+        self._waiting_by_node: Counter[tuple[str, str]] = Counter()
+        self._waiting_rows = 0
+        self._alone_turn = False
+        self._failed: OrderedDict[str, None] = OrderedDict()
         self._writers = 0
         self._tasks: set[asyncio.Task[None]] = set()
         #: Sizes of the groups written (batches), for the metrics; set by the server.
         self.observe_group: Callable[[int], None] = lambda size: None
+        #: Called once per group stored again batch by batch; set by the server.
+        self.count_fallback: Callable[[], None] = lambda: None
 
     async def store(self, prepared: Prepared) -> IngestResult:
         """Store one batch (in a group) and return its outcome once committed.
 
         Raises:
+            WriterBusy: Too many batches wait (of its node, or in all); nothing stored.
             The error storing it alone raised (``BatchConflict``, ``IngestRejected``,
             SQLAlchemy's), as ``ingest_batch`` in a transaction of its own would.
         """
-        outcome: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(prepared, outcome))
+        waiting = _Waiting(prepared, asyncio.get_running_loop().create_future())
+        node, rows = waiting.node, waiting.rows
+        if self._waiting_by_node[node] >= WAITING_PER_NODE:
+            raise WriterBusy(f"{WAITING_PER_NODE} batches of node {node[1]} are waiting to be "
+                             "stored already; retry later")
+        if self._waiting_rows and self._waiting_rows + rows > WAITING_ROWS:
+            raise WriterBusy(f"{self._waiting_rows} rows are waiting to be stored already; "
+                             "retry later")
+        self._waiting.append(waiting)
+        self._waiting_by_node[node] += 1
+        self._waiting_rows += rows
         if self._writers < self._max_writers:
             self._writers += 1
             task = asyncio.create_task(self._write_while_waiting())
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return await outcome
+            # Not in the task's own finally: a task cancelled before it ran never runs that.
+            task.add_done_callback(self._writer_done)
+        return await waiting.outcome
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._writers -= 1
+
+    def _alone(self, waiting: _Waiting) -> bool:
+        return waiting.rows > GROUP_ROWS or waiting.prepared.digest in self._failed
 
     def _take(self) -> list[_Waiting]:
         """The next group: the oldest batches first, one per node, within the limits.
 
         A node's second batch waits for a later group (its overlap with the first is
-        checked only once the first is stored); so does a batch past ``GROUP_ROWS``.
+        checked only once the first is stored). A batch to store alone (larger than
+        ``GROUP_ROWS``, or failed before) makes every other group at most, so that the
+        others' batches keep going.
         """
+        live = [w for w in self._waiting if not w.outcome.done()]  # gone: the agent resends
+        alone = next((w for w in live if self._alone(w)), None)
         group: list[_Waiting] = []
-        nodes: set[tuple[str, str]] = set()
-        rows = 0
-        later: list[_Waiting] = []
-        while self._waiting and len(group) < self._max_batches:
-            waiting = self._waiting.popleft()
-            if waiting.outcome.done():  # its request is gone (the agent sends it again)
-                continue
-            batch, size = waiting.prepared.batch, len(waiting.prepared.plan.rows)
-            node = (batch.cluster, batch.node)
-            if node in nodes or (group and rows + size > GROUP_ROWS):
-                later.append(waiting)
-                continue
-            group.append(waiting)
-            nodes.add(node)
-            rows += size
-        self._waiting.extendleft(reversed(later))
+        if alone is not None and (self._alone_turn or all(self._alone(w) for w in live)):
+            group = [alone]
+        else:
+            nodes: set[tuple[str, str]] = set()
+            rows = 0
+            for waiting in live:
+                if len(group) >= self._max_batches:
+                    break
+                if (self._alone(waiting) or waiting.node in nodes
+                        or rows + waiting.rows > GROUP_ROWS):
+                    continue
+                group.append(waiting)
+                nodes.add(waiting.node)
+                rows += waiting.rows
+        self._alone_turn = alone is not None and group != [alone]
+        taken = {id(w) for w in group}
+        for waiting in self._waiting:
+            if id(waiting) in taken or waiting.outcome.done():
+                self._waiting_by_node[waiting.node] -= 1
+                self._waiting_rows -= waiting.rows
+        self._waiting_by_node += Counter()  # drop the nodes at 0
+        self._waiting = deque(w for w in live if id(w) not in taken)
         return group
 
     async def _write_while_waiting(self) -> None:
-        try:
-            while group := self._take():
-                try:
-                    outcomes = await anyio.to_thread.run_sync(
-                        self._write, [w.prepared for w in group], limiter=self._threads)
-                except BaseException:  # cancelled (the server stops): no outcome is known
-                    for waiting in group:
-                        waiting.outcome.cancel()
-                    raise
-                self.observe_group(len(group))
-                for waiting, outcome in zip(group, outcomes, strict=True):
-                    if waiting.outcome.done():
-                        continue
-                    if isinstance(outcome, BaseException):
-                        waiting.outcome.set_exception(outcome)
-                    else:
-                        waiting.outcome.set_result(outcome)
-        finally:
-            self._writers -= 1
+        while group := self._take():
+            try:
+                outcomes = await anyio.to_thread.run_sync(
+                    self._write, [w.prepared for w in group], limiter=self._threads)
+            except BaseException:  # cancelled (the server stops): no outcome is known
+                for waiting in group:
+                    waiting.outcome.cancel()
+                raise
+            self.observe_group(len(group))
+            for waiting, outcome in zip(group, outcomes, strict=True):
+                if waiting.outcome.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    waiting.outcome.set_exception(outcome)
+                else:
+                    waiting.outcome.set_result(outcome)
 
     def _write(self, group: list[Prepared]) -> list[IngestResult | BaseException]:
         """Store ``group`` in one transaction; if that fails, each batch in its own."""
@@ -150,6 +204,11 @@ class GroupWriter:
             try:
                 return list(self._transaction(group))
             except Exception as err:  # noqa: BLE001 - each batch is retried alone below
+                if _unreachable(err):
+                    # The database is down or out of connections: each batch alone would
+                    # wait as long again. All are answered 503 now; the agents retry.
+                    return [err] * len(group)
+                self.count_fallback()
                 logger.info("a group of %d batches was not stored (%s: %s); storing them one "
                             "by one", len(group), type(err).__name__, str(err).splitlines()[0]
                             if str(err) else "")
@@ -159,6 +218,10 @@ class GroupWriter:
                 (outcome,) = self._transaction([prepared])
             except Exception as err:  # noqa: BLE001 - handed to that batch's request
                 outcome = err
+                if not _unreachable(err):
+                    self._failed[prepared.digest] = None
+                    while len(self._failed) > FAILED_REMEMBERED:
+                        self._failed.popitem(last=False)
             outcomes.append(outcome)
         return outcomes
 
@@ -168,3 +231,18 @@ class GroupWriter:
             connection = session.connection()
             self._in_transaction(connection)
             return ingest_group(connection, group)
+
+
+def _unreachable(err: Exception) -> bool:
+    """Whether ``err`` says the database cannot be worked with now (down, no connection to
+    be had), rather than something about these batches (a deadlock, a refused value)."""
+    if isinstance(err, sa_exc.TimeoutError):  # no connection free in the pool in time
+        return True
+    if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
+        return True
+    if isinstance(err, sa_exc.OperationalError | sa_exc.InterfaceError):
+        sqlstate = getattr(err.orig, "sqlstate", None) or ""
+        # Class 40 (deadlock, serialization failure) is about this transaction: retried.
+        # SQLite's "database is locked" has none: as before group commit, answered 503.
+        return not sqlstate.startswith("40")
+    return False

@@ -437,10 +437,13 @@ def ingest_group(conn: Connection, group: Sequence[Prepared]
     if len(set(nodes)) != len(nodes):
         raise ValueError("a group holds at most one batch per node")
     now = datetime.now(UTC)
-    # The nodes' locks first: the claims and the overlap check below see every batch of
-    # these nodes committed before, and none is committed meanwhile.
-    lock_for_ingest(conn, nodes, DEFAULTS)
+    # Claims first, then the locks of the claimed batches' nodes, the order of every
+    # release's ingest (collectors of two releases run at once in a rolling upgrade): the
+    # overlap check below, under the locks, sees every batch of these nodes committed.
     claimed = _claim(conn, group, now)
+    if claimed:
+        lock_for_ingest(conn, [(p.batch.cluster, p.batch.node) for p in group
+                               if p.key in claimed], DEFAULTS)
     outcomes: list[IngestResult | BatchConflict | IngestRejected] = [
         IngestResult(duplicate=False, records=len(p.plan.rows)) if p.key in claimed
         else _duplicate_or_conflict(conn, p)
@@ -466,8 +469,9 @@ def _claim(conn: Connection, group: Sequence[Prepared],
            now: datetime) -> set[tuple[str, str, str, int]]:
     """Insert the batches' keys; return those inserted (the others were stored before).
 
-    In sorted order (the caller holds the nodes' locks, so no other transaction claims
-    these keys meanwhile; the order is for the rows' own locks).
+    In sorted order: two groups claiming the same keys (an agent's retry reaching the other
+    collector) wait for each other in one order, never in a cycle; neither holds a node's
+    lock yet.
     """
     returned = conn.execute(
         _claim_insert(conn.dialect.name),

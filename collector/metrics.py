@@ -192,6 +192,9 @@ class CollectorMetrics:
             "jobenergy_collector_ingest_group_batches",
             "Batches stored together in one transaction (group commit)",
             buckets=GROUP_BUCKETS, registry=r)
+        self.ingest_group_fallbacks = Counter(
+            "jobenergy_collector_ingest_group_fallbacks",
+            "Groups whose transaction failed, then stored batch by batch", registry=r)
         self.database_errors = Counter(
             "jobenergy_collector_database_errors",
             "Database errors by operation (down, locked, out of connections, a value refused)",

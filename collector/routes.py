@@ -37,6 +37,7 @@ from jobenergy.api.access import Access
 from jobenergy.api.authenticate import access_of, forbidden, get_access
 from jobenergy.collector.budget_running import BudgetAction, batch_actions, batch_job_ids
 from jobenergy.collector.events import apply_job_event
+from jobenergy.collector.group_commit import WriterBusy
 from jobenergy.collector.ingest import BatchConflict, IngestRejected, Prepared, prepare
 from jobenergy.collector.metrics import CollectorMetrics
 from jobenergy.collector.refusals import UNKNOWN_SENDER, record_refusal, sender_of
@@ -368,6 +369,10 @@ async def post_batch(request: Request, access: IngestAccessDep,
     batch = prepared.batch
     try:
         result = await request.app.state.group_writer.store(prepared)
+    except WriterBusy as err:
+        # Not a refusal of the batch: the agent keeps it and sends it again.
+        raise HTTPException(status_code=503, detail=str(err),
+                            headers={"Retry-After": str(DB_RETRY_AFTER_S)}) from err
     except BatchConflict as err:
         raise HTTPException(status_code=409, detail=str(err)) from err
     except IngestRejected as err:

@@ -132,6 +132,8 @@ class ServerSettings(BaseSettings):
         ingest_group_batches: Agents' batches stored in one transaction at most (group
             commit, ``collector/group_commit.py``): batches that arrive while others are
             being stored wait and go in together, one per node. 1: a transaction per batch.
+            At most 256: each batch's node is one advisory lock of the transaction, and
+            PostgreSQL's lock table is shared (64 × ``max_connections`` entries).
         db_pool_timeout_s: How long a request waits for a free connection before 503. Keep
             it below the agents' request timeout (10 s), so that they get the 503 and its
             ``Retry-After`` instead of giving up and sending the batch again.
@@ -208,7 +210,7 @@ class ServerSettings(BaseSettings):
     live_aggregate_wait_s: float = Field(default=10.0, ge=0, le=3600)
     db_pool_size: int = Field(default=15, ge=2, le=1000)
     db_ingest_pool_size: int = Field(default=4, ge=1, le=1000)
-    ingest_group_batches: int = Field(default=64, ge=1, le=1000)
+    ingest_group_batches: int = Field(default=64, ge=1, le=256)
     db_pool_timeout_s: float = Field(default=5.0, gt=0, le=3600)
     tls_cert: Path | None = None
     tls_key: Path | None = None

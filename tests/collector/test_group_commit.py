@@ -13,12 +13,13 @@ from typing import Any
 import anyio
 import pytest
 from sqlalchemy import Connection, inspect, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobenergy.collector import group_commit
 from jobenergy.collector.clusters import apply_server_defaults
 from jobenergy.collector.db import make_engine
-from jobenergy.collector.group_commit import GroupWriter
+from jobenergy.collector.group_commit import GroupWriter, WriterBusy
 from jobenergy.collector.ingest import (
     BatchConflict,
     IngestRejected,
@@ -149,16 +150,25 @@ def test_a_group_holds_one_batch_per_node(engine, make_batch):
 def run_writer(engine, submissions: list[Batch], max_batches: int = 64,
                ) -> tuple[list[Any], list[int]]:
     """Hand every batch to one GroupWriter at once; return the outcomes and group sizes."""
-    sizes: list[int] = []
+    return run_rounds(engine, [submissions], max_batches)[0]
 
-    async def main() -> list[Any]:
+
+def run_rounds(engine, rounds: list[list[Batch]], max_batches: int = 64,
+               ) -> list[tuple[list[Any], list[int]]]:
+    """``run_writer`` for each round in turn, with one GroupWriter (and what it learnt)."""
+    async def main() -> list[tuple[list[Any], list[int]]]:
         writer = GroupWriter(sessionmaker(engine), anyio.CapacityLimiter(4), max_batches,
                              writers=1, in_transaction=lambda conn: None)
-        writer.observe_group = sizes.append
-        return await asyncio.gather(*(writer.store(prepare(b)) for b in submissions),
-                                    return_exceptions=True)
+        results = []
+        for submissions in rounds:
+            sizes: list[int] = []
+            writer.observe_group = sizes.append
+            outcomes = await asyncio.gather(*(writer.store(prepare(b)) for b in submissions),
+                                            return_exceptions=True)
+            results.append((outcomes, sizes))
+        return results
 
-    return asyncio.run(main()), sizes
+    return asyncio.run(main())
 
 
 def test_one_bad_batch_costs_the_group_nothing(engine, make_batch, caplog):
@@ -230,12 +240,12 @@ def test_two_agents_with_one_node_name_cost_their_group_nothing(engine, make_bat
 def test_a_nodes_batches_handed_at_once_go_in_turn(engine, make_batch):
     batches = []
     start = make_batch().intervals[0].start
-    for seq in range(5):
+    for seq in range(group_commit.WAITING_PER_NODE):
         batches.append(make_batch(node="n1", seq=seq, start=start + timedelta(seconds=30 * seq)))
         batches.append(make_batch(node="n2", seq=seq, start=start + timedelta(seconds=30 * seq)))
     outcomes, sizes = run_writer(engine, batches, max_batches=64)
     assert all(isinstance(o, IngestResult) and not o.duplicate for o in outcomes), outcomes
-    assert sizes == [2] * 5
+    assert sizes == [2] * group_commit.WAITING_PER_NODE
     with Session(engine) as session:
         assert stored_job_totals(session) == expected_job_totals(*batches)
     # The same again, with retries of stored ones among them: duplicates, nothing doubled.
@@ -259,7 +269,7 @@ def test_concurrent_groups_of_shared_jobs_never_deadlock(pg_fresh_url, make_batc
     start = make_batch().intervals[0].start
     jobs = {"701": 1, "702": 2, "703": 3}
     mine: dict[int, list[Batch]] = {0: [], 1: []}
-    for seq in range(6):
+    for seq in range(group_commit.WAITING_PER_NODE):
         for n in range(12):
             # Collector n % 2 gets node n; each node runs every job, in its own order.
             order = dict(sorted(jobs.items(), reverse=bool(n % 3)))
@@ -276,7 +286,8 @@ def test_concurrent_groups_of_shared_jobs_never_deadlock(pg_fresh_url, make_batc
         for k in (0, 1):
             outcomes, sizes = results[k]
             assert all(isinstance(o, IngestResult) and not o.duplicate for o in outcomes)
-            assert sizes == [6] * 6  # six nodes per collector, one push each per group
+            # six nodes per collector, one push each per group
+            assert sizes == [6] * group_commit.WAITING_PER_NODE
         assert "was not stored" not in caplog.text
         with Session(engine) as session:
             assert stored_job_totals(session) == expected_job_totals(*mine[0], *mine[1])
@@ -321,3 +332,70 @@ def test_concurrent_posts_get_their_own_answers(client, make_batch):
 def post(client, batch: Batch) -> Any:
     return client.post("/api/v1/batches", content=batch.model_dump_json().encode(),
                        headers={"Content-Type": "application/json"})
+
+
+def test_a_node_has_few_batches_waiting(engine, make_batch):
+    """An agent sends one batch at a time (and the same again after a timeout): a node
+    with more waiting is answered busy (503 over HTTP), not queued without end."""
+    start = make_batch().intervals[0].start
+    batches = [make_batch(node="n1", seq=seq, start=start + timedelta(seconds=30 * seq))
+               for seq in range(group_commit.WAITING_PER_NODE + 2)]
+    outcomes, sizes = run_writer(engine, batches)
+    kept = group_commit.WAITING_PER_NODE
+    assert all(isinstance(o, IngestResult) for o in outcomes[:kept])
+    assert all(isinstance(o, WriterBusy) for o in outcomes[kept:])
+    assert sizes == [1] * kept
+    with Session(engine) as session:
+        assert stored_job_totals(session) == expected_job_totals(*batches[:kept])
+
+
+def test_large_batches_go_alone_every_other_group(engine, make_batch, monkeypatch):
+    """A node's huge batches never hold the others' small ones up for long."""
+    monkeypatch.setattr(group_commit, "GROUP_ROWS", 30)  # a 1-interval batch has 7 rows
+    start = make_batch().intervals[0].start
+    huge = [make_batch(node="big", seq=seq, n_intervals=6,
+                       start=start + timedelta(seconds=60 * seq)) for seq in range(2)]
+    small = [make_batch(node=f"s{n}", seq=0, n_intervals=1) for n in range(8)]
+    outcomes, sizes = run_writer(engine, [*huge, *small])
+    assert all(isinstance(o, IngestResult) and o.records for o in outcomes)
+    assert sizes == [4, 1, 4, 1]
+
+
+def test_a_batch_that_failed_alone_is_not_grouped_again(engine, make_batch, caplog):
+    """Sent again (the agent keeps a refused batch), it would fail every group it joins."""
+    start = make_batch().intervals[0].start
+    near_limit = make_batch(node="n6", seq=0, jobs={"900": 1}, n_intervals=1_500, **HUGE)
+    with Session(engine) as session, session.begin():
+        ingest_batch(session, near_limit)
+    poisoned = make_batch(node="n6", seq=1, jobs={"900": 1}, n_intervals=700,
+                          start=start + timedelta(days=3000), **HUGE)  # job 900 past BIGINT
+    caplog.set_level(logging.INFO, logger="jobenergy.collector.group_commit")
+    others = [make_batch(node=f"s{n}", seq=1, n_intervals=1, start=start + timedelta(minutes=5))
+              for n in range(2)]
+    again = [make_batch(node=f"s{n}", seq=2, n_intervals=1, start=start + timedelta(minutes=6))
+             for n in range(2)]
+    (outcomes, sizes), (outcomes_again, sizes_again) = run_rounds(
+        engine, [[poisoned, *others], [poisoned, *again]])
+    assert isinstance(outcomes[0], DBAPIError) and sizes == [3]
+    assert isinstance(outcomes_again[0], DBAPIError)
+    assert all(isinstance(o, IngestResult) for o in [*outcomes[1:], *outcomes_again[1:]])
+    assert sizes_again == [2, 1]  # the others, then the poisoned one alone: no fallback
+    assert caplog.text.count("not stored") == 1
+
+
+def test_a_database_down_answers_the_group_at_once(make_batch):
+    """Unreachable, the database is tried once for the group, not once more per batch."""
+    from sqlalchemy import event
+
+    from tests.pgserver import free_port
+
+    engine = make_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
+    connects = []
+    event.listen(engine, "do_connect", lambda *args: connects.append(1))
+    try:
+        batches = [make_batch(node=f"n{n}", seq=0) for n in range(5)]
+        outcomes, sizes = run_writer(engine, batches)
+    finally:
+        engine.dispose()
+    assert all(isinstance(o, OperationalError) for o in outcomes)
+    assert sizes == [5] and len(connects) == 1
