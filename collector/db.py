@@ -54,6 +54,10 @@ def _sqlite_in_memory(url: URL) -> bool:
     return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
 
+#: Seconds a new PostgreSQL connection may take, unless the URL says (``?connect_timeout=``).
+CONNECT_TIMEOUT_S = 5
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the per-backend settings jobenergy relies on.
 
@@ -63,7 +67,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     Returns:
         The engine. SQLite connections get WAL, foreign keys and a busy timeout; PostgreSQL
-        ones are pinged before use, and the pool never opens more than ``pool_size`` (5).
+        ones are pinged before use, give up connecting after ``CONNECT_TIMEOUT_S``, and the
+        pool never opens more than ``pool_size`` (5).
     """
     url = normalise_url(url)
     backend = make_url(url).get_backend_name()
@@ -77,6 +82,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if "connect_timeout" not in make_url(url).query:
+        # libpq waits without end for a server that takes the connection and never answers
+        # (a host gone behind a firewall that drops packets: the OS's TCP timeout, minutes):
+        # give up as an agent's request would, and answer 503, so the agent retries.
+        kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", CONNECT_TIMEOUT_S)
     # A fixed set of kept connections: overflow ones are closed on return, so a busy server
     # would make PostgreSQL fork a backend per request (callers size it with pool_size).
     kwargs.setdefault("max_overflow", 0)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobenergy.collector import group_commit
 from jobenergy.collector.clusters import apply_server_defaults
-from jobenergy.collector.db import make_engine
+from jobenergy.collector.db import CONNECT_TIMEOUT_S, make_engine
 from jobenergy.collector.group_commit import GroupWriter, WriterBusy
 from jobenergy.collector.ingest import (
     BatchConflict,
@@ -399,3 +399,28 @@ def test_a_database_down_answers_the_group_at_once(make_batch):
         engine.dispose()
     assert all(isinstance(o, OperationalError) for o in outcomes)
     assert sizes == [5] and len(connects) == 1
+
+
+def test_a_silent_database_is_given_up_on(make_batch):
+    """A server that takes the connection and never answers (a host gone behind a firewall)
+    is given up on after the connect timeout: the batches are answered 503, never held."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)  # the kernel completes the handshakes; nobody ever answers
+    port = listener.getsockname()[1]
+    engine = make_engine(f"postgresql+psycopg://nobody@127.0.0.1:{port}/none")
+    done: list[tuple[list[Any], list[int]]] = []
+    worker = threading.Thread(target=lambda: done.append(
+        run_writer(engine, [make_batch(node=f"n{n}", seq=0) for n in range(3)])), daemon=True)
+    try:
+        worker.start()
+        worker.join(20 * CONNECT_TIMEOUT_S)  # a guard against hanging, not a measurement
+        assert done, "still waiting for a database that never answers"
+        outcomes, sizes = done[0]
+        assert all(isinstance(o, OperationalError) for o in outcomes) and sizes == [3]
+        assert "timeout" in str(outcomes[0]).lower()
+    finally:
+        engine.dispose()
+        listener.close()
