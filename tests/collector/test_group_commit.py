@@ -424,3 +424,53 @@ def test_a_silent_database_is_given_up_on(make_batch):
     finally:
         engine.dispose()
         listener.close()
+
+
+@pytest.mark.postgres
+def test_a_node_with_batches_waiting_is_answered_busy_over_http(pg_fresh_url, make_client,
+                                                                make_batch):
+    """Held up (here: the test holds the node's lock), a node's batches wait, up to
+    ``WAITING_PER_NODE``; one more is answered 503 with Retry-After, and the rest stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import text
+
+    from jobenergy.collector.db import upgrade
+    from tests.deploy.test_prometheus import wait_for
+
+    upgrade(pg_fresh_url)
+    client = make_client(ServerSettings(db_url=pg_fresh_url, auth="none", migrate=False,
+                                        pue=1.0, carbon_intensity_g_per_kwh=None))
+    writer = client.app.state.group_writer
+    start = make_batch().intervals[0].start
+    kept = group_commit.WAITING_PER_NODE
+    batches = [make_batch(node="n1", seq=seq, start=start + timedelta(seconds=30 * seq))
+               for seq in range(kept + 2)]
+    engine = make_engine(pg_fresh_url)
+    lock = "hashtextextended('jobenergy:node:c1/n1', 0)"
+    try:
+        with ThreadPoolExecutor(kept + 2) as pool:
+            with engine.connect() as holder:
+                holder.execute(text(f"SELECT pg_advisory_lock({lock})"))
+                try:
+                    answers = [pool.submit(post, client, batches[0])]
+                    wait_for(lambda: holder.execute(text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT "
+                        "granted")).scalar_one(),
+                        "the first batch's group waiting for the node's lock")
+                    answers += [pool.submit(post, client, batch)
+                                for batch in batches[1:kept + 1]]
+                    wait_for(lambda: writer._waiting_by_node[("c1", "n1")] == kept,
+                             f"{kept} batches of n1 waiting")
+                    # Answered at once, while the others wait (queued, it would wait too).
+                    busy = pool.submit(post, client, batches[kept + 1]).result(timeout=60)
+                finally:  # a session's lock outlives its transactions: released by hand
+                    holder.execute(text(f"SELECT pg_advisory_unlock({lock})"))
+            statuses = [answer.result().status_code for answer in answers]
+    finally:
+        engine.dispose()
+    assert busy.status_code == 503 and busy.headers["Retry-After"]
+    assert "waiting to be stored" in busy.json()["detail"]
+    assert statuses == [200] * (kept + 1)
+    with Session(client.app.state.engine) as session:
+        assert stored_job_totals(session) == expected_job_totals(*batches[:kept + 1])
