@@ -130,17 +130,28 @@ class GroupWriter:
         self._waiting.append(waiting)
         self._waiting_by_node[node] += 1
         self._waiting_rows += rows
-        if self._writers < self._max_writers:
+        self._start_writer()
+        return await waiting.outcome
+
+    def _start_writer(self) -> None:
+        if self._waiting and self._writers < self._max_writers:
             self._writers += 1
             task = asyncio.create_task(self._write_while_waiting())
             self._tasks.add(task)
             # Not in the task's own finally: a task cancelled before it ran never runs that.
             task.add_done_callback(self._writer_done)
-        return await waiting.outcome
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._writers -= 1
+        if task.cancelled() or task.exception() is not None:
+            # The server stops, or a fault of this code: nothing answers these any more.
+            for waiting in self._waiting:
+                waiting.outcome.cancel()
+            return
+        # A batch handed over after the writer found nothing left, but before this callback
+        # (the loop runs other steps in between), would otherwise wait for the next batch.
+        self._start_writer()
 
     def _alone(self, waiting: _Waiting) -> bool:
         return waiting.rows > GROUP_ROWS or waiting.prepared.digest in self._failed
