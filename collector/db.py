@@ -56,6 +56,14 @@ def _sqlite_in_memory(url: URL) -> bool:
 
 #: Seconds a new PostgreSQL connection may take, unless the URL says (``?connect_timeout=``).
 CONNECT_TIMEOUT_S = 5
+#: libpq's settings for a server that stops answering, unless the URL says: connecting gives
+#: up after ``CONNECT_TIMEOUT_S``; data sent and not acknowledged for 30 s, or an idle
+#: connection (waiting for an answer) whose keepalive probes go unanswered for 30 + 3 × 10 s,
+#: is closed. A long query is not cut: its server acknowledges it and answers the probes.
+LIBPQ_TIMEOUTS = {
+    "connect_timeout": CONNECT_TIMEOUT_S, "tcp_user_timeout": 30_000, "keepalives": 1,
+    "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+}
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -67,7 +75,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     Returns:
         The engine. SQLite connections get WAL, foreign keys and a busy timeout; PostgreSQL
-        ones are pinged before use, give up connecting after ``CONNECT_TIMEOUT_S``, and the
+        ones are pinged before use, give up on a silent server (``LIBPQ_TIMEOUTS``), and the
         pool never opens more than ``pool_size`` (5).
     """
     url = normalise_url(url)
@@ -82,11 +90,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    if "connect_timeout" not in make_url(url).query:
-        # libpq waits without end for a server that takes the connection and never answers
-        # (a host gone behind a firewall that drops packets: the OS's TCP timeout, minutes):
-        # give up as an agent's request would, and answer 503, so the agent retries.
-        kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+    # A host gone behind a firewall that drops packets holds a connection for the OS's TCP
+    # timeouts (minutes to a quarter of an hour): libpq would wait for it without end while
+    # connecting, and ingest with it. Give up sooner, answer 503, and the agents retry. The
+    # URL's own settings win.
+    query = make_url(url).query
+    connect_args = dict(kwargs.get("connect_args", {}))
+    for name, value in LIBPQ_TIMEOUTS.items():
+        if name not in query:
+            connect_args.setdefault(name, value)
+    kwargs["connect_args"] = connect_args
     # A fixed set of kept connections: overflow ones are closed on return, so a busy server
     # would make PostgreSQL fork a backend per request (callers size it with pool_size).
     kwargs.setdefault("max_overflow", 0)

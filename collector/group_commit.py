@@ -51,8 +51,9 @@ GROUP_ROWS = 50_000
 #: Batches of one node waiting at most: an agent sends one at a time (and, after a timeout,
 #: the same again); beyond, 503 with Retry-After.
 WAITING_PER_NODE = 4
-#: Rows waiting at most, all nodes together (a parsed batch holds about 10 times its body
-#: in memory); beyond, 503 with Retry-After. A larger batch is taken when nothing waits.
+#: Rows waiting at most, all nodes together, in batches of at most ``GROUP_ROWS`` (a parsed
+#: batch holds about 10 times its body in memory), and one larger batch beside them; beyond,
+#: 503 with Retry-After.
 WAITING_ROWS = 4 * GROUP_ROWS
 #: Batches remembered as having failed in the database alone (a total past 64 bits, ...):
 #: sent again, such a batch is stored alone, never again in a group it would fail.
@@ -63,7 +64,7 @@ class WriterBusy(JobEnergyError):
     """Too many batches wait already (of this node, or in all): answer 503, retry later."""
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class _Waiting:
     prepared: Prepared
     outcome: asyncio.Future[IngestResult]
@@ -94,6 +95,8 @@ class GroupWriter:
     def __init__(self, sessions: sessionmaker[Session], threads: anyio.CapacityLimiter,
                  max_batches: int, writers: int,
                  in_transaction: Callable[[Connection], None]) -> None:
+        if max_batches < 1 or writers < 1:
+            raise ValueError("a group holds at least one batch, and one writer writes them")
         self._sessions = sessions
         self._threads = threads
         self._max_batches = max_batches
@@ -101,7 +104,8 @@ class GroupWriter:
         self._in_transaction = in_transaction
         self._waiting: deque[_Waiting] = deque()
         self._waiting_by_node: Counter[tuple[str, str]] = Counter()
-        self._waiting_rows = 0
+        self._waiting_rows = 0  # of the batches of at most GROUP_ROWS rows
+        self._large_waiting = 0  # batches of more
         self._alone_turn = False
         self._failed: OrderedDict[str, None] = OrderedDict()
         self._writers = 0
@@ -124,14 +128,26 @@ class GroupWriter:
         if self._waiting_by_node[node] >= WAITING_PER_NODE:
             raise WriterBusy(f"{WAITING_PER_NODE} batches of node {node[1]} are waiting to be "
                              "stored already; retry later")
-        if self._waiting_rows and self._waiting_rows + rows > WAITING_ROWS:
+        if rows > GROUP_ROWS:
+            # One large batch waits at a time, beside the small ones' rows: refused only
+            # while another waits, it is never starved by a steady flow of small ones.
+            if self._large_waiting:
+                raise WriterBusy(f"a batch of more than {GROUP_ROWS} rows is waiting to be "
+                                 "stored already; retry later")
+        elif self._waiting_rows + rows > WAITING_ROWS:
             raise WriterBusy(f"{self._waiting_rows} rows are waiting to be stored already; "
                              "retry later")
+        self._count(waiting, 1)
         self._waiting.append(waiting)
-        self._waiting_by_node[node] += 1
-        self._waiting_rows += rows
         self._start_writer()
         return await waiting.outcome
+
+    def _count(self, waiting: _Waiting, sign: int) -> None:
+        self._waiting_by_node[waiting.node] += sign
+        if waiting.rows > GROUP_ROWS:
+            self._large_waiting += sign
+        else:
+            self._waiting_rows += sign * waiting.rows
 
     def _start_writer(self) -> None:
         if self._waiting and self._writers < self._max_writers:
@@ -144,10 +160,17 @@ class GroupWriter:
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._writers -= 1
-        if task.cancelled() or task.exception() is not None:
-            # The server stops, or a fault of this code: nothing answers these any more.
+        failure = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if failure is not None:
+            if not isinstance(failure, asyncio.CancelledError):
+                logger.error("the batch writer failed; its waiting batches are answered 503",
+                             exc_info=failure)
+            # Nothing answers these any more: answered now (the agents send them again).
             for waiting in self._waiting:
-                waiting.outcome.cancel()
+                _give_up(waiting, failure)
+            self._waiting.clear()
+            self._waiting_by_node.clear()
+            self._waiting_rows = self._large_waiting = 0
             return
         # A batch handed over after the writer found nothing left, but before this callback
         # (the loop runs other steps in between), would otherwise wait for the next batch.
@@ -181,12 +204,11 @@ class GroupWriter:
                 group.append(waiting)
                 nodes.add(waiting.node)
                 rows += waiting.rows
-        self._alone_turn = alone is not None and group != [alone]
+        self._alone_turn = alone is not None and not (len(group) == 1 and group[0] is alone)
         taken = {id(w) for w in group}
         for waiting in self._waiting:
             if id(waiting) in taken or waiting.outcome.done():
-                self._waiting_by_node[waiting.node] -= 1
-                self._waiting_rows -= waiting.rows
+                self._count(waiting, -1)
         self._waiting_by_node += Counter()  # drop the nodes at 0
         self._waiting = deque(w for w in live if id(w) not in taken)
         return group
@@ -196,18 +218,20 @@ class GroupWriter:
             try:
                 outcomes = await anyio.to_thread.run_sync(
                     self._write, [w.prepared for w in group], limiter=self._threads)
-            except BaseException:  # cancelled (the server stops): no outcome is known
+                self.observe_group(len(group))
+                for waiting, outcome in zip(group, outcomes, strict=True):
+                    if waiting.outcome.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        waiting.outcome.set_exception(outcome)
+                    else:
+                        waiting.outcome.set_result(outcome)
+            except BaseException as err:
+                # Cancelled (the server stops), or a fault of this code: no outcome is known
+                # for the group; the done callback answers the batches still waiting.
                 for waiting in group:
-                    waiting.outcome.cancel()
+                    _give_up(waiting, err)
                 raise
-            self.observe_group(len(group))
-            for waiting, outcome in zip(group, outcomes, strict=True):
-                if waiting.outcome.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    waiting.outcome.set_exception(outcome)
-                else:
-                    waiting.outcome.set_result(outcome)
 
     def _write(self, group: list[Prepared]) -> list[IngestResult | BaseException]:
         """Store ``group`` in one transaction; if that fails, each batch in its own."""
@@ -228,11 +252,12 @@ class GroupWriter:
             try:
                 (outcome,) = self._transaction([prepared])
             except Exception as err:  # noqa: BLE001 - handed to that batch's request
+                if _unreachable(err):  # the database went away: the rest are answered too
+                    return outcomes + [err] * (len(group) - len(outcomes))
                 outcome = err
-                if not _unreachable(err):
-                    self._failed[prepared.digest] = None
-                    while len(self._failed) > FAILED_REMEMBERED:
-                        self._failed.popitem(last=False)
+                self._failed[prepared.digest] = None
+                while len(self._failed) > FAILED_REMEMBERED:
+                    self._failed.popitem(last=False)
             outcomes.append(outcome)
         return outcomes
 
@@ -242,6 +267,18 @@ class GroupWriter:
             connection = session.connection()
             self._in_transaction(connection)
             return ingest_group(connection, group)
+
+
+def _give_up(waiting: _Waiting, why: BaseException) -> None:
+    """Answer a waiting batch that will not be stored: cancelled if the server stops, else
+    busy (503, the agent sends it again)."""
+    if waiting.outcome.done():
+        return
+    if isinstance(why, asyncio.CancelledError):
+        waiting.outcome.cancel()
+    else:
+        waiting.outcome.set_exception(WriterBusy(f"the batch writer failed ({why!r}); retry "
+                                                 "later"))
 
 
 def _unreachable(err: Exception) -> bool:

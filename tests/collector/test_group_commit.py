@@ -350,15 +350,18 @@ def test_a_node_has_few_batches_waiting(engine, make_batch):
 
 
 def test_large_batches_go_alone_every_other_group(engine, make_batch, monkeypatch):
-    """A node's huge batches never hold the others' small ones up for long."""
+    """A node's huge batches never hold the others' small ones up for long, nor wait behind
+    them without end."""
     monkeypatch.setattr(group_commit, "GROUP_ROWS", 30)  # a 1-interval batch has 7 rows
     start = make_batch().intervals[0].start
     huge = [make_batch(node="big", seq=seq, n_intervals=6,
                        start=start + timedelta(seconds=60 * seq)) for seq in range(2)]
     small = [make_batch(node=f"s{n}", seq=0, n_intervals=1) for n in range(8)]
     outcomes, sizes = run_writer(engine, [*huge, *small])
-    assert all(isinstance(o, IngestResult) and o.records for o in outcomes)
-    assert sizes == [4, 1, 4, 1]
+    # One large batch waits at a time (the second is answered busy), beside the small ones.
+    assert isinstance(outcomes[1], WriterBusy)
+    assert all(isinstance(o, IngestResult) and o.records for o in [outcomes[0], *outcomes[2:]])
+    assert sizes == [4, 1, 4]
 
 
 def test_a_batch_that_failed_alone_is_not_grouped_again(engine, make_batch, caplog):
@@ -474,3 +477,42 @@ def test_a_node_with_batches_waiting_is_answered_busy_over_http(pg_fresh_url, ma
     assert statuses == [200] * (kept + 1)
     with Session(client.app.state.engine) as session:
         assert stored_job_totals(session) == expected_job_totals(*batches[:kept + 1])
+
+
+def test_small_batches_waiting_never_keep_a_large_one_out(engine, make_batch, monkeypatch):
+    monkeypatch.setattr(group_commit, "GROUP_ROWS", 30)  # a 1-interval batch has 7 rows
+    monkeypatch.setattr(group_commit, "WAITING_ROWS", 60)
+    start = make_batch().intervals[0].start
+    small = [make_batch(node=f"s{n}", seq=0, n_intervals=1) for n in range(9)]
+    large = [make_batch(node=f"big{n}", seq=0, n_intervals=6, start=start) for n in range(2)]
+    outcomes, sizes = run_writer(engine, [*small, *large])
+    assert all(isinstance(o, IngestResult) for o in outcomes[:8])  # 56 rows waiting
+    assert isinstance(outcomes[8], WriterBusy) and "rows are waiting" in str(outcomes[8])
+    assert isinstance(outcomes[9], IngestResult)  # beside them
+    assert isinstance(outcomes[10], WriterBusy) and "more than 30 rows" in str(outcomes[10])
+    assert sorted(sizes) == [1, 4, 4]
+
+
+def test_a_failed_writer_answers_every_waiting_batch(engine, make_batch, caplog):
+    """A fault of the writer itself (here: its metrics hook raising) answers its group and
+    the batches waiting busy (503), forgets them, and the next batch is stored as usual."""
+    batches = [make_batch(node=f"n{n}", seq=0) for n in range(3)]
+    later = make_batch(node="n0", seq=1, start=batches[0].intervals[-1].end)
+
+    def broken_hook(size: int) -> None:
+        raise RuntimeError("metrics hook broken")
+
+    async def main() -> tuple[list[Any], Any, int]:
+        writer = GroupWriter(sessionmaker(engine), anyio.CapacityLimiter(4), 2, writers=1,
+                             in_transaction=lambda conn: None)
+        writer.observe_group = broken_hook
+        first = await asyncio.gather(*(writer.store(prepare(b)) for b in batches),
+                                     return_exceptions=True)
+        writer.observe_group = lambda size: None
+        return first, await writer.store(prepare(later)), writer._waiting_rows
+
+    caplog.set_level(logging.ERROR, logger="jobenergy.collector.group_commit")
+    first, stored_later, rows_left = asyncio.run(main())
+    assert all(isinstance(o, WriterBusy) for o in first), first
+    assert "the batch writer failed" in caplog.text
+    assert isinstance(stored_later, IngestResult) and rows_left == 0
