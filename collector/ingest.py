@@ -1,6 +1,8 @@
 """Idempotent ingest of agent batches (job events: ``collector/events.py``).
 
-One batch is one transaction (the caller's): its key goes into ``ingested_batch``, its shares
+A group of batches of distinct nodes is stored in one transaction, the caller's (one batch
+alone, or several gathered by ``collector/group_commit.py``), and what is stored is what
+storing them one by one stores. A batch's key goes into ``ingested_batch``, its shares
 into ``energy_interval`` (COPY on PostgreSQL, executemany on SQLite) and its per-key sums
 into the ``job`` summary and the ``job_energy`` / ``node_energy`` totals by upsert, its
 per-job hours into ``job_energy_hour`` (with facility energy and CO2e, ``collector/hours.py``),
@@ -12,7 +14,8 @@ jobs into ``job_board_part`` (``collector/board.py``). A retried batch finds its
 there and is acknowledged as a duplicate without touching anything (DESIGN.md decision 7);
 the key is stored with the SHA-256 of the batch's content, and a key that comes back with
 other content is a conflict (:class:`BatchConflict`, 409), never a duplicate (decision 14).
-Each batch's rows are aggregated in Python first so that each total is upserted once per batch.
+Each group's rows are aggregated in Python first so that each total is upserted once per
+group.
 """
 
 from __future__ import annotations

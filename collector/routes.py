@@ -35,7 +35,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobenergy.api.access import Access
 from jobenergy.api.authenticate import access_of, forbidden, get_access
-from jobenergy.collector.budget_running import BudgetAction, batch_actions, batch_job_ids
+from jobenergy.collector.budget_running import (
+    BudgetAction,
+    HotBudget,
+    batch_actions,
+    batch_job_ids,
+)
 from jobenergy.collector.events import apply_job_event
 from jobenergy.collector.group_commit import WriterBusy
 from jobenergy.collector.ingest import BatchConflict, IngestRejected, Prepared, prepare
@@ -399,8 +404,8 @@ async def post_batch(request: Request, access: IngestAccessDep,
     if not result.duplicate:
         logger.debug("stored batch node=%s seq=%s records=%s", batch.node, batch.seq,
                      result.records)
-    actions = (await in_ingest_session(request, _budget_actions, request, batch)
-               if request.app.state.running_budgets.hot(batch.cluster) else [])
+    hot = request.app.state.running_budgets.hot(batch.cluster)
+    actions = await in_ingest_session(request, _budget_actions, request, batch, hot) if hot else []
     return IngestResponse(duplicate=result.duplicate, records=result.records,
                           budget_actions=actions)
 
@@ -424,15 +429,14 @@ def _prepare_batch(request: Request, access: Access, body: bytes) -> Prepared:
         raise _rejected(err) from err
 
 
-def _budget_actions(session: Session, request: Request, batch: Batch) -> list[BudgetAction]:
-    """Return the budget actions due for the batch's running jobs (after it was committed).
+def _budget_actions(session: Session, request: Request, batch: Batch,
+                    hot: tuple[HotBudget, ...]) -> list[BudgetAction]:
+    """Return the budget actions due for the batch's running jobs (after it was committed),
+    given the cluster's budgets near their limits (``hot``, not empty).
 
     A duplicate gets them too: its jobs may still run, and the agent takes each action once.
     A database error here costs the actions of this answer, never the stored batch.
     """
-    hot = request.app.state.running_budgets.hot(batch.cluster)
-    if not hot:
-        return []
     try:
         with session.begin():
             actions = batch_actions(session.connection(), batch.cluster, batch_job_ids(batch),
